@@ -1,0 +1,1 @@
+//! `vecrig-loadgen`: runs stress scenarios against a vecrig server over the network.

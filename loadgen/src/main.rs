@@ -1,0 +1,3 @@
+//! `vecrig-loadgen` binary.
+
+fn main() {}

@@ -1,0 +1,211 @@
+//! Server configuration: command-line flags (each also a `VECRIG_*` environment variable),
+//! validated into a plain [`Config`] that tests build directly.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::index::Metric;
+use crate::index::hnsw::HnswParams;
+
+/// `vecrig-server`: a vector index served over gRPC behind admission control.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Args {
+    /// Address to listen on; port 0 picks a free port (printed as `listening on ADDR`).
+    #[arg(long, env = "VECRIG_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// Directory holding the index's files.
+    #[arg(long, env = "VECRIG_DATA_DIR", default_value = "vecrig-data")]
+    pub data_dir: PathBuf,
+    /// Vector width.
+    #[arg(long, env = "VECRIG_DIMENSIONS", default_value_t = 128)]
+    pub dimensions: u32,
+    /// Distance metric: cosine, l2 or ip.
+    #[arg(long, env = "VECRIG_METRIC", default_value = "cosine")]
+    pub metric: Metric,
+    /// Largest `k` a search may ask for.
+    #[arg(long, env = "VECRIG_MAX_K", default_value_t = 1000)]
+    pub max_k: u32,
+    /// Largest number of points in one Upsert.
+    #[arg(long, env = "VECRIG_MAX_BATCH", default_value_t = 1024)]
+    pub max_batch: usize,
+    /// Largest text (query or point) in bytes.
+    #[arg(long, env = "VECRIG_MAX_TEXT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_text_bytes: usize,
+    /// Largest gRPC message accepted, in bytes; larger ones get the transport's size error.
+    #[arg(long, env = "VECRIG_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Requests served at once [default: 2 x CPUs].
+    #[arg(long, env = "VECRIG_CONCURRENCY_LIMIT")]
+    pub concurrency_limit: Option<usize>,
+    /// Requests that may wait for a slot before further ones are shed.
+    #[arg(long, env = "VECRIG_QUEUE_DEPTH", default_value_t = 2048)]
+    pub queue_depth: usize,
+    /// HTTP/2 streams one connection may have open at once.
+    #[arg(long, env = "VECRIG_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
+    pub max_concurrent_streams: u32,
+    /// Default search breadth when a request sends ef = 0.
+    #[arg(long, env = "VECRIG_EF_SEARCH", default_value_t = 64)]
+    pub ef_search: usize,
+    /// HNSW links per node (M).
+    #[arg(long, env = "VECRIG_CONNECTIVITY", default_value_t = 16)]
+    pub connectivity: usize,
+    /// HNSW candidates explored per insert (ef_construction).
+    #[arg(long, env = "VECRIG_EF_CONSTRUCTION", default_value_t = 128)]
+    pub ef_construction: usize,
+    /// Fill an empty index with N seeded synthetic points (clustered vectors with texts).
+    #[arg(long, env = "VECRIG_PRELOAD", default_value_t = 0)]
+    pub preload: u64,
+    /// Seed of the synthetic data (the loadgen's `--seed` must match to query the same data).
+    #[arg(long, env = "VECRIG_PRELOAD_SEED", default_value_t = vecrig::synthetic::Synthetic::DEFAULT_SEED)]
+    pub preload_seed: u64,
+    /// How long shutdown waits for in-flight requests before giving up on them.
+    #[arg(long, env = "VECRIG_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub grace: Duration,
+    /// Log filter (tracing's EnvFilter syntax).
+    #[arg(long, env = "VECRIG_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Validated server configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory holding the index's files.
+    pub data_dir: PathBuf,
+    /// Vector width.
+    pub dimensions: usize,
+    /// Distance metric.
+    pub metric: Metric,
+    /// Request limits enforced by validation.
+    pub limits: Limits,
+    /// Admission control sizes.
+    pub admission: AdmissionConfig,
+    /// HTTP/2 streams per connection.
+    pub max_concurrent_streams: u32,
+    /// Largest gRPC message, in bytes.
+    pub max_message_bytes: usize,
+    /// Default search breadth.
+    pub ef_search: usize,
+    /// HNSW graph parameters.
+    pub hnsw: HnswParams,
+    /// Synthetic points to preload into an empty index.
+    pub preload: u64,
+    /// Seed of the synthetic data.
+    pub preload_seed: u64,
+    /// Drain timeout on shutdown.
+    pub grace: Duration,
+}
+
+/// Limits on what one request may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Vector width every vector must have.
+    pub dimensions: usize,
+    /// Largest `k`.
+    pub max_k: u32,
+    /// Largest upsert batch.
+    pub max_batch: usize,
+    /// Largest text, in bytes.
+    pub max_text_bytes: usize,
+}
+
+/// Admission control sizes.
+#[derive(Debug, Clone, Copy)]
+pub struct AdmissionConfig {
+    /// Requests served at once.
+    pub concurrency_limit: usize,
+    /// Requests allowed to wait for a slot; beyond that, requests are shed.
+    pub queue_depth: usize,
+}
+
+/// CPUs this process may use.
+pub fn available_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2)
+}
+
+impl Config {
+    /// A configuration with the defaults of the command line, for `dimensions`-wide vectors.
+    pub fn new(data_dir: impl Into<PathBuf>, dimensions: usize) -> Self {
+        let concurrency_limit = 2 * available_cpus();
+        Self {
+            data_dir: data_dir.into(),
+            dimensions,
+            metric: Metric::Cosine,
+            limits: Limits {
+                dimensions,
+                max_k: 1000,
+                max_batch: 1024,
+                max_text_bytes: 1024 * 1024,
+            },
+            admission: AdmissionConfig {
+                concurrency_limit,
+                queue_depth: 2048,
+            },
+            max_concurrent_streams: 1024,
+            max_message_bytes: 32 * 1024 * 1024,
+            ef_search: 64,
+            hnsw: HnswParams {
+                connectivity: 16,
+                ef_construction: 128,
+                search_threads: concurrency_limit,
+            },
+            preload: 0,
+            preload_seed: vecrig::synthetic::Synthetic::DEFAULT_SEED,
+            grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the flags do not make a configuration.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl TryFrom<&Args> for Config {
+    type Error = ConfigError;
+
+    fn try_from(args: &Args) -> Result<Self, Self::Error> {
+        let dimensions = args.dimensions as usize;
+        if dimensions == 0 || dimensions > 65_536 {
+            return Err(ConfigError(format!(
+                "--dimensions must be in 1..=65536, got {dimensions}"
+            )));
+        }
+        if args.max_k == 0 {
+            return Err(ConfigError("--max-k must be at least 1".into()));
+        }
+        if args.max_batch == 0 {
+            return Err(ConfigError("--max-batch must be at least 1".into()));
+        }
+        let concurrency_limit = args
+            .concurrency_limit
+            .unwrap_or(2 * available_cpus())
+            .max(1);
+        let mut config = Config::new(&args.data_dir, dimensions);
+        config.metric = args.metric;
+        config.limits.max_k = args.max_k;
+        config.limits.max_batch = args.max_batch;
+        config.limits.max_text_bytes = args.max_text_bytes;
+        config.admission = AdmissionConfig {
+            concurrency_limit,
+            queue_depth: args.queue_depth,
+        };
+        config.max_concurrent_streams = args.max_concurrent_streams.max(1);
+        config.max_message_bytes = args.max_message_bytes.max(1024);
+        config.ef_search = args.ef_search.max(1);
+        config.hnsw = HnswParams {
+            connectivity: args.connectivity.clamp(2, 256),
+            ef_construction: args.ef_construction.max(1),
+            search_threads: concurrency_limit,
+        };
+        config.preload = args.preload;
+        config.preload_seed = args.preload_seed;
+        config.grace = args.grace;
+        Ok(config)
+    }
+}

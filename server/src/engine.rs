@@ -1,0 +1,428 @@
+//! The engine: one vector index (points, HNSW graph, embedder) and the rules for using it from
+//! async code.
+//!
+//! Index work is CPU-bound and synchronous, so every search and write runs on tokio's blocking
+//! pool, never on the threads that drive the network. Searches first take one of a fixed number
+//! of *search slots* (the ANN index's thread slots); writes are applied by one writer at a time,
+//! which is what the ANN index needs (see `index::hnsw`). A write goes to the point store before
+//! the graph and leaves the graph before the store, so a graph hit always has a point behind it.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use tokio::sync::Semaphore;
+
+use crate::config::Config;
+use crate::embed::{Embedder, HashingEmbedder};
+use crate::error::Error;
+use crate::index::hnsw::{HnswParams, UsearchAnn};
+use crate::index::store::{Payload, PointStore, StoredPoint};
+use crate::index::{Ann, IndexError, Metric, Neighbor};
+use crate::snapshot::{self, SnapshotError};
+
+/// What a search looks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// A vector of the index's width.
+    Vector(Vec<f32>),
+    /// A text, embedded by the server.
+    Text(String),
+}
+
+/// A validated search.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Search {
+    /// What to look for.
+    pub query: Query,
+    /// How many neighbours.
+    pub k: usize,
+    /// Search breadth; `None` for the server default.
+    pub ef: Option<usize>,
+    /// Brute-force scan instead of the graph.
+    pub exact: bool,
+    /// Return payloads with the hits.
+    pub with_payload: bool,
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Hit {
+    /// The point's id.
+    pub id: u64,
+    /// Distance to the query (smaller is nearer).
+    pub distance: f32,
+    /// The payload, when asked for.
+    pub payload: Option<Payload>,
+}
+
+/// What a new point is made of.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PointData {
+    /// A vector of the index's width.
+    Vector(Vec<f32>),
+    /// A text, embedded by the server.
+    Text(String),
+}
+
+/// A validated point to upsert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewPoint {
+    /// Its id.
+    pub id: u64,
+    /// Its vector or text.
+    pub data: PointData,
+    /// Its payload.
+    pub payload: Payload,
+}
+
+/// Static facts about the index.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    /// Vector width.
+    pub dimensions: usize,
+    /// Distance metric.
+    pub metric: Metric,
+}
+
+/// Failure to open an engine on a data directory.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// The snapshot could not be used.
+    #[error(transparent)]
+    Snapshot(#[from] SnapshotError),
+    /// The index could not be built.
+    #[error(transparent)]
+    Index(#[from] IndexError),
+    /// The data directory could not be created.
+    #[error("data directory {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// One vector index and everything needed to serve it.
+pub struct Engine {
+    shape: Shape,
+    default_ef: usize,
+    store: RwLock<PointStore>,
+    ann: Box<dyn Ann>,
+    embedder: Box<dyn Embedder>,
+    /// Held for the whole of a write, so writes are applied one at a time and in sequence order.
+    writer: Mutex<()>,
+    search_slots: Arc<Semaphore>,
+    sequence: AtomicU64,
+}
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Engine")
+            .field("shape", &self.shape)
+            .field("points", &self.len())
+            .field("sequence", &self.sequence())
+            .finish()
+    }
+}
+
+impl Engine {
+    /// An empty engine (nothing on disk).
+    pub fn new(
+        shape: Shape,
+        hnsw: HnswParams,
+        default_ef: usize,
+    ) -> Result<Self, IndexError> {
+        let ann = UsearchAnn::new(shape.dimensions, shape.metric, hnsw)?;
+        Ok(Self::from_parts(
+            shape,
+            default_ef,
+            PointStore::new(shape.dimensions, shape.metric),
+            Box::new(ann),
+            0,
+        ))
+    }
+
+    fn from_parts(
+        shape: Shape,
+        default_ef: usize,
+        store: PointStore,
+        ann: Box<dyn Ann>,
+        sequence: u64,
+    ) -> Self {
+        let slots = ann.search_threads();
+        Self {
+            shape,
+            default_ef: default_ef.max(1),
+            store: RwLock::new(store),
+            ann,
+            embedder: Box::new(HashingEmbedder::new(shape.dimensions)),
+            writer: Mutex::new(()),
+            search_slots: Arc::new(Semaphore::new(slots)),
+            sequence: AtomicU64::new(sequence),
+        }
+    }
+
+    /// Opens the engine on `config.data_dir`: loads the newest snapshot if there is one,
+    /// rebuilding the graph from the points when its file is missing or does not match.
+    /// Blocking: call it from a blocking context.
+    pub fn open(config: &Config) -> Result<Self, OpenError> {
+        let dir = &config.data_dir;
+        std::fs::create_dir_all(dir).map_err(|source| OpenError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let shape = Shape {
+            dimensions: config.dimensions,
+            metric: config.metric,
+        };
+        let Some(loaded) = snapshot::read_points(dir, shape.dimensions, shape.metric)? else {
+            return Ok(Self::new(shape, config.hnsw, config.ef_search)?);
+        };
+        let graph = loaded.graph.as_deref().and_then(|path| {
+            match UsearchAnn::load(path, shape.dimensions, shape.metric, config.hnsw) {
+                Ok(ann) if ann.len() == loaded.store.len() => Some(ann),
+                Ok(ann) => {
+                    tracing::warn!(
+                        graph = ann.len(),
+                        points = loaded.store.len(),
+                        "graph file does not match the points; rebuilding it"
+                    );
+                    None
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "graph file unusable; rebuilding it");
+                    None
+                }
+            }
+        });
+        let ann = match graph {
+            Some(ann) => ann,
+            None => {
+                let ann = UsearchAnn::new(shape.dimensions, shape.metric, config.hnsw)?;
+                for (id, vector, _) in loaded.store.iter() {
+                    ann.insert(id, vector)?;
+                }
+                ann
+            }
+        };
+        tracing::info!(
+            points = loaded.store.len(),
+            sequence = loaded.sequence,
+            "loaded snapshot"
+        );
+        Ok(Self::from_parts(
+            shape,
+            config.ef_search,
+            loaded.store,
+            Box::new(ann),
+            loaded.sequence,
+        ))
+    }
+
+    /// Writes a snapshot of everything to `dir`. Blocks writes while it runs.
+    pub fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let sequence = self.sequence();
+        let graph_name = snapshot::graph_file_name(sequence);
+        let tmp = dir.join(format!("{graph_name}.tmp"));
+        self.ann
+            .save(&tmp)
+            .map_err(|e| SnapshotError::Corrupt {
+                path: tmp.clone(),
+                reason: e.to_string(),
+            })?;
+        snapshot::commit_file(&tmp, &dir.join(&graph_name))?;
+        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+        snapshot::write_points(dir, &store, self.shape.metric, sequence, &graph_name)?;
+        drop(store);
+        snapshot::remove_stale_graphs(dir, &graph_name);
+        Ok(())
+    }
+
+    /// Static facts about the index.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// Number of points.
+    pub fn len(&self) -> usize {
+        self.store.read().map(|s| s.len()).unwrap_or(0)
+    }
+
+    /// Whether the index holds no points.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Sequence number of the last applied write.
+    pub fn sequence(&self) -> u64 {
+        self.sequence.load(Ordering::Acquire)
+    }
+
+    /// The embedder used for texts.
+    pub fn embedder(&self) -> &dyn Embedder {
+        self.embedder.as_ref()
+    }
+
+    /// One point by id.
+    pub fn get(&self, id: u64) -> Result<StoredPoint, Error> {
+        self.store
+            .read()
+            .map_err(|_| Error::Worker("point store lock poisoned".into()))?
+            .get(id)
+            .ok_or(Error::NotFound { id })
+    }
+
+    /// Runs a search on the blocking pool, within the search-slot limit.
+    pub async fn search(self: &Arc<Self>, search: Search) -> Result<Vec<Hit>, Error> {
+        let permit = self
+            .search_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
+        let engine = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            engine.search_blocking(&search)
+        })
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))?
+    }
+
+    /// A search, synchronously. The caller must respect the search-slot limit
+    /// ([`Engine::search`] does).
+    pub fn search_blocking(&self, search: &Search) -> Result<Vec<Hit>, Error> {
+        let embedded;
+        let query: &[f32] = match &search.query {
+            Query::Vector(v) => v,
+            Query::Text(t) => {
+                embedded = self.embedder.embed(t);
+                &embedded
+            }
+        };
+        let neighbors: Vec<Neighbor> = if search.exact {
+            self.store
+                .read()
+                .map_err(|_| Error::Worker("point store lock poisoned".into()))?
+                .exact_search(query, search.k)
+        } else {
+            let ef = search.ef.unwrap_or(self.default_ef);
+            self.ann.search(query, search.k, ef)?
+        };
+        let store = self
+            .store
+            .read()
+            .map_err(|_| Error::Worker("point store lock poisoned".into()))?;
+        Ok(neighbors
+            .into_iter()
+            // A point deleted while this search ran may still be in the graph's answer.
+            .filter(|n| store.contains(n.id))
+            .map(|n| Hit {
+                id: n.id,
+                distance: n.distance,
+                payload: search
+                    .with_payload
+                    .then(|| store.payload(n.id).cloned().unwrap_or_default()),
+            })
+            .collect())
+    }
+
+    /// Applies an upsert on the blocking pool; returns its sequence number.
+    pub async fn upsert(self: &Arc<Self>, points: Vec<NewPoint>) -> Result<u64, Error> {
+        let engine = Arc::clone(self);
+        tokio::task::spawn_blocking(move || engine.upsert_blocking(points))
+            .await
+            .map_err(|e| Error::Worker(e.to_string()))?
+    }
+
+    /// An upsert, synchronously: embeds texts, then applies the batch as one write.
+    pub fn upsert_blocking(&self, points: Vec<NewPoint>) -> Result<u64, Error> {
+        // Embedding is the expensive part for text points: do it before taking the writer.
+        let prepared: Vec<(u64, Vec<f32>, Payload)> = points
+            .into_iter()
+            .map(|p| {
+                let vector = match p.data {
+                    PointData::Vector(v) => v,
+                    PointData::Text(t) => self.embedder.embed(&t),
+                };
+                (p.id, vector, p.payload)
+            })
+            .collect();
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        for (id, vector, payload) in prepared {
+            self.store
+                .write()
+                .map_err(|_| Error::Worker("point store lock poisoned".into()))?
+                .upsert(id, &vector, payload);
+            self.ann.insert(id, &vector)?;
+        }
+        Ok(self.sequence.fetch_add(1, Ordering::AcqRel) + 1)
+    }
+
+    /// Applies a delete on the blocking pool; returns its sequence number and how many existed.
+    pub async fn delete(self: &Arc<Self>, ids: Vec<u64>) -> Result<(u64, usize), Error> {
+        let engine = Arc::clone(self);
+        tokio::task::spawn_blocking(move || engine.delete_blocking(&ids))
+            .await
+            .map_err(|e| Error::Worker(e.to_string()))?
+    }
+
+    /// A delete, synchronously.
+    pub fn delete_blocking(&self, ids: &[u64]) -> Result<(u64, usize), Error> {
+        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let mut deleted = 0;
+        for &id in ids {
+            if !self
+                .store
+                .read()
+                .map_err(|_| Error::Worker("point store lock poisoned".into()))?
+                .contains(id)
+            {
+                continue;
+            }
+            self.ann.remove(id)?;
+            if self
+                .store
+                .write()
+                .map_err(|_| Error::Worker("point store lock poisoned".into()))?
+                .remove(id)
+            {
+                deleted += 1;
+            }
+        }
+        Ok((self.sequence.fetch_add(1, Ordering::AcqRel) + 1, deleted))
+    }
+
+    /// Fills the index with `count` synthetic points (ids `0..count`) from the seeded
+    /// distribution shared with the loadgen, in batches. Blocking.
+    pub fn preload(&self, count: u64, seed: u64) -> Result<(), Error> {
+        let data = vecrig::synthetic::Synthetic::new(
+            self.shape.dimensions,
+            vecrig::synthetic::Synthetic::DEFAULT_CLUSTERS,
+            seed,
+        );
+        let mut batch = Vec::with_capacity(1024);
+        for id in 0..count {
+            let p = data.point(id);
+            batch.push(NewPoint {
+                id,
+                data: PointData::Vector(p.vector),
+                payload: Payload::from([
+                    ("text".to_string(), p.text),
+                    ("cluster".to_string(), p.cluster.to_string()),
+                ]),
+            });
+            if batch.len() == 1024 {
+                self.upsert_blocking(std::mem::take(&mut batch))?;
+            }
+        }
+        if !batch.is_empty() {
+            self.upsert_blocking(batch)?;
+        }
+        Ok(())
+    }
+}

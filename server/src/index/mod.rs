@@ -1,0 +1,106 @@
+//! The vector index proper: stored points, the exact scan, and the approximate (HNSW) index.
+//!
+//! Nothing here knows about tonic or tokio: every call is synchronous and may block for as long
+//! as the work takes, so callers run it on a blocking pool (see `engine`). The pieces:
+//! - [`store::PointStore`] owns every point (vector, payload) and answers exact scans;
+//! - [`Ann`] is our narrow view of an approximate index; [`hnsw::UsearchAnn`] implements it;
+//! - [`distance`] defines what "near" means for each [`Metric`], identically for both.
+
+pub mod distance;
+pub mod hnsw;
+pub mod store;
+
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+/// How distance between two vectors is measured. Every metric is smaller-is-nearer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Metric {
+    /// `1 - cos(a, b)`: direction only, from 0 (same direction) to 2 (opposite).
+    #[default]
+    Cosine,
+    /// Squared Euclidean distance.
+    L2,
+    /// `1 - a·b`: inner product, for vectors whose length carries meaning.
+    Ip,
+}
+
+impl Metric {
+    /// The name used on the wire (`StatsResponse.metric`) and on disk.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Metric::Cosine => "cosine",
+            Metric::L2 => "l2",
+            Metric::Ip => "ip",
+        }
+    }
+}
+
+impl fmt::Display for Metric {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for Metric {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cosine" => Ok(Metric::Cosine),
+            "l2" => Ok(Metric::L2),
+            "ip" => Ok(Metric::Ip),
+            other => Err(format!("unknown metric {other:?}: expected cosine, l2 or ip")),
+        }
+    }
+}
+
+/// One result of a search: a point id and its distance to the query.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neighbor {
+    /// The point's id.
+    pub id: u64,
+    /// Its distance to the query under the index's metric (smaller is nearer).
+    pub distance: f32,
+}
+
+/// Failures inside an index. None of these are the client's fault.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The approximate index refused an operation.
+    #[error("ann index: {0}")]
+    Ann(String),
+    /// Reading or writing index files failed.
+    #[error("index file {path}: {source}")]
+    Io {
+        /// The file involved.
+        path: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// An approximate nearest-neighbour index over `(id, vector)` pairs.
+///
+/// Concurrency contract, which callers must keep: `insert`, `remove`, `save` come from one
+/// writer at a time; `search` may run concurrently with them and with each other from at most
+/// [`Ann::search_threads`] threads at once.
+pub trait Ann: Send + Sync {
+    /// Inserts `vector` under `id`, replacing any vector already stored under it.
+    fn insert(&self, id: u64, vector: &[f32]) -> Result<(), IndexError>;
+    /// Removes `id`; absent ids are ignored.
+    fn remove(&self, id: u64) -> Result<(), IndexError>;
+    /// Up to `k` nearest neighbours, nearest first, exploring at least `ef` candidates.
+    fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Neighbor>, IndexError>;
+    /// Number of vectors in the index.
+    fn len(&self) -> usize;
+    /// Whether the index is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// How many searches may run at once.
+    fn search_threads(&self) -> usize;
+    /// Writes the index to `path` (the caller makes it atomic).
+    fn save(&self, path: &Path) -> Result<(), IndexError>;
+}

@@ -1,0 +1,204 @@
+//! `vecrig-server`: a vector index served over gRPC, behind admission control.
+//!
+//! Layout, in the order a request meets it:
+//! - [`admission`]: the concurrency limit, bounded queue and load shedding in front of the
+//!   VectorIndex service (health and reflection stay outside it, so probes answer under load);
+//! - [`service`]: proto to domain types, validation, domain errors to gRPC status codes;
+//! - [`engine`]: runs index work on the blocking pool, one writer, bounded searches;
+//! - [`embed`]: text to vectors; [`index`]: points, exact scan and the HNSW graph;
+//! - [`snapshot`]: the index on disk, saved on shutdown and loaded on start.
+//!
+//! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
+
+pub mod admission;
+pub mod config;
+pub mod embed;
+pub mod engine;
+pub mod error;
+pub mod index;
+pub mod service;
+pub mod snapshot;
+
+use std::future::Future;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
+use tonic_health::ServingStatus;
+use tower::Layer;
+use vecrig::proto::vector_index_server::VectorIndexServer;
+
+use crate::admission::{Admission, AdmissionLayer};
+use crate::config::Config;
+use crate::engine::{Engine, OpenError};
+use crate::service::{EngineSlot, Service};
+use crate::snapshot::SnapshotError;
+
+/// Why the server stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The data directory could not be opened or recovered.
+    #[error("cannot open the index: {0}")]
+    Open(#[from] OpenError),
+    /// Preloading synthetic data failed.
+    #[error("cannot preload: {0}")]
+    Preload(#[from] error::Error),
+    /// The snapshot on shutdown failed.
+    #[error("cannot save the index: {0}")]
+    Save(#[from] SnapshotError),
+    /// gRPC reflection could not be built from the descriptors.
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    /// The transport failed.
+    #[error("transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    /// A background task died.
+    #[error("task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+async fn set_health(health: &tonic_health::server::HealthReporter, status: ServingStatus) {
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(vecrig::proto::SERVICE_NAME, status)
+        .await;
+}
+
+/// Serves the index on `listener` until `shutdown` resolves, then drains and saves.
+///
+/// Health answers NOT_SERVING from the first moment until the index is loaded (and preloaded),
+/// and again from the moment shutdown begins; VectorIndex calls made while starting get
+/// UNAVAILABLE.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_health(&health, ServingStatus::NotServing).await;
+
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vecrig::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+
+    let admission = Admission::new(config.admission);
+    let engine_slot: EngineSlot = Arc::new(OnceLock::new());
+    let service = Service::new(Arc::clone(&engine_slot), config.limits, Arc::clone(&admission));
+    // Message-size limits are explicit: a request above them gets the transport's
+    // RESOURCE_EXHAUSTED size error before any of our code runs.
+    let index_server = VectorIndexServer::new(service)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    // Admission wraps only VectorIndex: health and reflection must answer while it sheds.
+    let admitted = AdmissionLayer::new(Arc::clone(&admission)).layer(index_server);
+
+    let incoming = TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let router = Server::builder()
+        // Bounds the streams one connection can open; admission bounds the work they cause.
+        .max_concurrent_streams(Some(config.max_concurrent_streams))
+        // Pings find dead peers whose connections would otherwise hold streams forever.
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(admitted);
+    // tonic's server applies each request's `grpc-timeout` itself: a request whose deadline
+    // passes while it waits in the admission queue is dropped from the queue unserved.
+    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = stop_rx.await;
+    }));
+
+    let open_config = config.clone();
+    let opening = tokio::task::spawn_blocking(move || -> Result<Engine, ServeError> {
+        let engine = Engine::open(&open_config)?;
+        if engine.is_empty() && open_config.preload > 0 {
+            tracing::info!(points = open_config.preload, "preloading synthetic data");
+            engine.preload(open_config.preload, open_config.preload_seed)?;
+        }
+        Ok(engine)
+    });
+    tokio::pin!(shutdown);
+    let engine = tokio::select! {
+        opened = opening => Arc::new(opened??),
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested while starting");
+            let _ = stop_tx.send(());
+            let _ = tokio::time::timeout(config.grace, server).await;
+            return Ok(());
+        }
+        finished = &mut server => {
+            finished??;
+            return Ok(());
+        }
+    };
+    let _ = engine_slot.set(Arc::clone(&engine));
+    set_health(&health, ServingStatus::Serving).await;
+    tracing::info!(points = engine.len(), "serving");
+
+    tokio::select! {
+        () = &mut shutdown => {}
+        finished = &mut server => {
+            finished??;
+            return Ok(());
+        }
+    }
+
+    tracing::info!("draining");
+    set_health(&health, ServingStatus::NotServing).await;
+    let _ = stop_tx.send(());
+    match tokio::time::timeout(config.grace, &mut server).await {
+        Ok(finished) => finished??,
+        Err(_) => {
+            tracing::warn!(
+                grace = ?config.grace,
+                in_flight = admission.stats().in_flight,
+                "grace period over; closing remaining connections"
+            );
+            server.abort();
+        }
+    }
+
+    let dir = config.data_dir.clone();
+    let saving = Arc::clone(&engine);
+    tokio::task::spawn_blocking(move || saving.save(&dir)).await??;
+    tracing::info!(points = engine.len(), sequence = engine.sequence(), "saved; stopped");
+    Ok(())
+}

@@ -1,0 +1,27 @@
+//! `vecrig-server`: parse flags, set up logging, bind, serve until SIGINT/SIGTERM.
+
+use std::io::Write;
+
+use anyhow::Context;
+use clap::Parser;
+use tracing_subscriber::EnvFilter;
+use vecrig_server::config::{Args, Config};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_new(&args.log).context("--log")?)
+        .with_writer(std::io::stderr)
+        .init();
+    let config = Config::try_from(&args)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    // Scripts and tests read the real port from this line.
+    println!("listening on {addr}");
+    std::io::stdout().flush()?;
+    vecrig_server::serve(listener, config, vecrig_server::shutdown_signal()).await?;
+    Ok(())
+}

@@ -1,0 +1,1 @@
+//! The stress-harness API that integration tests drive (filled in by the loadgen work).
