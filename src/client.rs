@@ -64,12 +64,11 @@ pub enum ConnectError {
 /// Builds the endpoint for `target` (`http://host:port`) with the transport settings we want
 /// on every connection: no Nagle delay, keepalive so a dead peer is noticed, a connect timeout.
 pub fn endpoint(target: &str, options: &ConnectOptions) -> Result<Endpoint, ConnectError> {
-    let endpoint = Endpoint::from_shared(target.to_string()).map_err(|e| {
-        ConnectError::InvalidTarget {
+    let endpoint =
+        Endpoint::from_shared(target.to_string()).map_err(|e| ConnectError::InvalidTarget {
             target: target.to_string(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     Ok(endpoint
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true)
@@ -113,14 +112,13 @@ impl Pool {
         let endpoint = endpoint(target, options)?;
         let mut channels = Vec::with_capacity(options.connections.max(1));
         for _ in 0..options.connections.max(1) {
-            let channel =
-                endpoint
-                    .connect()
-                    .await
-                    .map_err(|source| ConnectError::Unreachable {
-                        target: target.to_string(),
-                        source,
-                    })?;
+            let channel = endpoint
+                .connect()
+                .await
+                .map_err(|source| ConnectError::Unreachable {
+                    target: target.to_string(),
+                    source,
+                })?;
             channels.push(channel);
         }
         let clients: Vec<_> = channels

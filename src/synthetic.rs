@@ -12,16 +12,41 @@ use rand_distr::{Distribution, Normal};
 
 /// Common words that appear in every cluster's texts.
 const COMMON_WORDS: &[&str] = &[
-    "vector", "search", "index", "query", "latency", "cluster", "nearest", "neighbor", "shard",
-    "replica", "graph", "layer", "memory", "disk", "batch", "stream", "server", "client",
-    "request", "answer", "score", "metric", "distance", "recall", "throughput", "load", "stress",
-    "budget", "deadline", "queue",
+    "vector",
+    "search",
+    "index",
+    "query",
+    "latency",
+    "cluster",
+    "nearest",
+    "neighbor",
+    "shard",
+    "replica",
+    "graph",
+    "layer",
+    "memory",
+    "disk",
+    "batch",
+    "stream",
+    "server",
+    "client",
+    "request",
+    "answer",
+    "score",
+    "metric",
+    "distance",
+    "recall",
+    "throughput",
+    "load",
+    "stress",
+    "budget",
+    "deadline",
+    "queue",
 ];
 
 /// Syllables that topic words are built from, so every cluster has its own vocabulary.
 const SYLLABLES: &[&str] = &[
-    "ka", "lo", "mi", "ne", "ru", "ta", "vo", "xi", "ze", "pa", "qu", "sy", "bo", "da", "fe",
-    "gi",
+    "ka", "lo", "mi", "ne", "ru", "ta", "vo", "xi", "ze", "pa", "qu", "sy", "bo", "da", "fe", "gi",
 ];
 
 /// Topic words per cluster.

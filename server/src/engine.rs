@@ -130,11 +130,7 @@ impl std::fmt::Debug for Engine {
 
 impl Engine {
     /// An empty engine (nothing on disk).
-    pub fn new(
-        shape: Shape,
-        hnsw: HnswParams,
-        default_ef: usize,
-    ) -> Result<Self, IndexError> {
+    pub fn new(shape: Shape, hnsw: HnswParams, default_ef: usize) -> Result<Self, IndexError> {
         let ann = UsearchAnn::new(shape.dimensions, shape.metric, hnsw)?;
         Ok(Self::from_parts(
             shape,
@@ -228,12 +224,10 @@ impl Engine {
         let sequence = self.sequence();
         let graph_name = snapshot::graph_file_name(sequence);
         let tmp = dir.join(format!("{graph_name}.tmp"));
-        self.ann
-            .save(&tmp)
-            .map_err(|e| SnapshotError::Corrupt {
-                path: tmp.clone(),
-                reason: e.to_string(),
-            })?;
+        self.ann.save(&tmp).map_err(|e| SnapshotError::Corrupt {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        })?;
         snapshot::commit_file(&tmp, &dir.join(&graph_name))?;
         let store = self.store.read().unwrap_or_else(|p| p.into_inner());
         snapshot::write_points(dir, &store, self.shape.metric, sequence, &graph_name)?;

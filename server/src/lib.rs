@@ -117,7 +117,11 @@ pub async fn serve(
 
     let admission = Admission::new(config.admission);
     let engine_slot: EngineSlot = Arc::new(OnceLock::new());
-    let service = Service::new(Arc::clone(&engine_slot), config.limits, Arc::clone(&admission));
+    let service = Service::new(
+        Arc::clone(&engine_slot),
+        config.limits,
+        Arc::clone(&admission),
+    );
     // Message-size limits are explicit: a request above them gets the transport's
     // RESOURCE_EXHAUSTED size error before any of our code runs.
     let index_server = VectorIndexServer::new(service)
@@ -199,6 +203,10 @@ pub async fn serve(
     let dir = config.data_dir.clone();
     let saving = Arc::clone(&engine);
     tokio::task::spawn_blocking(move || saving.save(&dir)).await??;
-    tracing::info!(points = engine.len(), sequence = engine.sequence(), "saved; stopped");
+    tracing::info!(
+        points = engine.len(),
+        sequence = engine.sequence(),
+        "saved; stopped"
+    );
     Ok(())
 }

@@ -305,7 +305,9 @@ mod tests {
     }
 
     fn vector(values: Vec<f32>) -> Option<proto::search_request::Query> {
-        Some(proto::search_request::Query::Vector(proto::Vector { values }))
+        Some(proto::search_request::Query::Vector(proto::Vector {
+            values,
+        }))
     }
 
     fn search(query: Option<proto::search_request::Query>, k: u32) -> Result<Search, Error> {
@@ -335,8 +337,16 @@ mod tests {
         let cases: Vec<(&str, Result<Search, Error>, &str)> = vec![
             ("too few dims", search(vector(vec![1.0, 2.0]), 1), "vector"),
             ("too many dims", search(vector(vec![1.0; 4]), 1), "vector"),
-            ("nan", search(vector(vec![1.0, f32::NAN, 0.0]), 1), "vector.values[1]"),
-            ("inf", search(vector(vec![f32::INFINITY, 0.0, 0.0]), 1), "vector.values[0]"),
+            (
+                "nan",
+                search(vector(vec![1.0, f32::NAN, 0.0]), 1),
+                "vector.values[1]",
+            ),
+            (
+                "inf",
+                search(vector(vec![f32::INFINITY, 0.0, 0.0]), 1),
+                "vector.values[0]",
+            ),
             ("no query", search(None, 1), "query"),
             ("empty text", search(text(""), 1), "text"),
             ("blank text", search(text("   "), 1), "text"),
@@ -375,7 +385,10 @@ mod tests {
             ("no data", upsert(vec![point(None)]), "points[0]"),
             (
                 "bad dims",
-                upsert(vec![point(vec_data(vec![0.0; 3])), point(vec_data(vec![0.0; 2]))]),
+                upsert(vec![
+                    point(vec_data(vec![0.0; 3])),
+                    point(vec_data(vec![0.0; 2])),
+                ]),
                 "points[1].vector",
             ),
             (

@@ -270,9 +270,7 @@ pub fn read_points(
     };
     match read() {
         Ok(result) => result.map(Some),
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => {
-            Err(corrupt("truncated".into()))
-        }
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Err(corrupt("truncated".into())),
         Err(e) if e.kind() == io::ErrorKind::InvalidData => Err(corrupt(e.to_string())),
         Err(e) => Err(io_err(&path)(e)),
     }
@@ -286,10 +284,9 @@ pub fn remove_stale_graphs(dir: &Path, keep: &str) {
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("ann-") && name.ends_with(".usearch") && name != keep {
-            if let Err(e) = fs::remove_file(entry.path()) {
-                tracing::warn!(file = %name, error = %e, "could not remove stale graph file");
-            }
+        let stale = name.starts_with("ann-") && name.ends_with(".usearch") && name != keep;
+        if stale && let Err(e) = fs::remove_file(entry.path()) {
+            tracing::warn!(file = %name, error = %e, "could not remove stale graph file");
         }
     }
 }
@@ -300,7 +297,11 @@ mod tests {
 
     fn sample() -> PointStore {
         let mut store = PointStore::new(3, Metric::L2);
-        store.upsert(1, &[1.0, 2.0, 3.0], Payload::from([("k".into(), "v".into())]));
+        store.upsert(
+            1,
+            &[1.0, 2.0, 3.0],
+            Payload::from([("k".into(), "v".into())]),
+        );
         store.upsert(u64::MAX, &[-1.0, 0.5, f32::MIN_POSITIVE], Payload::new());
         store
     }
@@ -322,7 +323,11 @@ mod tests {
     #[test]
     fn missing_is_none_and_mismatch_is_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        assert!(read_points(dir.path(), 3, Metric::L2).expect("read").is_none());
+        assert!(
+            read_points(dir.path(), 3, Metric::L2)
+                .expect("read")
+                .is_none()
+        );
         write_points(dir.path(), &sample(), Metric::L2, 1, "").expect("write");
         assert!(matches!(
             read_points(dir.path(), 4, Metric::L2),

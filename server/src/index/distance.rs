@@ -53,7 +53,13 @@ pub fn norm(a: &[f32]) -> f32 {
 
 /// Distance from a query to a stored vector, given both norms (only cosine uses them).
 #[inline]
-pub fn distance(metric: Metric, query: &[f32], query_norm: f32, stored: &[f32], stored_norm: f32) -> f32 {
+pub fn distance(
+    metric: Metric,
+    query: &[f32],
+    query_norm: f32,
+    stored: &[f32],
+    stored_norm: f32,
+) -> f32 {
     match metric {
         Metric::Cosine => {
             let denom = query_norm * stored_norm;

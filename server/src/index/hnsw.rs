@@ -103,9 +103,7 @@ impl UsearchAnn {
         let ann = Self::new(dimensions, metric, params)?;
         {
             let index = ann.index.write().map_err(|_| poisoned())?;
-            index
-                .load(&path.to_string_lossy())
-                .map_err(ann_err)?;
+            index.load(&path.to_string_lossy()).map_err(ann_err)?;
             if index.dimensions() != dimensions {
                 return Err(IndexError::Ann(format!(
                     "saved index has {} dimensions, expected {dimensions}",
@@ -253,7 +251,8 @@ mod tests {
             ann.remove(id).expect("remove");
         }
         for id in 10_000..12_000u64 {
-            ann.insert(id, &[id as f32, 1.0, 0.0, 0.0]).expect("insert after removals");
+            ann.insert(id, &[id as f32, 1.0, 0.0, 0.0])
+                .expect("insert after removals");
         }
         assert_eq!(ann.len(), 3500);
     }

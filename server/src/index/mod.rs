@@ -50,7 +50,9 @@ impl FromStr for Metric {
             "cosine" => Ok(Metric::Cosine),
             "l2" => Ok(Metric::L2),
             "ip" => Ok(Metric::Ip),
-            other => Err(format!("unknown metric {other:?}: expected cosine, l2 or ip")),
+            other => Err(format!(
+                "unknown metric {other:?}: expected cosine, l2 or ip"
+            )),
         }
     }
 }

@@ -83,7 +83,8 @@ impl PointStore {
                     Some(slot) => slot,
                     None => {
                         self.ids.push(None);
-                        self.vectors.resize(self.vectors.len() + self.dimensions, 0.0);
+                        self.vectors
+                            .resize(self.vectors.len() + self.dimensions, 0.0);
                         self.norms.push(0.0);
                         self.payloads.push(Payload::new());
                         self.ids.len() - 1

@@ -1,0 +1,144 @@
+//! Boots a real vecrig server on 127.0.0.1:0 with a temporary data directory, in-process.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use vecrig::client::{self, ConnectOptions};
+use vecrig::proto::vector_index_client::VectorIndexClient;
+use vecrig_server::config::Config;
+
+/// A server running in this process, stopped (gracefully) by [`TestServer::stop`] or on drop.
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub data_dir: PathBuf,
+    _temp: Option<TempDir>,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<Result<(), vecrig_server::ServeError>>>,
+}
+
+impl TestServer {
+    /// A config for `dimensions`-wide vectors in a fresh temporary directory.
+    pub fn config(dimensions: usize) -> (Config, TempDir) {
+        let temp = tempfile::tempdir().expect("tempdir");
+        (Config::new(temp.path(), dimensions), temp)
+    }
+
+    /// Starts a server with `config` and waits until health says SERVING.
+    pub async fn start(config: Config) -> Self {
+        Self::start_inner(config, None).await
+    }
+
+    /// Like [`TestServer::start`], keeping `temp` alive as long as the server.
+    pub async fn start_in(config: Config, temp: TempDir) -> Self {
+        Self::start_inner(config, Some(temp)).await
+    }
+
+    async fn start_inner(config: Config, temp: Option<TempDir>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let data_dir = config.data_dir.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(vecrig_server::serve(listener, config, async {
+            let _ = stopped.await;
+        }));
+        let server = Self {
+            addr,
+            data_dir,
+            _temp: temp,
+            stop: Some(stop),
+            task: Some(task),
+        };
+        server.wait_serving(Duration::from_secs(120)).await;
+        server
+    }
+
+    pub fn target(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> VectorIndexClient<Channel> {
+        client::connect(&self.target(), &ConnectOptions::default())
+            .await
+            .expect("connect")
+    }
+
+    pub async fn health(&self) -> HealthClient<Channel> {
+        let channel = client::endpoint(&self.target(), &ConnectOptions::default())
+            .expect("endpoint")
+            .connect()
+            .await
+            .expect("connect");
+        HealthClient::new(channel)
+    }
+
+    pub async fn health_status(&self) -> ServingStatus {
+        let response = self
+            .health()
+            .await
+            .check(HealthCheckRequest {
+                service: String::new(),
+            })
+            .await
+            .expect("health check");
+        response.into_inner().status()
+    }
+
+    async fn wait_serving(&self, limit: Duration) {
+        let started = Instant::now();
+        loop {
+            if let Ok(channel) = client::endpoint(&self.target(), &ConnectOptions::default())
+                .expect("endpoint")
+                .connect()
+                .await
+            {
+                let status = HealthClient::new(channel)
+                    .check(HealthCheckRequest {
+                        service: String::new(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().status());
+                if matches!(status, Ok(ServingStatus::Serving)) {
+                    return;
+                }
+            }
+            assert!(
+                started.elapsed() < limit,
+                "server did not become SERVING within {limit:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Stops the server gracefully (drain, save) and returns its result.
+    pub async fn stop(mut self) -> Result<(), vecrig_server::ServeError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let task = self.task.take().expect("running");
+        task.await.expect("server task")
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
