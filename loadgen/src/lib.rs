@@ -1,1 +1,282 @@
-//! `vecrig-loadgen`: runs stress scenarios against a vecrig server over the network.
+//! `vecrig-loadgen`: runs stress scenarios against a vecrig server over the network and
+//! judges the result.
+//!
+//! A run goes: [`target::preflight`] (is the target there, healthy, and a vecrig server?) ->
+//! [`scenario`] (what load: the specification's five scenarios) -> [`engine`] (how it is
+//! scheduled and sent: closed or paced model, deadlines, retries under a budget) ->
+//! [`stats`] (HdrHistograms and counts by gRPC code, per phase) -> a
+//! [`vecrig::validation::report::Report`], judged by thresholds and printed by [`report`].
+//! [`cli`] turns flags into a [`Plan`]; tests build a [`Plan`] directly.
+
+pub mod cli;
+pub mod engine;
+pub mod monitor;
+pub mod process;
+pub mod progress;
+pub mod report;
+pub mod retry;
+pub mod scenario;
+pub mod stats;
+pub mod target;
+pub mod workload;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use vecrig::client::ConnectOptions;
+use vecrig::validation::report::{Report, SCHEMA};
+use vecrig::validation::threshold::Threshold;
+
+use crate::engine::{Context, Scenario, Stop};
+use crate::process::Meter;
+use crate::progress::Progress;
+use crate::retry::{RetryBudget, RetryPolicy};
+use crate::scenario::{
+    Common, ExtremeConcurrency, MemoryPressure, ResourceExhaustion, Scale, Sustained,
+};
+use crate::target::PreflightError;
+use crate::workload::WorkloadKind;
+
+/// One scenario to run, with its parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ScenarioSpec {
+    /// See [`ExtremeConcurrency`].
+    ExtremeConcurrency(ExtremeConcurrency),
+    /// See [`MemoryPressure`].
+    MemoryPressure(MemoryPressure),
+    /// See [`Sustained`].
+    Sustained(Sustained),
+    /// See [`ResourceExhaustion`].
+    ResourceExhaustion(ResourceExhaustion),
+    /// See [`Scale`].
+    Scale(Scale),
+}
+
+impl ScenarioSpec {
+    fn build(&self, common: &Common) -> Scenario {
+        match self {
+            ScenarioSpec::ExtremeConcurrency(p) => p.build(common),
+            ScenarioSpec::MemoryPressure(p) => p.build(common),
+            ScenarioSpec::Sustained(p) => p.build(common),
+            ScenarioSpec::ResourceExhaustion(p) => p.build(common),
+            ScenarioSpec::Scale(p) => p.build(common),
+        }
+    }
+
+    /// The five scenarios of the specification, in its order, at a profile's sizes.
+    pub fn suite(profile: scenario::Profile) -> Vec<ScenarioSpec> {
+        let full = profile == scenario::Profile::Full;
+        vec![
+            ScenarioSpec::ExtremeConcurrency(if full {
+                ExtremeConcurrency::full()
+            } else {
+                ExtremeConcurrency::quick()
+            }),
+            ScenarioSpec::MemoryPressure(if full {
+                MemoryPressure::full()
+            } else {
+                MemoryPressure::quick()
+            }),
+            ScenarioSpec::Sustained(if full {
+                Sustained::full()
+            } else {
+                Sustained::quick()
+            }),
+            ScenarioSpec::ResourceExhaustion(if full {
+                ResourceExhaustion::full()
+            } else {
+                ResourceExhaustion::quick()
+            }),
+            ScenarioSpec::Scale(if full { Scale::full() } else { Scale::quick() }),
+        ]
+    }
+
+    /// The scenario's name.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ScenarioSpec::ExtremeConcurrency(_) => "extreme-concurrency",
+            ScenarioSpec::MemoryPressure(_) => "memory-pressure",
+            ScenarioSpec::Sustained(_) => "sustained",
+            ScenarioSpec::ResourceExhaustion(_) => "resource-exhaustion",
+            ScenarioSpec::Scale(_) => "scale",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Scenarios, in order.
+    pub scenarios: Vec<ScenarioSpec>,
+    /// Seed of the request generators.
+    pub seed: u64,
+    /// Neighbours per search.
+    pub k: u32,
+    /// Replaces every scenario's own workload when set.
+    pub workload: Option<WorkloadKind>,
+    /// Thresholds added to every scenario.
+    pub thresholds: Vec<Threshold>,
+    /// Whether the specification's criteria apply (on by default).
+    pub default_thresholds: bool,
+}
+
+impl Plan {
+    /// A plan for `scenarios` with default seed, k and thresholds.
+    pub fn new(scenarios: Vec<ScenarioSpec>) -> Self {
+        Self {
+            scenarios,
+            seed: vecrig::synthetic::Synthetic::DEFAULT_SEED,
+            k: 10,
+            workload: None,
+            thresholds: Vec::new(),
+            default_thresholds: true,
+        }
+    }
+}
+
+/// How to reach and talk to the target.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `http://host:port`.
+    pub target: String,
+    /// Connection pool settings.
+    pub connect: ConnectOptions,
+    /// Per-request deadline.
+    pub timeout: Duration,
+    /// Metadata added to every request.
+    pub headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    /// Retry rules.
+    pub retry: RetryPolicy,
+    /// Draw the live progress line (on a terminal).
+    pub live_progress: bool,
+    /// How long pre-flight waits for the target to become SERVING.
+    pub wait_healthy: Duration,
+}
+
+impl RunOptions {
+    /// Defaults for `target`.
+    pub fn new(target: impl Into<String>) -> Self {
+        Self {
+            target: target.into(),
+            connect: ConnectOptions::default(),
+            timeout: Duration::from_secs(30),
+            headers: Vec::new(),
+            retry: RetryPolicy::default(),
+            live_progress: false,
+            wait_healthy: Duration::from_secs(60),
+        }
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The share of the machine's CPU above which the loadgen may itself be the bottleneck.
+const SATURATION: f64 = 0.8;
+
+/// Runs `plan` against the target; `stop` ends it early (what ran is still reported).
+pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Report, PreflightError> {
+    let started_unix_ms = unix_ms();
+    let meter = Meter::start();
+    let checked = target::preflight(&options.target, &options.connect, options.wait_healthy).await?;
+    let common = Common {
+        dimensions: checked.stats.dimensions as usize,
+        seed: plan.seed,
+        k: plan.k,
+        workload: plan.workload.clone(),
+    };
+    let progress = Progress::new(options.live_progress);
+    let ctx = Context {
+        pool: checked.pool.clone(),
+        timeout: options.timeout,
+        headers: Arc::new(options.headers.clone()),
+        retry: options.retry,
+        budget: Arc::new(RetryBudget::new(options.retry.budget_ratio)),
+        stop: stop.clone(),
+        progress: progress.clone(),
+    };
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as f64)
+        .unwrap_or(1.0);
+    let mut scenarios = Vec::new();
+    for spec in &plan.scenarios {
+        if stop.is_stopped() {
+            break;
+        }
+        let mut scenario = spec.build(&common);
+        if !plan.default_thresholds {
+            scenario.thresholds.clear();
+        }
+        scenario.thresholds.extend(plan.thresholds.iter().cloned());
+        let scenario_meter = Meter::start();
+        let mut report =
+            engine::run_scenario(&ctx, &scenario, checked.monitor.client()).await;
+        report.loadgen = scenario_meter.finish();
+        if report.loadgen.cpu_cores_used >= SATURATION * cpus {
+            report.warnings.push(format!(
+                "the loadgen used {:.2} of {cpus} cores: it may have been the bottleneck, not the server",
+                report.loadgen.cpu_cores_used
+            ));
+        }
+        if report.total.requests == 0 && !stop.is_stopped() {
+            report.warnings.push("no request completed".into());
+        }
+        scenarios.push(report);
+    }
+    progress.finish();
+    let interrupted = stop.is_stopped();
+    let passed = !scenarios.is_empty() && scenarios.iter().all(|s| s.passed);
+    Ok(Report {
+        schema: SCHEMA.to_string(),
+        loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
+        target: options.target.clone(),
+        seed: plan.seed,
+        started_unix_ms,
+        finished_unix_ms: unix_ms(),
+        interrupted,
+        loadgen: meter.finish(),
+        scenarios,
+        warnings: Vec::new(),
+        passed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn suite_has_the_five_in_order_and_builds() {
+        let common = Common {
+            dimensions: 8,
+            seed: 1,
+            k: 10,
+            workload: None,
+        };
+        for profile in [scenario::Profile::Quick, scenario::Profile::Full] {
+            let suite = ScenarioSpec::suite(profile);
+            let names: Vec<&str> = suite.iter().map(ScenarioSpec::name).collect();
+            assert_eq!(
+                names,
+                [
+                    "extreme-concurrency",
+                    "memory-pressure",
+                    "sustained",
+                    "resource-exhaustion",
+                    "scale"
+                ]
+            );
+            for spec in &suite {
+                let scenario = spec.build(&common);
+                assert_eq!(scenario.name, spec.name());
+                assert!(!scenario.thresholds.is_empty());
+                assert!(!scenario.phases.is_empty());
+            }
+        }
+    }
+}

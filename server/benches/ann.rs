@@ -3,9 +3,9 @@
 //!
 //! Run: `cargo bench -p vecrig-server --bench ann` (release). Options via environment:
 //! `VECRIG_BENCH_POINTS` (default 100000), `VECRIG_BENCH_DIMS` (128), `VECRIG_BENCH_QUERIES`
-//! (1000), `VECRIG_BENCH_SECONDS` per measurement (2), `VECRIG_BENCH_EXPORT=DIR` to also write
-//! the data set, queries and ground truth as raw little-endian files, so another library
-//! (hnswlib, via `scripts/hnswlib_bench.py`) can be measured on exactly the same data.
+//! (1000), `VECRIG_BENCH_SECONDS` per measurement (2). When python3 can import hnswlib and numpy, the
+//! same data, queries and ground truth are handed to `hnswlib_bench.py` (M=16,
+//! ef_construction=200, as ours) and the ratios are printed; `VECRIG_BENCH_HNSWLIB=0` skips it.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -56,11 +56,7 @@ fn main() {
         .map(|q| store.exact_search(q, k).iter().map(|n| n.id).collect())
         .collect();
     let exact_qps = n_queries as f64 / started.elapsed().as_secs_f64();
-    println!("exact scan (our own), 1 thread: {exact_qps:.0} QPS");
 
-    if let Ok(dir) = std::env::var("VECRIG_BENCH_EXPORT") {
-        export(&dir, dims, &vectors, &queries, &truth);
-    }
 
     let params = HnswParams {
         connectivity: 16,
@@ -81,9 +77,8 @@ fn main() {
 
     let ann = Arc::new(ann);
     let queries = Arc::new(queries);
-    println!("| ef | recall@10 | QPS 1 thread | QPS 2 threads | vs exact (1t) |");
-    println!("|---:|---:|---:|---:|---:|");
-    for ef in [16, 32, 64, 128, 256] {
+    let mut ours = Vec::new();
+    for ef in EFS {
         let mut found = 0;
         for (q, t) in queries.iter().zip(&truth) {
             let hits = ann.search(q, k, ef).expect("search");
@@ -92,11 +87,131 @@ fn main() {
         let recall = found as f64 / (truth.len() * k) as f64;
         let qps1 = measure(&ann, &queries, k, ef, 1, Duration::from_secs(seconds));
         let qps2 = measure(&ann, &queries, k, ef, 2, Duration::from_secs(seconds));
+        ours.push(Row { ef, recall, qps1, qps2 });
+    }
+    println!("usearch (ours), exact scan {exact_qps:.0} QPS on 1 thread:");
+    print_rows(&ours);
+
+    let Some(theirs) = run_hnswlib(dims, &vectors, &queries, &truth, seconds) else {
+        return;
+    };
+    println!("hnswlib, same data, same process run:");
+    print_rows(&theirs.rows);
+    println!(
+        "build time ratio (hnswlib / ours): {:.2} ({:.1} s vs {:.1} s)",
+        theirs.build_s / build.as_secs_f64(),
+        theirs.build_s,
+        build.as_secs_f64()
+    );
+    println!("| ef | QPS ratio ours/hnswlib 1t | 2t | recall ours | recall hnswlib |");
+    println!("|---:|---:|---:|---:|---:|");
+    for (a, b) in ours.iter().zip(&theirs.rows) {
         println!(
-            "| {ef} | {recall:.4} | {qps1:.0} | {qps2:.0} | {:.0}x |",
-            qps1 / exact_qps
+            "| {} | {:.2} | {:.2} | {:.4} | {:.4} |",
+            a.ef,
+            a.qps1 / b.qps1,
+            a.qps2 / b.qps2,
+            a.recall,
+            b.recall
         );
     }
+    for target in [0.95, 0.99] {
+        let best = |rows: &[Row]| {
+            rows.iter()
+                .filter(|r| r.recall >= target)
+                .map(|r| r.qps1)
+                .fold(0.0f64, f64::max)
+        };
+        let (a, b) = (best(&ours), best(&theirs.rows));
+        if a > 0.0 && b > 0.0 {
+            println!(
+                "at recall >= {target}: best 1-thread QPS ours {a:.0}, hnswlib {b:.0}, ratio {:.2}",
+                a / b
+            );
+        }
+    }
+}
+
+const EFS: [usize; 5] = [16, 32, 64, 128, 256];
+
+struct Row {
+    ef: usize,
+    recall: f64,
+    qps1: f64,
+    qps2: f64,
+}
+
+fn print_rows(rows: &[Row]) {
+    println!("| ef | recall@10 | QPS 1 thread | QPS 2 threads |");
+    println!("|---:|---:|---:|---:|");
+    for r in rows {
+        println!("| {} | {:.4} | {:.0} | {:.0} |", r.ef, r.recall, r.qps1, r.qps2);
+    }
+}
+
+struct Hnswlib {
+    build_s: f64,
+    rows: Vec<Row>,
+}
+
+/// Runs `hnswlib_bench.py` on the same data when python3 has hnswlib; `None` (with the reason
+/// printed) otherwise, or when `VECRIG_BENCH_HNSWLIB=0`.
+fn run_hnswlib(
+    dims: usize,
+    vectors: &[Vec<f32>],
+    queries: &[Vec<f32>],
+    truth: &[Vec<u64>],
+    seconds: u64,
+) -> Option<Hnswlib> {
+    if std::env::var("VECRIG_BENCH_HNSWLIB").as_deref() == Ok("0") {
+        return None;
+    }
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/hnswlib_bench.py");
+    let probe = std::process::Command::new("python3")
+        .args(["-c", "import hnswlib, numpy"])
+        .output();
+    if !matches!(probe, Ok(ref o) if o.status.success()) {
+        println!("# hnswlib comparison skipped: `pip install hnswlib numpy` to enable it");
+        return None;
+    }
+    let dir = std::env::temp_dir().join(format!("vecrig-ann-bench-{}", std::process::id()));
+    let dir_str = dir.to_string_lossy().to_string();
+    export(&dir_str, dims, vectors, queries, truth);
+    let output = std::process::Command::new("python3")
+        .args([script, &dir_str, &seconds.to_string()])
+        .output();
+    let _ = std::fs::remove_dir_all(&dir);
+    let output = match output {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            println!("# hnswlib run failed: {}", String::from_utf8_lossy(&o.stderr));
+            return None;
+        }
+        Err(e) => {
+            println!("# hnswlib run failed: {e}");
+            return None;
+        }
+    };
+    let mut result = Hnswlib {
+        build_s: 0.0,
+        rows: Vec::new(),
+    };
+    for line in String::from_utf8_lossy(&output.stdout).lines() {
+        let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if let Some(b) = v["build_s"].as_f64() {
+            result.build_s = b;
+        } else {
+            result.rows.push(Row {
+                ef: v["ef"].as_u64().unwrap_or(0) as usize,
+                recall: v["recall"].as_f64().unwrap_or(0.0),
+                qps1: v["qps1"].as_f64().unwrap_or(0.0),
+                qps2: v["qps2"].as_f64().unwrap_or(0.0),
+            });
+        }
+    }
+    Some(result)
 }
 
 /// Queries per second from `threads` threads searching for `duration`.
@@ -154,5 +269,4 @@ fn export(dir: &str, dims: usize, vectors: &[Vec<f32>], queries: &[Vec<f32>], tr
         }
     }
     std::fs::write(format!("{dir}/dims"), dims.to_string()).expect("write");
-    println!("exported data set to {dir}");
 }

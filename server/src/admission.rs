@@ -7,6 +7,8 @@
 //! overloaded server spends almost nothing on the work it refuses. A request whose client gives
 //! up (cancels, or its `grpc-timeout` expires) while it waits leaves the queue without running.
 //!
+//! `Stats` bypasses it: monitoring must see an overloaded server, not be shed by it.
+//!
 //! It is one tower layer rather than tower's `LoadShed` + `Buffer` + `ConcurrencyLimit`, because
 //! those cannot report how many requests wait (`Stats.queued`), and the queue is where later
 //! policy (bounded wait time, request cost) belongs.
@@ -127,6 +129,9 @@ impl Drop for Admitted {
     }
 }
 
+/// The one VectorIndex method that bypasses admission.
+const STATS_PATH: &str = "/vecrig.v1.VectorIndex/Stats";
+
 /// Puts a service behind [`Admission`].
 #[derive(Debug, Clone)]
 pub struct AdmissionLayer {
@@ -185,6 +190,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let admission = Arc::clone(&self.admission);
+        if request.uri().path() == STATS_PATH {
+            // Stats is how operators and the loadgen watch an overloaded server: like health,
+            // it must answer while the server sheds, and it costs next to nothing.
+            return Box::pin(inner.call(request));
+        }
         Box::pin(async move {
             match Arc::clone(&admission).admit().await {
                 Some(admitted) => {

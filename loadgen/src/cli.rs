@@ -1,0 +1,333 @@
+//! Command-line flags (each also a `VECRIG_*` environment variable) and what they become: a
+//! [`RunOptions`] (how to reach the target) and a [`Plan`] (what to run).
+
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use vecrig::client::ConnectOptions;
+use vecrig::validation::threshold::Threshold;
+
+use crate::retry::RetryPolicy;
+use crate::scenario::{
+    ExtremeConcurrency, MemoryPressure, Profile, ResourceExhaustion, Scale, Sustained,
+};
+use crate::workload::WorkloadKind;
+use crate::{Plan, RunOptions, ScenarioSpec};
+
+/// Exit code: every threshold held.
+pub const EXIT_PASSED: i32 = 0;
+/// Exit code: the run could not start (bad flags are clap's 2).
+pub const EXIT_ERROR: i32 = 1;
+/// Exit code: the target is unreachable, unhealthy or not a vecrig server.
+pub const EXIT_TARGET: i32 = 3;
+/// Exit code: a threshold failed (as k6).
+pub const EXIT_THRESHOLDS: i32 = 99;
+/// Exit code: interrupted (Ctrl-C) before the plan finished.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// `vecrig-loadgen`: stress scenarios against a vecrig server, over the network.
+#[derive(Debug, Parser)]
+#[command(version, about, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// The server: http://HOST:PORT.
+    #[arg(long, env = "VECRIG_TARGET", default_value = "http://127.0.0.1:50051", global = true)]
+    pub target: String,
+    /// HTTP/2 connections to open (one connection caps concurrency at the server's stream limit).
+    #[arg(long, env = "VECRIG_CONNECTIONS", default_value_t = 4, global = true)]
+    pub connections: usize,
+    /// Per-request deadline, sent as grpc-timeout.
+    #[arg(long, env = "VECRIG_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    pub timeout: Duration,
+    /// Metadata sent with every request, as 'name: value' (repeatable).
+    #[arg(long = "header", value_parser = parse_header, global = true)]
+    pub headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    /// Seed of the request generators; match the server's --preload-seed for vector queries.
+    #[arg(long, env = "VECRIG_SEED", default_value_t = vecrig::synthetic::Synthetic::DEFAULT_SEED, global = true)]
+    pub seed: u64,
+    /// Neighbours per search.
+    #[arg(long, default_value_t = 10, global = true)]
+    pub k: u32,
+    /// Replace the scenarios' own requests: spec, text, vector or mixed.
+    #[arg(long, env = "VECRIG_WORKLOAD", global = true)]
+    pub workload: Option<WorkloadKind>,
+    /// Fraction of upserts in the mixed workload.
+    #[arg(long, default_value_t = 0.1, global = true)]
+    pub upsert_fraction: f64,
+    /// Sizes and durations: full (the specification's) or quick (scaled down in time).
+    #[arg(long, value_enum, env = "VECRIG_PROFILE", default_value = "full", global = true)]
+    pub profile: Profile,
+    /// Extra pass/fail threshold, e.g. 'p99<50ms' or 'error_rate<=0.01@*' (repeatable).
+    #[arg(long = "threshold", global = true)]
+    pub thresholds: Vec<Threshold>,
+    /// Drop the specification's default thresholds (keep only --threshold ones).
+    #[arg(long, global = true)]
+    pub no_default_thresholds: bool,
+    /// Attempts per request, first one included (1 disables retries).
+    #[arg(long, default_value_t = 3, global = true)]
+    pub max_attempts: u32,
+    /// Retries allowed per request on average (0.1 = 10%).
+    #[arg(long, default_value_t = 0.1, global = true)]
+    pub retry_budget: f64,
+    /// Write the JSON report here.
+    #[arg(long, env = "VECRIG_OUT", global = true)]
+    pub out: Option<PathBuf>,
+    /// No live progress line.
+    #[arg(long, global = true)]
+    pub no_progress: bool,
+    /// How long to wait for the target to become SERVING.
+    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, global = true)]
+    pub wait_healthy: Duration,
+    /// Start a local vecrig-server for this run (default: the one next to this binary).
+    #[arg(long, num_args = 0..=1, default_missing_value = "", global = true)]
+    pub spawn_server: Option<PathBuf>,
+    /// Synthetic points the spawned server preloads.
+    #[arg(long, default_value_t = 10_000, global = true)]
+    pub spawn_preload: u64,
+    /// Data directory of the spawned server (default: a temporary one).
+    #[arg(long, global = true)]
+    pub spawn_data_dir: Option<PathBuf>,
+    /// The scenario to run.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+const AFTER_HELP: &str = "\
+Exit codes: 0 every threshold held, 99 a threshold failed, 3 target unreachable/unhealthy,
+130 interrupted, 1 other errors, 2 bad flags.
+Example: vecrig-loadgen --spawn-server suite --profile quick --out report.json";
+
+/// Scenarios. Flags left out keep the specification's values (or the profile's).
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Many concurrent users, each sending a few queries [1000 x 10].
+    ExtremeConcurrency {
+        /// Concurrent users.
+        #[arg(long)]
+        users: Option<u64>,
+        /// Queries per user.
+        #[arg(long)]
+        queries_per_user: Option<u64>,
+        /// Pause after each answer.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        think: Option<Duration>,
+    },
+    /// Tasks sending ~150 KB queries; judged on the server's memory [50 tasks, 30s].
+    MemoryPressure {
+        /// Concurrent tasks.
+        #[arg(long)]
+        tasks: Option<u64>,
+        /// How long.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Approximate size of each query, bytes.
+        #[arg(long)]
+        query_bytes: Option<usize>,
+    },
+    /// A steady rate, on schedule, for a long time [10 workers, 100 QPS, 5m].
+    Sustained {
+        /// Concurrent workers.
+        #[arg(long)]
+        workers: Option<u64>,
+        /// Total queries per second.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// How long.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// How often to print a monitor line.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        monitor_every: Option<Duration>,
+    },
+    /// Far more concurrent requests than the server can take at once [2000, 30s deadline].
+    ResourceExhaustion {
+        /// Concurrent one-shot requests.
+        #[arg(long)]
+        requests: Option<u64>,
+        /// Each request's deadline.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        request_timeout: Option<Duration>,
+    },
+    /// Workers stepped up and down [10:30s,500:1m,1000:30s,100:30s,10:30s].
+    Scale {
+        /// Steps as WORKERS:DURATION,...
+        #[arg(long, value_parser = parse_scale_phases)]
+        phases: Option<ScalePhases>,
+        /// Pause after each answer.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        pause: Option<Duration>,
+    },
+    /// All five, in order.
+    Suite,
+}
+
+/// Steps of the scale scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScalePhases(pub Vec<(u64, Duration)>);
+
+fn parse_scale_phases(text: &str) -> Result<ScalePhases, String> {
+    Scale::parse_phases(text).map(ScalePhases)
+}
+
+/// Parses `name: value` into gRPC metadata.
+pub fn parse_header(text: &str) -> Result<(AsciiMetadataKey, AsciiMetadataValue), String> {
+    let (name, value) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?}: expected 'name: value'"))?;
+    let key = AsciiMetadataKey::from_str(&name.trim().to_ascii_lowercase())
+        .map_err(|e| format!("header name {name:?}: {e}"))?;
+    let value = AsciiMetadataValue::try_from(value.trim())
+        .map_err(|e| format!("header value for {name:?}: {e}"))?;
+    Ok((key, value))
+}
+
+impl Cli {
+    /// How to reach the target (`target` replaces `--target`, e.g. a spawned server's).
+    pub fn run_options(&self, target: &str) -> RunOptions {
+        RunOptions {
+            target: target.to_string(),
+            connect: ConnectOptions {
+                connections: self.connections.max(1),
+                ..ConnectOptions::default()
+            },
+            timeout: self.timeout,
+            headers: self.headers.clone(),
+            retry: RetryPolicy {
+                max_attempts: self.max_attempts.max(1),
+                budget_ratio: self.retry_budget,
+                ..RetryPolicy::default()
+            },
+            live_progress: !self.no_progress,
+            wait_healthy: self.wait_healthy,
+        }
+    }
+
+    /// What to run.
+    pub fn plan(&self) -> Plan {
+        let full = self.profile == Profile::Full;
+        let scenarios = match &self.command {
+            Command::Suite => ScenarioSpec::suite(self.profile),
+            Command::ExtremeConcurrency {
+                users,
+                queries_per_user,
+                think,
+            } => {
+                let d = if full {
+                    ExtremeConcurrency::full()
+                } else {
+                    ExtremeConcurrency::quick()
+                };
+                vec![ScenarioSpec::ExtremeConcurrency(ExtremeConcurrency {
+                    users: users.unwrap_or(d.users),
+                    queries_per_user: queries_per_user.unwrap_or(d.queries_per_user),
+                    think: think.unwrap_or(d.think),
+                })]
+            }
+            Command::MemoryPressure {
+                tasks,
+                duration,
+                query_bytes,
+            } => {
+                let d = if full {
+                    MemoryPressure::full()
+                } else {
+                    MemoryPressure::quick()
+                };
+                vec![ScenarioSpec::MemoryPressure(MemoryPressure {
+                    tasks: tasks.unwrap_or(d.tasks),
+                    duration: duration.unwrap_or(d.duration),
+                    query_bytes: query_bytes.unwrap_or(d.query_bytes),
+                    pause: d.pause,
+                })]
+            }
+            Command::Sustained {
+                workers,
+                rate,
+                duration,
+                monitor_every,
+            } => {
+                let d = if full {
+                    Sustained::full()
+                } else {
+                    Sustained::quick()
+                };
+                vec![ScenarioSpec::Sustained(Sustained {
+                    workers: workers.unwrap_or(d.workers),
+                    rate: rate.unwrap_or(d.rate),
+                    duration: duration.unwrap_or(d.duration),
+                    monitor_every: monitor_every.unwrap_or(d.monitor_every),
+                })]
+            }
+            Command::ResourceExhaustion {
+                requests,
+                request_timeout,
+            } => {
+                let d = ResourceExhaustion::full();
+                vec![ScenarioSpec::ResourceExhaustion(ResourceExhaustion {
+                    requests: requests.unwrap_or(d.requests),
+                    timeout: request_timeout.unwrap_or(d.timeout),
+                })]
+            }
+            Command::Scale { phases, pause } => {
+                let d = if full { Scale::full() } else { Scale::quick() };
+                vec![ScenarioSpec::Scale(Scale {
+                    phases: phases.clone().map(|p| p.0).unwrap_or(d.phases),
+                    pause: pause.unwrap_or(d.pause),
+                })]
+            }
+        };
+        let workload = self.workload.clone().map(|w| match w {
+            WorkloadKind::Mixed { batch, .. } => WorkloadKind::Mixed {
+                upsert_fraction: self.upsert_fraction,
+                batch,
+            },
+            other => other,
+        });
+        Plan {
+            scenarios,
+            seed: self.seed,
+            k: self.k,
+            workload,
+            thresholds: self.thresholds.clone(),
+            default_thresholds: !self.no_default_thresholds,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_become_a_plan() {
+        let cli = Cli::try_parse_from([
+            "vecrig-loadgen",
+            "--profile",
+            "quick",
+            "--threshold",
+            "p99<50ms",
+            "--header",
+            "Authorization: Bearer abc",
+            "scale",
+            "--phases",
+            "5:1s,50:2s",
+        ])
+        .expect("parse");
+        let plan = cli.plan();
+        assert_eq!(
+            plan.scenarios,
+            vec![ScenarioSpec::Scale(Scale {
+                phases: vec![(5, Duration::from_secs(1)), (50, Duration::from_secs(2))],
+                pause: Duration::from_millis(100),
+            })]
+        );
+        assert_eq!(plan.thresholds.len(), 1);
+        let options = cli.run_options("http://127.0.0.1:1");
+        assert_eq!(options.headers[0].0.as_str(), "authorization");
+        assert_eq!(options.headers[0].1.to_str().ok(), Some("Bearer abc"));
+        assert!(Cli::try_parse_from(["vecrig-loadgen", "--threshold", "p99", "suite"]).is_err());
+        assert!(parse_header("no-colon").is_err());
+    }
+}

@@ -1,0 +1,421 @@
+//! The engine: schedules a scenario's requests, sends them with deadlines and retries, and
+//! records every outcome. A scenario says *what* load; this module says *how* it is sent.
+//!
+//! Two load models:
+//! - **closed**: `users` tasks, each sending its next request when the previous one answered
+//!   (plus an optional think time), for a number of iterations or a duration. Throughput is
+//!   whatever the server allows; latency is measured from the actual send.
+//! - **paced**: `workers` tasks sending at a fixed total rate on a fixed schedule. A request's
+//!   latency runs from its *intended* send time, so a server stall shows in full in the
+//!   percentiles instead of being hidden by the workers waiting (coordinated omission, as wrk2
+//!   corrects it). The service time from the actual send is recorded beside it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tonic::Code;
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use tonic::transport::Channel;
+use vecrig::client::{Pool, with_deadline};
+use vecrig::proto::vector_index_client::VectorIndexClient;
+use vecrig::validation::criteria;
+use vecrig::validation::report::ScenarioReport;
+use vecrig::validation::threshold::{self, Threshold};
+
+use crate::monitor::Monitor;
+use crate::progress::Progress;
+use crate::retry::{RetryBudget, RetryPolicy};
+use crate::stats::{Outcome, Outcomes, Recorder};
+use crate::workload::{Op, Workload};
+
+/// How one phase's load is generated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Model {
+    /// Users that each wait for their answer before sending again.
+    Closed {
+        /// Concurrent users.
+        users: u64,
+        /// Requests per user; `None`: until `duration` ends.
+        iterations: Option<u64>,
+        /// How long the phase lasts; `None`: until every user finished its iterations.
+        duration: Option<Duration>,
+        /// Pause after each answer.
+        think: Duration,
+        /// Start users in groups: after every `.0` users, pause `.1`.
+        stagger: Option<(u64, Duration)>,
+    },
+    /// Workers sending on a fixed schedule at `rate` requests per second in total.
+    Paced {
+        /// Concurrent workers (each sends `rate / workers` per second).
+        workers: u64,
+        /// Total requests per second.
+        rate: f64,
+        /// How long the phase lasts.
+        duration: Duration,
+    },
+}
+
+impl Model {
+    /// Users or workers.
+    pub fn concurrency(&self) -> u64 {
+        match self {
+            Model::Closed { users, .. } => *users,
+            Model::Paced { workers, .. } => *workers,
+        }
+    }
+}
+
+/// One phase of a scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Phase {
+    /// Its name in the report.
+    pub name: String,
+    /// Its load.
+    pub model: Model,
+}
+
+/// A scenario: phases of load, what each request is, and how the result is judged.
+#[derive(Debug, Clone)]
+pub struct Scenario {
+    /// Its name (`extreme-concurrency`, ...).
+    pub name: String,
+    /// One sentence on what it does.
+    pub description: String,
+    /// Its parameters, for the report.
+    pub parameters: BTreeMap<String, String>,
+    /// Its phases, run in order.
+    pub phases: Vec<Phase>,
+    /// What each request is.
+    pub workload: Arc<Workload>,
+    /// Pass/fail thresholds.
+    pub thresholds: Vec<Threshold>,
+    /// Print a progress line with recent QPS and error rate this often.
+    pub monitor_every: Option<Duration>,
+    /// Also judge whether the last phase recovered to the first phase's latency.
+    pub check_recovery: bool,
+    /// Per-request deadline for this scenario, instead of the run's.
+    pub timeout: Option<Duration>,
+}
+
+/// Tells every task to stop sending new requests (Ctrl-C, or a failed threshold with abort).
+#[derive(Debug, Clone)]
+pub struct Stop {
+    tx: Arc<watch::Sender<bool>>,
+}
+
+impl Default for Stop {
+    fn default() -> Self {
+        Self {
+            tx: Arc::new(watch::channel(false).0),
+        }
+    }
+}
+
+impl Stop {
+    /// Stops the run.
+    pub fn stop(&self) {
+        self.tx.send_replace(true);
+    }
+
+    /// Whether the run was stopped.
+    pub fn is_stopped(&self) -> bool {
+        *self.tx.borrow()
+    }
+
+    /// Resolves once the run is stopped.
+    pub async fn stopped(&self) {
+        let mut rx = self.tx.subscribe();
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+}
+
+/// Everything the request tasks share.
+#[derive(Debug, Clone)]
+pub struct Context {
+    /// Connections to the target.
+    pub pool: Pool,
+    /// Per-request deadline (sent as `grpc-timeout`, and enforced here too).
+    pub timeout: Duration,
+    /// Metadata added to every request (e.g. `authorization`).
+    pub headers: Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>,
+    /// Retry rules.
+    pub retry: RetryPolicy,
+    /// Shared retry budget.
+    pub budget: Arc<RetryBudget>,
+    /// Stop signal.
+    pub stop: Stop,
+    /// Live progress.
+    pub progress: Progress,
+}
+
+impl Context {
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = with_deadline(message, self.timeout);
+        for (key, value) in self.headers.iter() {
+            request.metadata_mut().insert(key.clone(), value.clone());
+        }
+        request
+    }
+
+    /// Sends one attempt and returns its code. A deadline passing here counts as
+    /// DEADLINE_EXCEEDED even when the server never answers (e.g. it is frozen).
+    async fn send(&self, op: &Op) -> Code {
+        let mut client = self.pool.client();
+        let call = async {
+            match op {
+                Op::Search(r) => client.search(self.request(r.clone())).await.map(drop),
+                Op::Upsert(r) => client.upsert(self.request(r.clone())).await.map(drop),
+            }
+        };
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(())) => Code::Ok,
+            Ok(Err(status)) => status.code(),
+            Err(_) => Code::DeadlineExceeded,
+        }
+    }
+
+    /// Sends `op` (retrying as the policy and budget allow) and records its outcome, with
+    /// latency measured from `intended`.
+    pub async fn execute(&self, op: Op, intended: Instant, recorder: &Recorder) {
+        self.budget.deposit();
+        let mut attempts = 0u32;
+        let mut retries_denied = 0u32;
+        let mut first = None;
+        loop {
+            attempts += 1;
+            let sent = Instant::now();
+            let code = self.send(&op).await;
+            let answered = Instant::now();
+            let first_code = *first.get_or_insert(code);
+            if RetryPolicy::retryable(code)
+                && attempts < self.retry.max_attempts
+                && !self.stop.is_stopped()
+            {
+                if self.budget.try_withdraw() {
+                    let backoff = self.retry.backoff(attempts, &mut rand::rng());
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+                retries_denied += 1;
+            }
+            let outcome = Outcome {
+                first: first_code,
+                last: code,
+                attempts,
+                retries_denied,
+                latency: answered.saturating_duration_since(intended),
+                service_time: answered - sent,
+            };
+            recorder.record(&outcome);
+            self.progress.record(&outcome);
+            return;
+        }
+    }
+}
+
+/// Runs one scenario to the end (or until stopped) and judges it.
+pub async fn run_scenario(
+    ctx: &Context,
+    scenario: &Scenario,
+    stats_client: VectorIndexClient<Channel>,
+) -> ScenarioReport {
+    let ctx = &Context {
+        timeout: scenario.timeout.unwrap_or(ctx.timeout),
+        ..ctx.clone()
+    };
+    let monitor = Monitor::start(stats_client, Duration::from_secs(1));
+    let started = Instant::now();
+    let mut phases = Vec::new();
+    let mut total = Outcomes::default();
+    for (index, phase) in scenario.phases.iter().enumerate() {
+        if ctx.stop.is_stopped() {
+            break;
+        }
+        monitor.set_phase(index);
+        monitor.sample_now().await;
+        ctx.progress
+            .set_label(format!("{} / {}", scenario.name, phase.name));
+        let recorder = Arc::new(Recorder::default());
+        let phase_started = Instant::now();
+        let ticker = scenario.monitor_every.map(|every| {
+            let (recorder, progress, label) = (
+                Arc::clone(&recorder),
+                ctx.progress.clone(),
+                format!("{}/{}", scenario.name, phase.name),
+            );
+            tokio::spawn(async move { report_every(every, &recorder, &progress, &label).await })
+        });
+        run_phase(ctx, phase, &scenario.workload, &recorder).await;
+        let elapsed = phase_started.elapsed();
+        if let Some(t) = ticker {
+            t.abort();
+        }
+        monitor.sample_now().await;
+        let outcomes = recorder.snapshot();
+        total.merge(&outcomes);
+        phases.push(outcomes.report(
+            &phase.name,
+            phase.model.concurrency(),
+            elapsed,
+            monitor.figures(Some(index)),
+        ));
+    }
+    let duration = started.elapsed();
+    let peak = scenario
+        .phases
+        .iter()
+        .map(|p| p.model.concurrency())
+        .max()
+        .unwrap_or(0);
+    let mut report = ScenarioReport {
+        name: scenario.name.clone(),
+        description: scenario.description.clone(),
+        parameters: scenario.parameters.clone(),
+        duration_s: duration.as_secs_f64(),
+        total: total.report("total", peak, duration, monitor.figures(None)),
+        phases,
+        server: monitor.figures(None),
+        thresholds: Vec::new(),
+        loadgen: Default::default(),
+        warnings: Vec::new(),
+        passed: false,
+    };
+    threshold::judge(&mut report, &scenario.thresholds);
+    if scenario.check_recovery
+        && let Some(recovered) = criteria::recovery(&report)
+    {
+        report.passed &= recovered.passed;
+        report.thresholds.push(recovered);
+    }
+    for violation in criteria::graceful_violations(&report) {
+        report.warnings.push(format!("not graceful: {violation}"));
+    }
+    report
+}
+
+/// The specification's monitor: every `every`, recent throughput and the error rate so far.
+async fn report_every(every: Duration, recorder: &Recorder, progress: &Progress, label: &str) {
+    let started = Instant::now();
+    let mut last = (0u64, Instant::now());
+    loop {
+        tokio::time::sleep(every).await;
+        let o = recorder.snapshot();
+        let (requests, successes) = (o.requests(), o.successes());
+        let recent = (successes - last.0) as f64 / last.1.elapsed().as_secs_f64();
+        let error_rate = if requests == 0 {
+            0.0
+        } else {
+            1.0 - successes as f64 / requests as f64
+        };
+        progress.println(format!(
+            "[{label} {:>4.0}s] {recent:.1} QPS, {:.2}% errors, p99 {:.1} ms",
+            started.elapsed().as_secs_f64(),
+            error_rate * 100.0,
+            o.latency.value_at_quantile(0.99) as f64 / 1000.0
+        ));
+        last = (successes, Instant::now());
+    }
+}
+
+async fn run_phase(ctx: &Context, phase: &Phase, workload: &Arc<Workload>, recorder: &Arc<Recorder>) {
+    match phase.model {
+        Model::Closed {
+            users,
+            iterations,
+            duration,
+            think,
+            stagger,
+        } => {
+            run_closed(
+                ctx, users, iterations, duration, think, stagger, workload, recorder,
+            )
+            .await
+        }
+        Model::Paced {
+            workers,
+            rate,
+            duration,
+        } => run_paced(ctx, workers, rate, duration, workload, recorder).await,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_closed(
+    ctx: &Context,
+    users: u64,
+    iterations: Option<u64>,
+    duration: Option<Duration>,
+    think: Duration,
+    stagger: Option<(u64, Duration)>,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+) {
+    let deadline = duration.map(|d| Instant::now() + d);
+    let over = move || deadline.is_some_and(|d| Instant::now() >= d);
+    let mut tasks = JoinSet::new();
+    for user in 0..users {
+        if let Some((every, pause)) = stagger
+            && user > 0
+            && every > 0
+            && user % every == 0
+        {
+            tokio::time::sleep(pause).await;
+        }
+        if ctx.stop.is_stopped() || over() {
+            break;
+        }
+        let (ctx, workload, recorder) = (ctx.clone(), Arc::clone(workload), Arc::clone(recorder));
+        tasks.spawn(async move {
+            let mut requests = workload.generator(user, users);
+            let mut i = 0;
+            while iterations.is_none_or(|n| i < n) && !ctx.stop.is_stopped() && !over() {
+                let op = requests.next(i);
+                ctx.execute(op, Instant::now(), &recorder).await;
+                i += 1;
+                if !think.is_zero() {
+                    tokio::time::sleep(think).await;
+                }
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+async fn run_paced(
+    ctx: &Context,
+    workers: u64,
+    rate: f64,
+    duration: Duration,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+) {
+    let workers = workers.max(1);
+    let start = tokio::time::Instant::now();
+    let end = start + duration;
+    // Each worker's gap between requests; workers are offset evenly within one gap.
+    let gap = Duration::from_secs_f64(workers as f64 / rate.max(1e-6));
+    let mut tasks = JoinSet::new();
+    for worker in 0..workers {
+        let (ctx, workload, recorder) = (ctx.clone(), Arc::clone(workload), Arc::clone(recorder));
+        tasks.spawn(async move {
+            let offset = gap.mul_f64(worker as f64 / workers as f64);
+            let mut requests = workload.generator(worker, workers);
+            for n in 0u64.. {
+                let intended = start + offset + gap.mul_f64(n as f64);
+                if intended >= end || ctx.stop.is_stopped() {
+                    break;
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(intended) => {}
+                    () = ctx.stop.stopped() => break,
+                }
+                let op = requests.next(n);
+                ctx.execute(op, intended.into_std(), &recorder).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}

@@ -1,0 +1,153 @@
+//! Samples the server's `Stats` while load runs: its queue, in-flight, shed counter and memory.
+//!
+//! It uses its own connection, so its samples are not queued behind the load's streams, and
+//! the server exempts `Stats` from admission, so sampling works while the server sheds.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use vecrig::client::with_deadline;
+use vecrig::proto::StatsRequest;
+use vecrig::proto::vector_index_client::VectorIndexClient;
+use vecrig::validation::report::ServerFigures;
+
+/// One `Stats` sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sample {
+    /// Seconds since the monitor started.
+    pub at_s: f64,
+    /// Index of the phase running when it was taken.
+    pub phase: usize,
+    /// Requests being served.
+    pub in_flight: u64,
+    /// Requests waiting.
+    pub queued: u64,
+    /// Requests shed since the server started.
+    pub shed_total: u64,
+    /// Server resident memory.
+    pub rss_bytes: u64,
+    /// Points in the index.
+    pub points: u64,
+}
+
+/// The sampler: a background task plus explicit samples at phase boundaries.
+#[derive(Debug)]
+pub struct Monitor {
+    client: VectorIndexClient<Channel>,
+    started: Instant,
+    phase: Arc<AtomicUsize>,
+    samples: Arc<Mutex<Vec<Sample>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Monitor {
+    /// Starts sampling every `interval` over `client`.
+    pub fn start(client: VectorIndexClient<Channel>, interval: Duration) -> Self {
+        let started = Instant::now();
+        let phase = Arc::new(AtomicUsize::new(0));
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let task = {
+            let (client, phase, samples) =
+                (client.clone(), Arc::clone(&phase), Arc::clone(&samples));
+            tokio::spawn(async move {
+                let mut ticker = tokio::time::interval(interval);
+                ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    ticker.tick().await;
+                    take(&client, started, &phase, &samples).await;
+                }
+            })
+        };
+        Self {
+            client,
+            started,
+            phase,
+            samples,
+            task,
+        }
+    }
+
+    /// Takes a sample now, tagged with the current phase.
+    pub async fn sample_now(&self) {
+        take(&self.client, self.started, &self.phase, &self.samples).await;
+    }
+
+    /// Tags later samples with phase `index`.
+    pub fn set_phase(&self, index: usize) {
+        self.phase.store(index, Ordering::Release);
+    }
+
+    /// All samples so far.
+    pub fn samples(&self) -> Vec<Sample> {
+        self.samples
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Figures over the samples of one phase (`None`: all phases).
+    pub fn figures(&self, phase: Option<usize>) -> ServerFigures {
+        let samples: Vec<Sample> = self
+            .samples()
+            .into_iter()
+            .filter(|s| phase.is_none_or(|p| s.phase == p))
+            .collect();
+        figures(&samples)
+    }
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn take(
+    client: &VectorIndexClient<Channel>,
+    started: Instant,
+    phase: &AtomicUsize,
+    samples: &Mutex<Vec<Sample>>,
+) {
+    let mut client = client.clone();
+    let Ok(Ok(response)) = tokio::time::timeout(
+        Duration::from_secs(2),
+        client.stats(with_deadline(StatsRequest {}, Duration::from_secs(2))),
+    )
+    .await
+    else {
+        return; // A missed sample is just a gap; the load's own outcomes tell the story.
+    };
+    let s = response.into_inner();
+    samples
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push(Sample {
+            at_s: started.elapsed().as_secs_f64(),
+            phase: phase.load(Ordering::Acquire),
+            in_flight: s.in_flight,
+            queued: s.queued,
+            shed_total: s.shed_total,
+            rss_bytes: s.rss_bytes,
+            points: s.points,
+        });
+}
+
+/// Figures over a run of samples, in time order.
+pub fn figures(samples: &[Sample]) -> ServerFigures {
+    let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
+        return ServerFigures::default();
+    };
+    ServerFigures {
+        samples: samples.len() as u64,
+        shed: last.shed_total.saturating_sub(first.shed_total),
+        max_queued: samples.iter().map(|s| s.queued).max().unwrap_or(0),
+        max_in_flight: samples.iter().map(|s| s.in_flight).max().unwrap_or(0),
+        rss_start_bytes: first.rss_bytes,
+        rss_max_bytes: samples.iter().map(|s| s.rss_bytes).max().unwrap_or(0),
+        rss_end_bytes: last.rss_bytes,
+        points_start: first.points,
+        points_end: last.points,
+    }
+}

@@ -1,0 +1,156 @@
+//! The report as a person reads it: one block per scenario, a table of phases, the verdict
+//! of each threshold, and what the server said about itself.
+
+use std::fmt::Write;
+
+use vecrig::validation::report::{LatencySummary, PhaseReport, Report, ScenarioReport};
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn ms(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn codes(phase: &PhaseReport) -> String {
+    phase
+        .codes
+        .iter()
+        .filter(|(code, _)| code.as_str() != "OK")
+        .map(|(code, n)| format!("{code}={n}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn row(out: &mut String, phase: &PhaseReport) {
+    let l: &LatencySummary = &phase.latency;
+    let _ = writeln!(
+        out,
+        "  {:<18} {:>6} {:>9} {:>8.2}% {:>9.1} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
+        phase.name,
+        phase.concurrency,
+        phase.requests,
+        phase.success_rate() * 100.0,
+        phase.qps,
+        ms(l.p50_ms),
+        ms(l.p90_ms),
+        ms(l.p99_ms),
+        ms(l.p999_ms),
+        ms(l.max_ms),
+        codes(phase)
+    );
+}
+
+/// One scenario's block.
+pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
+    let verdict = if s.passed { "PASSED" } else { "FAILED" };
+    let _ = writeln!(out, "\n== {} — {verdict} ==", s.name);
+    let _ = writeln!(out, "  {} ({:.1} s)", s.description, s.duration_s);
+    let _ = writeln!(
+        out,
+        "  {:<18} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
+        "phase", "users", "requests", "ok", "ok/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "other outcomes"
+    );
+    for phase in &s.phases {
+        row(out, phase);
+    }
+    if s.phases.len() > 1 {
+        row(out, &s.total);
+    }
+    let t = &s.total;
+    if t.retries > 0 || t.retries_denied > 0 {
+        let _ = writeln!(
+            out,
+            "  retries: {} sent, {} refused by the budget; first-try success {:.2}%, final {:.2}%",
+            t.retries,
+            t.retries_denied,
+            t.first_try_success_rate() * 100.0,
+            t.success_rate() * 100.0
+        );
+    }
+    let sv = &s.server;
+    let _ = writeln!(
+        out,
+        "  server: shed {}, max queued {}, max in flight {}, memory {} -> {} (max {}), points {} -> {}",
+        sv.shed,
+        sv.max_queued,
+        sv.max_in_flight,
+        mb(sv.rss_start_bytes),
+        mb(sv.rss_end_bytes),
+        mb(sv.rss_max_bytes),
+        sv.points_start,
+        sv.points_end
+    );
+    let _ = writeln!(
+        out,
+        "  loadgen: {:.1} CPU s ({:.2} cores), memory {}",
+        s.loadgen.cpu_seconds,
+        s.loadgen.cpu_cores_used,
+        mb(s.loadgen.max_rss_bytes)
+    );
+    for t in &s.thresholds {
+        let mark = if t.passed { "ok  " } else { "FAIL" };
+        let _ = writeln!(
+            out,
+            "  [{mark}] {:<40} {:>14} observed {}",
+            t.expression,
+            format!("({})", t.scope),
+            format_observed(t.observed)
+        );
+    }
+    for w in &s.warnings {
+        let _ = writeln!(out, "  warning: {w}");
+    }
+}
+
+fn format_observed(v: f64) -> String {
+    if v.is_nan() {
+        "nothing (no such phase)".into()
+    } else if v.abs() >= 1e6 {
+        format!("{v:.3e}")
+    } else if v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.4}")
+    }
+}
+
+/// The whole report, as printed on stdout.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "vecrig-loadgen {} against {} (seed {})",
+        report.loadgen_version, report.target, report.seed
+    );
+    let _ = writeln!(
+        out,
+        "latency is measured from each request's intended send time; 'ok/s' counts successes only"
+    );
+    for s in &report.scenarios {
+        render_scenario(&mut out, s);
+    }
+    for w in &report.warnings {
+        let _ = writeln!(out, "warning: {w}");
+    }
+    let passed = report.scenarios.iter().filter(|s| s.passed).count();
+    let _ = writeln!(
+        out,
+        "\n{}: {passed} of {} scenarios met their thresholds{}",
+        if report.passed { "PASSED" } else { "FAILED" },
+        report.scenarios.len(),
+        if report.interrupted {
+            " (interrupted)"
+        } else {
+            ""
+        }
+    );
+    out
+}

@@ -1,0 +1,236 @@
+//! Recording outcomes: HdrHistograms of latency (never growing lists) and counts by gRPC code,
+//! per phase, turned into report summaries at the end.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use tonic::Code;
+use vecrig::validation::report::{LatencySummary, PhaseReport, ServerFigures, code_name};
+
+/// Largest latency recorded exactly: one hour, in microseconds. Larger values saturate.
+const MAX_MICROS: u64 = 3_600_000_000;
+
+fn histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_MICROS, 3).expect("static histogram bounds are valid")
+}
+
+fn micros(d: Duration) -> u64 {
+    (d.as_micros() as u64).clamp(1, MAX_MICROS)
+}
+
+/// All codes, indexable by `Code as usize`.
+const CODES: usize = 17;
+
+/// The outcomes of one phase so far.
+#[derive(Debug, Clone)]
+pub struct Outcomes {
+    /// Latency of every request, from intended send to final answer, microseconds.
+    pub latency: Histogram<u64>,
+    /// Latency of successful requests only.
+    pub success_latency: Histogram<u64>,
+    /// Service time of the final attempt.
+    pub service_time: Histogram<u64>,
+    codes: [u64; CODES],
+    first_codes: [u64; CODES],
+    attempts: u64,
+    retries: u64,
+    retries_denied: u64,
+}
+
+impl Default for Outcomes {
+    fn default() -> Self {
+        Self {
+            latency: histogram(),
+            success_latency: histogram(),
+            service_time: histogram(),
+            codes: [0; CODES],
+            first_codes: [0; CODES],
+            attempts: 0,
+            retries: 0,
+            retries_denied: 0,
+        }
+    }
+}
+
+/// What happened to one request.
+#[derive(Debug, Clone, Copy)]
+pub struct Outcome {
+    /// Code of the first attempt.
+    pub first: Code,
+    /// Code of the final attempt.
+    pub last: Code,
+    /// Attempts sent.
+    pub attempts: u32,
+    /// Retries the budget refused.
+    pub retries_denied: u32,
+    /// From intended send time to final answer.
+    pub latency: Duration,
+    /// From the final attempt's send to its answer.
+    pub service_time: Duration,
+}
+
+impl Outcomes {
+    /// Adds one request.
+    pub fn record(&mut self, o: &Outcome) {
+        let latency = micros(o.latency);
+        self.latency.saturating_record(latency);
+        if o.last == Code::Ok {
+            self.success_latency.saturating_record(latency);
+        }
+        self.service_time.saturating_record(micros(o.service_time));
+        self.codes[o.last as usize] += 1;
+        self.first_codes[o.first as usize] += 1;
+        self.attempts += u64::from(o.attempts);
+        self.retries += u64::from(o.attempts.saturating_sub(1));
+        self.retries_denied += u64::from(o.retries_denied);
+    }
+
+    /// Adds another phase's outcomes (histograms merge losslessly).
+    pub fn merge(&mut self, other: &Outcomes) {
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        let _ = self.success_latency.add(&other.success_latency);
+        let _ = self.service_time.add(&other.service_time);
+        for i in 0..CODES {
+            self.codes[i] += other.codes[i];
+            self.first_codes[i] += other.first_codes[i];
+        }
+        self.attempts += other.attempts;
+        self.retries += other.retries;
+        self.retries_denied += other.retries_denied;
+    }
+
+    /// Requests recorded.
+    pub fn requests(&self) -> u64 {
+        self.codes.iter().sum()
+    }
+
+    /// Requests that succeeded.
+    pub fn successes(&self) -> u64 {
+        self.codes[Code::Ok as usize]
+    }
+
+    /// The report of these outcomes over `duration`.
+    pub fn report(
+        &self,
+        name: &str,
+        concurrency: u64,
+        duration: Duration,
+        server: ServerFigures,
+    ) -> PhaseReport {
+        let secs = duration.as_secs_f64().max(1e-9);
+        PhaseReport {
+            name: name.to_string(),
+            concurrency,
+            duration_s: duration.as_secs_f64(),
+            requests: self.requests(),
+            successes: self.successes(),
+            qps: self.successes() as f64 / secs,
+            codes: by_name(&self.codes),
+            first_try_codes: by_name(&self.first_codes),
+            attempts: self.attempts,
+            retries: self.retries,
+            retries_denied: self.retries_denied,
+            latency: summarize(&self.latency),
+            success_latency: summarize(&self.success_latency),
+            service_time: summarize(&self.service_time),
+            server,
+        }
+    }
+}
+
+fn by_name(counts: &[u64; CODES]) -> BTreeMap<String, u64> {
+    counts
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| **n > 0)
+        .map(|(i, n)| (code_name(Code::from(i as i32)).to_string(), *n))
+        .collect()
+}
+
+/// Percentiles of a microsecond histogram, in milliseconds.
+pub fn summarize(h: &Histogram<u64>) -> LatencySummary {
+    if h.is_empty() {
+        return LatencySummary::default();
+    }
+    let ms = |v: u64| v as f64 / 1000.0;
+    LatencySummary {
+        count: h.len(),
+        min_ms: ms(h.min()),
+        mean_ms: h.mean() / 1000.0,
+        p50_ms: ms(h.value_at_quantile(0.50)),
+        p90_ms: ms(h.value_at_quantile(0.90)),
+        p99_ms: ms(h.value_at_quantile(0.99)),
+        p999_ms: ms(h.value_at_quantile(0.999)),
+        max_ms: ms(h.max()),
+    }
+}
+
+/// A phase's outcomes, shared by all the tasks sending its requests.
+#[derive(Debug, Default)]
+pub struct Recorder {
+    outcomes: Mutex<Outcomes>,
+}
+
+impl Recorder {
+    /// Adds one request.
+    pub fn record(&self, outcome: &Outcome) {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .record(outcome);
+    }
+
+    /// A copy of everything recorded so far.
+    pub fn snapshot(&self) -> Outcomes {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(first: Code, last: Code, ms: u64) -> Outcome {
+        Outcome {
+            first,
+            last,
+            attempts: if first == last { 1 } else { 2 },
+            retries_denied: 0,
+            latency: Duration::from_millis(ms),
+            service_time: Duration::from_millis(ms / 2),
+        }
+    }
+
+    #[test]
+    fn counts_codes_and_percentiles() {
+        let mut o = Outcomes::default();
+        for ms in 1..=100 {
+            o.record(&outcome(Code::Ok, Code::Ok, ms));
+        }
+        o.record(&outcome(Code::ResourceExhausted, Code::Ok, 5));
+        o.record(&outcome(Code::ResourceExhausted, Code::ResourceExhausted, 1));
+        let r = o.report("p", 4, Duration::from_secs(2), ServerFigures::default());
+        assert_eq!(r.requests, 102);
+        assert_eq!(r.successes, 101);
+        assert_eq!(r.codes["OK"], 101);
+        assert_eq!(r.codes["RESOURCE_EXHAUSTED"], 1);
+        assert_eq!(r.first_try_codes["RESOURCE_EXHAUSTED"], 2);
+        assert_eq!(r.retries, 1);
+        assert!((r.qps - 50.5).abs() < 1e-9);
+        assert!((r.latency.p50_ms - 50.0).abs() < 0.5, "{}", r.latency.p50_ms);
+        assert!((r.latency.max_ms - 100.0).abs() < 0.1);
+        assert_eq!(r.success_latency.count, 101);
+
+        let mut total = Outcomes::default();
+        total.merge(&o);
+        total.merge(&o);
+        assert_eq!(total.requests(), 204);
+        assert_eq!(total.latency.len(), 204);
+    }
+}

@@ -1,0 +1,231 @@
+//! Reaching the target: a pre-flight check that fails fast with a clear message, and an
+//! optional local server spawned for a one-command run.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::Code;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use vecrig::client::{ConnectError, ConnectOptions, Pool, with_deadline};
+use vecrig::proto::{StatsRequest, StatsResponse};
+
+/// Why the target cannot be load-tested.
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// Nothing answers at the address.
+    #[error("target unreachable: {0}")]
+    Unreachable(#[from] ConnectError),
+    /// The health service says the server is not serving.
+    #[error("target {target} is not healthy: health says {status} after waiting {waited:?}")]
+    Unhealthy {
+        /// The target.
+        target: String,
+        /// The last status seen.
+        status: String,
+        /// How long we waited for SERVING.
+        waited: Duration,
+    },
+    /// The server does not speak vecrig.v1.
+    #[error(
+        "target {target} does not serve vecrig.v1.VectorIndex ({code:?}: {message}); is it a vecrig server?"
+    )]
+    WrongApi {
+        /// The target.
+        target: String,
+        /// The code its Stats call returned.
+        code: Code,
+        /// The message.
+        message: String,
+    },
+}
+
+/// A checked target: its connections and what it said about itself.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// Connections for the load.
+    pub pool: Pool,
+    /// A separate connection for sampling `Stats`.
+    pub monitor: Pool,
+    /// The server's `Stats` before the run.
+    pub stats: StatsResponse,
+}
+
+/// Connects, waits up to `wait` for health to say SERVING, and checks that the target
+/// answers vecrig's `Stats`.
+pub async fn preflight(
+    target: &str,
+    options: &ConnectOptions,
+    wait: Duration,
+) -> Result<Checked, PreflightError> {
+    let pool = Pool::connect(target, options).await?;
+    let monitor = Pool::connect(
+        target,
+        &ConnectOptions {
+            connections: 1,
+            ..options.clone()
+        },
+    )
+    .await?;
+    let started = Instant::now();
+    loop {
+        let answer = HealthClient::new(monitor.channel())
+            .check(with_deadline(
+                HealthCheckRequest {
+                    service: String::new(),
+                },
+                Duration::from_secs(5),
+            ))
+            .await;
+        let status = match answer {
+            Ok(r) if r.get_ref().status() == ServingStatus::Serving => break,
+            Ok(r) => r.get_ref().status().as_str_name().to_string(),
+            // A server without the health service: let the Stats check decide.
+            Err(s) if s.code() == Code::Unimplemented => break,
+            Err(s) => format!("{:?} ({})", s.code(), s.message()),
+        };
+        if started.elapsed() >= wait {
+            return Err(PreflightError::Unhealthy {
+                target: target.to_string(),
+                status,
+                waited: started.elapsed(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let stats = monitor
+        .client()
+        .stats(with_deadline(StatsRequest {}, Duration::from_secs(10)))
+        .await
+        .map_err(|s| PreflightError::WrongApi {
+            target: target.to_string(),
+            code: s.code(),
+            message: s.message().to_string(),
+        })?
+        .into_inner();
+    Ok(Checked {
+        pool,
+        monitor,
+        stats,
+    })
+}
+
+/// A `vecrig-server` process started for this run, stopped with SIGTERM when dropped.
+#[derive(Debug)]
+pub struct LocalServer {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub target: String,
+    _data_dir: Option<tempfile::TempDir>,
+}
+
+/// Why a local server could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    /// The binary could not be run.
+    #[error("cannot start {path}: {source}")]
+    Start {
+        /// The binary.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// It did not print `listening on ADDR`.
+    #[error("{path} did not report its address: {reason}")]
+    NoAddress {
+        /// The binary.
+        path: PathBuf,
+        /// What happened instead.
+        reason: String,
+    },
+}
+
+/// The `vecrig-server` next to this executable (where cargo puts both).
+pub fn sibling_server_binary() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("vecrig-server")))
+        .unwrap_or_else(|| PathBuf::from("vecrig-server"))
+}
+
+impl LocalServer {
+    /// Starts `binary` on 127.0.0.1 with a free port, `preload` synthetic points and
+    /// `data_dir` (a temporary directory when `None`), plus `extra` arguments.
+    pub async fn spawn(
+        binary: &Path,
+        preload: u64,
+        data_dir: Option<&Path>,
+        extra: &[String],
+    ) -> Result<Self, SpawnError> {
+        let temp = match data_dir {
+            Some(_) => None,
+            None => Some(tempfile::tempdir().map_err(|source| SpawnError::Start {
+                path: binary.to_path_buf(),
+                source,
+            })?),
+        };
+        let dir = data_dir
+            .map(Path::to_path_buf)
+            .or_else(|| temp.as_ref().map(|t| t.path().to_path_buf()))
+            .unwrap_or_default();
+        let mut child = Command::new(binary)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(&dir)
+            .arg("--preload")
+            .arg(preload.to_string())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| SpawnError::Start {
+                path: binary.to_path_buf(),
+                source,
+            })?;
+        let no_address = |reason: String| SpawnError::NoAddress {
+            path: binary.to_path_buf(),
+            reason,
+        };
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| no_address("no stdout".into()))?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .map_err(|_| no_address("nothing printed within 30 s".into()))?
+            .map_err(|e| no_address(e.to_string()))?
+            .ok_or_else(|| no_address("it exited".into()))?;
+        let addr = line
+            .strip_prefix("listening on ")
+            .ok_or_else(|| no_address(format!("unexpected first line {line:?}")))?;
+        // Keep draining its stdout so the server never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(Self {
+            child,
+            target: format!("http://{addr}"),
+            _data_dir: temp,
+        })
+    }
+
+    /// Stops the server gracefully (SIGTERM, so it drains and saves), killing it if it has
+    /// not exited within `grace`.
+    pub async fn stop(mut self, grace: Duration) {
+        if let Some(pid) = self.child.id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(grace, self.child.wait()).await.is_err() {
+            let _ = self.child.kill().await;
+        }
+    }
+}

@@ -1,0 +1,253 @@
+//! Seeded request generators: given the same seed, the same requests, in the same order for
+//! each user.
+//!
+//! - `spec`: the specification's query texts (`stress_test_user_{user}_query_{i}`, ...);
+//! - `text`: realistic short texts in the vocabulary of the server's `--preload` data;
+//! - `vector`: vectors drawn from the same clustered distribution as the `--preload` data;
+//! - `large-text`: ~150 KB texts (the memory-pressure scenario);
+//! - `mixed`: vector searches with a chosen fraction of upserts (batches of new points).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use vecrig::proto::{self, point, search_request};
+use vecrig::synthetic::Synthetic;
+
+/// Which requests to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WorkloadKind {
+    /// Text searches from a template: `{user}`, `{i}` and `{c}` (concurrency) are replaced.
+    Spec(String),
+    /// Text searches in the preload vocabulary.
+    Text,
+    /// Vector searches from the preload distribution.
+    Vector,
+    /// Text searches of about `bytes` bytes: the template repeated, then `_iteration_{i}`.
+    LargeText {
+        /// Approximate size of each query.
+        bytes: usize,
+    },
+    /// Vector searches, and upserts with probability `upsert_fraction`.
+    Mixed {
+        /// Fraction of requests that are upserts.
+        upsert_fraction: f64,
+        /// Points per upsert.
+        batch: usize,
+    },
+}
+
+impl std::str::FromStr for WorkloadKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "text" => WorkloadKind::Text,
+            "vector" => WorkloadKind::Vector,
+            "mixed" => WorkloadKind::Mixed {
+                upsert_fraction: 0.1,
+                batch: 16,
+            },
+            "spec" => WorkloadKind::Spec("stress_test_user_{user}_query_{i}".into()),
+            other => {
+                return Err(format!(
+                    "unknown workload {other:?}: expected spec, text, vector or mixed"
+                ));
+            }
+        })
+    }
+}
+
+/// One request to send.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// A search.
+    Search(proto::SearchRequest),
+    /// An upsert.
+    Upsert(proto::UpsertRequest),
+}
+
+/// A workload: what to send, for every user.
+#[derive(Debug)]
+pub struct Workload {
+    kind: WorkloadKind,
+    seed: u64,
+    k: u32,
+    data: Synthetic,
+    large_text: String,
+}
+
+/// Ids of points written by the mixed workload start here, far above any preloaded id.
+pub const WRITE_ID_BASE: u64 = 1 << 40;
+
+impl Workload {
+    /// A workload over `dimensions`-wide data seeded by `seed` (the server's `--preload-seed`).
+    pub fn new(kind: WorkloadKind, dimensions: usize, seed: u64, k: u32) -> Arc<Self> {
+        let large_text = match &kind {
+            WorkloadKind::LargeText { bytes } => {
+                let unit = "large_test_data ";
+                unit.repeat((bytes / unit.len()).max(1))
+            }
+            _ => String::new(),
+        };
+        Arc::new(Self {
+            kind,
+            seed,
+            k: k.max(1),
+            data: Synthetic::new(dimensions, Synthetic::DEFAULT_CLUSTERS, seed),
+            large_text,
+        })
+    }
+
+    /// The kind of requests.
+    pub fn kind(&self) -> &WorkloadKind {
+        &self.kind
+    }
+
+    /// The generator for one user (or worker) of a phase with `concurrency` users.
+    pub fn generator(self: &Arc<Self>, user: u64, concurrency: u64) -> Generator {
+        let stream = self.seed ^ user.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ concurrency << 48;
+        Generator {
+            workload: Arc::clone(self),
+            rng: StdRng::seed_from_u64(stream),
+            user,
+            concurrency,
+        }
+    }
+}
+
+/// Produces one user's requests.
+#[derive(Debug)]
+pub struct Generator {
+    workload: Arc<Workload>,
+    rng: StdRng,
+    user: u64,
+    concurrency: u64,
+}
+
+impl Generator {
+    /// The user's `i`-th request.
+    pub fn next(&mut self, i: u64) -> Op {
+        let w = &self.workload;
+        let text = |t: String| {
+            Op::Search(proto::SearchRequest {
+                query: Some(search_request::Query::Text(t)),
+                k: w.k,
+                ..Default::default()
+            })
+        };
+        match &w.kind {
+            WorkloadKind::Spec(template) => text(
+                template
+                    .replace("{user}", &self.user.to_string())
+                    .replace("{i}", &i.to_string())
+                    .replace("{c}", &self.concurrency.to_string()),
+            ),
+            WorkloadKind::Text => text(w.data.query_text(&mut self.rng)),
+            WorkloadKind::LargeText { .. } => text(format!("{}_iteration_{i}", w.large_text)),
+            WorkloadKind::Vector => self.vector_search(),
+            WorkloadKind::Mixed {
+                upsert_fraction,
+                batch,
+            } => {
+                if self.rng.random_bool(upsert_fraction.clamp(0.0, 1.0)) {
+                    self.upsert(i, *batch)
+                } else {
+                    self.vector_search()
+                }
+            }
+        }
+    }
+
+    fn vector_search(&mut self) -> Op {
+        let values = self.workload.data.query_vector(&mut self.rng);
+        Op::Search(proto::SearchRequest {
+            query: Some(search_request::Query::Vector(proto::Vector { values })),
+            k: self.workload.k,
+            ..Default::default()
+        })
+    }
+
+    fn upsert(&mut self, i: u64, batch: usize) -> Op {
+        let points = (0..batch.max(1) as u64)
+            .map(|j| {
+                // Unique per (user, request, point): writers never overwrite each other.
+                let id = WRITE_ID_BASE + (self.user << 24) + ((i * batch as u64 + j) & 0xff_ffff);
+                proto::Point {
+                    id,
+                    data: Some(point::Data::Vector(proto::Vector {
+                        values: self.workload.data.query_vector(&mut self.rng),
+                    })),
+                    payload: HashMap::from([("writer".to_string(), self.user.to_string())]),
+                }
+            })
+            .collect();
+        Op::Upsert(proto::UpsertRequest {
+            points,
+            wait: false,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn same_seed_same_requests() {
+        for kind in [
+            WorkloadKind::Vector,
+            WorkloadKind::Text,
+            WorkloadKind::Mixed {
+                upsert_fraction: 0.5,
+                batch: 2,
+            },
+        ] {
+            let a = Workload::new(kind.clone(), 8, 1, 10);
+            let b = Workload::new(kind, 8, 1, 10);
+            let (mut ga, mut gb) = (a.generator(3, 10), b.generator(3, 10));
+            for i in 0..20 {
+                assert_eq!(ga.next(i), gb.next(i));
+            }
+            assert_ne!(a.generator(4, 10).next(0), a.generator(3, 10).next(0));
+        }
+    }
+
+    #[test]
+    fn spec_and_large_texts() {
+        let w = Workload::new(WorkloadKind::Spec("u{user}_q{i}_c{c}".into()), 8, 1, 10);
+        let Op::Search(r) = w.generator(7, 500).next(3) else {
+            panic!("search expected")
+        };
+        assert_eq!(
+            r.query,
+            Some(search_request::Query::Text("u7_q3_c500".into()))
+        );
+        let w = Workload::new(WorkloadKind::LargeText { bytes: 160_000 }, 8, 1, 10);
+        let Op::Search(r) = w.generator(0, 1).next(9) else {
+            panic!("search expected")
+        };
+        let Some(search_request::Query::Text(t)) = r.query else {
+            panic!("text expected")
+        };
+        assert!(t.len() > 150_000 && t.ends_with("_iteration_9"));
+    }
+
+    #[test]
+    fn mixed_has_the_asked_fraction_of_upserts() {
+        let w = Workload::new(
+            WorkloadKind::Mixed {
+                upsert_fraction: 0.2,
+                batch: 4,
+            },
+            8,
+            5,
+            10,
+        );
+        let mut g = w.generator(0, 1);
+        let upserts = (0..5000)
+            .filter(|&i| matches!(g.next(i), Op::Upsert(_)))
+            .count();
+        assert!((800..1200).contains(&upserts), "{upserts}");
+    }
+}

@@ -1,0 +1,48 @@
+"""hnswlib on the data set exported by the ann bench, for a side-by-side ratio.
+
+Run by `cargo bench -p vecrig-server --bench ann` when python3 can import hnswlib and numpy
+(`pip install hnswlib numpy`); prints one JSON object per line on stdout.
+Usage: hnswlib_bench.py DIR SECONDS
+"""
+import json
+import sys
+import time
+
+import hnswlib
+import numpy as np
+
+EFS = [16, 32, 64, 128, 256]
+K = 10
+
+
+def main() -> None:
+    directory, seconds = sys.argv[1], float(sys.argv[2])
+    dims = int(open(f"{directory}/dims").read())
+    base = np.fromfile(f"{directory}/base.f32", dtype="<f4").reshape(-1, dims)
+    queries = np.fromfile(f"{directory}/queries.f32", dtype="<f4").reshape(-1, dims)
+    truth = np.fromfile(f"{directory}/truth.u64", dtype="<u8").reshape(len(queries), K)
+
+    index = hnswlib.Index(space="cosine", dim=dims)
+    index.init_index(max_elements=len(base), M=16, ef_construction=200, random_seed=100)
+    index.set_num_threads(1)  # one writer, as in our bench
+    started = time.perf_counter()
+    index.add_items(base, np.arange(len(base)))
+    print(json.dumps({"build_s": time.perf_counter() - started}), flush=True)
+
+    for ef in EFS:
+        index.set_ef(ef)
+        labels, _ = index.knn_query(queries, k=K, num_threads=1)
+        found = sum(len(set(row) & set(t)) for row, t in zip(labels.tolist(), truth.tolist()))
+        recall = found / (len(queries) * K)
+        result = {"ef": ef, "recall": recall}
+        for threads in (1, 2):
+            done, started = 0, time.perf_counter()
+            while time.perf_counter() - started < seconds:
+                index.knn_query(queries, k=K, num_threads=threads)
+                done += len(queries)
+            result[f"qps{threads}"] = done / (time.perf_counter() - started)
+        print(json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()

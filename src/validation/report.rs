@@ -1,0 +1,259 @@
+//! The load report: what the loadgen prints and writes as JSON, and what tests assert on.
+//!
+//! The JSON schema is versioned by [`SCHEMA`]; a field is never renamed or removed within a
+//! version. Times are seconds (`_s`), latencies milliseconds (`_ms`), memory bytes (`_bytes`).
+//! gRPC codes are keyed by their canonical upper-case names (`OK`, `RESOURCE_EXHAUSTED`, ...).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Identifies this report format and version.
+pub const SCHEMA: &str = "vecrig.loadgen.report/v1";
+
+/// A whole run: one or more scenarios against one target.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// Always [`SCHEMA`].
+    pub schema: String,
+    /// Version of the loadgen that wrote it.
+    pub loadgen_version: String,
+    /// The target, as given.
+    pub target: String,
+    /// Seed of the request generators.
+    pub seed: u64,
+    /// Wall-clock start, milliseconds since the Unix epoch.
+    pub started_unix_ms: u64,
+    /// Wall-clock end, milliseconds since the Unix epoch.
+    pub finished_unix_ms: u64,
+    /// Whether the run was stopped early (Ctrl-C, abort on a failed threshold).
+    pub interrupted: bool,
+    /// The loadgen process's own resource use.
+    pub loadgen: ProcessFigures,
+    /// Each scenario, in the order run.
+    pub scenarios: Vec<ScenarioReport>,
+    /// Things the reader should know about the run as a whole.
+    pub warnings: Vec<String>,
+    /// Whether every threshold of every scenario passed.
+    pub passed: bool,
+}
+
+/// CPU and memory of a process over the run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessFigures {
+    /// User + system CPU time spent.
+    pub cpu_seconds: f64,
+    /// CPU time per wall-clock second: 1.0 is one core kept busy.
+    pub cpu_cores_used: f64,
+    /// Resident memory at the end.
+    pub rss_bytes: u64,
+    /// Largest resident memory seen.
+    pub max_rss_bytes: u64,
+}
+
+/// One scenario: its phases, their sum, the server's figures and the verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScenarioReport {
+    /// The scenario's name (`extreme-concurrency`, ...).
+    pub name: String,
+    /// What it does, in a sentence.
+    pub description: String,
+    /// Its parameters, as given or defaulted.
+    pub parameters: BTreeMap<String, String>,
+    /// Wall-clock duration.
+    pub duration_s: f64,
+    /// Each phase in order (a scenario without phases has one).
+    pub phases: Vec<PhaseReport>,
+    /// All phases together.
+    pub total: PhaseReport,
+    /// Server-side figures over the whole scenario (from `Stats`).
+    pub server: ServerFigures,
+    /// Each threshold and whether it held.
+    pub thresholds: Vec<ThresholdResult>,
+    /// The loadgen's own CPU and memory during this scenario.
+    pub loadgen: ProcessFigures,
+    /// Things the reader should know (e.g. the loadgen itself saturated).
+    pub warnings: Vec<String>,
+    /// Whether every threshold held.
+    pub passed: bool,
+}
+
+/// One phase of load.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PhaseReport {
+    /// The phase's name.
+    pub name: String,
+    /// Concurrent users or workers in this phase.
+    pub concurrency: u64,
+    /// Wall-clock duration.
+    pub duration_s: f64,
+    /// Requests completed (by final outcome, after retries).
+    pub requests: u64,
+    /// Requests whose final outcome was OK.
+    pub successes: u64,
+    /// Successful requests per second.
+    pub qps: f64,
+    /// Final outcomes by gRPC code.
+    pub codes: BTreeMap<String, u64>,
+    /// Outcomes of each request's first attempt, by gRPC code.
+    pub first_try_codes: BTreeMap<String, u64>,
+    /// Attempts sent, retries included.
+    pub attempts: u64,
+    /// Retries sent.
+    pub retries: u64,
+    /// Retries wanted but refused by the retry budget.
+    pub retries_denied: u64,
+    /// Latency of every request (all outcomes), from its intended send time to its final answer.
+    pub latency: LatencySummary,
+    /// Latency of successful requests only.
+    pub success_latency: LatencySummary,
+    /// Time from the actual send of the final attempt to its answer.
+    pub service_time: LatencySummary,
+    /// Server-side figures over this phase.
+    pub server: ServerFigures,
+}
+
+impl PhaseReport {
+    /// Final outcomes with this code.
+    pub fn code(&self, name: &str) -> u64 {
+        self.codes.get(name).copied().unwrap_or(0)
+    }
+
+    /// Fraction of requests that succeeded (1.0 when there were none).
+    pub fn success_rate(&self) -> f64 {
+        if self.requests == 0 {
+            1.0
+        } else {
+            self.successes as f64 / self.requests as f64
+        }
+    }
+
+    /// Fraction of requests that failed.
+    pub fn error_rate(&self) -> f64 {
+        1.0 - self.success_rate()
+    }
+
+    /// Fraction of requests finally refused with RESOURCE_EXHAUSTED.
+    pub fn shed_rate(&self) -> f64 {
+        ratio(self.code("RESOURCE_EXHAUSTED"), self.requests)
+    }
+
+    /// Fraction of requests that got any answer from the server before their deadline
+    /// (everything but DEADLINE_EXCEEDED and CANCELLED).
+    pub fn completion_rate(&self) -> f64 {
+        let unanswered = self.code("DEADLINE_EXCEEDED") + self.code("CANCELLED");
+        1.0 - ratio(unanswered, self.requests)
+    }
+
+    /// Fraction of first attempts that succeeded.
+    pub fn first_try_success_rate(&self) -> f64 {
+        let first: u64 = self.first_try_codes.values().sum();
+        if first == 0 {
+            1.0
+        } else {
+            ratio(self.first_try_codes.get("OK").copied().unwrap_or(0), first)
+        }
+    }
+
+    /// Requests that failed in ways graceful degradation never allows (INTERNAL, UNKNOWN,
+    /// DATA_LOSS).
+    pub fn server_faults(&self) -> u64 {
+        self.code("INTERNAL") + self.code("UNKNOWN") + self.code("DATA_LOSS")
+    }
+}
+
+fn ratio(part: u64, whole: u64) -> f64 {
+    if whole == 0 {
+        0.0
+    } else {
+        part as f64 / whole as f64
+    }
+}
+
+/// Latency percentiles, in milliseconds, from an HdrHistogram.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LatencySummary {
+    /// Values recorded.
+    pub count: u64,
+    /// Smallest.
+    pub min_ms: f64,
+    /// Mean.
+    pub mean_ms: f64,
+    /// Median.
+    pub p50_ms: f64,
+    /// 90th percentile.
+    pub p90_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// 99.9th percentile.
+    pub p999_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+/// What the server said about itself (`Stats`) while the load ran.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerFigures {
+    /// Stats samples taken.
+    pub samples: u64,
+    /// Requests the server shed during the period (difference of `shed_total`).
+    pub shed: u64,
+    /// Largest `queued` seen.
+    pub max_queued: u64,
+    /// Largest `in_flight` seen.
+    pub max_in_flight: u64,
+    /// Resident memory at the first sample.
+    pub rss_start_bytes: u64,
+    /// Largest resident memory seen.
+    pub rss_max_bytes: u64,
+    /// Resident memory at the last sample.
+    pub rss_end_bytes: u64,
+    /// Points in the index at the first sample.
+    pub points_start: u64,
+    /// Points in the index at the last sample.
+    pub points_end: u64,
+}
+
+impl ServerFigures {
+    /// Growth of resident memory from the first sample to the largest.
+    pub fn rss_growth_bytes(&self) -> u64 {
+        self.rss_max_bytes.saturating_sub(self.rss_start_bytes)
+    }
+}
+
+/// One threshold's verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ThresholdResult {
+    /// Where it applied: `total`, or a phase's name.
+    pub scope: String,
+    /// The expression, as written.
+    pub expression: String,
+    /// The value observed.
+    pub observed: f64,
+    /// Whether it held.
+    pub passed: bool,
+}
+
+/// The canonical upper-case name of a gRPC code, as used for keys in reports.
+pub fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}

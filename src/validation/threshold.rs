@@ -1,0 +1,406 @@
+//! Pass/fail thresholds in the k6 style: `p99<50ms`, `error_rate<=0.05`, `qps>500`.
+//!
+//! Grammar: `METRIC OP VALUE[UNIT][@SCOPE]`.
+//! - METRIC: `success_rate`, `error_rate`, `shed_rate`, `completion_rate`,
+//!   `first_try_success_rate` (fractions; `5%` is accepted), `qps`, `requests`,
+//!   latency of all requests from intended send time `p50`, `p90`, `p99`, `p99.9`, `max`,
+//!   `avg`, the same for successful requests only with `ok_` in front (`ok_p99`) or for
+//!   service time with `service_` (`service_p99`), and `server_faults` (INTERNAL, UNKNOWN,
+//!   DATA_LOSS answers), `server_shed`, `server_rss_growth` (bytes; `1GB` is accepted).
+//! - OP: `<`, `<=`, `>`, `>=`, `==`.
+//! - UNIT: `us`, `ms`, `s` for latencies (in milliseconds otherwise); `B`, `KB`, `MB`, `GB`,
+//!   `KiB`, `MiB`, `GiB` for bytes; `%` for fractions.
+//! - SCOPE: `total` (default), `*` (every phase), or a phase's name.
+
+use std::fmt;
+use std::str::FromStr;
+
+use super::report::{LatencySummary, PhaseReport, ScenarioReport, ThresholdResult};
+
+/// A metric a threshold can test.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Metric {
+    /// Fraction of requests that succeeded.
+    SuccessRate,
+    /// Fraction of requests that failed.
+    ErrorRate,
+    /// Fraction finally refused with RESOURCE_EXHAUSTED.
+    ShedRate,
+    /// Fraction answered before their deadline.
+    CompletionRate,
+    /// Fraction of first attempts that succeeded.
+    FirstTrySuccessRate,
+    /// Successful requests per second.
+    Qps,
+    /// Requests completed.
+    Requests,
+    /// A latency statistic, in milliseconds.
+    Latency(LatencyKind, Stat),
+    /// INTERNAL/UNKNOWN/DATA_LOSS answers.
+    ServerFaults,
+    /// Requests the server reports having shed.
+    ServerShed,
+    /// Server resident-memory growth, bytes.
+    ServerRssGrowth,
+}
+
+/// Which latency.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LatencyKind {
+    /// All requests, from intended send time.
+    All,
+    /// Successful requests only.
+    Success,
+    /// Service time of the final attempt.
+    Service,
+}
+
+/// Which statistic of a latency distribution.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stat {
+    /// A percentile (50, 90, 99, 99.9).
+    Percentile(f64),
+    /// The largest value.
+    Max,
+    /// The mean.
+    Mean,
+}
+
+/// Comparison operator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// `<`
+    Lt,
+    /// `<=`
+    Le,
+    /// `>`
+    Gt,
+    /// `>=`
+    Ge,
+    /// `==`
+    Eq,
+}
+
+/// Where a threshold applies.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// The scenario's totals.
+    Total,
+    /// Every phase separately.
+    EachPhase,
+    /// One named phase.
+    Phase(String),
+}
+
+/// A parsed threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Threshold {
+    /// The text it was parsed from.
+    pub expression: String,
+    /// What is measured.
+    pub metric: Metric,
+    /// How it is compared.
+    pub op: Op,
+    /// The limit, in the metric's base unit (ms, bytes, fraction, count).
+    pub value: f64,
+    /// Where it applies.
+    pub scope: Scope,
+}
+
+/// A threshold that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("threshold {expression:?}: {reason}")]
+pub struct ParseError {
+    /// The text.
+    pub expression: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for Threshold {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.expression)
+    }
+}
+
+fn parse_metric(name: &str) -> Option<Metric> {
+    let (kind, stat_name) = if let Some(rest) = name.strip_prefix("ok_") {
+        (LatencyKind::Success, rest)
+    } else if let Some(rest) = name.strip_prefix("service_") {
+        (LatencyKind::Service, rest)
+    } else {
+        (LatencyKind::All, name)
+    };
+    let stat = match stat_name {
+        "max" => Some(Stat::Max),
+        "avg" | "mean" => Some(Stat::Mean),
+        p if p.starts_with('p') => p[1..]
+            .parse::<f64>()
+            .ok()
+            .filter(|v| *v > 0.0 && *v <= 100.0)
+            .map(Stat::Percentile),
+        _ => None,
+    };
+    if let Some(stat) = stat {
+        return Some(Metric::Latency(kind, stat));
+    }
+    Some(match name {
+        "success_rate" => Metric::SuccessRate,
+        "error_rate" => Metric::ErrorRate,
+        "shed_rate" => Metric::ShedRate,
+        "completion_rate" => Metric::CompletionRate,
+        "first_try_success_rate" => Metric::FirstTrySuccessRate,
+        "qps" => Metric::Qps,
+        "requests" => Metric::Requests,
+        "server_faults" => Metric::ServerFaults,
+        "server_shed" => Metric::ServerShed,
+        "server_rss_growth" => Metric::ServerRssGrowth,
+        _ => return None,
+    })
+}
+
+fn parse_value(metric: Metric, text: &str) -> Result<f64, String> {
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{number:?} is not a number"))?;
+    let scale = match (metric, unit) {
+        (_, "") => 1.0,
+        (Metric::Latency(..), "us") => 0.001,
+        (Metric::Latency(..), "ms") => 1.0,
+        (Metric::Latency(..), "s") => 1000.0,
+        (Metric::ServerRssGrowth, "B") => 1.0,
+        (Metric::ServerRssGrowth, "KB") => 1e3,
+        (Metric::ServerRssGrowth, "MB") => 1e6,
+        (Metric::ServerRssGrowth, "GB") => 1e9,
+        (Metric::ServerRssGrowth, "KiB") => 1024.0,
+        (Metric::ServerRssGrowth, "MiB") => 1024.0 * 1024.0,
+        (Metric::ServerRssGrowth, "GiB") => 1024.0 * 1024.0 * 1024.0,
+        (
+            Metric::SuccessRate
+            | Metric::ErrorRate
+            | Metric::ShedRate
+            | Metric::CompletionRate
+            | Metric::FirstTrySuccessRate,
+            "%",
+        ) => 0.01,
+        (_, unit) => return Err(format!("unit {unit:?} does not fit this metric")),
+    };
+    Ok(number * scale)
+}
+
+impl FromStr for Threshold {
+    type Err = ParseError;
+
+    fn from_str(expression: &str) -> Result<Self, Self::Err> {
+        let err = |reason: &str| ParseError {
+            expression: expression.to_string(),
+            reason: reason.to_string(),
+        };
+        let compact: String = expression.chars().filter(|c| !c.is_whitespace()).collect();
+        let (body, scope) = match compact.rsplit_once('@') {
+            Some((body, "total")) => (body, Scope::Total),
+            Some((body, "*")) => (body, Scope::EachPhase),
+            Some((_, "")) => return Err(err("empty scope after '@'")),
+            Some((body, phase)) => (body, Scope::Phase(phase.to_string())),
+            None => (compact.as_str(), Scope::Total),
+        };
+        let op_at = body
+            .find(['<', '>', '='])
+            .ok_or_else(|| err("no comparison (<, <=, >, >=, ==)"))?;
+        let (name, rest) = body.split_at(op_at);
+        let (op, value) = if let Some(v) = rest.strip_prefix("<=") {
+            (Op::Le, v)
+        } else if let Some(v) = rest.strip_prefix(">=") {
+            (Op::Ge, v)
+        } else if let Some(v) = rest.strip_prefix("==") {
+            (Op::Eq, v)
+        } else if let Some(v) = rest.strip_prefix('<') {
+            (Op::Lt, v)
+        } else if let Some(v) = rest.strip_prefix('>') {
+            (Op::Gt, v)
+        } else {
+            return Err(err("a single '=' is not a comparison; use =="));
+        };
+        let metric = parse_metric(name).ok_or_else(|| err(&format!("unknown metric {name:?}")))?;
+        let value = parse_value(metric, value).map_err(|reason| err(&reason))?;
+        Ok(Threshold {
+            expression: expression.trim().to_string(),
+            metric,
+            op,
+            value,
+            scope,
+        })
+    }
+}
+
+fn stat_of(summary: &LatencySummary, stat: Stat) -> f64 {
+    match stat {
+        Stat::Max => summary.max_ms,
+        Stat::Mean => summary.mean_ms,
+        Stat::Percentile(p) if p <= 50.0 => summary.p50_ms,
+        Stat::Percentile(p) if p <= 90.0 => summary.p90_ms,
+        Stat::Percentile(p) if p <= 99.0 => summary.p99_ms,
+        Stat::Percentile(p) if p < 100.0 => summary.p999_ms,
+        Stat::Percentile(_) => summary.max_ms,
+    }
+}
+
+impl Threshold {
+    /// The metric's value in one phase (or the totals).
+    pub fn observe(&self, phase: &PhaseReport) -> f64 {
+        match self.metric {
+            Metric::SuccessRate => phase.success_rate(),
+            Metric::ErrorRate => phase.error_rate(),
+            Metric::ShedRate => phase.shed_rate(),
+            Metric::CompletionRate => phase.completion_rate(),
+            Metric::FirstTrySuccessRate => phase.first_try_success_rate(),
+            Metric::Qps => phase.qps,
+            Metric::Requests => phase.requests as f64,
+            Metric::Latency(LatencyKind::All, stat) => stat_of(&phase.latency, stat),
+            Metric::Latency(LatencyKind::Success, stat) => stat_of(&phase.success_latency, stat),
+            Metric::Latency(LatencyKind::Service, stat) => stat_of(&phase.service_time, stat),
+            Metric::ServerFaults => phase.server_faults() as f64,
+            Metric::ServerShed => phase.server.shed as f64,
+            Metric::ServerRssGrowth => phase.server.rss_growth_bytes() as f64,
+        }
+    }
+
+    /// Whether `observed` satisfies the threshold.
+    pub fn holds(&self, observed: f64) -> bool {
+        match self.op {
+            Op::Lt => observed < self.value,
+            Op::Le => observed <= self.value,
+            Op::Gt => observed > self.value,
+            Op::Ge => observed >= self.value,
+            Op::Eq => (observed - self.value).abs() < f64::EPSILON,
+        }
+    }
+
+    /// Evaluates the threshold on a scenario: one result per phase it applies to. A phase
+    /// name that matches nothing fails, so a typo never passes silently.
+    pub fn evaluate(&self, scenario: &ScenarioReport) -> Vec<ThresholdResult> {
+        let result = |scope: &str, phase: &PhaseReport| {
+            let observed = self.observe(phase);
+            ThresholdResult {
+                scope: scope.to_string(),
+                expression: self.expression.clone(),
+                observed,
+                passed: self.holds(observed),
+            }
+        };
+        match &self.scope {
+            Scope::Total => vec![result("total", &scenario.total)],
+            Scope::EachPhase => scenario
+                .phases
+                .iter()
+                .map(|p| result(&p.name, p))
+                .collect(),
+            Scope::Phase(name) => match scenario.phases.iter().find(|p| &p.name == name) {
+                Some(p) => vec![result(name, p)],
+                None => vec![ThresholdResult {
+                    scope: name.clone(),
+                    expression: self.expression.clone(),
+                    observed: f64::NAN,
+                    passed: false,
+                }],
+            },
+        }
+    }
+}
+
+/// Evaluates every threshold on `scenario`, storing the results and the verdict in it.
+pub fn judge(scenario: &mut ScenarioReport, thresholds: &[Threshold]) {
+    scenario.thresholds = thresholds.iter().flat_map(|t| t.evaluate(scenario)).collect();
+    scenario.passed = scenario.thresholds.iter().all(|r| r.passed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Threshold {
+        s.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn parses_the_k6_style() {
+        let p99 = t("p99<50ms");
+        assert_eq!(p99.metric, Metric::Latency(LatencyKind::All, Stat::Percentile(99.0)));
+        assert_eq!((p99.op, p99.value, p99.scope.clone()), (Op::Lt, 50.0, Scope::Total));
+        assert_eq!(t("p99.9 < 2s").value, 2000.0);
+        assert_eq!(t("p99.9<200us").value, 0.2);
+        assert_eq!(t("error_rate<=5%").value, 0.05);
+        assert_eq!(t("error_rate<0.01").op, Op::Lt);
+        assert_eq!(t("qps>=500").op, Op::Ge);
+        assert_eq!(t("server_rss_growth<1GB").value, 1e9);
+        assert_eq!(t("server_faults==0").op, Op::Eq);
+        assert_eq!(t("error_rate<=0.1@*").scope, Scope::EachPhase);
+        assert_eq!(t("p99<1s@peak").scope, Scope::Phase("peak".into()));
+        assert_eq!(
+            t("ok_p90<3ms").metric,
+            Metric::Latency(LatencyKind::Success, Stat::Percentile(90.0))
+        );
+        assert_eq!(
+            t("service_max<3ms").metric,
+            Metric::Latency(LatencyKind::Service, Stat::Max)
+        );
+    }
+
+    #[test]
+    fn rejects_nonsense_with_a_reason() {
+        for bad in [
+            "p99",
+            "p99=5ms",
+            "latency<5ms",
+            "p99<fast",
+            "qps>5ms",
+            "error_rate<1GB",
+            "p0<1ms",
+            "p99<1ms@",
+        ] {
+            let e = bad.parse::<Threshold>().expect_err(bad);
+            assert!(!e.reason.is_empty());
+            assert!(e.to_string().contains(bad));
+        }
+    }
+
+    #[test]
+    fn evaluates_on_phases() {
+        let mut phase = PhaseReport {
+            name: "peak".into(),
+            requests: 100,
+            successes: 95,
+            qps: 600.0,
+            ..Default::default()
+        };
+        phase.codes.insert("OK".into(), 95);
+        phase.codes.insert("RESOURCE_EXHAUSTED".into(), 5);
+        phase.latency.p99_ms = 40.0;
+        let mut scenario = ScenarioReport {
+            name: "s".into(),
+            description: String::new(),
+            parameters: Default::default(),
+            duration_s: 1.0,
+            phases: vec![phase.clone()],
+            total: phase,
+            server: Default::default(),
+            thresholds: vec![],
+            loadgen: Default::default(),
+            warnings: vec![],
+            passed: false,
+        };
+        judge(
+            &mut scenario,
+            &[t("success_rate>=0.95"), t("shed_rate<10%"), t("p99<50ms@*"), t("qps>500")],
+        );
+        assert!(scenario.passed, "{:?}", scenario.thresholds);
+        assert_eq!(scenario.thresholds.len(), 4);
+        judge(&mut scenario, &[t("p99<30ms"), t("error_rate<1%@nosuchphase")]);
+        assert!(!scenario.passed);
+        assert!(scenario.thresholds.iter().all(|r| !r.passed));
+    }
+}
