@@ -80,9 +80,12 @@ pub struct Cli {
     /// How long to wait for the target to become SERVING.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, global = true)]
     pub wait_healthy: Duration,
-    /// Start a local vecrig-server for this run (default: the one next to this binary).
-    #[arg(long, num_args = 0..=1, default_missing_value = "", global = true)]
-    pub spawn_server: Option<PathBuf>,
+    /// Start a local vecrig-server (preloaded, on a free port) for this run and target it.
+    #[arg(long, global = true)]
+    pub spawn_server: bool,
+    /// The vecrig-server binary that --spawn-server starts [default: the one next to this one].
+    #[arg(long, env = "VECRIG_SERVER_BINARY", global = true)]
+    pub server_binary: Option<PathBuf>,
     /// Synthetic points the spawned server preloads.
     #[arg(long, default_value_t = 10_000, global = true)]
     pub spawn_preload: u64,

@@ -24,14 +24,10 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> i32 {
-    let local = match &cli.spawn_server {
-        None => None,
-        Some(path) => {
-            let path = if path.as_os_str().is_empty() {
-                sibling_server_binary()
-            } else {
-                path.clone()
-            };
+    let local = match cli.spawn_server {
+        false => None,
+        true => {
+            let path = cli.server_binary.clone().unwrap_or_else(sibling_server_binary);
             match LocalServer::spawn(&path, cli.spawn_preload, cli.spawn_data_dir.as_deref(), &[])
                 .await
             {
