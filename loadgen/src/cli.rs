@@ -33,7 +33,12 @@ pub const EXIT_INTERRUPTED: i32 = 130;
 #[command(version, about, after_help = AFTER_HELP)]
 pub struct Cli {
     /// The server: http://HOST:PORT.
-    #[arg(long, env = "VECRIG_TARGET", default_value = "http://127.0.0.1:50051", global = true)]
+    #[arg(
+        long,
+        env = "VECRIG_TARGET",
+        default_value = "http://127.0.0.1:50051",
+        global = true
+    )]
     pub target: String,
     /// HTTP/2 connections to open (one connection caps concurrency at the server's stream limit).
     #[arg(long, env = "VECRIG_CONNECTIONS", default_value_t = 4, global = true)]
@@ -57,7 +62,13 @@ pub struct Cli {
     #[arg(long, default_value_t = 0.1, global = true)]
     pub upsert_fraction: f64,
     /// Sizes and durations: full (the specification's) or quick (scaled down in time).
-    #[arg(long, value_enum, env = "VECRIG_PROFILE", default_value = "full", global = true)]
+    #[arg(
+        long,
+        value_enum,
+        env = "VECRIG_PROFILE",
+        default_value = "full",
+        global = true
+    )]
     pub profile: Profile,
     /// Extra pass/fail threshold, e.g. 'p99<50ms' or 'error_rate<=0.01@*' (repeatable).
     #[arg(long = "threshold", global = true)]

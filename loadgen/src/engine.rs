@@ -320,7 +320,12 @@ async fn report_every(every: Duration, recorder: &Recorder, progress: &Progress,
     }
 }
 
-async fn run_phase(ctx: &Context, phase: &Phase, workload: &Arc<Workload>, recorder: &Arc<Recorder>) {
+async fn run_phase(
+    ctx: &Context,
+    phase: &Phase,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+) {
     match phase.model {
         Model::Closed {
             users,

@@ -183,7 +183,8 @@ const SATURATION: f64 = 0.8;
 pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Report, PreflightError> {
     let started_unix_ms = unix_ms();
     let meter = Meter::start();
-    let checked = target::preflight(&options.target, &options.connect, options.wait_healthy).await?;
+    let checked =
+        target::preflight(&options.target, &options.connect, options.wait_healthy).await?;
     let common = Common {
         dimensions: checked.stats.dimensions as usize,
         seed: plan.seed,
@@ -214,8 +215,7 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
         }
         scenario.thresholds.extend(plan.thresholds.iter().cloned());
         let scenario_meter = Meter::start();
-        let mut report =
-            engine::run_scenario(&ctx, &scenario, checked.monitor.client()).await;
+        let mut report = engine::run_scenario(&ctx, &scenario, checked.monitor.client()).await;
         report.loadgen = scenario_meter.finish();
         if report.loadgen.cpu_cores_used >= SATURATION * cpus {
             report.warnings.push(format!(

@@ -27,7 +27,10 @@ async fn run(cli: Cli) -> i32 {
     let local = match cli.spawn_server {
         false => None,
         true => {
-            let path = cli.server_binary.clone().unwrap_or_else(sibling_server_binary);
+            let path = cli
+                .server_binary
+                .clone()
+                .unwrap_or_else(sibling_server_binary);
             match LocalServer::spawn(&path, cli.spawn_preload, cli.spawn_data_dir.as_deref(), &[])
                 .await
             {
@@ -42,13 +45,17 @@ async fn run(cli: Cli) -> i32 {
             }
         }
     };
-    let target = local.as_ref().map_or(cli.target.clone(), |s| s.target.clone());
+    let target = local
+        .as_ref()
+        .map_or(cli.target.clone(), |s| s.target.clone());
 
     let stop = Stop::default();
     let on_ctrl_c = stop.clone();
     tokio::spawn(async move {
         if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("interrupted: finishing requests in flight, then reporting (Ctrl-C again to quit)");
+            eprintln!(
+                "interrupted: finishing requests in flight, then reporting (Ctrl-C again to quit)"
+            );
             on_ctrl_c.stop();
             if tokio::signal::ctrl_c().await.is_ok() {
                 std::process::exit(cli::EXIT_INTERRUPTED);

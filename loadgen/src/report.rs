@@ -56,7 +56,17 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
     let _ = writeln!(
         out,
         "  {:<18} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
-        "phase", "users", "requests", "ok", "ok/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms", "other outcomes"
+        "phase",
+        "users",
+        "requests",
+        "ok",
+        "ok/s",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9",
+        "max ms",
+        "other outcomes"
     );
     for phase in &s.phases {
         row(out, phase);

@@ -70,7 +70,11 @@ impl RetryBudget {
         Self {
             ratio,
             max_tokens: (Self::INITIAL_TOKENS).max(ratio * 100.0),
-            tokens: Mutex::new(if ratio > 0.0 { Self::INITIAL_TOKENS } else { 0.0 }),
+            tokens: Mutex::new(if ratio > 0.0 {
+                Self::INITIAL_TOKENS
+            } else {
+                0.0
+            }),
         }
     }
 

@@ -296,9 +296,7 @@ impl ResourceExhaustion {
                     stagger: Some((100, Duration::from_millis(10))),
                 },
             }],
-            workload: common.workload(WorkloadKind::Spec(
-                "resource_exhaustion_test_{user}".into(),
-            )),
+            workload: common.workload(WorkloadKind::Spec("resource_exhaustion_test_{user}".into())),
             thresholds: criteria::resource_exhaustion(),
             monitor_every: None,
             check_recovery: false,
@@ -379,10 +377,7 @@ impl Scale {
                 steps.join(" -> "),
                 human(self.pause)
             ),
-            parameters: params(&[
-                ("phases", steps.join(",")),
-                ("pause", human(self.pause)),
-            ]),
+            parameters: params(&[("phases", steps.join(",")), ("pause", human(self.pause))]),
             phases: self
                 .phases
                 .iter()

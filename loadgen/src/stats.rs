@@ -32,6 +32,8 @@ pub struct Outcomes {
     pub success_latency: Histogram<u64>,
     /// Service time of the final attempt.
     pub service_time: Histogram<u64>,
+    /// Latency of requests finally shed (RESOURCE_EXHAUSTED).
+    pub shed_latency: Histogram<u64>,
     codes: [u64; CODES],
     first_codes: [u64; CODES],
     attempts: u64,
@@ -45,6 +47,7 @@ impl Default for Outcomes {
             latency: histogram(),
             success_latency: histogram(),
             service_time: histogram(),
+            shed_latency: histogram(),
             codes: [0; CODES],
             first_codes: [0; CODES],
             attempts: 0,
@@ -76,8 +79,10 @@ impl Outcomes {
     pub fn record(&mut self, o: &Outcome) {
         let latency = micros(o.latency);
         self.latency.saturating_record(latency);
-        if o.last == Code::Ok {
-            self.success_latency.saturating_record(latency);
+        match o.last {
+            Code::Ok => self.success_latency.saturating_record(latency),
+            Code::ResourceExhausted => self.shed_latency.saturating_record(latency),
+            _ => {}
         }
         self.service_time.saturating_record(micros(o.service_time));
         self.codes[o.last as usize] += 1;
@@ -93,6 +98,7 @@ impl Outcomes {
         let _ = self.latency.add(&other.latency);
         let _ = self.success_latency.add(&other.success_latency);
         let _ = self.service_time.add(&other.service_time);
+        let _ = self.shed_latency.add(&other.shed_latency);
         for i in 0..CODES {
             self.codes[i] += other.codes[i];
             self.first_codes[i] += other.first_codes[i];
@@ -136,6 +142,7 @@ impl Outcomes {
             latency: summarize(&self.latency),
             success_latency: summarize(&self.success_latency),
             service_time: summarize(&self.service_time),
+            shed_latency: summarize(&self.shed_latency),
             server,
         }
     }
@@ -214,7 +221,11 @@ mod tests {
             o.record(&outcome(Code::Ok, Code::Ok, ms));
         }
         o.record(&outcome(Code::ResourceExhausted, Code::Ok, 5));
-        o.record(&outcome(Code::ResourceExhausted, Code::ResourceExhausted, 1));
+        o.record(&outcome(
+            Code::ResourceExhausted,
+            Code::ResourceExhausted,
+            1,
+        ));
         let r = o.report("p", 4, Duration::from_secs(2), ServerFigures::default());
         assert_eq!(r.requests, 102);
         assert_eq!(r.successes, 101);
@@ -223,7 +234,11 @@ mod tests {
         assert_eq!(r.first_try_codes["RESOURCE_EXHAUSTED"], 2);
         assert_eq!(r.retries, 1);
         assert!((r.qps - 50.5).abs() < 1e-9);
-        assert!((r.latency.p50_ms - 50.0).abs() < 0.5, "{}", r.latency.p50_ms);
+        assert!(
+            (r.latency.p50_ms - 50.0).abs() < 0.5,
+            "{}",
+            r.latency.p50_ms
+        );
         assert!((r.latency.max_ms - 100.0).abs() < 0.1);
         assert_eq!(r.success_latency.count, 101);
 

@@ -44,7 +44,9 @@ fn main() {
 
     let vectors: Vec<Vec<f32>> = (0..points as u64).map(|i| data.point(i).vector).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    let queries: Vec<Vec<f32>> = (0..n_queries).map(|_| data.query_vector(&mut rng)).collect();
+    let queries: Vec<Vec<f32>> = (0..n_queries)
+        .map(|_| data.query_vector(&mut rng))
+        .collect();
 
     let mut store = PointStore::new(dims, Metric::Cosine);
     for (i, v) in vectors.iter().enumerate() {
@@ -56,7 +58,6 @@ fn main() {
         .map(|q| store.exact_search(q, k).iter().map(|n| n.id).collect())
         .collect();
     let exact_qps = n_queries as f64 / started.elapsed().as_secs_f64();
-
 
     let params = HnswParams {
         connectivity: 16,
@@ -87,7 +88,12 @@ fn main() {
         let recall = found as f64 / (truth.len() * k) as f64;
         let qps1 = measure(&ann, &queries, k, ef, 1, Duration::from_secs(seconds));
         let qps2 = measure(&ann, &queries, k, ef, 2, Duration::from_secs(seconds));
-        ours.push(Row { ef, recall, qps1, qps2 });
+        ours.push(Row {
+            ef,
+            recall,
+            qps1,
+            qps2,
+        });
     }
     println!("usearch (ours), exact scan {exact_qps:.0} QPS on 1 thread:");
     print_rows(&ours);
@@ -145,7 +151,10 @@ fn print_rows(rows: &[Row]) {
     println!("| ef | recall@10 | QPS 1 thread | QPS 2 threads |");
     println!("|---:|---:|---:|---:|");
     for r in rows {
-        println!("| {} | {:.4} | {:.0} | {:.0} |", r.ef, r.recall, r.qps1, r.qps2);
+        println!(
+            "| {} | {:.4} | {:.0} | {:.0} |",
+            r.ef, r.recall, r.qps1, r.qps2
+        );
     }
 }
 
@@ -184,7 +193,10 @@ fn run_hnswlib(
     let output = match output {
         Ok(o) if o.status.success() => o,
         Ok(o) => {
-            println!("# hnswlib run failed: {}", String::from_utf8_lossy(&o.stderr));
+            println!(
+                "# hnswlib run failed: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
             return None;
         }
         Err(e) => {

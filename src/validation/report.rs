@@ -109,6 +109,8 @@ pub struct PhaseReport {
     pub success_latency: LatencySummary,
     /// Time from the actual send of the final attempt to its answer.
     pub service_time: LatencySummary,
+    /// Latency of requests finally refused with RESOURCE_EXHAUSTED: how fast shedding is.
+    pub shed_latency: LatencySummary,
     /// Server-side figures over this phase.
     pub server: ServerFigures,
 }

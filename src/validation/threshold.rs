@@ -4,8 +4,9 @@
 //! - METRIC: `success_rate`, `error_rate`, `shed_rate`, `completion_rate`,
 //!   `first_try_success_rate` (fractions; `5%` is accepted), `qps`, `requests`,
 //!   latency of all requests from intended send time `p50`, `p90`, `p99`, `p99.9`, `max`,
-//!   `avg`, the same for successful requests only with `ok_` in front (`ok_p99`) or for
-//!   service time with `service_` (`service_p99`), and `server_faults` (INTERNAL, UNKNOWN,
+//!   `avg`, the same for successful requests only with `ok_` in front (`ok_p99`), for
+//!   service time with `service_` (`service_p99`), for shed answers with `shed_`
+//!   (`shed_p99<1ms`), and `server_faults` (INTERNAL, UNKNOWN,
 //!   DATA_LOSS answers), `server_shed`, `server_rss_growth` (bytes; `1GB` is accepted).
 //! - OP: `<`, `<=`, `>`, `>=`, `==`.
 //! - UNIT: `us`, `ms`, `s` for latencies (in milliseconds otherwise); `B`, `KB`, `MB`, `GB`,
@@ -53,6 +54,8 @@ pub enum LatencyKind {
     Success,
     /// Service time of the final attempt.
     Service,
+    /// Requests shed (RESOURCE_EXHAUSTED): how fast the refusal came.
+    Shed,
 }
 
 /// Which statistic of a latency distribution.
@@ -128,6 +131,10 @@ fn parse_metric(name: &str) -> Option<Metric> {
         (LatencyKind::Success, rest)
     } else if let Some(rest) = name.strip_prefix("service_") {
         (LatencyKind::Service, rest)
+    } else if let Some(rest) = name.strip_prefix("shed_")
+        && rest != "rate"
+    {
+        (LatencyKind::Shed, rest)
     } else {
         (LatencyKind::All, name)
     };
@@ -263,6 +270,7 @@ impl Threshold {
             Metric::Latency(LatencyKind::All, stat) => stat_of(&phase.latency, stat),
             Metric::Latency(LatencyKind::Success, stat) => stat_of(&phase.success_latency, stat),
             Metric::Latency(LatencyKind::Service, stat) => stat_of(&phase.service_time, stat),
+            Metric::Latency(LatencyKind::Shed, stat) => stat_of(&phase.shed_latency, stat),
             Metric::ServerFaults => phase.server_faults() as f64,
             Metric::ServerShed => phase.server.shed as f64,
             Metric::ServerRssGrowth => phase.server.rss_growth_bytes() as f64,
@@ -294,11 +302,7 @@ impl Threshold {
         };
         match &self.scope {
             Scope::Total => vec![result("total", &scenario.total)],
-            Scope::EachPhase => scenario
-                .phases
-                .iter()
-                .map(|p| result(&p.name, p))
-                .collect(),
+            Scope::EachPhase => scenario.phases.iter().map(|p| result(&p.name, p)).collect(),
             Scope::Phase(name) => match scenario.phases.iter().find(|p| &p.name == name) {
                 Some(p) => vec![result(name, p)],
                 None => vec![ThresholdResult {
@@ -314,7 +318,10 @@ impl Threshold {
 
 /// Evaluates every threshold on `scenario`, storing the results and the verdict in it.
 pub fn judge(scenario: &mut ScenarioReport, thresholds: &[Threshold]) {
-    scenario.thresholds = thresholds.iter().flat_map(|t| t.evaluate(scenario)).collect();
+    scenario.thresholds = thresholds
+        .iter()
+        .flat_map(|t| t.evaluate(scenario))
+        .collect();
     scenario.passed = scenario.thresholds.iter().all(|r| r.passed);
 }
 
@@ -329,8 +336,14 @@ mod tests {
     #[test]
     fn parses_the_k6_style() {
         let p99 = t("p99<50ms");
-        assert_eq!(p99.metric, Metric::Latency(LatencyKind::All, Stat::Percentile(99.0)));
-        assert_eq!((p99.op, p99.value, p99.scope.clone()), (Op::Lt, 50.0, Scope::Total));
+        assert_eq!(
+            p99.metric,
+            Metric::Latency(LatencyKind::All, Stat::Percentile(99.0))
+        );
+        assert_eq!(
+            (p99.op, p99.value, p99.scope.clone()),
+            (Op::Lt, 50.0, Scope::Total)
+        );
         assert_eq!(t("p99.9 < 2s").value, 2000.0);
         assert_eq!(t("p99.9<200us").value, 0.2);
         assert_eq!(t("error_rate<=5%").value, 0.05);
@@ -344,6 +357,11 @@ mod tests {
             t("ok_p90<3ms").metric,
             Metric::Latency(LatencyKind::Success, Stat::Percentile(90.0))
         );
+        assert_eq!(
+            t("shed_p99<1ms").metric,
+            Metric::Latency(LatencyKind::Shed, Stat::Percentile(99.0))
+        );
+        assert_eq!(t("shed_rate<0.2").metric, Metric::ShedRate);
         assert_eq!(
             t("service_max<3ms").metric,
             Metric::Latency(LatencyKind::Service, Stat::Max)
@@ -395,11 +413,19 @@ mod tests {
         };
         judge(
             &mut scenario,
-            &[t("success_rate>=0.95"), t("shed_rate<10%"), t("p99<50ms@*"), t("qps>500")],
+            &[
+                t("success_rate>=0.95"),
+                t("shed_rate<10%"),
+                t("p99<50ms@*"),
+                t("qps>500"),
+            ],
         );
         assert!(scenario.passed, "{:?}", scenario.thresholds);
         assert_eq!(scenario.thresholds.len(), 4);
-        judge(&mut scenario, &[t("p99<30ms"), t("error_rate<1%@nosuchphase")]);
+        judge(
+            &mut scenario,
+            &[t("p99<30ms"), t("error_rate<1%@nosuchphase")],
+        );
         assert!(!scenario.passed);
         assert!(scenario.thresholds.iter().all(|r| !r.passed));
     }

@@ -142,3 +142,53 @@ impl Drop for TestServer {
         }
     }
 }
+
+/// Copies every regular file of `from` into `to` (a snapshot directory is flat).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir") {
+        let entry = entry.expect("entry");
+        if entry.file_type().expect("type").is_file() {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+        }
+    }
+}
+
+/// A data directory holding a snapshot of `points` preloaded synthetic points of
+/// `dimensions`, built once per test binary (by a real server: preload, then a graceful stop,
+/// which saves) and copied for each test, so tests do not each spend seconds building the
+/// same HNSW graph.
+pub async fn preloaded_fixture(dimensions: usize, points: u64) -> PathBuf {
+    static FIXTURE: tokio::sync::OnceCell<(TempDir, usize, u64)> =
+        tokio::sync::OnceCell::const_new();
+    let (dir, dims, count) = FIXTURE
+        .get_or_init(|| async {
+            let temp = tempfile::tempdir().expect("tempdir");
+            let mut config = Config::new(temp.path(), dimensions);
+            config.preload = points;
+            let server = TestServer::start(config).await;
+            server.stop().await.expect("fixture server stops cleanly");
+            (temp, dimensions, points)
+        })
+        .await;
+    assert_eq!(
+        (*dims, *count),
+        (dimensions, points),
+        "one fixture per test binary"
+    );
+    dir.path().to_path_buf()
+}
+
+/// Starts a server on a private copy of the preloaded fixture.
+pub async fn start_preloaded(
+    dimensions: usize,
+    points: u64,
+    tune: impl FnOnce(&mut Config),
+) -> TestServer {
+    let fixture = preloaded_fixture(dimensions, points).await;
+    let temp = tempfile::tempdir().expect("tempdir");
+    copy_dir(&fixture, temp.path());
+    let mut config = Config::new(temp.path(), dimensions);
+    tune(&mut config);
+    TestServer::start_in(config, temp).await
+}
