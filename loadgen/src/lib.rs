@@ -25,6 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
+use vecrig::proto::StatsResponse;
 use vecrig::validation::report::{Report, SCHEMA};
 use vecrig::validation::threshold::Threshold;
 
@@ -181,16 +182,41 @@ const SATURATION: f64 = 0.8;
 
 /// Runs `plan` against the target; `stop` ends it early (what ran is still reported).
 pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Report, PreflightError> {
+    run_with(options, plan.seed, stop, |stats| {
+        let common = Common {
+            dimensions: stats.dimensions as usize,
+            seed: plan.seed,
+            k: plan.k,
+            workload: plan.workload.clone(),
+        };
+        plan.scenarios
+            .iter()
+            .map(|spec| {
+                let mut scenario = spec.build(&common);
+                if !plan.default_thresholds {
+                    scenario.thresholds.clear();
+                }
+                scenario.thresholds.extend(plan.thresholds.iter().cloned());
+                scenario
+            })
+            .collect()
+    })
+    .await
+}
+
+/// Runs scenarios built by `build` from the target's `Stats` (custom scenarios, e.g. in
+/// tests); `seed` is recorded in the report.
+pub async fn run_with(
+    options: &RunOptions,
+    seed: u64,
+    stop: &Stop,
+    build: impl FnOnce(&StatsResponse) -> Vec<Scenario>,
+) -> Result<Report, PreflightError> {
     let started_unix_ms = unix_ms();
     let meter = Meter::start();
     let checked =
         target::preflight(&options.target, &options.connect, options.wait_healthy).await?;
-    let common = Common {
-        dimensions: checked.stats.dimensions as usize,
-        seed: plan.seed,
-        k: plan.k,
-        workload: plan.workload.clone(),
-    };
+    let planned = build(&checked.stats);
     let progress = Progress::new(options.live_progress);
     let ctx = Context {
         pool: checked.pool.clone(),
@@ -205,17 +231,12 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
         .map(|n| n.get() as f64)
         .unwrap_or(1.0);
     let mut scenarios = Vec::new();
-    for spec in &plan.scenarios {
+    for scenario in &planned {
         if stop.is_stopped() {
             break;
         }
-        let mut scenario = spec.build(&common);
-        if !plan.default_thresholds {
-            scenario.thresholds.clear();
-        }
-        scenario.thresholds.extend(plan.thresholds.iter().cloned());
         let scenario_meter = Meter::start();
-        let mut report = engine::run_scenario(&ctx, &scenario, checked.monitor.client()).await;
+        let mut report = engine::run_scenario(&ctx, scenario, checked.monitor.client()).await;
         report.loadgen = scenario_meter.finish();
         if report.loadgen.cpu_cores_used >= SATURATION * cpus {
             report.warnings.push(format!(
@@ -235,7 +256,7 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
         schema: SCHEMA.to_string(),
         loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
         target: options.target.clone(),
-        seed: plan.seed,
+        seed,
         started_unix_ms,
         finished_unix_ms: unix_ms(),
         interrupted,

@@ -3,7 +3,8 @@
 //!
 //! - `spec`: the specification's query texts (`stress_test_user_{user}_query_{i}`, ...);
 //! - `text`: realistic short texts in the vocabulary of the server's `--preload` data;
-//! - `vector`: vectors drawn from the same clustered distribution as the `--preload` data;
+//! - `vector`: vectors drawn from the same clustered distribution as the `--preload` data
+//!   (`exact`: the same, answered by brute-force scan);
 //! - `large-text`: ~150 KB texts (the memory-pressure scenario);
 //! - `mixed`: vector searches with a chosen fraction of upserts (batches of new points).
 
@@ -24,6 +25,9 @@ pub enum WorkloadKind {
     Text,
     /// Vector searches from the preload distribution.
     Vector,
+    /// Exact (brute-force) vector searches: expensive requests, so a server is overloaded
+    /// with little client effort.
+    ExactVector,
     /// Text searches of about `bytes` bytes: the template repeated, then `_iteration_{i}`.
     LargeText {
         /// Approximate size of each query.
@@ -44,6 +48,7 @@ impl std::str::FromStr for WorkloadKind {
         Ok(match s {
             "text" => WorkloadKind::Text,
             "vector" => WorkloadKind::Vector,
+            "exact" => WorkloadKind::ExactVector,
             "mixed" => WorkloadKind::Mixed {
                 upsert_fraction: 0.1,
                 batch: 16,
@@ -51,7 +56,7 @@ impl std::str::FromStr for WorkloadKind {
             "spec" => WorkloadKind::Spec("stress_test_user_{user}_query_{i}".into()),
             other => {
                 return Err(format!(
-                    "unknown workload {other:?}: expected spec, text, vector or mixed"
+                    "unknown workload {other:?}: expected spec, text, vector, exact or mixed"
                 ));
             }
         })
@@ -145,7 +150,8 @@ impl Generator {
             ),
             WorkloadKind::Text => text(w.data.query_text(&mut self.rng)),
             WorkloadKind::LargeText { .. } => text(format!("{}_iteration_{i}", w.large_text)),
-            WorkloadKind::Vector => self.vector_search(),
+            WorkloadKind::Vector => self.vector_search(false),
+            WorkloadKind::ExactVector => self.vector_search(true),
             WorkloadKind::Mixed {
                 upsert_fraction,
                 batch,
@@ -153,17 +159,18 @@ impl Generator {
                 if self.rng.random_bool(upsert_fraction.clamp(0.0, 1.0)) {
                     self.upsert(i, *batch)
                 } else {
-                    self.vector_search()
+                    self.vector_search(false)
                 }
             }
         }
     }
 
-    fn vector_search(&mut self) -> Op {
+    fn vector_search(&mut self, exact: bool) -> Op {
         let values = self.workload.data.query_vector(&mut self.rng);
         Op::Search(proto::SearchRequest {
             query: Some(search_request::Query::Vector(proto::Vector { values })),
             k: self.workload.k,
+            exact,
             ..Default::default()
         })
     }

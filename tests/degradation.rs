@@ -1,0 +1,222 @@
+//! Graceful degradation, asserted: the server is pushed to several times what it can serve,
+//! and must shed the excess at once with RESOURCE_EXHAUSTED, serve what it admits with bounded
+//! latency, keep most of its capacity as goodput, stay healthy, keep its memory, and return
+//! to its unloaded latency once the overload ends.
+//!
+//! Capacity is measured in the same test, on the same machine, moments before the overload:
+//! every limit below is relative to it, so a slower or busier machine moves both together.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic_health::pb::health_check_response::ServingStatus;
+use vecrig::client::ConnectOptions;
+use vecrig::validation::StressTester;
+use vecrig::validation::report::PhaseReport;
+use vecrig_loadgen::engine::{Model, Phase, Scenario, Stop};
+use vecrig_loadgen::retry::RetryPolicy;
+use vecrig_loadgen::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::{RunOptions, run_with};
+
+const DIMS: usize = 128;
+const POINTS: u64 = 20_000;
+/// Offered load during the overload, as a multiple of measured capacity.
+const OVERLOAD: f64 = 3.0;
+
+fn scenario(name: &str, model: Model, workload: &Arc<Workload>) -> Scenario {
+    Scenario {
+        name: name.to_string(),
+        description: name.to_string(),
+        parameters: BTreeMap::new(),
+        phases: vec![Phase {
+            name: name.to_string(),
+            model,
+        }],
+        workload: Arc::clone(workload),
+        thresholds: Vec::new(),
+        monitor_every: None,
+        check_recovery: false,
+        timeout: None,
+    }
+}
+
+async fn run_one(options: &RunOptions, s: Scenario) -> PhaseReport {
+    let report = run_with(options, 42, &Stop::default(), |_| vec![s])
+        .await
+        .expect("pre-flight");
+    let scenario = report.scenarios.into_iter().next().expect("one scenario");
+    let mut out = String::new();
+    vecrig_loadgen::report::render_scenario(&mut out, &scenario);
+    print!("{out}");
+    scenario.phases.into_iter().next().expect("one phase")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overload_is_shed_gracefully_and_the_server_recovers() {
+    // A small admission window, so that overload is visible as shedding, not only queueing.
+    let server = common::start_preloaded(DIMS, POINTS, |c| {
+        c.admission.concurrency_limit = 2;
+        c.admission.queue_depth = 16;
+    })
+    .await;
+    let mut options = RunOptions::new(server.target());
+    options.connect = ConnectOptions {
+        connections: 8,
+        ..ConnectOptions::default()
+    };
+    options.timeout = Duration::from_secs(10);
+    // No retries: the server's raw answers are what is judged here.
+    options.retry = RetryPolicy {
+        max_attempts: 1,
+        ..RetryPolicy::default()
+    };
+    // Exact scans: each request costs the server a millisecond or more, so a few thousand
+    // requests per second overload it without the loadgen needing the whole machine.
+    let workload = Workload::new(WorkloadKind::ExactVector, DIMS, 42, 10);
+
+    // 1. Capacity: enough closed-loop users to keep every slot busy, none shed.
+    let capacity = run_one(
+        &options,
+        scenario(
+            "capacity",
+            Model::Closed {
+                users: 12,
+                iterations: None,
+                duration: Some(Duration::from_secs(3)),
+                think: Duration::ZERO,
+                stagger: None,
+            },
+            &workload,
+        ),
+    )
+    .await;
+    assert_eq!(
+        capacity.code("RESOURCE_EXHAUSTED"),
+        0,
+        "12 users fit limit 2 + queue 16"
+    );
+    let capacity_qps = capacity.qps;
+    assert!(capacity_qps > 50.0, "capacity {capacity_qps}");
+
+    // 2. Unloaded latency, at a fifth of capacity.
+    let light = |name: &str| {
+        scenario(
+            name,
+            Model::Paced {
+                workers: 4,
+                rate: capacity_qps * 0.2,
+                duration: Duration::from_secs(3),
+            },
+            &workload,
+        )
+    };
+    let unloaded = run_one(&options, light("unloaded")).await;
+    assert_eq!(unloaded.error_rate(), 0.0);
+
+    // 3. Overload: several times capacity, sent on schedule whatever the answers.
+    let health_probe = {
+        let target = server.target();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let tester = StressTester::connect(&target, &ConnectOptions::default())
+                .await
+                .expect("connect during overload")
+                .with_deadline(Duration::from_secs(2));
+            (tester.health().await, tester.stats().await)
+        })
+    };
+    let overload = run_one(
+        &options,
+        scenario(
+            "overload",
+            Model::Paced {
+                workers: 400,
+                rate: capacity_qps * OVERLOAD,
+                duration: Duration::from_secs(5),
+            },
+            &workload,
+        ),
+    )
+    .await;
+
+    // Only two answers are allowed under overload: served, or shed.
+    let other: u64 = overload
+        .codes
+        .iter()
+        .filter(|(code, _)| !matches!(code.as_str(), "OK" | "RESOURCE_EXHAUSTED"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        other, 0,
+        "only OK and RESOURCE_EXHAUSTED: {:?}",
+        overload.codes
+    );
+    let shed = overload.code("RESOURCE_EXHAUSTED");
+    assert!(shed > 0, "the excess is shed");
+    assert!(
+        overload.shed_rate() > 0.3,
+        "most of {OVERLOAD}x is excess: {}",
+        overload.shed_rate()
+    );
+    assert_eq!(
+        overload.server.shed, shed,
+        "the server counts every refusal it made"
+    );
+    // Shed at once: a refusal costs no queueing.
+    assert!(
+        overload.shed_latency.p99_ms < 100.0,
+        "shed answers p99 {} ms",
+        overload.shed_latency.p99_ms
+    );
+    // Goodput: what is admitted is served; capacity is not lost to the overload.
+    assert!(
+        overload.qps >= 0.8 * capacity_qps,
+        "goodput {:.0}/s under overload vs capacity {capacity_qps:.0}/s",
+        overload.qps
+    );
+    // Admitted requests wait at most a bounded queue: 16 waiting for 2 slots.
+    let bound_ms = (capacity.success_latency.p99_ms * 4.0).max(250.0);
+    assert!(
+        overload.success_latency.p99_ms <= bound_ms,
+        "admitted p99 {} ms > {bound_ms} ms",
+        overload.success_latency.p99_ms
+    );
+    // Memory stays bounded.
+    assert!(
+        overload.server.rss_growth_bytes() < 200_000_000,
+        "server memory grew {} bytes",
+        overload.server.rss_growth_bytes()
+    );
+    let (health, stats) = health_probe.await.expect("probe");
+    assert_eq!(
+        health.expect("health answers under overload"),
+        ServingStatus::Serving
+    );
+    let stats = stats.expect("Stats answers under overload");
+    assert!(stats.in_flight <= 2, "the limit holds: {}", stats.in_flight);
+    assert!(
+        stats.queued <= 16,
+        "the queue bound holds: {}",
+        stats.queued
+    );
+
+    // 4. Recovery: right after the overload, latency is back to its unloaded level.
+    let after = run_one(&options, light("after")).await;
+    assert_eq!(after.error_rate(), 0.0, "{:?}", after.codes);
+    assert!(
+        after.latency.p50_ms <= unloaded.latency.p50_ms * 2.0 + 5.0,
+        "median {} ms after vs {} ms before",
+        after.latency.p50_ms,
+        unloaded.latency.p50_ms
+    );
+    assert!(
+        after.latency.p99_ms <= unloaded.latency.p99_ms * 3.0 + 50.0,
+        "p99 {} ms after vs {} ms before",
+        after.latency.p99_ms,
+        unloaded.latency.p99_ms
+    );
+    server.stop().await.expect("clean stop");
+}
