@@ -240,7 +240,7 @@ pub async fn run_with(
         report.loadgen = scenario_meter.finish();
         if report.loadgen.cpu_cores_used >= SATURATION * cpus {
             report.warnings.push(format!(
-                "the loadgen used {:.2} of {cpus} cores: it may have been the bottleneck, not the server",
+                "the loadgen process used {:.2} of {cpus} cores: it (or a server running inside it) may have been the bottleneck",
                 report.loadgen.cpu_cores_used
             ));
         }

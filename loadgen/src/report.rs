@@ -55,18 +55,8 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
     let _ = writeln!(out, "  {} ({:.1} s)", s.description, s.duration_s);
     let _ = writeln!(
         out,
-        "  {:<18} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  {}",
-        "phase",
-        "users",
-        "requests",
-        "ok",
-        "ok/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "p99.9",
-        "max ms",
-        "other outcomes"
+        "  {:<18} {:>6} {:>9} {:>9} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8}  other outcomes",
+        "phase", "users", "requests", "ok", "ok/s", "p50 ms", "p90 ms", "p99 ms", "p99.9", "max ms",
     );
     for phase in &s.phases {
         row(out, phase);
@@ -100,7 +90,7 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
     );
     let _ = writeln!(
         out,
-        "  loadgen: {:.1} CPU s ({:.2} cores), memory {}",
+        "  loadgen process: {:.1} CPU s ({:.2} cores), memory {}",
         s.loadgen.cpu_seconds,
         s.loadgen.cpu_cores_used,
         mb(s.loadgen.max_rss_bytes)
@@ -112,7 +102,11 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
             "  [{mark}] {:<40} {:>14} observed {}",
             t.expression,
             format!("({})", t.scope),
-            format_observed(t.observed)
+            if t.expression.starts_with("server_rss") {
+                mb(t.observed as u64)
+            } else {
+                format_observed(t.observed)
+            }
         );
     }
     for w in &s.warnings {

@@ -62,6 +62,12 @@ pub struct Args {
     /// Seed of the synthetic data (the loadgen's `--seed` must match to query the same data).
     #[arg(long, env = "VECRIG_PRELOAD_SEED", default_value_t = vecrig::synthetic::Synthetic::DEFAULT_SEED)]
     pub preload_seed: u64,
+    /// Take a snapshot once this much write-ahead log has accumulated (bytes).
+    #[arg(long, env = "VECRIG_SNAPSHOT_WAL_BYTES", default_value_t = 128 << 20)]
+    pub snapshot_wal_bytes: u64,
+    /// Take a snapshot at least this often while writes arrive.
+    #[arg(long, env = "VECRIG_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Duration,
     /// How long shutdown waits for in-flight requests before giving up on them.
     #[arg(long, env = "VECRIG_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -97,6 +103,8 @@ pub struct Config {
     pub preload_seed: u64,
     /// Drain timeout on shutdown.
     pub grace: Duration,
+    /// When to take snapshots.
+    pub snapshots: crate::storage::SnapshotPolicy,
 }
 
 /// Limits on what one request may ask for.
@@ -157,6 +165,7 @@ impl Config {
             preload: 0,
             preload_seed: vecrig::synthetic::Synthetic::DEFAULT_SEED,
             grace: Duration::from_secs(10),
+            snapshots: crate::storage::SnapshotPolicy::default(),
         }
     }
 }
@@ -206,6 +215,10 @@ impl TryFrom<&Args> for Config {
         config.preload = args.preload;
         config.preload_seed = args.preload_seed;
         config.grace = args.grace;
+        config.snapshots = crate::storage::SnapshotPolicy {
+            wal_bytes: args.snapshot_wal_bytes.max(1 << 20),
+            interval: args.snapshot_interval,
+        };
         Ok(config)
     }
 }

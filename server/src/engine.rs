@@ -3,9 +3,10 @@
 //!
 //! Index work is CPU-bound and synchronous, so every search and write runs on tokio's blocking
 //! pool, never on the threads that drive the network. Searches first take one of a fixed number
-//! of *search slots* (the ANN index's thread slots); writes are applied by one writer at a time,
-//! which is what the ANN index needs (see `index::hnsw`). A write goes to the point store before
-//! the graph and leaves the graph before the store, so a graph hit always has a point behind it.
+//! of *search slots* (the ANN index's thread slots). Writes arrive as logged [`Record`]s and are
+//! applied one at a time in sequence order (see `storage`), which is also what the ANN index
+//! needs (see `index::hnsw`). A write goes to the point store before the graph and leaves the
+//! graph before the store, so a graph hit always has a point behind it.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -20,6 +21,7 @@ use crate::index::hnsw::{HnswParams, UsearchAnn};
 use crate::index::store::{Payload, PointStore, StoredPoint};
 use crate::index::{Ann, IndexError, Metric, Neighbor};
 use crate::snapshot::{self, SnapshotError};
+use crate::wal::Record;
 
 /// What a search looks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -94,6 +96,18 @@ pub enum OpenError {
     /// The index could not be built.
     #[error(transparent)]
     Index(#[from] IndexError),
+    /// The write-ahead log could not be opened.
+    #[error(transparent)]
+    Wal(#[from] crate::wal::WalError),
+    /// Replaying the log (or preloading) failed.
+    #[error("cannot apply logged writes: {0}")]
+    Replay(Error),
+    /// Another server holds the data directory.
+    #[error("data directory {path} is in use by another vecrig-server (its LOCK is held)")]
+    Locked {
+        /// The directory.
+        path: String,
+    },
     /// The data directory could not be created.
     #[error("data directory {path}: {source}")]
     DataDir {
@@ -112,7 +126,7 @@ pub struct Engine {
     store: RwLock<PointStore>,
     ann: Box<dyn Ann>,
     embedder: Box<dyn Embedder>,
-    /// Held for the whole of a write, so writes are applied one at a time and in sequence order.
+    /// Held while a write is applied or a snapshot taken: one at a time, in sequence order.
     writer: Mutex<()>,
     search_slots: Arc<Semaphore>,
     sequence: AtomicU64,
@@ -325,74 +339,70 @@ impl Engine {
             .collect())
     }
 
-    /// Applies an upsert on the blocking pool; returns its sequence number.
-    pub async fn upsert(self: &Arc<Self>, points: Vec<NewPoint>) -> Result<u64, Error> {
-        let engine = Arc::clone(self);
-        tokio::task::spawn_blocking(move || engine.upsert_blocking(points))
-            .await
-            .map_err(|e| Error::Worker(e.to_string()))?
+    /// Turns validated points into what the log records: text embedded, vectors as indexed.
+    /// Blocking (embedding long texts costs real CPU): call it from a blocking context.
+    pub fn prepare(&self, points: Vec<NewPoint>) -> Record {
+        Record::Upsert(
+            points
+                .into_iter()
+                .map(|p| {
+                    let vector = match p.data {
+                        PointData::Vector(v) => v,
+                        PointData::Text(t) => self.embedder.embed(&t),
+                    };
+                    (p.id, vector, p.payload)
+                })
+                .collect(),
+        )
     }
 
-    /// An upsert, synchronously: embeds texts, then applies the batch as one write.
-    pub fn upsert_blocking(&self, points: Vec<NewPoint>) -> Result<u64, Error> {
-        // Embedding is the expensive part for text points: do it before taking the writer.
-        let prepared: Vec<(u64, Vec<f32>, Payload)> = points
-            .into_iter()
-            .map(|p| {
-                let vector = match p.data {
-                    PointData::Vector(v) => v,
-                    PointData::Text(t) => self.embedder.embed(&t),
-                };
-                (p.id, vector, p.payload)
-            })
-            .collect();
+    /// Applies one logged write at `sequence`; returns how many points it touched (for a
+    /// delete: how many of its ids existed). Writes must be applied in sequence order, by one
+    /// writer at a time (the storage writer, or recovery).
+    pub fn apply(&self, sequence: u64, record: &Record) -> Result<usize, Error> {
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        for (id, vector, payload) in prepared {
-            self.store
-                .write()
-                .map_err(|_| Error::Worker("point store lock poisoned".into()))?
-                .upsert(id, &vector, payload);
-            self.ann.insert(id, &vector)?;
-        }
-        Ok(self.sequence.fetch_add(1, Ordering::AcqRel) + 1)
-    }
-
-    /// Applies a delete on the blocking pool; returns its sequence number and how many existed.
-    pub async fn delete(self: &Arc<Self>, ids: Vec<u64>) -> Result<(u64, usize), Error> {
-        let engine = Arc::clone(self);
-        tokio::task::spawn_blocking(move || engine.delete_blocking(&ids))
-            .await
-            .map_err(|e| Error::Worker(e.to_string()))?
-    }
-
-    /// A delete, synchronously.
-    pub fn delete_blocking(&self, ids: &[u64]) -> Result<(u64, usize), Error> {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let mut deleted = 0;
-        for &id in ids {
-            if !self
-                .store
-                .read()
-                .map_err(|_| Error::Worker("point store lock poisoned".into()))?
-                .contains(id)
-            {
-                continue;
+        let touched = match record {
+            Record::Upsert(points) => {
+                for (id, vector, payload) in points {
+                    self.store
+                        .write()
+                        .map_err(|_| Error::Worker("point store lock poisoned".into()))?
+                        .upsert(*id, vector, payload.clone());
+                    self.ann.insert(*id, vector)?;
+                }
+                points.len()
             }
-            self.ann.remove(id)?;
-            if self
-                .store
-                .write()
-                .map_err(|_| Error::Worker("point store lock poisoned".into()))?
-                .remove(id)
-            {
-                deleted += 1;
+            Record::Delete(ids) => {
+                let mut deleted = 0;
+                for &id in ids {
+                    let exists = self
+                        .store
+                        .read()
+                        .map_err(|_| Error::Worker("point store lock poisoned".into()))?
+                        .contains(id);
+                    if !exists {
+                        continue;
+                    }
+                    self.ann.remove(id)?;
+                    if self
+                        .store
+                        .write()
+                        .map_err(|_| Error::Worker("point store lock poisoned".into()))?
+                        .remove(id)
+                    {
+                        deleted += 1;
+                    }
+                }
+                deleted
             }
-        }
-        Ok((self.sequence.fetch_add(1, Ordering::AcqRel) + 1, deleted))
+        };
+        self.sequence.fetch_max(sequence, Ordering::AcqRel);
+        Ok(touched)
     }
 
     /// Fills the index with `count` synthetic points (ids `0..count`) from the seeded
-    /// distribution shared with the loadgen, in batches. Blocking.
+    /// distribution shared with the loadgen, in batches, bypassing the log: the caller must
+    /// snapshot afterwards. Blocking.
     pub fn preload(&self, count: u64, seed: u64) -> Result<(), Error> {
         let data = vecrig::synthetic::Synthetic::new(
             self.shape.dimensions,
@@ -402,20 +412,19 @@ impl Engine {
         let mut batch = Vec::with_capacity(1024);
         for id in 0..count {
             let p = data.point(id);
-            batch.push(NewPoint {
+            batch.push((
                 id,
-                data: PointData::Vector(p.vector),
-                payload: Payload::from([
+                p.vector,
+                Payload::from([
                     ("text".to_string(), p.text),
                     ("cluster".to_string(), p.cluster.to_string()),
                 ]),
-            });
-            if batch.len() == 1024 {
-                self.upsert_blocking(std::mem::take(&mut batch))?;
+            ));
+            if batch.len() == 1024 || id + 1 == count {
+                // Not logged: the caller snapshots right after, which makes it durable.
+                let sequence = self.sequence() + 1;
+                self.apply(sequence, &Record::Upsert(std::mem::take(&mut batch)))?;
             }
-        }
-        if !batch.is_empty() {
-            self.upsert_blocking(batch)?;
         }
         Ok(())
     }

@@ -6,7 +6,8 @@
 //! - [`service`]: proto to domain types, validation, domain errors to gRPC status codes;
 //! - [`engine`]: runs index work on the blocking pool, one writer, bounded searches;
 //! - [`embed`]: text to vectors; [`index`]: points, exact scan and the HNSW graph;
-//! - [`snapshot`]: the index on disk, saved on shutdown and loaded on start.
+//! - [`storage`]: durability: the write-ahead log ([`wal`]), group commit, [`snapshot`]s,
+//!   recovery on start.
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
@@ -18,6 +19,8 @@ pub mod error;
 pub mod index;
 pub mod service;
 pub mod snapshot;
+pub mod storage;
+pub mod wal;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -32,9 +35,10 @@ use vecrig::proto::vector_index_server::VectorIndexServer;
 
 use crate::admission::{Admission, AdmissionLayer};
 use crate::config::Config;
-use crate::engine::{Engine, OpenError};
+use crate::engine::OpenError;
 use crate::service::{EngineSlot, Service};
 use crate::snapshot::SnapshotError;
+use crate::storage::Storage;
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -42,9 +46,6 @@ pub enum ServeError {
     /// The data directory could not be opened or recovered.
     #[error("cannot open the index: {0}")]
     Open(#[from] OpenError),
-    /// Preloading synthetic data failed.
-    #[error("cannot preload: {0}")]
-    Preload(#[from] error::Error),
     /// The snapshot on shutdown failed.
     #[error("cannot save the index: {0}")]
     Save(#[from] SnapshotError),
@@ -151,16 +152,10 @@ pub async fn serve(
     }));
 
     let open_config = config.clone();
-    let opening = tokio::task::spawn_blocking(move || -> Result<Engine, ServeError> {
-        let engine = Engine::open(&open_config)?;
-        if engine.is_empty() && open_config.preload > 0 {
-            tracing::info!(points = open_config.preload, "preloading synthetic data");
-            engine.preload(open_config.preload, open_config.preload_seed)?;
-        }
-        Ok(engine)
-    });
+    let opening =
+        tokio::task::spawn_blocking(move || Storage::open(&open_config, open_config.snapshots));
     tokio::pin!(shutdown);
-    let engine = tokio::select! {
+    let storage = tokio::select! {
         opened = opening => Arc::new(opened??),
         () = &mut shutdown => {
             tracing::info!("shutdown requested while starting");
@@ -173,9 +168,9 @@ pub async fn serve(
             return Ok(());
         }
     };
-    let _ = engine_slot.set(Arc::clone(&engine));
+    let _ = engine_slot.set(Arc::clone(&storage));
     set_health(&health, ServingStatus::Serving).await;
-    tracing::info!(points = engine.len(), "serving");
+    tracing::info!(points = storage.engine().len(), "serving");
 
     tokio::select! {
         () = &mut shutdown => {}
@@ -200,12 +195,11 @@ pub async fn serve(
         }
     }
 
-    let dir = config.data_dir.clone();
-    let saving = Arc::clone(&engine);
-    tokio::task::spawn_blocking(move || saving.save(&dir)).await??;
+    let closing = Arc::clone(&storage);
+    tokio::task::spawn_blocking(move || closing.close()).await??;
     tracing::info!(
-        points = engine.len(),
-        sequence = engine.sequence(),
+        points = storage.engine().len(),
+        sequence = storage.durable_sequence(),
         "saved; stopped"
     );
     Ok(())

@@ -13,6 +13,7 @@ use crate::admission::Admission;
 use crate::config::Limits;
 use crate::engine::{Engine, NewPoint, PointData, Query, Search};
 use crate::error::Error;
+use crate::storage::Storage;
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
@@ -28,8 +29,8 @@ impl From<Error> for Status {
     }
 }
 
-/// The engine slot: empty while the server is starting (recovering data), then set once.
-pub type EngineSlot = Arc<OnceLock<Arc<Engine>>>;
+/// The storage slot: empty while the server is starting (recovering data), then set once.
+pub type EngineSlot = Arc<OnceLock<Arc<Storage>>>;
 
 /// Implements `vecrig.v1.VectorIndex`.
 #[derive(Debug, Clone)]
@@ -51,10 +52,14 @@ impl Service {
         }
     }
 
-    fn engine(&self) -> Result<&Arc<Engine>, Error> {
+    fn storage(&self) -> Result<&Arc<Storage>, Error> {
         self.engine
             .get()
             .ok_or_else(|| Error::Unavailable("server is starting: loading the index".into()))
+    }
+
+    fn engine(&self) -> Result<&Arc<Engine>, Error> {
+        self.storage().map(|s| s.engine())
     }
 }
 
@@ -179,11 +184,15 @@ impl VectorIndex for Service {
         &self,
         request: Request<proto::UpsertRequest>,
     ) -> Result<Response<proto::UpsertResponse>, Status> {
-        let engine = self.engine()?;
-        let points = points_from_proto(request.into_inner(), &self.limits)?;
-        let upserted = points.len() as u32;
-        let sequence = engine.upsert(points).await?;
-        Ok(Response::new(proto::UpsertResponse { sequence, upserted }))
+        let storage = self.storage()?;
+        let request = request.into_inner();
+        let wait = request.wait;
+        let points = points_from_proto(request, &self.limits)?;
+        let applied = storage.upsert(points, wait).await?;
+        Ok(Response::new(proto::UpsertResponse {
+            sequence: applied.sequence,
+            upserted: applied.touched as u32,
+        }))
     }
 
     async fn search(
@@ -209,7 +218,7 @@ impl VectorIndex for Service {
         &self,
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
-        let engine = self.engine()?;
+        let storage = self.storage()?;
         let ids = request.into_inner().ids;
         if ids.len() > self.limits.max_batch {
             return Err(Error::invalid(
@@ -222,10 +231,10 @@ impl VectorIndex for Service {
             )
             .into());
         }
-        let (sequence, deleted) = engine.delete(ids).await?;
+        let applied = storage.delete(ids).await?;
         Ok(Response::new(proto::DeleteResponse {
-            sequence,
-            deleted: deleted as u32,
+            sequence: applied.sequence,
+            deleted: applied.touched as u32,
         }))
     }
 
@@ -252,13 +261,14 @@ impl VectorIndex for Service {
     ) -> Result<Response<proto::StatsResponse>, Status> {
         let admission = self.admission.stats();
         let (points, dimensions, metric, sequence) = match self.engine.get() {
-            Some(engine) => {
+            Some(storage) => {
+                let engine = storage.engine();
                 let shape = engine.shape();
                 (
                     engine.len() as u64,
                     shape.dimensions as u32,
                     shape.metric.to_string(),
-                    engine.sequence(),
+                    storage.durable_sequence(),
                 )
             }
             None => (0, self.limits.dimensions as u32, String::new(), 0),

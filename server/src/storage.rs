@@ -1,0 +1,318 @@
+//! Durability: the engine, its write-ahead log, its snapshots, and the one writer thread that
+//! ties them together.
+//!
+//! A write is embedded (for texts) on the blocking pool, then handed to the writer thread. The
+//! writer takes every write waiting at that moment, appends them to the log with one
+//! `fdatasync` between them all (group commit: concurrent writers share a disk flush), and only
+//! then answers: an upsert without `wait` as soon as it is durable, an upsert with `wait` and
+//! every delete once applied to the index (a delete reports how many of its ids existed). The
+//! writer applies writes in sequence order, which is also the one-writer rule of the HNSW graph.
+//!
+//! Snapshots are taken by the same thread, between batches, once enough log has accumulated or
+//! enough time has passed, and on shutdown; log segments the snapshot covers are then removed,
+//! so disk use stays bounded under a long write load. Start-up loads the newest snapshot and
+//! replays the log after it. A `LOCK` file (flock) keeps a second server off the directory.
+
+use std::fs::{File, OpenOptions};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio::sync::oneshot;
+
+use crate::config::Config;
+use crate::engine::{Engine, NewPoint, OpenError};
+use crate::error::Error;
+use crate::snapshot::SnapshotError;
+use crate::wal::{Record, Wal};
+
+/// Writes taken into one group commit at most.
+const MAX_GROUP: usize = 4096;
+
+/// When to take a snapshot.
+#[derive(Debug, Clone, Copy)]
+pub struct SnapshotPolicy {
+    /// After this many bytes of log since the last snapshot.
+    pub wal_bytes: u64,
+    /// After this long since the last snapshot, if anything was written.
+    pub interval: Duration,
+}
+
+impl Default for SnapshotPolicy {
+    fn default() -> Self {
+        Self {
+            wal_bytes: 128 << 20,
+            interval: Duration::from_secs(300),
+        }
+    }
+}
+
+/// What a write did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Applied {
+    /// Its sequence number in the log.
+    pub sequence: u64,
+    /// Points written, or for a delete, ids that existed.
+    pub touched: usize,
+}
+
+struct Pending {
+    record: Record,
+    wait: bool,
+    reply: oneshot::Sender<Result<Applied, Error>>,
+}
+
+/// The engine with its durability.
+pub struct Storage {
+    engine: Arc<Engine>,
+    durable: Arc<AtomicU64>,
+    queue: Mutex<Option<mpsc::Sender<Pending>>>,
+    writer: Mutex<Option<std::thread::JoinHandle<Result<(), SnapshotError>>>>,
+    _lock: Flock<File>,
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Storage")
+            .field("engine", &self.engine)
+            .field("durable", &self.durable_sequence())
+            .finish()
+    }
+}
+
+fn lock(dir: &Path) -> Result<Flock<File>, OpenError> {
+    let path = dir.join("LOCK");
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| OpenError::DataDir {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|_| OpenError::Locked {
+        path: dir.display().to_string(),
+    })
+}
+
+impl Storage {
+    /// Opens the data directory: lock, snapshot, log replay, preload of an empty index; then
+    /// starts the writer. Blocking: call it from a blocking context.
+    pub fn open(config: &Config, policy: SnapshotPolicy) -> Result<Self, OpenError> {
+        let dir = config.data_dir.clone();
+        std::fs::create_dir_all(&dir).map_err(|source| OpenError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let lock = lock(&dir)?;
+        let started = Instant::now();
+        let engine = Arc::new(Engine::open(config)?);
+        let (mut wal, replay) = Wal::open(&dir.join("wal"), engine.sequence())?;
+        let replayed = replay.records.len();
+        for (sequence, record) in &replay.records {
+            engine.apply(*sequence, record).map_err(OpenError::Replay)?;
+        }
+        if replayed > 0 || replay.truncated {
+            tracing::info!(
+                records = replayed,
+                truncated = replay.truncated,
+                sequence = engine.sequence(),
+                elapsed = ?started.elapsed(),
+                "replayed the write-ahead log"
+            );
+        }
+        if engine.is_empty() && replayed == 0 && config.preload > 0 {
+            tracing::info!(points = config.preload, "preloading synthetic data");
+            engine
+                .preload(config.preload, config.preload_seed)
+                .map_err(OpenError::Replay)?;
+            engine.save(&dir)?;
+            wal.restart_after(engine.sequence())?;
+        }
+        let durable = Arc::new(AtomicU64::new(
+            engine.sequence().max(wal.next_sequence() - 1),
+        ));
+        let (queue, pending) = mpsc::channel();
+        let writer = {
+            let (engine, durable) = (Arc::clone(&engine), Arc::clone(&durable));
+            std::thread::Builder::new()
+                .name("vecrig-writer".into())
+                .spawn(move || write_loop(&engine, &dir, wal, &pending, &durable, policy))
+                .map_err(|source| OpenError::DataDir {
+                    path: "writer thread".into(),
+                    source,
+                })?
+        };
+        Ok(Self {
+            engine,
+            durable,
+            queue: Mutex::new(Some(queue)),
+            writer: Mutex::new(Some(writer)),
+            _lock: lock,
+        })
+    }
+
+    /// The in-memory index, for searches and reads.
+    pub fn engine(&self) -> &Arc<Engine> {
+        &self.engine
+    }
+
+    /// Sequence number of the last write on disk.
+    pub fn durable_sequence(&self) -> u64 {
+        self.durable.load(Ordering::Acquire)
+    }
+
+    /// Upserts points; answers once durable (and, with `wait`, visible to searches).
+    pub async fn upsert(&self, points: Vec<NewPoint>, wait: bool) -> Result<Applied, Error> {
+        let engine = Arc::clone(&self.engine);
+        let record = tokio::task::spawn_blocking(move || engine.prepare(points))
+            .await
+            .map_err(|e| Error::Worker(e.to_string()))?;
+        self.submit(record, wait).await
+    }
+
+    /// Deletes ids; answers once durable and applied.
+    pub async fn delete(&self, ids: Vec<u64>) -> Result<Applied, Error> {
+        self.submit(Record::Delete(ids), true).await
+    }
+
+    async fn submit(&self, record: Record, wait: bool) -> Result<Applied, Error> {
+        let (reply, answer) = oneshot::channel();
+        let queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or_else(|| Error::Unavailable("server is shutting down".into()))?;
+        queue
+            .send(Pending {
+                record,
+                wait,
+                reply,
+            })
+            .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
+    }
+
+    /// Stops taking writes, lets the writer finish what it has, and takes a final snapshot.
+    /// Blocking.
+    pub fn close(&self) -> Result<(), SnapshotError> {
+        drop(self.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
+        let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match writer.map(|w| w.join()) {
+            Some(Ok(result)) => result,
+            Some(Err(_)) => Err(SnapshotError::Corrupt {
+                path: PathBuf::from("writer thread"),
+                reason: "the writer thread panicked".into(),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Storage {
+    fn drop(&mut self) {
+        // A storage dropped without close (a test, a failed start): stop the writer cleanly.
+        drop(self.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
+    }
+}
+
+/// The writer thread: group commits, in-order application, snapshots.
+fn write_loop(
+    engine: &Engine,
+    dir: &Path,
+    mut wal: Wal,
+    pending: &mpsc::Receiver<Pending>,
+    durable: &AtomicU64,
+    policy: SnapshotPolicy,
+) -> Result<(), SnapshotError> {
+    let mut last_snapshot = Instant::now();
+    let mut logged_at_snapshot = wal.appended_bytes();
+    while let Ok(first) = pending.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match pending.try_recv() {
+                Ok(next) => group.push(next),
+                Err(_) => break,
+            }
+        }
+        let records: Vec<&Record> = group.iter().map(|p| &p.record).collect();
+        let first_sequence = match wal.append(&records) {
+            Ok(sequence) => sequence,
+            Err(e) => {
+                tracing::error!(error = %e, "write-ahead log append failed; refusing these writes");
+                for p in group {
+                    let _ = p.reply.send(Err(Error::Unavailable(format!(
+                        "cannot write to the data directory: {e}"
+                    ))));
+                }
+                continue;
+            }
+        };
+        durable.store(first_sequence + group.len() as u64 - 1, Ordering::Release);
+        // Durable now: answer the upserts that do not wait to be searchable.
+        let mut to_apply = Vec::with_capacity(group.len());
+        for (i, p) in group.into_iter().enumerate() {
+            let sequence = first_sequence + i as u64;
+            let reply = match (&p.record, p.wait) {
+                (Record::Upsert(points), false) => {
+                    let _ = p.reply.send(Ok(Applied {
+                        sequence,
+                        touched: points.len(),
+                    }));
+                    None
+                }
+                _ => Some(p.reply),
+            };
+            to_apply.push((sequence, p.record, reply));
+        }
+        for (sequence, record, reply) in to_apply {
+            let result = engine
+                .apply(sequence, &record)
+                .map(|touched| Applied { sequence, touched });
+            if let Err(e) = &result {
+                tracing::error!(sequence, error = %e, "applying a logged write failed");
+            }
+            if let Some(reply) = reply {
+                let _ = reply.send(result);
+            }
+        }
+        let logged = wal.appended_bytes() - logged_at_snapshot;
+        if logged >= policy.wal_bytes || (logged > 0 && last_snapshot.elapsed() >= policy.interval)
+        {
+            match snapshot(engine, dir, &mut wal) {
+                Ok(()) => {
+                    last_snapshot = Instant::now();
+                    logged_at_snapshot = wal.appended_bytes();
+                }
+                // The log still holds everything; try again after the next batch.
+                Err(e) => tracing::warn!(error = %e, "snapshot failed; keeping the log"),
+            }
+        }
+    }
+    snapshot(engine, dir, &mut wal)
+}
+
+fn snapshot(engine: &Engine, dir: &Path, wal: &mut Wal) -> Result<(), SnapshotError> {
+    let started = Instant::now();
+    engine.save(dir)?;
+    let removed = wal
+        .remove_covered(engine.sequence())
+        .map_err(|e| SnapshotError::Corrupt {
+            path: dir.join("wal"),
+            reason: e.to_string(),
+        })?;
+    tracing::info!(
+        sequence = engine.sequence(),
+        points = engine.len(),
+        segments_removed = removed,
+        elapsed = ?started.elapsed(),
+        "snapshot taken"
+    );
+    Ok(())
+}
