@@ -233,6 +233,9 @@ fn write_loop(
 ) -> Result<(), SnapshotError> {
     let mut last_snapshot = Instant::now();
     let mut logged_at_snapshot = wal.appended_bytes();
+    // After a failed append the directory may have lost files (removed, wiped): once writing
+    // works again, a snapshot re-establishes a complete copy on disk.
+    let mut snapshot_due = false;
     while let Ok(first) = pending.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -251,6 +254,7 @@ fn write_loop(
                         "cannot write to the data directory: {e}"
                     ))));
                 }
+                snapshot_due = true;
                 continue;
             }
         };
@@ -283,12 +287,15 @@ fn write_loop(
             }
         }
         let logged = wal.appended_bytes() - logged_at_snapshot;
-        if logged >= policy.wal_bytes || (logged > 0 && last_snapshot.elapsed() >= policy.interval)
+        if snapshot_due
+            || logged >= policy.wal_bytes
+            || (logged > 0 && last_snapshot.elapsed() >= policy.interval)
         {
             match snapshot(engine, dir, &mut wal) {
                 Ok(()) => {
                     last_snapshot = Instant::now();
                     logged_at_snapshot = wal.appended_bytes();
+                    snapshot_due = false;
                 }
                 // The log still holds everything; try again after the next batch.
                 Err(e) => tracing::warn!(error = %e, "snapshot failed; keeping the log"),

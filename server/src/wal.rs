@@ -251,6 +251,9 @@ pub struct Wal {
     next_sequence: u64,
     buf: Vec<u8>,
     appended: u64,
+    /// The current segment was unlinked under us (the directory was removed or wiped):
+    /// the next append starts a new segment instead of writing into a file nobody will read.
+    lost: bool,
 }
 
 /// What opening the log found.
@@ -353,6 +356,7 @@ impl Wal {
                 next_sequence,
                 buf: Vec::new(),
                 appended: 0,
+                lost: false,
             },
             Replay { records, truncated },
         ))
@@ -368,6 +372,10 @@ impl Wal {
     /// acknowledged, the sequence numbers are not used, and the segment is cut back to where it
     /// was, so the next append starts clean once the fault is gone.
     pub fn append(&mut self, records: &[&Record]) -> Result<u64, WalError> {
+        if self.lost {
+            self.rotate()?;
+            self.lost = false;
+        }
         let first = self.next_sequence;
         self.buf.clear();
         for (i, record) in records.iter().enumerate() {
@@ -376,7 +384,8 @@ impl Wal {
         let written = self
             .file
             .write_all(&self.buf)
-            .and_then(|()| self.file.sync_data());
+            .and_then(|()| self.file.sync_data())
+            .and_then(|()| self.check_linked());
         if let Err(source) = written {
             // Best effort: drop whatever part of the batch reached the file. If even this fails,
             // reading stops at the torn record anyway, and the next open truncates it.
@@ -397,7 +406,27 @@ impl Wal {
         Ok(first)
     }
 
+    /// A write into a segment that no longer has a name is not durable: fail it.
+    fn check_linked(&mut self) -> io::Result<()> {
+        use std::os::unix::fs::MetadataExt;
+        if self.file.metadata()?.nlink() == 0 {
+            self.lost = true;
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                "the log segment was removed from the data directory",
+            ));
+        }
+        Ok(())
+    }
+
     fn rotate(&mut self) -> Result<(), WalError> {
+        // The data directory may have been removed and recreated empty: make our log directory
+        // again, but never the data directory itself (a missing one is an operator's fault).
+        match fs::create_dir(&self.dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(io_err(&self.dir)(e)),
+        }
         let path = self.dir.join(segment_name(self.next_sequence));
         let file = OpenOptions::new()
             .create(true)

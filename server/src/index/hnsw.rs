@@ -11,6 +11,10 @@
 //!   by one writer at a time (the `Ann` contract);
 //! - the search breadth is a global setting, so a per-request `ef` is expressed as the number of
 //!   candidates asked for (usearch explores `max(expansion, wanted)`), then cut to `k`.
+//!
+//! For cosine, vectors are normalised once on the way in and the graph uses inner product:
+//! `1 - a·b` of unit vectors is exactly the cosine distance, at a third of the arithmetic of
+//! usearch's own cosine kernel (which recomputes both norms at every comparison).
 
 use std::path::Path;
 use std::sync::RwLock;
@@ -45,6 +49,8 @@ pub struct UsearchAnn {
     index: RwLock<Index>,
     dimensions: usize,
     search_threads: usize,
+    /// Cosine served as inner product over normalised vectors (see module docs).
+    normalize: bool,
 }
 
 impl std::fmt::Debug for UsearchAnn {
@@ -69,7 +75,7 @@ impl UsearchAnn {
         let options = IndexOptions {
             dimensions,
             metric: match metric {
-                Metric::Cosine => MetricKind::Cos,
+                Metric::Cosine => MetricKind::IP,
                 Metric::L2 => MetricKind::L2sq,
                 Metric::Ip => MetricKind::IP,
             },
@@ -90,6 +96,7 @@ impl UsearchAnn {
             index: RwLock::new(index),
             dimensions,
             search_threads,
+            normalize: metric == Metric::Cosine,
         })
     }
 
@@ -136,12 +143,30 @@ impl UsearchAnn {
     }
 }
 
+/// `v / |v|`, or `v` itself when it has no length (its distance to anything is then 1, as in
+/// the exact scan).
+fn unit(v: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+    let norm = super::distance::norm(v);
+    if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
+        std::borrow::Cow::Owned(v.iter().map(|x| x / norm).collect())
+    } else {
+        std::borrow::Cow::Borrowed(v)
+    }
+}
+
 fn poisoned() -> IndexError {
     IndexError::Ann("index lock poisoned by an earlier panic".into())
 }
 
 impl Ann for UsearchAnn {
     fn insert(&self, id: u64, vector: &[f32]) -> Result<(), IndexError> {
+        let normalized;
+        let vector = if self.normalize {
+            normalized = unit(vector);
+            &normalized[..]
+        } else {
+            vector
+        };
         self.ensure_room()?;
         let index = self.index.read().map_err(|_| poisoned())?;
         if index.contains(id) {
@@ -171,6 +196,13 @@ impl Ann for UsearchAnn {
     }
 
     fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Neighbor>, IndexError> {
+        let normalized;
+        let query = if self.normalize {
+            normalized = unit(query);
+            &normalized[..]
+        } else {
+            query
+        };
         let index = self.index.read().map_err(|_| poisoned())?;
         let wanted = k.max(ef);
         let matches = index.search(query, wanted).map_err(ann_err)?;
