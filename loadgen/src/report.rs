@@ -65,6 +65,16 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
         row(out, &s.total);
     }
     let t = &s.total;
+    if t.code("RESOURCE_EXHAUSTED") > 0 {
+        let _ = writeln!(
+            out,
+            "  shed answers: p50 {} ms, p99 {} ms; served requests: p50 {} ms, p99 {} ms",
+            ms(t.shed_latency.p50_ms),
+            ms(t.shed_latency.p99_ms),
+            ms(t.success_latency.p50_ms),
+            ms(t.success_latency.p99_ms)
+        );
+    }
     if t.retries > 0 || t.retries_denied > 0 {
         let _ = writeln!(
             out,
