@@ -77,11 +77,11 @@ async fn overload_is_shed_gracefully_and_the_server_recovers() {
     // requests per second overload it without the loadgen needing the whole machine.
     let workload = Workload::new(WorkloadKind::ExactVector, DIMS, 42, 10);
 
-    // 1. Capacity: enough closed-loop users to keep every slot busy, none shed.
-    let capacity = run_one(
-        &options,
+    // 1. Capacity: enough closed-loop users to keep every slot busy, none shed. Measured again
+    // at the end, and averaged: this machine is shared, and noise moves single measurements.
+    let saturate = |name: &str| {
         scenario(
-            "capacity",
+            name,
             Model::Closed {
                 users: 12,
                 iterations: None,
@@ -90,9 +90,9 @@ async fn overload_is_shed_gracefully_and_the_server_recovers() {
                 stagger: None,
             },
             &workload,
-        ),
-    )
-    .await;
+        )
+    };
+    let capacity = run_one(&options, saturate("capacity")).await;
     assert_eq!(
         capacity.code("RESOURCE_EXHAUSTED"),
         0,
@@ -171,12 +171,6 @@ async fn overload_is_shed_gracefully_and_the_server_recovers() {
         "shed answers p99 {} ms",
         overload.shed_latency.p99_ms
     );
-    // Goodput: what is admitted is served; capacity is not lost to the overload.
-    assert!(
-        overload.qps >= 0.8 * capacity_qps,
-        "goodput {:.0}/s under overload vs capacity {capacity_qps:.0}/s",
-        overload.qps
-    );
     // Admitted requests wait at most a bounded queue: 16 waiting for 2 slots.
     let bound_ms = (capacity.success_latency.p99_ms * 4.0).max(250.0);
     assert!(
@@ -217,6 +211,16 @@ async fn overload_is_shed_gracefully_and_the_server_recovers() {
         "p99 {} ms after vs {} ms before",
         after.latency.p99_ms,
         unloaded.latency.p99_ms
+    );
+
+    // Goodput: what is admitted is served; capacity is not lost to the overload.
+    let capacity_again = run_one(&options, saturate("capacity-again")).await;
+    let capacity_mean = (capacity_qps + capacity_again.qps) / 2.0;
+    assert!(
+        overload.qps >= 0.8 * capacity_mean,
+        "goodput {:.0}/s under overload vs capacity {capacity_mean:.0}/s ({capacity_qps:.0} and {:.0})",
+        overload.qps,
+        capacity_again.qps
     );
     server.stop().await.expect("clean stop");
 }
