@@ -10,9 +10,11 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
 use vecrig::validation::threshold::Threshold;
 
+use crate::engine::{Stage, parse_stages};
 use crate::retry::RetryPolicy;
 use crate::scenario::{
-    ExtremeConcurrency, MemoryPressure, Profile, ResourceExhaustion, Scale, Sustained,
+    ExtremeConcurrency, Load, LoadModel, MemoryPressure, Profile, ResourceExhaustion, Scale,
+    Sustained,
 };
 use crate::workload::WorkloadKind;
 use crate::{Plan, RunOptions, ScenarioSpec};
@@ -175,6 +177,33 @@ pub enum Command {
     },
     /// All five, in order.
     Suite,
+    /// A custom load in stages, closed (users) or open (arrival rate), as k6's ramping executors.
+    Load {
+        /// closed: users wait for their answers; open: arrivals on schedule whatever the answers.
+        #[arg(long, value_enum, default_value = "open")]
+        model: LoadModel,
+        /// Stages as DURATION:TARGET,... (requests/s for open, users for closed), e.g.
+        /// 30s:100,1m:1000,30s:0.
+        #[arg(long, value_parser = parse_stages_arg, default_value = "30s:100")]
+        stages: StagesArg,
+        /// Rate or users at the start [default: the first stage's target, a constant stage].
+        #[arg(long)]
+        start: Option<f64>,
+        /// Open model: requests outstanding at once; arrivals beyond are dropped and counted.
+        #[arg(long, default_value_t = 1000)]
+        max_in_flight: u64,
+        /// Closed model: pause after each answer.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        think: Duration,
+    },
+}
+
+/// Stages of a custom load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StagesArg(pub Vec<Stage>);
+
+fn parse_stages_arg(text: &str) -> Result<StagesArg, String> {
+    parse_stages(text).map(StagesArg)
 }
 
 /// Steps of the scale scenario.
@@ -284,6 +313,19 @@ impl Cli {
                     timeout: request_timeout.unwrap_or(d.timeout),
                 })]
             }
+            Command::Load {
+                model,
+                stages,
+                start,
+                max_in_flight,
+                think,
+            } => vec![ScenarioSpec::Load(Load {
+                model: *model,
+                start: start.unwrap_or_else(|| stages.0.first().map_or(0.0, |s| s.target)),
+                stages: stages.0.clone(),
+                max_in_flight: *max_in_flight,
+                think: *think,
+            })],
             Command::Scale { phases, pause } => {
                 let d = if full { Scale::full() } else { Scale::quick() };
                 vec![ScenarioSpec::Scale(Scale {
@@ -343,5 +385,24 @@ mod tests {
         assert_eq!(options.headers[0].1.to_str().ok(), Some("Bearer abc"));
         assert!(Cli::try_parse_from(["vecrig-loadgen", "--threshold", "p99", "suite"]).is_err());
         assert!(parse_header("no-colon").is_err());
+
+        let cli = Cli::try_parse_from([
+            "vecrig-loadgen",
+            "load",
+            "--stages",
+            "30s:100,1m:1000,30s:0",
+            "--start",
+            "0",
+        ])
+        .expect("parse");
+        let ScenarioSpec::Load(load) = &cli.plan().scenarios[0] else {
+            panic!("load expected")
+        };
+        assert_eq!(load.model, LoadModel::Open);
+        assert_eq!(load.stages.len(), 3);
+        assert_eq!(load.stages[1].target, 1000.0);
+        assert_eq!(load.stages[1].duration, Duration::from_secs(60));
+        assert!(Cli::try_parse_from(["vecrig-loadgen", "load", "--stages", "30s"]).is_err());
+        assert!(Cli::try_parse_from(["vecrig-loadgen", "load", "--stages", "x:1"]).is_err());
     }
 }

@@ -1,14 +1,17 @@
 //! The engine: schedules a scenario's requests, sends them with deadlines and retries, and
 //! records every outcome. A scenario says *what* load; this module says *how* it is sent.
 //!
-//! Two load models:
-//! - **closed**: `users` tasks, each sending its next request when the previous one answered
-//!   (plus an optional think time), for a number of iterations or a duration. Throughput is
-//!   whatever the server allows; latency is measured from the actual send.
-//! - **paced**: `workers` tasks sending at a fixed total rate on a fixed schedule. A request's
-//!   latency runs from its *intended* send time, so a server stall shows in full in the
-//!   percentiles instead of being hidden by the workers waiting (coordinated omission, as wrk2
-//!   corrects it). The service time from the actual send is recorded beside it.
+//! Load models, in k6's vocabulary:
+//! - **closed** (fixed or ramping users): each user sends its next request when the previous
+//!   one answered (plus an optional think time). Throughput is whatever the server allows.
+//! - **paced**: `workers` tasks sending at a fixed total rate on a fixed schedule (wrk2's model).
+//! - **open** (fixed or ramping arrival rate): requests are sent on schedule whether or not
+//!   earlier ones have answered, up to `max_in_flight` at once; a request that cannot be sent on
+//!   time because that many are outstanding is counted as *dropped*, never silently skipped.
+//!
+//! In the paced and open models a request's latency runs from its *intended* send time, so a
+//! server stall shows in full in the percentiles instead of being hidden by senders waiting
+//! (coordinated omission). The service time from the actual send is recorded beside it.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -47,6 +50,29 @@ pub enum Model {
         /// Start users in groups: after every `.0` users, pause `.1`.
         stagger: Option<(u64, Duration)>,
     },
+    /// Users ramped linearly from `from` to `to` over `duration` (a stage of ramping users).
+    Ramping {
+        /// Users at the start.
+        from: u64,
+        /// Users at the end.
+        to: u64,
+        /// How long the stage lasts.
+        duration: Duration,
+        /// Pause after each answer.
+        think: Duration,
+    },
+    /// Arrivals at a rate ramped linearly from `from` to `to` requests per second over
+    /// `duration`, whatever the answers, with at most `max_in_flight` outstanding.
+    Open {
+        /// Rate at the start, requests per second.
+        from: f64,
+        /// Rate at the end.
+        to: f64,
+        /// How long the stage lasts.
+        duration: Duration,
+        /// Outstanding requests allowed; arrivals beyond are dropped (and counted).
+        max_in_flight: u64,
+    },
     /// Workers sending on a fixed schedule at `rate` requests per second in total.
     Paced {
         /// Concurrent workers (each sends `rate / workers` per second).
@@ -63,9 +89,50 @@ impl Model {
     pub fn concurrency(&self) -> u64 {
         match self {
             Model::Closed { users, .. } => *users,
+            Model::Ramping { from, to, .. } => (*from).max(*to),
+            Model::Open { max_in_flight, .. } => *max_in_flight,
             Model::Paced { workers, .. } => *workers,
         }
     }
+}
+
+/// One stage of a ramp: reach `target` (users or requests per second) over `duration`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stage {
+    /// How long the stage lasts.
+    pub duration: Duration,
+    /// Users or rate at its end.
+    pub target: f64,
+}
+
+/// Parses k6-style stages: `30s:100,1m:1000,30s:0`.
+pub fn parse_stages(text: &str) -> Result<Vec<Stage>, String> {
+    text.split(',')
+        .map(|stage| {
+            let (duration, target) = stage
+                .split_once(':')
+                .ok_or_else(|| format!("{stage:?}: expected DURATION:TARGET"))?;
+            let duration = humantime::parse_duration(duration.trim())
+                .map_err(|e| format!("{stage:?}: duration: {e}"))?;
+            let target: f64 = target
+                .trim()
+                .parse()
+                .map_err(|e| format!("{stage:?}: target: {e}"))?;
+            if !(target.is_finite() && target >= 0.0) {
+                return Err(format!("{stage:?}: target must be a number >= 0"));
+            }
+            Ok(Stage { duration, target })
+        })
+        .collect()
+}
+
+/// Value at `elapsed` of a linear ramp from `from` to `to` over `duration`.
+fn ramp(from: f64, to: f64, duration: Duration, elapsed: Duration) -> f64 {
+    if duration.is_zero() {
+        return to;
+    }
+    let t = (elapsed.as_secs_f64() / duration.as_secs_f64()).clamp(0.0, 1.0);
+    from + (to - from) * t
 }
 
 /// One phase of a scenario.
@@ -344,7 +411,130 @@ async fn run_phase(
             rate,
             duration,
         } => run_paced(ctx, workers, rate, duration, workload, recorder).await,
+        Model::Ramping {
+            from,
+            to,
+            duration,
+            think,
+        } => run_ramping(ctx, from, to, duration, think, workload, recorder).await,
+        Model::Open {
+            from,
+            to,
+            duration,
+            max_in_flight,
+        } => run_open(ctx, from, to, duration, max_in_flight, workload, recorder).await,
     }
+}
+
+/// Ramping users: a controller adds or retires users every 100 ms to follow the ramp; a
+/// retired user finishes its request in flight and stops.
+async fn run_ramping(
+    ctx: &Context,
+    from: u64,
+    to: u64,
+    duration: Duration,
+    think: Duration,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+) {
+    let start = Instant::now();
+    let mut active: Vec<Arc<std::sync::atomic::AtomicBool>> = Vec::new();
+    let mut tasks = JoinSet::new();
+    let mut next_user = 0u64;
+    loop {
+        let elapsed = start.elapsed();
+        if elapsed >= duration || ctx.stop.is_stopped() {
+            break;
+        }
+        let want = ramp(from as f64, to as f64, duration, elapsed).round() as usize;
+        while active.len() < want {
+            let running = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            active.push(Arc::clone(&running));
+            let (ctx, workload, recorder) =
+                (ctx.clone(), Arc::clone(workload), Arc::clone(recorder));
+            let user = next_user;
+            next_user += 1;
+            tasks.spawn(async move {
+                let mut requests = workload.generator(user, from.max(to));
+                let mut i = 0;
+                while running.load(std::sync::atomic::Ordering::Acquire)
+                    && !ctx.stop.is_stopped()
+                    && start.elapsed() < duration
+                {
+                    ctx.execute(requests.next(i), Instant::now(), &recorder)
+                        .await;
+                    i += 1;
+                    if !think.is_zero() {
+                        tokio::time::sleep(think).await;
+                    }
+                }
+            });
+        }
+        while active.len() > want {
+            if let Some(user) = active.pop() {
+                user.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for user in &active {
+        user.store(false, std::sync::atomic::Ordering::Release);
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Open model: one scheduler computes each arrival's intended time from the (ramping) rate and
+/// hands it to a fresh task, unless `max_in_flight` are outstanding: then the arrival is dropped
+/// and counted. A scheduler that wakes late sends what is due at once, with latency still timed
+/// from each request's intended time.
+async fn run_open(
+    ctx: &Context,
+    from: f64,
+    to: f64,
+    duration: Duration,
+    max_in_flight: u64,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1) as usize));
+    let start = tokio::time::Instant::now();
+    let mut requests = workload.generator(0, 1);
+    let mut intended = start;
+    let mut n = 0u64;
+    let mut tasks = JoinSet::new();
+    loop {
+        let elapsed = intended - start;
+        if elapsed >= duration || ctx.stop.is_stopped() {
+            break;
+        }
+        let rate = ramp(from, to, duration, elapsed);
+        if rate < 1e-3 {
+            // Nothing arrives at rate zero: move on in small steps until the ramp rises.
+            intended += Duration::from_millis(10);
+            continue;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(intended) => {}
+            () = ctx.stop.stopped() => break,
+        }
+        let op = requests.next(n);
+        n += 1;
+        match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => {
+                let (ctx, recorder) = (ctx.clone(), Arc::clone(recorder));
+                let at = intended.into_std();
+                tasks.spawn(async move {
+                    ctx.execute(op, at, &recorder).await;
+                    drop(slot);
+                });
+            }
+            Err(_) => recorder.drop_arrival(),
+        }
+        // Reap finished tasks so the set stays small on long runs.
+        while tasks.try_join_next().is_some() {}
+        intended += Duration::from_secs_f64(1.0 / rate);
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 #[allow(clippy::too_many_arguments)]

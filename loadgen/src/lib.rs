@@ -52,6 +52,8 @@ pub enum ScenarioSpec {
     ResourceExhaustion(ResourceExhaustion),
     /// See [`Scale`].
     Scale(Scale),
+    /// See [`scenario::Load`].
+    Load(scenario::Load),
 }
 
 impl ScenarioSpec {
@@ -62,6 +64,7 @@ impl ScenarioSpec {
             ScenarioSpec::Sustained(p) => p.build(common),
             ScenarioSpec::ResourceExhaustion(p) => p.build(common),
             ScenarioSpec::Scale(p) => p.build(common),
+            ScenarioSpec::Load(p) => p.build(common),
         }
     }
 
@@ -101,6 +104,7 @@ impl ScenarioSpec {
             ScenarioSpec::Sustained(_) => "sustained",
             ScenarioSpec::ResourceExhaustion(_) => "resource-exhaustion",
             ScenarioSpec::Scale(_) => "scale",
+            ScenarioSpec::Load(_) => "load",
         }
     }
 }

@@ -75,6 +75,13 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
             ms(t.success_latency.p99_ms)
         );
     }
+    if t.dropped > 0 {
+        let _ = writeln!(
+            out,
+            "  dropped: {} arrivals could not be sent on time (max in flight reached)",
+            t.dropped
+        );
+    }
     if t.retries > 0 || t.retries_denied > 0 {
         let _ = writeln!(
             out,

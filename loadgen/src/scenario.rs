@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use vecrig::validation::criteria;
 
-use crate::engine::{Model, Phase, Scenario};
+use crate::engine::{Model, Phase, Scenario, Stage};
 use crate::workload::{Workload, WorkloadKind};
 
 /// Sizes and durations: the specification's, or scaled down.
@@ -397,6 +397,92 @@ impl Scale {
             thresholds: criteria::scale(),
             monitor_every: None,
             check_recovery: true,
+            timeout: None,
+        }
+    }
+}
+
+/// Which model a custom `load` follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LoadModel {
+    /// Users that wait for each answer (k6's ramping-vus).
+    Closed,
+    /// Arrivals on schedule whatever the answers (k6's ramping-arrival-rate).
+    Open,
+}
+
+/// `load`: a custom load in stages, closed (users) or open (arrival rate).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Load {
+    /// Closed or open.
+    pub model: LoadModel,
+    /// Users or rate at the start of the first stage.
+    pub start: f64,
+    /// The stages.
+    pub stages: Vec<Stage>,
+    /// Open model: outstanding requests allowed.
+    pub max_in_flight: u64,
+    /// Closed model: pause after each answer.
+    pub think: Duration,
+}
+
+impl Load {
+    /// The scenario: one phase per stage.
+    pub fn build(&self, common: &Common) -> Scenario {
+        let mut from = self.start;
+        let mut phases = Vec::new();
+        for (i, stage) in self.stages.iter().enumerate() {
+            let to = stage.target;
+            let model = match self.model {
+                LoadModel::Open => Model::Open {
+                    from,
+                    to,
+                    duration: stage.duration,
+                    max_in_flight: self.max_in_flight,
+                },
+                LoadModel::Closed => Model::Ramping {
+                    from: from.round() as u64,
+                    to: to.round() as u64,
+                    duration: stage.duration,
+                    think: self.think,
+                },
+            };
+            phases.push(Phase {
+                name: format!("stage-{}", i + 1),
+                model,
+            });
+            from = to;
+        }
+        let stages: Vec<String> = self
+            .stages
+            .iter()
+            .map(|s| format!("{}:{}", human(s.duration), s.target))
+            .collect();
+        let unit = match self.model {
+            LoadModel::Open => "requests/s",
+            LoadModel::Closed => "users",
+        };
+        Scenario {
+            name: "load".into(),
+            description: format!(
+                "{:?} model from {} {unit} through stages {}",
+                self.model,
+                self.start,
+                stages.join(" -> ")
+            )
+            .to_lowercase(),
+            parameters: params(&[
+                ("model", format!("{:?}", self.model).to_lowercase()),
+                ("start", self.start.to_string()),
+                ("stages", stages.join(",")),
+                ("max_in_flight", self.max_in_flight.to_string()),
+                ("think", human(self.think)),
+            ]),
+            phases,
+            workload: common.workload(WorkloadKind::Vector),
+            thresholds: vec!["server_faults==0".parse().expect("threshold parses")],
+            monitor_every: None,
+            check_recovery: false,
             timeout: None,
         }
     }

@@ -39,6 +39,7 @@ pub struct Outcomes {
     attempts: u64,
     retries: u64,
     retries_denied: u64,
+    dropped: u64,
 }
 
 impl Default for Outcomes {
@@ -53,6 +54,7 @@ impl Default for Outcomes {
             attempts: 0,
             retries: 0,
             retries_denied: 0,
+            dropped: 0,
         }
     }
 }
@@ -106,6 +108,7 @@ impl Outcomes {
         self.attempts += other.attempts;
         self.retries += other.retries;
         self.retries_denied += other.retries_denied;
+        self.dropped += other.dropped;
     }
 
     /// Requests recorded.
@@ -139,6 +142,7 @@ impl Outcomes {
             attempts: self.attempts,
             retries: self.retries,
             retries_denied: self.retries_denied,
+            dropped: self.dropped,
             latency: summarize(&self.latency),
             success_latency: summarize(&self.success_latency),
             service_time: summarize(&self.service_time),
@@ -188,6 +192,14 @@ impl Recorder {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .record(outcome);
+    }
+
+    /// Counts an arrival of the open model that could not be sent on time.
+    pub fn drop_arrival(&self) {
+        self.outcomes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .dropped += 1;
     }
 
     /// A copy of everything recorded so far.

@@ -103,6 +103,9 @@ pub struct PhaseReport {
     pub retries: u64,
     /// Retries wanted but refused by the retry budget.
     pub retries_denied: u64,
+    /// Open-model arrivals not sent because `max_in_flight` requests were outstanding.
+    #[serde(default)]
+    pub dropped: u64,
     /// Latency of every request (all outcomes), from its intended send time to its final answer.
     pub latency: LatencySummary,
     /// Latency of successful requests only.

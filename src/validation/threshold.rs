@@ -2,7 +2,7 @@
 //!
 //! Grammar: `METRIC OP VALUE[UNIT][@SCOPE]`.
 //! - METRIC: `success_rate`, `error_rate`, `shed_rate`, `completion_rate`,
-//!   `first_try_success_rate` (fractions; `5%` is accepted), `qps`, `requests`,
+//!   `first_try_success_rate` (fractions; `5%` is accepted), `qps`, `requests`, `dropped`,
 //!   latency of all requests from intended send time `p50`, `p90`, `p99`, `p99.9`, `max`,
 //!   `avg`, the same for successful requests only with `ok_` in front (`ok_p99`), for
 //!   service time with `service_` (`service_p99`), for shed answers with `shed_`
@@ -35,6 +35,8 @@ pub enum Metric {
     Qps,
     /// Requests completed.
     Requests,
+    /// Open-model arrivals dropped (not sent on time).
+    Dropped,
     /// A latency statistic, in milliseconds.
     Latency(LatencyKind, Stat),
     /// INTERNAL/UNKNOWN/DATA_LOSS answers.
@@ -159,6 +161,7 @@ fn parse_metric(name: &str) -> Option<Metric> {
         "first_try_success_rate" => Metric::FirstTrySuccessRate,
         "qps" => Metric::Qps,
         "requests" => Metric::Requests,
+        "dropped" => Metric::Dropped,
         "server_faults" => Metric::ServerFaults,
         "server_shed" => Metric::ServerShed,
         "server_rss_growth" => Metric::ServerRssGrowth,
@@ -267,6 +270,7 @@ impl Threshold {
             Metric::FirstTrySuccessRate => phase.first_try_success_rate(),
             Metric::Qps => phase.qps,
             Metric::Requests => phase.requests as f64,
+            Metric::Dropped => phase.dropped as f64,
             Metric::Latency(LatencyKind::All, stat) => stat_of(&phase.latency, stat),
             Metric::Latency(LatencyKind::Success, stat) => stat_of(&phase.success_latency, stat),
             Metric::Latency(LatencyKind::Service, stat) => stat_of(&phase.service_time, stat),
