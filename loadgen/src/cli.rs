@@ -87,12 +87,20 @@ pub struct Cli {
     /// Write the JSON report here.
     #[arg(long, env = "VECRIG_OUT", global = true)]
     pub out: Option<PathBuf>,
+    /// Also write every phase's histograms as an HdrHistogram interval log (.hlog), readable by
+    /// HdrHistogram's own tools (HistogramLogProcessor, HdrHistogramVisualizer, ...).
+    #[arg(long, env = "VECRIG_HDR_LOG", global = true)]
+    pub hdr_log: Option<PathBuf>,
     /// No live progress line.
     #[arg(long, global = true)]
     pub no_progress: bool,
     /// How long to wait for the target to become SERVING.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, global = true)]
     pub wait_healthy: Duration,
+    /// Send only this shard's part of the load, as I/N (0-based): N loadgens with the same
+    /// flags and I = 0..N-1 together send the whole; `merge` combines their reports.
+    #[arg(long, env = "VECRIG_SHARD", value_parser = parse_shard, global = true)]
+    pub shard: Option<(u64, u64)>,
     /// Start a local vecrig-server (preloaded, on a free port) for this run and target it.
     #[arg(long, global = true)]
     pub spawn_server: bool,
@@ -177,6 +185,13 @@ pub enum Command {
     },
     /// All five, in order.
     Suite,
+    /// Combine the JSON reports of the shards of a distributed run (histograms merged, not
+    /// percentiles averaged) and judge the thresholds on the result.
+    Merge {
+        /// The shards' reports.
+        #[arg(required = true)]
+        reports: Vec<PathBuf>,
+    },
     /// A custom load in stages, closed (users) or open (arrival rate), as k6's ramping executors.
     Load {
         /// closed: users wait for their answers; open: arrivals on schedule whatever the answers.
@@ -196,6 +211,24 @@ pub enum Command {
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         think: Duration,
     },
+}
+
+fn parse_shard(text: &str) -> Result<(u64, u64), String> {
+    let (index, count) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: expected I/N, e.g. 0/4"))?;
+    let index: u64 = index
+        .trim()
+        .parse()
+        .map_err(|e| format!("shard index: {e}"))?;
+    let count: u64 = count
+        .trim()
+        .parse()
+        .map_err(|e| format!("shard count: {e}"))?;
+    if count == 0 || index >= count {
+        return Err(format!("{text:?}: need 0 <= I < N"));
+    }
+    Ok((index, count))
 }
 
 /// Stages of a custom load.
@@ -251,6 +284,7 @@ impl Cli {
     pub fn plan(&self) -> Plan {
         let full = self.profile == Profile::Full;
         let scenarios = match &self.command {
+            Command::Merge { .. } => Vec::new(),
             Command::Suite => ScenarioSpec::suite(self.profile),
             Command::ExtremeConcurrency {
                 users,
@@ -348,6 +382,7 @@ impl Cli {
             workload,
             thresholds: self.thresholds.clone(),
             default_thresholds: !self.no_default_thresholds,
+            shard: self.shard,
         }
     }
 }
@@ -404,5 +439,11 @@ mod tests {
         assert_eq!(load.stages[1].duration, Duration::from_secs(60));
         assert!(Cli::try_parse_from(["vecrig-loadgen", "load", "--stages", "30s"]).is_err());
         assert!(Cli::try_parse_from(["vecrig-loadgen", "load", "--stages", "x:1"]).is_err());
+        let cli =
+            Cli::try_parse_from(["vecrig-loadgen", "--shard", "1/3", "suite"]).expect("parse");
+        assert_eq!(cli.plan().shard, Some((1, 3)));
+        for bad in ["3/3", "1", "a/2", "0/0"] {
+            assert!(Cli::try_parse_from(["vecrig-loadgen", "--shard", bad, "suite"]).is_err());
+        }
     }
 }

@@ -167,6 +167,72 @@ pub struct Scenario {
     pub timeout: Option<Duration>,
 }
 
+/// This shard's part of `total` when it is split `count` ways (the first ones get the remainder).
+pub fn share(total: u64, index: u64, count: u64) -> u64 {
+    total / count + u64::from(index < total % count)
+}
+
+impl Scenario {
+    /// Keeps shard `index`'s part of the load when `count` loadgens share it: users, workers
+    /// and in-flight bounds are split, rates divided, and requests made distinct per shard.
+    pub fn shard(&mut self, index: u64, count: u64) {
+        let count = count.max(1);
+        let part = |n: u64| share(n, index, count);
+        let rate = |r: f64| r / count as f64;
+        for phase in &mut self.phases {
+            phase.model = match phase.model.clone() {
+                Model::Closed {
+                    users,
+                    iterations,
+                    duration,
+                    think,
+                    stagger,
+                } => Model::Closed {
+                    users: part(users),
+                    iterations,
+                    duration,
+                    think,
+                    stagger,
+                },
+                Model::Ramping {
+                    from,
+                    to,
+                    duration,
+                    think,
+                } => Model::Ramping {
+                    from: part(from),
+                    to: part(to),
+                    duration,
+                    think,
+                },
+                Model::Paced {
+                    workers,
+                    rate: r,
+                    duration,
+                } => Model::Paced {
+                    workers: part(workers).max(1),
+                    rate: rate(r),
+                    duration,
+                },
+                Model::Open {
+                    from,
+                    to,
+                    duration,
+                    max_in_flight,
+                } => Model::Open {
+                    from: rate(from),
+                    to: rate(to),
+                    duration,
+                    max_in_flight: part(max_in_flight).max(1),
+                },
+            };
+        }
+        self.workload = self.workload.offset_users(index * 1_000_000);
+        self.parameters
+            .insert("shard".into(), format!("{index}/{count}"));
+    }
+}
+
 /// Tells every task to stop sending new requests (Ctrl-C, or a failed threshold with abort).
 #[derive(Debug, Clone)]
 pub struct Stop {

@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod merge;
 pub mod monitor;
 pub mod process;
 pub mod progress;
@@ -124,6 +125,8 @@ pub struct Plan {
     pub thresholds: Vec<Threshold>,
     /// Whether the specification's criteria apply (on by default).
     pub default_thresholds: bool,
+    /// `(index, count)`: send only this shard's part of the load (a distributed run).
+    pub shard: Option<(u64, u64)>,
 }
 
 impl Plan {
@@ -136,6 +139,7 @@ impl Plan {
             workload: None,
             thresholds: Vec::new(),
             default_thresholds: true,
+            shard: None,
         }
     }
 }
@@ -201,6 +205,9 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
                     scenario.thresholds.clear();
                 }
                 scenario.thresholds.extend(plan.thresholds.iter().cloned());
+                if let Some((index, count)) = plan.shard {
+                    scenario.shard(index, count);
+                }
                 scenario
             })
             .collect()

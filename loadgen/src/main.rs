@@ -24,6 +24,9 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> i32 {
+    if let cli::Command::Merge { reports } = &cli.command {
+        return merge(&cli, reports);
+    }
     let local = match cli.spawn_server {
         false => None,
         true => {
@@ -74,10 +77,39 @@ async fn run(cli: Cli) -> i32 {
             return cli::EXIT_TARGET;
         }
     };
-    print!("{}", vecrig_loadgen::report::render(&report));
+    finish(&cli, &report)
+}
+
+/// `merge`: read the shards' reports, combine, print, write, exit by the verdict.
+fn merge(cli: &Cli, paths: &[std::path::PathBuf]) -> i32 {
+    let mut reports = Vec::new();
+    for path in paths {
+        let parsed = std::fs::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()));
+        match parsed {
+            Ok(report) => reports.push(report),
+            Err(e) => {
+                eprintln!("error: {}: {e}", path.display());
+                return cli::EXIT_ERROR;
+            }
+        }
+    }
+    match vecrig_loadgen::merge::merge(&reports) {
+        Ok(report) => finish(cli, &report),
+        Err(e) => {
+            eprintln!("error: {e}");
+            cli::EXIT_ERROR
+        }
+    }
+}
+
+/// Prints the report, writes `--out`, and turns the verdict into the exit code.
+fn finish(cli: &Cli, report: &vecrig::validation::report::Report) -> i32 {
+    print!("{}", vecrig_loadgen::report::render(report));
     let _ = std::io::stdout().flush();
     if let Some(path) = &cli.out {
-        let written = serde_json::to_vec_pretty(&report)
+        let written = serde_json::to_vec_pretty(report)
             .map_err(std::io::Error::other)
             .and_then(|json| std::fs::write(path, json));
         if let Err(e) = written {
@@ -85,6 +117,16 @@ async fn run(cli: Cli) -> i32 {
             return cli::EXIT_ERROR;
         }
         eprintln!("report written to {}", path.display());
+    }
+    if let Some(path) = &cli.hdr_log {
+        let written = std::fs::File::create(path)
+            .map_err(|e| e.to_string())
+            .and_then(|mut f| vecrig_loadgen::report::write_interval_log(report, &mut f));
+        if let Err(e) = written {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return cli::EXIT_ERROR;
+        }
+        eprintln!("histogram log written to {}", path.display());
     }
     if report.interrupted {
         cli::EXIT_INTERRUPTED

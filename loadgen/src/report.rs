@@ -175,3 +175,56 @@ pub fn render(report: &Report) -> String {
     );
     out
 }
+
+/// Writes every phase's histograms as an HdrHistogram interval log: one interval per phase and
+/// kind, tagged `scenario/phase/kind`, timestamps in seconds from the run's start, values in
+/// microseconds (`max` column in milliseconds).
+pub fn write_interval_log(report: &Report, out: &mut impl std::io::Write) -> Result<(), String> {
+    use hdrhistogram::serialization::V2DeflateSerializer;
+    use hdrhistogram::serialization::interval_log::{IntervalLogWriterBuilder, Tag};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    let mut serializer = V2DeflateSerializer::new();
+    let start = UNIX_EPOCH + Duration::from_millis(report.started_unix_ms);
+    let mut builder = IntervalLogWriterBuilder::new();
+    builder
+        .add_comment(&format!(
+            "vecrig-loadgen {} against {}; values in microseconds",
+            report.loadgen_version, report.target
+        ))
+        .with_start_time(start)
+        .with_base_time(start)
+        .with_max_value_divisor(1000.0);
+    let mut log = builder
+        .begin_log_with(out, &mut serializer)
+        .map_err(|e| e.to_string())?;
+    let mut offset = 0.0f64;
+    for scenario in &report.scenarios {
+        for phase in &scenario.phases {
+            let kinds = [
+                ("latency", &phase.histograms.latency),
+                ("success_latency", &phase.histograms.success_latency),
+                ("service_time", &phase.histograms.service_time),
+                ("shed_latency", &phase.histograms.shed_latency),
+            ];
+            for (kind, encoded) in kinds {
+                let histogram = crate::stats::decode(encoded)?;
+                if histogram.is_empty() {
+                    continue;
+                }
+                // Tags may not contain spaces, commas or equals signs.
+                let tag_text = format!("{}/{}/{kind}", scenario.name, phase.name)
+                    .replace([' ', ',', '='], "_");
+                log.write_histogram(
+                    &histogram,
+                    Duration::from_secs_f64(offset),
+                    Duration::from_secs_f64(phase.duration_s),
+                    Tag::new(&tag_text),
+                )
+                .map_err(|e| format!("{e:?}"))?;
+            }
+            offset += phase.duration_s;
+        }
+    }
+    Ok(())
+}

@@ -5,9 +5,14 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use hdrhistogram::Histogram;
+use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use tonic::Code;
-use vecrig::validation::report::{LatencySummary, PhaseReport, ServerFigures, code_name};
+use vecrig::validation::report::{
+    Histograms, LatencySummary, PhaseReport, ServerFigures, code_name,
+};
 
 /// Largest latency recorded exactly: one hour, in microseconds. Larger values saturate.
 const MAX_MICROS: u64 = 3_600_000_000;
@@ -148,8 +153,76 @@ impl Outcomes {
             service_time: summarize(&self.service_time),
             shed_latency: summarize(&self.shed_latency),
             server,
+            histograms: Histograms {
+                latency: encode(&self.latency),
+                success_latency: encode(&self.success_latency),
+                service_time: encode(&self.service_time),
+                shed_latency: encode(&self.shed_latency),
+            },
         }
     }
+
+    /// The outcomes behind a report (from its histograms and counts), for merging reports.
+    pub fn from_report(report: &PhaseReport) -> Result<Self, String> {
+        let mut outcomes = Outcomes {
+            latency: decode(&report.histograms.latency)?,
+            success_latency: decode(&report.histograms.success_latency)?,
+            service_time: decode(&report.histograms.service_time)?,
+            shed_latency: decode(&report.histograms.shed_latency)?,
+            attempts: report.attempts,
+            retries: report.retries,
+            retries_denied: report.retries_denied,
+            dropped: report.dropped,
+            ..Outcomes::default()
+        };
+        for (name, n) in &report.codes {
+            outcomes.codes[code_index(name)?] += n;
+        }
+        for (name, n) in &report.first_try_codes {
+            outcomes.first_codes[code_index(name)?] += n;
+        }
+        if outcomes.latency.len() != outcomes.requests() {
+            return Err(format!(
+                "phase {}: {} latencies recorded for {} requests (no histograms in this report?)",
+                report.name,
+                outcomes.latency.len(),
+                outcomes.requests()
+            ));
+        }
+        Ok(outcomes)
+    }
+}
+
+fn code_index(name: &str) -> Result<usize, String> {
+    (0..CODES)
+        .find(|&i| code_name(Code::from(i as i32)) == name)
+        .ok_or_else(|| format!("unknown gRPC code {name:?}"))
+}
+
+/// A histogram in HdrHistogram's standard form: V2 deflate, base64.
+pub fn encode(h: &Histogram<u64>) -> String {
+    let mut bytes = Vec::new();
+    match V2DeflateSerializer::new().serialize(h, &mut bytes) {
+        Ok(_) => BASE64.encode(bytes),
+        Err(_) => String::new(),
+    }
+}
+
+/// The inverse of [`encode`]; an empty string is an empty histogram.
+pub fn decode(text: &str) -> Result<Histogram<u64>, String> {
+    if text.is_empty() {
+        return Ok(histogram());
+    }
+    let bytes = BASE64
+        .decode(text)
+        .map_err(|e| format!("histogram is not base64: {e}"))?;
+    let decoded: Histogram<u64> = Deserializer::new()
+        .deserialize(&mut std::io::Cursor::new(bytes))
+        .map_err(|e| format!("histogram does not decode: {e:?}"))?;
+    let mut h = histogram();
+    h.add(&decoded)
+        .map_err(|e| format!("histogram out of range: {e:?}"))?;
+    Ok(h)
 }
 
 fn by_name(counts: &[u64; CODES]) -> BTreeMap<String, u64> {
@@ -259,5 +332,15 @@ mod tests {
         total.merge(&o);
         assert_eq!(total.requests(), 204);
         assert_eq!(total.latency.len(), 204);
+
+        // Through the report and back: nothing lost.
+        let back = Outcomes::from_report(&r).expect("decode");
+        assert_eq!(back.requests(), 102);
+        assert_eq!(back.latency, o.latency);
+        assert_eq!(back.shed_latency.len(), 1);
+        assert_eq!(
+            back.report("p", 4, Duration::from_secs(2), ServerFigures::default()),
+            r
+        );
     }
 }

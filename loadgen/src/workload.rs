@@ -73,13 +73,15 @@ pub enum Op {
 }
 
 /// A workload: what to send, for every user.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Workload {
     kind: WorkloadKind,
     seed: u64,
     k: u32,
     data: Synthetic,
     large_text: String,
+    /// Added to every user number, so the shards of a distributed run send different requests.
+    user_offset: u64,
 }
 
 /// Ids of points written by the mixed workload start here, far above any preloaded id.
@@ -101,7 +103,16 @@ impl Workload {
             k: k.max(1),
             data: Synthetic::new(dimensions, Synthetic::DEFAULT_CLUSTERS, seed),
             large_text,
+            user_offset: 0,
         })
+    }
+
+    /// The same workload with user numbers shifted by `offset` (shard `i` of a distributed run
+    /// uses `i * 1_000_000`): same distribution, different requests.
+    pub fn offset_users(self: &Arc<Self>, offset: u64) -> Arc<Self> {
+        let mut shifted = (**self).clone();
+        shifted.user_offset = offset;
+        Arc::new(shifted)
     }
 
     /// The kind of requests.
@@ -111,6 +122,7 @@ impl Workload {
 
     /// The generator for one user (or worker) of a phase with `concurrency` users.
     pub fn generator(self: &Arc<Self>, user: u64, concurrency: u64) -> Generator {
+        let user = user + self.user_offset;
         let stream = self.seed ^ user.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ concurrency << 48;
         Generator {
             workload: Arc::clone(self),

@@ -116,6 +116,24 @@ pub struct PhaseReport {
     pub shed_latency: LatencySummary,
     /// Server-side figures over this phase.
     pub server: ServerFigures,
+    /// The latency histograms themselves, so reports can be merged losslessly and read by
+    /// other HdrHistogram tools.
+    #[serde(default)]
+    pub histograms: Histograms,
+}
+
+/// HdrHistograms in their standard compressed form (V2 deflate, base64, as in HdrHistogram
+/// interval logs), values in microseconds, 3 significant digits. Empty when not recorded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Histograms {
+    /// See [`PhaseReport::latency`].
+    pub latency: String,
+    /// See [`PhaseReport::success_latency`].
+    pub success_latency: String,
+    /// See [`PhaseReport::service_time`].
+    pub service_time: String,
+    /// See [`PhaseReport::shed_latency`].
+    pub shed_latency: String,
 }
 
 impl PhaseReport {
