@@ -86,6 +86,8 @@ async fn json_schema_round_trip_and_lossless_merge() {
             "loadgen",
             "warnings",
             "passed",
+            "timeline",
+            "server_timeline",
         ])
     );
     assert_eq!(
@@ -156,6 +158,20 @@ async fn json_schema_round_trip_and_lossless_merge() {
     );
     assert!(m.passed);
     assert!(vecrig_loadgen::merge::merge(&[]).is_err());
+
+    // The HTML page: every chart present, self-contained.
+    let html = vecrig_loadgen::html::render(&whole);
+    assert!(html.starts_with("<!doctype html>") && html.trim_end().ends_with("</html>"));
+    assert_eq!(html.matches("<svg").count(), 5, "five charts per scenario");
+    assert!(!html.contains("<script") && !html.contains("http://cdn"));
+    assert!(
+        whole.scenarios[0]
+            .timeline
+            .iter()
+            .map(|p| p.requests)
+            .sum::<u64>()
+            == 100
+    );
 
     // The interval log: standard HdrHistogram format, one tagged interval per phase and kind.
     let mut log = Vec::new();

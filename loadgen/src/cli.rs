@@ -87,6 +87,9 @@ pub struct Cli {
     /// Write the JSON report here.
     #[arg(long, env = "VECRIG_OUT", global = true)]
     pub out: Option<PathBuf>,
+    /// Also write the report as one HTML page with charts.
+    #[arg(long, env = "VECRIG_HTML", global = true)]
+    pub html: Option<PathBuf>,
     /// Also write every phase's histograms as an HdrHistogram interval log (.hlog), readable by
     /// HdrHistogram's own tools (HistogramLogProcessor, HdrHistogramVisualizer, ...).
     #[arg(long, env = "VECRIG_HDR_LOG", global = true)]

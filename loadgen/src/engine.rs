@@ -25,13 +25,13 @@ use tonic::transport::Channel;
 use vecrig::client::{Pool, with_deadline};
 use vecrig::proto::vector_index_client::VectorIndexClient;
 use vecrig::validation::criteria;
-use vecrig::validation::report::ScenarioReport;
+use vecrig::validation::report::{ScenarioReport, ServerPoint};
 use vecrig::validation::threshold::{self, Threshold};
 
 use crate::monitor::Monitor;
 use crate::progress::Progress;
 use crate::retry::{RetryBudget, RetryPolicy};
-use crate::stats::{Outcome, Outcomes, Recorder};
+use crate::stats::{Outcome, Outcomes, Recorder, Timeline};
 use crate::workload::{Op, Workload};
 
 /// How one phase's load is generated.
@@ -361,6 +361,7 @@ pub async fn run_scenario(
     };
     let monitor = Monitor::start(stats_client, Duration::from_secs(1));
     let started = Instant::now();
+    let timeline = Arc::new(Timeline::new());
     let mut phases = Vec::new();
     let mut total = Outcomes::default();
     for (index, phase) in scenario.phases.iter().enumerate() {
@@ -371,7 +372,7 @@ pub async fn run_scenario(
         monitor.sample_now().await;
         ctx.progress
             .set_label(format!("{} / {}", scenario.name, phase.name));
-        let recorder = Arc::new(Recorder::default());
+        let recorder = Arc::new(Recorder::with_timeline(Arc::clone(&timeline)));
         let phase_started = Instant::now();
         let ticker = scenario.monitor_every.map(|every| {
             let (recorder, progress, label) = (
@@ -415,6 +416,18 @@ pub async fn run_scenario(
         loadgen: Default::default(),
         warnings: Vec::new(),
         passed: false,
+        timeline: timeline.points(),
+        server_timeline: monitor
+            .samples()
+            .into_iter()
+            .map(|s| ServerPoint {
+                t_s: s.at_s,
+                in_flight: s.in_flight,
+                queued: s.queued,
+                shed_total: s.shed_total,
+                rss_bytes: s.rss_bytes,
+            })
+            .collect(),
     };
     threshold::judge(&mut report, &scenario.thresholds);
     if scenario.check_recovery

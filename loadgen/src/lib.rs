@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod html;
 pub mod merge;
 pub mod monitor;
 pub mod process;

@@ -118,6 +118,13 @@ fn finish(cli: &Cli, report: &vecrig::validation::report::Report) -> i32 {
         }
         eprintln!("report written to {}", path.display());
     }
+    if let Some(path) = &cli.html {
+        if let Err(e) = std::fs::write(path, vecrig_loadgen::html::render(report)) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return cli::EXIT_ERROR;
+        }
+        eprintln!("HTML report written to {}", path.display());
+    }
     if let Some(path) = &cli.hdr_log {
         let written = std::fs::File::create(path)
             .map_err(|e| e.to_string())

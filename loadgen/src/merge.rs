@@ -106,6 +106,8 @@ fn merge_scenarios(shards: &[&ScenarioReport]) -> Result<ScenarioReport, MergeEr
         loadgen,
         warnings: Vec::new(),
         passed: false,
+        timeline: merge_timelines(shards),
+        server_timeline: first.server_timeline.clone(),
     };
     // Re-judge with the same expressions; the recovery check is recomputed by its own rule.
     let mut expressions: Vec<Threshold> = Vec::new();
@@ -133,6 +135,30 @@ fn merge_scenarios(shards: &[&ScenarioReport]) -> Result<ScenarioReport, MergeEr
         merged.warnings.push(format!("not graceful: {violation}"));
     }
     Ok(merged)
+}
+
+/// Adds the shards' seconds together. Their percentiles cannot be merged without their
+/// histograms, so a merged second keeps the worst shard's: an upper bound, said so in the chart.
+fn merge_timelines(shards: &[&ScenarioReport]) -> Vec<vecrig::validation::report::TimePoint> {
+    let mut merged: Vec<vecrig::validation::report::TimePoint> = Vec::new();
+    for shard in shards {
+        for (i, point) in shard.timeline.iter().enumerate() {
+            if merged.len() <= i {
+                merged.push(point.clone());
+                continue;
+            }
+            let m = &mut merged[i];
+            m.requests += point.requests;
+            m.successes += point.successes;
+            for (code, n) in &point.errors {
+                *m.errors.entry(code.clone()).or_default() += n;
+            }
+            m.p50_ms = m.p50_ms.max(point.p50_ms);
+            m.p99_ms = m.p99_ms.max(point.p99_ms);
+            m.max_ms = m.max_ms.max(point.max_ms);
+        }
+    }
+    merged
 }
 
 /// Merges the reports of the shards of one distributed run.

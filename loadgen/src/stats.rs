@@ -252,19 +252,100 @@ pub fn summarize(h: &Histogram<u64>) -> LatencySummary {
     }
 }
 
+/// One second of a scenario.
+#[derive(Debug)]
+struct Second {
+    latency: Histogram<u64>,
+    codes: [u64; CODES],
+}
+
+/// A scenario's second-by-second record, for charts: small histograms (2 significant digits),
+/// one per second, by the time answers arrive.
+#[derive(Debug)]
+pub struct Timeline {
+    started: std::time::Instant,
+    seconds: Mutex<Vec<Second>>,
+}
+
+impl Timeline {
+    /// A timeline starting now.
+    pub fn new() -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            seconds: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn record(&self, outcome: &Outcome) {
+        let second = self.started.elapsed().as_secs() as usize;
+        let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        while seconds.len() <= second {
+            seconds.push(Second {
+                latency: Histogram::new_with_bounds(1, MAX_MICROS, 2)
+                    .expect("static histogram bounds are valid"),
+                codes: [0; CODES],
+            });
+        }
+        let s = &mut seconds[second];
+        s.latency.saturating_record(micros(outcome.latency));
+        s.codes[outcome.last as usize] += 1;
+    }
+
+    /// The timeline as report points.
+    pub fn points(&self) -> Vec<vecrig::validation::report::TimePoint> {
+        let seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        seconds
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let ms = |v: u64| v as f64 / 1000.0;
+                let mut errors = by_name(&s.codes);
+                errors.remove("OK");
+                vecrig::validation::report::TimePoint {
+                    t_s: i as f64,
+                    requests: s.codes.iter().sum(),
+                    successes: s.codes[Code::Ok as usize],
+                    errors,
+                    p50_ms: ms(s.latency.value_at_quantile(0.5)),
+                    p99_ms: ms(s.latency.value_at_quantile(0.99)),
+                    max_ms: ms(s.latency.max()),
+                }
+            })
+            .collect()
+    }
+}
+
+impl Default for Timeline {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// A phase's outcomes, shared by all the tasks sending its requests.
 #[derive(Debug, Default)]
 pub struct Recorder {
     outcomes: Mutex<Outcomes>,
+    timeline: Option<std::sync::Arc<Timeline>>,
 }
 
 impl Recorder {
+    /// A recorder that also feeds the scenario's `timeline`.
+    pub fn with_timeline(timeline: std::sync::Arc<Timeline>) -> Self {
+        Self {
+            outcomes: Mutex::default(),
+            timeline: Some(timeline),
+        }
+    }
+
     /// Adds one request.
     pub fn record(&self, outcome: &Outcome) {
         self.outcomes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .record(outcome);
+        if let Some(timeline) = &self.timeline {
+            timeline.record(outcome);
+        }
     }
 
     /// Counts an arrival of the open model that could not be sent on time.

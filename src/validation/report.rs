@@ -76,6 +76,46 @@ pub struct ScenarioReport {
     pub warnings: Vec<String>,
     /// Whether every threshold held.
     pub passed: bool,
+    /// Second by second: throughput, outcomes and latency, for charts.
+    #[serde(default)]
+    pub timeline: Vec<TimePoint>,
+    /// The server's `Stats` samples, about once a second, for charts.
+    #[serde(default)]
+    pub server_timeline: Vec<ServerPoint>,
+}
+
+/// One second of a scenario, by the time answers arrived.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TimePoint {
+    /// Start of the second, from the scenario's start.
+    pub t_s: f64,
+    /// Requests answered in this second.
+    pub requests: u64,
+    /// Of which succeeded.
+    pub successes: u64,
+    /// Non-OK answers by gRPC code.
+    pub errors: BTreeMap<String, u64>,
+    /// Median latency of this second's requests (from intended send time).
+    pub p50_ms: f64,
+    /// 99th percentile.
+    pub p99_ms: f64,
+    /// Largest.
+    pub max_ms: f64,
+}
+
+/// One `Stats` sample of the server.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerPoint {
+    /// When, from the scenario's start.
+    pub t_s: f64,
+    /// Requests being served.
+    pub in_flight: u64,
+    /// Requests waiting for admission.
+    pub queued: u64,
+    /// Requests shed since the server started.
+    pub shed_total: u64,
+    /// Resident memory.
+    pub rss_bytes: u64,
 }
 
 /// One phase of load.

@@ -414,6 +414,8 @@ mod tests {
             loadgen: Default::default(),
             warnings: vec![],
             passed: false,
+            timeline: vec![],
+            server_timeline: vec![],
         };
         judge(
             &mut scenario,

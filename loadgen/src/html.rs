@@ -1,0 +1,330 @@
+//! The HTML report: one self-contained page (inline SVG, no scripts, nothing fetched) with,
+//! per scenario, the verdict, the phase table, the thresholds, and charts of throughput,
+//! latency percentiles over time, outcomes by gRPC code, and the server's in-flight, queue,
+//! shedding and memory over time.
+
+use std::fmt::Write;
+
+use vecrig::validation::report::{Report, ScenarioReport};
+
+const WIDTH: f64 = 860.0;
+const HEIGHT: f64 = 240.0;
+const LEFT: f64 = 64.0;
+const RIGHT: f64 = 16.0;
+const TOP: f64 = 28.0;
+const BOTTOM: f64 = 36.0;
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// A round number at or above `v`, so axis ticks read well.
+fn nice_ceiling(v: f64) -> f64 {
+    if v <= 0.0 || !v.is_finite() {
+        return 1.0;
+    }
+    let magnitude = 10f64.powf(v.log10().floor());
+    for step in [1.0, 2.0, 2.5, 5.0, 10.0] {
+        if step * magnitude >= v {
+            return step * magnitude;
+        }
+    }
+    10.0 * magnitude
+}
+
+fn format_tick(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else if v >= 10.0 || v == 0.0 {
+        format!("{v:.0}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// A line chart of `series` (name, colour, points) against seconds.
+fn line_chart(title: &str, unit: &str, series: &[(&str, &str, Vec<(f64, f64)>)]) -> String {
+    let mut svg = String::new();
+    let x_max = series
+        .iter()
+        .flat_map(|(_, _, p)| p.iter().map(|(x, _)| *x))
+        .fold(1.0f64, f64::max);
+    let y_max = nice_ceiling(
+        series
+            .iter()
+            .flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y))
+            .fold(0.0f64, f64::max),
+    );
+    let plot_w = WIDTH - LEFT - RIGHT;
+    let plot_h = HEIGHT - TOP - BOTTOM;
+    let sx = |x: f64| LEFT + x / x_max * plot_w;
+    let sy = |y: f64| TOP + plot_h - (y / y_max).min(1.0) * plot_h;
+    let _ = write!(
+        svg,
+        r#"<svg viewBox="0 0 {WIDTH} {HEIGHT}" width="{WIDTH}" height="{HEIGHT}" role="img" aria-label="{t}"><text x="{LEFT}" y="18" class="title">{t}</text>"#,
+        t = escape(title)
+    );
+    for i in 0..=4 {
+        let v = y_max * i as f64 / 4.0;
+        let y = sy(v);
+        let _ = write!(
+            svg,
+            r#"<line x1="{LEFT}" x2="{x2}" y1="{y:.1}" y2="{y:.1}" class="grid"/><text x="{tx}" y="{ty:.1}" class="tick" text-anchor="end">{label}</text>"#,
+            x2 = WIDTH - RIGHT,
+            tx = LEFT - 6.0,
+            ty = y + 4.0,
+            label = format_tick(v)
+        );
+    }
+    for i in 0..=5 {
+        let v = x_max * i as f64 / 5.0;
+        let _ = write!(
+            svg,
+            r#"<text x="{x:.1}" y="{y}" class="tick" text-anchor="middle">{v:.0}s</text>"#,
+            x = sx(v),
+            y = HEIGHT - BOTTOM + 16.0
+        );
+    }
+    let _ = write!(
+        svg,
+        r#"<text x="12" y="{y}" class="tick" transform="rotate(-90 12 {y})" text-anchor="middle">{u}</text>"#,
+        y = TOP + plot_h / 2.0,
+        u = escape(unit)
+    );
+    for (i, (name, colour, points)) in series.iter().enumerate() {
+        if !points.is_empty() {
+            let path: Vec<String> = points
+                .iter()
+                .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
+                .collect();
+            let _ = write!(
+                svg,
+                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.8"/>"#,
+                path.join(" ")
+            );
+        }
+        let lx = LEFT + 8.0 + i as f64 * 150.0;
+        let ly = HEIGHT - 6.0;
+        let _ = write!(
+            svg,
+            r#"<rect x="{lx}" y="{ry}" width="12" height="4" fill="{colour}"/><text x="{tx}" y="{ly}" class="tick">{n}</text>"#,
+            ry = ly - 6.0,
+            tx = lx + 16.0,
+            n = escape(name)
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+/// Horizontal bars of outcomes by code.
+fn outcome_bars(scenario: &ScenarioReport) -> String {
+    let codes = &scenario.total.codes;
+    let max = codes.values().copied().max().unwrap_or(1).max(1) as f64;
+    let row = 26.0;
+    let height = TOP + row * codes.len().max(1) as f64 + 8.0;
+    let mut svg = format!(
+        r#"<svg viewBox="0 0 {WIDTH} {height}" width="{WIDTH}" height="{height}" role="img" aria-label="outcomes"><text x="{LEFT}" y="18" class="title">Outcomes by gRPC code (final, after retries)</text>"#
+    );
+    for (i, (code, n)) in codes.iter().enumerate() {
+        let y = TOP + i as f64 * row;
+        let w = (*n as f64 / max) * (WIDTH - 260.0);
+        let colour = match code.as_str() {
+            "OK" => "#2b8a3e",
+            "RESOURCE_EXHAUSTED" => "#e67700",
+            "DEADLINE_EXCEEDED" | "CANCELLED" | "UNAVAILABLE" => "#5f3dc4",
+            _ => "#c92a2a",
+        };
+        let _ = write!(
+            svg,
+            r#"<text x="176" y="{ty}" class="tick" text-anchor="end">{c}</text><rect x="184" y="{y}" width="{w:.1}" height="18" fill="{colour}"/><text x="{nx:.1}" y="{ty}" class="tick">{n}</text>"#,
+            ty = y + 13.0,
+            c = escape(code),
+            nx = 190.0 + w
+        );
+    }
+    svg.push_str("</svg>");
+    svg
+}
+
+fn scenario_section(out: &mut String, s: &ScenarioReport) {
+    let verdict = if s.passed { "passed" } else { "failed" };
+    let _ = write!(
+        out,
+        r#"<section><h2>{name} <span class="{verdict}">{verdict}</span></h2><p>{desc} &middot; {dur:.1} s</p>"#,
+        name = escape(&s.name),
+        desc = escape(&s.description),
+        dur = s.duration_s
+    );
+    out.push_str("<table><tr><th>phase</th><th>users</th><th>requests</th><th>ok</th><th>ok/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>shed</th><th>dropped</th></tr>");
+    let mut phases: Vec<_> = s.phases.iter().collect();
+    if s.phases.len() > 1 {
+        phases.push(&s.total);
+    }
+    for p in phases {
+        let _ = write!(
+            out,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{:.1}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
+            escape(&p.name),
+            p.concurrency,
+            p.requests,
+            p.success_rate() * 100.0,
+            p.qps,
+            p.latency.p50_ms,
+            p.latency.p90_ms,
+            p.latency.p99_ms,
+            p.latency.p999_ms,
+            p.latency.max_ms,
+            p.code("RESOURCE_EXHAUSTED"),
+            p.dropped
+        );
+    }
+    out.push_str(
+        "</table><table><tr><th>threshold</th><th>scope</th><th>observed</th><th></th></tr>",
+    );
+    for t in &s.thresholds {
+        let _ = write!(
+            out,
+            r#"<tr><td>{}</td><td>{}</td><td>{:.4}</td><td class="{c}">{c}</td></tr>"#,
+            escape(&t.expression),
+            escape(&t.scope),
+            t.observed,
+            c = if t.passed { "passed" } else { "failed" }
+        );
+    }
+    out.push_str("</table>");
+    for w in &s.warnings {
+        let _ = write!(out, r#"<p class="warning">warning: {}</p>"#, escape(w));
+    }
+    let at = |t: f64| t + 0.5;
+    let ok: Vec<(f64, f64)> = s
+        .timeline
+        .iter()
+        .map(|p| (at(p.t_s), p.successes as f64))
+        .collect();
+    let shed: Vec<(f64, f64)> = s
+        .timeline
+        .iter()
+        .map(|p| {
+            (
+                at(p.t_s),
+                *p.errors.get("RESOURCE_EXHAUSTED").unwrap_or(&0) as f64,
+            )
+        })
+        .collect();
+    let other: Vec<(f64, f64)> = s
+        .timeline
+        .iter()
+        .map(|p| {
+            let n: u64 = p
+                .errors
+                .iter()
+                .filter(|(c, _)| c.as_str() != "RESOURCE_EXHAUSTED")
+                .map(|(_, n)| n)
+                .sum();
+            (at(p.t_s), n as f64)
+        })
+        .collect();
+    out.push_str(&line_chart(
+        "Throughput: answers per second",
+        "per second",
+        &[
+            ("ok", "#2b8a3e", ok),
+            ("shed", "#e67700", shed),
+            ("other errors", "#c92a2a", other),
+        ],
+    ));
+    let lat = |f: fn(&vecrig::validation::report::TimePoint) -> f64| -> Vec<(f64, f64)> {
+        s.timeline
+            .iter()
+            .filter(|p| p.requests > 0)
+            .map(|p| (at(p.t_s), f(p)))
+            .collect()
+    };
+    out.push_str(&line_chart(
+        "Latency from intended send time, per second",
+        "ms",
+        &[
+            ("p50", "#1971c2", lat(|p| p.p50_ms)),
+            ("p99", "#e8590c", lat(|p| p.p99_ms)),
+            ("max", "#868e96", lat(|p| p.max_ms)),
+        ],
+    ));
+    out.push_str(&outcome_bars(s));
+    let server = &s.server_timeline;
+    let mut shed_rate = Vec::new();
+    for pair in server.windows(2) {
+        let dt = (pair[1].t_s - pair[0].t_s).max(1e-3);
+        shed_rate.push((
+            pair[1].t_s,
+            pair[1].shed_total.saturating_sub(pair[0].shed_total) as f64 / dt,
+        ));
+    }
+    out.push_str(&line_chart(
+        "Server (from Stats): in flight, queued, shed per second",
+        "requests",
+        &[
+            (
+                "in flight",
+                "#1971c2",
+                server.iter().map(|p| (p.t_s, p.in_flight as f64)).collect(),
+            ),
+            (
+                "queued",
+                "#5f3dc4",
+                server.iter().map(|p| (p.t_s, p.queued as f64)).collect(),
+            ),
+            ("shed/s", "#e67700", shed_rate),
+        ],
+    ));
+    out.push_str(&line_chart(
+        "Server resident memory",
+        "MB",
+        &[(
+            "rss",
+            "#0b7285",
+            server
+                .iter()
+                .map(|p| (p.t_s, p.rss_bytes as f64 / 1e6))
+                .collect(),
+        )],
+    ));
+    out.push_str("</section>");
+}
+
+/// The whole report as one HTML page.
+pub fn render(report: &Report) -> String {
+    let mut out = String::new();
+    let verdict = if report.passed { "passed" } else { "failed" };
+    let _ = write!(
+        out,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vecrig report: {target}</title><style>
+body{{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:900px;color:#212529}}
+h1{{font-size:22px}}h2{{font-size:18px;margin-top:36px;border-bottom:1px solid #dee2e6}}
+table{{border-collapse:collapse;margin:10px 0;font-variant-numeric:tabular-nums}}
+td,th{{padding:3px 8px;border-bottom:1px solid #f1f3f5;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+.passed{{color:#2b8a3e;font-weight:600}}.failed{{color:#c92a2a;font-weight:600}}.warning{{color:#e67700}}
+svg{{display:block;margin:14px 0}}.title{{font-size:13px;font-weight:600;fill:#343a40}}
+.tick{{font-size:11px;fill:#495057}}.grid{{stroke:#e9ecef}}
+</style></head><body><h1>vecrig load report <span class="{verdict}">{verdict}</span></h1>
+<p>target {target} &middot; loadgen {version} &middot; seed {seed} &middot; loadgen CPU {cpu:.1} s</p>
+<p>Latency is measured from each request's intended send time; ok/s counts successes only.</p>"#,
+        target = escape(&report.target),
+        version = escape(&report.loadgen_version),
+        seed = report.seed,
+        cpu = report.loadgen.cpu_seconds
+    );
+    for w in &report.warnings {
+        let _ = write!(out, r#"<p class="warning">{}</p>"#, escape(w));
+    }
+    for s in &report.scenarios {
+        scenario_section(&mut out, s);
+    }
+    out.push_str("</body></html>\n");
+    out
+}
