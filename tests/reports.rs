@@ -162,7 +162,7 @@ async fn json_schema_round_trip_and_lossless_merge() {
     // The HTML page: every chart present, self-contained.
     let html = vecrig_loadgen::html::render(&whole);
     assert!(html.starts_with("<!doctype html>") && html.trim_end().ends_with("</html>"));
-    assert_eq!(html.matches("<svg").count(), 5, "five charts per scenario");
+    assert_eq!(html.matches("<svg").count(), 6, "six charts per scenario");
     assert!(!html.contains("<script") && !html.contains("http://cdn"));
     assert!(
         whole.scenarios[0]

@@ -81,14 +81,16 @@ fn line_chart(title: &str, unit: &str, series: &[(&str, &str, Vec<(f64, f64)>)])
             label = format_tick(v)
         );
     }
-    for i in 0..=5 {
-        let v = x_max * i as f64 / 5.0;
+    let step = nice_ceiling(x_max / 6.0);
+    let mut v = 0.0;
+    while v <= x_max + 1e-9 {
         let _ = write!(
             svg,
-            r#"<text x="{x:.1}" y="{y}" class="tick" text-anchor="middle">{v:.0}s</text>"#,
+            r#"<text x="{x:.1}" y="{y}" class="tick" text-anchor="middle">{v}s</text>"#,
             x = sx(v),
             y = HEIGHT - BOTTOM + 16.0
         );
+        v += step;
     }
     let _ = write!(
         svg,
@@ -257,30 +259,36 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
     ));
     out.push_str(&outcome_bars(s));
     let server = &s.server_timeline;
+    // Samples taken at phase boundaries come close together; rates need a real interval.
     let mut shed_rate = Vec::new();
-    for pair in server.windows(2) {
-        let dt = (pair[1].t_s - pair[0].t_s).max(1e-3);
+    let mut last = server.first();
+    for point in server.iter().skip(1) {
+        let Some(prev) = last else { break };
+        let dt = point.t_s - prev.t_s;
+        if dt < 0.5 {
+            continue;
+        }
         shed_rate.push((
-            pair[1].t_s,
-            pair[1].shed_total.saturating_sub(pair[0].shed_total) as f64 / dt,
+            point.t_s,
+            point.shed_total.saturating_sub(prev.shed_total) as f64 / dt,
         ));
+        last = Some(point);
     }
+    let series = |f: fn(&vecrig::validation::report::ServerPoint) -> f64| -> Vec<(f64, f64)> {
+        server.iter().map(|p| (p.t_s, f(p))).collect()
+    };
     out.push_str(&line_chart(
-        "Server (from Stats): in flight, queued, shed per second",
+        "Server (from Stats): requests in flight and queued for admission",
         "requests",
         &[
-            (
-                "in flight",
-                "#1971c2",
-                server.iter().map(|p| (p.t_s, p.in_flight as f64)).collect(),
-            ),
-            (
-                "queued",
-                "#5f3dc4",
-                server.iter().map(|p| (p.t_s, p.queued as f64)).collect(),
-            ),
-            ("shed/s", "#e67700", shed_rate),
+            ("in flight", "#1971c2", series(|p| p.in_flight as f64)),
+            ("queued", "#5f3dc4", series(|p| p.queued as f64)),
         ],
+    ));
+    out.push_str(&line_chart(
+        "Server (from Stats): requests shed per second",
+        "per second",
+        &[("shed/s", "#e67700", shed_rate)],
     ));
     out.push_str(&line_chart(
         "Server resident memory",
