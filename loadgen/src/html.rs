@@ -47,8 +47,11 @@ fn format_tick(v: f64) -> String {
     }
 }
 
-/// A line chart of `series` (name, colour, points) against seconds.
-fn line_chart(title: &str, unit: &str, series: &[(&str, &str, Vec<(f64, f64)>)]) -> String {
+/// One line of a chart: its name, its colour, its (seconds, value) points.
+type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+
+/// A line chart of `series` against seconds.
+fn line_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
     let mut svg = String::new();
     let x_max = series
         .iter()
