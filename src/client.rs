@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint};
 
 use crate::proto::vector_index_client::VectorIndexClient;
 
@@ -27,6 +27,11 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Largest response message accepted.
     pub max_decoding_bytes: usize,
+    /// For `https://` targets: a PEM CA certificate to trust instead of the system's roots.
+    pub ca_cert: Option<Vec<u8>>,
+    /// For `https://` targets: the name to verify the server's certificate against, when it
+    /// differs from the target's host.
+    pub tls_domain: Option<String>,
 }
 
 impl Default for ConnectOptions {
@@ -35,6 +40,8 @@ impl Default for ConnectOptions {
             connections: 4,
             connect_timeout: Duration::from_secs(5),
             max_decoding_bytes: DEFAULT_MAX_DECODING_BYTES,
+            ca_cert: None,
+            tls_domain: None,
         }
     }
 }
@@ -61,14 +68,28 @@ pub enum ConnectError {
     },
 }
 
-/// Builds the endpoint for `target` (`http://host:port`) with the transport settings we want
-/// on every connection: no Nagle delay, keepalive so a dead peer is noticed, a connect timeout.
+/// Builds the endpoint for `target` (`http://host:port`, or `https://` with rustls and the
+/// system's roots or `options.ca_cert`) with the transport settings we want on every
+/// connection: no Nagle delay, keepalive so a dead peer is noticed, a connect timeout.
 pub fn endpoint(target: &str, options: &ConnectOptions) -> Result<Endpoint, ConnectError> {
-    let endpoint =
-        Endpoint::from_shared(target.to_string()).map_err(|e| ConnectError::InvalidTarget {
-            target: target.to_string(),
-            reason: e.to_string(),
-        })?;
+    let invalid = |reason: String| ConnectError::InvalidTarget {
+        target: target.to_string(),
+        reason,
+    };
+    let mut endpoint =
+        Endpoint::from_shared(target.to_string()).map_err(|e| invalid(e.to_string()))?;
+    if target.starts_with("https://") {
+        let mut tls = match &options.ca_cert {
+            Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+            None => ClientTlsConfig::new().with_native_roots(),
+        };
+        if let Some(domain) = &options.tls_domain {
+            tls = tls.domain_name(domain.clone());
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .map_err(|e| invalid(format!("TLS: {e}")))?;
+    }
     Ok(endpoint
         .connect_timeout(options.connect_timeout)
         .tcp_nodelay(true)

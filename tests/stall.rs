@@ -33,7 +33,7 @@ fn server_binary() -> PathBuf {
         .expect("target dir");
     assert!(
         path.exists(),
-        "{} is missing: run the tests with `cargo test --release --workspace`, which builds it",
+        "{} is missing: build it first (`cargo build --release --workspace`), as README's test command does",
         path.display()
     );
     path

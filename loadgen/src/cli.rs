@@ -48,6 +48,12 @@ pub struct Cli {
     /// Per-request deadline, sent as grpc-timeout.
     #[arg(long, env = "VECRIG_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
     pub timeout: Duration,
+    /// For https targets: trust this PEM CA certificate instead of the system's roots.
+    #[arg(long, env = "VECRIG_CA_CERT", global = true)]
+    pub ca_cert: Option<PathBuf>,
+    /// For https targets: verify the server's certificate for this name instead of the host's.
+    #[arg(long, env = "VECRIG_TLS_DOMAIN", global = true)]
+    pub tls_domain: Option<String>,
     /// Metadata sent with every request, as 'name: value' (repeatable).
     #[arg(long = "header", value_parser = parse_header, global = true)]
     pub headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
@@ -264,11 +270,20 @@ pub fn parse_header(text: &str) -> Result<(AsciiMetadataKey, AsciiMetadataValue)
 
 impl Cli {
     /// How to reach the target (`target` replaces `--target`, e.g. a spawned server's).
-    pub fn run_options(&self, target: &str) -> RunOptions {
-        RunOptions {
+    pub fn run_options(&self, target: &str) -> Result<RunOptions, String> {
+        let ca_cert = match &self.ca_cert {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .map_err(|e| format!("cannot read --ca-cert {}: {e}", path.display()))?,
+            ),
+            None => None,
+        };
+        Ok(RunOptions {
             target: target.to_string(),
             connect: ConnectOptions {
                 connections: self.connections.max(1),
+                ca_cert,
+                tls_domain: self.tls_domain.clone(),
                 ..ConnectOptions::default()
             },
             timeout: self.timeout,
@@ -280,7 +295,7 @@ impl Cli {
             },
             live_progress: !self.no_progress,
             wait_healthy: self.wait_healthy,
-        }
+        })
     }
 
     /// What to run.
@@ -418,7 +433,7 @@ mod tests {
             })]
         );
         assert_eq!(plan.thresholds.len(), 1);
-        let options = cli.run_options("http://127.0.0.1:1");
+        let options = cli.run_options("http://127.0.0.1:1").expect("options");
         assert_eq!(options.headers[0].0.as_str(), "authorization");
         assert_eq!(options.headers[0].1.to_str().ok(), Some("Bearer abc"));
         assert!(Cli::try_parse_from(["vecrig-loadgen", "--threshold", "p99", "suite"]).is_err());

@@ -66,7 +66,14 @@ async fn run(cli: Cli) -> i32 {
         }
     });
 
-    let result = vecrig_loadgen::run(&cli.run_options(&target), &cli.plan(), &stop).await;
+    let options = match cli.run_options(&target) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return cli::EXIT_ERROR;
+        }
+    };
+    let result = vecrig_loadgen::run(&options, &cli.plan(), &stop).await;
     if let Some(server) = local {
         server.stop(Duration::from_secs(30)).await;
     }

@@ -71,6 +71,12 @@ pub struct Args {
     /// How long shutdown waits for in-flight requests before giving up on them.
     #[arg(long, env = "VECRIG_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
+    /// Serve TLS with this PEM certificate (chain); needs --tls-key.
+    #[arg(long, env = "VECRIG_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// The PEM private key of --tls-cert.
+    #[arg(long, env = "VECRIG_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "VECRIG_LOG", default_value = "info")]
     pub log: String,
@@ -105,6 +111,26 @@ pub struct Config {
     pub grace: Duration,
     /// When to take snapshots.
     pub snapshots: crate::storage::SnapshotPolicy,
+    /// TLS identity, when serving https.
+    pub tls: Option<Tls>,
+}
+
+/// A TLS identity: PEM certificate chain and private key.
+#[derive(Clone)]
+pub struct Tls {
+    /// The certificate chain, PEM.
+    pub cert: Vec<u8>,
+    /// The private key, PEM.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Tls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("Tls")
+            .field("cert_bytes", &self.cert.len())
+            .finish()
+    }
 }
 
 /// Limits on what one request may ask for.
@@ -166,6 +192,7 @@ impl Config {
             preload_seed: vecrig::synthetic::Synthetic::DEFAULT_SEED,
             grace: Duration::from_secs(10),
             snapshots: crate::storage::SnapshotPolicy::default(),
+            tls: None,
         }
     }
 }
@@ -215,6 +242,16 @@ impl TryFrom<&Args> for Config {
         config.preload = args.preload;
         config.preload_seed = args.preload_seed;
         config.grace = args.grace;
+        if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+            let read = |path: &PathBuf| {
+                std::fs::read(path)
+                    .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))
+            };
+            config.tls = Some(Tls {
+                cert: read(cert)?,
+                key: read(key)?,
+            });
+        }
         config.snapshots = crate::storage::SnapshotPolicy {
             wal_bytes: args.snapshot_wal_bytes.max(1 << 20),
             interval: args.snapshot_interval,

@@ -135,7 +135,14 @@ pub async fn serve(
         .with_nodelay(Some(true))
         .with_keepalive(Some(Duration::from_secs(60)));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let router = Server::builder()
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key)),
+        )?;
+    }
+    let router = builder
         // Bounds the streams one connection can open; admission bounds the work they cause.
         .max_concurrent_streams(Some(config.max_concurrent_streams))
         // Pings find dead peers whose connections would otherwise hold streams forever.
