@@ -109,6 +109,7 @@ async fn json_schema_round_trip_and_lossless_merge() {
             "success_latency",
             "service_time",
             "shed_latency",
+            "latency_by_code",
             "server",
             "histograms",
         ])

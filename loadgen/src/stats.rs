@@ -39,6 +39,8 @@ pub struct Outcomes {
     pub service_time: Histogram<u64>,
     /// Latency of requests finally shed (RESOURCE_EXHAUSTED).
     pub shed_latency: Histogram<u64>,
+    /// Latency by final code, created for the codes that occur.
+    pub by_code: BTreeMap<usize, Histogram<u64>>,
     codes: [u64; CODES],
     first_codes: [u64; CODES],
     attempts: u64,
@@ -54,6 +56,7 @@ impl Default for Outcomes {
             success_latency: histogram(),
             service_time: histogram(),
             shed_latency: histogram(),
+            by_code: BTreeMap::new(),
             codes: [0; CODES],
             first_codes: [0; CODES],
             attempts: 0,
@@ -92,6 +95,10 @@ impl Outcomes {
             _ => {}
         }
         self.service_time.saturating_record(micros(o.service_time));
+        self.by_code
+            .entry(o.last as usize)
+            .or_insert_with(histogram)
+            .saturating_record(latency);
         self.codes[o.last as usize] += 1;
         self.first_codes[o.first as usize] += 1;
         self.attempts += u64::from(o.attempts);
@@ -106,6 +113,9 @@ impl Outcomes {
         let _ = self.success_latency.add(&other.success_latency);
         let _ = self.service_time.add(&other.service_time);
         let _ = self.shed_latency.add(&other.shed_latency);
+        for (code, h) in &other.by_code {
+            let _ = self.by_code.entry(*code).or_insert_with(histogram).add(h);
+        }
         for i in 0..CODES {
             self.codes[i] += other.codes[i];
             self.first_codes[i] += other.first_codes[i];
@@ -152,12 +162,27 @@ impl Outcomes {
             success_latency: summarize(&self.success_latency),
             service_time: summarize(&self.service_time),
             shed_latency: summarize(&self.shed_latency),
+            latency_by_code: self
+                .by_code
+                .iter()
+                .map(|(code, h)| {
+                    (
+                        code_name(Code::from(*code as i32)).to_string(),
+                        summarize(h),
+                    )
+                })
+                .collect(),
             server,
             histograms: Histograms {
                 latency: encode(&self.latency),
                 success_latency: encode(&self.success_latency),
                 service_time: encode(&self.service_time),
                 shed_latency: encode(&self.shed_latency),
+                by_code: self
+                    .by_code
+                    .iter()
+                    .map(|(code, h)| (code_name(Code::from(*code as i32)).to_string(), encode(h)))
+                    .collect(),
             },
         }
     }
@@ -177,6 +202,9 @@ impl Outcomes {
         };
         for (name, n) in &report.codes {
             outcomes.codes[code_index(name)?] += n;
+        }
+        for (name, encoded) in &report.histograms.by_code {
+            outcomes.by_code.insert(code_index(name)?, decode(encoded)?);
         }
         for (name, n) in &report.first_try_codes {
             outcomes.first_codes[code_index(name)?] += n;
@@ -419,6 +447,8 @@ mod tests {
         assert_eq!(back.requests(), 102);
         assert_eq!(back.latency, o.latency);
         assert_eq!(back.shed_latency.len(), 1);
+        assert_eq!(r.latency_by_code["OK"].count, 101);
+        assert_eq!(r.latency_by_code["RESOURCE_EXHAUSTED"].count, 1);
         assert_eq!(
             back.report("p", 4, Duration::from_secs(2), ServerFigures::default()),
             r

@@ -154,6 +154,9 @@ pub struct PhaseReport {
     pub service_time: LatencySummary,
     /// Latency of requests finally refused with RESOURCE_EXHAUSTED: how fast shedding is.
     pub shed_latency: LatencySummary,
+    /// Latency by final gRPC code.
+    #[serde(default)]
+    pub latency_by_code: BTreeMap<String, LatencySummary>,
     /// Server-side figures over this phase.
     pub server: ServerFigures,
     /// The latency histograms themselves, so reports can be merged losslessly and read by
@@ -174,6 +177,9 @@ pub struct Histograms {
     pub service_time: String,
     /// See [`PhaseReport::shed_latency`].
     pub shed_latency: String,
+    /// See [`PhaseReport::latency_by_code`].
+    #[serde(default)]
+    pub by_code: BTreeMap<String, String>,
 }
 
 impl PhaseReport {
