@@ -194,6 +194,12 @@ pub enum Command {
     },
     /// All five, in order.
     Suite,
+    /// Run the scenarios of a TOML scenario file (built-ins with overrides, custom staged loads,
+    /// each with its own workload, thresholds and tags).
+    Run {
+        /// The scenario file.
+        file: PathBuf,
+    },
     /// Combine the JSON reports of the shards of a distributed run (histograms merged, not
     /// percentiles averaged) and judge the thresholds on the result.
     Merge {
@@ -302,7 +308,7 @@ impl Cli {
     pub fn plan(&self) -> Plan {
         let full = self.profile == Profile::Full;
         let scenarios = match &self.command {
-            Command::Merge { .. } => Vec::new(),
+            Command::Merge { .. } | Command::Run { .. } => Vec::new(),
             Command::Suite => ScenarioSpec::suite(self.profile),
             Command::ExtremeConcurrency {
                 users,

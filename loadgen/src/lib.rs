@@ -10,6 +10,7 @@
 
 pub mod cli;
 pub mod engine;
+pub mod file;
 pub mod html;
 pub mod merge;
 pub mod monitor;
@@ -212,6 +213,26 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
                 scenario
             })
             .collect()
+    })
+    .await
+}
+
+/// Runs the scenarios of a scenario file (see [`file`]).
+pub async fn run_file(
+    options: &RunOptions,
+    planned: &file::Planned,
+    plan: &Plan,
+    stop: &Stop,
+) -> Result<Report, PreflightError> {
+    run_with(options, plan.seed, stop, |stats| {
+        let mut scenarios = planned.build(stats.dimensions as usize, plan.seed, plan.k);
+        for scenario in &mut scenarios {
+            scenario.thresholds.extend(plan.thresholds.iter().cloned());
+            if let Some((index, count)) = plan.shard {
+                scenario.shard(index, count);
+            }
+        }
+        scenarios
     })
     .await
 }

@@ -73,7 +73,26 @@ async fn run(cli: Cli) -> i32 {
             return cli::EXIT_ERROR;
         }
     };
-    let result = vecrig_loadgen::run(&options, &cli.plan(), &stop).await;
+    let result = match &cli.command {
+        cli::Command::Run { file } => {
+            let planned = std::fs::read_to_string(file)
+                .map_err(|e| format!("cannot read {}: {e}", file.display()))
+                .and_then(|text| {
+                    vecrig_loadgen::file::Planned::parse(&text, cli.profile)
+                        .map_err(|e| e.to_string())
+                });
+            match planned {
+                Ok(planned) => {
+                    vecrig_loadgen::run_file(&options, &planned, &cli.plan(), &stop).await
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return cli::EXIT_ERROR;
+                }
+            }
+        }
+        _ => vecrig_loadgen::run(&options, &cli.plan(), &stop).await,
+    };
     if let Some(server) = local {
         server.stop(Duration::from_secs(30)).await;
     }
