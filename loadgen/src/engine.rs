@@ -578,26 +578,30 @@ async fn run_open(
     let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1) as usize));
     let start = tokio::time::Instant::now();
     let mut requests = workload.generator(0, 1);
-    let mut intended = start;
-    let mut n = 0u64;
     let mut tasks = JoinSet::new();
-    loop {
-        let elapsed = intended - start;
-        if elapsed >= duration || ctx.stop.is_stopped() {
+    // Arrivals so far at time t on a linear ramp: N(t) = from*t + (to-from)*t^2/(2*duration).
+    // The n-th arrival is at the t where N(t) = n, solved in the form that stays exact when
+    // the ramp is flat or starts at zero: t = 2n / (from + sqrt(from^2 + 2*slope*n)).
+    let slope = (to - from) / duration.as_secs_f64().max(1e-9);
+    for n in 0u64.. {
+        let discriminant = from * from + 2.0 * slope * n as f64;
+        let denominator = from + discriminant.max(0.0).sqrt();
+        let offset = if n == 0 && (from > 0.0 || slope > 0.0) {
+            Duration::ZERO
+        } else if discriminant < 0.0 || denominator <= 0.0 {
+            break; // no rate at all, or a ramp down to zero has no more arrivals
+        } else {
+            Duration::from_secs_f64(2.0 * n as f64 / denominator)
+        };
+        if offset >= duration || ctx.stop.is_stopped() {
             break;
         }
-        let rate = ramp(from, to, duration, elapsed);
-        if rate < 1e-3 {
-            // Nothing arrives at rate zero: move on in small steps until the ramp rises.
-            intended += Duration::from_millis(10);
-            continue;
-        }
+        let intended = start + offset;
         tokio::select! {
             () = tokio::time::sleep_until(intended) => {}
             () = ctx.stop.stopped() => break,
         }
         let op = requests.next(n);
-        n += 1;
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
                 let (ctx, recorder) = (ctx.clone(), Arc::clone(recorder));
@@ -611,7 +615,6 @@ async fn run_open(
         }
         // Reap finished tasks so the set stays small on long runs.
         while tasks.try_join_next().is_some() {}
-        intended += Duration::from_secs_f64(1.0 / rate);
     }
     while tasks.join_next().await.is_some() {}
 }
