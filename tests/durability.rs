@@ -24,29 +24,13 @@ use vecrig::validation::StressTester;
 const DIMS: usize = 8;
 const CLIENTS: u64 = 4;
 
-fn server_binary() -> PathBuf {
-    // target/<profile>/deps/durability-<hash> -> target/<profile>/vecrig-server
-    let exe = std::env::current_exe().expect("current exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("vecrig-server"))
-        .expect("target dir");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build --release --workspace`), as README's test command does",
-        path.display()
-    );
-    path
-}
-
 struct Process {
     child: Child,
     target: String,
 }
 
 async fn start(data_dir: &Path) -> Process {
-    let mut child = Command::new(server_binary())
+    let mut child = Command::new(common::server_binary())
         .args(["--listen", "127.0.0.1:0", "--dimensions", &DIMS.to_string()])
         .arg("--data-dir")
         .arg(data_dir)

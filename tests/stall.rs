@@ -9,7 +9,6 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -24,25 +23,10 @@ use vecrig_loadgen::{RunOptions, run_with};
 const RATE: f64 = 300.0;
 const SECONDS: u64 = 6;
 
-fn server_binary() -> PathBuf {
-    let exe = std::env::current_exe().expect("current exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("vecrig-server"))
-        .expect("target dir");
-    assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build --release --workspace`), as README's test command does",
-        path.display()
-    );
-    path
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_second_stall_shows_in_latency_from_intended_send_time() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut server = tokio::process::Command::new(server_binary())
+    let mut server = tokio::process::Command::new(common::server_binary())
         .args([
             "--listen",
             "127.0.0.1:0",

@@ -192,3 +192,20 @@ pub async fn start_preloaded(
     tune(&mut config);
     TestServer::start_in(config, temp).await
 }
+
+/// The real `vecrig-server` binary, next to the test binaries' directory
+/// (target/<profile>/deps/x -> target/<profile>/vecrig-server).
+pub fn server_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    let path = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|dir| dir.join("vecrig-server"))
+        .expect("target dir");
+    assert!(
+        path.exists(),
+        "{} is missing: build it first (`cargo build --release --workspace`), as README's test command does",
+        path.display()
+    );
+    path
+}
