@@ -103,14 +103,19 @@ pub async fn connect(
     target: &str,
     options: &ConnectOptions,
 ) -> Result<VectorIndexClient<Channel>, ConnectError> {
-    let channel = endpoint(target, options)?
+    let channel = open(&endpoint(target, options)?, target).await?;
+    Ok(client_for(channel, options))
+}
+
+/// Opens one connection on `endpoint`.
+async fn open(endpoint: &Endpoint, target: &str) -> Result<Channel, ConnectError> {
+    endpoint
         .connect()
         .await
         .map_err(|source| ConnectError::Unreachable {
             target: target.to_string(),
             source,
-        })?;
-    Ok(client_for(channel, options))
+        })
 }
 
 fn client_for(channel: Channel, options: &ConnectOptions) -> VectorIndexClient<Channel> {
@@ -133,14 +138,7 @@ impl Pool {
         let endpoint = endpoint(target, options)?;
         let mut channels = Vec::with_capacity(options.connections.max(1));
         for _ in 0..options.connections.max(1) {
-            let channel = endpoint
-                .connect()
-                .await
-                .map_err(|source| ConnectError::Unreachable {
-                    target: target.to_string(),
-                    source,
-                })?;
-            channels.push(channel);
+            channels.push(open(&endpoint, target).await?);
         }
         let clients: Vec<_> = channels
             .iter()

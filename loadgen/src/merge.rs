@@ -39,6 +39,18 @@ fn max_server(a: &ServerFigures, b: &ServerFigures) -> ServerFigures {
     }
 }
 
+/// Several loadgen processes together: CPU adds up, memory is the largest one's.
+fn sum_processes<'a>(figures: impl Iterator<Item = &'a ProcessFigures>) -> ProcessFigures {
+    let mut sum = ProcessFigures::default();
+    for f in figures {
+        sum.cpu_seconds += f.cpu_seconds;
+        sum.cpu_cores_used += f.cpu_cores_used;
+        sum.rss_bytes = sum.rss_bytes.max(f.rss_bytes);
+        sum.max_rss_bytes = sum.max_rss_bytes.max(f.max_rss_bytes);
+    }
+    sum
+}
+
 fn merge_phases(phases: &[&PhaseReport]) -> Result<PhaseReport, MergeError> {
     let mut outcomes = Outcomes::default();
     let mut duration = 0.0f64;
@@ -85,13 +97,7 @@ fn merge_scenarios(shards: &[&ScenarioReport]) -> Result<ScenarioReport, MergeEr
     let totals: Vec<&PhaseReport> = shards.iter().map(|s| &s.total).collect();
     let mut total = merge_phases(&totals)?;
     total.name = "total".into();
-    let mut loadgen = ProcessFigures::default();
-    for s in shards {
-        loadgen.cpu_seconds += s.loadgen.cpu_seconds;
-        loadgen.cpu_cores_used += s.loadgen.cpu_cores_used;
-        loadgen.rss_bytes = loadgen.rss_bytes.max(s.loadgen.rss_bytes);
-        loadgen.max_rss_bytes = loadgen.max_rss_bytes.max(s.loadgen.max_rss_bytes);
-    }
+    let loadgen = sum_processes(shards.iter().map(|s| &s.loadgen));
     let mut parameters: BTreeMap<String, String> = first.parameters.clone();
     parameters.insert("shard".into(), format!("merged from {}", shards.len()));
     let mut merged = ScenarioReport {
@@ -192,13 +198,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, MergeError> {
         let shards: Vec<&ScenarioReport> = reports.iter().map(|r| &r.scenarios[i]).collect();
         scenarios.push(merge_scenarios(&shards)?);
     }
-    let mut loadgen = ProcessFigures::default();
-    for r in reports {
-        loadgen.cpu_seconds += r.loadgen.cpu_seconds;
-        loadgen.cpu_cores_used += r.loadgen.cpu_cores_used;
-        loadgen.max_rss_bytes = loadgen.max_rss_bytes.max(r.loadgen.max_rss_bytes);
-        loadgen.rss_bytes = loadgen.rss_bytes.max(r.loadgen.rss_bytes);
-    }
+    let loadgen = sum_processes(reports.iter().map(|r| &r.loadgen));
     let passed = !scenarios.is_empty() && scenarios.iter().all(|s| s.passed);
     Ok(Report {
         schema: SCHEMA.to_string(),
