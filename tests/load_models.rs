@@ -143,3 +143,57 @@ async fn ramping_users_follow_their_stages() {
     assert!(phases.iter().all(|p| p.successes == p.requests));
     server.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_on_fail_stops_the_whole_run_at_the_first_failed_threshold() {
+    let (mut config, temp) = TestServer::config(32);
+    config.preload = 500;
+    let server = TestServer::start_in(config, temp).await;
+
+    let mut options = RunOptions::new(server.target());
+    options.timeout = Duration::from_secs(10);
+    options.abort_on_fail = Some(Duration::from_secs(1));
+    let steady = |seconds| Load {
+        model: LoadModel::Open,
+        start: 100.0,
+        stages: vec![Stage {
+            duration: Duration::from_secs(seconds),
+            target: 100.0,
+        }],
+        max_in_flight: 100,
+        think: Duration::ZERO,
+    };
+    // No real server answers within a microsecond: the threshold fails as soon as it is
+    // judged, one second into a 30 s phase, and the second scenario never starts.
+    let mut plan = Plan::new(vec![
+        ScenarioSpec::Load(steady(30)),
+        ScenarioSpec::Load(steady(30)),
+    ]);
+    plan.thresholds = vec!["p99<0.001ms@*".parse().expect("threshold")];
+    let report = vecrig_loadgen::run(&options, &plan, &Stop::default())
+        .await
+        .expect("pre-flight");
+
+    let reason = report.aborted.as_deref().expect("the run was aborted");
+    assert!(reason.contains("p99<0.001ms"), "{reason}");
+    assert!(!report.passed);
+    assert!(!report.interrupted, "an abort is not a Ctrl-C");
+    assert_eq!(report.scenarios.len(), 1, "the second scenario ran");
+    let scenario = &report.scenarios[0];
+    assert!(!scenario.passed);
+    assert!(
+        scenario
+            .thresholds
+            .iter()
+            .any(|t| !t.passed && t.scope.contains("aborted")),
+        "{:?}",
+        scenario.thresholds
+    );
+    // Stopped well before the phase's 30 s (judged from 1 s on, once a second).
+    assert!(
+        scenario.phases[0].duration_s < 15.0,
+        "phase ran {} s",
+        scenario.phases[0].duration_s
+    );
+    assert!(scenario.phases[0].requests > 0);
+}

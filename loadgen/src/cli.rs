@@ -103,6 +103,15 @@ pub struct Cli {
     /// No live progress line.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// Stop the whole run at the first failed threshold (exit 99), instead of running every
+    /// scenario to the end: upper bounds (`p99<50ms`, `error_rate<0.01`) are judged every
+    /// second on the phase so far, everything else when its phase or scenario ends.
+    #[arg(long, env = "VECRIG_ABORT_ON_FAIL", global = true)]
+    pub abort_on_fail: bool,
+    /// With --abort-on-fail: how long a phase runs before its figures are judged mid-run, so a
+    /// cold start does not abort it.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    pub abort_grace: Duration,
     /// How long to wait for the target to become SERVING.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, global = true)]
     pub wait_healthy: Duration,
@@ -301,6 +310,7 @@ impl Cli {
             },
             live_progress: !self.no_progress,
             wait_healthy: self.wait_healthy,
+            abort_on_fail: self.abort_on_fail.then_some(self.abort_grace),
         })
     }
 

@@ -25,8 +25,8 @@ use tonic::transport::Channel;
 use vecrig::client::{Pool, with_deadline};
 use vecrig::proto::vector_index_client::VectorIndexClient;
 use vecrig::validation::criteria;
-use vecrig::validation::report::{ScenarioReport, ServerPoint};
-use vecrig::validation::threshold::{self, Threshold};
+use vecrig::validation::report::{PhaseReport, ScenarioReport, ServerPoint, ThresholdResult};
+use vecrig::validation::threshold::{self, Scope, Threshold};
 
 use crate::monitor::Monitor;
 use crate::progress::Progress;
@@ -237,12 +237,15 @@ impl Scenario {
 #[derive(Debug, Clone)]
 pub struct Stop {
     tx: Arc<watch::Sender<bool>>,
+    /// Why the run was aborted, when a failed threshold (not the user) stopped it.
+    aborted: Arc<std::sync::Mutex<Option<String>>>,
 }
 
 impl Default for Stop {
     fn default() -> Self {
         Self {
             tx: Arc::new(watch::channel(false).0),
+            aborted: Arc::default(),
         }
     }
 }
@@ -251,6 +254,19 @@ impl Stop {
     /// Stops the run.
     pub fn stop(&self) {
         self.tx.send_replace(true);
+    }
+
+    /// Stops the run because a threshold failed; the first reason given is kept.
+    pub fn abort(&self, reason: String) {
+        if let Ok(mut aborted) = self.aborted.lock() {
+            aborted.get_or_insert(reason);
+        }
+        self.stop();
+    }
+
+    /// Why the run was aborted, if a failed threshold stopped it.
+    pub fn abort_reason(&self) -> Option<String> {
+        self.aborted.lock().ok().and_then(|a| a.clone())
     }
 
     /// Whether the run was stopped.
@@ -282,6 +298,10 @@ pub struct Context {
     pub stop: Stop,
     /// Live progress.
     pub progress: Progress,
+    /// Abort the whole run as soon as a threshold fails (k6's `abortOnFail`); upper bounds
+    /// are checked every second once this grace has passed in a phase (k6's
+    /// `delayAbortEval`), every threshold at the end of the phase it applies to.
+    pub abort_on_fail: Option<Duration>,
 }
 
 impl Context {
@@ -364,6 +384,7 @@ pub async fn run_scenario(
     let timeline = Arc::new(Timeline::new());
     let mut phases = Vec::new();
     let mut total = Outcomes::default();
+    let mut abort_failures = Vec::new();
     for (index, phase) in scenario.phases.iter().enumerate() {
         if ctx.stop.is_stopped() {
             break;
@@ -382,20 +403,51 @@ pub async fn run_scenario(
             );
             tokio::spawn(async move { report_every(every, &recorder, &progress, &label).await })
         });
+        let watchdog = ctx.abort_on_fail.map(|grace| {
+            let watch = AbortWatch {
+                scenario: scenario.name.clone(),
+                phase: phase.name.clone(),
+                concurrency: phase.model.concurrency(),
+                thresholds: scenario.thresholds.clone(),
+                total_before: total.clone(),
+                recorder: Arc::clone(&recorder),
+                stop: ctx.stop.clone(),
+            };
+            tokio::spawn(watch.run(grace, phase_started))
+        });
         run_phase(ctx, phase, &scenario.workload, &recorder).await;
         let elapsed = phase_started.elapsed();
         if let Some(t) = ticker {
             t.abort();
         }
+        let mid_run_failure = match watchdog {
+            Some(task) => {
+                task.abort();
+                task.await.ok().flatten()
+            }
+            None => None,
+        };
         monitor.sample_now().await;
         let outcomes = recorder.snapshot();
         total.merge(&outcomes);
-        phases.push(outcomes.report(
+        let report = outcomes.report(
             &phase.name,
             phase.model.concurrency(),
             elapsed,
             monitor.figures(Some(index)),
-        ));
+        );
+        let failure = mid_run_failure.or_else(|| {
+            ctx.abort_on_fail?;
+            failed_at_phase_end(&scenario.thresholds, &report)
+        });
+        phases.push(report);
+        if let Some(failure) = failure {
+            ctx.stop.abort(format!(
+                "{}: {} failed in {} (observed {})",
+                scenario.name, failure.expression, failure.scope, failure.observed
+            ));
+            abort_failures.push(failure);
+        }
     }
     let duration = started.elapsed();
     let peak = scenario
@@ -430,6 +482,12 @@ pub async fn run_scenario(
             .collect(),
     };
     threshold::judge(&mut report, &scenario.thresholds);
+    if !abort_failures.is_empty() {
+        // The failure that aborted the run stays in the verdict even if the figure it was
+        // judged on recovered by the end of the phase.
+        report.passed = false;
+        report.thresholds.extend(abort_failures);
+    }
     if scenario.check_recovery
         && let Some(recovered) = criteria::recovery(&report)
     {
@@ -440,6 +498,84 @@ pub async fn run_scenario(
         report.warnings.push(format!("not graceful: {violation}"));
     }
     report
+}
+
+/// Watches a running phase for a failed threshold when `--abort-on-fail` is on.
+struct AbortWatch {
+    scenario: String,
+    phase: String,
+    concurrency: u64,
+    thresholds: Vec<Threshold>,
+    /// The scenario's outcomes before this phase, for thresholds on the totals.
+    total_before: Outcomes,
+    recorder: Arc<Recorder>,
+    stop: Stop,
+}
+
+impl AbortWatch {
+    /// Every second after `grace`, judges the upper-bound thresholds (`p99<50ms`,
+    /// `error_rate<0.01`, ...) on the phase so far, and the totals so far; the first failure
+    /// aborts the run and is returned. Lower bounds (`qps>500`) are left to the end of the
+    /// phase: a phase that has only begun has not yet had its chance to reach them.
+    async fn run(self, grace: Duration, phase_started: Instant) -> Option<ThresholdResult> {
+        tokio::time::sleep_until((phase_started + grace).into()).await;
+        let mut every = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            every.tick().await;
+            let elapsed = phase_started.elapsed();
+            let outcomes = self.recorder.snapshot();
+            let mut totals = self.total_before.clone();
+            totals.merge(&outcomes);
+            let figures = Default::default();
+            let phase = outcomes.report(&self.phase, self.concurrency, elapsed, figures);
+            let total = totals.report("total", self.concurrency, elapsed, Default::default());
+            let failure = self
+                .thresholds
+                .iter()
+                .filter(|t| matches!(t.op, threshold::Op::Lt | threshold::Op::Le))
+                .filter(|t| !t.metric.is_server_figure())
+                .find_map(|t| {
+                    let (scope, observed) = match &t.scope {
+                        Scope::Total => ("total", &total),
+                        Scope::EachPhase => (self.phase.as_str(), &phase),
+                        Scope::Phase(name) if *name == self.phase => (name.as_str(), &phase),
+                        Scope::Phase(_) => return None,
+                    };
+                    let value = t.observe(observed);
+                    (!t.holds(value)).then(|| ThresholdResult {
+                        scope: format!("{scope} at {:.0}s, aborted", elapsed.as_secs_f64()),
+                        expression: t.expression.clone(),
+                        observed: value,
+                        passed: false,
+                    })
+                });
+            if let Some(failure) = failure {
+                self.stop.abort(format!(
+                    "{}: {} failed in {} (observed {})",
+                    self.scenario, failure.expression, failure.scope, failure.observed
+                ));
+                return Some(failure);
+            }
+        }
+    }
+}
+
+/// The first threshold scoped to this phase (by name or `@*`) that fails on its final figures.
+fn failed_at_phase_end(thresholds: &[Threshold], phase: &PhaseReport) -> Option<ThresholdResult> {
+    thresholds.iter().find_map(|t| {
+        let applies = match &t.scope {
+            Scope::EachPhase => true,
+            Scope::Phase(name) => *name == phase.name,
+            Scope::Total => false,
+        };
+        let observed = t.observe(phase);
+        (applies && !t.holds(observed)).then(|| ThresholdResult {
+            scope: format!("{} (end of phase), aborted", phase.name),
+            expression: t.expression.clone(),
+            observed,
+            passed: false,
+        })
+    })
 }
 
 /// The specification's monitor: every `every`, recent throughput and the error rate so far.

@@ -163,6 +163,9 @@ pub struct RunOptions {
     pub live_progress: bool,
     /// How long pre-flight waits for the target to become SERVING.
     pub wait_healthy: Duration,
+    /// Abort the run on the first failed threshold, judging upper bounds mid-phase after
+    /// this grace (see [`engine::Context::abort_on_fail`]).
+    pub abort_on_fail: Option<Duration>,
 }
 
 impl RunOptions {
@@ -176,6 +179,7 @@ impl RunOptions {
             retry: RetryPolicy::default(),
             live_progress: false,
             wait_healthy: Duration::from_secs(60),
+            abort_on_fail: None,
         }
     }
 }
@@ -259,6 +263,7 @@ pub async fn run_with(
         budget: Arc::new(RetryBudget::new(options.retry.budget_ratio)),
         stop: stop.clone(),
         progress: progress.clone(),
+        abort_on_fail: options.abort_on_fail,
     };
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as f64)
@@ -280,11 +285,16 @@ pub async fn run_with(
         if report.total.requests == 0 && !stop.is_stopped() {
             report.warnings.push("no request completed".into());
         }
+        if options.abort_on_fail.is_some() && !report.passed {
+            // Thresholds on the totals are only known now; the scenarios after it do not run.
+            stop.abort(format!("{}: failed its thresholds", report.name));
+        }
         scenarios.push(report);
     }
     progress.finish();
-    let interrupted = stop.is_stopped();
-    let passed = !scenarios.is_empty() && scenarios.iter().all(|s| s.passed);
+    let aborted = stop.abort_reason();
+    let interrupted = stop.is_stopped() && aborted.is_none();
+    let passed = aborted.is_none() && !scenarios.is_empty() && scenarios.iter().all(|s| s.passed);
     Ok(Report {
         schema: SCHEMA.to_string(),
         loadgen_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -293,6 +303,7 @@ pub async fn run_with(
         started_unix_ms,
         finished_unix_ms: unix_ms(),
         interrupted,
+        aborted,
         loadgen: meter.finish(),
         scenarios,
         warnings: Vec::new(),

@@ -212,6 +212,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, MergeError> {
             .max()
             .unwrap_or(0),
         interrupted: reports.iter().any(|r| r.interrupted),
+        aborted: reports.iter().find_map(|r| r.aborted.clone()),
         loadgen,
         scenarios,
         warnings: vec![format!("merged from {} shard reports", reports.len())],

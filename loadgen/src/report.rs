@@ -173,6 +173,9 @@ pub fn render(report: &Report) -> String {
             ""
         }
     );
+    if let Some(reason) = &report.aborted {
+        let _ = writeln!(out, "aborted (--abort-on-fail): {reason}");
+    }
     out
 }
 

@@ -26,8 +26,12 @@ pub struct Report {
     pub started_unix_ms: u64,
     /// Wall-clock end, milliseconds since the Unix epoch.
     pub finished_unix_ms: u64,
-    /// Whether the run was stopped early (Ctrl-C, abort on a failed threshold).
+    /// Whether the user stopped the run early (Ctrl-C).
     pub interrupted: bool,
+    /// Why the run was cut short by `--abort-on-fail`: the threshold that failed, where and
+    /// when. Absent when the run was not aborted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aborted: Option<String>,
     /// The loadgen process's own resource use.
     pub loadgen: ProcessFigures,
     /// Each scenario, in the order run.

@@ -259,6 +259,13 @@ fn stat_of(summary: &LatencySummary, stat: Stat) -> f64 {
     }
 }
 
+impl Metric {
+    /// Whether the metric comes from the server's `Stats` rather than from the answers.
+    pub fn is_server_figure(self) -> bool {
+        matches!(self, Metric::ServerShed | Metric::ServerRssGrowth)
+    }
+}
+
 impl Threshold {
     /// The metric's value in one phase (or the totals).
     pub fn observe(&self, phase: &PhaseReport) -> f64 {

@@ -1,0 +1,303 @@
+//! The loadgen's own cost per request, side by side with h2load in one run.
+//!
+//! A load generator that burns more CPU per request than the server it measures ends up
+//! measuring itself. This bench starts a `vecrig-server` with a tiny index (1000 points of 32
+//! dimensions) so that a k=1 search is about the cheapest RPC there is, then alternates rounds
+//! of:
+//! - `h2load` (Debian's nghttp2-client) POSTing one serialized gRPC `Search` request over and
+//!   over on 4 connections with 32 streams each, and
+//! - `vecrig-loadgen` running a closed model of 128 users on 4 connections, k=1 vector searches,
+//!
+//! and takes each one's CPU time (user + system, from `getrusage(RUSAGE_CHILDREN)` around the
+//! child's whole life, start-up included) per 1000 requests answered. The figure of merit is
+//! the ratio loadgen / h2load in the same run; the goal is <= 1.
+//!
+//! Run: `cargo bench -p vecrig-loadgen --bench cost_per_request` (release; needs `h2load` and
+//! `nghttp` on PATH: `apt-get install nghttp2-client`; without them only the loadgen's own
+//! figure is printed). `VECRIG_BENCH_ROUNDS` (default 3) and `VECRIG_BENCH_SECONDS` (default 8)
+//! size it.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::resource::{UsageWho, getrusage};
+use prost::Message;
+use rand::SeedableRng;
+use vecrig::proto::{SearchRequest, Vector, search_request};
+use vecrig::synthetic::Synthetic;
+use vecrig_loadgen::target::LocalServer;
+
+const DIMENSIONS: usize = 32;
+const POINTS: u64 = 1000;
+const CONNECTIONS: u32 = 4;
+const STREAMS_PER_CONNECTION: u32 = 32;
+const SEARCH_PATH: &str = "/vecrig.v1.VectorIndex/Search";
+
+/// One child process's cost: CPU seconds, requests answered, wall seconds.
+#[derive(Clone, Copy, Default)]
+struct Cost {
+    cpu_s: f64,
+    requests: u64,
+    wall_s: f64,
+}
+
+impl Cost {
+    fn cpu_per_1000(self) -> f64 {
+        if self.requests == 0 {
+            f64::NAN
+        } else {
+            self.cpu_s * 1000.0 / self.requests as f64
+        }
+    }
+
+    fn add(&mut self, other: Cost) {
+        self.cpu_s += other.cpu_s;
+        self.requests += other.requests;
+        self.wall_s += other.wall_s;
+    }
+}
+
+/// CPU seconds (user + system) of every child reaped so far.
+fn children_cpu_seconds() -> f64 {
+    let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
+    let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
+    seconds(usage.user_time()) + seconds(usage.system_time())
+}
+
+/// Runs `command` to completion and returns its CPU time, wall time and output.
+fn run_measured(command: &mut Command) -> (f64, f64, String) {
+    let cpu_before = children_cpu_seconds();
+    let started = Instant::now();
+    let output = command
+        .stdin(Stdio::null())
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("run child");
+    let wall = started.elapsed().as_secs_f64();
+    let cpu = children_cpu_seconds() - cpu_before;
+    assert!(
+        output.status.success(),
+        "{command:?} failed with {}",
+        output.status
+    );
+    (
+        cpu,
+        wall,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+/// The k=1 search h2load sends: a gRPC length-prefixed frame around a serialized request.
+fn grpc_search_frame() -> Vec<u8> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let query = Synthetic::new(DIMENSIONS, 64, Synthetic::DEFAULT_SEED).query_vector(&mut rng);
+    let request = SearchRequest {
+        query: Some(search_request::Query::Vector(Vector { values: query })),
+        k: 1,
+        ..SearchRequest::default()
+    };
+    let body = request.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + body.len());
+    frame.push(0); // not compressed
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&body);
+    frame
+}
+
+fn on_path(tool: &str) -> bool {
+    Command::new(tool)
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// Checks once with `nghttp -v` that the frame h2load will send is answered with
+/// `grpc-status: 0`: h2load itself counts any HTTP 200 as a success, and gRPC errors are 200s.
+fn check_frame_is_answered_ok(target: &str, frame_file: &Path) {
+    let output = Command::new("nghttp")
+        .args(["-v", "-H", ":method: POST"])
+        .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+        .arg("-d")
+        .arg(frame_file)
+        .arg(format!("{target}{SEARCH_PATH}"))
+        .output()
+        .expect("run nghttp");
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        text.contains("grpc-status: 0"),
+        "the h2load request is not answered OK by the server:\n{text}"
+    );
+}
+
+fn h2load_round(target: &str, frame_file: &Path, requests: u64) -> Cost {
+    let (cpu_s, wall_s, stdout) = run_measured(
+        Command::new("h2load")
+            .args(["-n", &requests.to_string()])
+            .args(["-c", &CONNECTIONS.to_string()])
+            .args(["-m", &STREAMS_PER_CONNECTION.to_string()])
+            .args(["-t", "1"])
+            .args(["-H", "content-type: application/grpc", "-H", "te: trailers"])
+            .arg("-d")
+            .arg(frame_file)
+            .arg(format!("{target}{SEARCH_PATH}")),
+    );
+    // "requests: 200000 total, 200000 started, 200000 done, 200000 succeeded, 0 failed, ..."
+    let succeeded = stdout
+        .lines()
+        .find(|line| line.starts_with("requests:"))
+        .and_then(|line| {
+            line.split(',')
+                .find(|part| part.trim_end().ends_with("succeeded"))
+                .and_then(|part| part.split_whitespace().next())
+                .and_then(|n| n.parse().ok())
+        })
+        .unwrap_or_else(|| panic!("no request count in h2load's output:\n{stdout}"));
+    Cost {
+        cpu_s,
+        requests: succeeded,
+        wall_s,
+    }
+}
+
+fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path) -> Cost {
+    let users = CONNECTIONS * STREAMS_PER_CONNECTION;
+    let (cpu_s, wall_s, _) = run_measured(
+        Command::new(loadgen)
+            .args(["--target", target])
+            .args(["--connections", &CONNECTIONS.to_string()])
+            .args(["--workload", "vector", "--k", "1", "--max-attempts", "1"])
+            .arg("--out")
+            .arg(report)
+            .args(["load", "--model", "closed"])
+            .args(["--stages", &format!("{seconds}s:{users}")])
+            .args(["--start", &users.to_string()]),
+    );
+    let json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report).expect("read report")).expect("json");
+    let successes = json["scenarios"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|s| s["phases"].as_array().into_iter().flatten())
+        .map(|p| p["successes"].as_u64().unwrap_or(0))
+        .sum();
+    Cost {
+        cpu_s,
+        requests: successes,
+        wall_s,
+    }
+}
+
+fn server_binary(loadgen: &Path) -> PathBuf {
+    let path = loadgen
+        .parent()
+        .map(|dir| dir.join("vecrig-server"))
+        .expect("target dir");
+    assert!(
+        path.exists(),
+        "{} is missing: `cargo build --release --workspace` first",
+        path.display()
+    );
+    path
+}
+
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing else is taken from the command line.
+    let rounds = env_u64("VECRIG_BENCH_ROUNDS", 3);
+    let seconds = env_u64("VECRIG_BENCH_SECONDS", 8);
+    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_vecrig-loadgen"));
+    let server_binary = server_binary(&loadgen);
+    let work = tempfile::tempdir().expect("tempdir");
+    let frame_file = work.path().join("search.grpc");
+    std::fs::write(&frame_file, grpc_search_frame()).expect("write frame");
+    let report = work.path().join("report.json");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let server = runtime
+        .block_on(LocalServer::spawn(
+            &server_binary,
+            POINTS,
+            None,
+            &[
+                "--dimensions".into(),
+                DIMENSIONS.to_string(),
+                "--log".into(),
+                "warn".into(),
+            ],
+        ))
+        .expect("start vecrig-server");
+    let target = server.target.clone();
+    let with_h2load = on_path("h2load") && on_path("nghttp");
+    if with_h2load {
+        check_frame_is_answered_ok(&target, &frame_file);
+    } else {
+        println!("h2load/nghttp not found (apt-get install nghttp2-client): loadgen figure only");
+    }
+
+    println!(
+        "server {target}: {POINTS} points x {DIMENSIONS} dims, k=1 vector search; \
+         {CONNECTIONS} connections x {STREAMS_PER_CONNECTION} streams (h2load) / {} users (loadgen)",
+        CONNECTIONS * STREAMS_PER_CONNECTION
+    );
+    println!(
+        "{:>5}  {:>10}  {:>10}  {:>8}  {:>12}  {:>10}",
+        "round", "tool", "requests", "req/s", "cpu s", "cpu s/1000"
+    );
+    let (mut ours, mut theirs) = (Cost::default(), Cost::default());
+    // Warm-up, not counted: connections, page cache, the server's allocator.
+    loadgen_round(&loadgen, &target, 2, &report);
+    for round in 1..=rounds {
+        let cost = loadgen_round(&loadgen, &target, seconds, &report);
+        print_row(round, "loadgen", cost);
+        ours.add(cost);
+        if with_h2load {
+            // As many requests as the loadgen answered, so both run about as long.
+            let cost = h2load_round(&target, &frame_file, cost.requests.max(1000));
+            print_row(round, "h2load", cost);
+            theirs.add(cost);
+        }
+    }
+    println!();
+    println!(
+        "vecrig-loadgen: {:.4} CPU s per 1000 requests ({} requests, {:.0} req/s)",
+        ours.cpu_per_1000(),
+        ours.requests,
+        ours.requests as f64 / ours.wall_s
+    );
+    if with_h2load {
+        println!(
+            "h2load:         {:.4} CPU s per 1000 requests ({} requests, {:.0} req/s)",
+            theirs.cpu_per_1000(),
+            theirs.requests,
+            theirs.requests as f64 / theirs.wall_s
+        );
+        println!(
+            "ratio loadgen / h2load: {:.2} (goal <= 1)",
+            ours.cpu_per_1000() / theirs.cpu_per_1000()
+        );
+    }
+    runtime.block_on(server.stop(Duration::from_secs(10)));
+}
+
+fn print_row(round: u64, tool: &str, cost: Cost) {
+    println!(
+        "{round:>5}  {tool:>10}  {:>10}  {:>8.0}  {:>12.3}  {:>10.4}",
+        cost.requests,
+        cost.requests as f64 / cost.wall_s,
+        cost.cpu_s,
+        cost.cpu_per_1000()
+    );
+}
