@@ -7,6 +7,7 @@
 //! - `h2load` (Debian's nghttp2-client) POSTing one serialized gRPC `Search` request over and
 //!   over on 4 connections with 32 streams each, and
 //! - `vecrig-loadgen` running a closed model of 128 users on 4 connections, k=1 vector searches,
+//!   on one thread as h2load's `-t 1`,
 //!
 //! and takes each one's CPU time (user + system, from `getrusage(RUSAGE_CHILDREN)` around the
 //! child's whole life, start-up included) per 1000 requests answered. The figure of merit is
@@ -167,7 +168,7 @@ fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path) -> C
     let (cpu_s, wall_s, _) = run_measured(
         Command::new(loadgen)
             .args(["--target", target])
-            .args(["--connections", &CONNECTIONS.to_string()])
+            .args(["--connections", &CONNECTIONS.to_string(), "--threads", "1"])
             .args(["--workload", "vector", "--k", "1", "--max-attempts", "1"])
             .arg("--out")
             .arg(report)
@@ -240,6 +241,9 @@ fn main() {
         ))
         .expect("start vecrig-server");
     let target = server.target.clone();
+    // Warm-up, not counted: the loadgen's pre-flight also waits until the server has loaded
+    // its index and says SERVING.
+    loadgen_round(&loadgen, &target, 2, &report);
     let with_h2load = on_path("h2load") && on_path("nghttp");
     if with_h2load {
         check_frame_is_answered_ok(&target, &frame_file);
@@ -257,8 +261,6 @@ fn main() {
         "round", "tool", "requests", "req/s", "cpu s", "cpu s/1000"
     );
     let (mut ours, mut theirs) = (Cost::default(), Cost::default());
-    // Warm-up, not counted: connections, page cache, the server's allocator.
-    loadgen_round(&loadgen, &target, 2, &report);
     for round in 1..=rounds {
         let cost = loadgen_round(&loadgen, &target, seconds, &report);
         print_row(round, "loadgen", cost);

@@ -103,6 +103,9 @@ pub struct Cli {
     /// No live progress line.
     #[arg(long, global = true)]
     pub no_progress: bool,
+    /// Worker threads sending load [default 0: one per CPU].
+    #[arg(long, env = "VECRIG_THREADS", default_value_t = 0, global = true)]
+    pub threads: usize,
     /// Stop the whole run at the first failed threshold (exit 99), instead of running every
     /// scenario to the end: upper bounds (`p99<50ms`, `error_rate<0.01`) are judged every
     /// second on the phase so far, everything else when its phase or scenario ends.
