@@ -174,6 +174,23 @@ impl Pool {
     }
 }
 
+/// Metadata sent on every request (e.g. `authorization`), as given by `--header`.
+pub type Metadata = std::sync::Arc<
+    [(
+        tonic::metadata::AsciiMetadataKey,
+        tonic::metadata::AsciiMetadataValue,
+    )],
+>;
+
+/// Wraps `message` in a request with a deadline (sent as `grpc-timeout`) and `metadata`.
+pub fn request_with<T>(message: T, deadline: Duration, metadata: &Metadata) -> tonic::Request<T> {
+    let mut request = with_deadline(message, deadline);
+    for (key, value) in metadata.iter() {
+        request.metadata_mut().insert(key.clone(), value.clone());
+    }
+    request
+}
+
 /// Wraps `message` in a request whose deadline the server sees as `grpc-timeout`.
 pub fn with_deadline<T>(message: T, deadline: Duration) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);

@@ -1,5 +1,6 @@
 //! Remote-style targets: the loadgen against an `https://` server (rustls on both sides) with
-//! a test certificate it is told to trust, and custom metadata on every request.
+//! a test certificate it is told to trust, and a bearer token (`--header authorization`) that
+//! the server requires.
 
 mod common;
 
@@ -25,6 +26,8 @@ async fn https_run_with_a_test_certificate_and_headers() {
         cert: cert.clone(),
         key,
     });
+    // Auth on too: the run below only passes because its header carries the token.
+    config.auth_token = Some(vecrig_server::auth::Token::new("test-token").expect("token"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

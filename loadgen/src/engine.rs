@@ -20,9 +20,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tonic::Code;
-use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use tonic::transport::Channel;
-use vecrig::client::{Pool, with_deadline};
+use vecrig::client::{Metadata, Pool, request_with};
 use vecrig::proto::vector_index_client::VectorIndexClient;
 use vecrig::validation::criteria;
 use vecrig::validation::report::{PhaseReport, ScenarioReport, ServerPoint, ThresholdResult};
@@ -30,7 +29,7 @@ use vecrig::validation::threshold::{self, Scope, Threshold};
 
 use crate::monitor::Monitor;
 use crate::progress::Progress;
-use crate::retry::{RetryBudget, RetryPolicy};
+use crate::retry::{Pushback, RetryBudget, RetryPolicy};
 use crate::stats::{Outcome, Outcomes, Recorder, Timeline};
 use crate::workload::{Op, Workload};
 
@@ -289,7 +288,7 @@ pub struct Context {
     /// Per-request deadline (sent as `grpc-timeout`, and enforced here too).
     pub timeout: Duration,
     /// Metadata added to every request (e.g. `authorization`).
-    pub headers: Arc<Vec<(AsciiMetadataKey, AsciiMetadataValue)>>,
+    pub headers: Metadata,
     /// Retry rules.
     pub retry: RetryPolicy,
     /// Shared retry budget.
@@ -306,16 +305,12 @@ pub struct Context {
 
 impl Context {
     fn request<T>(&self, message: T) -> tonic::Request<T> {
-        let mut request = with_deadline(message, self.timeout);
-        for (key, value) in self.headers.iter() {
-            request.metadata_mut().insert(key.clone(), value.clone());
-        }
-        request
+        request_with(message, self.timeout, &self.headers)
     }
 
     /// Sends one attempt and returns its code. A deadline passing here counts as
     /// DEADLINE_EXCEEDED even when the server never answers (e.g. it is frozen).
-    async fn send(&self, op: &Op) -> Code {
+    async fn send(&self, op: &Op) -> (Code, Pushback) {
         let mut client = self.pool.client();
         let call = async {
             match op {
@@ -324,9 +319,9 @@ impl Context {
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(())) => Code::Ok,
-            Ok(Err(status)) => status.code(),
-            Err(_) => Code::DeadlineExceeded,
+            Ok(Ok(())) => (Code::Ok, Pushback::None),
+            Ok(Err(status)) => (status.code(), Pushback::of(&status)),
+            Err(_) => (Code::DeadlineExceeded, Pushback::None),
         }
     }
 
@@ -340,16 +335,17 @@ impl Context {
         loop {
             attempts += 1;
             let sent = Instant::now();
-            let code = self.send(&op).await;
+            let (code, pushback) = self.send(&op).await;
             let answered = Instant::now();
             let first_code = *first.get_or_insert(code);
-            if RetryPolicy::retryable(code)
+            let wait = pushback.wait(self.retry.backoff(attempts, &mut rand::rng()));
+            if let Some(wait) = wait
+                && RetryPolicy::retryable(code)
                 && attempts < self.retry.max_attempts
                 && !self.stop.is_stopped()
             {
                 if self.budget.try_withdraw() {
-                    let backoff = self.retry.backoff(attempts, &mut rand::rng());
-                    tokio::time::sleep(backoff).await;
+                    tokio::time::sleep(wait).await;
                     continue;
                 }
                 retries_denied += 1;
@@ -379,7 +375,11 @@ pub async fn run_scenario(
         timeout: scenario.timeout.unwrap_or(ctx.timeout),
         ..ctx.clone()
     };
-    let monitor = Monitor::start(stats_client, Duration::from_secs(1));
+    let monitor = Monitor::start(
+        stats_client,
+        Arc::clone(&ctx.headers),
+        Duration::from_secs(1),
+    );
     let started = Instant::now();
     let timeline = Arc::new(Timeline::new());
     let mut phases = Vec::new();

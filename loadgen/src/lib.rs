@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
-use vecrig::client::ConnectOptions;
+use vecrig::client::{ConnectOptions, Metadata};
 use vecrig::proto::StatsResponse;
 use vecrig::validation::report::{Report, SCHEMA};
 use vecrig::validation::threshold::Threshold;
@@ -251,14 +251,20 @@ pub async fn run_with(
 ) -> Result<Report, PreflightError> {
     let started_unix_ms = unix_ms();
     let meter = Meter::start();
-    let checked =
-        target::preflight(&options.target, &options.connect, options.wait_healthy).await?;
+    let headers: Metadata = options.headers.clone().into();
+    let checked = target::preflight(
+        &options.target,
+        &options.connect,
+        &headers,
+        options.wait_healthy,
+    )
+    .await?;
     let planned = build(&checked.stats);
     let progress = Progress::new(options.live_progress);
     let ctx = Context {
         pool: checked.pool.clone(),
         timeout: options.timeout,
-        headers: Arc::new(options.headers.clone()),
+        headers: headers.clone(),
         retry: options.retry,
         budget: Arc::new(RetryBudget::new(options.retry.budget_ratio)),
         stop: stop.clone(),

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tonic::transport::Channel;
-use vecrig::client::with_deadline;
+use vecrig::client::{Metadata, request_with};
 use vecrig::proto::StatsRequest;
 use vecrig::proto::vector_index_client::VectorIndexClient;
 use vecrig::validation::report::ServerFigures;
@@ -36,6 +36,7 @@ pub struct Sample {
 #[derive(Debug)]
 pub struct Monitor {
     client: VectorIndexClient<Channel>,
+    metadata: Metadata,
     started: Instant,
     phase: Arc<AtomicUsize>,
     samples: Arc<Mutex<Vec<Sample>>>,
@@ -43,25 +44,34 @@ pub struct Monitor {
 }
 
 impl Monitor {
-    /// Starts sampling every `interval` over `client`.
-    pub fn start(client: VectorIndexClient<Channel>, interval: Duration) -> Self {
+    /// Starts sampling every `interval` over `client`, sending `metadata` (auth) with each call.
+    pub fn start(
+        client: VectorIndexClient<Channel>,
+        metadata: Metadata,
+        interval: Duration,
+    ) -> Self {
         let started = Instant::now();
         let phase = Arc::new(AtomicUsize::new(0));
         let samples = Arc::new(Mutex::new(Vec::new()));
         let task = {
-            let (client, phase, samples) =
-                (client.clone(), Arc::clone(&phase), Arc::clone(&samples));
+            let (client, metadata, phase, samples) = (
+                client.clone(),
+                Arc::clone(&metadata),
+                Arc::clone(&phase),
+                Arc::clone(&samples),
+            );
             tokio::spawn(async move {
                 let mut ticker = tokio::time::interval(interval);
                 ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 loop {
                     ticker.tick().await;
-                    take(&client, started, &phase, &samples).await;
+                    take(&client, &metadata, started, &phase, &samples).await;
                 }
             })
         };
         Self {
             client,
+            metadata,
             started,
             phase,
             samples,
@@ -71,7 +81,14 @@ impl Monitor {
 
     /// Takes a sample now, tagged with the current phase.
     pub async fn sample_now(&self) {
-        take(&self.client, self.started, &self.phase, &self.samples).await;
+        take(
+            &self.client,
+            &self.metadata,
+            self.started,
+            &self.phase,
+            &self.samples,
+        )
+        .await;
     }
 
     /// Tags later samples with phase `index`.
@@ -106,6 +123,7 @@ impl Drop for Monitor {
 
 async fn take(
     client: &VectorIndexClient<Channel>,
+    metadata: &Metadata,
     started: Instant,
     phase: &AtomicUsize,
     samples: &Mutex<Vec<Sample>>,
@@ -113,7 +131,11 @@ async fn take(
     let mut client = client.clone();
     let Ok(Ok(response)) = tokio::time::timeout(
         Duration::from_secs(2),
-        client.stats(with_deadline(StatsRequest {}, Duration::from_secs(2))),
+        client.stats(request_with(
+            StatsRequest {},
+            Duration::from_secs(2),
+            metadata,
+        )),
     )
     .await
     else {

@@ -11,7 +11,7 @@ use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
-use vecrig::client::{ConnectError, ConnectOptions, Pool, with_deadline};
+use vecrig::client::{ConnectError, ConnectOptions, Metadata, Pool, request_with, with_deadline};
 use vecrig::proto::{StatsRequest, StatsResponse};
 
 /// Why the target cannot be load-tested.
@@ -60,6 +60,7 @@ pub struct Checked {
 pub async fn preflight(
     target: &str,
     options: &ConnectOptions,
+    metadata: &Metadata,
     wait: Duration,
 ) -> Result<Checked, PreflightError> {
     let pool = Pool::connect(target, options).await?;
@@ -99,7 +100,11 @@ pub async fn preflight(
     }
     let stats = monitor
         .client()
-        .stats(with_deadline(StatsRequest {}, Duration::from_secs(10)))
+        .stats(request_with(
+            StatsRequest {},
+            Duration::from_secs(10),
+            metadata,
+        ))
         .await
         .map_err(|s| PreflightError::WrongApi {
             target: target.to_string(),

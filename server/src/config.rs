@@ -77,6 +77,30 @@ pub struct Args {
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "VECRIG_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Longest a request may wait for admission before it is shed.
+    #[arg(long, env = "VECRIG_MAX_QUEUE_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub max_queue_wait: Duration,
+    /// CoDel-style target (e.g. 5ms): once the queue has not emptied for --queue-interval,
+    /// arrivals expected to wait longer than this are shed at once [default: off].
+    #[arg(long, env = "VECRIG_QUEUE_TARGET", value_parser = humantime::parse_duration)]
+    pub queue_target: Option<Duration>,
+    /// How long the queue must stay non-empty before --queue-target applies.
+    #[arg(long, env = "VECRIG_QUEUE_INTERVAL", default_value = "100ms", value_parser = humantime::parse_duration)]
+    pub queue_interval: Duration,
+    /// Bytes of request bodies that may wait for admission at once; beyond, requests are shed.
+    #[arg(long, env = "VECRIG_MAX_QUEUED_BYTES", default_value_t = 256 << 20)]
+    pub max_queued_bytes: usize,
+    /// Turn admission control off (no limit, no queue bound, no shedding): only as the
+    /// baseline that shows what admission is for.
+    #[arg(long, env = "VECRIG_NO_ADMISSION")]
+    pub no_admission: bool,
+    /// Require `authorization: Bearer <token>` on every VectorIndex call, the token read from
+    /// this file (health and reflection stay open).
+    #[arg(long, env = "VECRIG_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, env = "VECRIG_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "VECRIG_LOG", default_value = "info")]
     pub log: String,
@@ -113,6 +137,10 @@ pub struct Config {
     pub snapshots: crate::storage::SnapshotPolicy,
     /// TLS identity, when serving https.
     pub tls: Option<Tls>,
+    /// The bearer token VectorIndex calls must carry, if any.
+    pub auth_token: Option<crate::auth::Token>,
+    /// Where to serve Prometheus metrics, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A TLS identity: PEM certificate chain and private key.
@@ -153,6 +181,31 @@ pub struct AdmissionConfig {
     pub concurrency_limit: usize,
     /// Requests allowed to wait for a slot; beyond that, requests are shed.
     pub queue_depth: usize,
+    /// Longest wait for a slot.
+    pub max_queue_wait: Duration,
+    /// CoDel-style target wait under a standing queue (`None`: off).
+    pub queue_target: Option<Duration>,
+    /// How long the queue must stand before `queue_target` applies.
+    pub queue_interval: Duration,
+    /// Bytes of request bodies allowed to wait at once.
+    pub max_queued_bytes: usize,
+    /// Whether admission control is on at all.
+    pub enabled: bool,
+}
+
+impl AdmissionConfig {
+    /// The command line's defaults with this limit.
+    pub fn with_limit(concurrency_limit: usize) -> Self {
+        Self {
+            concurrency_limit,
+            queue_depth: 2048,
+            max_queue_wait: Duration::from_secs(5),
+            queue_target: None,
+            queue_interval: Duration::from_millis(100),
+            max_queued_bytes: 256 << 20,
+            enabled: true,
+        }
+    }
 }
 
 /// CPUs this process may use.
@@ -176,10 +229,7 @@ impl Config {
                 max_batch: 1024,
                 max_text_bytes: 1024 * 1024,
             },
-            admission: AdmissionConfig {
-                concurrency_limit,
-                queue_depth: 2048,
-            },
+            admission: AdmissionConfig::with_limit(concurrency_limit),
             max_concurrent_streams: 1024,
             max_message_bytes: 32 * 1024 * 1024,
             ef_search: 64,
@@ -193,6 +243,8 @@ impl Config {
             grace: Duration::from_secs(10),
             snapshots: crate::storage::SnapshotPolicy::default(),
             tls: None,
+            auth_token: None,
+            metrics_listen: None,
         }
     }
 }
@@ -230,7 +282,17 @@ impl TryFrom<&Args> for Config {
         config.admission = AdmissionConfig {
             concurrency_limit,
             queue_depth: args.queue_depth,
+            max_queue_wait: args.max_queue_wait,
+            queue_target: args.queue_target,
+            queue_interval: args.queue_interval,
+            max_queued_bytes: args.max_queued_bytes.max(1 << 20),
+            enabled: !args.no_admission,
         };
+        if let Some(path) = &args.auth_token_file {
+            config.auth_token =
+                Some(crate::auth::Token::from_file(path).map_err(|e| ConfigError(e.to_string()))?);
+        }
+        config.metrics_listen = args.metrics_listen;
         config.max_concurrent_streams = args.max_concurrent_streams.max(1);
         config.max_message_bytes = args.max_message_bytes.max(1024);
         config.ef_search = args.ef_search.max(1);

@@ -1,8 +1,13 @@
 //! `vecrig-server`: a vector index served over gRPC, behind admission control.
 //!
 //! Layout, in the order a request meets it:
-//! - [`admission`]: the concurrency limit, bounded queue and load shedding in front of the
-//!   VectorIndex service (health and reflection stay outside it, so probes answer under load);
+//! - [`metrics`]: counts every VectorIndex call by method and code (and serves Prometheus text
+//!   on `--metrics-listen`);
+//! - [`auth`]: the bearer token, checked before admission so unauthenticated calls take no
+//!   queue places;
+//! - [`admission`]: the cost-weighted concurrency limit, bounded queue and load shedding in
+//!   front of the VectorIndex service (health and reflection stay outside all three, so probes
+//!   answer under load);
 //! - [`service`]: proto to domain types, validation, domain errors to gRPC status codes;
 //! - [`engine`]: runs index work on the blocking pool, one writer, bounded searches;
 //! - [`embed`]: text to vectors; [`index`]: points, exact scan and the HNSW graph;
@@ -12,11 +17,13 @@
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
 pub mod admission;
+pub mod auth;
 pub mod config;
 pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod index;
+pub mod metrics;
 pub mod service;
 pub mod snapshot;
 pub mod storage;
@@ -34,8 +41,10 @@ use tower::Layer;
 use vecrig::proto::vector_index_server::VectorIndexServer;
 
 use crate::admission::{Admission, AdmissionLayer};
+use crate::auth::AuthLayer;
 use crate::config::Config;
 use crate::engine::OpenError;
+use crate::metrics::{Metrics, MetricsLayer};
 use crate::service::{EngineSlot, Service};
 use crate::snapshot::SnapshotError;
 use crate::storage::Storage;
@@ -58,6 +67,18 @@ pub enum ServeError {
     /// A background task died.
     #[error("task failed: {0}")]
     Task(#[from] tokio::task::JoinError),
+    /// The metrics address could not be bound.
+    #[error("metrics listener: {0}")]
+    Metrics(std::io::Error),
+}
+
+/// Stops a background task when the server stops, however it stops.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.
@@ -116,7 +137,8 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
-    let admission = Admission::new(config.admission);
+    let metrics = Arc::new(Metrics::new());
+    let admission = Admission::new(config.admission, Arc::clone(&metrics));
     let engine_slot: EngineSlot = Arc::new(OnceLock::new());
     let service = Service::new(
         Arc::clone(&engine_slot),
@@ -128,8 +150,32 @@ pub async fn serve(
     let index_server = VectorIndexServer::new(service)
         .max_decoding_message_size(config.max_message_bytes)
         .max_encoding_message_size(config.max_message_bytes);
-    // Admission wraps only VectorIndex: health and reflection must answer while it sheds.
-    let admitted = AdmissionLayer::new(Arc::clone(&admission)).layer(index_server);
+    // These wrap only VectorIndex: health and reflection must answer while it sheds, and
+    // without a token. Outermost first: metrics sees every call (refused ones too); auth
+    // refuses strangers before they can take a place in admission's queue.
+    let admitted = MetricsLayer::new(Arc::clone(&metrics)).layer(
+        AuthLayer::new(config.auth_token.clone())
+            .layer(AdmissionLayer::new(Arc::clone(&admission)).layer(index_server)),
+    );
+    let metrics_task = match config.metrics_listen {
+        Some(addr) => {
+            let listener = crate::metrics::bind(addr)
+                .await
+                .map_err(ServeError::Metrics)?;
+            tracing::info!(addr = %listener.local_addr().map_err(ServeError::Metrics)?, "metrics at /metrics");
+            let (metrics, admission, slot, dir) = (
+                Arc::clone(&metrics),
+                Arc::clone(&admission),
+                Arc::clone(&engine_slot),
+                config.data_dir.clone(),
+            );
+            let render = Arc::new(move || metrics.render(&admission, &slot, &dir));
+            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve_metrics(
+                listener, render,
+            ))))
+        }
+        None => None,
+    };
 
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
@@ -202,6 +248,7 @@ pub async fn serve(
         }
     }
 
+    drop(metrics_task);
     let closing = Arc::clone(&storage);
     tokio::task::spawn_blocking(move || closing.close()).await??;
     tracing::info!(

@@ -1,0 +1,457 @@
+//! Prometheus metrics: what the server is doing, in the names operators expect, served as text
+//! on `--metrics-listen` (off by default).
+//!
+//! - `vecrig_grpc_requests_total{method,code}`: every VectorIndex call by its final gRPC code,
+//!   including those admission shed and those auth refused ([`MetricsLayer`] sees them all).
+//! - `vecrig_admission_queue_wait_seconds{method}` and `vecrig_service_time_seconds{method}`:
+//!   histograms of time spent waiting for admission and being served.
+//! - `vecrig_shed_requests_total{reason}`: refusals by [`ShedReason`].
+//! - gauges read at scrape time: `vecrig_in_flight_requests`, `vecrig_queued_requests`,
+//!   `vecrig_concurrency_limit`, `vecrig_index_points`, `vecrig_wal_sequence`,
+//!   `vecrig_snapshot_age_seconds`, `process_resident_memory_bytes`.
+//!
+//! The endpoint is plain HTTP/1.1 (hyper), on its own listener, so a scrape never competes with
+//! gRPC admission and a firewall can keep it private.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::server::NamedService;
+use tower::{Layer, Service};
+
+use crate::admission::{Admission, ShedReason};
+use crate::service::EngineSlot;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodCode {
+    method: &'static str,
+    code: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MethodLabel {
+    method: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 50 µs to ~26 s, doubling: covers a cached ANN search and a stalled exact scan alike.
+    Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
+}
+
+/// The server's metrics.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<MethodCode, Counter>,
+    queue_wait: Family<MethodLabel, Histogram>,
+    service_time: Family<MethodLabel, Histogram>,
+    shed: Family<ReasonLabel, Counter>,
+    in_flight: Gauge,
+    queued: Gauge,
+    limit: Gauge,
+    points: Gauge,
+    wal_sequence: Gauge,
+    snapshot_age: Gauge<f64, std::sync::atomic::AtomicU64>,
+    resident_memory: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric, at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let requests = Family::<MethodCode, Counter>::default();
+        registry.register(
+            "vecrig_grpc_requests",
+            "VectorIndex calls by method and final gRPC code",
+            requests.clone(),
+        );
+        let queue_wait: Family<MethodLabel, Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "vecrig_admission_queue_wait_seconds",
+            "Time admitted requests waited for a slot",
+            queue_wait.clone(),
+        );
+        let service_time: Family<MethodLabel, Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "vecrig_service_time_seconds",
+            "Time admitted requests held their slot (being served)",
+            service_time.clone(),
+        );
+        let shed = Family::<ReasonLabel, Counter>::default();
+        registry.register(
+            "vecrig_shed_requests",
+            "Requests refused by admission before running, by reason",
+            shed.clone(),
+        );
+        let gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let g = Gauge::default();
+            registry.register(name, help, g.clone());
+            g
+        };
+        let in_flight = gauge(
+            &mut registry,
+            "vecrig_in_flight_requests",
+            "Requests being served now",
+        );
+        let queued = gauge(
+            &mut registry,
+            "vecrig_queued_requests",
+            "Requests waiting for admission now",
+        );
+        let limit = gauge(
+            &mut registry,
+            "vecrig_concurrency_limit",
+            "Admission's concurrency limit in slots (0: admission off)",
+        );
+        let points = gauge(&mut registry, "vecrig_index_points", "Points in the index");
+        let wal_sequence = gauge(
+            &mut registry,
+            "vecrig_wal_sequence",
+            "Sequence number of the last durable write",
+        );
+        let snapshot_age = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "vecrig_snapshot_age_seconds",
+            "Seconds since the last snapshot was written (-1: none yet)",
+            snapshot_age.clone(),
+        );
+        let resident_memory = gauge(
+            &mut registry,
+            "process_resident_memory_bytes",
+            "Resident memory of the server process",
+        );
+        for reason in ShedReason::ALL {
+            // Present from the start at 0, so rate() works from the first scrape.
+            let _ = shed.get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            });
+        }
+        Self {
+            registry,
+            requests,
+            queue_wait,
+            service_time,
+            shed,
+            in_flight,
+            queued,
+            limit,
+            points,
+            wal_sequence,
+            snapshot_age,
+            resident_memory,
+        }
+    }
+
+    /// Counts one refusal.
+    pub fn shed(&self, reason: ShedReason) {
+        self.shed
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    /// Records how long an admitted request waited.
+    pub fn observe_queue_wait(&self, path: &str, waited: Duration) {
+        self.queue_wait
+            .get_or_create(&MethodLabel {
+                method: method_of(path),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    /// Records how long an admitted request was served.
+    pub fn observe_service_time(&self, path: &str, took: Duration) {
+        self.service_time
+            .get_or_create(&MethodLabel {
+                method: method_of(path),
+            })
+            .observe(took.as_secs_f64());
+    }
+
+    fn count(&self, method: &'static str, code: tonic::Code) {
+        self.requests
+            .get_or_create(&MethodCode {
+                method,
+                code: code_label(code),
+            })
+            .inc();
+    }
+
+    /// The text exposition, with the gauges read now.
+    pub fn render(
+        &self,
+        admission: &Admission,
+        engine: &EngineSlot,
+        data_dir: &std::path::Path,
+    ) -> String {
+        let stats = admission.stats();
+        self.in_flight.set(stats.in_flight as i64);
+        self.queued.set(stats.queued as i64);
+        self.limit.set(stats.limit as i64);
+        if let Some(storage) = engine.get() {
+            self.points.set(storage.engine().len() as i64);
+            self.wal_sequence.set(storage.durable_sequence() as i64);
+        }
+        let age = std::fs::metadata(data_dir.join(crate::snapshot::POINTS_FILE))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| SystemTime::now().duration_since(t).ok())
+            .map_or(-1.0, |d| d.as_secs_f64());
+        self.snapshot_age.set(age);
+        self.resident_memory
+            .set(crate::service::resident_memory_bytes().unwrap_or(0) as i64);
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+}
+
+/// The method name of a gRPC path, from a fixed set (label values must not come from input).
+pub(crate) fn method_of(path: &str) -> &'static str {
+    match path.rsplit('/').next().unwrap_or_default() {
+        "Upsert" => "Upsert",
+        "Search" => "Search",
+        "Delete" => "Delete",
+        "Get" => "Get",
+        "Stats" => "Stats",
+        _ => "other",
+    }
+}
+
+fn code_label(code: tonic::Code) -> &'static str {
+    use tonic::Code::*;
+    match code {
+        Ok => "OK",
+        Cancelled => "CANCELLED",
+        Unknown => "UNKNOWN",
+        InvalidArgument => "INVALID_ARGUMENT",
+        DeadlineExceeded => "DEADLINE_EXCEEDED",
+        NotFound => "NOT_FOUND",
+        AlreadyExists => "ALREADY_EXISTS",
+        PermissionDenied => "PERMISSION_DENIED",
+        ResourceExhausted => "RESOURCE_EXHAUSTED",
+        FailedPrecondition => "FAILED_PRECONDITION",
+        Aborted => "ABORTED",
+        OutOfRange => "OUT_OF_RANGE",
+        Unimplemented => "UNIMPLEMENTED",
+        Internal => "INTERNAL",
+        Unavailable => "UNAVAILABLE",
+        DataLoss => "DATA_LOSS",
+        Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until the task is dropped.
+pub async fn serve_metrics(listener: TcpListener, render: Arc<dyn Fn() -> String + Send + Sync>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let render = Arc::clone(&render);
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request: http::Request<_>| {
+                let render = Arc::clone(&render);
+                async move {
+                    let response = if request.uri().path() == "/metrics" {
+                        http::Response::builder()
+                            .header(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                            .body(Full::new(Bytes::from(render())))
+                    } else {
+                        http::Response::builder()
+                            .status(http::StatusCode::NOT_FOUND)
+                            .body(Full::new(Bytes::from_static(b"metrics are at /metrics\n")))
+                    };
+                    response.map_err(|e| e.to_string())
+                }
+            });
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(io, service)
+                .await;
+        });
+    }
+}
+
+/// Binds the metrics address (separately, so a bad address fails start-up loudly).
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await
+}
+
+/// Counts every VectorIndex call by method and final gRPC code, reading the code from the
+/// response headers (errors answered at once) or from the trailers when the body ends.
+#[derive(Debug, Clone)]
+pub struct MetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl MetricsLayer {
+    /// A layer recording into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for MetricsLayer {
+    type Service = Counted<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Counted {
+            inner,
+            metrics: Arc::clone(&self.metrics),
+        }
+    }
+}
+
+/// A service whose calls are counted.
+#[derive(Debug, Clone)]
+pub struct Counted<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+impl<S: NamedService> NamedService for Counted<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> Service<http::Request<B>> for Counted<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let metrics = Arc::clone(&self.metrics);
+        let method = method_of(request.uri().path());
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            let early = response
+                .headers()
+                .get("grpc-status")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse::<i32>().ok())
+                .map(tonic::Code::from);
+            let (parts, body) = response.into_parts();
+            let body = CountedBody {
+                inner: body,
+                metrics,
+                method,
+                code: early,
+                counted: false,
+            };
+            Ok(http::Response::from_parts(parts, Body::new(body)))
+        })
+    }
+}
+
+/// A response body that counts its call once it ends (or is dropped unfinished: CANCELLED).
+struct CountedBody {
+    inner: Body,
+    metrics: Arc<Metrics>,
+    method: &'static str,
+    code: Option<tonic::Code>,
+    counted: bool,
+}
+
+impl CountedBody {
+    fn finish(&mut self, code: tonic::Code) {
+        if !self.counted {
+            self.counted = true;
+            self.metrics.count(self.method, code);
+        }
+    }
+}
+
+impl http_body::Body for CountedBody {
+    type Data = Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(trailers) = frame.trailers_ref() {
+                    let code = trailers
+                        .get("grpc-status")
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse::<i32>().ok())
+                        .map_or(tonic::Code::Unknown, tonic::Code::from);
+                    self.finish(code);
+                }
+            }
+            Poll::Ready(None) => {
+                let code = self.code.unwrap_or(tonic::Code::Unknown);
+                self.finish(code);
+            }
+            Poll::Ready(Some(Err(_))) => self.finish(tonic::Code::Internal),
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for CountedBody {
+    fn drop(&mut self) {
+        let code = self.code.unwrap_or(tonic::Code::Cancelled);
+        self.finish(code);
+    }
+}

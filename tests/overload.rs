@@ -1,0 +1,407 @@
+//! Admission under pressure, over a real socket: bearer-token auth in front of it, requests
+//! priced by cost (exact scans cannot starve cheap searches), deadlines that cannot be met
+//! refused before any work, queue wait bounded in time, shed answers carrying
+//! `grpc-retry-pushback-ms`, and the Prometheus endpoint counting all of it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::TestServer;
+use hdrhistogram::Histogram;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use vecrig::client::{ConnectOptions, Pool, with_deadline};
+use vecrig::proto::{self, search_request};
+use vecrig::synthetic::Synthetic;
+use vecrig_loadgen::engine::{Stage, Stop};
+use vecrig_loadgen::scenario::{Load, LoadModel};
+use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
+
+const DIMS: usize = 64;
+
+fn search(values: Vec<f32>, exact: bool) -> proto::SearchRequest {
+    proto::SearchRequest {
+        query: Some(search_request::Query::Vector(proto::Vector { values })),
+        k: 10,
+        exact,
+        ..Default::default()
+    }
+}
+
+fn free_port() -> std::net::SocketAddr {
+    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    socket.local_addr().expect("addr")
+}
+
+/// `GET /metrics` over plain HTTP/1.1, returning the body.
+async fn scrape(addr: std::net::SocketAddr) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: vecrig\r\nConnection: close\r\n\r\n")
+        .await
+        .expect("send");
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.expect("read");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `series` (name with labels, exactly as exposed).
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auth_refuses_calls_without_the_token_and_leaves_health_open() {
+    let (mut config, temp) = TestServer::config(16);
+    config.preload = 300;
+    config.auth_token = Some(vecrig_server::auth::Token::new("s3cret").expect("token"));
+    let server = TestServer::start_in(config, temp).await;
+    let query = || search(vec![0.5; 16], false);
+
+    let mut client = server.client().await;
+    let status = client.search(query()).await.expect_err("no token");
+    assert_eq!(status.code(), Code::Unauthenticated);
+    assert!(!status.message().contains("s3cret"));
+    let mut wrong = tonic::Request::new(query());
+    wrong
+        .metadata_mut()
+        .insert("authorization", "Bearer s3creT".parse().expect("ascii"));
+    assert_eq!(
+        client.search(wrong).await.expect_err("wrong token").code(),
+        Code::Unauthenticated
+    );
+    let stats = client
+        .stats(proto::StatsRequest {})
+        .await
+        .expect_err("stats too");
+    assert_eq!(stats.code(), Code::Unauthenticated);
+    // Probes hold no token and must still see the server.
+    assert_eq!(
+        server.health_status().await,
+        tonic_health::pb::health_check_response::ServingStatus::Serving
+    );
+
+    // The loadgen with the header runs clean; without it, pre-flight says why it cannot.
+    let load = || {
+        Plan::new(vec![ScenarioSpec::Load(Load {
+            model: LoadModel::Open,
+            start: 100.0,
+            stages: vec![Stage {
+                duration: Duration::from_secs(2),
+                target: 100.0,
+            }],
+            max_in_flight: 100,
+            think: Duration::ZERO,
+        })])
+    };
+    let mut options = RunOptions::new(server.target());
+    options.headers =
+        vec![vecrig_loadgen::cli::parse_header("authorization: Bearer s3cret").expect("header")];
+    let report = vecrig_loadgen::run(&options, &load(), &Stop::default())
+        .await
+        .expect("pre-flight with the token");
+    let total = &report.scenarios[0].total;
+    assert!(total.requests >= 190, "{}", total.requests);
+    assert_eq!(total.successes, total.requests, "{:?}", total.codes);
+    let mut anonymous = RunOptions::new(server.target());
+    anonymous.wait_healthy = Duration::from_secs(5);
+    let error = vecrig_loadgen::run(&anonymous, &load(), &Stop::default())
+        .await
+        .expect_err("no token");
+    assert!(error.to_string().contains("Unauthenticated"), "{error}");
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exact_scans_cannot_starve_cheap_searches() {
+    // Limit 4 slots; an exact scan is priced at half of it, and waits in its own queue.
+    let server = common::start_preloaded(DIMS, 20_000, |c| {
+        c.admission.concurrency_limit = 4;
+        c.admission.queue_depth = 1000;
+    })
+    .await;
+    let pool = Pool::connect(
+        &server.target(),
+        &ConnectOptions {
+            connections: 4,
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .expect("pool");
+    let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
+    let deadline = Instant::now() + Duration::from_secs(4);
+
+    // 32 users hammering exact scans, closed loop: far more than the server can scan.
+    let mut heavy = Vec::new();
+    for user in 0..32u64 {
+        let (pool, data) = (pool.clone(), data.clone());
+        heavy.push(tokio::spawn(async move {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(user);
+            let mut latencies = Histogram::<u64>::new(3).expect("histogram");
+            while Instant::now() < deadline {
+                let sent = Instant::now();
+                let answer = pool
+                    .client()
+                    .search(with_deadline(
+                        search(data.query_vector(&mut rng), true),
+                        Duration::from_secs(30),
+                    ))
+                    .await;
+                answer.expect("exact scans are admitted in turn, not refused");
+                latencies
+                    .record(sent.elapsed().as_micros() as u64)
+                    .expect("record");
+            }
+            latencies
+        }));
+    }
+    // Two users of cheap ANN searches alongside.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut cheap = Histogram::<u64>::new(3).expect("histogram");
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(99);
+    while Instant::now() < deadline {
+        let sent = Instant::now();
+        pool.client()
+            .search(with_deadline(
+                search(data.query_vector(&mut rng), false),
+                Duration::from_secs(30),
+            ))
+            .await
+            .expect("cheap search served");
+        cheap
+            .record(sent.elapsed().as_micros() as u64)
+            .expect("record");
+    }
+    let mut exact = Histogram::<u64>::new(3).expect("histogram");
+    for task in heavy {
+        exact.add(task.await.expect("task")).expect("merge");
+    }
+    let (cheap_p99, exact_p50) = (cheap.value_at_quantile(0.99), exact.value_at_quantile(0.5));
+    println!(
+        "cheap searches: {} served, p50 {} µs, p99 {cheap_p99} µs; exact scans: {} served, p50 {exact_p50} µs",
+        cheap.len(),
+        cheap.value_at_quantile(0.5),
+        exact.len(),
+    );
+    assert!(cheap.len() > 20 && exact.len() > 20);
+    // In one FIFO queue a cheap search would wait behind ~30 scans, as long as a scan's own
+    // wait. In its own queue it waits for one scan at most.
+    assert!(
+        cheap_p99 * 2 < exact_p50,
+        "cheap p99 {cheap_p99} µs vs exact p50 {exact_p50} µs"
+    );
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deadline_that_cannot_be_met_is_refused_without_running() {
+    let server = common::start_preloaded(DIMS, 20_000, |c| {
+        c.admission.concurrency_limit = 1;
+        c.admission.queue_depth = 5000;
+    })
+    .await;
+    let pool = Pool::connect(&server.target(), &ConnectOptions::default())
+        .await
+        .expect("pool");
+    let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(5);
+    // Fill the queue with exact scans, then measure how long they take.
+    let mut scans = Vec::new();
+    for _ in 0..2000 {
+        let request = with_deadline(
+            search(data.query_vector(&mut rng), true),
+            Duration::from_secs(60),
+        );
+        let mut client = pool.client();
+        scans.push(tokio::spawn(async move {
+            client.search(request).await.map(drop)
+        }));
+    }
+    // Wait until the scans stand in the queue.
+    let mut queued = 0;
+    for _ in 0..200 {
+        queued = pool
+            .client()
+            .stats(proto::StatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner()
+            .queued;
+        if queued > 100 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(queued > 100, "the queue is full of scans: {queued}");
+
+    let upsert = |id: u64| proto::UpsertRequest {
+        points: vec![proto::Point {
+            id,
+            data: Some(proto::point::Data::Vector(proto::Vector {
+                values: vec![0.25; DIMS],
+            })),
+            payload: Default::default(),
+        }],
+        wait: true,
+    };
+    // An upsert with 1 ms to live, behind them: refused by the server or given up by the
+    // client (tonic reports its own timer as CANCELLED), and never run either way.
+    let status = pool
+        .client()
+        .upsert(with_deadline(upsert(4_000_000), Duration::from_millis(1)))
+        .await
+        .expect_err("cannot be met");
+    assert!(
+        matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled),
+        "{status:?}"
+    );
+    // With 100 ms, well below the expected wait, it is the server that refuses, at once.
+    let status = pool
+        .client()
+        .upsert(with_deadline(upsert(4_000_001), Duration::from_millis(100)))
+        .await
+        .expect_err("cannot be met");
+    assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
+    assert!(
+        status.message().contains("deadline cannot be met"),
+        "{status:?}"
+    );
+
+    for scan in scans {
+        scan.await.expect("task").expect("scans are served");
+    }
+    // Neither ran: the points are not there.
+    for id in [4_000_000, 4_000_001] {
+        let missing = pool
+            .client()
+            .get(proto::GetRequest { id })
+            .await
+            .expect_err("never written");
+        assert_eq!(missing.code(), Code::NotFound);
+    }
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
+    let metrics = free_port();
+    let server = common::start_preloaded(DIMS, 20_000, |c| {
+        c.admission.concurrency_limit = 1;
+        c.admission.queue_depth = 8;
+        c.admission.max_queue_wait = Duration::from_millis(50);
+        c.metrics_listen = Some(metrics);
+    })
+    .await;
+    let pool = Pool::connect(
+        &server.target(),
+        &ConnectOptions {
+            connections: 4,
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .expect("pool");
+    let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+    let mut tasks = Vec::new();
+    for _ in 0..300 {
+        let request = with_deadline(
+            search(data.query_vector(&mut rng), true),
+            Duration::from_secs(30),
+        );
+        let mut client = pool.client();
+        tasks.push(tokio::spawn(async move {
+            let sent = Instant::now();
+            (client.search(request).await.map(drop), sent.elapsed())
+        }));
+    }
+    let (mut ok, mut full, mut waited_out) = (0u64, 0u64, 0u64);
+    let mut slowest_shed = Duration::ZERO;
+    for task in tasks {
+        match task.await.expect("task") {
+            (Ok(()), _) => ok += 1,
+            (Err(status), took) => {
+                assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
+                let pushback: u64 = status
+                    .metadata()
+                    .get("grpc-retry-pushback-ms")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .expect("a pushback in ms on every shed answer");
+                assert!((1..=10_000).contains(&pushback));
+                if status.message().contains("queue_timeout") {
+                    waited_out += 1;
+                } else {
+                    assert!(
+                        status.message().contains("queue_full"),
+                        "{}",
+                        status.message()
+                    );
+                    full += 1;
+                }
+                slowest_shed = slowest_shed.max(took);
+            }
+        }
+    }
+    println!(
+        "ok {ok}, shed: queue_full {full}, queue_timeout {waited_out}; slowest shed {slowest_shed:?}"
+    );
+    assert!(ok >= 5 && full > 0, "ok {ok} full {full}");
+    // Nobody waited unboundedly: the 50 ms bound holds (with a generous margin for a noisy
+    // machine); a FIFO of 300 scans would keep the last for hundreds of milliseconds.
+    assert!(slowest_shed < Duration::from_secs(2), "{slowest_shed:?}");
+
+    let text = scrape(metrics).await;
+    let shed_metric = |reason: &str| {
+        sample(
+            &text,
+            &format!("vecrig_shed_requests_total{{reason=\"{reason}\"}}"),
+        )
+        .unwrap_or(-1.0)
+    };
+    assert_eq!(shed_metric("queue_full"), full as f64, "{text}");
+    assert_eq!(shed_metric("queue_timeout"), waited_out as f64, "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "vecrig_grpc_requests_total{method=\"Search\",code=\"OK\"}"
+        ),
+        Some(ok as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "vecrig_grpc_requests_total{method=\"Search\",code=\"RESOURCE_EXHAUSTED\"}"
+        ),
+        Some((full + waited_out) as f64),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "vecrig_index_points"),
+        Some(20_000.0),
+        "{text}"
+    );
+    assert_eq!(sample(&text, "vecrig_concurrency_limit"), Some(1.0));
+    assert_eq!(sample(&text, "vecrig_in_flight_requests"), Some(0.0));
+    assert!(sample(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
+    assert!(sample(&text, "vecrig_snapshot_age_seconds").is_some());
+    assert!(
+        text.contains("vecrig_service_time_seconds_bucket{le="),
+        "{text}"
+    );
+    assert!(text.contains("vecrig_admission_queue_wait_seconds_count{method=\"Search\"}"));
+    server.stop().await.expect("clean stop");
+}
