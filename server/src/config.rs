@@ -94,6 +94,9 @@ pub struct Args {
     /// Time a VectorIndex request's body has to arrive whole once its headers have.
     #[arg(long, env = "VECRIG_REQUEST_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_read_timeout: Duration,
+    /// Bytes of request bodies held at once, read but not yet answered.
+    #[arg(long, env = "VECRIG_REQUEST_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub request_buffer_bytes: usize,
     /// Largest HTTP/2 header list (metadata) of a request, in bytes.
     #[arg(long, env = "VECRIG_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
     pub max_header_bytes: u32,
@@ -321,6 +324,7 @@ fn connection_limits(args: &Args) -> Result<crate::limits::ConnectionLimits, Con
         handshake_timeout: args.handshake_timeout,
         idle_timeout: args.idle_timeout,
         request_read_timeout: args.request_read_timeout,
+        request_buffer_bytes: args.request_buffer_bytes,
         max_header_bytes: args.max_header_bytes.max(1024),
         max_pending_reset_streams: args.max_pending_reset_streams,
         max_local_error_resets: crate::limits::ConnectionLimits::default().max_local_error_resets,

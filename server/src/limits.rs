@@ -18,8 +18,9 @@
 //!   their bodies would hold every slot, and normal requests would queue behind it forever.
 //!
 //! What stays bounded, and by what: connections by `max_connections`; streams per connection by
-//! `max_concurrent_streams`; bytes a peer can push unread by the HTTP/2 windows; a stalled
-//! request body by `request_read_timeout`; a silent socket by the handshake and idle timeouts and
+//! `max_concurrent_streams`; bytes a peer can push unread by the HTTP/2 windows; request bodies
+//! read but not yet answered by `request_buffer_bytes`; a stalled request body by
+//! `request_read_timeout`; a silent socket by the handshake and idle timeouts and
 //! keepalive pings. Responses a client never reads stay within its stream windows, on at most
 //! `max_concurrent_streams` streams per connection.
 
@@ -34,6 +35,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 use tonic::Status;
@@ -59,6 +61,9 @@ pub struct ConnectionLimits {
     pub idle_timeout: Duration,
     /// Time a VectorIndex request's body has to arrive whole once its headers have.
     pub request_read_timeout: Duration,
+    /// Bytes of request bodies the server holds at once, read but not yet answered; a body
+    /// that would exceed it waits (within its read timeout). At least one largest message.
+    pub request_buffer_bytes: usize,
     /// Largest header list (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE), in bytes.
     pub max_header_bytes: u32,
     /// Streams reset by the peer before the server accepted them, per connection, before the
@@ -91,6 +96,10 @@ impl Default for ConnectionLimits {
             idle_timeout: Duration::from_secs(300),
             // A 32 MiB upsert over a slow link still fits; a stalled body does not hold on.
             request_read_timeout: Duration::from_secs(10),
+            // Reading bodies before admission takes them out of HTTP/2 flow control, which
+            // bounded them before: this bound replaces it. Eight largest messages; thousands
+            // of ordinary (kilobyte) requests.
+            request_buffer_bytes: 256 * 1024 * 1024,
             // hyper's default, made explicit: gRPC metadata (auth tokens included) is far smaller.
             max_header_bytes: 16 * 1024,
             // h2's default (20), made explicit: tonic leaves it to h2.
@@ -128,12 +137,12 @@ pub fn apply<L>(builder: Server<L>, config: &Config) -> Server<Stack<WholeReques
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         // Outermost layer: a request reaches routing (and admission) only once whole.
-        .layer(WholeRequestLayer {
-            read_timeout: limits.request_read_timeout,
-            // One gRPC message and its 5-byte frame header; tonic's own size check, which
-            // names the limit, still sees anything up to that.
-            max_bytes: config.max_message_bytes.saturating_add(5),
-        })
+        .layer(WholeRequestLayer::new(
+            limits.request_read_timeout,
+            // One gRPC message and its 5-byte frame header.
+            config.max_message_bytes.saturating_add(5),
+            limits.request_buffer_bytes,
+        ))
 }
 
 /// The listener's accepted connections, capped and guarded by `limits`.
@@ -392,12 +401,26 @@ impl Connected for Guarded {
 /// Watch and reflection are streams whose request bodies stay open by design.
 const WHOLE_PREFIX: &str = "/vecrig.v1.VectorIndex/";
 
-/// Reads each VectorIndex request's body whole, within a timeout and a size bound, before
-/// passing the request on; see the module docs for why.
-#[derive(Debug, Clone, Copy)]
+/// Reads each VectorIndex request's body whole, within a timeout, a size bound and a shared
+/// budget of buffered bytes, before passing the request on; see the module docs for why.
+#[derive(Debug, Clone)]
 pub struct WholeRequestLayer {
     read_timeout: Duration,
     max_bytes: usize,
+    budget: Arc<Semaphore>,
+}
+
+impl WholeRequestLayer {
+    /// Bodies up to `max_bytes` each, read within `read_timeout`, `buffer_bytes` of them held
+    /// at once (raised to `max_bytes` if below, so that every allowed body can be read).
+    pub fn new(read_timeout: Duration, max_bytes: usize, buffer_bytes: usize) -> Self {
+        let permits = buffer_bytes.max(max_bytes).min(Semaphore::MAX_PERMITS);
+        Self {
+            read_timeout,
+            max_bytes,
+            budget: Arc::new(Semaphore::new(permits)),
+        }
+    }
 }
 
 impl<S> Layer<S> for WholeRequestLayer {
@@ -406,7 +429,7 @@ impl<S> Layer<S> for WholeRequestLayer {
     fn layer(&self, inner: S) -> Self::Service {
         WholeRequest {
             inner,
-            layer: *self,
+            layer: self.clone(),
         }
     }
 }
@@ -444,14 +467,19 @@ where
         let WholeRequestLayer {
             read_timeout,
             max_bytes,
-        } = self.layer;
+            budget,
+        } = self.layer.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let status = match tokio::time::timeout(read_timeout, read_whole(body, max_bytes)).await
-            {
-                Ok(Ok(bytes)) => {
+            let reading = read_whole(body, max_bytes, &budget);
+            let status = match tokio::time::timeout(read_timeout, reading).await {
+                Ok(Ok((bytes, held))) => {
                     let whole = http::Request::from_parts(parts, Body::new(Whole(Some(bytes))));
-                    return inner.call(whole).await;
+                    let response = inner.call(whole).await;
+                    // The body's bytes count until the request is answered (decoded, queued
+                    // in admission, served): only then are they freed.
+                    drop(held);
+                    return response;
                 }
                 Ok(Err(ReadError::TooLarge)) => Status::resource_exhausted(format!(
                     "request too large: more than {max_bytes} bytes"
@@ -475,8 +503,14 @@ enum ReadError {
     Body(tonic::Status),
 }
 
-async fn read_whole(mut body: Body, max_bytes: usize) -> Result<Bytes, ReadError> {
+/// The body's bytes, and the budget they hold.
+async fn read_whole(
+    mut body: Body,
+    max_bytes: usize,
+    budget: &Arc<Semaphore>,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), ReadError> {
     use tonic::codegen::Body as _;
+    let mut held: Option<OwnedSemaphorePermit> = None;
     let mut first: Option<Bytes> = None;
     let mut rest: Vec<u8> = Vec::new();
     let mut len = 0usize;
@@ -490,6 +524,18 @@ async fn read_whole(mut body: Body, max_bytes: usize) -> Result<Bytes, ReadError
         if len > max_bytes {
             return Err(ReadError::TooLarge);
         }
+        // Waiting here leaves the rest of the body in HTTP/2 flow control: the peer is slowed
+        // down, not buffered. `data.len()` is at most one frame (<= 16 MiB), so fits a u32.
+        if !data.is_empty() {
+            let permit = Arc::clone(budget)
+                .acquire_many_owned(data.len() as u32)
+                .await
+                .map_err(|_| ReadError::TooLarge)?;
+            match &mut held {
+                Some(held) => held.merge(permit),
+                None => held = Some(permit),
+            }
+        }
         // The usual request is one DATA frame: keep it without copying.
         match &first {
             None if rest.is_empty() => first = Some(data),
@@ -501,7 +547,7 @@ async fn read_whole(mut body: Body, max_bytes: usize) -> Result<Bytes, ReadError
             }
         }
     }
-    Ok(first.unwrap_or_else(|| Bytes::from(rest)))
+    Ok((first.unwrap_or_else(|| Bytes::from(rest)), held))
 }
 
 /// A request body already read whole.
@@ -553,10 +599,17 @@ mod tests {
             )
         };
         let body = |s| Body::new(http_body_util::StreamBody::new(s));
-        let whole = read_whole(body(chunks()), 6).await;
-        assert!(matches!(whole, Ok(b) if b == Bytes::from_static(b"abcdef")));
+        let budget = Arc::new(Semaphore::new(6));
+        let (whole, held) = match read_whole(body(chunks()), 6, &budget).await {
+            Ok(read) => read,
+            Err(_) => panic!("a body within the bounds is read"),
+        };
+        assert_eq!(whole, Bytes::from_static(b"abcdef"));
+        assert_eq!(budget.available_permits(), 0, "the body holds its bytes");
+        drop(held);
+        assert_eq!(budget.available_permits(), 6, "and frees them when dropped");
         assert!(matches!(
-            read_whole(body(chunks()), 5).await,
+            read_whole(body(chunks()), 5, &budget).await,
             Err(ReadError::TooLarge)
         ));
     }
