@@ -326,7 +326,8 @@ async fn grpc_status(response: http::Response<h2::RecvStream>) -> Option<i32> {
 // ---- the cases ----
 
 /// Thousands of TCP connections that never send a byte. The cap closes those beyond it at
-/// once; the handshake timeout closes the rest; the normal client, already connected, is served.
+/// once; the handshake timeout closes the rest; the normal client, already connected, is
+/// served, and a new client connecting at the cap gets in by evicting a silent socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thousands_of_idle_connections_are_capped_and_timed_out() {
     const IDLE: usize = 3_000;
@@ -387,6 +388,19 @@ async fn thousands_of_idle_connections_are_capped_and_timed_out() {
         idle.len()
     );
 
+    // A new client arriving while the cap is full of silent sockets gets in (it evicts the
+    // oldest of them) and is served.
+    let mut newcomer = tokio::time::timeout(Duration::from_secs(5), server.client())
+        .await
+        .expect("a new client connects at the cap");
+    newcomer
+        .search(with_deadline(
+            random_query(&mut SmallRng::seed_from_u64(4)),
+            Duration::from_secs(5),
+        ))
+        .await
+        .expect("a new client is served at the cap");
+
     let abused = measure(&client, 3).await;
 
     // Before the handshake timeout, at most CAP of them may still be open: the rest were
@@ -395,11 +409,15 @@ async fn thousands_of_idle_connections_are_capped_and_timed_out() {
         sockets
             .iter()
             .filter(|s| {
-                // An accepted socket may have the server's SETTINGS waiting: still open.
+                // An accepted socket may have the server's SETTINGS waiting, then EOF if it
+                // was closed since: read up to the end of what is there.
                 let mut b = [0u8; 256];
-                match s.try_read(&mut b) {
-                    Ok(n) => n > 0,
-                    Err(e) => e.kind() == std::io::ErrorKind::WouldBlock,
+                loop {
+                    match s.try_read(&mut b) {
+                        Ok(0) => return false,
+                        Ok(_) => {}
+                        Err(e) => return e.kind() == std::io::ErrorKind::WouldBlock,
+                    }
                 }
             })
             .count()

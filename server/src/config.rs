@@ -81,7 +81,8 @@ pub struct Args {
     #[arg(long, env = "VECRIG_LOG", default_value = "info")]
     pub log: String,
     // Connection and HTTP/2 limits against abusive peers (see `limits`).
-    /// Connections open at once; further ones are closed as soon as they are accepted.
+    /// Connections open at once; at the cap a new one evicts the oldest that has sent nothing
+    /// yet, or is closed at once.
     #[arg(long, env = "VECRIG_MAX_CONNECTIONS", default_value_t = 4096)]
     pub max_connections: usize,
     /// Time a new connection has to send its first bytes (HTTP/2 preface or TLS hello).

@@ -3,9 +3,11 @@
 //! read) cannot take the server away from normal ones.
 //!
 //! Three places enforce them, outermost first:
-//! - [`incoming`]: the accept loop. A connection cap ([`Gate`]): a connection beyond it is
-//!   closed as soon as it is accepted, so file descriptors and per-connection memory stay
-//!   bounded and the server never reaches `EMFILE` (accept errors back off instead of spinning).
+//! - [`incoming`]: the accept loop. A connection cap ([`Gate`]): at the cap, a new connection
+//!   evicts the oldest one that has not sent a byte yet, or if every one has, it is closed as
+//!   soon as it is accepted; so file descriptors and per-connection memory stay bounded, silent
+//!   sockets cannot lock real clients out, and the server never reaches `EMFILE` (accept errors
+//!   back off instead of spinning).
 //!   Each accepted socket is a [`Guarded`] one: it must send its first bytes (the HTTP/2
 //!   preface, or a TLS hello) within the handshake timeout, and is closed after the idle
 //!   timeout without a single byte from the peer.
@@ -24,18 +26,19 @@
 //! keepalive pings. Responses a client never reads stay within its stream windows, on at most
 //! `max_concurrent_streams` streams per connection.
 
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tokio::time::{Instant, Sleep};
 use tokio_stream::Stream;
 use tonic::Status;
@@ -52,7 +55,8 @@ use crate::config::Config;
 /// Connection-level and HTTP/2 bounds (the `--max-connections` ... flags).
 #[derive(Debug, Clone, Copy)]
 pub struct ConnectionLimits {
-    /// Connections open at once; further ones are closed as soon as they are accepted.
+    /// Connections open at once. At the cap a new connection evicts the oldest one that has
+    /// not sent a byte yet, or, if there is none, is closed as soon as it is accepted.
     pub max_connections: usize,
     /// Time a new connection has to send its first bytes (the HTTP/2 preface, or a TLS hello).
     pub handshake_timeout: Duration,
@@ -159,13 +163,21 @@ pub fn incoming(listener: TcpListener, limits: &ConnectionLimits) -> Incoming {
     }
 }
 
-/// Counts open connections against the cap.
+/// Connections beyond the cap that may exist for a moment, while the ones they evicted close.
+const EVICTION_SLACK: usize = 64;
+
+/// Counts open connections against the cap, and knows which have not started yet.
 #[derive(Debug)]
 pub struct Gate {
     max: usize,
     open: AtomicUsize,
     refused: AtomicU64,
+    evicted: AtomicU64,
     full: AtomicBool,
+    next_id: AtomicU64,
+    /// Connections that have not sent their first bytes yet, oldest first, each with the
+    /// sender that evicts it.
+    starting: Mutex<BTreeMap<u64, oneshot::Sender<()>>>,
 }
 
 impl Gate {
@@ -175,35 +187,70 @@ impl Gate {
             max: max.max(1),
             open: AtomicUsize::new(0),
             refused: AtomicU64::new(0),
+            evicted: AtomicU64::new(0),
             full: AtomicBool::new(false),
+            next_id: AtomicU64::new(0),
+            starting: Mutex::new(BTreeMap::new()),
         })
     }
 
-    /// Takes a place for one connection, or `None` at the cap.
-    pub fn enter(self: &Arc<Self>) -> Option<Place> {
-        let taken = self
-            .open
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
-                (open < self.max).then_some(open + 1)
-            });
-        match taken {
-            Ok(_) => {
-                self.full.store(false, Ordering::Relaxed);
-                Some(Place(Arc::clone(self)))
-            }
-            Err(_) => {
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                // One warning per episode of being full, not one per refused connection: a
-                // flood must not turn into a flood of log lines.
-                if !self.full.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        max_connections = self.max,
-                        "connection cap reached; refusing new connections"
-                    );
-                }
-                None
-            }
+    /// Takes a place for one connection; at the cap, by evicting the oldest connection that
+    /// has not started yet. `None`: refuse this one.
+    ///
+    /// Eviction is what keeps a flood of silent sockets from locking real clients out until
+    /// the handshake timeout: a real client starts within its first round trip, so only
+    /// connections that have sent nothing are given up, and they have invested nothing.
+    pub fn enter(self: &Arc<Self>) -> Option<(Place, oneshot::Receiver<()>)> {
+        let take = |limit: usize| {
+            self.open
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                    (open < limit).then_some(open + 1)
+                })
+                .is_ok()
+        };
+        if take(self.max) {
+            self.full.store(false, Ordering::Relaxed);
+            return Some(self.place());
         }
+        if take(self.max + EVICTION_SLACK) {
+            let oldest = self.starting().pop_first();
+            if let Some((_, evict)) = oldest {
+                // The evicted connection fails its next read and gives its place back.
+                let _ = evict.send(());
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+                return Some(self.place());
+            }
+            self.open.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.refused.fetch_add(1, Ordering::Relaxed);
+        // One warning per episode of being full, not one per refused connection: a flood
+        // must not turn into a flood of log lines.
+        if !self.full.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                max_connections = self.max,
+                "connection cap reached with every connection started; refusing new ones"
+            );
+        }
+        None
+    }
+
+    fn place(self: &Arc<Self>) -> (Place, oneshot::Receiver<()>) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (evict, evicted) = oneshot::channel();
+        self.starting().insert(id, evict);
+        (
+            Place {
+                gate: Arc::clone(self),
+                id,
+            },
+            evicted,
+        )
+    }
+
+    fn starting(&self) -> std::sync::MutexGuard<'_, BTreeMap<u64, oneshot::Sender<()>>> {
+        // The map stays consistent whatever panicked while holding it: every operation on it
+        // is a single insert or remove.
+        self.starting.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Connections open now.
@@ -215,15 +262,31 @@ impl Gate {
     pub fn refused(&self) -> u64 {
         self.refused.load(Ordering::Relaxed)
     }
+
+    /// Connections evicted before they started, to make room at the cap, since start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
+    }
 }
 
 /// One connection's place under the cap, given back on drop.
 #[derive(Debug)]
-pub struct Place(Arc<Gate>);
+pub struct Place {
+    gate: Arc<Gate>,
+    id: u64,
+}
+
+impl Place {
+    /// The connection has started: it can no longer be evicted.
+    fn started(&self) {
+        self.gate.starting().remove(&self.id);
+    }
+}
 
 impl Drop for Place {
     fn drop(&mut self) {
-        self.0.open.fetch_sub(1, Ordering::AcqRel);
+        self.started();
+        self.gate.open.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -272,10 +335,11 @@ impl Stream for Incoming {
                     }
                 }
                 Some(Ok(stream)) => {
-                    // Beyond the cap the socket is dropped (closed) at once: the client learns
-                    // right away instead of waiting in the backlog.
-                    if let Some(place) = this.gate.enter() {
-                        return Poll::Ready(Some(Ok(Guarded::new(stream, place, &this.limits))));
+                    // Refused at the cap, the socket is dropped (closed) at once: the client
+                    // learns right away instead of waiting in the backlog.
+                    if let Some((place, evicted)) = this.gate.enter() {
+                        let guarded = Guarded::new(stream, place, evicted, &this.limits);
+                        return Poll::Ready(Some(Ok(guarded)));
                     }
                 }
             }
@@ -287,7 +351,9 @@ impl Stream for Incoming {
 /// start or falls silent. It holds its place under the cap until dropped.
 pub struct Guarded {
     stream: TcpStream,
-    _place: Place,
+    place: Place,
+    /// Fires when the gate evicts this connection; `None` once started (or evicted).
+    evicted: Option<oneshot::Receiver<()>>,
     /// Bytes still expected before the handshake deadline (the 24-byte HTTP/2 preface).
     handshake_left: usize,
     handshake: Pin<Box<Sleep>>,
@@ -300,11 +366,17 @@ pub struct Guarded {
 const PREFACE_LEN: usize = 24;
 
 impl Guarded {
-    fn new(stream: TcpStream, place: Place, limits: &ConnectionLimits) -> Self {
+    fn new(
+        stream: TcpStream,
+        place: Place,
+        evicted: oneshot::Receiver<()>,
+        limits: &ConnectionLimits,
+    ) -> Self {
         let now = Instant::now();
         Self {
             stream,
-            _place: place,
+            place,
+            evicted: Some(evicted),
             handshake_left: PREFACE_LEN,
             handshake: Box::pin(tokio::time::sleep_until(now + limits.handshake_timeout)),
             idle_timeout: limits.idle_timeout,
@@ -315,11 +387,25 @@ impl Guarded {
 
     /// Fails once a deadline has passed; otherwise registers for the next one.
     fn check_deadlines(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        if self.handshake_left > 0 && self.handshake.as_mut().poll(cx).is_ready() {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "peer did not start its connection within the handshake timeout",
-            ));
+        if self.handshake_left > 0 {
+            if self.handshake.as_mut().poll(cx).is_ready() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer did not start its connection within the handshake timeout",
+                ));
+            }
+            let evicted = match &mut self.evicted {
+                Some(evicted) => Pin::new(evicted).poll(cx).is_ready(),
+                // Already evicted: a oneshot must not be polled again once it has fired.
+                None => true,
+            };
+            if evicted {
+                self.evicted = None;
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "evicted at the connection cap before it started",
+                ));
+            }
         }
         // The idle timer is moved only when it fires, not on every read: a read costs a
         // timestamp, not a timer update.
@@ -352,7 +438,13 @@ impl AsyncRead for Guarded {
         let read = buf.filled().len() - before;
         if read > 0 {
             this.last_read = Instant::now();
-            this.handshake_left = this.handshake_left.saturating_sub(read);
+            if this.handshake_left > 0 {
+                this.handshake_left = this.handshake_left.saturating_sub(read);
+                if this.handshake_left == 0 {
+                    this.place.started();
+                    this.evicted = None;
+                }
+            }
         }
         Poll::Ready(Ok(()))
     }
@@ -578,14 +670,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_gate_admits_up_to_its_cap_and_frees_places_on_drop() {
+    fn the_gate_evicts_the_oldest_unstarted_connection_at_its_cap() {
         let gate = Gate::new(2);
-        let a = gate.enter().expect("first");
-        let _b = gate.enter().expect("second");
-        assert!(gate.enter().is_none(), "third is over the cap");
-        assert_eq!((gate.open(), gate.refused()), (2, 1));
+        let (a, mut a_evicted) = gate.enter().expect("first");
+        let (b, mut b_evicted) = gate.enter().expect("second");
+        b.started();
+        // At the cap, a third connection takes the place of the oldest one not started (a).
+        let (c, _c_evicted) = gate.enter().expect("third, by eviction");
+        assert!(a_evicted.try_recv().is_ok(), "a is told to go");
+        assert!(b_evicted.try_recv().is_err(), "b, started, stays");
+        assert_eq!(
+            (gate.open(), gate.evicted()),
+            (3, 1),
+            "over the cap until a closes"
+        );
         drop(a);
-        assert_eq!(gate.open(), 1);
+        assert_eq!(gate.open(), 2);
+        // Everyone started: nobody to evict, so the next one is refused.
+        c.started();
+        assert!(gate.enter().is_none(), "refused");
+        assert_eq!(gate.refused(), 1);
+        drop(b);
         assert!(gate.enter().is_some(), "a freed place is reused");
     }
 
