@@ -3,9 +3,10 @@
 //!
 //! A request's life here:
 //! 1. **Queue full?** Once `queue_depth` requests wait, the next one is answered
-//!    `RESOURCE_EXHAUSTED` at once, before its body is read: an overloaded server spends almost
-//!    nothing on the work it refuses.
-//! 2. **Body and cost.** The (unary) body is read, bounded by `max_queued_bytes` across all
+//!    `RESOURCE_EXHAUSTED` at once, before it is decoded or priced: an overloaded server spends
+//!    almost nothing on the work it refuses. (Its body has already arrived: [`crate::limits`]
+//!    reads bodies whole first, so a client that never finishes one cannot hold a slot.)
+//! 2. **Body and cost.** The (unary) body is taken, bounded by `max_queued_bytes` across all
 //!    waiting requests, and priced in [`Cost`] units: an ANN search with a modest `k`/`ef` is
 //!    one slot; wide searches, long texts, exact scans and big upsert batches cost more, up to
 //!    half the limit. Expensive requests wait in their own queue, and the two queues take turns

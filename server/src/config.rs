@@ -104,6 +104,46 @@ pub struct Args {
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "VECRIG_LOG", default_value = "info")]
     pub log: String,
+    // Connection and HTTP/2 limits against abusive peers (see `limits`).
+    /// Connections open at once; at the cap a new one evicts the oldest that has sent nothing
+    /// yet, or is closed at once.
+    #[arg(long, env = "VECRIG_MAX_CONNECTIONS", default_value_t = 4096)]
+    pub max_connections: usize,
+    /// Time a new connection has to send its first bytes (HTTP/2 preface or TLS hello).
+    #[arg(long, env = "VECRIG_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
+    /// A connection that sends nothing for this long is closed (keep it above keepalive
+    /// interval + timeout, so live clients, which answer pings, never look idle).
+    #[arg(long, env = "VECRIG_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+    /// Time a VectorIndex request's body has to arrive whole once its headers have.
+    #[arg(long, env = "VECRIG_REQUEST_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub request_read_timeout: Duration,
+    /// Bytes of request bodies held at once, read but not yet answered.
+    #[arg(long, env = "VECRIG_REQUEST_BUFFER_BYTES", default_value_t = 256 * 1024 * 1024)]
+    pub request_buffer_bytes: usize,
+    /// Largest HTTP/2 header list (metadata) of a request, in bytes.
+    #[arg(long, env = "VECRIG_MAX_HEADER_BYTES", default_value_t = 16 * 1024)]
+    pub max_header_bytes: u32,
+    /// Streams a peer may reset before the server accepts them, per connection, before it is
+    /// disconnected (the rapid-reset guard).
+    #[arg(long, env = "VECRIG_MAX_PENDING_RESET_STREAMS", default_value_t = 20)]
+    pub max_pending_reset_streams: usize,
+    /// HTTP/2 stream flow-control window, in bytes.
+    #[arg(long, env = "VECRIG_STREAM_WINDOW_BYTES", default_value_t = 1024 * 1024)]
+    pub stream_window_bytes: u32,
+    /// HTTP/2 connection flow-control window, in bytes.
+    #[arg(long, env = "VECRIG_CONNECTION_WINDOW_BYTES", default_value_t = 1024 * 1024)]
+    pub connection_window_bytes: u32,
+    /// Largest HTTP/2 frame accepted, in bytes (16 KiB ..= 16 MiB - 1).
+    #[arg(long, env = "VECRIG_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
+    pub max_frame_bytes: u32,
+    /// Interval of HTTP/2 keepalive pings.
+    #[arg(long, env = "VECRIG_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+    /// Time a peer has to answer a keepalive ping before it is disconnected.
+    #[arg(long, env = "VECRIG_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
 }
 
 /// Validated server configuration.
@@ -141,6 +181,8 @@ pub struct Config {
     pub auth_token: Option<crate::auth::Token>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
+    /// Connection and HTTP/2 limits against abusive peers.
+    pub connection_limits: crate::limits::ConnectionLimits,
 }
 
 /// A TLS identity: PEM certificate chain and private key.
@@ -245,6 +287,7 @@ impl Config {
             tls: None,
             auth_token: None,
             metrics_listen: None,
+            connection_limits: crate::limits::ConnectionLimits::default(),
         }
     }
 }
@@ -318,6 +361,41 @@ impl TryFrom<&Args> for Config {
             wal_bytes: args.snapshot_wal_bytes.max(1 << 20),
             interval: args.snapshot_interval,
         };
+        config.connection_limits = connection_limits(args)?;
         Ok(config)
     }
+}
+
+/// The connection and HTTP/2 limits of the flags.
+fn connection_limits(args: &Args) -> Result<crate::limits::ConnectionLimits, ConfigError> {
+    // RFC 9113 6.5.2: frame sizes outside this range are protocol errors.
+    if !(16_384..=16_777_215).contains(&args.max_frame_bytes) {
+        return Err(ConfigError(format!(
+            "--max-frame-bytes must be in 16384..=16777215, got {}",
+            args.max_frame_bytes
+        )));
+    }
+    if args.idle_timeout <= args.keepalive_interval + args.keepalive_timeout {
+        return Err(ConfigError(format!(
+            "--idle-timeout ({}) must exceed --keepalive-interval + --keepalive-timeout, or \
+             live clients would be cut off between pings",
+            humantime::format_duration(args.idle_timeout)
+        )));
+    }
+    Ok(crate::limits::ConnectionLimits {
+        max_connections: args.max_connections.max(1),
+        handshake_timeout: args.handshake_timeout,
+        idle_timeout: args.idle_timeout,
+        request_read_timeout: args.request_read_timeout,
+        request_buffer_bytes: args.request_buffer_bytes,
+        max_header_bytes: args.max_header_bytes.max(1024),
+        max_pending_reset_streams: args.max_pending_reset_streams,
+        max_local_error_resets: crate::limits::ConnectionLimits::default().max_local_error_resets,
+        // Below the 65,535-byte HTTP/2 default window the server would slow every upload.
+        stream_window_bytes: args.stream_window_bytes.max(65_535),
+        connection_window_bytes: args.connection_window_bytes.max(65_535),
+        max_frame_bytes: args.max_frame_bytes,
+        keepalive_interval: args.keepalive_interval,
+        keepalive_timeout: args.keepalive_timeout,
+    })
 }

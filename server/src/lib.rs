@@ -1,6 +1,8 @@
 //! `vecrig-server`: a vector index served over gRPC, behind admission control.
 //!
 //! Layout, in the order a request meets it:
+//! - [`limits`]: the connection cap, handshake and idle timeouts, HTTP/2 limits and whole-request
+//!   reads that keep an abusive peer from taking the server away from normal clients;
 //! - [`metrics`]: counts every VectorIndex call by method and code (and serves Prometheus text
 //!   on `--metrics-listen`);
 //! - [`auth`]: the bearer token, checked before admission so unauthenticated calls take no
@@ -23,6 +25,7 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod index;
+pub mod limits;
 pub mod metrics;
 pub mod service;
 pub mod snapshot;
@@ -31,11 +34,9 @@ pub mod wal;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
-use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tower::Layer;
 use vecrig::proto::vector_index_server::VectorIndexServer;
@@ -177,23 +178,20 @@ pub async fn serve(
         None => None,
     };
 
-    let incoming = TcpIncoming::from(listener)
-        .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)));
+    // The connection cap and handshake/idle timeouts wrap the accepted sockets.
+    let incoming = limits::incoming(listener, &config.connection_limits);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
         builder = builder.tls_config(
             tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key)),
+                .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key))
+                // A TLS handshake that stalls holds a place under the connection cap.
+                .timeout(config.connection_limits.handshake_timeout),
         )?;
     }
-    let router = builder
-        // Bounds the streams one connection can open; admission bounds the work they cause.
-        .max_concurrent_streams(Some(config.max_concurrent_streams))
-        // Pings find dead peers whose connections would otherwise hold streams forever.
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+    // HTTP/2 limits (streams, headers, resets, windows, pings) and whole-request reads.
+    let router = limits::apply(builder, &config)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

@@ -102,6 +102,37 @@ pub fn check_text(field: &str, text: &str, limits: &Limits) -> Result<(), Error>
     Ok(())
 }
 
+/// Most entries one point's payload may have. Payloads are labels to filter and display, not
+/// documents: the bounds keep a point (stored in memory, the WAL and every search answer that
+/// asks for payloads) from carrying megabytes of map that the message size limit alone allows.
+pub const MAX_PAYLOAD_ENTRIES: usize = 256;
+/// Most bytes (keys plus values) one point's payload may hold.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024;
+
+/// Checks that a payload map is within [`MAX_PAYLOAD_ENTRIES`] and [`MAX_PAYLOAD_BYTES`].
+pub fn check_payload(
+    field: &str,
+    payload: &std::collections::HashMap<String, String>,
+) -> Result<(), Error> {
+    if payload.len() > MAX_PAYLOAD_ENTRIES {
+        return Err(Error::invalid(
+            field,
+            format!(
+                "has {} entries, the limit is {MAX_PAYLOAD_ENTRIES}",
+                payload.len()
+            ),
+        ));
+    }
+    let bytes: usize = payload.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_PAYLOAD_BYTES {
+        return Err(Error::invalid(
+            field,
+            format!("is {bytes} bytes, the limit is {MAX_PAYLOAD_BYTES} bytes"),
+        ));
+    }
+    Ok(())
+}
+
 /// Turns a `SearchRequest` into a validated [`Search`].
 pub fn search_from_proto(request: proto::SearchRequest, limits: &Limits) -> Result<Search, Error> {
     let query = match request.query {
@@ -169,6 +200,7 @@ pub fn points_from_proto(
                     ));
                 }
             };
+            check_payload(&format!("points[{i}].payload"), &point.payload)?;
             Ok(NewPoint {
                 id: point.id,
                 data,
@@ -438,5 +470,37 @@ mod tests {
             Status::from(Error::invalid("k", "must be in 1..=10, got 0")).message(),
             "k: must be in 1..=10, got 0"
         );
+    }
+
+    #[test]
+    fn payload_maps_are_bounded_in_entries_and_bytes() {
+        let upsert = |payload: HashMap<String, String>| {
+            let mut p = point(Some(proto::point::Data::Vector(proto::Vector {
+                values: vec![0.0; 3],
+            })));
+            p.payload = payload;
+            points_from_proto(
+                proto::UpsertRequest {
+                    points: vec![p],
+                    wait: false,
+                },
+                &limits(),
+            )
+        };
+        let entries = |n: usize| (0..n).map(|i| (i.to_string(), String::new())).collect();
+        assert!(upsert(entries(MAX_PAYLOAD_ENTRIES)).is_ok());
+        let big = HashMap::from([("k".to_string(), "v".repeat(MAX_PAYLOAD_BYTES - 1))]);
+        assert!(upsert(big).is_ok());
+        let too_big = HashMap::from([("k".to_string(), "v".repeat(MAX_PAYLOAD_BYTES))]);
+        for (name, payload) in [
+            ("too many entries", entries(MAX_PAYLOAD_ENTRIES + 1)),
+            ("too many bytes", too_big),
+        ] {
+            let error = upsert(payload).expect_err(name);
+            assert!(
+                matches!(&error, Error::InvalidArgument { field, .. } if field == "points[0].payload"),
+                "{name}: {error:?}"
+            );
+        }
     }
 }
