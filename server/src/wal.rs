@@ -323,13 +323,20 @@ impl Wal {
                     // replay them too: they stay in place, cut like a torn tail, and what is set
                     // aside is a copy of this segment as found, and every segment after it.
                     let aside = path.with_extension("log.corrupt");
-                    tracing::error!(segment = %path.display(), copy = %aside.display(), "setting aside a copy of a damaged segment");
+                    tracing::error!(
+                        segment = %path.display(),
+                        copy = %aside.display(),
+                        "setting aside a copy of a damaged segment"
+                    );
                     fs::copy(path, &aside)
                         .and_then(|_| File::open(&aside)?.sync_all())
                         .map_err(io_err(&aside))?;
                     for (_, later) in &segments[i + 1..] {
                         let aside = later.with_extension("log.corrupt");
-                        tracing::error!(segment = %later.display(), "setting aside a segment after damage");
+                        tracing::error!(
+                            segment = %later.display(),
+                            "setting aside a segment after damage"
+                        );
                         fs::rename(later, &aside).map_err(io_err(later))?;
                     }
                 }
@@ -880,7 +887,9 @@ mod tests {
             /// parser: it yields a record or `Corrupt` (never `Torn`, never a panic), and a
             /// record it yields encodes canonically to something that decodes to itself.
             #[test]
-            fn decode_arbitrary_checksummed_body(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            fn decode_arbitrary_checksummed_body(
+                body in prop::collection::vec(any::<u8>(), 0..256),
+            ) {
                 check_checksummed_body(&body)?;
             }
 
@@ -1017,7 +1026,8 @@ mod tests {
                 if !damaged {
                     // Whole records only (perhaps fewer, cut at a record boundary): reading
                     // goes on into the next segment.
-                    expected.extend(second.iter().enumerate().map(|(i, r)| frame(second_first + i as u64, r)));
+                    let later = second.iter().enumerate();
+                    expected.extend(later.map(|(i, r)| frame(second_first + i as u64, r)));
                 }
                 prop_assert_eq!(&replayed, &expected);
                 prop_assert_eq!(replay.truncated, damaged);
