@@ -360,6 +360,23 @@ impl Engine {
     /// delete: how many of its ids existed). Writes must be applied in sequence order, by one
     /// writer at a time (the storage writer, or recovery).
     pub fn apply(&self, sequence: u64, record: &Record) -> Result<usize, Error> {
+        // Requests are validated, so only a log written under other `--dimensions` (a crash
+        // before any snapshot, then a restart with a new width) gets here with another width:
+        // refuse the record whole, before touching the index, instead of panicking in the store.
+        if let Record::Upsert(points) = record
+            && let Some((id, vector, _)) = points
+                .iter()
+                .find(|(_, vector, _)| vector.len() != self.shape.dimensions)
+        {
+            return Err(Error::invalid(
+                format!("point {id}"),
+                format!(
+                    "has {} values, the index has {} dimensions",
+                    vector.len(),
+                    self.shape.dimensions
+                ),
+            ));
+        }
         let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let touched = match record {
             Record::Upsert(points) => {
@@ -427,5 +444,32 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn apply_refuses_a_logged_vector_of_another_width() {
+        let shape = Shape {
+            dimensions: 3,
+            metric: Metric::L2,
+        };
+        let engine = Engine::new(shape, HnswParams::default(), 16).expect("engine");
+        let record = Record::Upsert(vec![
+            (1, vec![1.0, 2.0, 3.0], Payload::new()),
+            (2, vec![1.0, 2.0], Payload::new()),
+        ]);
+        let error = engine
+            .apply(1, &record)
+            .expect_err("two values in a 3-wide index");
+        assert!(
+            matches!(&error, Error::InvalidArgument { field, .. } if field == "point 2"),
+            "{error:?}"
+        );
+        assert!(engine.is_empty(), "nothing of the record is applied");
+        assert_eq!(engine.sequence(), 0);
     }
 }

@@ -63,6 +63,16 @@ impl Service {
     }
 }
 
+/// Largest `ef` accepted (or `max_k`, if that is larger). The index allocates and explores
+/// `ef` candidates for a search, so an unbounded one is a crash: `ef = u32::MAX` asked for
+/// 34 GB of result buffers and aborted the process. 4096 is far past any useful breadth
+/// (recall saturates in the hundreds).
+pub const MAX_EF: u32 = 4096;
+
+/// The one id a point cannot have: the ANN index (usearch) marks free slots with it, so a
+/// point stored under it would be found by exact scans but never by approximate searches.
+pub const RESERVED_ID: u64 = u64::MAX;
+
 /// Checks that a vector has the index's width and only finite values.
 pub fn check_vector(field: &str, values: &[f32], limits: &Limits) -> Result<(), Error> {
     if values.len() != limits.dimensions {
@@ -152,6 +162,16 @@ pub fn search_from_proto(request: proto::SearchRequest, limits: &Limits) -> Resu
             format!("must be in 1..={}, got {}", limits.max_k, request.k),
         ));
     }
+    let max_ef = MAX_EF.max(limits.max_k);
+    if request.ef > max_ef {
+        return Err(Error::invalid(
+            "ef",
+            format!(
+                "must be at most {max_ef} (0 for the server default), got {}",
+                request.ef
+            ),
+        ));
+    }
     Ok(Search {
         query,
         k: request.k as usize,
@@ -184,6 +204,12 @@ pub fn points_from_proto(
         .into_iter()
         .enumerate()
         .map(|(i, point)| {
+            if point.id == RESERVED_ID {
+                return Err(Error::invalid(
+                    format!("points[{i}].id"),
+                    format!("{RESERVED_ID} is reserved by the index"),
+                ));
+            }
             let data = match point.data {
                 Some(proto::point::Data::Vector(v)) => {
                     check_vector(&format!("points[{i}].vector"), &v.values, limits)?;
@@ -208,6 +234,21 @@ pub fn points_from_proto(
             })
         })
         .collect()
+}
+
+/// Checks a `DeleteRequest`'s ids against the batch limit.
+pub fn ids_from_proto(request: proto::DeleteRequest, limits: &Limits) -> Result<Vec<u64>, Error> {
+    if request.ids.len() > limits.max_batch {
+        return Err(Error::invalid(
+            "ids",
+            format!(
+                "holds {} ids, the batch limit is {}",
+                request.ids.len(),
+                limits.max_batch
+            ),
+        ));
+    }
+    Ok(request.ids)
 }
 
 #[tonic::async_trait]
@@ -251,18 +292,7 @@ impl VectorIndex for Service {
         request: Request<proto::DeleteRequest>,
     ) -> Result<Response<proto::DeleteResponse>, Status> {
         let storage = self.storage()?;
-        let ids = request.into_inner().ids;
-        if ids.len() > self.limits.max_batch {
-            return Err(Error::invalid(
-                "ids",
-                format!(
-                    "holds {} ids, the batch limit is {}",
-                    ids.len(),
-                    self.limits.max_batch
-                ),
-            )
-            .into());
-        }
+        let ids = ids_from_proto(request.into_inner(), &self.limits)?;
         let applied = storage.delete(ids).await?;
         Ok(Response::new(proto::DeleteResponse {
             sequence: applied.sequence,
@@ -395,6 +425,20 @@ mod tests {
             ("long text", search(text(&"x".repeat(17)), 1), "text"),
             ("k zero", search(vector(vec![1.0; 3]), 0), "k"),
             ("k above max", search(vector(vec![1.0; 3]), 11), "k"),
+            (
+                // Once an abort: the index allocated ef candidates (34 GB for u32::MAX).
+                "ef above max",
+                search_from_proto(
+                    proto::SearchRequest {
+                        query: vector(vec![1.0; 3]),
+                        k: 1,
+                        ef: u32::MAX,
+                        ..Default::default()
+                    },
+                    &limits(),
+                ),
+                "ef",
+            ),
         ];
         for (name, result, field) in cases {
             let error = result.expect_err(name);
@@ -437,6 +481,14 @@ mod tests {
                 "empty text",
                 upsert(vec![point(Some(proto::point::Data::Text(String::new())))]),
                 "points[0].text",
+            ),
+            (
+                "reserved id",
+                upsert(vec![proto::Point {
+                    id: RESERVED_ID,
+                    ..point(vec_data(vec![0.0; 3]))
+                }]),
+                "points[0].id",
             ),
         ];
         for (name, result, field) in upsert_cases {
@@ -501,6 +553,491 @@ mod tests {
                 matches!(&error, Error::InvalidArgument { field, .. } if field == "points[0].payload"),
                 "{name}: {error:?}"
             );
+        }
+    }
+
+    /// Properties of validation over requests built from arbitrary fields, and over arbitrary
+    /// bytes decoded as requests: never a panic; an error is always INVALID_ARGUMENT; a
+    /// request is accepted exactly when an independent statement of the rules says it is
+    /// valid; and what is accepted runs on a real engine without an error or a panic.
+    mod properties {
+        use super::*;
+        use crate::engine::Engine;
+        use crate::index::Metric;
+        use crate::index::hnsw::HnswParams;
+        use crate::index::store::Payload;
+        use crate::wal::Record;
+        use proptest::prelude::*;
+        use prost::Message;
+        use std::collections::HashSet;
+
+        /// `cases` per property, unless `PROPTEST_CASES` asks for more (or fewer) for a deep
+        /// local run. Kept small: these run in CI on every push.
+        fn config(cases: u32) -> ProptestConfig {
+            let mut config = ProptestConfig::default();
+            if std::env::var_os("PROPTEST_CASES").is_none() {
+                config.cases = cases;
+            }
+            config
+        }
+
+        fn any_limits() -> impl Strategy<Value = Limits> {
+            (1..8usize, 1..50u32, 1..6usize, 1..48usize).prop_map(
+                |(dimensions, max_k, max_batch, max_text_bytes)| Limits {
+                    dimensions,
+                    max_k,
+                    max_batch,
+                    max_text_bytes,
+                },
+            )
+        }
+
+        /// Mostly ordinary values, often NaN, infinities, extremes and subnormals.
+        fn float() -> impl Strategy<Value = f32> {
+            prop_oneof![
+                3 => -10.0f32..10.0,
+                1 => prop::num::f32::ANY,
+                1 => prop::sample::select(vec![
+                    f32::NAN, f32::INFINITY, f32::NEG_INFINITY, f32::MAX, f32::MIN,
+                    f32::MIN_POSITIVE, -0.0, 0.0,
+                ]),
+            ]
+        }
+
+        /// Mostly valid (the right width, ordinary values), else any width and any values.
+        fn values(dimensions: usize) -> impl Strategy<Value = Vec<f32>> {
+            prop_oneof![
+                3 => prop::collection::vec(-10.0f32..10.0, dimensions),
+                1 => prop::collection::vec(float(), dimensions),
+                1 => prop::collection::vec(float(), 0..dimensions + 3),
+            ]
+        }
+
+        /// Empty, blank, short, long, multi-byte and control-character texts.
+        fn text() -> impl Strategy<Value = String> {
+            prop_oneof![
+                4 => "[a-z]{1,5}( [a-z]{1,5}){0,2}",
+                1 => Just(String::new()),
+                1 => "[ \t\n\r]{1,4}",
+                1 => ".{0,40}",
+                1 => "\\PC{10,30}",
+            ]
+        }
+
+        fn payload() -> impl Strategy<Value = Payload> {
+            prop_oneof![
+                4 => prop::collection::hash_map(".{0,4}", ".{0,8}", 0..4),
+                1 => prop::collection::hash_map("[a-z]{1,6}", ".{0,2}", 100..300),
+            ]
+        }
+
+        /// Edge ids, and few distinct ones so that batches hold duplicates.
+        fn id() -> impl Strategy<Value = u64> {
+            prop_oneof![
+                6 => 0..6u64,
+                1 => Just(u64::MAX),
+                1 => Just(u64::MAX - 1),
+                1 => any::<u64>(),
+            ]
+        }
+
+        /// Mostly within `1..=max`, else around and far beyond it.
+        fn count(max: u32) -> impl Strategy<Value = u32> {
+            prop_oneof![
+                4 => 1..=max,
+                1 => 0..=max.saturating_add(2),
+                1 => Just(u32::MAX),
+                1 => any::<u32>(),
+            ]
+        }
+
+        fn batch(max: usize) -> impl Strategy<Value = usize> {
+            prop_oneof![4 => 1..=max, 1 => 0..max + 3]
+        }
+
+        fn search_request(limits: Limits) -> impl Strategy<Value = proto::SearchRequest> {
+            use proto::search_request::Query;
+            let query = prop_oneof![
+                1 => Just(None),
+                4 => values(limits.dimensions)
+                    .prop_map(|values| Some(Query::Vector(proto::Vector { values }))),
+                2 => text().prop_map(|t| Some(Query::Text(t))),
+            ];
+            let ef = prop_oneof![2 => Just(0), 1 => count(MAX_EF.max(limits.max_k))];
+            (query, count(limits.max_k), ef, any::<bool>(), any::<bool>()).prop_map(
+                |(query, k, ef, exact, with_payload)| proto::SearchRequest {
+                    query,
+                    k,
+                    ef,
+                    exact,
+                    with_payload,
+                },
+            )
+        }
+
+        fn point(limits: Limits) -> impl Strategy<Value = proto::Point> {
+            let data = prop_oneof![
+                1 => Just(None),
+                4 => values(limits.dimensions)
+                    .prop_map(|values| Some(proto::point::Data::Vector(proto::Vector { values }))),
+                2 => text().prop_map(|t| Some(proto::point::Data::Text(t))),
+            ];
+            (id(), data, payload()).prop_map(|(id, data, payload)| proto::Point {
+                id,
+                data,
+                payload,
+            })
+        }
+
+        fn upsert_request(limits: Limits) -> impl Strategy<Value = proto::UpsertRequest> {
+            (
+                batch(limits.max_batch)
+                    .prop_flat_map(move |n| prop::collection::vec(point(limits), n)),
+                any::<bool>(),
+            )
+                .prop_map(|(points, wait)| proto::UpsertRequest { points, wait })
+        }
+
+        fn delete_request(limits: Limits) -> impl Strategy<Value = proto::DeleteRequest> {
+            batch(limits.max_batch)
+                .prop_flat_map(|n| prop::collection::vec(id(), n))
+                .prop_map(|ids| proto::DeleteRequest { ids })
+        }
+
+        /// The rules, stated again independently of the code under test.
+        fn vector_ok(values: &[f32], limits: &Limits) -> bool {
+            values.len() == limits.dimensions && values.iter().all(|v| v.is_finite())
+        }
+
+        fn text_ok(text: &str, limits: &Limits) -> bool {
+            !text.trim().is_empty() && text.len() <= limits.max_text_bytes
+        }
+
+        fn search_ok(request: &proto::SearchRequest, limits: &Limits) -> bool {
+            let query = match &request.query {
+                Some(proto::search_request::Query::Vector(v)) => vector_ok(&v.values, limits),
+                Some(proto::search_request::Query::Text(t)) => text_ok(t, limits),
+                None => false,
+            };
+            query
+                && (1..=limits.max_k).contains(&request.k)
+                && request.ef <= MAX_EF.max(limits.max_k)
+        }
+
+        fn point_ok(point: &proto::Point, limits: &Limits) -> bool {
+            let payload_bytes: usize = point.payload.iter().map(|(k, v)| k.len() + v.len()).sum();
+            point.id != u64::MAX
+                && point.payload.len() <= MAX_PAYLOAD_ENTRIES
+                && payload_bytes <= MAX_PAYLOAD_BYTES
+                && match &point.data {
+                    Some(proto::point::Data::Vector(v)) => vector_ok(&v.values, limits),
+                    Some(proto::point::Data::Text(t)) => text_ok(t, limits),
+                    None => false,
+                }
+        }
+
+        fn upsert_ok(request: &proto::UpsertRequest, limits: &Limits) -> bool {
+            (1..=limits.max_batch).contains(&request.points.len())
+                && request.points.iter().all(|p| point_ok(p, limits))
+        }
+
+        /// A refusal is INVALID_ARGUMENT and names a field of the request.
+        fn check_refusal(error: Error, fields: &[&str]) -> Result<(), TestCaseError> {
+            let Error::InvalidArgument { field, .. } = &error else {
+                return Err(TestCaseError::fail(format!(
+                    "not InvalidArgument: {error:?}"
+                )));
+            };
+            let root = field.split(['[', '.']).next().unwrap_or_default();
+            prop_assert!(fields.contains(&root), "unexpected field {}", field);
+            prop_assert_eq!(Status::from(error).code(), Code::InvalidArgument);
+            Ok(())
+        }
+
+        fn check_search(
+            request: proto::SearchRequest,
+            limits: &Limits,
+        ) -> Result<(), TestCaseError> {
+            let valid = search_ok(&request, limits);
+            match search_from_proto(request.clone(), limits) {
+                Ok(search) => {
+                    prop_assert!(valid, "accepted an invalid request: {:?}", request);
+                    prop_assert_eq!(search.k, request.k as usize);
+                    prop_assert_eq!(search.ef, (request.ef > 0).then_some(request.ef as usize));
+                    prop_assert_eq!(
+                        (search.exact, search.with_payload),
+                        (request.exact, request.with_payload)
+                    );
+                }
+                Err(error) => {
+                    prop_assert!(!valid, "refused a valid request: {:?}: {}", request, error);
+                    check_refusal(error, &["query", "vector", "text", "k", "ef"])?;
+                }
+            }
+            Ok(())
+        }
+
+        fn check_upsert(
+            request: proto::UpsertRequest,
+            limits: &Limits,
+        ) -> Result<(), TestCaseError> {
+            let valid = upsert_ok(&request, limits);
+            match points_from_proto(request.clone(), limits) {
+                Ok(points) => {
+                    prop_assert!(valid, "accepted an invalid request: {:?}", request);
+                    prop_assert_eq!(points.len(), request.points.len());
+                    for (point, given) in points.iter().zip(&request.points) {
+                        prop_assert_eq!(point.id, given.id);
+                        prop_assert_eq!(&point.payload, &given.payload);
+                        let data_kept = match (&point.data, &given.data) {
+                            (PointData::Vector(v), Some(proto::point::Data::Vector(g))) => {
+                                *v == g.values
+                            }
+                            (PointData::Text(t), Some(proto::point::Data::Text(g))) => t == g,
+                            _ => false,
+                        };
+                        prop_assert!(data_kept);
+                    }
+                }
+                Err(error) => {
+                    prop_assert!(!valid, "refused a valid request: {:?}: {}", request, error);
+                    check_refusal(error, &["points"])?;
+                }
+            }
+            Ok(())
+        }
+
+        fn check_delete(
+            request: proto::DeleteRequest,
+            limits: &Limits,
+        ) -> Result<(), TestCaseError> {
+            let valid = request.ids.len() <= limits.max_batch;
+            match ids_from_proto(request.clone(), limits) {
+                Ok(ids) => {
+                    prop_assert!(valid);
+                    prop_assert_eq!(ids, request.ids);
+                }
+                Err(error) => {
+                    prop_assert!(!valid);
+                    check_refusal(error, &["ids"])?;
+                }
+            }
+            Ok(())
+        }
+
+        /// Flips, overwrites, cuts and extends an encoded message.
+        fn mutate(
+            mut bytes: Vec<u8>,
+            changes: &[(prop::sample::Index, u8)],
+            cut: Option<prop::sample::Index>,
+            extra: &[u8],
+        ) -> Vec<u8> {
+            if !bytes.is_empty() {
+                for (at, value) in changes {
+                    let at = at.index(bytes.len());
+                    bytes[at] = *value;
+                }
+            }
+            if let Some(cut) = cut {
+                bytes.truncate(cut.index(bytes.len() + 1));
+            }
+            bytes.extend_from_slice(extra);
+            bytes
+        }
+
+        fn mutation() -> impl Strategy<
+            Value = (
+                Vec<(prop::sample::Index, u8)>,
+                Option<prop::sample::Index>,
+                Vec<u8>,
+            ),
+        > {
+            (
+                prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..4),
+                prop::option::of(any::<prop::sample::Index>()),
+                prop::collection::vec(any::<u8>(), 0..12),
+            )
+        }
+
+        /// Limits drawn at random, and a value drawn for them.
+        fn with_limits<S: Strategy>(
+            strategy: impl Fn(Limits) -> S,
+        ) -> impl Strategy<Value = (Limits, S::Value)> {
+            any_limits().prop_flat_map(move |limits| (Just(limits), strategy(limits)))
+        }
+
+        proptest! {
+            #![proptest_config(config(256))]
+
+            #[test]
+            fn search_validation((limits, request) in with_limits(search_request)) {
+                check_search(request, &limits)?;
+            }
+
+            #[test]
+            fn upsert_validation((limits, request) in with_limits(upsert_request)) {
+                check_upsert(request, &limits)?;
+            }
+
+            #[test]
+            fn delete_validation((limits, request) in with_limits(delete_request)) {
+                check_delete(request, &limits)?;
+            }
+
+            /// What the network hands the service: arbitrary bytes, and encodings of generated
+            /// requests with bytes changed, cut or added. Decoding may fail (the transport
+            /// answers that itself); whatever decodes is validated by the same rules.
+            #[test]
+            fn decoded_bytes_validation(
+                (limits, (search, upsert, delete)) in with_limits(|l| {
+                    (search_request(l), upsert_request(l), delete_request(l))
+                }),
+                (changes, cut, extra) in mutation(),
+                raw in prop::collection::vec(any::<u8>(), 0..256),
+            ) {
+                let candidates = [
+                    raw,
+                    mutate(search.encode_to_vec(), &changes, cut, &extra),
+                    mutate(upsert.encode_to_vec(), &changes, cut, &extra),
+                    mutate(delete.encode_to_vec(), &changes, cut, &extra),
+                ];
+                for bytes in &candidates {
+                    if let Ok(request) = proto::SearchRequest::decode(&bytes[..]) {
+                        check_search(request, &limits)?;
+                    }
+                    if let Ok(request) = proto::UpsertRequest::decode(&bytes[..]) {
+                        check_upsert(request, &limits)?;
+                    }
+                    if let Ok(request) = proto::DeleteRequest::decode(&bytes[..]) {
+                        check_delete(request, &limits)?;
+                    }
+                }
+            }
+        }
+
+        /// One step of a session against the engine.
+        #[derive(Debug, Clone)]
+        enum Op {
+            Upsert(proto::UpsertRequest),
+            Search(proto::SearchRequest),
+            Delete(proto::DeleteRequest),
+        }
+
+        fn ops(limits: Limits) -> impl Strategy<Value = Vec<Op>> {
+            let op = prop_oneof![
+                3 => upsert_request(limits).prop_map(Op::Upsert),
+                2 => search_request(limits).prop_map(Op::Search),
+                1 => delete_request(limits).prop_map(Op::Delete),
+            ];
+            prop::collection::vec(op, 1..12)
+        }
+
+        fn metric() -> impl Strategy<Value = Metric> {
+            prop::sample::select(vec![Metric::Cosine, Metric::L2, Metric::Ip])
+        }
+
+        /// Runs `ops` through validation and, when accepted, on `engine` in the order the
+        /// writer would, against a model of what the store must hold.
+        fn run_session(
+            engine: &Engine,
+            limits: &Limits,
+            ops: Vec<Op>,
+        ) -> Result<(), TestCaseError> {
+            let mut model: HashMap<u64, Vec<f32>> = HashMap::new();
+            let mut sequence = 0;
+            for op in ops {
+                match op {
+                    Op::Upsert(request) => {
+                        let Ok(points) = points_from_proto(request, limits) else {
+                            continue;
+                        };
+                        let record = engine.prepare(points);
+                        sequence += 1;
+                        engine.apply(sequence, &record).expect("apply upsert");
+                        if let Record::Upsert(points) = record {
+                            for (id, vector, _) in points {
+                                model.insert(id, vector);
+                            }
+                        }
+                    }
+                    Op::Delete(request) => {
+                        let Ok(ids) = ids_from_proto(request, limits) else {
+                            continue;
+                        };
+                        let existed: HashSet<u64> = ids
+                            .iter()
+                            .copied()
+                            .filter(|id| model.contains_key(id))
+                            .collect();
+                        sequence += 1;
+                        let record = Record::Delete(ids.clone());
+                        let deleted = engine.apply(sequence, &record).expect("apply delete");
+                        prop_assert_eq!(deleted, existed.len());
+                        for id in ids {
+                            model.remove(&id);
+                        }
+                    }
+                    Op::Search(request) => {
+                        let Ok(search) = search_from_proto(request, limits) else {
+                            continue;
+                        };
+                        let hits = engine.search_blocking(&search).expect("search");
+                        prop_assert!(hits.len() <= search.k);
+                        prop_assert!(hits.iter().all(|h| model.contains_key(&h.id)));
+                        if search.exact {
+                            prop_assert_eq!(hits.len(), search.k.min(model.len()));
+                            let ordered = hits
+                                .windows(2)
+                                .all(|w| w[0].distance.total_cmp(&w[1].distance).is_le());
+                            prop_assert!(ordered, "exact hits out of order: {:?}", hits);
+                        }
+                    }
+                }
+            }
+            prop_assert_eq!(engine.len(), model.len());
+            for (id, vector) in &model {
+                prop_assert_eq!(&engine.get(*id).expect("stored").vector, vector);
+            }
+            // With ordinary values (no distance overflowing to infinity), an approximate search
+            // as wide as this tiny index finds every point in it, whatever its id.
+            let ordinary = model.values().flatten().all(|v| v.abs() < 1e3);
+            if ordinary && let Some(query) = model.values().next() {
+                let search = Search {
+                    query: crate::engine::Query::Vector(query.clone()),
+                    k: model.len(),
+                    ef: None,
+                    exact: false,
+                    with_payload: false,
+                };
+                let hits = engine.search_blocking(&search).expect("search");
+                let found: HashSet<u64> = hits.iter().map(|h| h.id).collect();
+                let stored: HashSet<u64> = model.keys().copied().collect();
+                prop_assert_eq!(found, stored);
+            }
+            Ok(())
+        }
+
+        proptest! {
+            // Each case builds a real index: fewer of them.
+            #![proptest_config(config(64))]
+
+            /// Whatever validation accepts runs on a real engine without an error or a panic:
+            /// searches return at most k hits, all stored points (exact ones nearest first);
+            /// deletes count the ids that existed; the store ends up holding the last write of
+            /// each id; and a search as wide as the index finds every point in it.
+            #[test]
+            fn accepted_requests_run_on_a_real_engine(
+                (limits, metric, ops) in (1..6usize, metric()).prop_flat_map(|(dims, metric)| {
+                    let limits =
+                        Limits { dimensions: dims, max_k: 16, max_batch: 4, max_text_bytes: 32 };
+                    (Just(limits), Just(metric), ops(limits))
+                }),
+            ) {
+                let shape = crate::engine::Shape { dimensions: limits.dimensions, metric };
+                let params = HnswParams { search_threads: 1, ..HnswParams::default() };
+                let engine = Engine::new(shape, params, 16).expect("engine");
+                run_session(&engine, &limits, ops)?;
+            }
         }
     }
 }

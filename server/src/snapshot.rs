@@ -358,4 +358,183 @@ mod tests {
             Err(SnapshotError::Corrupt { .. })
         ));
     }
+
+    /// Properties of the loader over random snapshots, damaged ones, and arbitrary bytes: it
+    /// returns exactly what was written, or an error, and never panics.
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use proptest::sample::Index;
+
+        /// `cases` per property, unless `PROPTEST_CASES` asks for more (or fewer) for a deep
+        /// local run. Kept small: these run in CI on every push, and each writes files.
+        fn config(cases: u32) -> ProptestConfig {
+            let mut config = ProptestConfig::default();
+            if std::env::var_os("PROPTEST_CASES").is_none() {
+                config.cases = cases;
+            }
+            config
+        }
+
+        type Point = (u64, Vec<f32>, Payload);
+
+        /// A snapshot's contents: width, metric, sequence, graph file name and points (floats
+        /// from every bit pattern, ids repeating so some points replace others).
+        #[derive(Debug, Clone)]
+        struct Contents {
+            dimensions: usize,
+            metric: Metric,
+            sequence: u64,
+            graph: String,
+            points: Vec<Point>,
+        }
+
+        fn contents() -> impl Strategy<Value = Contents> {
+            let metric = prop::sample::select(vec![Metric::Cosine, Metric::L2, Metric::Ip]);
+            (1..5usize, metric, any::<u64>(), "[a-z0-9.-]{0,12}").prop_flat_map(
+                |(dimensions, metric, sequence, graph)| {
+                    let point = (
+                        prop_oneof![0..8u64, any::<u64>()],
+                        prop::collection::vec(any::<u32>().prop_map(f32::from_bits), dimensions),
+                        prop::collection::hash_map(".{0,4}", ".{0,6}", 0..3),
+                    );
+                    prop::collection::vec(point, 0..6).prop_map(move |points| Contents {
+                        dimensions,
+                        metric,
+                        sequence,
+                        graph: graph.clone(),
+                        points,
+                    })
+                },
+            )
+        }
+
+        fn store(contents: &Contents) -> PointStore {
+            let mut store = PointStore::new(contents.dimensions, contents.metric);
+            for (id, vector, payload) in &contents.points {
+                store.upsert(*id, vector, payload.clone());
+            }
+            store
+        }
+
+        /// A point as compared: floats as bits so that NaNs compare, payload sorted.
+        type Exact = (u64, Vec<u32>, Vec<(String, String)>);
+
+        /// Every point of `store`, by id.
+        fn points(store: &PointStore) -> Vec<Exact> {
+            let mut points: Vec<_> = store
+                .iter()
+                .map(|(id, vector, payload)| {
+                    let mut payload: Vec<_> = payload
+                        .iter()
+                        .map(|(k, v)| (k.clone(), v.clone()))
+                        .collect();
+                    payload.sort();
+                    (id, vector.iter().map(|v| v.to_bits()).collect(), payload)
+                })
+                .collect();
+            points.sort_by_key(|p| p.0);
+            points
+        }
+
+        /// Writes `contents` to a new directory; returns it and the bytes of the points file.
+        fn written(contents: &Contents) -> (tempfile::TempDir, Vec<u8>) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            write_points(
+                dir.path(),
+                &store(contents),
+                contents.metric,
+                contents.sequence,
+                &contents.graph,
+            )
+            .expect("write");
+            let bytes = fs::read(dir.path().join(POINTS_FILE)).expect("read");
+            (dir, bytes)
+        }
+
+        /// Damage to a snapshot file.
+        #[derive(Debug, Clone)]
+        enum Damage {
+            Truncate(Index),
+            Flip(Index, u8),
+            Overwrite(Vec<(Index, u8)>),
+        }
+
+        fn damage() -> impl Strategy<Value = Damage> {
+            prop_oneof![
+                any::<Index>().prop_map(Damage::Truncate),
+                (any::<Index>(), 0..8u8).prop_map(|(at, bit)| Damage::Flip(at, bit)),
+                prop::collection::vec((any::<Index>(), 1..=255u8), 1..5)
+                    .prop_map(Damage::Overwrite),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(config(128))]
+
+            /// What is written is read back: every point bit for bit, sequence, graph name.
+            #[test]
+            fn round_trip(contents in contents()) {
+                let (dir, _) = written(&contents);
+                let loaded = read_points(dir.path(), contents.dimensions, contents.metric)
+                    .expect("read")
+                    .expect("present");
+                prop_assert_eq!(points(&loaded.store), points(&store(&contents)));
+                prop_assert_eq!(loaded.sequence, contents.sequence);
+                let graph = (!contents.graph.is_empty()).then(|| dir.path().join(&contents.graph));
+                prop_assert_eq!(loaded.graph, graph);
+            }
+
+            /// A snapshot cut short or with any byte changed is refused, as damaged or (when
+            /// the change hit the width or metric) as made for another index; never loaded,
+            /// never a panic.
+            #[test]
+            fn damaged_snapshot_is_refused(contents in contents(), damage in damage()) {
+                let (dir, mut bytes) = written(&contents);
+                let original = bytes.clone();
+                match &damage {
+                    Damage::Truncate(at) => bytes.truncate(at.index(bytes.len())),
+                    Damage::Flip(at, bit) => {
+                        let at = at.index(bytes.len());
+                        bytes[at] ^= 1 << bit;
+                    }
+                    Damage::Overwrite(changes) => {
+                        for (at, mask) in changes {
+                            let at = at.index(bytes.len());
+                            bytes[at] ^= mask;
+                        }
+                    }
+                }
+                prop_assume!(bytes != original, "two changes cancelled out");
+                fs::write(dir.path().join(POINTS_FILE), &bytes).expect("write");
+                match read_points(dir.path(), contents.dimensions, contents.metric) {
+                    Err(SnapshotError::Corrupt { .. } | SnapshotError::Mismatch { .. }) => {}
+                    other => prop_assert!(false, "damaged snapshot gave {:?}", other),
+                }
+            }
+
+            /// Arbitrary bytes, bare or behind a valid header (so the loader reaches the
+            /// graph name, counts, vectors and payload lengths): an error, never a panic.
+            #[test]
+            fn arbitrary_bytes_are_refused(
+                header in any::<bool>(),
+                rest in prop::collection::vec(any::<u8>(), 0..512),
+            ) {
+                let dir = tempfile::tempdir().expect("tempdir");
+                let mut bytes = Vec::new();
+                if header {
+                    bytes.extend_from_slice(MAGIC);
+                    bytes.extend_from_slice(&3u32.to_le_bytes());
+                    bytes.extend_from_slice(&[2]);
+                    bytes.extend_from_slice(b"l2");
+                }
+                bytes.extend_from_slice(&rest);
+                fs::write(dir.path().join(POINTS_FILE), &bytes).expect("write");
+                match read_points(dir.path(), 3, Metric::L2) {
+                    Err(SnapshotError::Corrupt { .. } | SnapshotError::Mismatch { .. }) => {}
+                    other => prop_assert!(false, "arbitrary bytes gave {:?}", other),
+                }
+            }
+        }
+    }
 }

@@ -343,6 +343,23 @@ mod tests {
         }
     }
 
+    /// A log left by a crash under another `--dimensions`, before any snapshot: start-up
+    /// refuses it with an error naming the point, instead of panicking while replaying it.
+    #[test]
+    fn replaying_a_log_of_another_width_is_an_error() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mut wal, _) = Wal::open(&dir.path().join("wal"), 0).expect("wal");
+        let four_wide = Record::Upsert(vec![(7, vec![1.0, 2.0, 3.0, 4.0], Payload::new())]);
+        wal.append(&[&four_wide]).expect("append");
+        drop(wal);
+        match Storage::open(&Config::new(dir.path(), 3), SnapshotPolicy::default()) {
+            Err(OpenError::Replay(Error::InvalidArgument { field, .. })) => {
+                assert_eq!(field, "point 7")
+            }
+            other => panic!("expected a replay error, got {other:?}"),
+        }
+    }
+
     /// Many writers at once: every acknowledged write gets its own sequence number, group
     /// commits share syncs, and all of it is there after a reopen that replays the log only.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
