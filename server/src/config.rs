@@ -80,6 +80,12 @@ pub struct Args {
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "VECRIG_LOG", default_value = "info")]
     pub log: String,
+    /// The memory guard.
+    #[command(flatten)]
+    pub memory: crate::memory::Args,
+    /// The health probe (`--probe`).
+    #[command(flatten)]
+    pub probe: crate::probe::Args,
 }
 
 /// Validated server configuration.
@@ -113,6 +119,8 @@ pub struct Config {
     pub snapshots: crate::storage::SnapshotPolicy,
     /// TLS identity, when serving https.
     pub tls: Option<Tls>,
+    /// When to refuse work for lack of memory.
+    pub memory: crate::memory::Config,
 }
 
 /// A TLS identity: PEM certificate chain and private key.
@@ -193,6 +201,7 @@ impl Config {
             grace: Duration::from_secs(10),
             snapshots: crate::storage::SnapshotPolicy::default(),
             tls: None,
+            memory: crate::memory::Config::default(),
         }
     }
 }
@@ -252,6 +261,7 @@ impl TryFrom<&Args> for Config {
                 key: read(key)?,
             });
         }
+        config.memory = crate::memory::Config::try_from(&args.memory).map_err(ConfigError)?;
         config.snapshots = crate::storage::SnapshotPolicy {
             wal_bytes: args.snapshot_wal_bytes.max(1 << 20),
             interval: args.snapshot_interval,

@@ -1,6 +1,8 @@
 //! `vecrig-server`: a vector index served over gRPC, behind admission control.
 //!
 //! Layout, in the order a request meets it:
+//! - [`memory`]: refuses writes (then searches) as the process nears its memory limit, so it
+//!   answers RESOURCE_EXHAUSTED instead of being OOM-killed;
 //! - [`admission`]: the concurrency limit, bounded queue and load shedding in front of the
 //!   VectorIndex service (health and reflection stay outside it, so probes answer under load);
 //! - [`service`]: proto to domain types, validation, domain errors to gRPC status codes;
@@ -8,6 +10,8 @@
 //! - [`embed`]: text to vectors; [`index`]: points, exact scan and the HNSW graph;
 //! - [`storage`]: durability: the write-ahead log ([`wal`]), group commit, [`snapshot`]s,
 //!   recovery on start.
+//!
+//! [`probe`] is `vecrig-server --probe`, the container health check.
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
@@ -17,6 +21,8 @@ pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod index;
+pub mod memory;
+pub mod probe;
 pub mod service;
 pub mod snapshot;
 pub mod storage;
@@ -130,6 +136,11 @@ pub async fn serve(
         .max_encoding_message_size(config.max_message_bytes);
     // Admission wraps only VectorIndex: health and reflection must answer while it sheds.
     let admitted = AdmissionLayer::new(Arc::clone(&admission)).layer(index_server);
+    // The memory guard goes outside admission: a call refused for memory must not take a
+    // queue slot, and its body is never read.
+    let memory = memory::MemoryGuard::new(&config.memory);
+    tracing::info!(limit_bytes = memory.limit(), "memory guard");
+    let admitted = memory::MemoryLayer::new(memory).layer(admitted);
 
     let incoming = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
