@@ -33,8 +33,9 @@ else
   compose() { docker-compose "$@"; }
 fi
 
-# `up` waits for the server's health check (depends_on: service_healthy) before the loadgen.
-compose up -d loadgen
+# `up` waits for the server's health check (depends_on: service_healthy) before the loadgen;
+# one loadgen, even if an earlier run scaled it up.
+compose up -d --scale loadgen=1 loadgen
 server=$(compose ps -q server)
 loadgen=$(compose ps -q loadgen)
 
