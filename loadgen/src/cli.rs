@@ -237,7 +237,7 @@ pub enum Command {
         /// Points per upsert [16; memory 64].
         #[arg(long)]
         batch: Option<usize>,
-        /// Extra payload bytes per point [0; memory 16384].
+        /// Extra payload bytes per point [0; memory 8192].
         #[arg(long)]
         pad_bytes: Option<usize>,
         /// Each request's deadline [2s; memory 10s].

@@ -84,7 +84,7 @@ impl FaultRun {
                 workers: 10,
                 upsert_fraction: 0.5,
                 batch: 64,
-                pad_bytes: 16 * 1024,
+                pad_bytes: 8 * 1024,
                 // A snapshot under heavy writes stalls writes for a moment: slow, not gone.
                 request_timeout: Duration::from_secs(10),
                 ..base
@@ -248,8 +248,9 @@ pub fn render(v: &vecrig::validation::fault::FaultVerdict) -> String {
         _ => out += "no outage; ",
     }
     out += &format!(
-        "server restarts {}; refused {}\n  acknowledged writes: {} points, {} read back as written, {} lost, {} unverified{}\n",
+        "server restarts {}; longest Stats gap {:.1} s; refused {}\n  acknowledged writes: {} points, {} read back as written, {} lost, {} unverified{}\n",
         v.server_restarts,
+        v.max_stats_gap_s,
         v.refused,
         v.acks.acked,
         v.acks.verified,
