@@ -321,17 +321,21 @@ fn run_fault(env: &Environment, kind: FaultKind, extra: &[(&str, &str)]) -> (Rep
         output.status,
         env.logs()
     );
+    let scenario = &report.scenarios[0];
     eprintln!(
-        "docker test: fault {}: outage {:.0} s ({:?}), throughput back {:?} s after, restarts {}, refused {}, acked {} / verified {} / lost {}",
+        "docker test: fault {}: outage {:.0} s ({:?}), throughput back {:?} s after, restarts {}, longest Stats gap {:.1} s, refused {}, acked {} / verified {} / lost {}; p99 {:.0} ms, server memory max {:.0} MB",
         kind.name(),
         verdict.outage_s,
         verdict.outage_errors,
         verdict.recovery_s,
         verdict.server_restarts,
+        verdict.max_stats_gap_s,
         verdict.refused,
         verdict.acks.acked,
         verdict.acks.verified,
-        verdict.acks.lost
+        verdict.acks.lost,
+        scenario.total.latency.p99_ms,
+        scenario.server.rss_max_bytes as f64 / 1e6
     );
     (report, verdict)
 }
