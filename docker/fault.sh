@@ -10,7 +10,9 @@
 # from outside with docker commands. Exit code: the loadgen's (0 = the verdict passed).
 #
 # Variables: VECRIG_DURATION (load, default 40s), FAULT_AFTER (seconds before the fault, 10),
-# FAULT_FOR (seconds the fault lasts, 5), plus compose.yaml's (VECRIG_SERVER_MEMORY, ...).
+# FAULT_FOR (seconds the fault lasts, 5), FAULT_FLAGS (more `fault` flags, e.g.
+# "--rate 500 --recover-within 5s"), plus compose.yaml's (VECRIG_SERVER_MEMORY, ...).
+# The report is in $VECRIG_REPORTS/fault-KIND/shard-0.json (VECRIG_RUN overrides the folder).
 # Compose's own COMPOSE_PROJECT_NAME picks the environment. The server is started if needed
 # and left running.
 set -euo pipefail

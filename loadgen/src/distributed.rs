@@ -148,15 +148,29 @@ pub fn report_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
 /// Checks that sharded reports are one whole run: the same N everywhere, each index 0..N
 /// once. Reports without shards (or mixed with some) are left to `merge` itself.
 pub fn check_complete(reports: &[Report]) -> Result<(), String> {
-    let shards: Vec<(u64, u64)> = reports
+    let shards: Vec<Option<&str>> = reports
         .iter()
-        .filter_map(|r| r.scenarios.first()?.parameters.get("shard"))
+        .map(|r| {
+            r.scenarios
+                .first()
+                .and_then(|s| s.parameters.get("shard"))
+                .map(String::as_str)
+        })
+        .collect();
+    check_shards(&shards)
+}
+
+/// [`check_complete`] on the reports' `shard` parameters (`I/N`).
+fn check_shards(parameters: &[Option<&str>]) -> Result<(), String> {
+    let shards: Vec<(u64, u64)> = parameters
+        .iter()
+        .flatten()
         .filter_map(|s| {
             let (i, n) = s.split_once('/')?;
             Some((i.parse().ok()?, n.parse().ok()?))
         })
         .collect();
-    if shards.len() != reports.len() {
+    if shards.is_empty() || shards.len() != parameters.len() {
         return Ok(());
     }
     let count = shards[0].1;
@@ -233,6 +247,17 @@ mod tests {
             .await
             .expect_err("one address, three expected");
         assert!(error.to_string().contains("expected 3"), "{error}");
+    }
+
+    #[test]
+    fn shards_of_one_run_are_complete() {
+        assert!(check_shards(&[Some("1/2"), Some("0/2")]).is_ok());
+        assert!(check_shards(&[None, None]).is_ok(), "not sharded: merge decides");
+        assert!(check_shards(&[Some("0/1"), None]).is_ok(), "mixed: merge decides");
+        let missing = check_shards(&[Some("0/3"), Some("2/3")]).expect_err("1/3 missing");
+        assert!(missing.contains("0/3"), "{missing}");
+        assert!(check_shards(&[Some("0/2"), Some("0/2")]).is_err(), "a shard twice");
+        assert!(check_shards(&[Some("0/2"), Some("1/3")]).is_err(), "two runs");
     }
 
     #[test]
