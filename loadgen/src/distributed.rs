@@ -252,12 +252,24 @@ mod tests {
     #[test]
     fn shards_of_one_run_are_complete() {
         assert!(check_shards(&[Some("1/2"), Some("0/2")]).is_ok());
-        assert!(check_shards(&[None, None]).is_ok(), "not sharded: merge decides");
-        assert!(check_shards(&[Some("0/1"), None]).is_ok(), "mixed: merge decides");
+        assert!(
+            check_shards(&[None, None]).is_ok(),
+            "not sharded: merge decides"
+        );
+        assert!(
+            check_shards(&[Some("0/1"), None]).is_ok(),
+            "mixed: merge decides"
+        );
         let missing = check_shards(&[Some("0/3"), Some("2/3")]).expect_err("1/3 missing");
         assert!(missing.contains("0/3"), "{missing}");
-        assert!(check_shards(&[Some("0/2"), Some("0/2")]).is_err(), "a shard twice");
-        assert!(check_shards(&[Some("0/2"), Some("1/3")]).is_err(), "two runs");
+        assert!(
+            check_shards(&[Some("0/2"), Some("0/2")]).is_err(),
+            "a shard twice"
+        );
+        assert!(
+            check_shards(&[Some("0/2"), Some("1/3")]).is_err(),
+            "two runs"
+        );
     }
 
     #[test]
