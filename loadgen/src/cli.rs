@@ -122,6 +122,12 @@ pub struct Cli {
     /// flags and I = 0..N-1 together send the whole; `merge` combines their reports.
     #[arg(long, env = "VECRIG_SHARD", value_parser = parse_shard, global = true)]
     pub shard: Option<(u64, u64)>,
+    /// Find this loadgen's shard among N replicas of NAME, as NAME/N (`loadgen/4` with
+    /// `docker compose up --scale loadgen=4`): NAME resolves to the N replicas' addresses,
+    /// sorted, and this one's position is its index. `{shard}` in --out, --html and --hdr-log
+    /// becomes the index.
+    #[arg(long, env = "VECRIG_SHARD_PEERS", value_parser = crate::distributed::parse_peers, global = true, conflicts_with = "shard")]
+    pub shard_peers: Option<(String, u64)>,
     /// Start a local vecrig-server (preloaded, on a free port) for this run and target it.
     #[arg(long, global = true)]
     pub spawn_server: bool,
@@ -219,6 +225,49 @@ pub enum Command {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+    /// A paced load of searches and stamped writes while a fault is injected from outside
+    /// (restart: the server killed and started again; partition: the network cut and
+    /// restored; memory: the server pushed to its memory limit by this load; none: a control).
+    /// Every acknowledged write is read back after; the verdict (outage, recovery, restarts,
+    /// writes lost) is in the report. See docker/fault.sh.
+    Fault {
+        /// The fault expected: restart, partition, memory or none.
+        #[arg(long, env = "VECRIG_FAULT", value_parser = parse_fault_kind)]
+        kind: vecrig::validation::fault::FaultKind,
+        /// How long the load runs [60s].
+        #[arg(long, env = "VECRIG_DURATION", value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Requests per second in total [200; memory 50].
+        #[arg(long, env = "VECRIG_RATE")]
+        rate: Option<f64>,
+        /// Paced workers [20; memory 10].
+        #[arg(long)]
+        workers: Option<u64>,
+        /// Share of upserts [0.2; memory 0.5].
+        #[arg(long)]
+        write_fraction: Option<f64>,
+        /// Points per upsert [16; memory 64].
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Extra payload bytes per point [0; memory 8192].
+        #[arg(long)]
+        pad_bytes: Option<usize>,
+        /// Each request's deadline [2s; memory 10s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        request_timeout: Option<Duration>,
+        /// HTTP/2 keepalive: how soon a vanished peer is noticed [2s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        keepalive: Option<Duration>,
+        /// Throughput must be back within this long after the outage [10s].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        recover_within: Option<Duration>,
+        /// ... to this fraction of the throughput before it [0.8].
+        #[arg(long)]
+        recovered_fraction: Option<f64>,
+        /// Longest outage that passes [2m].
+        #[arg(long, value_parser = humantime::parse_duration)]
+        max_outage: Option<Duration>,
+    },
     /// A custom load in stages, closed (users) or open (arrival rate), as k6's ramping executors.
     Load {
         /// closed: users wait for their answers; open: arrivals on schedule whatever the answers.
@@ -238,6 +287,10 @@ pub enum Command {
         #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
         think: Duration,
     },
+}
+
+fn parse_fault_kind(text: &str) -> Result<vecrig::validation::fault::FaultKind, String> {
+    text.parse()
 }
 
 fn parse_shard(text: &str) -> Result<(u64, u64), String> {
@@ -317,11 +370,52 @@ impl Cli {
         })
     }
 
+    /// The fault run, for the `fault` subcommand: the kind's defaults, overridden by flags.
+    pub fn fault_run(&self) -> Option<crate::fault::FaultRun> {
+        let Command::Fault {
+            kind,
+            duration,
+            rate,
+            workers,
+            write_fraction,
+            batch,
+            pad_bytes,
+            request_timeout,
+            keepalive,
+            recover_within,
+            recovered_fraction,
+            max_outage,
+        } = &self.command
+        else {
+            return None;
+        };
+        let d = crate::fault::FaultRun::new(*kind);
+        Some(crate::fault::FaultRun {
+            kind: *kind,
+            duration: duration.unwrap_or(d.duration),
+            rate: rate.unwrap_or(d.rate).max(0.1),
+            workers: workers.unwrap_or(d.workers).max(1),
+            upsert_fraction: write_fraction.unwrap_or(d.upsert_fraction).clamp(0.0, 1.0),
+            batch: batch.unwrap_or(d.batch).max(1),
+            pad_bytes: pad_bytes.unwrap_or(d.pad_bytes),
+            request_timeout: request_timeout.unwrap_or(d.request_timeout),
+            keepalive: keepalive
+                .unwrap_or(d.keepalive)
+                .max(Duration::from_millis(100)),
+            recover_within: recover_within.unwrap_or(d.recover_within),
+            recovered_fraction: recovered_fraction
+                .unwrap_or(d.recovered_fraction)
+                .clamp(0.0, 1.0),
+            max_outage: max_outage.unwrap_or(d.max_outage),
+            verify_concurrency: d.verify_concurrency,
+        })
+    }
+
     /// What to run.
     pub fn plan(&self) -> Plan {
         let full = self.profile == Profile::Full;
         let scenarios = match &self.command {
-            Command::Merge { .. } | Command::Run { .. } => Vec::new(),
+            Command::Merge { .. } | Command::Run { .. } | Command::Fault { .. } => Vec::new(),
             Command::Suite => ScenarioSpec::suite(self.profile),
             Command::ExtremeConcurrency {
                 users,

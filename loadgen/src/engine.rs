@@ -315,7 +315,9 @@ impl Context {
         let call = async {
             match op {
                 Op::Search(r) => client.search(self.request(r.clone())).await.map(drop),
-                Op::Upsert(r) => client.upsert(self.request(r.clone())).await.map(drop),
+                Op::Upsert(r) | Op::Durable(r, _) => {
+                    client.upsert(self.request(r.clone())).await.map(drop)
+                }
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
@@ -360,6 +362,9 @@ impl Context {
             };
             recorder.record(&outcome);
             self.progress.record(&outcome);
+            if let (Code::Ok, Op::Durable(request, acks)) = (code, &op) {
+                acks.record(request);
+            }
             return;
         }
     }
@@ -478,8 +483,10 @@ pub async fn run_scenario(
                 queued: s.queued,
                 shed_total: s.shed_total,
                 rss_bytes: s.rss_bytes,
+                uptime_ms: s.uptime_ms,
             })
             .collect(),
+        fault: None,
     };
     threshold::judge(&mut report, &scenario.thresholds);
     if !abort_failures.is_empty() {

@@ -7,9 +7,16 @@
 //! [`stats`] (HdrHistograms and counts by gRPC code, per phase) -> a
 //! [`vecrig::validation::report::Report`], judged by thresholds and printed by [`report`].
 //! [`cli`] turns flags into a [`Plan`]; tests build a [`Plan`] directly.
+//!
+//! [`fault`] runs a paced load while a fault is injected from outside and judges what the
+//! clients saw ([`acks`]: acknowledged writes, read back after); [`distributed`] finds a
+//! replica's shard index among its peers (`docker compose up --scale loadgen=N`).
 
+pub mod acks;
 pub mod cli;
+pub mod distributed;
 pub mod engine;
+pub mod fault;
 pub mod file;
 pub mod html;
 pub mod merge;

@@ -34,7 +34,11 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> i32 {
+async fn run(mut cli: Cli) -> i32 {
+    if let Err(e) = vecrig_loadgen::distributed::prepare(&mut cli).await {
+        eprintln!("error: {e}");
+        return cli::EXIT_ERROR;
+    }
     if let cli::Command::Merge { reports } = &cli.command {
         return merge(&cli, reports);
     }
@@ -102,7 +106,10 @@ async fn run(cli: Cli) -> i32 {
                 }
             }
         }
-        _ => vecrig_loadgen::run(&options, &cli.plan(), &stop).await,
+        _ => match cli.fault_run() {
+            Some(fault) => vecrig_loadgen::fault::run(&options, &cli.plan(), &fault, &stop).await,
+            None => vecrig_loadgen::run(&options, &cli.plan(), &stop).await,
+        },
     };
     if let Some(server) = local {
         server.stop(Duration::from_secs(30)).await;
@@ -119,8 +126,15 @@ async fn run(cli: Cli) -> i32 {
 
 /// `merge`: read the shards' reports, combine, print, write, exit by the verdict.
 fn merge(cli: &Cli, paths: &[std::path::PathBuf]) -> i32 {
+    let paths = match vecrig_loadgen::distributed::report_files(paths) {
+        Ok(paths) => paths,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return cli::EXIT_ERROR;
+        }
+    };
     let mut reports = Vec::new();
-    for path in paths {
+    for path in &paths {
         let parsed = std::fs::read(path)
             .map_err(|e| e.to_string())
             .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|e| e.to_string()));
@@ -131,6 +145,10 @@ fn merge(cli: &Cli, paths: &[std::path::PathBuf]) -> i32 {
                 return cli::EXIT_ERROR;
             }
         }
+    }
+    if let Err(e) = vecrig_loadgen::distributed::check_complete(&reports) {
+        eprintln!("error: {e}");
+        return cli::EXIT_ERROR;
     }
     match vecrig_loadgen::merge::merge(&reports) {
         Ok(report) => finish(cli, &report),

@@ -114,6 +114,7 @@ fn merge_scenarios(shards: &[&ScenarioReport]) -> Result<ScenarioReport, MergeEr
         passed: false,
         timeline: merge_timelines(shards),
         server_timeline: first.server_timeline.clone(),
+        fault: None,
     };
     // Re-judge with the same expressions; the recovery check is recomputed by its own rule.
     let mut expressions: Vec<Threshold> = Vec::new();
@@ -136,6 +137,14 @@ fn merge_scenarios(shards: &[&ScenarioReport]) -> Result<ScenarioReport, MergeEr
     if recovery && let Some(r) = criteria::recovery(&merged) {
         merged.passed &= r.passed;
         merged.thresholds.push(r);
+    }
+    // A fault run's verdict is judged again on the merged timeline, its read-back checks added
+    // up (its check expressions are not thresholds, so the loop above skipped them).
+    let verdicts: Vec<_> = shards.iter().filter_map(|s| s.fault.as_ref()).collect();
+    if let Some((verdict, checks)) = vecrig::validation::fault::merge(&merged, &verdicts) {
+        merged.passed &= checks.iter().all(|c| c.passed);
+        merged.thresholds.extend(checks);
+        merged.fault = Some(verdict);
     }
     for violation in criteria::graceful_violations(&merged) {
         merged.warnings.push(format!("not graceful: {violation}"));

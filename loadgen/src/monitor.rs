@@ -30,6 +30,8 @@ pub struct Sample {
     pub rss_bytes: u64,
     /// Points in the index.
     pub points: u64,
+    /// The server's uptime (a restart shows as a value going back).
+    pub uptime_ms: u64,
 }
 
 /// The sampler: a background task plus explicit samples at phase boundaries.
@@ -153,6 +155,7 @@ async fn take(
             shed_total: s.shed_total,
             rss_bytes: s.rss_bytes,
             points: s.points,
+            uptime_ms: s.uptime_ms,
         });
 }
 

@@ -126,6 +126,9 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
             }
         );
     }
+    if let Some(fault) = &s.fault {
+        out.push_str(&crate::fault::render(fault));
+    }
     for w in &s.warnings {
         let _ = writeln!(out, "  warning: {w}");
     }

@@ -6,7 +6,9 @@
 //! - `vector`: vectors drawn from the same clustered distribution as the `--preload` data
 //!   (`exact`: the same, answered by brute-force scan);
 //! - `large-text`: ~150 KB texts (the memory-pressure scenario);
-//! - `mixed`: vector searches with a chosen fraction of upserts (batches of new points).
+//! - `mixed`: vector searches with a chosen fraction of upserts (batches of new points);
+//! - durable (fault runs only): as mixed, but every upserted point is stamped and its
+//!   acknowledgement recorded, so it can be read back after a fault ([`crate::acks`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -40,6 +42,18 @@ pub enum WorkloadKind {
         /// Points per upsert.
         batch: usize,
     },
+    /// As `Mixed`, with every point stamped and its acknowledgement recorded in `acks`, and
+    /// `pad_bytes` of payload per point (to fill the server's memory).
+    Durable {
+        /// Fraction of requests that are upserts.
+        upsert_fraction: f64,
+        /// Points per upsert.
+        batch: usize,
+        /// Extra payload bytes per point.
+        pad_bytes: usize,
+        /// Where acknowledged points are recorded.
+        acks: crate::acks::Acks,
+    },
 }
 
 impl std::str::FromStr for WorkloadKind {
@@ -70,6 +84,8 @@ pub enum Op {
     Search(proto::SearchRequest),
     /// An upsert.
     Upsert(proto::UpsertRequest),
+    /// An upsert whose acknowledgement is recorded (its points are read back after a fault).
+    Durable(proto::UpsertRequest, crate::acks::Acks),
 }
 
 /// A workload: what to send, for every user.
@@ -86,6 +102,8 @@ pub struct Workload {
 
 /// Ids of points written by the mixed workload start here, far above any preloaded id.
 pub const WRITE_ID_BASE: u64 = 1 << 40;
+/// Ids of points written by the durable workload start here, apart from the mixed ones.
+pub const DURABLE_ID_BASE: u64 = 1 << 60;
 
 impl Workload {
     /// A workload over `dimensions`-wide data seeded by `seed` (the server's `--preload-seed`).
@@ -145,7 +163,8 @@ pub struct Generator {
 impl Generator {
     /// The user's `i`-th request.
     pub fn next(&mut self, i: u64) -> Op {
-        let w = &self.workload;
+        // A handle of our own: the durable arm keeps `acks` while building its upsert.
+        let w = Arc::clone(&self.workload);
         let text = |t: String| {
             Op::Search(proto::SearchRequest {
                 query: Some(search_request::Query::Text(t)),
@@ -169,7 +188,28 @@ impl Generator {
                 batch,
             } => {
                 if self.rng.random_bool(upsert_fraction.clamp(0.0, 1.0)) {
-                    self.upsert(i, *batch)
+                    Op::Upsert(self.upsert(WRITE_ID_BASE, i, *batch, &[]))
+                } else {
+                    self.vector_search(false)
+                }
+            }
+            WorkloadKind::Durable {
+                upsert_fraction,
+                batch,
+                pad_bytes,
+                acks,
+            } => {
+                if self.rng.random_bool(upsert_fraction.clamp(0.0, 1.0)) {
+                    let extra = [
+                        (crate::acks::STAMP_KEY, acks.stamp().to_string()),
+                        ("pad", "x".repeat(*pad_bytes)),
+                    ];
+                    let extra = if *pad_bytes == 0 {
+                        &extra[..1]
+                    } else {
+                        &extra[..]
+                    };
+                    Op::Durable(self.upsert(DURABLE_ID_BASE, i, *batch, extra), acks.clone())
                 } else {
                     self.vector_search(false)
                 }
@@ -187,24 +227,33 @@ impl Generator {
         })
     }
 
-    fn upsert(&mut self, i: u64, batch: usize) -> Op {
+    /// A batch of new points with ids from `base`, each with `extra` payload entries.
+    fn upsert(
+        &mut self,
+        base: u64,
+        i: u64,
+        batch: usize,
+        extra: &[(&str, String)],
+    ) -> proto::UpsertRequest {
         let points = (0..batch.max(1) as u64)
             .map(|j| {
                 // Unique per (user, request, point): writers never overwrite each other.
-                let id = WRITE_ID_BASE + (self.user << 24) + ((i * batch as u64 + j) & 0xff_ffff);
+                let id = base + (self.user << 24) + ((i * batch as u64 + j) & 0xff_ffff);
+                let mut payload = HashMap::from([("writer".to_string(), self.user.to_string())]);
+                payload.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
                 proto::Point {
                     id,
                     data: Some(point::Data::Vector(proto::Vector {
                         values: self.workload.data.query_vector(&mut self.rng),
                     })),
-                    payload: HashMap::from([("writer".to_string(), self.user.to_string())]),
+                    payload,
                 }
             })
             .collect();
-        Op::Upsert(proto::UpsertRequest {
+        proto::UpsertRequest {
             points,
             wait: false,
-        })
+        }
     }
 }
 

@@ -144,6 +144,12 @@ pub struct Args {
     /// Time a peer has to answer a keepalive ping before it is disconnected.
     #[arg(long, env = "VECRIG_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub keepalive_timeout: Duration,
+    /// The memory guard.
+    #[command(flatten)]
+    pub memory: crate::memory::Args,
+    /// The health probe (`--probe`).
+    #[command(flatten)]
+    pub probe: crate::probe::Args,
 }
 
 /// Validated server configuration.
@@ -183,6 +189,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// Connection and HTTP/2 limits against abusive peers.
     pub connection_limits: crate::limits::ConnectionLimits,
+    /// When to refuse work for lack of memory.
+    pub memory: crate::memory::Config,
 }
 
 /// A TLS identity: PEM certificate chain and private key.
@@ -288,6 +296,7 @@ impl Config {
             auth_token: None,
             metrics_listen: None,
             connection_limits: crate::limits::ConnectionLimits::default(),
+            memory: crate::memory::Config::default(),
         }
     }
 }
@@ -357,6 +366,7 @@ impl TryFrom<&Args> for Config {
                 key: read(key)?,
             });
         }
+        config.memory = crate::memory::Config::try_from(&args.memory).map_err(ConfigError)?;
         config.snapshots = crate::storage::SnapshotPolicy {
             wal_bytes: args.snapshot_wal_bytes.max(1 << 20),
             interval: args.snapshot_interval,

@@ -7,14 +7,18 @@
 //!   on `--metrics-listen`);
 //! - [`auth`]: the bearer token, checked before admission so unauthenticated calls take no
 //!   queue places;
+//! - [`memory`]: refuses writes (then searches) as the process nears its memory limit, so it
+//!   answers RESOURCE_EXHAUSTED instead of being OOM-killed;
 //! - [`admission`]: the cost-weighted concurrency limit, bounded queue and load shedding in
-//!   front of the VectorIndex service (health and reflection stay outside all three, so probes
+//!   front of the VectorIndex service (health and reflection stay outside all four, so probes
 //!   answer under load);
 //! - [`service`]: proto to domain types, validation, domain errors to gRPC status codes;
 //! - [`engine`]: runs index work on the blocking pool, one writer, bounded searches;
 //! - [`embed`]: text to vectors; [`index`]: points, exact scan and the HNSW graph;
 //! - [`storage`]: durability: the write-ahead log ([`wal`]), group commit, [`snapshot`]s,
 //!   recovery on start.
+//!
+//! [`probe`] is `vecrig-server --probe`, the container health check.
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
@@ -26,7 +30,9 @@ pub mod engine;
 pub mod error;
 pub mod index;
 pub mod limits;
+pub mod memory;
 pub mod metrics;
+pub mod probe;
 pub mod service;
 pub mod snapshot;
 pub mod storage;
@@ -154,9 +160,15 @@ pub async fn serve(
     // These wrap only VectorIndex: health and reflection must answer while it sheds, and
     // without a token. Outermost first: metrics sees every call (refused ones too); auth
     // refuses strangers before they can take a place in admission's queue.
+    // The memory guard sits between auth and admission: a call refused for memory must not
+    // take a queue slot, and its body is never read.
+    let memory = memory::MemoryGuard::new(&config.memory);
+    tracing::info!(limit_bytes = memory.limit(), "memory guard");
     let admitted = MetricsLayer::new(Arc::clone(&metrics)).layer(
-        AuthLayer::new(config.auth_token.clone())
-            .layer(AdmissionLayer::new(Arc::clone(&admission)).layer(index_server)),
+        AuthLayer::new(config.auth_token.clone()).layer(
+            memory::MemoryLayer::new(memory)
+                .layer(AdmissionLayer::new(Arc::clone(&admission)).layer(index_server)),
+        ),
     );
     let metrics_task = match config.metrics_listen {
         Some(addr) => {

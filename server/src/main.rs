@@ -15,6 +15,12 @@ async fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let config = Config::try_from(&args)?;
+    if args.probe.probe {
+        let tls = config.tls.as_ref();
+        let tls = tls.map(|t| (t.cert.as_slice(), args.probe.probe_tls_domain.as_str()));
+        vecrig_server::probe::check(args.listen, tls, args.probe.probe_timeout).await?;
+        return Ok(());
+    }
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

@@ -6,10 +6,12 @@
 //!   on a report;
 //! - [`criteria`]: the specification's pass criteria for its five scenarios, as thresholds, and
 //!   the graceful-degradation checks every run must pass;
+//! - [`fault`]: the verdict of a run with a fault injected (restart, network cut, memory);
 //! - [`StressTester`]: a cloneable handle that searches a target, in the spirit of the
 //!   specification's `StressTester`.
 
 pub mod criteria;
+pub mod fault;
 pub mod report;
 pub mod threshold;
 

@@ -86,6 +86,9 @@ pub struct ScenarioReport {
     /// The server's `Stats` samples, about once a second, for charts.
     #[serde(default)]
     pub server_timeline: Vec<ServerPoint>,
+    /// The verdict of a fault run (`vecrig-loadgen fault`); absent for other scenarios.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<super::fault::FaultVerdict>,
 }
 
 /// One second of a scenario, by the time answers arrived.
@@ -120,6 +123,9 @@ pub struct ServerPoint {
     pub shed_total: u64,
     /// Resident memory.
     pub rss_bytes: u64,
+    /// The server's uptime: a value below the previous sample's means it restarted.
+    #[serde(default)]
+    pub uptime_ms: u64,
 }
 
 /// One phase of load.

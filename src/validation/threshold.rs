@@ -423,6 +423,7 @@ mod tests {
             passed: false,
             timeline: vec![],
             server_timeline: vec![],
+            fault: None,
         };
         judge(
             &mut scenario,

@@ -1,0 +1,587 @@
+//! Verdicts of fault runs: a paced load kept up while a fault is injected from outside (the
+//! server killed and restarted, the network cut, the server pushed against its memory limit),
+//! judged on what the clients saw.
+//!
+//! The verdict is computed from the scenario's second-by-second timeline and the server's
+//! `Stats` samples, plus the check of acknowledged writes that the loadgen makes after the
+//! load (every write answered OK is read back with `Get`):
+//! - the **outage** runs from the first to the last second in which requests failed for want
+//!   of a server (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN, INTERNAL);
+//!   RESOURCE_EXHAUSTED is a refusal, not an outage;
+//! - **recovery** is how many seconds after the outage's last second the successes per second
+//!   are back to a fraction of the baseline (the median second before the outage);
+//! - a **restart** is a `Stats` sample whose uptime is below the previous one's.
+//!
+//! Which of these must hold depends on the fault expected ([`FaultKind`]); every kind requires
+//! that no acknowledged write was lost.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::report::{ScenarioReport, ThresholdResult};
+
+/// The fault a run expects to be injected while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    /// The server is killed (SIGKILL) and started again: an outage with UNAVAILABLE, a
+    /// restart, recovery, no acknowledged write lost.
+    Restart,
+    /// The network between loadgen and server is cut and restored: an outage, no restart,
+    /// recovery, no acknowledged write lost.
+    Partition,
+    /// The server is pushed against its memory limit by the run's own writes: it refuses
+    /// (RESOURCE_EXHAUSTED) instead of being killed: no restart, no outage, no write lost.
+    Memory,
+    /// No fault: a control run. No outage, no restart, no write lost.
+    None,
+}
+
+impl FaultKind {
+    /// Its name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Restart => "restart",
+            FaultKind::Partition => "partition",
+            FaultKind::Memory => "memory",
+            FaultKind::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "restart" => FaultKind::Restart,
+            "partition" => FaultKind::Partition,
+            "memory" => FaultKind::Memory,
+            "none" => FaultKind::None,
+            other => {
+                return Err(format!(
+                    "unknown fault {other:?}: expected restart, partition, memory or none"
+                ));
+            }
+        })
+    }
+}
+
+/// What a fault run expects, besides its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Expectations {
+    /// The successes per second the load asks for (its paced rate).
+    pub target_qps: f64,
+    /// Recovered means successes per second back to this fraction of the baseline.
+    pub recovered_fraction: f64,
+    /// Recovery must come within this many seconds after the outage's last second.
+    pub recover_within_s: f64,
+    /// The outage may last at most this long.
+    pub max_outage_s: f64,
+}
+
+/// The acknowledged writes, read back after the load.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AckCheck {
+    /// Points whose upsert was answered OK.
+    pub acked: u64,
+    /// Of which were read back as written.
+    pub verified: u64,
+    /// Of which were missing (NOT_FOUND) or held other data than written: lost.
+    pub lost: u64,
+    /// Of which could not be read back (the server kept failing the Get).
+    pub unverified: u64,
+    /// Some of the lost ids, for a look at the server.
+    pub lost_ids: Vec<u64>,
+}
+
+impl AckCheck {
+    /// Adds another shard's check.
+    pub fn add(&mut self, other: &AckCheck) {
+        self.acked += other.acked;
+        self.verified += other.verified;
+        self.lost += other.lost;
+        self.unverified += other.unverified;
+        self.lost_ids.extend(
+            other
+                .lost_ids
+                .iter()
+                .take(MAX_LOST_IDS.saturating_sub(self.lost_ids.len())),
+        );
+    }
+}
+
+/// Longest gap between `Stats` samples that still counts as a server answering (memory runs).
+pub const MAX_STATS_GAP_S: f64 = 5.0;
+
+/// Lost ids listed in a report at most.
+pub const MAX_LOST_IDS: usize = 20;
+
+/// A fault run's verdict, in the scenario's report (`fault`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultVerdict {
+    /// The fault expected.
+    pub kind: FaultKind,
+    /// What was expected besides.
+    pub expectations: Expectations,
+    /// Median successes per second before the outage (the target when too few seconds).
+    pub baseline_qps: f64,
+    /// Start of the first second with outage errors, from the scenario's start.
+    pub outage_start_s: Option<f64>,
+    /// End of the last second with outage errors.
+    pub outage_end_s: Option<f64>,
+    /// From the first to the end of the last second with outage errors (0: none).
+    pub outage_s: f64,
+    /// Outage errors by gRPC code, over the whole run.
+    pub outage_errors: BTreeMap<String, u64>,
+    /// Seconds from the outage's end until successes per second were back to
+    /// `recovered_fraction` of the baseline; absent when they never were (or no outage).
+    pub recovery_s: Option<f64>,
+    /// Requests finally refused with RESOURCE_EXHAUSTED (shed, or refused for memory).
+    pub refused: u64,
+    /// Whole seconds of the run in which no request succeeded.
+    pub seconds_without_success: u64,
+    /// Longest time between two `Stats` samples (taken about every second, each given 2 s):
+    /// how long the server was not answering at all.
+    #[serde(default)]
+    pub max_stats_gap_s: f64,
+    /// Server restarts seen in its `Stats` (uptime going back).
+    pub server_restarts: u64,
+    /// The acknowledged writes, read back.
+    pub acks: AckCheck,
+}
+
+/// Codes that mean the server could not be reached or did not answer.
+pub const OUTAGE_CODES: [&str; 5] = [
+    "UNAVAILABLE",
+    "DEADLINE_EXCEEDED",
+    "CANCELLED",
+    "UNKNOWN",
+    "INTERNAL",
+];
+
+fn outage_errors_in(errors: &BTreeMap<String, u64>) -> u64 {
+    OUTAGE_CODES
+        .iter()
+        .map(|c| errors.get(*c).copied().unwrap_or(0))
+        .sum()
+}
+
+fn median(mut values: Vec<f64>) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    values.sort_by(f64::total_cmp);
+    Some(values[values.len() / 2])
+}
+
+/// Judges `scenario` (its timeline and server samples) and the read-back `acks` against a
+/// `kind` of fault: the verdict, and each check as a threshold result (scope `fault`).
+pub fn judge(
+    scenario: &ScenarioReport,
+    kind: FaultKind,
+    expectations: Expectations,
+    acks: AckCheck,
+) -> (FaultVerdict, Vec<ThresholdResult>) {
+    let timeline = &scenario.timeline;
+    // The last second is usually cut short by the end of the run: it says nothing about
+    // throughput, only about errors.
+    let whole = timeline.len().saturating_sub(1);
+    let bad: Vec<usize> = (0..timeline.len())
+        .filter(|&i| outage_errors_in(&timeline[i].errors) > 0)
+        .collect();
+    let (first_bad, last_bad) = (bad.first().copied(), bad.last().copied());
+    let before: Vec<f64> = timeline[..first_bad.unwrap_or(whole).min(whole)]
+        .iter()
+        .map(|p| p.successes as f64)
+        .collect();
+    let baseline_qps = if before.len() >= 3 {
+        median(before).unwrap_or(expectations.target_qps)
+    } else {
+        expectations.target_qps
+    };
+    let recovery_s = last_bad.and_then(|last| {
+        (last + 1..timeline.len())
+            .find(|&i| {
+                timeline[i].successes as f64 >= expectations.recovered_fraction * baseline_qps
+            })
+            .map(|i| (i - (last + 1)) as f64)
+    });
+    let mut outage_errors = BTreeMap::new();
+    for point in timeline {
+        for code in OUTAGE_CODES {
+            if let Some(n) = point.errors.get(code).filter(|n| **n > 0) {
+                *outage_errors.entry(code.to_string()).or_insert(0) += n;
+            }
+        }
+    }
+    let restarts = scenario
+        .server_timeline
+        .windows(2)
+        .filter(|w| w[0].uptime_ms > 0 && w[1].uptime_ms > 0 && w[1].uptime_ms < w[0].uptime_ms)
+        .count() as u64;
+    let verdict = FaultVerdict {
+        kind,
+        expectations,
+        baseline_qps,
+        outage_start_s: first_bad.map(|i| timeline[i].t_s),
+        outage_end_s: last_bad.map(|i| timeline[i].t_s + 1.0),
+        outage_s: match (first_bad, last_bad) {
+            (Some(a), Some(b)) => (b - a + 1) as f64,
+            _ => 0.0,
+        },
+        outage_errors,
+        recovery_s,
+        refused: scenario.total.code("RESOURCE_EXHAUSTED"),
+        seconds_without_success: timeline[..whole]
+            .iter()
+            .filter(|p| p.successes == 0)
+            .count() as u64,
+        server_restarts: restarts,
+        max_stats_gap_s: scenario
+            .server_timeline
+            .windows(2)
+            .map(|w| w[1].t_s - w[0].t_s)
+            .fold(0.0, f64::max),
+        acks,
+    };
+    let checks = checks(&verdict);
+    (verdict, checks)
+}
+
+fn check(expression: String, observed: f64, passed: bool) -> ThresholdResult {
+    ThresholdResult {
+        scope: "fault".into(),
+        expression,
+        observed,
+        passed,
+    }
+}
+
+/// The checks a verdict must pass for its kind of fault.
+pub fn checks(v: &FaultVerdict) -> Vec<ThresholdResult> {
+    let e = &v.expectations;
+    let outage_errors: u64 = v.outage_errors.values().sum();
+    let mut checks = vec![
+        check(
+            "acked_writes>0 (the run wrote something to check)".into(),
+            v.acks.acked as f64,
+            v.acks.acked > 0,
+        ),
+        check(
+            "acked_writes_lost==0".into(),
+            v.acks.lost as f64,
+            v.acks.lost == 0,
+        ),
+        check(
+            "acked_writes_unverified==0".into(),
+            v.acks.unverified as f64,
+            v.acks.unverified == 0,
+        ),
+    ];
+    // -1 stands for "never": JSON has no infinity.
+    let recovered = || {
+        check(
+            format!(
+                "recovered: ok/s >= {:.0}% of baseline {:.1} within {}s of the outage's end",
+                e.recovered_fraction * 100.0,
+                v.baseline_qps,
+                e.recover_within_s
+            ),
+            v.recovery_s.unwrap_or(-1.0),
+            v.recovery_s.is_some_and(|r| r <= e.recover_within_s),
+        )
+    };
+    let max_outage = || {
+        check(
+            format!("outage_s<={}", e.max_outage_s),
+            v.outage_s,
+            v.outage_s <= e.max_outage_s,
+        )
+    };
+    let no_restart = || {
+        check(
+            "server_restarts==0".into(),
+            v.server_restarts as f64,
+            v.server_restarts == 0,
+        )
+    };
+    match v.kind {
+        FaultKind::Restart => {
+            let unavailable = v.outage_errors.get("UNAVAILABLE").copied().unwrap_or(0);
+            checks.push(check(
+                "outage seen: UNAVAILABLE>0".into(),
+                unavailable as f64,
+                unavailable > 0,
+            ));
+            checks.push(check(
+                "server_restarts>=1".into(),
+                v.server_restarts as f64,
+                v.server_restarts >= 1,
+            ));
+            checks.push(max_outage());
+            checks.push(recovered());
+        }
+        FaultKind::Partition => {
+            checks.push(check(
+                "outage seen: outage_errors>0".into(),
+                outage_errors as f64,
+                outage_errors > 0,
+            ));
+            checks.push(no_restart());
+            checks.push(max_outage());
+            checks.push(recovered());
+        }
+        FaultKind::Memory => {
+            checks.push(check(
+                "refused: RESOURCE_EXHAUSTED>0".into(),
+                v.refused as f64,
+                v.refused > 0,
+            ));
+            checks.push(no_restart());
+            // A server the kernel killed is refused connections: UNAVAILABLE. Deadlines are
+            // not counted here: a server busy with a snapshot under heavy writes is slow,
+            // not gone.
+            let unavailable = v.outage_errors.get("UNAVAILABLE").copied().unwrap_or(0);
+            checks.push(check(
+                "UNAVAILABLE==0 (never unreachable)".into(),
+                unavailable as f64,
+                unavailable == 0,
+            ));
+            // Alive and answering: Stats (outside admission and the memory guard) never went
+            // unanswered for long. Seconds without a successful request are reported but not
+            // judged: a paced worker waiting on a slow write holds back its searches too.
+            checks.push(check(
+                format!("max_stats_gap_s<={MAX_STATS_GAP_S} (kept answering)"),
+                v.max_stats_gap_s,
+                v.max_stats_gap_s <= MAX_STATS_GAP_S,
+            ));
+        }
+        FaultKind::None => {
+            checks.push(check(
+                "outage_errors==0".into(),
+                outage_errors as f64,
+                outage_errors == 0,
+            ));
+            checks.push(no_restart());
+        }
+    }
+    checks
+}
+
+/// Judges the merged scenario of a distributed fault run: the shards' read-back checks add
+/// up, their target rates too, and the rest is judged again on the merged timeline.
+pub fn merge(
+    merged: &ScenarioReport,
+    shards: &[&FaultVerdict],
+) -> Option<(FaultVerdict, Vec<ThresholdResult>)> {
+    let first = shards.first()?;
+    let mut acks = AckCheck::default();
+    let mut expectations = first.expectations;
+    expectations.target_qps = 0.0;
+    for shard in shards {
+        acks.add(&shard.acks);
+        expectations.target_qps += shard.expectations.target_qps;
+    }
+    let (mut verdict, _) = judge(merged, first.kind, expectations, acks);
+    // The server is the same for every shard; a restart seen by any of them happened.
+    verdict.server_restarts = verdict
+        .server_restarts
+        .max(shards.iter().map(|s| s.server_restarts).max().unwrap_or(0));
+    let checks = checks(&verdict);
+    Some((verdict, checks))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::validation::report::{PhaseReport, ServerPoint, TimePoint};
+
+    fn second(t: usize, successes: u64, errors: &[(&str, u64)]) -> TimePoint {
+        TimePoint {
+            t_s: t as f64,
+            requests: successes + errors.iter().map(|(_, n)| n).sum::<u64>(),
+            successes,
+            errors: errors.iter().map(|(c, n)| (c.to_string(), *n)).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn scenario(timeline: Vec<TimePoint>, uptimes: &[u64], refused: u64) -> ScenarioReport {
+        let mut total = PhaseReport::default();
+        if refused > 0 {
+            total.codes.insert("RESOURCE_EXHAUSTED".into(), refused);
+        }
+        ScenarioReport {
+            name: "fault".into(),
+            description: String::new(),
+            parameters: BTreeMap::new(),
+            duration_s: timeline.len() as f64,
+            phases: vec![total.clone()],
+            total,
+            server: Default::default(),
+            thresholds: Vec::new(),
+            loadgen: Default::default(),
+            warnings: Vec::new(),
+            passed: true,
+            timeline,
+            server_timeline: uptimes
+                .iter()
+                .enumerate()
+                .map(|(i, u)| ServerPoint {
+                    t_s: i as f64,
+                    uptime_ms: *u,
+                    ..Default::default()
+                })
+                .collect(),
+            fault: None,
+        }
+    }
+
+    fn expect() -> Expectations {
+        Expectations {
+            target_qps: 100.0,
+            recovered_fraction: 0.8,
+            recover_within_s: 5.0,
+            max_outage_s: 20.0,
+        }
+    }
+
+    fn acks(acked: u64, lost: u64) -> AckCheck {
+        AckCheck {
+            acked,
+            verified: acked - lost,
+            lost,
+            unverified: 0,
+            lost_ids: Vec::new(),
+        }
+    }
+
+    fn failed(checks: &[ThresholdResult]) -> Vec<String> {
+        checks
+            .iter()
+            .filter(|c| !c.passed)
+            .map(|c| c.expression.clone())
+            .collect()
+    }
+
+    /// Ten good seconds, an outage of 3 s with UNAVAILABLE, one slow second, good again; a
+    /// restart in the samples.
+    fn restart_timeline() -> Vec<TimePoint> {
+        let mut t: Vec<TimePoint> = (0..10).map(|i| second(i, 100, &[])).collect();
+        t.push(second(10, 40, &[("UNAVAILABLE", 60)]));
+        t.push(second(11, 0, &[("UNAVAILABLE", 100)]));
+        t.push(second(12, 10, &[("UNAVAILABLE", 90)]));
+        t.push(second(13, 50, &[]));
+        t.extend((14..20).map(|i| second(i, 120, &[])));
+        t.push(second(20, 30, &[])); // the cut-short last second
+        t
+    }
+
+    #[test]
+    fn a_restart_with_recovery_passes() {
+        let s = scenario(restart_timeline(), &[1000, 2000, 3000, 500, 1500], 0);
+        let (v, checks) = judge(&s, FaultKind::Restart, expect(), acks(500, 0));
+        assert_eq!(v.outage_start_s, Some(10.0));
+        assert_eq!(v.outage_end_s, Some(13.0));
+        assert_eq!(v.outage_s, 3.0);
+        assert_eq!(v.outage_errors["UNAVAILABLE"], 250);
+        assert_eq!(v.baseline_qps, 100.0);
+        assert_eq!(v.recovery_s, Some(1.0), "second 13 is slow, 14 is back");
+        assert_eq!(v.server_restarts, 1);
+        assert_eq!(v.seconds_without_success, 1);
+        assert!(failed(&checks).is_empty(), "{:?}", failed(&checks));
+        // The same run is a failed partition (the server restarted) and a failed control.
+        let (_, checks) = judge(&s, FaultKind::Partition, expect(), acks(500, 0));
+        assert_eq!(failed(&checks), ["server_restarts==0"]);
+        let (_, checks) = judge(&s, FaultKind::None, expect(), acks(500, 0));
+        assert_eq!(failed(&checks).len(), 2);
+    }
+
+    #[test]
+    fn lost_writes_no_recovery_and_no_fault_fail() {
+        let s = scenario(restart_timeline(), &[1000, 500], 0);
+        let (_, checks) = judge(&s, FaultKind::Restart, expect(), acks(500, 2));
+        assert_eq!(failed(&checks), ["acked_writes_lost==0"]);
+        let (_, checks) = judge(&s, FaultKind::Restart, expect(), acks(0, 0));
+        assert_eq!(failed(&checks).len(), 1, "nothing written proves nothing");
+
+        // Errors until the very end: never recovered.
+        let mut t: Vec<TimePoint> = (0..5).map(|i| second(i, 100, &[])).collect();
+        t.extend((5..10).map(|i| second(i, 0, &[("DEADLINE_EXCEEDED", 10)])));
+        let (v, checks) = judge(
+            &scenario(t, &[], 0),
+            FaultKind::Partition,
+            expect(),
+            acks(5, 0),
+        );
+        assert_eq!(v.recovery_s, None);
+        assert_eq!(failed(&checks).len(), 1, "{:?}", failed(&checks));
+        assert_eq!(
+            checks.iter().find(|c| !c.passed).map(|c| c.observed),
+            Some(-1.0)
+        );
+
+        // A restart run in which nothing happened fails: the fault was never seen.
+        let t: Vec<TimePoint> = (0..10).map(|i| second(i, 100, &[])).collect();
+        let (_, checks) = judge(
+            &scenario(t, &[1, 2, 3], 0),
+            FaultKind::Restart,
+            expect(),
+            acks(5, 0),
+        );
+        assert_eq!(
+            failed(&checks),
+            [
+                "outage seen: UNAVAILABLE>0",
+                "server_restarts>=1",
+                "recovered: ok/s >= 80% of baseline 100.0 within 5s of the outage's end"
+            ]
+        );
+    }
+
+    #[test]
+    fn memory_refusals_pass_and_a_kill_fails() {
+        let t: Vec<TimePoint> = (0..10)
+            .map(|i| second(i, 60, &[("RESOURCE_EXHAUSTED", 40)]))
+            .collect();
+        let (v, checks) = judge(
+            &scenario(t, &[1, 2, 3], 400),
+            FaultKind::Memory,
+            expect(),
+            acks(9, 0),
+        );
+        assert_eq!(v.outage_s, 0.0);
+        assert!(failed(&checks).is_empty(), "{:?}", failed(&checks));
+        // Killed by the OOM killer: UNAVAILABLE, an uptime that went back, no Stats for 8 s.
+        let mut s = scenario(restart_timeline(), &[1000, 2000, 100], 400);
+        s.server_timeline[2].t_s = 10.0;
+        let (_, checks) = judge(&s, FaultKind::Memory, expect(), acks(9, 0));
+        assert_eq!(
+            failed(&checks),
+            [
+                "server_restarts==0",
+                "UNAVAILABLE==0 (never unreachable)",
+                "max_stats_gap_s<=5 (kept answering)"
+            ]
+        );
+    }
+
+    #[test]
+    fn merged_shards_add_up() {
+        let s = scenario(restart_timeline(), &[1000, 500], 0);
+        let (a, _) = judge(&s, FaultKind::Restart, expect(), acks(10, 0));
+        let (mut b, _) = judge(&s, FaultKind::Restart, expect(), acks(20, 1));
+        b.acks.lost_ids = vec![7];
+        let (v, checks) = merge(&s, &[&a, &b]).expect("verdict");
+        assert_eq!(
+            (v.acks.acked, v.acks.lost, v.acks.lost_ids.clone()),
+            (30, 1, vec![7])
+        );
+        assert_eq!(v.expectations.target_qps, 200.0);
+        assert_eq!(failed(&checks), ["acked_writes_lost==0"]);
+        assert!(merge(&s, &[]).is_none());
+        assert_eq!("partition".parse::<FaultKind>(), Ok(FaultKind::Partition));
+        assert!("oom".parse::<FaultKind>().is_err());
+    }
+}
