@@ -405,3 +405,49 @@ async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
     assert!(text.contains("vecrig_admission_queue_wait_seconds_count{method=\"Search\"}"));
     server.stop().await.expect("clean stop");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_loadgen_scrapes_the_servers_metrics_into_its_report() {
+    let metrics = free_port();
+    let (mut config, temp) = TestServer::config(16);
+    config.preload = 300;
+    config.metrics_listen = Some(metrics);
+    let server = TestServer::start_in(config, temp).await;
+    let mut options = RunOptions::new(server.target());
+    options.metrics_url = Some(format!("http://{metrics}/metrics"));
+    let plan = Plan::new(vec![ScenarioSpec::Load(Load {
+        model: LoadModel::Open,
+        start: 100.0,
+        stages: vec![Stage {
+            duration: Duration::from_secs(2),
+            target: 100.0,
+        }],
+        max_in_flight: 100,
+        think: Duration::ZERO,
+    })]);
+    let report = vecrig_loadgen::run(&options, &plan, &Stop::default())
+        .await
+        .expect("pre-flight");
+    let scenario = &report.scenarios[0];
+    assert!(
+        scenario.warnings.iter().all(|w| !w.contains("scrape")),
+        "{:?}",
+        scenario.warnings
+    );
+    let samples = &scenario.server_metrics;
+    assert_eq!(
+        samples.get("vecrig_index_points"),
+        Some(&300.0),
+        "{samples:?}"
+    );
+    // The server counted every search the loadgen saw answered OK.
+    let served = samples
+        .get("vecrig_grpc_requests_total{method=\"Search\",code=\"OK\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert_eq!(served, scenario.total.successes as f64, "{samples:?}");
+    // And it survives the JSON report.
+    let json = serde_json::to_value(&report).expect("json");
+    assert!(json["scenarios"][0]["server_metrics"]["vecrig_index_points"].is_number());
+    server.stop().await.expect("clean stop");
+}

@@ -115,6 +115,10 @@ pub struct Cli {
     /// cold start does not abort it.
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
     pub abort_grace: Duration,
+    /// The server's Prometheus endpoint (vecrig-server --metrics-listen), e.g.
+    /// http://host:9090/metrics: scraped into each scenario's report.
+    #[arg(long, env = "VECRIG_METRICS_URL", global = true)]
+    pub metrics_url: Option<String>,
     /// How long to wait for the target to become SERVING.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, global = true)]
     pub wait_healthy: Duration,
@@ -367,6 +371,7 @@ impl Cli {
             live_progress: !self.no_progress,
             wait_healthy: self.wait_healthy,
             abort_on_fail: self.abort_on_fail.then_some(self.abort_grace),
+            metrics_url: self.metrics_url.clone(),
         })
     }
 

@@ -301,6 +301,8 @@ pub struct Context {
     /// are checked every second once this grace has passed in a phase (k6's
     /// `delayAbortEval`), every threshold at the end of the phase it applies to.
     pub abort_on_fail: Option<Duration>,
+    /// The server's Prometheus endpoint, scraped at the end of each scenario.
+    pub metrics_url: Option<Arc<str>>,
 }
 
 impl Context {
@@ -462,6 +464,7 @@ pub async fn run_scenario(
         .max()
         .unwrap_or(0);
     let mut report = ScenarioReport {
+        server_metrics: Default::default(),
         name: scenario.name.clone(),
         description: scenario.description.clone(),
         parameters: scenario.parameters.clone(),
@@ -488,6 +491,14 @@ pub async fn run_scenario(
             .collect(),
         fault: None,
     };
+    if let Some(url) = &ctx.metrics_url {
+        match crate::scrape::scrape(url).await {
+            Ok(samples) => report.server_metrics = samples,
+            Err(e) => report
+                .warnings
+                .push(format!("cannot scrape server metrics: {e}")),
+        }
+    }
     threshold::judge(&mut report, &scenario.thresholds);
     if !abort_failures.is_empty() {
         // The failure that aborted the run stays in the verdict even if the figure it was

@@ -26,6 +26,7 @@ pub mod progress;
 pub mod report;
 pub mod retry;
 pub mod scenario;
+pub mod scrape;
 pub mod stats;
 pub mod target;
 pub mod workload;
@@ -173,6 +174,8 @@ pub struct RunOptions {
     /// Abort the run on the first failed threshold, judging upper bounds mid-phase after
     /// this grace (see [`engine::Context::abort_on_fail`]).
     pub abort_on_fail: Option<Duration>,
+    /// The server's Prometheus endpoint, scraped into each scenario's report when set.
+    pub metrics_url: Option<String>,
 }
 
 impl RunOptions {
@@ -187,6 +190,7 @@ impl RunOptions {
             live_progress: false,
             wait_healthy: Duration::from_secs(60),
             abort_on_fail: None,
+            metrics_url: None,
         }
     }
 }
@@ -277,6 +281,7 @@ pub async fn run_with(
         stop: stop.clone(),
         progress: progress.clone(),
         abort_on_fail: options.abort_on_fail,
+        metrics_url: options.metrics_url.as_deref().map(Arc::from),
     };
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as f64)

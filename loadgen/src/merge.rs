@@ -101,6 +101,7 @@ fn merge_scenarios(shards: &[&ScenarioReport]) -> Result<ScenarioReport, MergeEr
     let mut parameters: BTreeMap<String, String> = first.parameters.clone();
     parameters.insert("shard".into(), format!("merged from {}", shards.len()));
     let mut merged = ScenarioReport {
+        server_metrics: Default::default(),
         name: first.name.clone(),
         description: first.description.clone(),
         parameters,

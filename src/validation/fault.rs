@@ -413,6 +413,7 @@ mod tests {
             total.codes.insert("RESOURCE_EXHAUSTED".into(), refused);
         }
         ScenarioReport {
+            server_metrics: Default::default(),
             name: "fault".into(),
             description: String::new(),
             parameters: BTreeMap::new(),

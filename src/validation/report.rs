@@ -58,6 +58,10 @@ pub struct ProcessFigures {
 /// One scenario: its phases, their sum, the server's figures and the verdict.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScenarioReport {
+    /// The server's Prometheus samples at the end of the scenario (`--metrics-url`), by
+    /// series; empty when not scraped.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_metrics: BTreeMap<String, f64>,
     /// The scenario's name (`extreme-concurrency`, ...).
     pub name: String,
     /// What it does, in a sentence.

@@ -410,6 +410,7 @@ mod tests {
         phase.codes.insert("RESOURCE_EXHAUSTED".into(), 5);
         phase.latency.p99_ms = 40.0;
         let mut scenario = ScenarioReport {
+            server_metrics: Default::default(),
             name: "s".into(),
             description: String::new(),
             parameters: Default::default(),
