@@ -18,6 +18,8 @@
 //! figure is printed). `VECRIG_BENCH_ROUNDS` (default 3) and `VECRIG_BENCH_SECONDS` (default 8)
 //! size it.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -192,19 +194,6 @@ fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path) -> C
     }
 }
 
-fn server_binary(loadgen: &Path) -> PathBuf {
-    let path = loadgen
-        .parent()
-        .map(|dir| dir.join("vecrig-server"))
-        .expect("target dir");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo build --release --workspace` first",
-        path.display()
-    );
-    path
-}
-
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -217,7 +206,7 @@ fn main() {
     let rounds = env_u64("VECRIG_BENCH_ROUNDS", 3);
     let seconds = env_u64("VECRIG_BENCH_SECONDS", 8);
     let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_vecrig-loadgen"));
-    let server_binary = server_binary(&loadgen);
+    let server_binary = common::server_binary(&loadgen);
     let work = tempfile::tempdir().expect("tempdir");
     let frame_file = work.path().join("search.grpc");
     std::fs::write(&frame_file, grpc_search_frame()).expect("write frame");

@@ -15,6 +15,8 @@
 //! `VECRIG_BENCH_OUT` (default `target/degradation/`). `VECRIG_BENCH_SECONDS` (default 8) is
 //! each point's length.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,20 +30,6 @@ use vecrig_loadgen::{RunOptions, run_with};
 const POINTS: u64 = 20_000;
 const DIMENSIONS: usize = 64;
 const MULTIPLIERS: [f64; 5] = [0.5, 1.0, 2.0, 5.0, 10.0];
-
-fn server_binary() -> PathBuf {
-    let loadgen = PathBuf::from(env!("CARGO_BIN_EXE_vecrig-loadgen"));
-    let path = loadgen
-        .parent()
-        .map(|dir| dir.join("vecrig-server"))
-        .expect("target dir");
-    assert!(
-        path.exists(),
-        "{} is missing: `cargo build --release --workspace` first",
-        path.display()
-    );
-    path
-}
 
 fn workload() -> Arc<Workload> {
     Workload::new(
@@ -123,9 +111,14 @@ async fn with_server<T>(extra: &[&str], run: impl AsyncFnOnce(&str) -> T) -> T {
         .map(|s| s.to_string())
         .collect();
     args.extend(extra.iter().map(|s| s.to_string()));
-    let server = LocalServer::spawn(&server_binary(), POINTS, None, &args)
-        .await
-        .expect("start vecrig-server");
+    let server = LocalServer::spawn(
+        &common::server_binary(Path::new(env!("CARGO_BIN_EXE_vecrig-loadgen"))),
+        POINTS,
+        None,
+        &args,
+    )
+    .await
+    .expect("start vecrig-server");
     let out = run(&server.target).await;
     server.stop(Duration::from_secs(30)).await;
     out

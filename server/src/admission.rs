@@ -252,13 +252,15 @@ impl Admission {
         self.shed_total.fetch_add(1, Ordering::Relaxed);
         self.metrics.shed(reason);
         let stats = self.stats();
+        // Once per refusal: it takes the scheduler's lock, and overload is when sheds are many.
+        let expected_wait = self.expected_wait();
         let mut status = match reason {
             ShedReason::Deadline => {
                 let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
                 Status::deadline_exceeded(format!(
                     "deadline cannot be met: {left:?} left, about {:?} expected in the queue; \
                      refused before running",
-                    self.expected_wait()
+                    expected_wait
                 ))
             }
             _ => Status::resource_exhausted(format!(
@@ -273,7 +275,7 @@ impl Admission {
         };
         if reason != ShedReason::Deadline {
             // gRFC A6 pushback: come back once the queue ahead should have drained.
-            let pushback = self.expected_wait().as_millis().clamp(1, 10_000);
+            let pushback = expected_wait.as_millis().clamp(1, 10_000);
             if let Ok(value) = pushback.to_string().parse() {
                 status
                     .metadata_mut()
