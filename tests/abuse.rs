@@ -1,4 +1,5 @@
 //! Abuse, bounded: each test attacks a running server one way (thousands of idle sockets,
+//! connections that speak HTTP/2 but never ask for anything,
 //! slowloris, a rapid-reset flood, oversized headers, oversized payload maps, a client that never
 //! reads) while a normal client keeps searching, and asserts that
 //! - the normal client's p99 stays within 3x of its unabused p99, measured moments before in the
@@ -945,4 +946,94 @@ async fn a_client_that_never_reads_is_held_to_its_streams() {
 
     assert_p99_within("never reads", &baseline, &abused);
     assert_healthy_and_stop("never reads", server, &turn).await;
+}
+
+/// Connections that complete HTTP/2, answer every ping, and never ask for anything: the
+/// handshake and byte-idle timeouts cannot see them (pings are bytes), so they would hold
+/// places under the connection cap for ever. `max_connection_idle` closes them, while a
+/// connection with a stream open (a health Watch, silent for longer than the bound) and a
+/// client that keeps calling are left alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_never_ask_for_anything_are_closed() {
+    const QUIET: usize = 200;
+    const MAX_IDLE: Duration = Duration::from_secs(2);
+    let turn = turn().await;
+    let server = start(|c| {
+        c.connection_limits.max_connection_idle = Some(MAX_IDLE);
+        // Pings several times within the bound: answering them must not count as activity.
+        c.connection_limits.keepalive_interval = Duration::from_millis(300);
+        c.connection_limits.keepalive_timeout = Duration::from_secs(1);
+    })
+    .await;
+    let client = server.client().await;
+    let baseline = baseline(&client).await;
+
+    // A Watch stream, open on its own connection for the whole test.
+    let mut health = server.health().await;
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let first = watch.message().await.expect("watch answers");
+    assert!(first.is_some(), "the watch reports a status");
+
+    // QUIET connections: handshake done, drivers running (they answer pings), no streams.
+    let opened = Instant::now();
+    let mut quiet = Vec::with_capacity(QUIET);
+    for _ in 0..QUIET {
+        let tcp = TcpStream::connect(server.addr).await.expect("connect");
+        let (send, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+        quiet.push((send, tokio::spawn(connection)));
+    }
+    // Not before the bound: at half of it, all are open (the opening took well under it).
+    tokio::time::sleep_until((opened + MAX_IDLE / 2).into()).await;
+    let early = quiet.iter().filter(|(_, c)| c.is_finished()).count();
+    assert_eq!(early, 0, "connections closed before max_connection_idle");
+
+    // Meanwhile the normal client keeps calling, never idle for long.
+    let abused = measure(&client, 3).await;
+    let keep_calling = {
+        let mut client = client.clone();
+        tokio::spawn(async move {
+            let mut rng = SmallRng::seed_from_u64(9);
+            for _ in 0..100 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                client
+                    .search(with_deadline(
+                        random_query(&mut rng),
+                        Duration::from_secs(10),
+                    ))
+                    .await
+                    .expect("a client that keeps calling keeps its connection");
+            }
+        })
+    };
+
+    let deadline = opened + MAX_IDLE * 3 + Duration::from_secs(5);
+    while quiet.iter().any(|(_, c)| !c.is_finished()) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let closed_in = opened.elapsed();
+    let left = quiet.iter().filter(|(_, c)| !c.is_finished()).count();
+    println!("quiet connections: {QUIET} opened, {left} left open after {closed_in:?}");
+    assert_eq!(
+        left, 0,
+        "connections without requests outlived max_connection_idle"
+    );
+
+    // The watch has been silent for longer than the bound, and is still open.
+    match tokio::time::timeout(Duration::from_millis(500), watch.message()).await {
+        Err(_) => {}
+        Ok(other) => panic!("the watch stream ended: {other:?}"),
+    }
+    keep_calling.abort();
+    let _ = keep_calling.await.map_err(|e| {
+        assert!(e.is_cancelled(), "the calling client failed: {e}");
+    });
+
+    assert_p99_within("quiet connections", &baseline, &abused);
+    assert_healthy_and_stop("quiet connections", server, &turn).await;
 }

@@ -105,23 +105,87 @@ async fn curve(target: &str, name: &str, capacity: f64, seconds: u64) -> Report 
     .expect("pre-flight")
 }
 
-async fn with_server<T>(extra: &[&str], run: impl AsyncFnOnce(&str) -> T) -> T {
-    let mut args: Vec<String> = ["--dimensions", "64", "--ef-search", "512", "--log", "warn"]
+/// Server flags shared by every series (the bench's workload).
+const SERVER_ARGS: [&str; 6] = ["--dimensions", "64", "--ef-search", "512", "--log", "warn"];
+
+/// Admission as recommended for latency-sensitive serving; each admission series adds its limit.
+const ADMISSION_ARGS: [&str; 6] = [
+    "--queue-depth",
+    "256",
+    "--queue-target",
+    "5ms",
+    "--max-queue-wait",
+    "1s",
+];
+
+/// One server configuration on the curve.
+struct Series {
+    /// Row label.
+    label: &'static str,
+    /// File name of its reports.
+    slug: &'static str,
+    /// Flags beyond [`SERVER_ARGS`].
+    args: Vec<&'static str>,
+}
+
+fn series() -> Vec<Series> {
+    let fixed = |label, slug, limit| Series {
+        label,
+        slug,
+        args: [&ADMISSION_ARGS[..], &["--concurrency-limit", limit]].concat(),
+    };
+    vec![
+        // The default limit (2 x CPUs on this 2-core machine) first: capacity is measured on it.
+        fixed("limit 4 (default)", "admission-on", "4"),
+        fixed("limit 2", "limit-2", "2"),
+        fixed("limit 8", "limit-8", "8"),
+        fixed("limit 16", "limit-16", "16"),
+        Series {
+            label: "adaptive",
+            slug: "adaptive",
+            args: [&ADMISSION_ARGS[..], &["--adaptive-limit"]].concat(),
+        },
+        Series {
+            label: "no admission",
+            slug: "admission-off",
+            args: vec!["--no-admission"],
+        },
+    ]
+}
+
+/// Runs `run` against a server started on a copy of `data` (so that every series starts
+/// from the same index, whatever the previous one's upserts did).
+async fn with_server<T>(data: &Path, extra: &[&str], run: impl AsyncFnOnce(&str) -> T) -> T {
+    let copy = tempfile::tempdir().expect("temp dir");
+    copy_dir(data, copy.path());
+    let args: Vec<String> = SERVER_ARGS
         .iter()
+        .chain(extra)
         .map(|s| s.to_string())
         .collect();
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let server = LocalServer::spawn(
-        &common::server_binary(Path::new(env!("CARGO_BIN_EXE_vecrig-loadgen"))),
-        POINTS,
-        None,
-        &args,
-    )
-    .await
-    .expect("start vecrig-server");
+    let server = LocalServer::spawn(&server_binary(), POINTS, Some(copy.path()), &args)
+        .await
+        .expect("start vecrig-server");
     let out = run(&server.target).await;
     server.stop(Duration::from_secs(30)).await;
     out
+}
+
+fn server_binary() -> PathBuf {
+    common::server_binary(Path::new(env!("CARGO_BIN_EXE_vecrig-loadgen")))
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    for entry in std::fs::read_dir(from).expect("read data dir") {
+        let entry = entry.expect("dir entry");
+        let target = to.join(entry.file_name());
+        if entry.file_type().expect("file type").is_dir() {
+            std::fs::create_dir_all(&target).expect("mkdir");
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy");
+        }
+    }
 }
 
 fn row(label: &str, p: &PhaseReport) -> String {
@@ -164,56 +228,124 @@ fn main() {
         });
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let admission = [
-            "--queue-depth",
-            "256",
-            "--queue-target",
-            "5ms",
-            "--max-queue-wait",
-            "1s",
-        ];
-        let (cap, on) = with_server(&admission, async |target| {
-            let cap = capacity(target).await;
-            (cap, curve(target, "admission-on", cap, seconds).await)
-        })
-        .await;
-        // Both curves are offered the same rates: multiples of the admission server's capacity.
-        let (cap_off, off) = with_server(&["--no-admission"], async |target| {
-            let measured = capacity(target).await;
-            (measured, curve(target, "admission-off", cap, seconds).await)
-        })
-        .await;
-        write(&out, "admission-on", &on);
-        write(&out, "admission-off", &off);
-        println!("capacity (closed model, 64 users): {cap:.0} req/s with admission, {cap_off:.0} without");
+        // Build the index once; each series starts from a copy of it.
+        let data = tempfile::tempdir().expect("temp dir");
+        let server = LocalServer::spawn(&server_binary(), POINTS, Some(data.path()), &SERVER_ARGS.map(String::from))
+            .await
+            .expect("start vecrig-server");
+        server.stop(Duration::from_secs(60)).await;
+
+        let mut capacity_default = None;
+        let mut results = Vec::new();
+        for series in series() {
+            let (measured, report) = with_server(data.path(), &series.args, async |target| {
+                let measured = capacity(target).await;
+                // Every series is offered the same rates: multiples of the default's capacity.
+                let base = *capacity_default.get_or_insert(measured);
+                (measured, curve(target, series.slug, base, seconds).await)
+            })
+            .await;
+            write(&out, series.slug, &report);
+            eprintln!("{}: capacity {measured:.0} req/s", series.label);
+            results.push((series, measured, report));
+        }
+
+        let base = capacity_default.unwrap_or_default();
+        println!("offered load: multiples of {base:.0} req/s (the default limit's capacity, closed model of 64 users)");
         println!();
         println!("| server | offered | sent/s | goodput/s | ok p50 ms | ok p99 ms | shed | shed p99 ms | dropped | RSS MB |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
-        for p in &on.scenarios[0].phases {
-            println!("{}", row("admission on", p));
+        for (series, _, report) in &results {
+            for p in &report.scenarios[0].phases {
+                println!("{}", row(series.label, p));
+            }
         }
-        for p in &off.scenarios[0].phases {
-            println!("{}", row("admission off", p));
-        }
-        let phases = &on.scenarios[0].phases;
-        let peak = phases.iter().map(|p| p.qps).fold(0.0, f64::max);
-        let (half, five) = (&phases[0], &phases[3]);
         println!();
+        println!("| server | capacity/s | peak goodput/s | goodput at 5x | % of best peak | ok p99 at 0.5x ms | ok p99 at 5x ms | ratio | shed p99 at 5x ms | RSS max MB |");
+        println!("|---|---|---|---|---|---|---|---|---|---|");
+        let best_peak = results
+            .iter()
+            .flat_map(|(_, _, r)| r.scenarios[0].phases.iter().map(|p| p.qps))
+            .fold(0.0, f64::max);
+        let summaries: Vec<Summary> = results
+            .iter()
+            .map(|(series, measured, report)| Summary::of(series.label, *measured, report))
+            .collect();
+        for s in &summaries {
+            println!(
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.1} | {:.1} | {:.1}x | {:.2} | {:.0} |",
+                s.label,
+                s.capacity,
+                s.peak,
+                s.five.qps,
+                s.five.qps / best_peak * 100.0,
+                s.half.success_latency.p99_ms,
+                s.five.success_latency.p99_ms,
+                s.five.success_latency.p99_ms / s.half.success_latency.p99_ms,
+                s.five.shed_latency.p99_ms,
+                s.rss_max as f64 / 1e6,
+            );
+        }
+        println!();
+        // Which won: the adaptive limit against the best fixed limit, at 5x (goodput first,
+        // then admitted p99).
+        let fixed = summaries.iter().filter(|s| s.label.starts_with("limit"));
+        let best = fixed
+            .max_by(|a, b| a.five.qps.total_cmp(&b.five.qps))
+            .expect("fixed series");
+        if let Some(adaptive) = summaries.iter().find(|s| s.label == "adaptive") {
+            let (g, p) = (
+                adaptive.five.qps / best.five.qps,
+                adaptive.five.success_latency.p99_ms / best.five.success_latency.p99_ms,
+            );
+            let verdict = if g >= 1.0 && p <= 1.0 {
+                "adaptive wins"
+            } else if g < 1.0 && p > 1.0 {
+                "the fixed limit wins"
+            } else {
+                "neither dominates"
+            };
+            println!(
+                "at 5x, adaptive vs the best fixed ({}): goodput {g:.2}x, admitted p99 {p:.2}x: {verdict}",
+                best.label
+            );
+        }
+        let default = &summaries[0];
         println!(
-            "admission on, at 5x: goodput {:.0}% of peak (goal >= 95%), admitted p99 {:.2}x the p99 at 0.5x (goal <= 2), shed p99 {:.2} ms (goal <= 1 ms), RSS {:.0} -> {:.0} MB",
-            five.qps / peak * 100.0,
-            five.success_latency.p99_ms / half.success_latency.p99_ms,
-            five.shed_latency.p99_ms,
-            phases[0].server.rss_start_bytes as f64 / 1e6,
-            phases.iter().map(|p| p.server.rss_max_bytes).max().unwrap_or(0) as f64 / 1e6,
-        );
-        let off_phases = &off.scenarios[0].phases;
-        let off_peak = off_phases.iter().map(|p| p.qps).fold(0.0, f64::max);
-        println!(
-            "admission off, at 5x: goodput {:.0}% of its peak, admitted p99 {:.2}x its p99 at 0.5x",
-            off_phases[3].qps / off_peak * 100.0,
-            off_phases[3].success_latency.p99_ms / off_phases[0].success_latency.p99_ms,
+            "{} at 5x: goodput {:.0}% of its peak (goal >= 95%), admitted p99 {:.2}x the p99 at 0.5x (goal <= 2), shed p99 {:.2} ms (goal <= 1 ms)",
+            default.label,
+            default.five.qps / default.peak * 100.0,
+            default.five.success_latency.p99_ms / default.half.success_latency.p99_ms,
+            default.five.shed_latency.p99_ms,
         );
         println!("reports: {}", out.display());
     });
+}
+
+/// One series' figures at the points the goals name.
+struct Summary {
+    label: &'static str,
+    capacity: f64,
+    peak: f64,
+    half: PhaseReport,
+    five: PhaseReport,
+    rss_max: u64,
+}
+
+impl Summary {
+    fn of(label: &'static str, capacity: f64, report: &Report) -> Self {
+        let phases = &report.scenarios[0].phases;
+        Self {
+            label,
+            capacity,
+            peak: phases.iter().map(|p| p.qps).fold(0.0, f64::max),
+            half: phases[0].clone(),
+            five: phases[3].clone(),
+            rss_max: phases
+                .iter()
+                .map(|p| p.server.rss_max_bytes)
+                .max()
+                .unwrap_or(0),
+        }
+    }
 }

@@ -202,6 +202,19 @@ impl Admission {
         }
     }
 
+    /// Takes the figures of the window since the last call and starts a new one (for the
+    /// adaptive limit, [`crate::adaptive`]).
+    pub fn take_window(&self) -> Window {
+        let mut scheduler = self.lock();
+        let taken = std::mem::replace(&mut scheduler.window, Window::default());
+        scheduler.window.peak_used_slots = scheduler.used_slots();
+        scheduler.window_since = Instant::now();
+        Window {
+            peak_used_slots: taken.peak_used_slots.max(scheduler.used_slots()),
+            ..taken
+        }
+    }
+
     /// Changes the concurrency limit (slots); waiting requests are admitted if it grew.
     pub fn set_limit(&self, slots: usize) {
         let mut scheduler = self.lock();
@@ -297,6 +310,18 @@ impl Admission {
     }
 }
 
+/// Service times of the requests that started and finished within one window of the
+/// adaptive controller, and how much of the limit was used at most.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Window {
+    /// Sum over those requests of their service time divided by their cost in slots.
+    pub sum_secs_per_slot: f64,
+    /// How many there were.
+    pub count: u64,
+    /// The most slots in use at once.
+    pub peak_used_slots: f64,
+}
+
 /// Who runs next: free units, and two FIFO queues (cheap and expensive requests) that take
 /// turns by cost served, so neither class starves the other. Work-conserving: when one queue
 /// is empty, the other may use the whole limit.
@@ -311,6 +336,9 @@ struct Scheduler {
     next_id: u64,
     /// Since when the queue has been non-empty.
     nonempty_since: Option<Instant>,
+    /// The adaptive controller's current window, and when it began.
+    window: Window,
+    window_since: Instant,
 }
 
 #[derive(Debug)]
@@ -330,6 +358,27 @@ impl Scheduler {
             served: [0; 2],
             next_id: 0,
             nonempty_since: None,
+            window: Window::default(),
+            window_since: Instant::now(),
+        }
+    }
+
+    fn used_slots(&self) -> f64 {
+        f64::from(self.used_units) / f64::from(UNITS_PER_SLOT)
+    }
+
+    /// Takes `units` of the limit for a request that starts now.
+    fn take(&mut self, units: u32) {
+        self.used_units += units;
+        self.window.peak_used_slots = self.window.peak_used_slots.max(self.used_slots());
+    }
+
+    /// A finished request's service time, counted if it started within this window (one
+    /// that started before a limit change would describe the old limit).
+    fn sample(&mut self, started: Instant, took: Duration, cost: Cost) {
+        if started >= self.window_since {
+            self.window.sum_secs_per_slot += took.as_secs_f64() / cost.slots().max(0.25);
+            self.window.count += 1;
         }
     }
 
@@ -355,7 +404,7 @@ impl Scheduler {
             };
             self.queued_units -= waiter.units;
             if waiter.grant.send(()).is_ok() {
-                self.used_units += waiter.units;
+                self.take(waiter.units);
                 self.served[class] += u64::from(waiter.units);
             }
         }
@@ -405,7 +454,9 @@ impl Drop for Grant {
         self.admission
             .metrics
             .observe_service_time(self.method, took);
-        self.admission.lock().release(self.cost.units);
+        let mut scheduler = self.admission.lock();
+        scheduler.sample(self.started, took, self.cost);
+        scheduler.release(self.cost.units);
     }
 }
 
@@ -546,7 +597,7 @@ impl Admission {
             let mut scheduler = self.lock();
             let queues_empty = scheduler.queues.iter().all(VecDeque::is_empty);
             if queues_empty && scheduler.used_units + cost.units <= scheduler.limit_units {
-                scheduler.used_units += cost.units;
+                scheduler.take(cost.units);
                 None
             } else {
                 let (grant, receiver) = oneshot::channel();

@@ -90,6 +90,13 @@ pub struct Args {
     /// Bytes of request bodies that may wait for admission at once; beyond, requests are shed.
     #[arg(long, env = "VECRIG_MAX_QUEUED_BYTES", default_value_t = 256 << 20)]
     pub max_queued_bytes: usize,
+    /// Let the concurrency limit follow measured service time (a gradient controller, see
+    /// `adaptive`); --concurrency-limit is then where it starts.
+    #[arg(long, env = "VECRIG_ADAPTIVE_LIMIT")]
+    pub adaptive_limit: bool,
+    /// Highest limit --adaptive-limit may reach [default: 8 x CPUs].
+    #[arg(long, env = "VECRIG_ADAPTIVE_MAX_LIMIT", requires = "adaptive_limit")]
+    pub adaptive_max_limit: Option<usize>,
     /// Turn admission control off (no limit, no queue bound, no shedding): only as the
     /// baseline that shows what admission is for.
     #[arg(long, env = "VECRIG_NO_ADMISSION")]
@@ -116,6 +123,10 @@ pub struct Args {
     /// interval + timeout, so live clients, which answer pings, never look idle).
     #[arg(long, env = "VECRIG_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
+    /// A connection with no request open for this long is closed, however it answers pings
+    /// (gRPC's MAX_CONNECTION_IDLE; 0: never).
+    #[arg(long, env = "VECRIG_MAX_CONNECTION_IDLE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_connection_idle: Duration,
     /// Time a VectorIndex request's body has to arrive whole once its headers have.
     #[arg(long, env = "VECRIG_REQUEST_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub request_read_timeout: Duration,
@@ -241,6 +252,8 @@ pub struct AdmissionConfig {
     pub max_queued_bytes: usize,
     /// Whether admission control is on at all.
     pub enabled: bool,
+    /// The adaptive limit's controller (`None`: the limit stays fixed).
+    pub adaptive: Option<crate::adaptive::AdaptiveConfig>,
 }
 
 impl AdmissionConfig {
@@ -254,6 +267,7 @@ impl AdmissionConfig {
             queue_interval: Duration::from_millis(100),
             max_queued_bytes: 256 << 20,
             enabled: true,
+            adaptive: None,
         }
     }
 }
@@ -339,6 +353,11 @@ impl TryFrom<&Args> for Config {
             queue_interval: args.queue_interval,
             max_queued_bytes: args.max_queued_bytes.max(1 << 20),
             enabled: !args.no_admission,
+            adaptive: args.adaptive_limit.then(|| {
+                crate::adaptive::AdaptiveConfig::with_max(
+                    args.adaptive_max_limit.unwrap_or(8 * available_cpus()),
+                )
+            }),
         };
         if let Some(path) = &args.auth_token_file {
             config.auth_token =
@@ -351,7 +370,12 @@ impl TryFrom<&Args> for Config {
         config.hnsw = HnswParams {
             connectivity: args.connectivity.clamp(2, 256),
             ef_construction: args.ef_construction.max(1),
-            search_threads: concurrency_limit,
+            // The index's search threads bound concurrent searches below admission; they must
+            // not be the tighter bound, or requests would queue invisibly inside the engine.
+            search_threads: config
+                .admission
+                .adaptive
+                .map_or(concurrency_limit, |a| a.max_limit.max(concurrency_limit)),
         };
         config.preload = args.preload;
         config.preload_seed = args.preload_seed;
@@ -407,5 +431,7 @@ fn connection_limits(args: &Args) -> Result<crate::limits::ConnectionLimits, Con
         max_frame_bytes: args.max_frame_bytes,
         keepalive_interval: args.keepalive_interval,
         keepalive_timeout: args.keepalive_timeout,
+        // 0 turns it off.
+        max_connection_idle: Some(args.max_connection_idle).filter(|d| !d.is_zero()),
     })
 }

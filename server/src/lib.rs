@@ -11,7 +11,7 @@
 //!   answers RESOURCE_EXHAUSTED instead of being OOM-killed;
 //! - [`admission`]: the cost-weighted concurrency limit, bounded queue and load shedding in
 //!   front of the VectorIndex service (health and reflection stay outside all four, so probes
-//!   answer under load);
+//!   answer under load); [`adaptive`] moves the limit with service time when asked to;
 //! - [`service`]: proto to domain types, validation, domain errors to gRPC status codes;
 //! - [`engine`]: runs index work on the blocking pool, one writer, bounded searches;
 //! - [`embed`]: text to vectors; [`index`]: points, exact scan and the HNSW graph;
@@ -22,6 +22,7 @@
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
+pub mod adaptive;
 pub mod admission;
 pub mod auth;
 pub mod config;
@@ -146,6 +147,16 @@ pub async fn serve(
 
     let metrics = Arc::new(Metrics::new());
     let admission = Admission::new(config.admission, Arc::clone(&metrics));
+    let _adaptive = match config.admission.adaptive {
+        Some(adaptive) if config.admission.enabled => {
+            Some(AbortOnDrop(tokio::spawn(crate::adaptive::run(
+                Arc::clone(&admission),
+                adaptive,
+                config.admission.concurrency_limit,
+            ))))
+        }
+        _ => None,
+    };
     let engine_slot: EngineSlot = Arc::new(OnceLock::new());
     let service = Service::new(
         Arc::clone(&engine_slot),

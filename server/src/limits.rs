@@ -10,7 +10,10 @@
 //!   back off instead of spinning).
 //!   Each accepted socket is a [`Guarded`] one: it must send its first bytes (the HTTP/2
 //!   preface, or a TLS hello) within the handshake timeout, and is closed after the idle
-//!   timeout without a single byte from the peer.
+//!   timeout without a single byte from the peer, or after `max_connection_idle` without an
+//!   open request (a peer that completed HTTP/2 and answers pings, but never asks for
+//!   anything, is still idle: gRPC's `MAX_CONNECTION_IDLE`). Requests are counted per
+//!   connection through its [`PeerInfo`], which tonic puts in every request's extensions.
 //! - [`apply`]: HTTP/2 limits on tonic's server builder (streams per connection, header list
 //!   size, reset-stream guards, windows, frame size, keepalive pings that find peers which stopped
 //!   answering).
@@ -23,7 +26,7 @@
 //! `max_concurrent_streams`; bytes a peer can push unread by the HTTP/2 windows; request bodies
 //! read but not yet answered by `request_buffer_bytes`; a stalled request body by
 //! `request_read_timeout`; a silent socket by the handshake and idle timeouts and
-//! keepalive pings. Responses a client never reads stay within its stream windows, on at most
+//! keepalive pings; a connection that asks for nothing by `max_connection_idle`. Responses a client never reads stay within its stream windows, on at most
 //! `max_concurrent_streams` streams per connection.
 
 use std::collections::BTreeMap;
@@ -87,6 +90,9 @@ pub struct ConnectionLimits {
     pub keepalive_interval: Duration,
     /// Time a peer has to answer a ping.
     pub keepalive_timeout: Duration,
+    /// A connection with no request open for this long is closed (`None`: never). Closing
+    /// it is safe: nothing is in flight on it, and gRPC clients reconnect on their next call.
+    pub max_connection_idle: Option<Duration>,
 }
 
 impl Default for ConnectionLimits {
@@ -118,6 +124,9 @@ impl Default for ConnectionLimits {
             max_frame_bytes: 16 * 1024,
             keepalive_interval: Duration::from_secs(30),
             keepalive_timeout: Duration::from_secs(10),
+            // A client that keeps a connection for its next call within minutes keeps it; a
+            // pool of connections opened and then left alone frees its places under the cap.
+            max_connection_idle: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -360,6 +369,81 @@ pub struct Guarded {
     idle_timeout: Duration,
     last_read: Instant,
     idle: Pin<Box<Sleep>>,
+    /// Requests open on this connection, counted by [`WholeRequest`].
+    activity: Arc<Activity>,
+    max_connection_idle: Option<Duration>,
+    /// Fires when the connection may have been without a request for `max_connection_idle`.
+    quiet: Pin<Box<Sleep>>,
+}
+
+/// The requests open on one connection, and since when it has had none.
+#[derive(Debug)]
+pub struct Activity {
+    open: AtomicUsize,
+    quiet_since: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            quiet_since: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Requests open on the connection now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Counts a request as open until the returned guard is dropped.
+    fn enter(self: &Arc<Self>) -> OpenRequest {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenRequest(Arc::clone(self))
+    }
+
+    /// When the connection will have had no request for `max`: `None` while one is open.
+    fn quiet_until(&self, max: Duration) -> Option<Instant> {
+        let since = *self.quiet_since.lock().unwrap_or_else(|p| p.into_inner());
+        // Read after the timestamp: a request that ended in between has moved it already.
+        (self.open() == 0).then_some(since + max)
+    }
+}
+
+/// One open request on a connection; dropped when its response has been sent (or dropped).
+struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let mut since = self.0.quiet_since.lock().unwrap_or_else(|p| p.into_inner());
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *since = Instant::now();
+        }
+    }
+}
+
+/// What tonic knows of a [`Guarded`] connection: its addresses, and its [`Activity`].
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Local and remote addresses.
+    pub tcp: TcpConnectInfo,
+    /// The requests open on it.
+    pub activity: Arc<Activity>,
+}
+
+impl PeerInfo {
+    /// The connection's activity, from a request's extensions (plain or TLS).
+    fn activity_of<B>(request: &http::Request<B>) -> Option<Arc<Activity>> {
+        let extensions = request.extensions();
+        extensions
+            .get::<PeerInfo>()
+            .or_else(|| {
+                extensions
+                    .get::<tonic::transport::server::TlsConnectInfo<PeerInfo>>()
+                    .map(|tls| tls.get_ref())
+            })
+            .map(|peer| Arc::clone(&peer.activity))
+    }
 }
 
 /// Length of the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
@@ -382,6 +466,11 @@ impl Guarded {
             idle_timeout: limits.idle_timeout,
             last_read: now,
             idle: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            activity: Activity::new(),
+            max_connection_idle: limits.max_connection_idle,
+            quiet: Box::pin(tokio::time::sleep_until(
+                now + limits.max_connection_idle.unwrap_or(limits.idle_timeout),
+            )),
         }
     }
 
@@ -418,6 +507,19 @@ impl Guarded {
                 ));
             }
             self.idle.as_mut().reset(deadline);
+        }
+        if let Some(max) = self.max_connection_idle {
+            while self.quiet.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                let deadline = self.activity.quiet_until(max).unwrap_or(now + max);
+                if deadline <= now {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request on the connection within max_connection_idle",
+                    ));
+                }
+                self.quiet.as_mut().reset(deadline);
+            }
         }
         Ok(())
     }
@@ -481,11 +583,13 @@ impl AsyncWrite for Guarded {
 }
 
 impl Connected for Guarded {
-    // The plain TCP info, so `Request::remote_addr` keeps working.
-    type ConnectInfo = TcpConnectInfo;
+    type ConnectInfo = PeerInfo;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.stream.connect_info()
+        PeerInfo {
+            tcp: self.stream.connect_info(),
+            activity: Arc::clone(&self.activity),
+        }
     }
 }
 
@@ -553,8 +657,16 @@ where
         // The clone that was polled ready is the one to call (tower's usual swap).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
+        // Every request, of every service, counts as activity on its connection until its
+        // response has been sent (a health Watch stays open for as long as it streams).
+        let open = PeerInfo::activity_of(&request).map(|a| a.enter());
+        let hold = move |response: http::Response<Body>| match open {
+            Some(open) => response.map(|body| Body::new(Holding { body, _open: open })),
+            None => response,
+        };
         if !request.uri().path().starts_with(WHOLE_PREFIX) {
-            return Box::pin(inner.call(request));
+            let call = inner.call(request);
+            return Box::pin(async move { call.await.map(hold) });
         }
         let WholeRequestLayer {
             read_timeout,
@@ -571,7 +683,7 @@ where
                     // The body's bytes count until the request is answered (decoded, queued
                     // in admission, served): only then are they freed.
                     drop(held);
-                    return response;
+                    return response.map(hold);
                 }
                 Ok(Err(ReadError::TooLarge)) => Status::resource_exhausted(format!(
                     "request too large: more than {max_bytes} bytes"
@@ -585,8 +697,35 @@ where
                     humantime::format_duration(read_timeout)
                 )),
             };
-            Ok(status.into_http())
+            Ok(hold(status.into_http()))
         })
+    }
+}
+
+/// A response body that keeps its request counted as open on its connection until it is
+/// sent whole (or dropped).
+struct Holding {
+    body: Body,
+    _open: OpenRequest,
+}
+
+impl tonic::codegen::Body for Holding {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
