@@ -1,17 +1,23 @@
 //! The degradation curve: goodput, admitted latency and shed answers from half of capacity to
-//! ten times it, with admission on and off, in one run.
+//! ten times it, for several admission settings and without admission, in one run.
 //!
-//! Two `vecrig-server`s are started in turn on the same data (20,000 points x 64 dims, searches
-//! at ef=512 so that capacity is a few hundred per second and ten times it is within what a
-//! loadgen on the same two cores can send): one with admission as recommended for
-//! latency-sensitive serving (`--queue-target 5ms`, `--queue-depth 256`), one with
-//! `--no-admission` (no limit, no queue bound, no shedding). For each, capacity is measured
-//! with a closed model (64 users), then the open model offers 0.5x, 1x, 2x, 5x and 10x of the
-//! admission server's capacity, 10% upserts, no retries, 5 s deadlines. Per point: goodput,
-//! admitted p50/p99, shed rate, shed-answer p99, dropped arrivals, server memory.
+//! The index (20,000 points x 64 dims) is built once; every series starts a `vecrig-server` on
+//! a copy of it. Searches run at ef=512, 10% of requests are single-point upserts, no retries,
+//! 5 s deadlines. The series: admission as recommended for latency-sensitive serving
+//! (`--queue-depth 256 --queue-target 5ms --max-queue-wait 1s`) with the default limit
+//! (2 x the server's CPUs), half, twice and four times it, and `--adaptive-limit`; then
+//! `--no-admission` (no limit, no queue bound, no shedding). Capacity is measured on the
+//! default with a closed model (64 users); then every series is offered the same open-model
+//! rates: 0.5x, 1x, 2x, 5x and 10x of it. Per point: goodput, admitted p50/p99, shed rate,
+//! shed-answer p99, dropped arrivals, server memory; then a summary at 5x, and which won
+//! between the adaptive limit and the best fixed one.
 //!
-//! Run: `cargo bench -p vecrig-loadgen --bench degradation` (release). It prints a markdown
-//! table, and writes the loadgen's JSON and HTML reports for both servers to
+//! The loadgen (this process) and the servers are pinned to separate halves of the CPUs
+//! (`taskset`), so that at 10x the generator does not take the server's cores
+//! (`VECRIG_BENCH_PIN=0` to share them).
+//!
+//! Run: `cargo bench -p vecrig-loadgen --bench degradation` (release). It prints markdown
+//! tables, and writes the loadgen's JSON and HTML reports for every series to
 //! `VECRIG_BENCH_OUT` (default `target/degradation/`). `VECRIG_BENCH_SECONDS` (default 8) is
 //! each point's length.
 
@@ -121,49 +127,123 @@ const ADMISSION_ARGS: [&str; 6] = [
 /// One server configuration on the curve.
 struct Series {
     /// Row label.
-    label: &'static str,
+    label: String,
     /// File name of its reports.
-    slug: &'static str,
+    slug: String,
     /// Flags beyond [`SERVER_ARGS`].
-    args: Vec<&'static str>,
+    args: Vec<String>,
 }
 
-fn series() -> Vec<Series> {
-    let fixed = |label, slug, limit| Series {
-        label,
-        slug,
-        args: [&ADMISSION_ARGS[..], &["--concurrency-limit", limit]].concat(),
+/// The default limit first (capacity is measured on it), then half, twice and four times it,
+/// the adaptive limit (starting at the default), and no admission.
+fn series(server_cpus: usize) -> Vec<Series> {
+    let default = 2 * server_cpus;
+    let fixed = |limit: usize, slug: &str| Series {
+        label: if limit == default {
+            format!("limit {limit} (default)")
+        } else {
+            format!("limit {limit}")
+        },
+        slug: slug.into(),
+        args: ADMISSION_ARGS
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["--concurrency-limit".into(), limit.to_string()])
+            .collect(),
     };
     vec![
-        // The default limit (2 x CPUs on this 2-core machine) first: capacity is measured on it.
-        fixed("limit 4 (default)", "admission-on", "4"),
-        fixed("limit 2", "limit-2", "2"),
-        fixed("limit 8", "limit-8", "8"),
-        fixed("limit 16", "limit-16", "16"),
+        fixed(default, "admission-on"),
+        fixed(default / 2, "limit-half"),
+        fixed(default * 2, "limit-double"),
+        fixed(default * 4, "limit-quadruple"),
         Series {
-            label: "adaptive",
-            slug: "adaptive",
-            args: [&ADMISSION_ARGS[..], &["--adaptive-limit"]].concat(),
+            label: "adaptive".into(),
+            slug: "adaptive".into(),
+            args: ADMISSION_ARGS
+                .iter()
+                .map(|s| s.to_string())
+                .chain(["--adaptive-limit".into()])
+                .collect(),
         },
         Series {
-            label: "no admission",
-            slug: "admission-off",
-            args: vec!["--no-admission"],
+            label: "no admission".into(),
+            slug: "admission-off".into(),
+            args: vec!["--no-admission".into()],
         },
     ]
 }
 
+/// Keeps the loadgen (this process) and the server on separate CPUs, so that the curve
+/// measures the server rather than two processes fighting over the same cores: the loadgen
+/// gets the first half of the CPUs, the server the second (`taskset`). Off with
+/// `VECRIG_BENCH_PIN=0`, or where there are fewer than 2 CPUs or no `taskset`.
+struct Pinning {
+    server_cpus: std::ops::Range<usize>,
+    /// A script that starts `vecrig-server` on the server's CPUs.
+    wrapper: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Pinning {
+    fn new() -> Option<Self> {
+        if std::env::var("VECRIG_BENCH_PIN").is_ok_and(|v| v == "0") {
+            return None;
+        }
+        let cpus = std::thread::available_parallelism().ok()?.get();
+        if cpus < 2 {
+            return None;
+        }
+        let (loadgen, server) = (0..cpus / 2, cpus / 2..cpus);
+        let list = |r: &std::ops::Range<usize>| format!("{}-{}", r.start, r.end - 1);
+        // This process has one thread yet (the runtime is built after): pin it, and the
+        // threads it starts inherit the mask.
+        let pinned = std::process::Command::new("taskset")
+            .args(["-a", "-p", "-c", &list(&loadgen)])
+            .arg(std::process::id().to_string())
+            .stdout(std::process::Stdio::null())
+            .status()
+            .ok()?
+            .success();
+        if !pinned {
+            return None;
+        }
+        let dir = tempfile::tempdir().ok()?;
+        let wrapper = dir.path().join("vecrig-server");
+        std::fs::write(
+            &wrapper,
+            format!(
+                "#!/bin/sh\nexec taskset -c {} {} \"$@\"\n",
+                list(&server),
+                server_binary().display()
+            ),
+        )
+        .ok()?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).ok()?;
+        Some(Self {
+            server_cpus: server,
+            wrapper,
+            _dir: dir,
+        })
+    }
+}
+
 /// Runs `run` against a server started on a copy of `data` (so that every series starts
 /// from the same index, whatever the previous one's upserts did).
-async fn with_server<T>(data: &Path, extra: &[&str], run: impl AsyncFnOnce(&str) -> T) -> T {
+async fn with_server<T>(
+    binary: &Path,
+    data: &Path,
+    extra: &[String],
+    run: impl AsyncFnOnce(&str) -> T,
+) -> T {
     let copy = tempfile::tempdir().expect("temp dir");
     copy_dir(data, copy.path());
     let args: Vec<String> = SERVER_ARGS
         .iter()
-        .chain(extra)
         .map(|s| s.to_string())
+        .chain(extra.iter().cloned())
         .collect();
-    let server = LocalServer::spawn(&server_binary(), POINTS, Some(copy.path()), &args)
+    let server = LocalServer::spawn(binary, POINTS, Some(copy.path()), &args)
         .await
         .expect("start vecrig-server");
     let out = run(&server.target).await;
@@ -226,38 +306,53 @@ fn main() {
         .unwrap_or_else(|_| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/degradation")
         });
+    let pinning = Pinning::new();
+    let binary = pinning
+        .as_ref()
+        .map_or_else(server_binary, |p| p.wrapper.clone());
+    let server_cpus = pinning.as_ref().map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        |p| p.server_cpus.len(),
+    );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         // Build the index once; each series starts from a copy of it.
         let data = tempfile::tempdir().expect("temp dir");
-        let server = LocalServer::spawn(&server_binary(), POINTS, Some(data.path()), &SERVER_ARGS.map(String::from))
+        let server = LocalServer::spawn(&binary, POINTS, Some(data.path()), &SERVER_ARGS.map(String::from))
             .await
             .expect("start vecrig-server");
         server.stop(Duration::from_secs(60)).await;
 
         let mut capacity_default = None;
         let mut results = Vec::new();
-        for series in series() {
-            let (measured, report) = with_server(data.path(), &series.args, async |target| {
+        for series in series(server_cpus) {
+            let (measured, report) = with_server(&binary, data.path(), &series.args, async |target| {
                 let measured = capacity(target).await;
                 // Every series is offered the same rates: multiples of the default's capacity.
                 let base = *capacity_default.get_or_insert(measured);
-                (measured, curve(target, series.slug, base, seconds).await)
+                (measured, curve(target, &series.slug, base, seconds).await)
             })
             .await;
-            write(&out, series.slug, &report);
+            write(&out, &series.slug, &report);
             eprintln!("{}: capacity {measured:.0} req/s", series.label);
             results.push((series, measured, report));
         }
 
         let base = capacity_default.unwrap_or_default();
+        match &pinning {
+            Some(p) => println!(
+                "server on CPUs {:?}, loadgen on the others (taskset)",
+                p.server_cpus
+            ),
+            None => println!("server and loadgen share all CPUs (not pinned)"),
+        }
         println!("offered load: multiples of {base:.0} req/s (the default limit's capacity, closed model of 64 users)");
         println!();
         println!("| server | offered | sent/s | goodput/s | ok p50 ms | ok p99 ms | shed | shed p99 ms | dropped | RSS MB |");
         println!("|---|---|---|---|---|---|---|---|---|---|");
         for (series, _, report) in &results {
             for p in &report.scenarios[0].phases {
-                println!("{}", row(series.label, p));
+                println!("{}", row(&series.label, p));
             }
         }
         println!();
@@ -269,7 +364,7 @@ fn main() {
             .fold(0.0, f64::max);
         let summaries: Vec<Summary> = results
             .iter()
-            .map(|(series, measured, report)| Summary::of(series.label, *measured, report))
+            .map(|(series, measured, report)| Summary::of(&series.label, *measured, report))
             .collect();
         for s in &summaries {
             println!(
@@ -324,7 +419,7 @@ fn main() {
 
 /// One series' figures at the points the goals name.
 struct Summary {
-    label: &'static str,
+    label: String,
     capacity: f64,
     peak: f64,
     half: PhaseReport,
@@ -333,10 +428,10 @@ struct Summary {
 }
 
 impl Summary {
-    fn of(label: &'static str, capacity: f64, report: &Report) -> Self {
+    fn of(label: &str, capacity: f64, report: &Report) -> Self {
         let phases = &report.scenarios[0].phases;
         Self {
-            label,
+            label: label.into(),
             capacity,
             peak: phases.iter().map(|p| p.qps).fold(0.0, f64::max),
             half: phases[0].clone(),

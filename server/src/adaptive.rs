@@ -12,9 +12,10 @@
 //! limit    = limit * gradient + sqrt(limit * gradient)      (the square root is headroom)
 //! ```
 //!
-//! so the limit shrinks when requests take longer than the no-load time plus the buffer and
-//! grows while they do not. On a CPU-bound server with C cores, service time grows as
-//! limit / C beyond C, and the limit settles near `(1 + buffer) C + sqrt(limit)`.
+//! and moves the limit a fifth of the way there (smoothing), so it shrinks when requests take
+//! longer than the no-load time plus the buffer (50%) and grows while they do not. On a
+//! CPU-bound server with C cores, service time grows as limit / C beyond C, and the limit
+//! settles near `(1 + buffer) C + sqrt(limit)`.
 //!
 //! `min_rtt` is measured at start and then every `min_rtt_interval` (jittered, so a fleet
 //! does not measure in step): the limit is held at `min_limit` until `min_rtt_samples`
@@ -47,6 +48,8 @@ pub struct AdaptiveConfig {
     pub min_rtt_samples: u64,
     /// Fewest requests in a window for it to move the limit.
     pub min_window_samples: u64,
+    /// Weight of each new computation in the limit (an exponential moving average).
+    pub smoothing: f64,
 }
 
 impl AdaptiveConfig {
@@ -56,10 +59,15 @@ impl AdaptiveConfig {
             min_limit: 1,
             max_limit: max_limit.max(1),
             window: Duration::from_millis(100),
-            buffer: 0.25,
+            // Envoy's default is 25%; on a machine whose cores the server shares (with its
+            // clients, in this project's benches) service time wanders by more than that
+            // without any overload, and the limit would chase the noise downwards.
+            buffer: 0.5,
             min_rtt_interval: Duration::from_secs(30),
             min_rtt_samples: 50,
             min_window_samples: 5,
+            // Netflix's Gradient2 default: one noisy window moves the limit a fifth of the way.
+            smoothing: 0.2,
         }
     }
 }
@@ -176,8 +184,10 @@ impl Controller {
                         // Application-limited: no evidence that more would be served well.
                         next = next.min(self.limit);
                     }
+                    let smoothed =
+                        self.limit + (next - self.limit) * self.config.smoothing.clamp(0.0, 1.0);
                     self.limit =
-                        next.clamp(self.config.min_limit as f64, self.config.max_limit as f64);
+                        smoothed.clamp(self.config.min_limit as f64, self.config.max_limit as f64);
                 }
             }
         }
