@@ -556,8 +556,9 @@ impl Admission {
 
         // Read the body (bounded in bytes across the queue, and in time).
         let (parts, body) = request.into_parts();
+        // The body arrives already whole from `limits` (one frame): kept without a copy.
         let mut body = std::pin::pin!(body);
-        let mut buffer = bytes::BytesMut::new();
+        let mut chunks: Vec<bytes::Bytes> = Vec::with_capacity(1);
         loop {
             let frame = match tokio::time::timeout_at(give_up.into(), body.frame()).await {
                 Err(_) => return Err(self.timed_out(deadline)),
@@ -572,10 +573,14 @@ impl Admission {
                 if !queued.add_bytes(data.len()) {
                     return Err(self.shed(ShedReason::QueueBytes, deadline));
                 }
-                buffer.extend_from_slice(&data);
+                chunks.push(data);
             }
         }
-        let bytes = buffer.freeze();
+        let bytes = match chunks.len() {
+            0 => bytes::Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => chunks.concat().into(),
+        };
         let cost = Cost::estimate(parts.uri.path(), &bytes);
         let limit_units = self.lock().limit_units;
         // Never more than half the limit: an expensive request must leave room for others.

@@ -68,6 +68,10 @@ pub struct Args {
     /// Take a snapshot at least this often while writes arrive.
     #[arg(long, env = "VECRIG_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
     pub snapshot_interval: Duration,
+    /// Nice increment of index work (searches, embedding, the writer) relative to the request
+    /// path, so that a saturated index cannot delay admission and shedding (0: off).
+    #[arg(long, env = "VECRIG_INDEX_NICE", default_value_t = crate::priority::DEFAULT_INDEX_NICE)]
+    pub index_nice: i32,
     /// How long shutdown waits for in-flight requests before giving up on them.
     #[arg(long, env = "VECRIG_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
     pub grace: Duration,
@@ -190,6 +194,8 @@ pub struct Config {
     pub preload_seed: u64,
     /// Drain timeout on shutdown.
     pub grace: Duration,
+    /// Nice increment of index work (see `priority`).
+    pub index_nice: i32,
     /// When to take snapshots.
     pub snapshots: crate::storage::SnapshotPolicy,
     /// TLS identity, when serving https.
@@ -305,6 +311,7 @@ impl Config {
             preload: 0,
             preload_seed: vecrig::synthetic::Synthetic::DEFAULT_SEED,
             grace: Duration::from_secs(10),
+            index_nice: crate::priority::DEFAULT_INDEX_NICE,
             snapshots: crate::storage::SnapshotPolicy::default(),
             tls: None,
             auth_token: None,
@@ -380,6 +387,7 @@ impl TryFrom<&Args> for Config {
         config.preload = args.preload;
         config.preload_seed = args.preload_seed;
         config.grace = args.grace;
+        config.index_nice = args.index_nice.clamp(0, 19);
         if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
             let read = |path: &PathBuf| {
                 std::fs::read(path)

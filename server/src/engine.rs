@@ -295,6 +295,7 @@ impl Engine {
         let engine = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            crate::priority::as_index_work();
             engine.search_blocking(&search)
         })
         .await

@@ -18,6 +18,7 @@
 //! - [`storage`]: durability: the write-ahead log ([`wal`]), group commit, [`snapshot`]s,
 //!   recovery on start.
 //!
+//! [`priority`] keeps index work below the request path on a saturated CPU.
 //! [`probe`] is `vecrig-server --probe`, the container health check.
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
@@ -33,6 +34,7 @@ pub mod index;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod priority;
 pub mod probe;
 pub mod service;
 pub mod snapshot;
@@ -145,6 +147,7 @@ pub async fn serve(
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
 
+    crate::priority::set_index_nice(config.index_nice);
     let metrics = Arc::new(Metrics::new());
     let admission = Admission::new(config.admission, Arc::clone(&metrics));
     let _adaptive = match config.admission.adaptive {

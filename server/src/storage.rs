@@ -141,7 +141,10 @@ impl Storage {
             let (engine, durable, dir) = (Arc::clone(&engine), Arc::clone(&durable), dir.clone());
             std::thread::Builder::new()
                 .name("vecrig-writer".into())
-                .spawn(move || write_loop(&engine, &dir, wal, &pending, &durable, policy))
+                .spawn(move || {
+                    crate::priority::as_index_work();
+                    write_loop(&engine, &dir, wal, &pending, &durable, policy)
+                })
                 .map_err(|source| OpenError::DataDir {
                     path: "writer thread".into(),
                     source,
@@ -170,9 +173,12 @@ impl Storage {
     /// Upserts points; answers once durable (and, with `wait`, visible to searches).
     pub async fn upsert(&self, points: Vec<NewPoint>, wait: bool) -> Result<Applied, Error> {
         let engine = Arc::clone(&self.engine);
-        let record = tokio::task::spawn_blocking(move || engine.prepare(points))
-            .await
-            .map_err(|e| Error::Worker(e.to_string()))?;
+        let record = tokio::task::spawn_blocking(move || {
+            crate::priority::as_index_work();
+            engine.prepare(points)
+        })
+        .await
+        .map_err(|e| Error::Worker(e.to_string()))?;
         self.submit(record, wait).await
     }
 
