@@ -15,7 +15,8 @@
 //!    wait plus its service time, from measured service times, exceeds it) is refused with
 //!    `DEADLINE_EXCEEDED` before any work. Waiting is bounded in time: `max_queue_wait` always,
 //!    and with `queue_target` set, CoDel-style, once the queue has not emptied for
-//!    `queue_interval`, arrivals whose expected wait exceeds the target are shed at once.
+//!    `queue_interval`, arrivals whose expected wait exceeds the target are shed at once, and
+//!    go on being held to it until a whole interval passes in which every arrival fitted.
 //!    A request whose client cancels while it waits leaves the queue and never runs.
 //! 4. **Shed answers** carry `grpc-retry-pushback-ms` (gRFC A6): the expected wait, so polite
 //!    clients come back when there is room.
@@ -298,15 +299,14 @@ impl Admission {
         status
     }
 
-    /// Whether the CoDel-style check sheds an arrival: the queue has not emptied for
-    /// `queue_interval` and the wait it would face exceeds `queue_target`.
+    /// Whether the CoDel-style check sheds an arrival (see [`Scheduler::too_long_a_wait`]).
     fn standing_queue_too_long(&self) -> bool {
         let Some(target) = self.config.queue_target else {
             return false;
         };
-        let standing_since = self.lock().nonempty_since;
-        standing_since.is_some_and(|since| since.elapsed() >= self.config.queue_interval)
-            && self.expected_wait() > target
+        let per_slot = self.service_time_per_slot();
+        self.lock()
+            .too_long_a_wait(Instant::now(), per_slot, target, self.config.queue_interval)
     }
 }
 
@@ -336,6 +336,9 @@ struct Scheduler {
     next_id: u64,
     /// Since when the queue has been non-empty.
     nonempty_since: Option<Instant>,
+    /// Until when arrivals are held to `queue_target` (the queue stood, and arrivals were
+    /// shed for it, within the last interval).
+    strict_until: Option<Instant>,
     /// The adaptive controller's current window, and when it began.
     window: Window,
     window_since: Instant,
@@ -358,9 +361,39 @@ impl Scheduler {
             served: [0; 2],
             next_id: 0,
             nonempty_since: None,
+            strict_until: None,
             window: Window::default(),
             window_since: Instant::now(),
         }
+    }
+
+    /// The CoDel-style rule: an arrival is shed when the wait it would face exceeds `target`
+    /// while the queue *stands*: it has not emptied for `interval`, or arrivals were shed
+    /// for it within the last `interval`. The second half matters under sustained overload:
+    /// the queue drains now and then between bursts, and if every drain reset the rule,
+    /// each one would be followed by an interval of unbounded admission (a queue of a
+    /// hundred requests waiting hundreds of milliseconds) before the rule held again. So
+    /// the rule lets go only after a whole interval in which every arrival fitted.
+    /// Outside a standing queue a burst may queue, but for no longer than `interval` (as in
+    /// Facebook's adaptive CoDel): a burst that would take longer to drain is no longer one.
+    fn too_long_a_wait(
+        &mut self,
+        now: Instant,
+        per_slot: Duration,
+        target: Duration,
+        interval: Duration,
+    ) -> bool {
+        let standing = self.strict_until.is_some_and(|until| now < until)
+            || self
+                .nonempty_since
+                .is_some_and(|since| now.saturating_duration_since(since) >= interval);
+        let expected =
+            per_slot.mul_f64(f64::from(self.queued_units) / f64::from(self.limit_units.max(1)));
+        let shed = expected > if standing { target } else { interval };
+        if shed {
+            self.strict_until = Some(now + interval);
+        }
+        shed
     }
 
     fn used_slots(&self) -> f64 {
@@ -871,6 +904,60 @@ mod tests {
         assert_eq!(granted, 4);
         assert_eq!(s.used_units, 16);
         assert_eq!(s.queued_units, 8);
+    }
+
+    #[test]
+    fn a_standing_queue_holds_arrivals_to_the_target_until_a_whole_interval_fits() {
+        let (ms, target, interval) = (
+            Duration::from_millis,
+            Duration::from_millis(5),
+            Duration::from_millis(100),
+        );
+        let start = Instant::now();
+        // Limit 2 slots, 4 ms per slot; 4 searches queued: an arrival would wait 8 ms.
+        let mut s = Scheduler::new(8);
+        let queued: Vec<_> = (0..4).map(|_| waiter(&mut s, 4, false)).collect();
+        s.nonempty_since = Some(start);
+        assert!(
+            !s.too_long_a_wait(start + ms(50), ms(4), target, interval),
+            "a queue younger than the interval is a burst, let in"
+        );
+        assert!(
+            s.too_long_a_wait(start + ms(100), ms(4), target, interval),
+            "a queue standing for the interval sheds arrivals past the target"
+        );
+        // It drains for a moment between bursts; a new burst queues up at once.
+        s.nonempty_since = None;
+        let at = start + ms(150);
+        s.nonempty_since = Some(at);
+        assert!(
+            s.too_long_a_wait(at, ms(4), target, interval),
+            "a drain does not reset the rule within the interval"
+        );
+        // A short queue fits the target: let in, and the rule is kept while it holds.
+        assert!(!s.too_long_a_wait(at + ms(10), ms(1), target, interval));
+        // An interval after the last shed, with the queue having drained since, it lets go.
+        s.nonempty_since = Some(at + ms(240));
+        assert!(
+            !s.too_long_a_wait(at + ms(260), ms(4), target, interval),
+            "after a whole interval without sheds, bursts are let in again"
+        );
+        drop(queued);
+
+        // Outside a standing queue, a burst may queue, but not past the interval.
+        let mut s = Scheduler::new(8);
+        let queued: Vec<_> = (0..4).map(|_| waiter(&mut s, 4, false)).collect();
+        s.nonempty_since = Some(start);
+        let at = start + ms(10);
+        assert!(
+            !s.too_long_a_wait(at, ms(40), target, interval),
+            "80 ms: a burst"
+        );
+        assert!(
+            s.too_long_a_wait(at, ms(60), target, interval),
+            "120 ms: too long"
+        );
+        drop(queued);
     }
 
     #[test]
