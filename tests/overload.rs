@@ -451,3 +451,94 @@ async fn the_loadgen_scrapes_the_servers_metrics_into_its_report() {
     assert!(json["scenarios"][0]["server_metrics"]["vecrig_index_points"].is_number());
     server.stop().await.expect("clean stop");
 }
+
+/// `--adaptive-limit` on a real server: the limit is held at one slot to measure the no-load
+/// service time until requests arrive, then follows measured service time; under a closed
+/// loop of exact scans, far more than the server can take, it settles far below its maximum
+/// (a controller that grew on overload would climb to it), and every request is either
+/// served or shed cleanly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_adaptive_limit_follows_service_time() {
+    const MAX: f64 = 64.0;
+    let metrics = free_port();
+    let server = common::start_preloaded(DIMS, 20_000, |c| {
+        c.admission.concurrency_limit = 4;
+        c.admission.queue_depth = 1000;
+        c.admission.adaptive = Some(vecrig_server::adaptive::AdaptiveConfig {
+            window: Duration::from_millis(50),
+            min_rtt_samples: 20,
+            // No re-measurement during the test: the limit seen is the controller's.
+            min_rtt_interval: Duration::from_secs(600),
+            ..vecrig_server::adaptive::AdaptiveConfig::with_max(MAX as usize)
+        });
+        c.metrics_listen = Some(metrics);
+    })
+    .await;
+    let limit =
+        async || sample(&scrape(metrics).await, "vecrig_concurrency_limit").expect("limit exposed");
+    // Idle: held at one slot, waiting for requests to measure.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(limit().await, 1.0, "held at one slot to measure min_rtt");
+
+    let pool = Pool::connect(
+        &server.target(),
+        &ConnectOptions {
+            connections: 4,
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .expect("pool");
+    let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
+    let until = Instant::now() + Duration::from_secs(5);
+    let mut users = Vec::new();
+    for user in 0..48u64 {
+        let (pool, data) = (pool.clone(), data.clone());
+        users.push(tokio::spawn(async move {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(user);
+            let (mut served, mut shed) = (0u64, 0u64);
+            while Instant::now() < until {
+                // Mostly ANN searches, every fourth user scanning exactly.
+                let request = search(data.query_vector(&mut rng), user % 4 == 0);
+                match pool
+                    .client()
+                    .search(with_deadline(request, Duration::from_secs(30)))
+                    .await
+                {
+                    Ok(_) => served += 1,
+                    Err(s) if s.code() == Code::ResourceExhausted => shed += 1,
+                    Err(s) => panic!("neither served nor shed: {s}"),
+                }
+            }
+            (served, shed)
+        }));
+    }
+    let mut seen = Vec::new();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        seen.push(limit().await);
+    }
+    let (mut served, mut shed) = (0, 0);
+    for user in users {
+        let (s, d) = user.await.expect("user");
+        served += s;
+        shed += d;
+    }
+    let settled = &seen[seen.len() / 2..];
+    println!("adaptive limit under overload: {seen:?}; {served} served, {shed} shed");
+    assert!(served > 100, "served {served}");
+    assert!(
+        seen.iter().any(|&l| l > 1.0),
+        "the measurement ended and the limit moved off one slot: {seen:?}"
+    );
+    assert!(
+        seen.iter().all(|&l| (1.0..=MAX).contains(&l)),
+        "within bounds: {seen:?}"
+    );
+    let top = settled.iter().copied().fold(0.0, f64::max);
+    assert!(
+        top <= MAX / 2.0,
+        "under overload on two cores it settles far below its maximum: {seen:?}"
+    );
+    server.stop().await.expect("clean stop");
+}

@@ -207,7 +207,7 @@ impl Admission {
     /// adaptive limit, [`crate::adaptive`]).
     pub fn take_window(&self) -> Window {
         let mut scheduler = self.lock();
-        let taken = std::mem::replace(&mut scheduler.window, Window::default());
+        let taken = std::mem::take(&mut scheduler.window);
         scheduler.window.peak_used_slots = scheduler.used_slots();
         scheduler.window_since = Instant::now();
         Window {
