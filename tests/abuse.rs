@@ -1,7 +1,7 @@
 //! Abuse, bounded: each test attacks a running server one way (thousands of idle sockets,
-//! connections that speak HTTP/2 but never ask for anything,
-//! slowloris, a rapid-reset flood, oversized headers, oversized payload maps, a client that never
-//! reads) while a normal client keeps searching, and asserts that
+//! connections that speak HTTP/2 but never ask for anything, slowloris, a rapid-reset flood,
+//! oversized headers, oversized payload maps, a client that never reads) while a normal client
+//! keeps searching, and asserts that
 //! - the normal client's p99 stays within 3x of its unabused p99, measured moments before in the
 //!   same test (with a 20 ms floor, see [`NOISE_FLOOR`]), and every normal request succeeds;
 //! - the abuse met the bound meant for it (connections closed, streams refused, clean codes);
