@@ -29,6 +29,19 @@ fn search(values: Vec<f32>, exact: bool) -> proto::SearchRequest {
     }
 }
 
+/// Four connections to `server`, so that many users' streams are spread as a real client's.
+async fn pool_of(server: &TestServer) -> Pool {
+    Pool::connect(
+        &server.target(),
+        &ConnectOptions {
+            connections: 4,
+            ..ConnectOptions::default()
+        },
+    )
+    .await
+    .expect("pool")
+}
+
 fn free_port() -> std::net::SocketAddr {
     let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     socket.local_addr().expect("addr")
@@ -131,15 +144,7 @@ async fn exact_scans_cannot_starve_cheap_searches() {
         c.admission.queue_depth = 1000;
     })
     .await;
-    let pool = Pool::connect(
-        &server.target(),
-        &ConnectOptions {
-            connections: 4,
-            ..ConnectOptions::default()
-        },
-    )
-    .await
-    .expect("pool");
+    let pool = pool_of(&server).await;
     let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
     let deadline = Instant::now() + Duration::from_secs(4);
 
@@ -304,15 +309,7 @@ async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
         c.metrics_listen = Some(metrics);
     })
     .await;
-    let pool = Pool::connect(
-        &server.target(),
-        &ConnectOptions {
-            connections: 4,
-            ..ConnectOptions::default()
-        },
-    )
-    .await
-    .expect("pool");
+    let pool = pool_of(&server).await;
     let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
     let mut tasks = Vec::new();
@@ -480,15 +477,7 @@ async fn the_adaptive_limit_follows_service_time() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(limit().await, 1.0, "held at one slot to measure min_rtt");
 
-    let pool = Pool::connect(
-        &server.target(),
-        &ConnectOptions {
-            connections: 4,
-            ..ConnectOptions::default()
-        },
-    )
-    .await
-    .expect("pool");
+    let pool = pool_of(&server).await;
     let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
     let until = Instant::now() + Duration::from_secs(5);
     let mut users = Vec::new();

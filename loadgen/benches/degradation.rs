@@ -237,7 +237,7 @@ async fn with_server<T>(
     run: impl AsyncFnOnce(&str) -> T,
 ) -> T {
     let copy = tempfile::tempdir().expect("temp dir");
-    copy_dir(data, copy.path());
+    vecrig_loadgen::target::copy_data_dir(data, copy.path()).expect("copy the index");
     let args: Vec<String> = SERVER_ARGS
         .iter()
         .map(|s| s.to_string())
@@ -253,19 +253,6 @@ async fn with_server<T>(
 
 fn server_binary() -> PathBuf {
     common::server_binary(Path::new(env!("CARGO_BIN_EXE_vecrig-loadgen")))
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    for entry in std::fs::read_dir(from).expect("read data dir") {
-        let entry = entry.expect("dir entry");
-        let target = to.join(entry.file_name());
-        if entry.file_type().expect("file type").is_dir() {
-            std::fs::create_dir_all(&target).expect("mkdir");
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), &target).expect("copy");
-        }
-    }
 }
 
 fn row(label: &str, p: &PhaseReport) -> String {

@@ -237,3 +237,19 @@ impl LocalServer {
         }
     }
 }
+
+/// Copies a server's data directory (snapshots, the log and its segments) into `to`, so that
+/// several servers can start from one index built once.
+pub fn copy_data_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_data_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}

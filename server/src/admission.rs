@@ -208,12 +208,11 @@ impl Admission {
     pub fn take_window(&self) -> Window {
         let mut scheduler = self.lock();
         let taken = std::mem::take(&mut scheduler.window);
+        // What runs now is in use in the new window too. (The old window's peak already
+        // counts it: usage only grows through `take`, which records the peak.)
         scheduler.window.peak_used_slots = scheduler.used_slots();
         scheduler.window_since = Instant::now();
-        Window {
-            peak_used_slots: taken.peak_used_slots.max(scheduler.used_slots()),
-            ..taken
-        }
+        taken
     }
 
     /// Changes the concurrency limit (slots); waiting requests are admitted if it grew.
@@ -237,12 +236,8 @@ impl Admission {
     /// The expected wait for a request arriving now, from the cost queued and the measured
     /// service time (zero until something has been measured).
     fn expected_wait(&self) -> Duration {
-        let (queued_units, limit_units) = {
-            let s = self.lock();
-            (s.queued_units, s.limit_units)
-        };
-        let per_slot = self.service_time_per_slot().as_secs_f64();
-        Duration::from_secs_f64(per_slot * f64::from(queued_units) / f64::from(limit_units.max(1)))
+        let per_slot = self.service_time_per_slot();
+        self.lock().expected_wait(per_slot)
     }
 
     fn record_service_time(&self, cost: Cost, took: Duration) {
@@ -387,13 +382,17 @@ impl Scheduler {
             || self
                 .nonempty_since
                 .is_some_and(|since| now.saturating_duration_since(since) >= interval);
-        let expected =
-            per_slot.mul_f64(f64::from(self.queued_units) / f64::from(self.limit_units.max(1)));
-        let shed = expected > if standing { target } else { interval };
+        let shed = self.expected_wait(per_slot) > if standing { target } else { interval };
         if shed {
             self.strict_until = Some(now + interval);
         }
         shed
+    }
+
+    /// The wait of a request queued now: the cost ahead of it, spread over the limit, at
+    /// `per_slot` each.
+    fn expected_wait(&self, per_slot: Duration) -> Duration {
+        per_slot.mul_f64(f64::from(self.queued_units) / f64::from(self.limit_units.max(1)))
     }
 
     fn used_slots(&self) -> f64 {
