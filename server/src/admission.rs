@@ -158,7 +158,27 @@ pub struct Admission {
     /// Exponentially weighted mean service time of one slot of cost, in nanoseconds.
     service_ns_per_slot: AtomicU64,
     metrics: Arc<Metrics>,
+    /// Told when the queue has room again (see [`Admission::on_room`]).
+    room: RoomSlot,
 }
+
+/// Holds the [`RoomSignal`], once set (a closure has no `Debug`).
+#[derive(Default)]
+struct RoomSlot(std::sync::OnceLock<RoomSignal>);
+
+impl std::fmt::Debug for RoomSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "RoomSlot(set)"
+        } else {
+            "RoomSlot(unset)"
+        })
+    }
+}
+
+/// Called, as admitted requests finish, while the queue has room for more work: the request
+/// path uses it to resume reading connections it paused (`crate::pacing`).
+pub type RoomSignal = Arc<dyn Fn() + Send + Sync>;
 
 /// A snapshot of the admission figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -186,6 +206,7 @@ impl Admission {
             shed_total: AtomicU64::new(0),
             service_ns_per_slot: AtomicU64::new(0),
             metrics,
+            room: RoomSlot::default(),
         })
     }
 
@@ -220,6 +241,13 @@ impl Admission {
         let mut scheduler = self.lock();
         scheduler.limit_units = (slots.max(1) as u32).saturating_mul(UNITS_PER_SLOT);
         scheduler.dispatch();
+    }
+
+    /// Sets who is told when the queue has room: less than half of `queue_depth` waiting,
+    /// and, with a `queue_target`, less than half of it expected. (Once; later calls are
+    /// ignored.)
+    pub fn on_room(&self, signal: RoomSignal) {
+        let _ = self.room.0.set(signal);
     }
 
     /// The measured mean service time of one slot of cost.
@@ -486,9 +514,19 @@ impl Drop for Grant {
         self.admission
             .metrics
             .observe_service_time(self.method, took);
+        let per_slot = self.admission.service_time_per_slot();
         let mut scheduler = self.admission.lock();
         scheduler.sample(self.started, took, self.cost);
         scheduler.release(self.cost.units);
+        let config = &self.admission.config;
+        let room = self.admission.queued.load(Ordering::Relaxed) < config.queue_depth / 2
+            && config
+                .queue_target
+                .is_none_or(|target| scheduler.expected_wait(per_slot) < target / 2);
+        drop(scheduler);
+        if room && let Some(signal) = self.admission.room.0.get() {
+            signal();
+        }
     }
 }
 

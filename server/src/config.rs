@@ -162,6 +162,9 @@ pub struct Args {
     /// The memory guard.
     #[command(flatten)]
     pub memory: crate::memory::Args,
+    /// Pacing of connections that flood the server with cheap calls.
+    #[command(flatten)]
+    pub pacing: crate::pacing::Args,
     /// The health probe (`--probe`).
     #[command(flatten)]
     pub probe: crate::probe::Args,
@@ -208,6 +211,8 @@ pub struct Config {
     pub connection_limits: crate::limits::ConnectionLimits,
     /// When to refuse work for lack of memory.
     pub memory: crate::memory::Config,
+    /// When to read a flooding connection slowly.
+    pub pacing: crate::pacing::Config,
 }
 
 /// A TLS identity: PEM certificate chain and private key.
@@ -318,6 +323,7 @@ impl Config {
             metrics_listen: None,
             connection_limits: crate::limits::ConnectionLimits::default(),
             memory: crate::memory::Config::default(),
+            pacing: crate::pacing::Config::default(),
         }
     }
 }
@@ -399,6 +405,7 @@ impl TryFrom<&Args> for Config {
             });
         }
         config.memory = crate::memory::Config::try_from(&args.memory).map_err(ConfigError)?;
+        config.pacing = crate::pacing::Config::try_from(&args.pacing).map_err(ConfigError)?;
         config.snapshots = crate::storage::SnapshotPolicy {
             wal_bytes: args.snapshot_wal_bytes.max(1 << 20),
             interval: args.snapshot_interval,

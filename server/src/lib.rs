@@ -26,14 +26,17 @@
 pub mod adaptive;
 pub mod admission;
 pub mod auth;
+pub mod caller;
 pub mod config;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod fair;
 pub mod index;
 pub mod limits;
 pub mod memory;
 pub mod metrics;
+pub mod pacing;
 pub mod priority;
 pub mod probe;
 pub mod service;
@@ -204,8 +207,23 @@ pub async fn serve(
         None => None,
     };
 
-    // The connection cap and handshake/idle timeouts wrap the accepted sockets.
-    let incoming = limits::incoming(listener, &config.connection_limits);
+    // The connection cap, handshake/idle timeouts and pacing wrap the accepted sockets.
+    let pacer = crate::pacing::Pacer::new(config.pacing);
+    {
+        // As admitted work finishes and the queue has room, a paused connection is read again.
+        let pacer = Arc::clone(&pacer);
+        admission.on_room(Arc::new(move || pacer.room()));
+    }
+    let incoming = limits::incoming(listener, &config.connection_limits, Arc::clone(&pacer));
+    if std::env::var("VECRIG_DEBUG_PACING").is_ok() {
+        let pacer = Arc::clone(&pacer);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                eprintln!("pacing {:?}", pacer.stats());
+            }
+        });
+    }
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {

@@ -54,6 +54,7 @@ use tower::Layer;
 use tower::layer::util::Stack;
 
 use crate::config::Config;
+use crate::pacing::{self, PACED_READ_BYTES, Pacer, PacingLayer, ReadGate};
 
 /// Connection-level and HTTP/2 bounds (the `--max-connections` ... flags).
 #[derive(Debug, Clone, Copy)]
@@ -132,7 +133,10 @@ impl Default for ConnectionLimits {
 }
 
 /// Applies the HTTP/2 limits (and the whole-request layer) to tonic's server builder.
-pub fn apply<L>(builder: Server<L>, config: &Config) -> Server<Stack<WholeRequestLayer, L>> {
+pub fn apply<L>(
+    builder: Server<L>,
+    config: &Config,
+) -> Server<Stack<WholeRequestLayer, Stack<PacingLayer, L>>> {
     let limits = &config.connection_limits;
     builder
         // Bounds the streams one connection can open; admission bounds the work they cause.
@@ -149,7 +153,15 @@ pub fn apply<L>(builder: Server<L>, config: &Config) -> Server<Stack<WholeReques
         // Pings find dead or frozen peers whose connections would otherwise hold streams forever.
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        // Outermost layer: a request reaches routing (and admission) only once whole.
+        // Outermost layer: every cheap answer (refusals from any layer below, health, Stats,
+        // reflection) is charged to its connection, which is read slowly once it asks for
+        // too many: a flood of them costs its sender, not the server.
+        .layer(PacingLayer::new(
+            PeerInfo::pacing_of,
+            WHOLE_PREFIX,
+            &["/vecrig.v1.VectorIndex/Stats"],
+        ))
+        // Next: a request reaches routing (and admission) only once whole.
         .layer(WholeRequestLayer::new(
             limits.request_read_timeout,
             // One gRPC message and its 5-byte frame header.
@@ -159,7 +171,7 @@ pub fn apply<L>(builder: Server<L>, config: &Config) -> Server<Stack<WholeReques
 }
 
 /// The listener's accepted connections, capped and guarded by `limits`.
-pub fn incoming(listener: TcpListener, limits: &ConnectionLimits) -> Incoming {
+pub fn incoming(listener: TcpListener, limits: &ConnectionLimits, pacer: Arc<Pacer>) -> Incoming {
     let inner = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         // TCP keepalive finds peers that vanished without a FIN even when HTTP/2 pings are off.
@@ -168,6 +180,7 @@ pub fn incoming(listener: TcpListener, limits: &ConnectionLimits) -> Incoming {
         inner,
         gate: Gate::new(limits.max_connections),
         limits: *limits,
+        pacer,
         backoff: None,
     }
 }
@@ -308,6 +321,7 @@ pub struct Incoming {
     inner: TcpIncoming,
     gate: Arc<Gate>,
     limits: ConnectionLimits,
+    pacer: Arc<Pacer>,
     backoff: Option<Pin<Box<Sleep>>>,
 }
 
@@ -347,7 +361,13 @@ impl Stream for Incoming {
                     // Refused at the cap, the socket is dropped (closed) at once: the client
                     // learns right away instead of waiting in the backlog.
                     if let Some((place, evicted)) = this.gate.enter() {
-                        let guarded = Guarded::new(stream, place, evicted, &this.limits);
+                        let guarded = Guarded::new(
+                            stream,
+                            place,
+                            evicted,
+                            &this.limits,
+                            this.pacer.connection(),
+                        );
                         return Poll::Ready(Some(Ok(guarded)));
                     }
                 }
@@ -374,6 +394,11 @@ pub struct Guarded {
     max_connection_idle: Option<Duration>,
     /// Fires when the connection may have been without a request for `max_connection_idle`.
     quiet: Pin<Box<Sleep>>,
+    /// Whether the connection may be read now (it is paused or limited once it asks for
+    /// more cheap answers than its share).
+    pacing: Arc<pacing::Connection>,
+    /// Fires at the end of a pacing pause.
+    pause: Pin<Box<Sleep>>,
 }
 
 /// The requests open on one connection, and since when it has had none.
@@ -429,20 +454,29 @@ pub struct PeerInfo {
     pub tcp: TcpConnectInfo,
     /// The requests open on it.
     pub activity: Arc<Activity>,
+    /// Its pacing state, charged with its cheap answers.
+    pub pacing: Arc<pacing::Connection>,
 }
 
 impl PeerInfo {
-    /// The connection's activity, from a request's extensions (plain or TLS).
-    fn activity_of<B>(request: &http::Request<B>) -> Option<Arc<Activity>> {
+    /// The connection's info, from a request's extensions (plain or TLS).
+    fn of<B>(request: &http::Request<B>) -> Option<&PeerInfo> {
         let extensions = request.extensions();
-        extensions
-            .get::<PeerInfo>()
-            .or_else(|| {
-                extensions
-                    .get::<tonic::transport::server::TlsConnectInfo<PeerInfo>>()
-                    .map(|tls| tls.get_ref())
-            })
-            .map(|peer| Arc::clone(&peer.activity))
+        extensions.get::<PeerInfo>().or_else(|| {
+            extensions
+                .get::<tonic::transport::server::TlsConnectInfo<PeerInfo>>()
+                .map(|tls| tls.get_ref())
+        })
+    }
+
+    /// The connection's activity, from a request's extensions.
+    fn activity_of<B>(request: &http::Request<B>) -> Option<Arc<Activity>> {
+        Self::of(request).map(|peer| Arc::clone(&peer.activity))
+    }
+
+    /// The connection's pacing state, from a request's extensions.
+    fn pacing_of(request: &http::Request<Body>) -> Option<Arc<pacing::Connection>> {
+        Self::of(request).map(|peer| Arc::clone(&peer.pacing))
     }
 }
 
@@ -455,6 +489,7 @@ impl Guarded {
         place: Place,
         evicted: oneshot::Receiver<()>,
         limits: &ConnectionLimits,
+        pacing: Arc<pacing::Connection>,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -471,6 +506,8 @@ impl Guarded {
             quiet: Box::pin(tokio::time::sleep_until(
                 now + limits.max_connection_idle.unwrap_or(limits.idle_timeout),
             )),
+            pacing,
+            pause: Box::pin(tokio::time::sleep_until(now)),
         }
     }
 
@@ -536,7 +573,31 @@ impl AsyncRead for Guarded {
         // noticed when they pass (the timers wake this task).
         this.check_deadlines(cx)?;
         let before = buf.filled().len();
-        ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+        let limit = match this.pacing.gate(cx.waker()) {
+            ReadGate::Open => None,
+            ReadGate::Limited(bytes) => Some(bytes),
+            ReadGate::PausedUntil(until) => {
+                // Not reading is what makes a flood cost its sender: its requests wait in its
+                // own buffers. The timer (or admission's room signal) wakes this read.
+                this.pause.as_mut().reset(until);
+                ready!(this.pause.as_mut().poll(cx));
+                Some(PACED_READ_BYTES)
+            }
+        };
+        match limit {
+            Some(bytes) => {
+                // A paced connection brings a few requests at a time, not all it buffered.
+                let mut small = [0u8; PACED_READ_BYTES];
+                let bytes = bytes.min(PACED_READ_BYTES).min(buf.remaining());
+                let mut small = ReadBuf::new(&mut small[..bytes]);
+                ready!(Pin::new(&mut this.stream).poll_read(cx, &mut small))?;
+                buf.put_slice(small.filled());
+                if !small.filled().is_empty() {
+                    this.pacing.after_limited_read();
+                }
+            }
+            None => ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?,
+        }
         let read = buf.filled().len() - before;
         if read > 0 {
             this.last_read = Instant::now();
@@ -589,6 +650,7 @@ impl Connected for Guarded {
         PeerInfo {
             tcp: self.stream.connect_info(),
             activity: Arc::clone(&self.activity),
+            pacing: Arc::clone(&self.pacing),
         }
     }
 }

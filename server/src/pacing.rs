@@ -1,0 +1,627 @@
+//! Pacing: a connection that keeps asking for answers that are not admitted work (refusals,
+//! health checks, `Stats`, reflection, auth and decode errors) is read slowly, so that a flood
+//! of cheap calls costs its sender, not the server.
+//!
+//! Why: a refusal is cheap, but not free. A closed-loop client gets each refusal back at once
+//! and sends the next request at once, so past a point the server's CPU goes to reading,
+//! pricing and refusing requests, and the index work that admission protects gets nothing
+//! (measured: a 64 x 64 stream flood on a one-CPU server left 1% of its goodput). No answer
+//! can be cheap enough against a sender that is not slowed down; not reading is free: the
+//! peer's requests then wait in its own buffers, held back by TCP and HTTP/2 flow control.
+//!
+//! How:
+//! - Every answer that is not the result of admitted work is a *cheap answer*, and is charged
+//!   to its connection by [`PacingLayer`] (outermost, so refusals from every layer count).
+//! - Each connection has an allowance ([`Config::connection_rate`] answers a second, with a
+//!   burst): a kubelet probe, the loadgen's monitor, or a polite client refused now and then
+//!   never exceeds it and is never paced.
+//! - Beyond its allowance a connection draws on one budget shared by the whole server
+//!   ([`Config::excess_rate`]). While that budget lasts nothing is paused, so a moderate
+//!   overload (a few times capacity) is shed at full speed. Once it is spent, a connection that
+//!   draws on it is not read again until the budget has refilled for its charge (at most
+//!   [`Config::max_pause`]), and its reads are then limited to [`PACED_READ_BYTES`], so it
+//!   brings a handful of requests at a time rather than everything it has buffered. The total
+//!   rate of excess answers is so held near `excess_rate`, however many connections flood.
+//! - When admission has room again (its queue drained below half), it wakes the connection
+//!   paused longest ([`Pacer::room`]), so pacing never leaves slots idle while a paced client
+//!   has work waiting.
+//!
+//! Admitted work is never charged: a client whose requests are served pays with the work.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use tonic::body::Body;
+use tonic::codegen::http;
+use tower::{Layer, Service};
+
+/// Bytes a paced connection may read per wake-up: a few small requests' frames.
+pub const PACED_READ_BYTES: usize = 1024;
+
+/// How long a connection stays paced (reads limited) after its last charge beyond allowance.
+const PACED_FOR: Duration = Duration::from_secs(1);
+
+/// The pause after each limited read of a paced connection. The requests of a read are
+/// answered (and charged) by tasks that run after the read; without a gap, the connection's
+/// driver would read on, a little at a time, until its socket is drained, before the first
+/// charge could pause it.
+const PACED_READ_GAP: Duration = Duration::from_millis(1);
+
+const DEFAULT_CONNECTION_RATE: f64 = 50.0;
+const DEFAULT_EXCESS_RATE: f64 = 5000.0;
+const DEFAULT_MAX_PAUSE: &str = "2s";
+
+/// The pacing flags (flattened into the server's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Cheap answers (refusals, health, Stats, reflection, errors) one connection may get per
+    /// second before it draws on the server's shared excess budget.
+    #[arg(long, env = "VECRIG_PACE_CONNECTION_RATE", default_value_t = DEFAULT_CONNECTION_RATE)]
+    pub pace_connection_rate: f64,
+    /// Cheap answers per second, beyond the connections' allowances, that the whole server
+    /// gives before the connections asking for more are read slowly (0: no pacing).
+    #[arg(long, env = "VECRIG_PACE_EXCESS_RATE", default_value_t = DEFAULT_EXCESS_RATE)]
+    pub pace_excess_rate: f64,
+    /// Longest a paced connection goes unread at a time (below the keepalive timeout, so that
+    /// a paced peer's ping answers are read in time).
+    #[arg(long, env = "VECRIG_PACE_MAX_PAUSE", default_value = DEFAULT_MAX_PAUSE, value_parser = humantime::parse_duration)]
+    pub pace_max_pause: Duration,
+}
+
+/// Pacing settings.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Config {
+    /// Cheap answers a connection may get per second without being paced (also its burst).
+    pub connection_rate: f64,
+    /// Cheap answers per second beyond the allowances before connections are paused; 0 turns
+    /// pacing off.
+    pub excess_rate: f64,
+    /// Longest pause.
+    pub max_pause: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            connection_rate: DEFAULT_CONNECTION_RATE,
+            excess_rate: DEFAULT_EXCESS_RATE,
+            max_pause: humantime::parse_duration(DEFAULT_MAX_PAUSE)
+                .unwrap_or(Duration::from_secs(2)),
+        }
+    }
+}
+
+impl Config {
+    /// Whether pacing is on.
+    pub fn enabled(&self) -> bool {
+        self.excess_rate > 0.0
+    }
+}
+
+impl TryFrom<&Args> for Config {
+    type Error = String;
+
+    fn try_from(args: &Args) -> Result<Self, String> {
+        let finite = |name: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(v)
+            } else {
+                Err(format!("--{name} must be a non-negative number, got {v}"))
+            }
+        };
+        Ok(Self {
+            connection_rate: finite("pace-connection-rate", args.pace_connection_rate)?,
+            excess_rate: finite("pace-excess-rate", args.pace_excess_rate)?,
+            max_pause: args.pace_max_pause,
+        })
+    }
+}
+
+/// The server-wide side of pacing: the shared excess budget, the connections paused on it,
+/// and the figures.
+#[derive(Debug)]
+pub struct Pacer {
+    config: Config,
+    epoch: Instant,
+    state: Mutex<Shared>,
+    charged: AtomicU64,
+    pauses: AtomicU64,
+    woken_for_room: AtomicU64,
+    /// A connection was woken for room and has not read yet.
+    room_pending: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// The excess budget as a virtual clock (nanoseconds since `epoch`): each excess answer
+    /// moves it on by 1 / `excess_rate` from no earlier than now; once it runs more than a
+    /// second (the burst) ahead of now, whoever draws on it waits for the difference.
+    clock_ns: u64,
+    /// Connections paused on the budget, longest paused first.
+    paused: VecDeque<Weak<Connection>>,
+}
+
+/// Pacing figures since start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PacerStats {
+    /// Cheap answers charged to connections.
+    pub charged: u64,
+    /// Times a connection was paused.
+    pub pauses: u64,
+    /// Paused connections woken early because admission had room.
+    pub woken_for_room: u64,
+    /// Connections paused now with work that room would let in.
+    pub paused: u64,
+}
+
+impl Pacer {
+    /// A pacer with these settings.
+    pub fn new(config: Config) -> Arc<Self> {
+        Arc::new(Self {
+            config,
+            epoch: Instant::now(),
+            state: Mutex::new(Shared {
+                clock_ns: 0,
+                paused: VecDeque::new(),
+            }),
+            charged: AtomicU64::new(0),
+            pauses: AtomicU64::new(0),
+            woken_for_room: AtomicU64::new(0),
+            room_pending: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Pacing state for a new connection.
+    pub fn connection(self: &Arc<Self>) -> Arc<Connection> {
+        Arc::new(Connection {
+            pacer: Arc::clone(self),
+            state: Mutex::new(ConnectionState {
+                // A new connection starts with a small allowance, not a whole second's: a
+                // client that reconnects to refill it gains little.
+                tokens: self.config.connection_rate.min(4.0),
+                refilled: Instant::now(),
+                paused_until: None,
+                paced_until: None,
+                waker: None,
+                wants_room: false,
+                listed: false,
+                woken_for_room: false,
+            }),
+        })
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> PacerStats {
+        let paused = self
+            .lock()
+            .paused
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|c| c.lock().paused_until.is_some())
+            .count() as u64;
+        PacerStats {
+            charged: self.charged.load(Ordering::Relaxed),
+            pauses: self.pauses.load(Ordering::Relaxed),
+            woken_for_room: self.woken_for_room.load(Ordering::Relaxed),
+            paused,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes one excess answer from the shared budget: `None` while the budget lasts, or
+    /// the moment the budget will have refilled for it.
+    fn draw_excess(&self, now: Instant) -> Option<Instant> {
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let step_ns = (1e9 / self.config.excess_rate) as u64;
+        // One second of burst: the clock may run that far ahead of now before anyone waits,
+        // so a short spike of refusals is answered at full speed.
+        let burst_ns = 1_000_000_000u64;
+        let mut shared = self.lock();
+        shared.clock_ns = shared.clock_ns.max(now_ns) + step_ns;
+        let ahead = shared.clock_ns - now_ns;
+        (ahead > burst_ns).then(|| now + Duration::from_nanos(ahead - burst_ns))
+    }
+
+    /// Lists a connection paused with work waiting, for [`Pacer::room`]; each connection is
+    /// listed once at most, so the list is no longer than the connections open.
+    fn list_for_room(&self, connection: &Arc<Connection>) {
+        let mut shared = self.lock();
+        shared.paused.push_back(Arc::downgrade(connection));
+    }
+
+    /// Admission has room: wakes the connection paused longest, if any, so that its waiting
+    /// requests can fill the room. Called as admitted requests finish.
+    ///
+    /// One at a time: until the woken connection has read, the room may already be spoken
+    /// for, and waking more would only bring requests to refuse.
+    pub fn room(&self) {
+        if self.room_pending.load(Ordering::Acquire) {
+            return;
+        }
+        loop {
+            let next = self.lock().paused.pop_front();
+            let Some(next) = next else { return };
+            let Some(connection) = next.upgrade() else {
+                continue;
+            };
+            if connection.resume_for_room() {
+                self.room_pending.store(true, Ordering::Release);
+                self.woken_for_room.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+    }
+}
+
+/// What a charged answer was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Charge {
+    /// Work refused by admission for lack of room (RESOURCE_EXHAUSTED): the connection has
+    /// work waiting that room would let in, so [`Pacer::room`] may resume it early.
+    Shed,
+    /// Any other cheap answer: health, Stats, reflection, auth and validation errors. Room in
+    /// the queue does not help these, so they wait out their pause.
+    Cheap,
+}
+
+/// One connection's pacing state, shared by its socket (which stops reading while paused)
+/// and its requests (whose cheap answers are charged to it).
+#[derive(Debug)]
+pub struct Connection {
+    pacer: Arc<Pacer>,
+    state: Mutex<ConnectionState>,
+}
+
+#[derive(Debug)]
+struct ConnectionState {
+    /// The allowance left, refilled at `connection_rate` up to one second's worth.
+    tokens: f64,
+    refilled: Instant,
+    /// Not read until then.
+    paused_until: Option<Instant>,
+    /// Reads limited to [`PACED_READ_BYTES`] until then.
+    paced_until: Option<Instant>,
+    /// The socket's reader, woken when the pause is lifted early.
+    waker: Option<Waker>,
+    /// Whether its last charge was a shed (see [`Charge`]).
+    wants_room: bool,
+    /// In the pacer's list of connections waiting for room.
+    listed: bool,
+    /// Resumed for room and not read since: the pacer wakes one such connection at a time.
+    woken_for_room: bool,
+}
+
+/// What the socket may do now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadGate {
+    /// Read as much as fits.
+    Open,
+    /// Read at most this many bytes.
+    Limited(usize),
+    /// Do not read until this moment (or an earlier wake-up).
+    PausedUntil(Instant),
+}
+
+impl Connection {
+    fn lock(&self) -> MutexGuard<'_, ConnectionState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Charges one cheap answer to this connection; pauses it when it is beyond its allowance
+    /// and the shared budget is spent.
+    pub fn charge(self: &Arc<Self>, charge: Charge) {
+        let config = self.pacer.config;
+        if !config.enabled() {
+            return;
+        }
+        self.pacer.charged.fetch_add(1, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut state = self.lock();
+        state.wants_room = charge == Charge::Shed;
+        let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
+        state.refilled = now;
+        state.tokens =
+            (state.tokens + elapsed * config.connection_rate).min(config.connection_rate);
+        if state.tokens >= 1.0 {
+            state.tokens -= 1.0;
+            return;
+        }
+        state.paced_until = Some(now + PACED_FOR);
+        let Some(ready) = self.pacer.draw_excess(now) else {
+            return;
+        };
+        let until = ready.min(now + config.max_pause);
+        if state.paused_until.is_none_or(|u| u <= now) {
+            self.pacer.pauses.fetch_add(1, Ordering::Relaxed);
+        }
+        state.paused_until = Some(state.paused_until.map_or(until, |u| u.max(until)));
+        // Still limited for a while after the pause, or it would read all it buffered then.
+        state.paced_until = Some(until + PACED_FOR);
+        let list = state.wants_room && !state.listed;
+        state.listed |= list;
+        drop(state);
+        if list {
+            self.pacer.list_for_room(self);
+        }
+    }
+
+    /// Whether the socket may read now. While paused, the caller's waker is kept so that
+    /// [`Pacer::room`] can resume the read early; the caller also sets a timer for the end
+    /// of the pause.
+    pub fn gate(&self, waker: &Waker) -> ReadGate {
+        let mut state = self.lock();
+        let now = Instant::now();
+        if state.woken_for_room {
+            // Read once since it was woken for room: the next one may be woken.
+            state.woken_for_room = false;
+            self.pacer.room_pending.store(false, Ordering::Release);
+        }
+        if let Some(until) = state.paused_until {
+            if until > now {
+                match &state.waker {
+                    Some(w) if w.will_wake(waker) => {}
+                    _ => state.waker = Some(waker.clone()),
+                }
+                return ReadGate::PausedUntil(until);
+            }
+            state.paused_until = None;
+        }
+        match state.paced_until {
+            Some(until) if until > now => ReadGate::Limited(PACED_READ_BYTES),
+            Some(_) => {
+                state.paced_until = None;
+                ReadGate::Open
+            }
+            None => ReadGate::Open,
+        }
+    }
+
+    /// Called after a limited read: a short gap before the next one (see [`PACED_READ_GAP`]).
+    pub fn after_limited_read(&self) {
+        let mut state = self.lock();
+        let gap = Instant::now() + PACED_READ_GAP;
+        state.paused_until = Some(state.paused_until.map_or(gap, |u| u.max(gap)));
+    }
+
+    /// Lifts a pause early, for room; false if it was not paused, or room would not help it.
+    fn resume_for_room(&self) -> bool {
+        let mut state = self.lock();
+        state.listed = false;
+        if !state.wants_room || state.paused_until.take().is_none() {
+            return false;
+        }
+        state.woken_for_room = true;
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+        true
+    }
+}
+
+/// Finds a request's connection pacing state in its extensions.
+pub type Lookup = fn(&http::Request<Body>) -> Option<Arc<Connection>>;
+
+/// Charges every cheap answer to its connection (see the module docs for what is cheap).
+#[derive(Clone)]
+pub struct PacingLayer {
+    lookup: Lookup,
+    /// Path prefix of the calls that do admitted work (all others are cheap answers).
+    work_prefix: &'static str,
+    /// Calls under `work_prefix` that are cheap all the same (`Stats`).
+    cheap_paths: &'static [&'static str],
+}
+
+impl PacingLayer {
+    /// Charges answers outside `work_prefix`, answers on `cheap_paths`, and every refusal
+    /// (a trailers-only answer with a non-OK status) to the connection `lookup` finds.
+    pub fn new(
+        lookup: Lookup,
+        work_prefix: &'static str,
+        cheap_paths: &'static [&'static str],
+    ) -> Self {
+        Self {
+            lookup,
+            work_prefix,
+            cheap_paths,
+        }
+    }
+}
+
+impl<S> Layer<S> for PacingLayer {
+    type Service = PacingService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        PacingService {
+            inner,
+            layer: self.clone(),
+        }
+    }
+}
+
+/// The service of [`PacingLayer`].
+#[derive(Clone)]
+pub struct PacingService<S> {
+    inner: S,
+    layer: PacingLayer,
+}
+
+/// What a response to a work call is charged as, if anything: an error status in its
+/// headers (a trailers-only answer, which is how every status returned before or instead of
+/// work is sent) is a refusal, a shed if RESOURCE_EXHAUSTED (code 8).
+fn refusal(response: &http::Response<Body>) -> Option<Charge> {
+    match response.headers().get("grpc-status")?.as_bytes() {
+        b"0" => None,
+        b"8" => Some(Charge::Shed),
+        _ => Some(Charge::Cheap),
+    }
+}
+
+impl<S> Service<http::Request<Body>> for PacingService<S>
+where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let connection = (self.layer.lookup)(&request);
+        let path = request.uri().path();
+        let cheap_call =
+            !path.starts_with(self.layer.work_prefix) || self.layer.cheap_paths.contains(&path);
+        Box::pin(async move {
+            let response = inner.call(request).await?;
+            let charge = if cheap_call {
+                Some(Charge::Cheap)
+            } else {
+                refusal(&response)
+            };
+            if let (Some(connection), Some(charge)) = (connection, charge) {
+                connection.charge(charge);
+            }
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pacer(connection_rate: f64, excess_rate: f64) -> Arc<Pacer> {
+        Pacer::new(Config {
+            connection_rate,
+            excess_rate,
+            max_pause: Duration::from_secs(2),
+        })
+    }
+
+    fn noop_waker() -> Waker {
+        Waker::noop().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_within_its_allowance_is_never_paced() {
+        let pacer = pacer(10.0, 1.0);
+        let polite = pacer.connection();
+        for _ in 0..30 {
+            polite.charge(Charge::Cheap);
+            assert_eq!(polite.gate(&noop_waker()), ReadGate::Open);
+            tokio::time::advance(Duration::from_millis(200)).await;
+        }
+        assert_eq!(pacer.stats().pauses, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_excess_budget_is_shared_and_then_pauses_whoever_draws_on_it() {
+        // 100 excess answers a second, one second of burst.
+        let pacer = pacer(1.0, 100.0);
+        let flooder = pacer.connection();
+        for _ in 0..101 {
+            flooder.charge(Charge::Shed);
+        }
+        // Allowance (a few) plus the burst (100) were answered without pause...
+        assert!(matches!(
+            flooder.gate(&noop_waker()),
+            ReadGate::Open | ReadGate::Limited(_)
+        ));
+        for _ in 0..50 {
+            flooder.charge(Charge::Shed);
+        }
+        // ...the next 50 put it half a second into the future.
+        let ReadGate::PausedUntil(until) = flooder.gate(&noop_waker()) else {
+            panic!("paused");
+        };
+        let pause = until - Instant::now();
+        assert!(
+            pause > Duration::from_millis(400) && pause < Duration::from_millis(600),
+            "{pause:?}"
+        );
+        // A polite connection is not held by the flooder's debt.
+        let polite = pacer.connection();
+        polite.charge(Charge::Cheap);
+        assert_eq!(polite.gate(&noop_waker()), ReadGate::Open);
+        // After the pause it reads again, a little at a time.
+        tokio::time::advance(pause + Duration::from_millis(1)).await;
+        assert_eq!(
+            flooder.gate(&noop_waker()),
+            ReadGate::Limited(PACED_READ_BYTES)
+        );
+        // And once it stops asking, fully.
+        tokio::time::advance(PACED_FOR).await;
+        assert_eq!(flooder.gate(&noop_waker()), ReadGate::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pauses_are_bounded_and_room_lifts_them() {
+        let pacer = pacer(1.0, 10.0);
+        let flooder = pacer.connection();
+        for _ in 0..1_000 {
+            flooder.charge(Charge::Shed);
+        }
+        let ReadGate::PausedUntil(until) = flooder.gate(&noop_waker()) else {
+            panic!("paused");
+        };
+        assert!(until - Instant::now() <= Duration::from_secs(2));
+        assert_eq!(pacer.stats().paused, 1);
+        // A connection paused for cheap calls is not woken: room does not help it.
+        let prober = pacer.connection();
+        for _ in 0..20 {
+            prober.charge(Charge::Cheap);
+        }
+        assert!(matches!(
+            prober.gate(&noop_waker()),
+            ReadGate::PausedUntil(_)
+        ));
+        pacer.room();
+        assert_eq!(
+            flooder.gate(&noop_waker()),
+            ReadGate::Limited(PACED_READ_BYTES)
+        );
+        assert_eq!(pacer.stats().woken_for_room, 1);
+        assert!(matches!(
+            prober.gate(&noop_waker()),
+            ReadGate::PausedUntil(_)
+        ));
+        // One at a time: the next wake waits for the woken connection to have read (above).
+        let second = pacer.connection();
+        for _ in 0..5 {
+            second.charge(Charge::Shed);
+        }
+        pacer.room();
+        assert_eq!(
+            second.gate(&noop_waker()),
+            ReadGate::Limited(PACED_READ_BYTES)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_excess_rate_turns_pacing_off() {
+        let pacer = pacer(1.0, 0.0);
+        let flooder = pacer.connection();
+        for _ in 0..10_000 {
+            flooder.charge(Charge::Shed);
+        }
+        assert_eq!(flooder.gate(&noop_waker()), ReadGate::Open);
+    }
+}

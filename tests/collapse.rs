@@ -1,0 +1,321 @@
+//! No collapse: under a closed-loop flood the server keeps doing its work.
+//!
+//! The server runs alone on one CPU (so it sizes itself to one CPU) and the flood on another,
+//! as an impatient client would: every answer, served or refused, is followed at once by the
+//! next request. A server that answers refusals as fast as they come spends its CPU refusing
+//! and serves almost nothing; these tests hold it to at least 80% of the capacity measured
+//! in the same test, at 16, 4,096 and 12,800 outstanding requests, with the default admission
+//! and with CoDel settings; and the same for floods of the calls that bypass admission
+//! (health, Stats, reflection, calls with a wrong token), while a health probe once a second
+//! is answered SERVING within 100 ms.
+//!
+//! Linux only (CPU affinity); without two CPUs and `taskset` they say SKIPPED (and fail under
+//! `CI=true`).
+
+mod common;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use common::flood::{self, Flood, Outcome, PinnedServer};
+
+const DIMS: usize = 64;
+const POINTS: u64 = 20_000;
+/// Goodput under a flood, as a share of capacity, that the server must keep.
+const FLOOR: f64 = 0.8;
+const SEARCH: &str = "/vecrig.v1.VectorIndex/Search";
+
+/// The issue's search: k = 10 at a wide ef, about half a millisecond of one CPU each.
+fn search_body() -> tonic::codegen::Bytes {
+    flood::search_frame(DIMS, 10, 512, 7)
+}
+
+fn searches(server: &PinnedServer, connections: usize, streams: usize, secs: u64) -> Flood {
+    Flood {
+        addr: server.addr,
+        connections,
+        streams,
+        path: SEARCH,
+        body: search_body(),
+        headers: Vec::new(),
+        duration: Duration::from_secs(secs),
+        bind: None,
+    }
+}
+
+fn describe(label: &str, outcome: &Outcome) -> String {
+    format!(
+        "{label}: {:.0} OK/s of {:.0} answers/s, OK p50 {:.2} ms p99 {:.2} ms, codes {:?}",
+        outcome.goodput(),
+        outcome.answers_per_sec(),
+        outcome.ok_ms(0.5),
+        outcome.ok_ms(0.99),
+        outcome.codes
+    )
+}
+
+/// Capacity: 2 connections x 2 streams, enough to keep a one-CPU server's slots busy.
+async fn capacity(server: &PinnedServer, load_cpu: usize) -> Outcome {
+    let outcome = flood::run(searches(server, 2, 2, 3), Some(load_cpu))
+        .join()
+        .expect("capacity run");
+    println!("{}", describe("capacity (2 x 2)", &outcome));
+    assert!(
+        outcome.ok() > 100,
+        "the server serves searches: {outcome:?}"
+    );
+    outcome
+}
+
+/// One test at a time: each needs both CPUs to itself.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The flood at each level, against a server started with `flags`.
+async fn no_collapse_with(label: &str, flags: &[&str]) {
+    let _turn = SERIAL.lock().await;
+    let test = format!("no collapse ({label})");
+    let Some((server_cpu, load_cpu)) = flood::two_cpus_or_skip(&test) else {
+        return;
+    };
+    let fixture = flood::fixture(DIMS, POINTS).await;
+    let server = PinnedServer::start(&fixture, DIMS, server_cpu, flags).await;
+    let capacity = capacity(&server, load_cpu).await;
+    let memory_before = server.rss_bytes();
+    for (connections, streams) in [(4, 4), (64, 64), (128, 100)] {
+        let level = format!("{label}, flood {connections} x {streams}");
+        let stop = Arc::new(AtomicBool::new(false));
+        let probes = tokio::spawn(flood::probe_health(
+            server.target(),
+            Duration::from_secs(1),
+            Arc::clone(&stop),
+        ));
+        let cpu_before = server.cpu_time();
+        let outcome = tokio::task::spawn_blocking({
+            let flood = searches(&server, connections, streams, 5);
+            move || flood::run(flood, Some(load_cpu)).join().expect("flood")
+        })
+        .await
+        .expect("flood thread");
+        let cpu = server.cpu_time().saturating_sub(cpu_before);
+        stop.store(true, Ordering::Relaxed);
+        let (probes, worst_probe) = probes.await.expect("probes");
+        let refused = outcome
+            .codes
+            .iter()
+            .filter(|(c, _)| **c != 0)
+            .map(|(_, n)| n)
+            .sum::<u64>();
+        println!(
+            "{}; server CPU {:.2} s over {:.1} s; {refused} refused; health: {probes} probes, \
+             worst {worst_probe:?}; memory {} MB",
+            describe(&level, &outcome),
+            cpu.as_secs_f64(),
+            outcome.elapsed.as_secs_f64(),
+            server.rss_bytes() >> 20
+        );
+        assert!(
+            outcome.goodput() >= FLOOR * capacity.goodput(),
+            "{level}: goodput {:.0}/s is below {FLOOR} of capacity {:.0}/s",
+            outcome.goodput(),
+            capacity.goodput()
+        );
+        assert!(
+            worst_probe < Duration::from_secs(1),
+            "{level}: health answered SERVING throughout (worst {worst_probe:?})"
+        );
+        assert!(
+            outcome.codes.keys().all(|c| [-1, 0, 4, 8].contains(c)),
+            "{level}: only OK, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED: {:?}",
+            outcome.codes
+        );
+    }
+    // Memory bounded: queued requests and paced connections' buffers come and go.
+    let memory_after = server.rss_bytes();
+    assert!(
+        memory_after < memory_before + (256 << 20),
+        "{label}: memory {} MB -> {} MB",
+        memory_before >> 20,
+        memory_after >> 20
+    );
+    // Back to normal after the flood: unloaded latency as before it (within a generous bound
+    // for a shared machine).
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = flood::run(searches(&server, 1, 1, 2), Some(load_cpu))
+        .join()
+        .expect("after");
+    let before = flood::run(searches(&server, 1, 1, 2), Some(load_cpu))
+        .join()
+        .expect("again");
+    println!("{}", describe("after the flood (1 x 1)", &after));
+    assert!(
+        after.ok_ms(0.5) <= 3.0 * before.ok_ms(0.5) + 2.0,
+        "{label}: latency back to normal: p50 {:.2} ms vs {:.2} ms",
+        after.ok_ms(0.5),
+        before.ok_ms(0.5)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_flood_does_not_collapse_default_admission() {
+    no_collapse_with("default admission", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_search_flood_does_not_collapse_codel_admission() {
+    no_collapse_with(
+        "CoDel admission",
+        &[
+            "--queue-depth",
+            "256",
+            "--queue-target",
+            "5ms",
+            "--max-queue-wait",
+            "1s",
+        ],
+    )
+    .await;
+}
+
+/// An empty gRPC message: a health check for the whole server, or a `StatsRequest`.
+fn empty_frame() -> tonic::codegen::Bytes {
+    tonic::codegen::Bytes::from_static(&[0, 0, 0, 0, 0])
+}
+
+/// A reflection request listing the services (`list_services`, field 7, empty).
+fn list_services_frame() -> tonic::codegen::Bytes {
+    tonic::codegen::Bytes::from_static(&[0, 0, 0, 0, 2, 0x3a, 0])
+}
+
+const TOKEN: &str = "collapse-test-token";
+
+/// A flood of calls that bypass admission (or are refused before it), at 64 x 64, while
+/// searches on another connection keep at least 80% of their capacity and a health probe
+/// once a second is answered SERVING within 100 ms.
+async fn bypass_flood(label: &str, path: &'static str, body: tonic::codegen::Bytes, token: &str) {
+    let _turn = SERIAL.lock().await;
+    let test = format!("bypass flood ({label})");
+    let Some((server_cpu, load_cpu)) = flood::two_cpus_or_skip(&test) else {
+        return;
+    };
+    let fixture = flood::fixture(DIMS, POINTS).await;
+    let token_file = tempfile::NamedTempFile::new().expect("token file");
+    std::fs::write(token_file.path(), TOKEN).expect("write token");
+    let token_path = token_file.path().to_str().expect("utf-8 path").to_string();
+    let server = PinnedServer::start(
+        &fixture,
+        DIMS,
+        server_cpu,
+        &["--auth-token-file", &token_path],
+    )
+    .await;
+    let bearer = |t: &str| vec![("authorization", format!("Bearer {t}"))];
+    let polite = |secs| Flood {
+        headers: bearer(TOKEN),
+        ..searches(&server, 2, 2, secs)
+    };
+    let capacity = flood::run(polite(3), Some(load_cpu))
+        .join()
+        .expect("capacity");
+    println!(
+        "{}",
+        describe(&format!("{label}: searches alone (2 x 2)"), &capacity)
+    );
+    assert!(capacity.ok() > 100, "searches are served: {capacity:?}");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let probes = tokio::spawn(flood::probe_health(
+        server.target(),
+        Duration::from_secs(1),
+        Arc::clone(&stop),
+    ));
+    let flood = Flood {
+        addr: server.addr,
+        connections: 64,
+        streams: 64,
+        path,
+        body,
+        headers: bearer(token),
+        duration: Duration::from_secs(5),
+        bind: None,
+    };
+    let cpu_before = server.cpu_time();
+    let flooding = flood::run(flood, Some(load_cpu));
+    // The searches start once the flood is under way, and end before it does.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let searches = flood::run(polite(4), Some(load_cpu))
+        .join()
+        .expect("searches");
+    let flooded = flooding.join().expect("flood");
+    let cpu = server.cpu_time().saturating_sub(cpu_before);
+    stop.store(true, Ordering::Relaxed);
+    let (probes, worst_probe) = probes.await.expect("probes");
+    println!(
+        "{}",
+        describe(&format!("{label}: the flood (64 x 64)"), &flooded)
+    );
+    println!(
+        "{}; server CPU {:.2} s; health: {probes} probes, worst {worst_probe:?}",
+        describe(&format!("{label}: searches during it"), &searches),
+        cpu.as_secs_f64()
+    );
+    assert!(
+        flooded.codes.values().sum::<u64>() > 1_000,
+        "{label}: the flood ran: {:?}",
+        flooded.codes
+    );
+    assert!(
+        searches.goodput() >= FLOOR * capacity.goodput(),
+        "{label}: searches kept {:.0}/s, below {FLOOR} of their capacity {:.0}/s",
+        searches.goodput(),
+        capacity.goodput()
+    );
+    assert!(
+        searches.codes.keys().all(|&c| c == 0),
+        "{label}: the searches were all served: {:?}",
+        searches.codes
+    );
+    assert!(probes >= 3, "{label}: the probes ran ({probes})");
+    assert!(
+        worst_probe <= Duration::from_millis(100),
+        "{label}: every health probe answered SERVING within 100 ms (worst {worst_probe:?})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_health_checks_does_not_starve_searches() {
+    bypass_flood(
+        "health",
+        "/grpc.health.v1.Health/Check",
+        empty_frame(),
+        "none",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_stats_calls_does_not_starve_searches() {
+    bypass_flood(
+        "Stats",
+        "/vecrig.v1.VectorIndex/Stats",
+        empty_frame(),
+        TOKEN,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_reflection_requests_does_not_starve_searches() {
+    bypass_flood(
+        "reflection",
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        list_services_frame(),
+        "none",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_with_a_wrong_token_does_not_starve_searches() {
+    bypass_flood("wrong token", SEARCH, search_body(), "not-the-token").await;
+}
