@@ -161,7 +161,7 @@ pub struct Args {
     pub keepalive_timeout: Duration,
     /// The memory guard.
     #[command(flatten)]
-    pub memory: crate::memory::Args,
+    pub memory: crate::layers::memory::Args,
     /// The health probe (`--probe`).
     #[command(flatten)]
     pub probe: crate::probe::Args,
@@ -201,13 +201,13 @@ pub struct Config {
     /// TLS identity, when serving https.
     pub tls: Option<Tls>,
     /// The bearer token VectorIndex calls must carry, if any.
-    pub auth_token: Option<crate::auth::Token>,
+    pub auth_token: Option<crate::layers::auth::Token>,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Connection and HTTP/2 limits against abusive peers.
-    pub connection_limits: crate::limits::ConnectionLimits,
+    pub connection_limits: crate::net::ConnectionLimits,
     /// When to refuse work for lack of memory.
-    pub memory: crate::memory::Config,
+    pub memory: crate::layers::memory::Config,
 }
 
 /// A TLS identity: PEM certificate chain and private key.
@@ -259,7 +259,7 @@ pub struct AdmissionConfig {
     /// Whether admission control is on at all.
     pub enabled: bool,
     /// The adaptive limit's controller (`None`: the limit stays fixed).
-    pub adaptive: Option<crate::adaptive::AdaptiveConfig>,
+    pub adaptive: Option<crate::admission::adaptive::AdaptiveConfig>,
 }
 
 impl AdmissionConfig {
@@ -316,8 +316,8 @@ impl Config {
             tls: None,
             auth_token: None,
             metrics_listen: None,
-            connection_limits: crate::limits::ConnectionLimits::default(),
-            memory: crate::memory::Config::default(),
+            connection_limits: crate::net::ConnectionLimits::default(),
+            memory: crate::layers::memory::Config::default(),
         }
     }
 }
@@ -361,14 +361,14 @@ impl TryFrom<&Args> for Config {
             max_queued_bytes: args.max_queued_bytes.max(1 << 20),
             enabled: !args.no_admission,
             adaptive: args.adaptive_limit.then(|| {
-                crate::adaptive::AdaptiveConfig::with_max(
+                crate::admission::adaptive::AdaptiveConfig::with_max(
                     args.adaptive_max_limit.unwrap_or(8 * available_cpus()),
                 )
             }),
         };
         if let Some(path) = &args.auth_token_file {
             config.auth_token =
-                Some(crate::auth::Token::from_file(path).map_err(|e| ConfigError(e.to_string()))?);
+                Some(crate::layers::auth::Token::from_file(path).map_err(|e| ConfigError(e.to_string()))?);
         }
         config.metrics_listen = args.metrics_listen;
         config.max_concurrent_streams = args.max_concurrent_streams.max(1);
@@ -398,7 +398,7 @@ impl TryFrom<&Args> for Config {
                 key: read(key)?,
             });
         }
-        config.memory = crate::memory::Config::try_from(&args.memory).map_err(ConfigError)?;
+        config.memory = crate::layers::memory::Config::try_from(&args.memory).map_err(ConfigError)?;
         config.snapshots = crate::storage::SnapshotPolicy {
             wal_bytes: args.snapshot_wal_bytes.max(1 << 20),
             interval: args.snapshot_interval,
@@ -409,7 +409,7 @@ impl TryFrom<&Args> for Config {
 }
 
 /// The connection and HTTP/2 limits of the flags.
-fn connection_limits(args: &Args) -> Result<crate::limits::ConnectionLimits, ConfigError> {
+fn connection_limits(args: &Args) -> Result<crate::net::ConnectionLimits, ConfigError> {
     // RFC 9113 6.5.2: frame sizes outside this range are protocol errors.
     if !(16_384..=16_777_215).contains(&args.max_frame_bytes) {
         return Err(ConfigError(format!(
@@ -424,7 +424,7 @@ fn connection_limits(args: &Args) -> Result<crate::limits::ConnectionLimits, Con
             humantime::format_duration(args.idle_timeout)
         )));
     }
-    Ok(crate::limits::ConnectionLimits {
+    Ok(crate::net::ConnectionLimits {
         max_connections: args.max_connections.max(1),
         handshake_timeout: args.handshake_timeout,
         idle_timeout: args.idle_timeout,
@@ -432,7 +432,7 @@ fn connection_limits(args: &Args) -> Result<crate::limits::ConnectionLimits, Con
         request_buffer_bytes: args.request_buffer_bytes,
         max_header_bytes: args.max_header_bytes.max(1024),
         max_pending_reset_streams: args.max_pending_reset_streams,
-        max_local_error_resets: crate::limits::ConnectionLimits::default().max_local_error_resets,
+        max_local_error_resets: crate::net::ConnectionLimits::default().max_local_error_resets,
         // Below the 65,535-byte HTTP/2 default window the server would slow every upload.
         stream_window_bytes: args.stream_window_bytes.max(65_535),
         connection_window_bytes: args.connection_window_bytes.max(65_535),

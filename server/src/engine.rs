@@ -20,8 +20,8 @@ use crate::error::Error;
 use crate::index::hnsw::{HnswParams, UsearchAnn};
 use crate::index::store::{Payload, PointStore, StoredPoint};
 use crate::index::{Ann, IndexError, Metric, Neighbor};
-use crate::snapshot::{self, SnapshotError};
-use crate::wal::Record;
+use crate::storage::snapshot::{self, SnapshotError};
+use crate::storage::wal::Record;
 
 /// What a search looks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -98,7 +98,7 @@ pub enum OpenError {
     Index(#[from] IndexError),
     /// The write-ahead log could not be opened.
     #[error(transparent)]
-    Wal(#[from] crate::wal::WalError),
+    Wal(#[from] crate::storage::wal::WalError),
     /// Replaying the log (or preloading) failed.
     #[error("cannot apply logged writes: {0}")]
     Replay(Error),

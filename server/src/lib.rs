@@ -23,23 +23,18 @@
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
 
-pub mod adaptive;
 pub mod admission;
-pub mod auth;
 pub mod config;
 pub mod embed;
 pub mod engine;
 pub mod error;
 pub mod index;
-pub mod limits;
-pub mod memory;
-pub mod metrics;
+pub mod layers;
+pub mod net;
 pub mod priority;
 pub mod probe;
 pub mod service;
-pub mod snapshot;
 pub mod storage;
-pub mod wal;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
@@ -51,12 +46,12 @@ use tower::Layer;
 use vecrig::proto::vector_index_server::VectorIndexServer;
 
 use crate::admission::{Admission, AdmissionLayer};
-use crate::auth::AuthLayer;
+use crate::layers::auth::AuthLayer;
 use crate::config::Config;
 use crate::engine::OpenError;
-use crate::metrics::{Metrics, MetricsLayer};
+use crate::layers::metrics::{Metrics, MetricsLayer};
 use crate::service::{EngineSlot, Service};
-use crate::snapshot::SnapshotError;
+use crate::storage::snapshot::SnapshotError;
 use crate::storage::Storage;
 
 /// Why the server stopped with an error.
@@ -152,7 +147,7 @@ pub async fn serve(
     let admission = Admission::new(config.admission, Arc::clone(&metrics));
     let _adaptive = match config.admission.adaptive {
         Some(adaptive) if config.admission.enabled => {
-            Some(AbortOnDrop(tokio::spawn(crate::adaptive::run(
+            Some(AbortOnDrop(tokio::spawn(crate::admission::adaptive::run(
                 Arc::clone(&admission),
                 adaptive,
                 config.admission.concurrency_limit,
@@ -176,17 +171,17 @@ pub async fn serve(
     // refuses strangers before they can take a place in admission's queue.
     // The memory guard sits between auth and admission: a call refused for memory must not
     // take a queue slot, and its body is never read.
-    let memory = memory::MemoryGuard::new(&config.memory);
+    let memory = crate::layers::memory::MemoryGuard::new(&config.memory);
     tracing::info!(limit_bytes = memory.limit(), "memory guard");
     let admitted = MetricsLayer::new(Arc::clone(&metrics)).layer(
         AuthLayer::new(config.auth_token.clone()).layer(
-            memory::MemoryLayer::new(memory)
+            crate::layers::memory::MemoryLayer::new(memory)
                 .layer(AdmissionLayer::new(Arc::clone(&admission)).layer(index_server)),
         ),
     );
     let metrics_task = match config.metrics_listen {
         Some(addr) => {
-            let listener = crate::metrics::bind(addr)
+            let listener = crate::layers::metrics::bind(addr)
                 .await
                 .map_err(ServeError::Metrics)?;
             tracing::info!(addr = %listener.local_addr().map_err(ServeError::Metrics)?, "metrics at /metrics");
@@ -197,7 +192,7 @@ pub async fn serve(
                 config.data_dir.clone(),
             );
             let render = Arc::new(move || metrics.render(&admission, &slot, &dir));
-            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve_metrics(
+            Some(AbortOnDrop(tokio::spawn(crate::layers::metrics::serve_metrics(
                 listener, render,
             ))))
         }
@@ -205,7 +200,7 @@ pub async fn serve(
     };
 
     // The connection cap and handshake/idle timeouts wrap the accepted sockets.
-    let incoming = limits::incoming(listener, &config.connection_limits);
+    let incoming = net::incoming(listener, &config.connection_limits);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let mut builder = Server::builder();
     if let Some(tls) = &config.tls {
@@ -217,7 +212,7 @@ pub async fn serve(
         )?;
     }
     // HTTP/2 limits (streams, headers, resets, windows, pings) and whole-request reads.
-    let router = limits::apply(builder, &config)
+    let router = net::apply(builder, &config)
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)

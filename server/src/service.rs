@@ -566,7 +566,7 @@ mod tests {
         use crate::index::Metric;
         use crate::index::hnsw::HnswParams;
         use crate::index::store::Payload;
-        use crate::wal::Record;
+        use crate::storage::wal::Record;
         use proptest::prelude::*;
         use prost::Message;
         use std::collections::HashSet;

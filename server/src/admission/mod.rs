@@ -4,7 +4,7 @@
 //! A request's life here:
 //! 1. **Queue full?** Once `queue_depth` requests wait, the next one is answered
 //!    `RESOURCE_EXHAUSTED` at once, before it is decoded or priced: an overloaded server spends
-//!    almost nothing on the work it refuses. (Its body has already arrived: [`crate::limits`]
+//!    almost nothing on the work it refuses. (Its body has already arrived: [`crate::net`]
 //!    reads bodies whole first, so a client that never finishes one cannot hold a slot.)
 //! 2. **Body and cost.** The (unary) body is taken, bounded by `max_queued_bytes` across all
 //!    waiting requests, and priced in [`Cost`] units: an ANN search with a modest `k`/`ef` is
@@ -26,6 +26,8 @@
 //! It is one tower layer rather than tower's `LoadShed` + `Buffer` + `ConcurrencyLimit`, because
 //! those cannot price requests, bound wait time, or report how many requests wait.
 
+pub mod adaptive;
+
 use std::collections::VecDeque;
 use std::convert::Infallible;
 use std::future::Future;
@@ -45,7 +47,7 @@ use tonic::server::NamedService;
 use tower::{Layer, Service};
 
 use crate::config::AdmissionConfig;
-use crate::metrics::Metrics;
+use crate::layers::metrics::Metrics;
 
 /// Permits per slot: costs are counted in quarter slots, so that moderately wider requests
 /// can cost a little more than the cheapest without costing double.
@@ -204,7 +206,7 @@ impl Admission {
     }
 
     /// Takes the figures of the window since the last call and starts a new one (for the
-    /// adaptive limit, [`crate::adaptive`]).
+    /// adaptive limit, [`crate::admission::adaptive`]).
     pub fn take_window(&self) -> Window {
         let mut scheduler = self.lock();
         let taken = std::mem::take(&mut scheduler.window);
@@ -677,7 +679,7 @@ impl Admission {
             admission: Arc::clone(self),
             cost,
             started: now,
-            method: crate::metrics::method_of(parts.uri.path()),
+            method: crate::layers::metrics::method_of(parts.uri.path()),
         };
         let request = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
         Ok((request, grant))

@@ -13,6 +13,9 @@
 //! so disk use stays bounded under a long write load. Start-up loads the newest snapshot and
 //! replays the log after it. A `LOCK` file (flock) keeps a second server off the directory.
 
+pub mod snapshot;
+pub mod wal;
+
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,8 +28,8 @@ use tokio::sync::oneshot;
 use crate::config::Config;
 use crate::engine::{Engine, NewPoint, OpenError};
 use crate::error::Error;
-use crate::snapshot::SnapshotError;
-use crate::wal::{Record, Wal};
+use crate::storage::snapshot::SnapshotError;
+use crate::storage::wal::{Record, Wal};
 
 /// Writes taken into one group commit at most.
 const MAX_GROUP: usize = 4096;
@@ -425,7 +428,7 @@ mod tests {
         let writer = storage.writer.lock().expect("lock").take().expect("writer");
         drop(storage);
         drop(writer.join().expect("writer stops"));
-        assert!(!dir.path().join(crate::snapshot::POINTS_FILE).exists());
+        assert!(!dir.path().join(crate::storage::snapshot::POINTS_FILE).exists());
         let reopened =
             tokio::task::spawn_blocking(move || Storage::open(&config, SnapshotPolicy::default()))
                 .await

@@ -222,7 +222,7 @@ impl Metrics {
             self.points.set(storage.engine().len() as i64);
             self.wal_sequence.set(storage.durable_sequence() as i64);
         }
-        let age = std::fs::metadata(data_dir.join(crate::snapshot::POINTS_FILE))
+        let age = std::fs::metadata(data_dir.join(crate::storage::snapshot::POINTS_FILE))
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
