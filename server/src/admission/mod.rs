@@ -25,33 +25,49 @@
 //!
 //! It is one tower layer rather than tower's `LoadShed` + `Buffer` + `ConcurrencyLimit`, because
 //! those cannot price requests, bound wait time, or report how many requests wait.
+//!
+//! What lives here: [`settings`] (flags and [`Config`]), [`cost`] (pricing a request),
+//! [`scheduler`] (the limit, the two fair queues, the standing-queue rule), this module
+//! ([`Admission`]: the shared state and a request's way through steps 1-4), [`layer`] (the
+//! tower layer in front of the service) and [`adaptive`] (the controller that moves the
+//! limit). Admission reports to metrics through the [`Recorder`] trait, so it imports nothing
+//! above it.
 
 pub mod adaptive;
+pub mod cost;
+pub mod layer;
+pub mod scheduler;
+pub mod settings;
 
 use std::collections::VecDeque;
-use std::convert::Infallible;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt;
-use prost::Message;
 use tokio::sync::oneshot;
 use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
-use tonic::server::NamedService;
-use tower::{Layer, Service};
 
-use crate::config::AdmissionConfig;
-use crate::layers::metrics::Metrics;
+use crate::method::Method;
+use cost::UNITS_PER_SLOT;
+use scheduler::{Scheduler, Waiter};
 
-/// Permits per slot: costs are counted in quarter slots, so that moderately wider requests
-/// can cost a little more than the cheapest without costing double.
-const UNITS_PER_SLOT: u32 = 4;
+pub use cost::Cost;
+pub use scheduler::Window;
+pub use settings::{AdaptiveConfig, Args, Config};
+
+/// Where admission reports what it does (the metrics layer implements it). A trait, so that
+/// admission, below the layers, never imports them.
+pub trait Recorder: Send + Sync + std::fmt::Debug {
+    /// One request refused before it ran.
+    fn shed(&self, reason: ShedReason);
+    /// How long an admitted request waited for its slot.
+    fn queue_wait(&self, method: Method, waited: Duration);
+    /// How long an admitted request held its slot.
+    fn service_time(&self, method: Method, took: Duration);
+}
 
 /// Why a request was refused before it ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,68 +106,10 @@ impl ShedReason {
     }
 }
 
-/// What a request is expected to cost, in units ([`UNITS_PER_SLOT`] to a slot).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cost {
-    /// Units held while it runs.
-    pub units: u32,
-}
-
-impl Cost {
-    /// The cheapest request: one slot.
-    pub const ONE_SLOT: Cost = Cost {
-        units: UNITS_PER_SLOT,
-    };
-
-    /// Prices a request from its method and gRPC message body (a 5-byte frame header and the
-    /// protobuf). Anything it cannot read costs one slot: the service will reject it anyway.
-    pub fn estimate(path: &str, body: &[u8]) -> Cost {
-        let message = match body {
-            // Uncompressed single frame; compressed or odd bodies are priced as one slot.
-            [0, _, _, _, _, rest @ ..] => rest,
-            _ => return Cost::ONE_SLOT,
-        };
-        let slot = UNITS_PER_SLOT;
-        let units = match path.rsplit('/').next().unwrap_or_default() {
-            "Search" => match vecrig::proto::SearchRequest::decode(message) {
-                Ok(request) => {
-                    // Exact scans touch every point: a few of them fill a server.
-                    let base = if request.exact { 8 * slot } else { slot };
-                    // Wider searches visit proportionally more of the graph.
-                    let breadth = request.k.max(request.ef).saturating_sub(128) / 64;
-                    let text = match &request.query {
-                        Some(vecrig::proto::search_request::Query::Text(t)) => {
-                            (t.len() / 16_384) as u32
-                        }
-                        _ => 0,
-                    };
-                    base.saturating_add(breadth).saturating_add(text)
-                }
-                Err(_) => slot,
-            },
-            // Each inserted point costs graph work; priced by size rather than decoded
-            // twice, ~16 KiB (a few dozen points) to a unit.
-            "Upsert" => slot.saturating_add((message.len() / 16_384) as u32),
-            _ => slot,
-        };
-        Cost { units }
-    }
-
-    /// This cost in slots (for estimates).
-    fn slots(self) -> f64 {
-        f64::from(self.units) / f64::from(UNITS_PER_SLOT)
-    }
-
-    /// Whether it waits in the expensive requests' queue.
-    fn is_heavy(self) -> bool {
-        self.units > UNITS_PER_SLOT
-    }
-}
-
 /// Live admission figures, shared between the layer, `Stats` and the metrics endpoint.
 #[derive(Debug)]
 pub struct Admission {
-    config: AdmissionConfig,
+    config: Config,
     scheduler: Mutex<Scheduler>,
     in_flight: AtomicUsize,
     queued: AtomicUsize,
@@ -159,7 +117,7 @@ pub struct Admission {
     shed_total: AtomicU64,
     /// Exponentially weighted mean service time of one slot of cost, in nanoseconds.
     service_ns_per_slot: AtomicU64,
-    metrics: Arc<Metrics>,
+    recorder: Arc<dyn Recorder>,
 }
 
 /// A snapshot of the admission figures.
@@ -176,8 +134,8 @@ pub struct AdmissionStats {
 }
 
 impl Admission {
-    /// Admission state for these sizes, recording into `metrics`.
-    pub fn new(config: AdmissionConfig, metrics: Arc<Metrics>) -> Arc<Self> {
+    /// Admission state for these sizes, reporting to `recorder`.
+    pub fn new(config: Config, recorder: Arc<dyn Recorder>) -> Arc<Self> {
         let limit_units = (config.concurrency_limit.max(1) as u32).saturating_mul(UNITS_PER_SLOT);
         Arc::new(Self {
             config,
@@ -187,7 +145,7 @@ impl Admission {
             queued_bytes: AtomicUsize::new(0),
             shed_total: AtomicU64::new(0),
             service_ns_per_slot: AtomicU64::new(0),
-            metrics,
+            recorder,
         })
     }
 
@@ -261,7 +219,7 @@ impl Admission {
 
     fn shed(&self, reason: ShedReason, deadline: Option<Instant>) -> Status {
         self.shed_total.fetch_add(1, Ordering::Relaxed);
-        self.metrics.shed(reason);
+        self.recorder.shed(reason);
         let stats = self.stats();
         // Once per refusal: it takes the scheduler's lock, and overload is when sheds are many.
         let expected_wait = self.expected_wait();
@@ -307,177 +265,12 @@ impl Admission {
     }
 }
 
-/// Service times of the requests that started and finished within one window of the
-/// adaptive controller, and how much of the limit was used at most.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub struct Window {
-    /// Sum over those requests of their service time divided by their cost in slots.
-    pub sum_secs_per_slot: f64,
-    /// How many there were.
-    pub count: u64,
-    /// The most slots in use at once.
-    pub peak_used_slots: f64,
-}
-
-/// Who runs next: free units, and two FIFO queues (cheap and expensive requests) that take
-/// turns by cost served, so neither class starves the other. Work-conserving: when one queue
-/// is empty, the other may use the whole limit.
-#[derive(Debug)]
-struct Scheduler {
-    limit_units: u32,
-    used_units: u32,
-    queued_units: u32,
-    queues: [VecDeque<Waiter>; 2],
-    /// Units granted to each class (start-time fair queueing's virtual clocks).
-    served: [u64; 2],
-    next_id: u64,
-    /// Since when the queue has been non-empty.
-    nonempty_since: Option<Instant>,
-    /// Until when arrivals are held to `queue_target` (the queue stood, and arrivals were
-    /// shed for it, within the last interval).
-    strict_until: Option<Instant>,
-    /// The adaptive controller's current window, and when it began.
-    window: Window,
-    window_since: Instant,
-}
-
-#[derive(Debug)]
-struct Waiter {
-    id: u64,
-    units: u32,
-    grant: oneshot::Sender<()>,
-}
-
-impl Scheduler {
-    fn new(limit_units: u32) -> Self {
-        Self {
-            limit_units,
-            used_units: 0,
-            queued_units: 0,
-            queues: [VecDeque::new(), VecDeque::new()],
-            served: [0; 2],
-            next_id: 0,
-            nonempty_since: None,
-            strict_until: None,
-            window: Window::default(),
-            window_since: Instant::now(),
-        }
-    }
-
-    /// The CoDel-style rule: an arrival is shed when the wait it would face exceeds `target`
-    /// while the queue *stands*: it has not emptied for `interval`, or arrivals were shed
-    /// for it within the last `interval`. The second half matters under sustained overload:
-    /// the queue drains now and then between bursts, and if every drain reset the rule,
-    /// each one would be followed by an interval of unbounded admission (a queue of a
-    /// hundred requests waiting hundreds of milliseconds) before the rule held again. So
-    /// the rule lets go only after a whole interval in which every arrival fitted.
-    /// Outside a standing queue a burst may queue, but for no longer than `interval` (as in
-    /// Facebook's adaptive CoDel): a burst that would take longer to drain is no longer one.
-    fn too_long_a_wait(
-        &mut self,
-        now: Instant,
-        per_slot: Duration,
-        target: Duration,
-        interval: Duration,
-    ) -> bool {
-        let standing = self.strict_until.is_some_and(|until| now < until)
-            || self
-                .nonempty_since
-                .is_some_and(|since| now.saturating_duration_since(since) >= interval);
-        let shed = self.expected_wait(per_slot) > if standing { target } else { interval };
-        if shed {
-            self.strict_until = Some(now + interval);
-        }
-        shed
-    }
-
-    /// The wait of a request queued now: the cost ahead of it, spread over the limit, at
-    /// `per_slot` each.
-    fn expected_wait(&self, per_slot: Duration) -> Duration {
-        per_slot.mul_f64(f64::from(self.queued_units) / f64::from(self.limit_units.max(1)))
-    }
-
-    fn used_slots(&self) -> f64 {
-        f64::from(self.used_units) / f64::from(UNITS_PER_SLOT)
-    }
-
-    /// Takes `units` of the limit for a request that starts now.
-    fn take(&mut self, units: u32) {
-        self.used_units += units;
-        self.window.peak_used_slots = self.window.peak_used_slots.max(self.used_slots());
-    }
-
-    /// A finished request's service time, counted if it started within this window (one
-    /// that started before a limit change would describe the old limit).
-    fn sample(&mut self, started: Instant, took: Duration, cost: Cost) {
-        if started >= self.window_since {
-            self.window.sum_secs_per_slot += took.as_secs_f64() / cost.slots().max(0.25);
-            self.window.count += 1;
-        }
-    }
-
-    /// Grants units to waiting requests while they fit, in fair order.
-    fn dispatch(&mut self) {
-        loop {
-            let class = match (self.queues[0].front(), self.queues[1].front()) {
-                (None, None) => break,
-                (Some(_), None) => 0,
-                (None, Some(_)) => 1,
-                (Some(_), Some(_)) => usize::from(self.served[1] < self.served[0]),
-            };
-            let Some(head) = self.queues[class].front() else {
-                break;
-            };
-            // The class whose turn it is waits for room rather than being overtaken, so a
-            // large request is not starved by a stream of small ones.
-            if self.used_units + head.units > self.limit_units && self.used_units > 0 {
-                break;
-            }
-            let Some(waiter) = self.queues[class].pop_front() else {
-                break;
-            };
-            self.queued_units -= waiter.units;
-            if waiter.grant.send(()).is_ok() {
-                self.take(waiter.units);
-                self.served[class] += u64::from(waiter.units);
-            }
-        }
-        // A class that was idle must not bank credit for the time it had nothing to send.
-        for class in 0..2 {
-            if self.queues[class].is_empty() {
-                self.served[class] = self.served[class].max(self.served[1 - class]);
-            }
-        }
-        if self.queues.iter().all(VecDeque::is_empty) {
-            self.nonempty_since = None;
-        }
-    }
-
-    fn release(&mut self, units: u32) {
-        self.used_units = self.used_units.saturating_sub(units);
-        self.dispatch();
-    }
-
-    fn cancel(&mut self, id: u64) -> bool {
-        for queue in &mut self.queues {
-            if let Some(at) = queue.iter().position(|w| w.id == id) {
-                if let Some(w) = queue.remove(at) {
-                    self.queued_units -= w.units;
-                }
-                self.dispatch();
-                return true;
-            }
-        }
-        false
-    }
-}
-
 /// Units held by a running request; released (and the next waiters admitted) on drop.
 struct Grant {
     admission: Arc<Admission>,
     cost: Cost,
     started: Instant,
-    method: &'static str,
+    method: Method,
 }
 
 impl Drop for Grant {
@@ -485,9 +278,7 @@ impl Drop for Grant {
         self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
         let took = self.started.elapsed();
         self.admission.record_service_time(self.cost, took);
-        self.admission
-            .metrics
-            .observe_service_time(self.method, took);
+        self.admission.recorder.service_time(self.method, took);
         let mut scheduler = self.admission.lock();
         scheduler.sample(self.started, took, self.cost);
         scheduler.release(self.cost.units);
@@ -615,6 +406,7 @@ impl Admission {
             1 => chunks.swap_remove(0),
             _ => chunks.concat().into(),
         };
+        let method = Method::of(parts.uri.path());
         let cost = Cost::estimate(parts.uri.path(), &bytes);
         let limit_units = self.lock().limit_units;
         // Never more than half the limit: an expensive request must leave room for others.
@@ -672,14 +464,13 @@ impl Admission {
         }
         drop(queued);
         let now = Instant::now();
-        self.metrics
-            .observe_queue_wait(parts.uri.path(), now - arrived);
+        self.recorder.queue_wait(method, now - arrived);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         let grant = Grant {
             admission: Arc::clone(self),
             cost,
             started: now,
-            method: crate::layers::metrics::method_of(parts.uri.path()),
+            method,
         };
         let request = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
         Ok((request, grant))
@@ -695,150 +486,9 @@ impl Admission {
     }
 }
 
-/// The one VectorIndex method that bypasses admission.
-const STATS_PATH: &str = "/vecrig.v1.VectorIndex/Stats";
-
-/// Puts a service behind [`Admission`].
-#[derive(Debug, Clone)]
-pub struct AdmissionLayer {
-    admission: Arc<Admission>,
-}
-
-impl AdmissionLayer {
-    /// A layer sharing `admission`'s state.
-    pub fn new(admission: Arc<Admission>) -> Self {
-        Self { admission }
-    }
-}
-
-impl<S> Layer<S> for AdmissionLayer {
-    type Service = Admitting<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Admitting {
-            inner,
-            admission: Arc::clone(&self.admission),
-        }
-    }
-}
-
-/// A service behind admission control.
-#[derive(Debug, Clone)]
-pub struct Admitting<S> {
-    inner: S,
-    admission: Arc<Admission>,
-}
-
-impl<S: NamedService> NamedService for Admitting<S> {
-    const NAME: &'static str = S::NAME;
-}
-
-impl<S, B> Service<http::Request<B>> for Admitting<S>
-where
-    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
-        + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    type Response = http::Response<Body>;
-    type Error = Infallible;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
-
-    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // Always ready: the decision to run, wait or shed is made per request in `call`,
-        // where the queue can be measured. tonic's generated services are always ready too.
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        // The clone that was polled ready is the one to call (tower's usual swap).
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
-        let admission = Arc::clone(&self.admission);
-        if !admission.config.enabled || request.uri().path() == STATS_PATH {
-            // Stats is how operators and the loadgen watch an overloaded server: like health,
-            // it must answer while the server sheds, and it costs next to nothing. With
-            // admission off (the baseline of the degradation bench) everything runs at once.
-            let counted = !admission.config.enabled;
-            return Box::pin(async move {
-                if counted {
-                    admission.in_flight.fetch_add(1, Ordering::AcqRel);
-                }
-                let response = inner.call(request.map(Body::new)).await;
-                if counted {
-                    admission.in_flight.fetch_sub(1, Ordering::AcqRel);
-                }
-                response
-            });
-        }
-        Box::pin(async move {
-            match admission.admit(request).await {
-                Ok((request, grant)) => {
-                    let response = inner.call(request).await;
-                    drop(grant);
-                    response
-                }
-                Err(status) => Ok(status.into_http()),
-            }
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vecrig::proto::{SearchRequest, UpsertRequest, Vector, search_request::Query};
-
-    fn framed(message: &impl Message) -> Vec<u8> {
-        let body = message.encode_to_vec();
-        let mut out = vec![0];
-        out.extend_from_slice(&(body.len() as u32).to_be_bytes());
-        out.extend_from_slice(&body);
-        out
-    }
-
-    fn search(k: u32, ef: u32, exact: bool) -> Vec<u8> {
-        framed(&SearchRequest {
-            query: Some(Query::Vector(Vector {
-                values: vec![0.0; 8],
-            })),
-            k,
-            ef,
-            exact,
-            with_payload: false,
-        })
-    }
-
-    #[test]
-    fn costs_grow_with_the_work_a_request_asks_for() {
-        let path = "/vecrig.v1.VectorIndex/Search";
-        let cheap = Cost::estimate(path, &search(10, 0, false));
-        assert_eq!(cheap, Cost::ONE_SLOT);
-        let wide = Cost::estimate(path, &search(1000, 0, false));
-        assert!(wide.units > cheap.units, "{wide:?}");
-        let exact = Cost::estimate(path, &search(10, 0, true));
-        assert!(exact.units >= 8 * cheap.units, "{exact:?}");
-        let batch = framed(&UpsertRequest {
-            points: (0..512)
-                .map(|id| vecrig::proto::Point {
-                    id,
-                    data: Some(vecrig::proto::point::Data::Vector(Vector {
-                        values: vec![0.5; 128],
-                    })),
-                    ..Default::default()
-                })
-                .collect(),
-            wait: false,
-        });
-        let upsert = Cost::estimate("/vecrig.v1.VectorIndex/Upsert", &batch);
-        assert!(upsert.units >= 4 * cheap.units, "{upsert:?}");
-        // Unreadable or compressed bodies cost one slot; the service rejects them.
-        assert_eq!(Cost::estimate(path, b"\x00\x00\x00\x00\x03abc"), cheap);
-        assert_eq!(Cost::estimate(path, b"\x01\x00"), cheap);
-        assert_eq!(Cost::estimate(path, b""), cheap);
-    }
 
     #[test]
     fn grpc_timeout_header_becomes_a_deadline() {
@@ -857,120 +507,5 @@ mod tests {
         assert_eq!(with("x"), None);
         assert_eq!(with(""), None);
         assert_eq!(with("12"), None);
-    }
-
-    fn waiter(scheduler: &mut Scheduler, units: u32, heavy: bool) -> oneshot::Receiver<()> {
-        let (grant, receiver) = oneshot::channel();
-        let id = scheduler.next_id;
-        scheduler.next_id += 1;
-        scheduler.queued_units += units;
-        scheduler.queues[usize::from(heavy)].push_back(Waiter { id, units, grant });
-        receiver
-    }
-
-    #[test]
-    fn cheap_and_expensive_queues_take_turns_by_cost() {
-        // Limit 4 slots (16 units), all busy; 4 exact scans (8 units) and 8 searches (4) wait.
-        let mut s = Scheduler::new(16);
-        s.used_units = 16;
-        let mut heavy: Vec<_> = (0..4).map(|_| waiter(&mut s, 8, true)).collect();
-        let mut cheap: Vec<_> = (0..8).map(|_| waiter(&mut s, 4, false)).collect();
-        // Everything finishes; who got in?
-        s.release(16);
-        let granted = |v: &mut Vec<oneshot::Receiver<()>>| {
-            v.iter_mut()
-                .map(|r| r.try_recv())
-                .filter(Result::is_ok)
-                .count()
-        };
-        let (h, c) = (granted(&mut heavy), granted(&mut cheap));
-        assert_eq!(h * 8 + c * 4, 16, "the limit is filled exactly");
-        assert!(
-            c >= 2,
-            "cheap requests are not starved behind exact scans: {c}"
-        );
-        assert!(h >= 1, "exact scans are not starved by cheap ones: {h}");
-    }
-
-    #[test]
-    fn an_idle_class_leaves_the_whole_limit_to_the_other() {
-        let mut s = Scheduler::new(16);
-        let mut cheap: Vec<_> = (0..6).map(|_| waiter(&mut s, 4, false)).collect();
-        s.dispatch();
-        let granted = cheap
-            .iter_mut()
-            .map(|r| r.try_recv())
-            .filter(Result::is_ok)
-            .count();
-        assert_eq!(granted, 4);
-        assert_eq!(s.used_units, 16);
-        assert_eq!(s.queued_units, 8);
-    }
-
-    #[test]
-    fn a_standing_queue_holds_arrivals_to_the_target_until_a_whole_interval_fits() {
-        let (ms, target, interval) = (
-            Duration::from_millis,
-            Duration::from_millis(5),
-            Duration::from_millis(100),
-        );
-        let start = Instant::now();
-        // Limit 2 slots, 4 ms per slot; 4 searches queued: an arrival would wait 8 ms.
-        let mut s = Scheduler::new(8);
-        let queued: Vec<_> = (0..4).map(|_| waiter(&mut s, 4, false)).collect();
-        s.nonempty_since = Some(start);
-        assert!(
-            !s.too_long_a_wait(start + ms(50), ms(4), target, interval),
-            "a queue younger than the interval is a burst, let in"
-        );
-        assert!(
-            s.too_long_a_wait(start + ms(100), ms(4), target, interval),
-            "a queue standing for the interval sheds arrivals past the target"
-        );
-        // It drains for a moment between bursts; a new burst queues up at once.
-        s.nonempty_since = None;
-        let at = start + ms(150);
-        s.nonempty_since = Some(at);
-        assert!(
-            s.too_long_a_wait(at, ms(4), target, interval),
-            "a drain does not reset the rule within the interval"
-        );
-        // A short queue fits the target: let in, and the rule is kept while it holds.
-        assert!(!s.too_long_a_wait(at + ms(10), ms(1), target, interval));
-        // An interval after the last shed, with the queue having drained since, it lets go.
-        s.nonempty_since = Some(at + ms(240));
-        assert!(
-            !s.too_long_a_wait(at + ms(260), ms(4), target, interval),
-            "after a whole interval without sheds, bursts are let in again"
-        );
-        drop(queued);
-
-        // Outside a standing queue, a burst may queue, but not past the interval.
-        let mut s = Scheduler::new(8);
-        let queued: Vec<_> = (0..4).map(|_| waiter(&mut s, 4, false)).collect();
-        s.nonempty_since = Some(start);
-        let at = start + ms(10);
-        assert!(
-            !s.too_long_a_wait(at, ms(40), target, interval),
-            "80 ms: a burst"
-        );
-        assert!(
-            s.too_long_a_wait(at, ms(60), target, interval),
-            "120 ms: too long"
-        );
-        drop(queued);
-    }
-
-    #[test]
-    fn a_cancelled_waiter_leaves_and_its_units_are_not_lost() {
-        let mut s = Scheduler::new(4);
-        s.used_units = 4;
-        let first = waiter(&mut s, 4, false);
-        drop(first); // the client went away while waiting
-        let mut second = waiter(&mut s, 4, false);
-        s.release(4);
-        assert!(second.try_recv().is_ok(), "the next waiter runs");
-        assert_eq!(s.used_units, 4, "the cancelled one holds nothing");
-        assert!(!s.cancel(999));
     }
 }
