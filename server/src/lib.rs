@@ -164,7 +164,7 @@ pub async fn serve(
     let service = Service::new(
         Arc::clone(&storage_slot),
         config.limits,
-        Arc::clone(&admission),
+        Arc::clone(&admission) as _,
     );
     let memory = MemoryGuard::new(&config.memory);
     tracing::info!(limit_bytes = memory.limit(), "memory guard");

@@ -9,10 +9,28 @@ use tonic::{Request, Response, Status};
 use vecrig::proto;
 use vecrig::proto::vector_index_server::VectorIndex;
 
-use crate::admission::Admission;
 use crate::engine::{Engine, NewPoint, PointData, Query, Search};
 use crate::error::Error;
 use crate::storage::{Storage, StorageSlot};
+
+/// What `Stats` reports of the load in front of the service: admission's figures, read
+/// through this trait so that the service, below admission on the request path, never
+/// imports it (admission implements it).
+pub trait LoadFigures: Send + Sync + std::fmt::Debug {
+    /// The figures now.
+    fn load(&self) -> Load;
+}
+
+/// Requests in front of the service, for `Stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// Requests being served now.
+    pub in_flight: u64,
+    /// Requests waiting for a slot now.
+    pub queued: u64,
+    /// Requests refused since start.
+    pub shed_total: u64,
+}
 
 /// The request-size flags (flattened into the server's); their defaults are written here only.
 #[derive(Debug, Clone, clap::Args)]
@@ -84,13 +102,13 @@ impl From<Error> for Status {
 pub struct Service {
     storage: StorageSlot,
     limits: Limits,
-    admission: Arc<Admission>,
+    admission: Arc<dyn LoadFigures>,
     started: Instant,
 }
 
 impl Service {
     /// A service over `storage` (which may still be empty while starting).
-    pub fn new(storage: StorageSlot, limits: Limits, admission: Arc<Admission>) -> Self {
+    pub fn new(storage: StorageSlot, limits: Limits, admission: Arc<dyn LoadFigures>) -> Self {
         Self {
             storage,
             limits,
@@ -368,7 +386,7 @@ impl VectorIndex for Service {
         &self,
         _request: Request<proto::StatsRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
-        let admission = self.admission.stats();
+        let admission = self.admission.load();
         let (points, dimensions, metric, sequence) = match self.storage.get() {
             Some(storage) => {
                 let engine = storage.engine();

@@ -120,6 +120,17 @@ pub struct Admission {
     recorder: Arc<dyn Recorder>,
 }
 
+impl crate::service::LoadFigures for Admission {
+    fn load(&self) -> crate::service::Load {
+        let stats = self.stats();
+        crate::service::Load {
+            in_flight: stats.in_flight,
+            queued: stats.queued,
+            shed_total: stats.shed_total,
+        }
+    }
+}
+
 /// A snapshot of the admission figures.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdmissionStats {
