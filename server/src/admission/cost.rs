@@ -8,6 +8,32 @@ use crate::method::Method;
 /// can cost a little more than the cheapest without costing double.
 pub(super) const UNITS_PER_SLOT: u32 = 4;
 
+/// The fields of a `vecrig.v1.SearchRequest` that its price reads (same tags); every other
+/// field, the query vector first of all, is skipped on the wire instead of decoded. Measured
+/// (`benches/pricing.rs`): 21 ns instead of 408 ns for a 128-d vector query, 37 ns instead of
+/// 1.8 µs for a 768-d one; the same for a text query. The body is still decoded whole once,
+/// by tonic, for the handler.
+///
+/// It reads what a whole decode would, but for two bodies no client of ours sends: one that
+/// sets both `vector` and `text` (the text is priced even if the vector came last), and one
+/// whose vector is malformed inside (priced as the search it asks for, not as one slot;
+/// tonic refuses it either way).
+#[derive(Clone, PartialEq, Message)]
+struct PriceFields {
+    /// `query.text`.
+    #[prost(string, optional, tag = "2")]
+    text: Option<String>,
+    /// `k`.
+    #[prost(uint32, tag = "3")]
+    k: u32,
+    /// `ef`.
+    #[prost(uint32, tag = "4")]
+    ef: u32,
+    /// `exact`.
+    #[prost(bool, tag = "5")]
+    exact: bool,
+}
+
 /// What a request is expected to cost, in units ([`UNITS_PER_SLOT`] to a slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cost {
@@ -31,18 +57,13 @@ impl Cost {
         };
         let slot = UNITS_PER_SLOT;
         let units = match Method::of(path) {
-            Method::Search => match vecrig::proto::SearchRequest::decode(message) {
+            Method::Search => match PriceFields::decode(message) {
                 Ok(request) => {
                     // Exact scans touch every point: a few of them fill a server.
                     let base = if request.exact { 8 * slot } else { slot };
                     // Wider searches visit proportionally more of the graph.
                     let breadth = request.k.max(request.ef).saturating_sub(128) / 64;
-                    let text = match &request.query {
-                        Some(vecrig::proto::search_request::Query::Text(t)) => {
-                            (t.len() / 16_384) as u32
-                        }
-                        _ => 0,
-                    };
+                    let text = request.text.map_or(0, |t| (t.len() / 16_384) as u32);
                     base.saturating_add(breadth).saturating_add(text)
                 }
                 Err(_) => slot,
@@ -118,5 +139,42 @@ mod tests {
         assert_eq!(Cost::estimate(path, b"\x00\x00\x00\x00\x03abc"), cheap);
         assert_eq!(Cost::estimate(path, b"\x01\x00"), cheap);
         assert_eq!(Cost::estimate(path, b""), cheap);
+    }
+
+    #[test]
+    fn the_price_fields_read_what_a_whole_decode_reads() {
+        let long_text = "word ".repeat(8_000);
+        for query in [
+            Query::Vector(Vector {
+                values: vec![0.25; 768],
+            }),
+            Query::Text(long_text.clone()),
+        ] {
+            for (k, ef, exact) in [(10, 0, false), (1000, 4096, true), (0, 300, false)] {
+                let request = SearchRequest {
+                    query: Some(query.clone()),
+                    k,
+                    ef,
+                    exact,
+                    with_payload: true,
+                };
+                let bytes = request.encode_to_vec();
+                let fields = PriceFields::decode(bytes.as_slice()).expect("decodes");
+                let text = match &request.query {
+                    Some(Query::Text(t)) => Some(t.clone()),
+                    _ => None,
+                };
+                assert_eq!((fields.k, fields.ef, fields.exact), (k, ef, exact));
+                assert_eq!(fields.text, text);
+            }
+        }
+        // A 40 KB text costs two units more than a vector query.
+        let path = "/vecrig.v1.VectorIndex/Search";
+        let text = framed(&SearchRequest {
+            query: Some(Query::Text(long_text)),
+            k: 10,
+            ..Default::default()
+        });
+        assert_eq!(Cost::estimate(path, &text).units, UNITS_PER_SLOT + 2);
     }
 }
