@@ -37,10 +37,15 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
+use std::net::IpAddr;
+
 use tokio::time::Instant;
 use tonic::body::Body;
 use tonic::codegen::http;
 use tower::{Layer, Service};
+
+use crate::caller::{Caller, ClientKey};
+use crate::method::Method;
 
 /// Bytes a paced connection may read per wake-up: a few small requests' frames.
 pub const PACED_READ_BYTES: usize = 1024;
@@ -54,24 +59,22 @@ const PACED_FOR: Duration = Duration::from_secs(1);
 /// charge could pause it.
 const PACED_READ_GAP: Duration = Duration::from_millis(1);
 
-const DEFAULT_CONNECTION_RATE: f64 = 50.0;
-const DEFAULT_EXCESS_RATE: f64 = 5000.0;
-const DEFAULT_MAX_PAUSE: &str = "2s";
-
 /// The pacing flags (flattened into the server's).
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
     /// Cheap answers (refusals, health, Stats, reflection, errors) one connection may get per
     /// second before it draws on the server's shared excess budget.
-    #[arg(long, env = "VECRIG_PACE_CONNECTION_RATE", default_value_t = DEFAULT_CONNECTION_RATE)]
+    #[arg(long, env = "VECRIG_PACE_CONNECTION_RATE", default_value_t = 50.0)]
     pub pace_connection_rate: f64,
-    /// Cheap answers per second, beyond the connections' allowances, that the whole server
-    /// gives before the connections asking for more are read slowly (0: no pacing).
-    #[arg(long, env = "VECRIG_PACE_EXCESS_RATE", default_value_t = DEFAULT_EXCESS_RATE)]
+    /// Cheap answers per second and per CPU, beyond the connections' allowances, that the
+    /// server gives before the connections asking for more are read slowly (0: no pacing).
+    /// A refusal costs some 15-30 us of CPU here, so the default spends at most a few
+    /// percent of each CPU on answers that do no work.
+    #[arg(long, env = "VECRIG_PACE_EXCESS_RATE", default_value_t = 3000.0)]
     pub pace_excess_rate: f64,
     /// Longest a paced connection goes unread at a time (below the keepalive timeout, so that
     /// a paced peer's ping answers are read in time).
-    #[arg(long, env = "VECRIG_PACE_MAX_PAUSE", default_value = DEFAULT_MAX_PAUSE, value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VECRIG_PACE_MAX_PAUSE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub pace_max_pause: Duration,
 }
 
@@ -80,22 +83,11 @@ pub struct Args {
 pub struct Config {
     /// Cheap answers a connection may get per second without being paced (also its burst).
     pub connection_rate: f64,
-    /// Cheap answers per second beyond the allowances before connections are paused; 0 turns
-    /// pacing off.
+    /// Cheap answers per second (the whole server's) beyond the allowances before connections
+    /// are paused; 0 turns pacing off.
     pub excess_rate: f64,
     /// Longest pause.
     pub max_pause: Duration,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            connection_rate: DEFAULT_CONNECTION_RATE,
-            excess_rate: DEFAULT_EXCESS_RATE,
-            max_pause: humantime::parse_duration(DEFAULT_MAX_PAUSE)
-                .unwrap_or(Duration::from_secs(2)),
-        }
-    }
 }
 
 impl Config {
@@ -118,7 +110,8 @@ impl TryFrom<&Args> for Config {
         };
         Ok(Self {
             connection_rate: finite("pace-connection-rate", args.pace_connection_rate)?,
-            excess_rate: finite("pace-excess-rate", args.pace_excess_rate)?,
+            excess_rate: finite("pace-excess-rate", args.pace_excess_rate)?
+                * crate::process::available_cpus() as f64,
             max_pause: args.pace_max_pause,
         })
     }
@@ -134,6 +127,8 @@ pub struct Pacer {
     charged: AtomicU64,
     pauses: AtomicU64,
     woken_for_room: AtomicU64,
+    /// Connections opened so far (their ids).
+    connections: AtomicU64,
     /// A connection was woken for room and has not read yet.
     room_pending: std::sync::atomic::AtomicBool,
 }
@@ -175,12 +170,14 @@ impl Pacer {
             pauses: AtomicU64::new(0),
             woken_for_room: AtomicU64::new(0),
             room_pending: std::sync::atomic::AtomicBool::new(false),
+            connections: AtomicU64::new(0),
         })
     }
 
     /// Pacing state for a new connection.
     pub fn connection(self: &Arc<Self>) -> Arc<Connection> {
         Arc::new(Connection {
+            id: self.connections.fetch_add(1, Ordering::Relaxed) + 1,
             pacer: Arc::clone(self),
             state: Mutex::new(ConnectionState {
                 // A new connection starts with a small allowance, not a whole second's: a
@@ -278,6 +275,8 @@ pub enum Charge {
 /// and its requests (whose cheap answers are charged to it).
 #[derive(Debug)]
 pub struct Connection {
+    /// Unique while the server runs: tells a client's connections apart.
+    pub id: u64,
     pacer: Arc<Pacer>,
     state: Mutex<ConnectionState>,
 }
@@ -408,32 +407,21 @@ impl Connection {
     }
 }
 
-/// Finds a request's connection pacing state in its extensions.
-pub type Lookup = fn(&http::Request<Body>) -> Option<Arc<Connection>>;
+/// Finds a request's connection pacing state, and its peer's address, in its extensions.
+pub type Lookup = fn(&http::Request<Body>) -> Option<(Arc<Connection>, Option<IpAddr>)>;
 
-/// Charges every cheap answer to its connection (see the module docs for what is cheap).
+/// Charges every cheap answer to its connection (see the module docs for what is cheap), and
+/// tells the layers below who each request is from (a [`Caller`] in its extensions).
 #[derive(Clone)]
 pub struct PacingLayer {
     lookup: Lookup,
-    /// Path prefix of the calls that do admitted work (all others are cheap answers).
-    work_prefix: &'static str,
-    /// Calls under `work_prefix` that are cheap all the same (`Stats`).
-    cheap_paths: &'static [&'static str],
 }
 
 impl PacingLayer {
-    /// Charges answers outside `work_prefix`, answers on `cheap_paths`, and every refusal
+    /// Charges answers outside VectorIndex (health, reflection), `Stats`, and every refusal
     /// (a trailers-only answer with a non-OK status) to the connection `lookup` finds.
-    pub fn new(
-        lookup: Lookup,
-        work_prefix: &'static str,
-        cheap_paths: &'static [&'static str],
-    ) -> Self {
-        Self {
-            lookup,
-            work_prefix,
-            cheap_paths,
-        }
+    pub fn new(lookup: Lookup) -> Self {
+        Self { lookup }
     }
 }
 
@@ -482,13 +470,20 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        let connection = (self.layer.lookup)(&request);
+        let connection = (self.layer.lookup)(&request).map(|(connection, address)| {
+            request.extensions_mut().insert(Caller {
+                client: address.map_or(ClientKey::Anonymous, ClientKey::Address),
+                weight: 1,
+                connection: connection.id,
+            });
+            connection
+        });
         let path = request.uri().path();
-        let cheap_call =
-            !path.starts_with(self.layer.work_prefix) || self.layer.cheap_paths.contains(&path);
+        // Health, reflection and Stats are answered without admission: cheap, but not free.
+        let cheap_call = !Method::is_vector_index(path) || Method::of(path) == Method::Stats;
         Box::pin(async move {
             let response = inner.call(request).await?;
             let charge = if cheap_call {
