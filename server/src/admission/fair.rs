@@ -187,6 +187,13 @@ impl<T> FairQueue<T> {
         self.clients.get(client)?.waiting.last().copied()
     }
 
+    /// Each client with requests waiting, and how many.
+    pub fn queued_by_client(&self) -> impl Iterator<Item = (&ClientKey, usize)> {
+        self.clients
+            .iter()
+            .map(|(key, client)| (key, client.waiting.len()))
+    }
+
     /// Clients with requests waiting.
     pub fn clients(&self) -> usize {
         self.clients.len()

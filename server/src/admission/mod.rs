@@ -40,7 +40,7 @@ pub mod layer;
 pub mod scheduler;
 pub mod settings;
 
-use std::collections::VecDeque;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -51,9 +51,10 @@ use tonic::Status;
 use tonic::body::Body;
 use tonic::codegen::http;
 
+use crate::caller::{Caller, ClientKey};
 use crate::method::Method;
 use cost::UNITS_PER_SLOT;
-use scheduler::{Scheduler, Waiter};
+use scheduler::{Scheduler, Verdict};
 
 pub use cost::Cost;
 pub use scheduler::Window;
@@ -62,8 +63,10 @@ pub use settings::{AdaptiveConfig, Args, Config};
 /// Where admission reports what it does (the metrics layer implements it). A trait, so that
 /// admission, below the layers, never imports them.
 pub trait Recorder: Send + Sync + std::fmt::Debug {
-    /// One request refused before it ran.
-    fn shed(&self, reason: ShedReason);
+    /// One request of `client` refused before it ran.
+    fn shed(&self, reason: ShedReason, client: &ClientKey);
+    /// One request of `client` admitted (given its slot).
+    fn admitted(&self, client: &ClientKey);
     /// How long an admitted request waited for its slot.
     fn queue_wait(&self, method: Method, waited: Duration);
     /// How long an admitted request held its slot.
@@ -73,8 +76,11 @@ pub trait Recorder: Send + Sync + std::fmt::Debug {
 /// Why a request was refused before it ran.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ShedReason {
-    /// `queue_depth` requests were already waiting.
+    /// `queue_depth` requests were already waiting, and its client held the most places.
     QueueFull,
+    /// It waited, and gave its place up to a lighter client's request when the queue was
+    /// full: its client held the most places.
+    Displaced,
     /// The bodies of waiting requests already took `max_queued_bytes`.
     QueueBytes,
     /// It waited `max_queue_wait` without a slot.
@@ -87,8 +93,9 @@ pub enum ShedReason {
 
 impl ShedReason {
     /// Every reason, for metrics.
-    pub const ALL: [ShedReason; 5] = [
+    pub const ALL: [ShedReason; 6] = [
         ShedReason::QueueFull,
+        ShedReason::Displaced,
         ShedReason::QueueBytes,
         ShedReason::QueueTimeout,
         ShedReason::QueueLatency,
@@ -99,6 +106,7 @@ impl ShedReason {
     pub fn label(self) -> &'static str {
         match self {
             ShedReason::QueueFull => "queue_full",
+            ShedReason::Displaced => "displaced",
             ShedReason::QueueBytes => "queue_bytes",
             ShedReason::QueueTimeout => "queue_timeout",
             ShedReason::QueueLatency => "queue_latency",
@@ -121,6 +129,19 @@ pub struct Admission {
     recorder: Arc<dyn Recorder>,
     /// Told when the queue has room again (see [`Admission::on_room`]).
     room: RoomSlot,
+    /// Requests running now, by client (only clients with some).
+    running: Mutex<HashMap<ClientKey, u64>>,
+}
+
+/// One client's load now, for the metrics.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientLoad {
+    /// The client's label (`127.0.0.1`, `tenant:analytics`, or `other` for the rest).
+    pub client: String,
+    /// Its requests waiting for a slot.
+    pub queued: u64,
+    /// Its requests running.
+    pub in_flight: u64,
 }
 
 /// Called, as admitted requests finish, while the queue has room for more work: the request
@@ -179,7 +200,46 @@ impl Admission {
             service_ns_per_slot: AtomicU64::new(0),
             recorder,
             room: RoomSlot::default(),
+            running: Mutex::new(HashMap::new()),
         })
+    }
+
+    fn running_by_client(&self) -> MutexGuard<'_, HashMap<ClientKey, u64>> {
+        self.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `top` clients by places held (queued and running), and the rest as `other`: a
+    /// bounded set of metric labels, however many clients there are.
+    pub fn client_loads(&self, top: usize) -> Vec<ClientLoad> {
+        let mut by_client: HashMap<ClientKey, (u64, u64)> = HashMap::new();
+        for (client, n) in self.lock().queued_by_client() {
+            by_client.entry(client).or_default().0 += n as u64;
+        }
+        for (client, n) in self.running_by_client().iter() {
+            by_client.entry(client.clone()).or_default().1 += n;
+        }
+        let mut loads: Vec<_> = by_client.into_iter().collect();
+        loads.sort_by_key(|(client, (q, r))| (std::cmp::Reverse(q + r), client.clone()));
+        let mut out: Vec<ClientLoad> = loads
+            .iter()
+            .take(top)
+            .map(|(client, (queued, in_flight))| ClientLoad {
+                client: client.label(),
+                queued: *queued,
+                in_flight: *in_flight,
+            })
+            .collect();
+        if loads.len() > top {
+            let (queued, in_flight) = loads[top..]
+                .iter()
+                .fold((0, 0), |(q, r), (_, (dq, dr))| (q + dq, r + dr));
+            out.push(ClientLoad {
+                client: "other".to_string(),
+                queued,
+                in_flight,
+            });
+        }
+        out
     }
 
     /// Sets who is told when the queue has room: less than half of `queue_depth` waiting,
@@ -257,9 +317,9 @@ impl Admission {
                 });
     }
 
-    fn shed(&self, reason: ShedReason, deadline: Option<Instant>) -> Status {
+    fn shed(&self, reason: ShedReason, deadline: Option<Instant>, client: &ClientKey) -> Status {
         self.shed_total.fetch_add(1, Ordering::Relaxed);
-        self.recorder.shed(reason);
+        self.recorder.shed(reason, client);
         let stats = self.stats();
         // Once per refusal: it takes the scheduler's lock, and overload is when sheds are many.
         let expected_wait = self.expected_wait();
@@ -311,11 +371,21 @@ struct Grant {
     cost: Cost,
     started: Instant,
     method: Method,
+    client: ClientKey,
 }
 
 impl Drop for Grant {
     fn drop(&mut self) {
         self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
+        {
+            let mut running = self.admission.running_by_client();
+            if let Some(n) = running.get_mut(&self.client) {
+                *n -= 1;
+                if *n == 0 {
+                    running.remove(&self.client);
+                }
+            }
+        }
         let took = self.started.elapsed();
         self.admission.record_service_time(self.cost, took);
         self.admission.recorder.service_time(self.method, took);
@@ -341,14 +411,14 @@ struct Ticket {
     admission: Arc<Admission>,
     id: u64,
     units: u32,
-    grant: Option<oneshot::Receiver<()>>,
+    grant: Option<oneshot::Receiver<Verdict>>,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(mut grant) = self.grant.take() {
             let mut scheduler = self.admission.lock();
-            if !scheduler.cancel(self.id) && grant.try_recv().is_ok() {
+            if !scheduler.cancel(self.id) && grant.try_recv() == Ok(Verdict::Granted) {
                 // Granted between the timeout and now: hand the units on.
                 scheduler.release(self.units);
             }
@@ -409,16 +479,20 @@ impl Admission {
     {
         let arrived = Instant::now();
         let deadline = deadline_of(&request, arrived);
+        let caller = Caller::of(&request);
         let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
         let mut queued = Queued {
             admission: Arc::clone(self),
             bytes: 0,
         };
-        if waiting >= self.config.queue_depth {
-            return Err(self.shed(ShedReason::QueueFull, deadline));
+        // Full: a lighter client's arrival takes the place of the heaviest client's newest
+        // waiter; the heaviest client's own arrival is refused. Either way at once, before
+        // the body is priced.
+        if waiting >= self.config.queue_depth && !self.lock().displace_for(&caller.client) {
+            return Err(self.shed(ShedReason::QueueFull, deadline, &caller.client));
         }
         if self.standing_queue_too_long() {
-            return Err(self.shed(ShedReason::QueueLatency, deadline));
+            return Err(self.shed(ShedReason::QueueLatency, deadline, &caller.client));
         }
         let wait_limit = match deadline {
             Some(d) => self
@@ -436,7 +510,7 @@ impl Admission {
         let mut chunks: Vec<bytes::Bytes> = Vec::with_capacity(1);
         loop {
             let frame = match tokio::time::timeout_at(give_up.into(), body.frame()).await {
-                Err(_) => return Err(self.timed_out(deadline)),
+                Err(_) => return Err(self.timed_out(deadline, &caller.client)),
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
                     let e: Box<dyn std::error::Error + Send + Sync> = e.into();
@@ -446,7 +520,7 @@ impl Admission {
             };
             if let Ok(data) = frame.into_data() {
                 if !queued.add_bytes(data.len()) {
-                    return Err(self.shed(ShedReason::QueueBytes, deadline));
+                    return Err(self.shed(ShedReason::QueueBytes, deadline, &caller.client));
                 }
                 chunks.push(data);
             }
@@ -469,14 +543,14 @@ impl Admission {
             let expected =
                 self.expected_wait() + self.service_time_per_slot().mul_f64(cost.slots().max(0.25));
             if Instant::now() + expected > deadline {
-                return Err(self.shed(ShedReason::Deadline, Some(deadline)));
+                return Err(self.shed(ShedReason::Deadline, Some(deadline), &caller.client));
             }
         }
 
         // Wait for units.
         let receiver = {
             let mut scheduler = self.lock();
-            let queues_empty = scheduler.queues.iter().all(VecDeque::is_empty);
+            let queues_empty = scheduler.waiting() == 0;
             if queues_empty && scheduler.used_units + cost.units <= scheduler.limit_units {
                 scheduler.take(cost.units);
                 None
@@ -484,12 +558,7 @@ impl Admission {
                 let (grant, receiver) = oneshot::channel();
                 let id = scheduler.next_id;
                 scheduler.next_id += 1;
-                scheduler.queued_units += cost.units;
-                scheduler.queues[usize::from(cost.is_heavy())].push_back(Waiter {
-                    id,
-                    units: cost.units,
-                    grant,
-                });
+                scheduler.push(id, &caller, cost.units, cost.is_heavy(), grant);
                 scheduler.nonempty_since.get_or_insert(arrived);
                 Some(Ticket {
                     admission: Arc::clone(self),
@@ -504,34 +573,45 @@ impl Admission {
                 return Err(Status::internal("admission ticket without a grant"));
             };
             match tokio::time::timeout_at(give_up.into(), grant).await {
-                Ok(Ok(())) => {
+                Ok(Ok(Verdict::Granted)) => {
                     // Granted: the units are ours now; the ticket must not hand them back.
                     ticket.grant = None;
                 }
+                Ok(Ok(Verdict::Displaced)) => {
+                    // Out of the queue already: nothing for the ticket to take back.
+                    ticket.grant = None;
+                    return Err(self.shed(ShedReason::Displaced, deadline, &caller.client));
+                }
                 Ok(Err(_)) => return Err(Status::unavailable("admission closed")),
-                Err(_) => return Err(self.timed_out(deadline)),
+                Err(_) => return Err(self.timed_out(deadline, &caller.client)),
             }
         }
         drop(queued);
         let now = Instant::now();
         self.recorder.queue_wait(method, now - arrived);
         self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.recorder.admitted(&caller.client);
+        *self
+            .running_by_client()
+            .entry(caller.client.clone())
+            .or_default() += 1;
         let grant = Grant {
             admission: Arc::clone(self),
             cost,
             started: now,
             method,
+            client: caller.client,
         };
         let request = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
         Ok((request, grant))
     }
 
-    fn timed_out(&self, deadline: Option<Instant>) -> Status {
+    fn timed_out(&self, deadline: Option<Instant>, client: &ClientKey) -> Status {
         let deadline_first = deadline.is_some_and(|d| d <= Instant::now());
         if deadline_first {
-            self.shed(ShedReason::Deadline, deadline)
+            self.shed(ShedReason::Deadline, deadline, client)
         } else {
-            self.shed(ShedReason::QueueTimeout, deadline)
+            self.shed(ShedReason::QueueTimeout, deadline, client)
         }
     }
 }

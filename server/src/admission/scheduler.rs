@@ -1,13 +1,15 @@
 //! Who runs next: the limit in cost units, the two queues (cheap and expensive requests) that
-//! take turns by cost served, the CoDel-style standing-queue rule, and the adaptive
-//! controller's measurement window.
+//! take turns by cost served, each fair across clients and their connections
+//! ([`super::fair`]), the choice of whom to displace when the queue is full, the CoDel-style
+//! standing-queue rule, and the adaptive controller's measurement window.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
 use super::cost::{Cost, UNITS_PER_SLOT};
+use super::fair::FairQueue;
+use crate::caller::{Caller, ClientKey};
 
 /// Service times of the requests that started and finished within one window of the
 /// adaptive controller, and how much of the limit was used at most.
@@ -21,15 +23,15 @@ pub struct Window {
     pub peak_used_slots: f64,
 }
 
-/// Who runs next: free units, and two FIFO queues (cheap and expensive requests) that take
-/// turns by cost served, so neither class starves the other. Work-conserving: when one queue
-/// is empty, the other may use the whole limit.
+/// Who runs next: free units, and two queues (cheap and expensive requests) that take turns
+/// by cost served, so neither class starves the other; within each, clients share fairly.
+/// Work-conserving: when one queue is empty, the other may use the whole limit.
 #[derive(Debug)]
 pub(super) struct Scheduler {
     pub(super) limit_units: u32,
     pub(super) used_units: u32,
     pub(super) queued_units: u32,
-    pub(super) queues: [VecDeque<Waiter>; 2],
+    pub(super) queues: [FairQueue<oneshot::Sender<Verdict>>; 2],
     /// Units granted to each class (start-time fair queueing's virtual clocks).
     pub(super) served: [u64; 2],
     pub(super) next_id: u64,
@@ -43,12 +45,13 @@ pub(super) struct Scheduler {
     pub(super) window_since: Instant,
 }
 
-/// A request waiting in a queue, and the sender that grants it its units.
-#[derive(Debug)]
-pub(super) struct Waiter {
-    pub(super) id: u64,
-    pub(super) units: u32,
-    pub(super) grant: oneshot::Sender<()>,
+/// What a waiting request is told.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Verdict {
+    /// Its units are granted: it runs.
+    Granted,
+    /// It gave its place up to a lighter client's request (the queue was full): shed.
+    Displaced,
 }
 
 impl Scheduler {
@@ -57,7 +60,7 @@ impl Scheduler {
             limit_units,
             used_units: 0,
             queued_units: 0,
-            queues: [VecDeque::new(), VecDeque::new()],
+            queues: [FairQueue::default(), FairQueue::default()],
             served: [0; 2],
             next_id: 0,
             nonempty_since: None,
@@ -119,6 +122,72 @@ impl Scheduler {
         }
     }
 
+    /// Queues request `id` of `caller`, costing `units`, in its class's queue.
+    pub(super) fn push(
+        &mut self,
+        id: u64,
+        caller: &Caller,
+        units: u32,
+        heavy: bool,
+        grant: oneshot::Sender<Verdict>,
+    ) {
+        self.queued_units += units;
+        self.queues[usize::from(heavy)].push(id, caller, units, grant);
+    }
+
+    /// Places held by each client with requests waiting, in both queues.
+    pub(super) fn queued_by_client(&self) -> Vec<(ClientKey, usize)> {
+        let mut out: Vec<(ClientKey, usize)> = Vec::new();
+        for queue in &self.queues {
+            for (client, n) in queue.queued_by_client() {
+                match out.iter_mut().find(|(c, _)| c == client) {
+                    Some((_, total)) => *total += n,
+                    None => out.push((client.clone(), n)),
+                }
+            }
+        }
+        out
+    }
+
+    /// Requests waiting in both queues.
+    pub(super) fn waiting(&self) -> usize {
+        self.queues[0].len() + self.queues[1].len()
+    }
+
+    /// Places `client` holds in both queues.
+    fn places_of(&self, client: &ClientKey) -> usize {
+        self.queues[0].queued_of(client) + self.queues[1].queued_of(client)
+    }
+
+    /// The queue is full and a request of `client` arrives: if another client holds more
+    /// places, its newest request gives its place up (is shed) and the arrival may queue;
+    /// if `client` is the heaviest itself, the arrival is the one refused (false).
+    pub(super) fn displace_for(&mut self, client: &ClientKey) -> bool {
+        let heaviest = [&self.queues[0], &self.queues[1]]
+            .into_iter()
+            .filter_map(|q| q.heaviest().map(|(key, _)| key.clone()))
+            .max_by_key(|key| self.places_of(key));
+        let Some(heaviest) = heaviest else {
+            return false;
+        };
+        if self.places_of(&heaviest) <= self.places_of(client) {
+            return false;
+        }
+        // Its newest request, whichever queue it is in (ids grow with arrival).
+        let newest = (0..2)
+            .filter_map(|class| Some((self.queues[class].newest_of(&heaviest)?, class)))
+            .max();
+        let Some((id, class)) = newest else {
+            return false;
+        };
+        let Some((units, grant)) = self.queues[class].remove(id) else {
+            return false;
+        };
+        self.queued_units -= units;
+        let _ = grant.send(Verdict::Displaced);
+        true
+    }
+
     /// Grants units to waiting requests while they fit, in fair order.
     pub(super) fn dispatch(&mut self) {
         loop {
@@ -128,21 +197,21 @@ impl Scheduler {
                 (None, Some(_)) => 1,
                 (Some(_), Some(_)) => usize::from(self.served[1] < self.served[0]),
             };
-            let Some(head) = self.queues[class].front() else {
+            let Some((_, units)) = self.queues[class].front() else {
                 break;
             };
             // The class whose turn it is waits for room rather than being overtaken, so a
             // large request is not starved by a stream of small ones.
-            if self.used_units + head.units > self.limit_units && self.used_units > 0 {
+            if self.used_units + units > self.limit_units && self.used_units > 0 {
                 break;
             }
-            let Some(waiter) = self.queues[class].pop_front() else {
+            let Some((_, units, grant)) = self.queues[class].pop_front() else {
                 break;
             };
-            self.queued_units -= waiter.units;
-            if waiter.grant.send(()).is_ok() {
-                self.take(waiter.units);
-                self.served[class] += u64::from(waiter.units);
+            self.queued_units -= units;
+            if grant.send(Verdict::Granted).is_ok() {
+                self.take(units);
+                self.served[class] += u64::from(units);
             }
         }
         // A class that was idle must not bank credit for the time it had nothing to send.
@@ -151,7 +220,7 @@ impl Scheduler {
                 self.served[class] = self.served[class].max(self.served[1 - class]);
             }
         }
-        if self.queues.iter().all(VecDeque::is_empty) {
+        if self.queues.iter().all(FairQueue::is_empty) {
             self.nonempty_since = None;
         }
     }
@@ -162,11 +231,9 @@ impl Scheduler {
     }
 
     pub(super) fn cancel(&mut self, id: u64) -> bool {
-        for queue in &mut self.queues {
-            if let Some(at) = queue.iter().position(|w| w.id == id) {
-                if let Some(w) = queue.remove(at) {
-                    self.queued_units -= w.units;
-                }
+        for class in 0..2 {
+            if let Some((units, _)) = self.queues[class].remove(id) {
+                self.queued_units -= units;
                 self.dispatch();
                 return true;
             }
@@ -179,13 +246,54 @@ impl Scheduler {
 mod tests {
     use super::*;
 
-    fn waiter(scheduler: &mut Scheduler, units: u32, heavy: bool) -> oneshot::Receiver<()> {
+    fn caller(ip: u8) -> Caller {
+        Caller {
+            client: ClientKey::Address(std::net::IpAddr::from([127, 0, 0, ip])),
+            weight: 1,
+            connection: u64::from(ip),
+        }
+    }
+
+    fn waiter_of(
+        scheduler: &mut Scheduler,
+        who: &Caller,
+        units: u32,
+        heavy: bool,
+    ) -> oneshot::Receiver<Verdict> {
         let (grant, receiver) = oneshot::channel();
         let id = scheduler.next_id;
         scheduler.next_id += 1;
-        scheduler.queued_units += units;
-        scheduler.queues[usize::from(heavy)].push_back(Waiter { id, units, grant });
+        scheduler.push(id, who, units, heavy, grant);
         receiver
+    }
+
+    fn waiter(scheduler: &mut Scheduler, units: u32, heavy: bool) -> oneshot::Receiver<Verdict> {
+        waiter_of(scheduler, &caller(1), units, heavy)
+    }
+
+    #[test]
+    fn a_full_queue_displaces_the_heaviest_clients_newest_never_a_light_ones() {
+        let mut s = Scheduler::new(4);
+        s.used_units = 4;
+        let mut flood: Vec<_> = (0..10)
+            .map(|_| waiter_of(&mut s, &caller(1), 4, false))
+            .collect();
+        let mut polite = waiter_of(&mut s, &caller(2), 4, false);
+        // The queue is full; another polite request arrives: the flooder's newest goes.
+        assert!(s.displace_for(&caller(2).client));
+        assert_eq!(flood[9].try_recv(), Ok(Verdict::Displaced));
+        assert!(
+            flood[..9].iter_mut().all(|r| r.try_recv().is_err()),
+            "the rest still wait"
+        );
+        // The flooder itself gains nothing by arriving: it is the heaviest.
+        assert!(!s.displace_for(&caller(1).client));
+        // The polite client is served within the next two (the flooder's oldest came first,
+        // and clients alternate from there).
+        s.release(4);
+        s.release(4);
+        assert_eq!(polite.try_recv(), Ok(Verdict::Granted));
+        assert_eq!(s.waiting(), 8);
     }
 
     #[test]
@@ -197,7 +305,7 @@ mod tests {
         let mut cheap: Vec<_> = (0..8).map(|_| waiter(&mut s, 4, false)).collect();
         // Everything finishes; who got in?
         s.release(16);
-        let granted = |v: &mut Vec<oneshot::Receiver<()>>| {
+        let granted = |v: &mut Vec<oneshot::Receiver<Verdict>>| {
             v.iter_mut()
                 .map(|r| r.try_recv())
                 .filter(Result::is_ok)

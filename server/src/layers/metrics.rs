@@ -6,6 +6,12 @@
 //! - `vecrig_admission_queue_wait_seconds{method}` and `vecrig_service_time_seconds{method}`:
 //!   histograms of time spent waiting for admission and being served.
 //! - `vecrig_shed_requests_total{reason}`: refusals by [`ShedReason`].
+//! - `vecrig_client_requests_total{client,outcome}`: admitted and shed requests by client (the
+//!   peer address, or `tenant:NAME`), so an operator can see who is being shed; the first
+//!   [`CLIENT_LABELS`] clients get a label of their own and the rest count as `other` (a
+//!   counter's labels cannot change once seen, so "the top N" is the first N).
+//! - `vecrig_client_queued_requests{client}`, `vecrig_client_in_flight_requests{client}`: the
+//!   clients holding the most places now (the top [`CLIENT_LABELS`], then `other`).
 //! - gauges read at scrape time: `vecrig_in_flight_requests`, `vecrig_queued_requests`,
 //!   `vecrig_concurrency_limit`, `vecrig_index_points`, `vecrig_wal_sequence`,
 //!   `vecrig_snapshot_age_seconds`, `process_resident_memory_bytes`.
@@ -63,6 +69,20 @@ struct ReasonLabel {
     reason: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientOutcome {
+    client: String,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ClientLabel {
+    client: String,
+}
+
+/// Clients with metric labels of their own; the rest are `other` (bounded cardinality).
+pub const CLIENT_LABELS: usize = 16;
+
 fn latency_histogram() -> Histogram {
     // 50 µs to ~26 s, doubling: covers a cached ANN search and a stalled exact scan alike.
     Histogram::new(exponential_buckets(0.000_05, 2.0, 20))
@@ -76,6 +96,11 @@ pub struct Metrics {
     queue_wait: Family<MethodLabel, Histogram>,
     service_time: Family<MethodLabel, Histogram>,
     shed: Family<ReasonLabel, Counter>,
+    client_requests: Family<ClientOutcome, Counter>,
+    client_queued: Family<ClientLabel, Gauge>,
+    client_in_flight: Family<ClientLabel, Gauge>,
+    /// The clients given labels of their own, first come.
+    client_labels: std::sync::Mutex<std::collections::HashMap<crate::caller::ClientKey, String>>,
     in_flight: Gauge,
     queued: Gauge,
     limit: Gauge,
@@ -120,6 +145,24 @@ impl Metrics {
             "vecrig_shed_requests",
             "Requests refused by admission before running, by reason",
             shed.clone(),
+        );
+        let client_requests = Family::<ClientOutcome, Counter>::default();
+        registry.register(
+            "vecrig_client_requests",
+            "VectorIndex calls that reached admission, by client and outcome (admitted, shed)",
+            client_requests.clone(),
+        );
+        let client_queued = Family::<ClientLabel, Gauge>::default();
+        registry.register(
+            "vecrig_client_queued_requests",
+            "Requests waiting for admission now, by client (the heaviest, then other)",
+            client_queued.clone(),
+        );
+        let client_in_flight = Family::<ClientLabel, Gauge>::default();
+        registry.register(
+            "vecrig_client_in_flight_requests",
+            "Requests being served now, by client (the heaviest, then other)",
+            client_in_flight.clone(),
         );
         let gauge = |registry: &mut Registry, name: &str, help: &str| {
             let g = Gauge::default();
@@ -170,6 +213,10 @@ impl Metrics {
             queue_wait,
             service_time,
             shed,
+            client_requests,
+            client_queued,
+            client_in_flight,
+            client_labels: std::sync::Mutex::default(),
             in_flight,
             queued,
             limit,
@@ -178,6 +225,20 @@ impl Metrics {
             snapshot_age,
             resident_memory,
         }
+    }
+
+    /// The metric label of `client`: its own for the first [`CLIENT_LABELS`], else `other`.
+    fn client_label(&self, client: &crate::caller::ClientKey) -> String {
+        let mut labels = self.client_labels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(label) = labels.get(client) {
+            return label.clone();
+        }
+        if labels.len() < CLIENT_LABELS {
+            let label = client.label();
+            labels.insert(client.clone(), label.clone());
+            return label;
+        }
+        "other".to_string()
     }
 
     fn count(&self, method: &'static str, code: tonic::Code) {
@@ -212,6 +273,20 @@ impl Metrics {
         self.snapshot_age.set(age);
         self.resident_memory
             .set(crate::process::resident_memory_bytes().unwrap_or(0) as i64);
+        // Gauges of the clients holding places now: last scrape's clients may be gone.
+        self.client_queued.clear();
+        self.client_in_flight.clear();
+        for load in admission.client_loads(CLIENT_LABELS) {
+            let label = ClientLabel {
+                client: load.client,
+            };
+            self.client_queued
+                .get_or_create(&label)
+                .set(load.queued as i64);
+            self.client_in_flight
+                .get_or_create(&label)
+                .set(load.in_flight as i64);
+        }
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -221,10 +296,25 @@ impl Metrics {
 }
 
 impl Recorder for Metrics {
-    fn shed(&self, reason: ShedReason) {
+    fn shed(&self, reason: ShedReason, client: &crate::caller::ClientKey) {
         self.shed
             .get_or_create(&ReasonLabel {
                 reason: reason.label(),
+            })
+            .inc();
+        self.client_requests
+            .get_or_create(&ClientOutcome {
+                client: self.client_label(client),
+                outcome: "shed",
+            })
+            .inc();
+    }
+
+    fn admitted(&self, client: &crate::caller::ClientKey) {
+        self.client_requests
+            .get_or_create(&ClientOutcome {
+                client: self.client_label(client),
+                outcome: "admitted",
             })
             .inc();
     }
