@@ -269,6 +269,10 @@ pub async fn serve(
     Ok(())
 }
 
+/// The server-wide layers, outermost last (tower's `Stack` nesting): pacing, then whole
+/// requests.
+type ServerLayers = Stack<WholeRequestLayer, Stack<PacingLayer, Identity>>;
+
 /// What the VectorIndex request path is made of, for [`router`].
 struct RequestPath {
     metrics: Arc<Metrics>,
@@ -285,7 +289,7 @@ fn router<H: tonic_health::pb::health_server::Health>(
     config: &Config,
     health: tonic_health::pb::health_server::HealthServer<H>,
     path: RequestPath,
-) -> Result<Router<Stack<WholeRequestLayer, Stack<PacingLayer, Identity>>>, ServeError> {
+) -> Result<Router<ServerLayers>, ServeError> {
     let RequestPath {
         metrics,
         memory,

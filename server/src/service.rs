@@ -408,7 +408,7 @@ impl VectorIndex for Service {
             in_flight: admission.in_flight,
             queued: admission.queued,
             shed_total: admission.shed_total,
-            rss_bytes: crate::process::resident_memory_bytes().unwrap_or(0),
+            rss_bytes: crate::process::recent_resident_memory_bytes(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
         }))
     }

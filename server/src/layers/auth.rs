@@ -37,7 +37,10 @@ pub struct Args {
 
 /// The secrets VectorIndex calls may present: one, or one per tenant.
 #[derive(Clone)]
-pub struct Token(Arc<[(Arc<[u8]>, Option<Tenant>)]>);
+pub struct Token(Arc<[Entry]>);
+
+/// One token's bytes, and its tenant if the file names one.
+type Entry = (Arc<[u8]>, Option<Tenant>);
 
 /// A tenant named in the token file: a client of its own for fair admission.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,10 +127,7 @@ impl Token {
                         reason,
                     };
                     let entry = tenant_line(fields).map_err(line_error)?;
-                    if entries
-                        .iter()
-                        .any(|(_, t): &(Arc<[u8]>, Option<Tenant>)| t == &entry.1)
-                    {
+                    if entries.iter().any(|(_, t): &Entry| t == &entry.1) {
                         return Err(line_error("a tenant named twice".to_string()));
                     }
                     if entries.iter().any(|(s, _)| *s == entry.0) {

@@ -74,7 +74,7 @@ pub struct Args {
     pub pace_excess_rate: f64,
     /// Longest a paced connection goes unread at a time (below the keepalive timeout, so that
     /// a paced peer's ping answers are read in time).
-    #[arg(long, env = "VECRIG_PACE_MAX_PAUSE", default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VECRIG_PACE_MAX_PAUSE", default_value = "500ms", value_parser = humantime::parse_duration)]
     pub pace_max_pause: Duration,
 }
 
