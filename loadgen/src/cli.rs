@@ -122,16 +122,9 @@ pub struct Cli {
     /// How long to wait for the target to become SERVING.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, global = true)]
     pub wait_healthy: Duration,
-    /// Send only this shard's part of the load, as I/N (0-based): N loadgens with the same
-    /// flags and I = 0..N-1 together send the whole; `merge` combines their reports.
-    #[arg(long, env = "VECRIG_SHARD", value_parser = parse_shard, global = true)]
-    pub shard: Option<(u64, u64)>,
-    /// Find this loadgen's shard among N replicas of NAME, as NAME/N (`loadgen/4` with
-    /// `docker compose up --scale loadgen=4`): NAME resolves to the N replicas' addresses,
-    /// sorted, and this one's position is its index. `{shard}` in --out, --html and --hdr-log
-    /// becomes the index.
-    #[arg(long, env = "VECRIG_SHARD_PEERS", value_parser = crate::distributed::parse_peers, global = true, conflicts_with = "shard")]
-    pub shard_peers: Option<(String, u64)>,
+    /// Which shard of a distributed run this loadgen sends (`--shard`, `--shard-peers`).
+    #[command(flatten)]
+    pub sharding: crate::distributed::Args,
     /// Start a local vecrig-server (preloaded, on a free port) for this run and target it.
     #[arg(long, global = true)]
     pub spawn_server: bool,
@@ -295,24 +288,6 @@ pub enum Command {
 
 fn parse_fault_kind(text: &str) -> Result<vecrig::validation::fault::FaultKind, String> {
     text.parse()
-}
-
-fn parse_shard(text: &str) -> Result<(u64, u64), String> {
-    let (index, count) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text:?}: expected I/N, e.g. 0/4"))?;
-    let index: u64 = index
-        .trim()
-        .parse()
-        .map_err(|e| format!("shard index: {e}"))?;
-    let count: u64 = count
-        .trim()
-        .parse()
-        .map_err(|e| format!("shard count: {e}"))?;
-    if count == 0 || index >= count {
-        return Err(format!("{text:?}: need 0 <= I < N"));
-    }
-    Ok((index, count))
 }
 
 /// Stages of a custom load.
@@ -518,7 +493,7 @@ impl Cli {
             workload,
             thresholds: self.thresholds.clone(),
             default_thresholds: !self.no_default_thresholds,
-            shard: self.shard,
+            shard: self.sharding.shard,
         }
     }
 }

@@ -35,7 +35,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(mut cli: Cli) -> i32 {
-    if let Err(e) = vecrig_loadgen::distributed::prepare(&mut cli).await {
+    if let Err(e) = vecrig_loadgen::distributed::prepare(
+        &mut cli.sharding,
+        cli.wait_healthy,
+        [&mut cli.out, &mut cli.html, &mut cli.hdr_log],
+    )
+    .await
+    {
         eprintln!("error: {e}");
         return cli::EXIT_ERROR;
     }

@@ -1,0 +1,245 @@
+//! Running a scenario: its phases in order, each phase's load by its model, the monitor
+//! line, the abort watch, and the scenario's report and verdict at the end.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use vecrig::proto::vector_index_client::VectorIndexClient;
+use vecrig::validation::criteria;
+use vecrig::validation::report::{ScenarioReport, ServerPoint};
+use vecrig::validation::threshold;
+
+use super::context::Context;
+use super::judge::{AbortWatch, failed_at_phase_end};
+use super::model::{Model, Phase, Scenario};
+use super::open::Arrivals;
+use super::paced::Pacing;
+use super::{closed, open, paced, ramping};
+use crate::monitor::Monitor;
+use crate::progress::Progress;
+use crate::stats::{Outcomes, Recorder, Timeline};
+use crate::workload::Workload;
+
+/// Runs one scenario to the end (or until stopped) and judges it.
+pub async fn run_scenario(
+    ctx: &Context,
+    scenario: &Scenario,
+    stats_client: VectorIndexClient<Channel>,
+) -> ScenarioReport {
+    let ctx = &Context {
+        timeout: scenario.timeout.unwrap_or(ctx.timeout),
+        ..ctx.clone()
+    };
+    let monitor = Monitor::start(
+        stats_client,
+        Arc::clone(&ctx.headers),
+        Duration::from_secs(1),
+    );
+    let started = Instant::now();
+    let timeline = Arc::new(Timeline::new());
+    let mut phases = Vec::new();
+    let mut total = Outcomes::default();
+    let mut abort_failures = Vec::new();
+    for (index, phase) in scenario.phases.iter().enumerate() {
+        if ctx.stop.is_stopped() {
+            break;
+        }
+        monitor.set_phase(index);
+        monitor.sample_now().await;
+        ctx.progress
+            .set_label(format!("{} / {}", scenario.name, phase.name));
+        let recorder = Arc::new(Recorder::with_timeline(Arc::clone(&timeline)));
+        let phase_started = Instant::now();
+        let ticker = scenario.monitor_every.map(|every| {
+            let (recorder, progress, label) = (
+                Arc::clone(&recorder),
+                ctx.progress.clone(),
+                format!("{}/{}", scenario.name, phase.name),
+            );
+            tokio::spawn(async move { report_every(every, &recorder, &progress, &label).await })
+        });
+        let watchdog = ctx.abort_on_fail.map(|grace| {
+            let watch = AbortWatch {
+                scenario: scenario.name.clone(),
+                phase: phase.name.clone(),
+                concurrency: phase.model.concurrency(),
+                thresholds: scenario.thresholds.clone(),
+                total_before: total.clone(),
+                recorder: Arc::clone(&recorder),
+                stop: ctx.stop.clone(),
+            };
+            tokio::spawn(watch.run(grace, phase_started))
+        });
+        run_phase(ctx, phase, &scenario.workload, &recorder).await;
+        let elapsed = phase_started.elapsed();
+        if let Some(t) = ticker {
+            t.abort();
+        }
+        let mid_run_failure = match watchdog {
+            Some(task) => {
+                task.abort();
+                task.await.ok().flatten()
+            }
+            None => None,
+        };
+        monitor.sample_now().await;
+        let outcomes = recorder.snapshot();
+        total.merge(&outcomes);
+        let report = outcomes.report(
+            &phase.name,
+            phase.model.concurrency(),
+            elapsed,
+            monitor.figures(Some(index)),
+        );
+        let failure = mid_run_failure.or_else(|| {
+            ctx.abort_on_fail?;
+            failed_at_phase_end(&scenario.thresholds, &report)
+        });
+        phases.push(report);
+        if let Some(failure) = failure {
+            ctx.stop.abort(format!(
+                "{}: {} failed in {} (observed {})",
+                scenario.name, failure.expression, failure.scope, failure.observed
+            ));
+            abort_failures.push(failure);
+        }
+    }
+    let duration = started.elapsed();
+    let peak = scenario
+        .phases
+        .iter()
+        .map(|p| p.model.concurrency())
+        .max()
+        .unwrap_or(0);
+    let mut report = ScenarioReport {
+        server_metrics: Default::default(),
+        name: scenario.name.clone(),
+        description: scenario.description.clone(),
+        parameters: scenario.parameters.clone(),
+        duration_s: duration.as_secs_f64(),
+        total: total.report("total", peak, duration, monitor.figures(None)),
+        phases,
+        server: monitor.figures(None),
+        thresholds: Vec::new(),
+        loadgen: Default::default(),
+        warnings: Vec::new(),
+        passed: false,
+        timeline: timeline.points(),
+        server_timeline: monitor
+            .samples()
+            .into_iter()
+            .map(|s| ServerPoint {
+                t_s: s.at_s,
+                in_flight: s.in_flight,
+                queued: s.queued,
+                shed_total: s.shed_total,
+                rss_bytes: s.rss_bytes,
+                uptime_ms: s.uptime_ms,
+            })
+            .collect(),
+        fault: None,
+    };
+    if let Some(url) = &ctx.metrics_url {
+        match crate::scrape::scrape(url).await {
+            Ok(samples) => report.server_metrics = samples,
+            Err(e) => report
+                .warnings
+                .push(format!("cannot scrape server metrics: {e}")),
+        }
+    }
+    threshold::judge(&mut report, &scenario.thresholds);
+    if !abort_failures.is_empty() {
+        // The failure that aborted the run stays in the verdict even if the figure it was
+        // judged on recovered by the end of the phase.
+        report.passed = false;
+        report.thresholds.extend(abort_failures);
+    }
+    if scenario.check_recovery
+        && let Some(recovered) = criteria::recovery(&report)
+    {
+        report.passed &= recovered.passed;
+        report.thresholds.push(recovered);
+    }
+    for violation in criteria::graceful_violations(&report) {
+        report.warnings.push(format!("not graceful: {violation}"));
+    }
+    report
+}
+
+/// The specification's monitor: every `every`, recent throughput and the error rate so far.
+async fn report_every(every: Duration, recorder: &Recorder, progress: &Progress, label: &str) {
+    let started = Instant::now();
+    let mut last = (0u64, Instant::now());
+    loop {
+        tokio::time::sleep(every).await;
+        let o = recorder.snapshot();
+        let (requests, successes) = (o.requests(), o.successes());
+        let recent = (successes - last.0) as f64 / last.1.elapsed().as_secs_f64();
+        let error_rate = if requests == 0 {
+            0.0
+        } else {
+            1.0 - successes as f64 / requests as f64
+        };
+        progress.println(format!(
+            "[{label} {:>4.0}s] {recent:.1} QPS, {:.2}% errors, p99 {:.1} ms",
+            started.elapsed().as_secs_f64(),
+            error_rate * 100.0,
+            o.latency.value_at_quantile(0.99) as f64 / 1000.0
+        ));
+        last = (successes, Instant::now());
+    }
+}
+
+async fn run_phase(
+    ctx: &Context,
+    phase: &Phase,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+) {
+    match phase.model {
+        Model::Closed {
+            users,
+            iterations,
+            duration,
+            think,
+            stagger,
+        } => {
+            let users = closed::Users {
+                users,
+                iterations,
+                duration,
+                think,
+                stagger,
+            };
+            closed::run(ctx, users, workload, recorder).await
+        }
+        Model::Paced {
+            workers,
+            rate,
+            duration,
+        } => {
+            let pacing = Pacing {
+                workers,
+                rate,
+                duration,
+            };
+            paced::run(ctx, pacing, workload, recorder).await
+        }
+        Model::Ramping {
+            from,
+            to,
+            duration,
+            think,
+        } => ramping::run(ctx, (from, to), duration, think, workload, recorder).await,
+        Model::Open {
+            from,
+            to,
+            duration,
+            max_in_flight,
+        } => {
+            let arrivals = Arrivals { from, to, duration };
+            open::run(ctx, arrivals, max_in_flight, workload, recorder).await
+        }
+    }
+}
