@@ -103,7 +103,8 @@ pub struct Cli {
     /// No live progress line.
     #[arg(long, global = true)]
     pub no_progress: bool,
-    /// Worker threads sending load [default 0: one per CPU].
+    /// Threads sending the load, each with its share of the users and arrivals [default 0:
+    /// one per CPU]. Fewer cost less CPU per request but cap the rate one loadgen can send.
     #[arg(long, env = "VECRIG_THREADS", default_value_t = 0, global = true)]
     pub threads: usize,
     /// Stop the whole run at the first failed threshold (exit 99), instead of running every
@@ -347,6 +348,7 @@ impl Cli {
             wait_healthy: self.wait_healthy,
             abort_on_fail: self.abort_on_fail.then_some(self.abort_grace),
             metrics_url: self.metrics_url.clone(),
+            threads: self.threads,
         })
     }
 

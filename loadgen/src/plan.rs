@@ -67,6 +67,8 @@ pub struct RunOptions {
     pub abort_on_fail: Option<Duration>,
     /// The server's Prometheus endpoint, scraped into each scenario's report when set.
     pub metrics_url: Option<String>,
+    /// Threads that send the load (0: one per CPU); each owns its share of the users.
+    pub threads: usize,
 }
 
 impl RunOptions {
@@ -82,6 +84,7 @@ impl RunOptions {
             wait_healthy: Duration::from_secs(60),
             abort_on_fail: None,
             metrics_url: None,
+            threads: 0,
         }
     }
 }

@@ -8,7 +8,7 @@ use vecrig::client::Metadata;
 use vecrig::proto::StatsResponse;
 use vecrig::validation::report::{Report, SCHEMA};
 
-use crate::engine::{self, Context, Scenario, Stop};
+use crate::engine::{self, Context, Lanes, Scenario, Stop};
 use crate::process::Meter;
 use crate::progress::Progress;
 use crate::retry::RetryBudget;
@@ -101,6 +101,7 @@ pub async fn run_with(
         budget: Arc::new(RetryBudget::new(options.retry.budget_ratio)),
         stop: stop.clone(),
         progress: progress.clone(),
+        lanes: Arc::new(Lanes::start(options.threads).map_err(PreflightError::Threads)?),
         abort_on_fail: options.abort_on_fail,
         metrics_url: options.metrics_url.as_deref().map(Arc::from),
     };

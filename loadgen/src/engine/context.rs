@@ -10,6 +10,7 @@ use tokio::sync::watch;
 use tonic::Code;
 use vecrig::client::{Metadata, Pool, request_with};
 
+use super::lanes::{Lane, Lanes};
 use crate::progress::Progress;
 use crate::retry::{Pushback, RetryBudget, RetryPolicy};
 use crate::stats::{Outcome, Recorder};
@@ -80,6 +81,8 @@ pub struct Context {
     pub stop: Stop,
     /// Live progress.
     pub progress: Progress,
+    /// The threads that send the load.
+    pub lanes: Arc<Lanes>,
     /// Abort the whole run as soon as a threshold fails (k6's `abortOnFail`); upper bounds
     /// are checked every second once this grace has passed in a phase (k6's
     /// `delayAbortEval`), every threshold at the end of the phase it applies to.
@@ -112,9 +115,9 @@ impl Context {
         }
     }
 
-    /// Sends `op` (retrying as the policy and budget allow) and records its outcome, with
-    /// latency measured from `intended`.
-    pub async fn execute(&self, op: Op, intended: Instant, recorder: &Recorder) {
+    /// Sends `op` (retrying as the policy and budget allow) and records its outcome in
+    /// `lane`'s batch for `recorder`, with latency measured from `intended`.
+    pub async fn execute(&self, lane: &Lane, op: Op, intended: Instant, recorder: &Recorder) {
         self.budget.deposit();
         let mut attempts = 0u32;
         let mut retries_denied = 0u32;
@@ -145,8 +148,7 @@ impl Context {
                 latency: answered.saturating_duration_since(intended),
                 service_time: answered - sent,
             };
-            recorder.record(&outcome);
-            self.progress.record(&outcome);
+            lane.record(&outcome, recorder);
             if let (Code::Ok, Op::Durable(request, acks)) = (code, &op) {
                 acks.record(request);
             }

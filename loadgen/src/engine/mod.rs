@@ -17,11 +17,13 @@
 //!
 //! The rooms: [`model`] (what load: scenarios, phases, models, sharding), [`context`] (what
 //! every request shares, and the one `execute` that owns retries), the models, [`judge`]
-//! (thresholds judged while the run goes on) and [`run`] (a scenario, phase by phase).
+//! (thresholds judged while the run goes on), [`run`] (a scenario, phase by phase) and
+//! [`lanes`] (the threads that send: each runs its share of every phase).
 
 mod closed;
 pub mod context;
 mod judge;
+pub mod lanes;
 pub mod model;
 mod open;
 mod paced;
@@ -29,5 +31,6 @@ mod ramping;
 pub mod run;
 
 pub use context::{Context, Stop};
+pub use lanes::Lanes;
 pub use model::{Model, Phase, Scenario, Stage, parse_stages, share};
 pub use run::run_scenario;

@@ -3,14 +3,17 @@
 //! counted as *dropped*, never silently skipped. Latency runs from each arrival's intended
 //! time, so a scheduler that wakes late sends what is due at once and the delay still shows.
 
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
 use super::context::Context;
+use super::lanes::Lane;
+use super::model::share;
 use crate::stats::Recorder;
-use crate::workload::Workload;
+use crate::workload::{Generator, Workload};
 
 /// A linear ramp of arrivals per second from `from` to `to` over `duration`.
 #[derive(Debug, Clone, Copy)]
@@ -46,21 +49,40 @@ impl Arrivals {
     }
 }
 
+/// Arrival `n` draws its request from stream `n % STREAMS` (the stream's `n / STREAMS`-th
+/// request), and stream `s` is sent by lane `s % lanes`: each lane sends every lanes-th
+/// arrival of the one schedule (so its rate is the lanes-th part, timed by the same
+/// integral), and which request an arrival is does not depend on the number of lanes.
+/// 60 divides evenly among 1 to 6 lanes.
+const STREAMS: u64 = 60;
+
+/// The lane that sends arrival `n` when there are `lanes` lanes.
+fn lane_of(n: u64, lanes: u64) -> u64 {
+    (n % STREAMS) % lanes.max(1)
+}
+
+/// Runs this lane's arrivals of the stage that started at `start`, with its share of
+/// `max_in_flight`.
 pub(crate) async fn run(
     ctx: &Context,
+    lane: &Rc<Lane>,
     arrivals: Arrivals,
-    max_in_flight: u64,
+    (start, max_in_flight): (Instant, u64),
     workload: &Arc<Workload>,
     recorder: &Arc<Recorder>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1) as usize));
-    let start = tokio::time::Instant::now();
-    let mut requests = workload.generator(0, 1);
+    let max_in_flight = share(max_in_flight, lane.index, lane.count).max(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight as usize));
+    let start = tokio::time::Instant::from_std(start);
+    let mut streams: Vec<Option<Generator>> = (0..STREAMS).map(|_| None).collect();
     let mut tasks = JoinSet::new();
     for n in 0u64.. {
         let Some(offset) = arrivals.offset(n) else {
             break;
         };
+        if lane_of(n, lane.count) != lane.index {
+            continue;
+        }
         if ctx.stop.is_stopped() {
             break;
         }
@@ -69,17 +91,20 @@ pub(crate) async fn run(
             () = tokio::time::sleep_until(intended) => {}
             () = ctx.stop.stopped() => break,
         }
-        let op = requests.next(n);
+        let stream = n % STREAMS;
+        let op = streams[stream as usize]
+            .get_or_insert_with(|| workload.generator(stream, STREAMS))
+            .next(n / STREAMS);
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
-                let (ctx, recorder) = (ctx.clone(), Arc::clone(recorder));
+                let (ctx, lane, recorder) = (ctx.clone(), Rc::clone(lane), Arc::clone(recorder));
                 let at = intended.into_std();
-                tasks.spawn(async move {
-                    ctx.execute(op, at, &recorder).await;
+                tasks.spawn_local(async move {
+                    ctx.execute(&lane, op, at, &recorder).await;
                     drop(slot);
                 });
             }
-            Err(_) => recorder.drop_arrival(),
+            Err(_) => lane.drop_arrival(),
         }
         // Reap finished tasks so the set stays small on long runs.
         while tasks.try_join_next().is_some() {}
@@ -139,5 +164,23 @@ mod tests {
             duration: Duration::from_secs(10),
         };
         assert_eq!(count(none), 0);
+    }
+
+    #[test]
+    fn lanes_take_turns_and_every_arrival_is_sent_once() {
+        for lanes in 1..=4u64 {
+            let mut sent = vec![0u32; 600];
+            for lane in 0..lanes {
+                for (n, times) in sent.iter_mut().enumerate() {
+                    *times += u32::from(lane_of(n as u64, lanes) == lane);
+                }
+            }
+            assert!(sent.iter().all(|&t| t == 1), "{lanes} lanes");
+        }
+        // Two lanes alternate: each sends half the rate on the same schedule.
+        assert_eq!(
+            (0..6).map(|n| lane_of(n, 2)).collect::<Vec<_>>(),
+            [0, 1, 0, 1, 0, 1]
+        );
     }
 }

@@ -1,13 +1,16 @@
 //! The paced model (wrk2's): `workers` senders at a fixed total rate on a fixed schedule,
 //! each waiting for its answer before the next; latency runs from each request's intended
-//! time, so a stall shows in full instead of being hidden by senders waiting.
+//! time, so a stall shows in full instead of being hidden by senders waiting. Worker `w` is
+//! sent by lane `w % lanes`.
 
+use std::rc::Rc;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
 use super::context::Context;
+use super::lanes::Lane;
 use crate::stats::Recorder;
 use crate::workload::Workload;
 
@@ -33,18 +36,27 @@ impl Pacing {
     }
 }
 
+/// Runs this lane's workers (`lane.index`, `lane.index + lane.count`, ...) of the phase that
+/// started at `start`.
 pub(crate) async fn run(
     ctx: &Context,
+    lane: &Rc<Lane>,
     pacing: Pacing,
+    start: Instant,
     workload: &Arc<Workload>,
     recorder: &Arc<Recorder>,
 ) {
     let workers = pacing.workers.max(1);
-    let start = tokio::time::Instant::now();
+    let start = tokio::time::Instant::from_std(start);
     let mut tasks = JoinSet::new();
-    for worker in 0..workers {
-        let (ctx, workload, recorder) = (ctx.clone(), Arc::clone(workload), Arc::clone(recorder));
-        tasks.spawn(async move {
+    for worker in (lane.index..workers).step_by(lane.count.max(1) as usize) {
+        let (ctx, lane, workload, recorder) = (
+            ctx.clone(),
+            Rc::clone(lane),
+            Arc::clone(workload),
+            Arc::clone(recorder),
+        );
+        tasks.spawn_local(async move {
             let mut requests = workload.generator(worker, workers);
             for n in 0u64.. {
                 let Some(offset) = pacing.offset(worker, n) else {
@@ -59,7 +71,7 @@ pub(crate) async fn run(
                     () = ctx.stop.stopped() => break,
                 }
                 let op = requests.next(n);
-                ctx.execute(op, intended.into_std(), &recorder).await;
+                ctx.execute(&lane, op, intended.into_std(), &recorder).await;
             }
         });
     }

@@ -1,6 +1,7 @@
 //! Running a scenario: its phases in order, each phase's load by its model, the monitor
 //! line, the abort watch, and the scenario's report and verdict at the end.
 
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,6 +13,7 @@ use vecrig::validation::threshold;
 
 use super::context::Context;
 use super::judge::{AbortWatch, failed_at_phase_end};
+use super::lanes::Lane;
 use super::model::{Model, Phase, Scenario};
 use super::open::Arrivals;
 use super::paced::Pacing;
@@ -191,13 +193,39 @@ async fn report_every(every: Duration, recorder: &Recorder, progress: &Progress,
     }
 }
 
+/// Runs one phase on every lane, each lane its share of the load, and waits until all are
+/// done and have handed their records to `recorder`.
 async fn run_phase(
     ctx: &Context,
     phase: &Phase,
     workload: &Arc<Workload>,
     recorder: &Arc<Recorder>,
 ) {
-    match phase.model {
+    // One start for all lanes, so their schedules line up.
+    let (model, start) = (phase.model.clone(), Instant::now());
+    let (shared, workload, recorder) = (ctx.clone(), Arc::clone(workload), Arc::clone(recorder));
+    ctx.lanes
+        .run(move |lane| {
+            let (ctx, model) = (shared.clone(), model.clone());
+            let (workload, recorder) = (Arc::clone(&workload), Arc::clone(&recorder));
+            async move {
+                let _flush = lane.flush_every_second(&recorder, &ctx.progress);
+                run_lane(&ctx, &lane, &model, start, &workload, &recorder).await;
+            }
+        })
+        .await;
+}
+
+/// One lane's share of a phase, by the phase's model.
+async fn run_lane(
+    ctx: &Context,
+    lane: &Rc<Lane>,
+    model: &Model,
+    start: Instant,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+) {
+    match *model {
         Model::Closed {
             users,
             iterations,
@@ -212,7 +240,7 @@ async fn run_phase(
                 think,
                 stagger,
             };
-            closed::run(ctx, users, workload, recorder).await
+            closed::run(ctx, lane, users, start, workload, recorder).await
         }
         Model::Paced {
             workers,
@@ -224,14 +252,17 @@ async fn run_phase(
                 rate,
                 duration,
             };
-            paced::run(ctx, pacing, workload, recorder).await
+            paced::run(ctx, lane, pacing, start, workload, recorder).await
         }
         Model::Ramping {
             from,
             to,
             duration,
             think,
-        } => ramping::run(ctx, (from, to), duration, think, workload, recorder).await,
+        } => {
+            let span = (start, duration);
+            ramping::run(ctx, lane, (from, to), span, think, workload, recorder).await
+        }
         Model::Open {
             from,
             to,
@@ -239,7 +270,8 @@ async fn run_phase(
             max_in_flight,
         } => {
             let arrivals = Arrivals { from, to, duration };
-            open::run(ctx, arrivals, max_in_flight, workload, recorder).await
+            let bound = (start, max_in_flight);
+            open::run(ctx, lane, arrivals, bound, workload, recorder).await
         }
     }
 }
