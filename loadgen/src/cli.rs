@@ -107,6 +107,16 @@ pub struct Cli {
     /// one per CPU]. Fewer cost less CPU per request but cap the rate one loadgen can send.
     #[arg(long, env = "VECRIG_THREADS", default_value_t = 0, global = true)]
     pub threads: usize,
+    /// Which client sends the load: h2 (our own, one per sending thread) or tonic (the
+    /// channel pool, for comparison).
+    #[arg(
+        long,
+        value_enum,
+        env = "VECRIG_TRANSPORT",
+        default_value = "h2",
+        global = true
+    )]
+    pub transport: crate::wire::Transport,
     /// Stop the whole run at the first failed threshold (exit 99), instead of running every
     /// scenario to the end: upper bounds (`p99<50ms`, `error_rate<0.01`) are judged every
     /// second on the phase so far, everything else when its phase or scenario ends.
@@ -349,6 +359,7 @@ impl Cli {
             abort_on_fail: self.abort_on_fail.then_some(self.abort_grace),
             metrics_url: self.metrics_url.clone(),
             threads: self.threads,
+            transport: self.transport,
         })
     }
 

@@ -32,6 +32,7 @@ pub mod scrape;
 mod spec;
 pub mod stats;
 pub mod target;
+pub mod wire;
 pub mod workload;
 
 pub use plan::{Plan, RunOptions};

@@ -9,6 +9,7 @@ use vecrig::validation::threshold::Threshold;
 
 use crate::ScenarioSpec;
 use crate::retry::RetryPolicy;
+use crate::wire::Transport;
 use crate::workload::WorkloadKind;
 
 /// What to run.
@@ -69,6 +70,8 @@ pub struct RunOptions {
     pub metrics_url: Option<String>,
     /// Threads that send the load (0: one per CPU); each owns its share of the users.
     pub threads: usize,
+    /// Which client sends the load's requests.
+    pub transport: Transport,
 }
 
 impl RunOptions {
@@ -85,6 +88,7 @@ impl RunOptions {
             abort_on_fail: None,
             metrics_url: None,
             threads: 0,
+            transport: Transport::default(),
         }
     }
 }

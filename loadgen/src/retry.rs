@@ -68,10 +68,15 @@ pub enum Pushback {
 impl Pushback {
     /// Reads the pushback of a failed call.
     pub fn of(status: &tonic::Status) -> Self {
-        match status.metadata().get("grpc-retry-pushback-ms") {
+        let value = status.metadata().get("grpc-retry-pushback-ms");
+        Self::from_header(value.map(|v| v.as_encoded_bytes()))
+    }
+
+    /// Reads a `grpc-retry-pushback-ms` value (`None`: there was none).
+    pub fn from_header(value: Option<&[u8]>) -> Self {
+        match value {
             None => Pushback::None,
-            Some(value) => match value
-                .to_str()
+            Some(value) => match std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
             {

@@ -14,6 +14,7 @@ use crate::progress::Progress;
 use crate::retry::RetryBudget;
 use crate::scenario::Common;
 use crate::target::{self, PreflightError};
+use crate::wire::{Target, Transport};
 use crate::{Plan, RunOptions, file};
 
 fn unix_ms() -> u64 {
@@ -93,6 +94,13 @@ pub async fn run_with(
     .await?;
     let planned = build(&checked.stats);
     let progress = Progress::new(options.live_progress);
+    let wire = match options.transport {
+        Transport::H2 => {
+            let target = Target::new(&options.target, &options.connect, &headers)?;
+            Some((Arc::new(target), options.connect.connections))
+        }
+        Transport::Tonic => None,
+    };
     let ctx = Context {
         pool: checked.pool.clone(),
         timeout: options.timeout,
@@ -101,7 +109,7 @@ pub async fn run_with(
         budget: Arc::new(RetryBudget::new(options.retry.budget_ratio)),
         stop: stop.clone(),
         progress: progress.clone(),
-        lanes: Arc::new(Lanes::start(options.threads).map_err(PreflightError::Threads)?),
+        lanes: Arc::new(Lanes::start(options.threads, wire).map_err(PreflightError::Threads)?),
         abort_on_fail: options.abort_on_fail,
         metrics_url: options.metrics_url.as_deref().map(Arc::from),
     };

@@ -6,6 +6,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use tokio::sync::watch;
 use tonic::Code;
 use vecrig::client::{Metadata, Pool, request_with};
@@ -14,6 +15,7 @@ use super::lanes::{Lane, Lanes};
 use crate::progress::Progress;
 use crate::retry::{Pushback, RetryBudget, RetryPolicy};
 use crate::stats::{Outcome, Recorder};
+use crate::wire::Rpc;
 use crate::workload::Op;
 
 /// Tells every task to stop sending new requests (Ctrl-C, or a failed threshold with abort).
@@ -67,7 +69,8 @@ impl Stop {
 /// Everything the request tasks share.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// Connections to the target.
+    /// tonic's connections to the target, used when the lanes have none of their own
+    /// (`--transport tonic`).
     pub pool: Pool,
     /// Per-request deadline (sent as `grpc-timeout`, and enforced here too).
     pub timeout: Duration,
@@ -96,9 +99,18 @@ impl Context {
         request_with(message, self.timeout, &self.headers)
     }
 
-    /// Sends one attempt and returns its code. A deadline passing here counts as
-    /// DEADLINE_EXCEEDED even when the server never answers (e.g. it is frozen).
-    async fn send(&self, op: &Op) -> (Code, Pushback) {
+    /// Sends one attempt and returns its code: over the lane's own connections when it has
+    /// them (`frame` is the request encoded once), else over tonic's pool. A deadline passing
+    /// here counts as DEADLINE_EXCEEDED even when the server never answers (e.g. it is
+    /// frozen); this is the request's one timer.
+    async fn send(&self, lane: &Lane, op: &Op, frame: Option<&(Rpc, Bytes)>) -> (Code, Pushback) {
+        if let (Some(channel), Some((rpc, frame))) = (lane.channel(), frame) {
+            let call = channel.call(*rpc, frame.clone(), self.timeout);
+            return match tokio::time::timeout(self.timeout, call).await {
+                Ok(answer) => (answer.code, answer.pushback),
+                Err(_) => (Code::DeadlineExceeded, Pushback::None),
+            };
+        }
         let mut client = self.pool.client();
         let call = async {
             match op {
@@ -119,13 +131,14 @@ impl Context {
     /// `lane`'s batch for `recorder`, with latency measured from `intended`.
     pub async fn execute(&self, lane: &Lane, op: Op, intended: Instant, recorder: &Recorder) {
         self.budget.deposit();
+        let frame = lane.channel().map(|channel| channel.encode(&op));
         let mut attempts = 0u32;
         let mut retries_denied = 0u32;
         let mut first = None;
         loop {
             attempts += 1;
             let sent = Instant::now();
-            let (code, pushback) = self.send(&op).await;
+            let (code, pushback) = self.send(lane, &op, frame.as_ref()).await;
             let answered = Instant::now();
             let first_code = *first.get_or_insert(code);
             let wait = pushback.wait(self.retry.backoff(attempts, &mut rand::rng()));

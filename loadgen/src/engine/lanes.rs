@@ -9,7 +9,8 @@
 //! its own [`Batch`] and hands it over once a second.
 //!
 //! Which lane sends what depends only on the user, worker or arrival number, never on
-//! timing, so the same seed sends the same requests whatever the number of lanes.
+//! timing, so the same seed sends the same requests whatever the number of lanes. Each lane
+//! owns its share of the connections ([`Channel`]), at least one.
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -21,8 +22,10 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::LocalSet;
 
+use super::model::share;
 use crate::progress::Progress;
 use crate::stats::{Batch, Outcome, Recorder};
+use crate::wire::{Channel, Target};
 
 /// Work for one lane: called on the lane's thread with the lane.
 type Job = Box<dyn FnOnce(Rc<Lane>) -> Pin<Box<dyn Future<Output = ()>>> + Send>;
@@ -41,11 +44,14 @@ pub struct Lane {
     /// How many lanes there are.
     pub count: u64,
     batch: RefCell<Batch>,
+    /// This lane's connections, when the load goes over our own HTTP/2 client.
+    channel: Option<Channel>,
 }
 
 impl Lanes {
-    /// Starts `count` lanes (0: one per CPU).
-    pub fn start(count: usize) -> std::io::Result<Self> {
+    /// Starts `count` lanes (0: one per CPU); with a `wire` target, each lane opens its
+    /// share of `connections` (at least one) to it.
+    pub fn start(count: usize, wire: Option<(Arc<Target>, usize)>) -> std::io::Result<Self> {
         let count = match count {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
@@ -56,16 +62,23 @@ impl Lanes {
                 .enable_all()
                 .build()?;
             let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
-            let lane = Lane {
-                index: index as u64,
-                count: count as u64,
-                batch: RefCell::default(),
-            };
+            let wire = wire.clone();
             std::thread::Builder::new()
                 .name(format!("loadgen-lane-{index}"))
                 .spawn(move || {
-                    let lane = Rc::new(lane);
+                    let lane = Rc::new(Lane {
+                        index: index as u64,
+                        count: count as u64,
+                        batch: RefCell::default(),
+                        channel: wire.map(|(target, connections)| {
+                            let share = share(connections as u64, index as u64, count as u64);
+                            Channel::new(target, share.max(1) as usize)
+                        }),
+                    });
                     LocalSet::new().block_on(&runtime, async move {
+                        if let Some(channel) = &lane.channel {
+                            channel.connect().await;
+                        }
                         while let Some(job) = rx.recv().await {
                             job(Rc::clone(&lane)).await;
                         }
@@ -114,6 +127,11 @@ impl Lanes {
 }
 
 impl Lane {
+    /// This lane's connections, when the load goes over our own HTTP/2 client.
+    pub fn channel(&self) -> Option<&Channel> {
+        self.channel.as_ref()
+    }
+
     /// Records one request's outcome in this lane's batch.
     pub fn record(&self, outcome: &Outcome, recorder: &Recorder) {
         self.batch.borrow_mut().record(outcome, recorder.timeline());
@@ -180,7 +198,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_lane_runs_the_work_on_its_own_thread() {
-        let lanes = Lanes::start(3).expect("start");
+        let lanes = Lanes::start(3, None).expect("start");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let record = Arc::clone(&seen);
         lanes
