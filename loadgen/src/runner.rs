@@ -4,7 +4,7 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use vecrig::client::Metadata;
+use vecrig::client::{ConnectOptions, Metadata};
 use vecrig::proto::StatsResponse;
 use vecrig::validation::report::{Report, SCHEMA};
 
@@ -85,9 +85,18 @@ pub async fn run_with(
     let started_unix_ms = unix_ms();
     let meter = Meter::start();
     let headers: Metadata = options.headers.clone().into();
+    // With our own HTTP/2 client the lanes open the load's connections; tonic's pool is then
+    // only for what is off the hot path, and one connection is enough for it.
+    let preflight_connect = match options.transport {
+        Transport::H2 => ConnectOptions {
+            connections: 1,
+            ..options.connect.clone()
+        },
+        Transport::Tonic => options.connect.clone(),
+    };
     let checked = target::preflight(
         &options.target,
-        &options.connect,
+        &preflight_connect,
         &headers,
         options.wait_healthy,
     )

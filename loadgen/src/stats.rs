@@ -404,11 +404,16 @@ pub struct Batch {
 }
 
 impl Batch {
-    /// Adds one request, answered now, to the outcomes and to the timeline's current second.
-    pub fn record(&mut self, outcome: &Outcome, timeline: Option<&Timeline>) {
+    /// Adds one request, answered `at`, to the outcomes and to the timeline's second of `at`.
+    pub fn record(
+        &mut self,
+        outcome: &Outcome,
+        timeline: Option<&Timeline>,
+        at: std::time::Instant,
+    ) {
         self.outcomes.record(outcome);
         let Some(timeline) = timeline else { return };
-        let second = timeline.second_of(std::time::Instant::now());
+        let second = timeline.second_of(at);
         if self.seconds.last().is_none_or(|(s, _)| *s != second) {
             self.seconds.push((second, Second::new()));
         }
@@ -552,7 +557,12 @@ mod tests {
                         } else {
                             Code::Ok
                         };
-                        batch.record(&outcome(code, code, thread + 1), recorder.timeline());
+                        let answered = std::time::Instant::now();
+                        batch.record(
+                            &outcome(code, code, thread + 1),
+                            recorder.timeline(),
+                            answered,
+                        );
                         if i % 30 == 0 {
                             recorder.flush(&mut batch);
                         }

@@ -161,7 +161,7 @@ impl Context {
                 latency: answered.saturating_duration_since(intended),
                 service_time: answered - sent,
             };
-            lane.record(&outcome, recorder);
+            lane.record(&outcome, recorder, answered);
             if let (Code::Ok, Op::Durable(request, acks)) = (code, &op) {
                 acks.record(request);
             }

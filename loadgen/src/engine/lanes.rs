@@ -132,9 +132,10 @@ impl Lane {
         self.channel.as_ref()
     }
 
-    /// Records one request's outcome in this lane's batch.
-    pub fn record(&self, outcome: &Outcome, recorder: &Recorder) {
-        self.batch.borrow_mut().record(outcome, recorder.timeline());
+    /// Records the outcome of one request, answered `at`, in this lane's batch.
+    pub fn record(&self, outcome: &Outcome, recorder: &Recorder, at: std::time::Instant) {
+        let timeline = recorder.timeline();
+        self.batch.borrow_mut().record(outcome, timeline, at);
     }
 
     /// Counts an arrival that could not be sent on time.
