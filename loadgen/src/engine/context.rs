@@ -141,11 +141,12 @@ impl Context {
             let (code, pushback) = self.send(lane, &op, frame.as_ref()).await;
             let answered = Instant::now();
             let first_code = *first.get_or_insert(code);
-            let wait = pushback.wait(self.retry.backoff(attempts, &mut rand::rng()));
-            if let Some(wait) = wait
-                && RetryPolicy::retryable(code)
+            // The backoff is drawn only for an answer that may be retried: drawing it for
+            // every answer cost a random number generator's refill on the request path.
+            if RetryPolicy::retryable(code)
                 && attempts < self.retry.max_attempts
                 && !self.stop.is_stopped()
+                && let Some(wait) = pushback.wait(self.retry.backoff(attempts, &mut rand::rng()))
             {
                 if self.budget.try_withdraw() {
                     tokio::time::sleep(wait).await;

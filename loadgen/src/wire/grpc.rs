@@ -17,6 +17,12 @@ use tonic::Code;
 
 use crate::retry::Pushback;
 
+// The status headers by name, parsed once: looking a header up by `&str` parses the name on
+// every call, four times per request.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
 /// The RPCs the hot path sends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rpc {
@@ -122,17 +128,17 @@ impl Answer {
     /// The status in `headers` (trailers, or a trailers-only response's headers), if they
     /// hold one.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let status = headers.get("grpc-status")?;
+        let status = headers.get(&GRPC_STATUS)?;
         let code = std::str::from_utf8(status.as_bytes())
             .ok()
             .and_then(|s| s.trim().parse::<i32>().ok())
             .map_or(Code::Unknown, Code::from);
         let message = headers
-            .get("grpc-message")
+            .get(&GRPC_MESSAGE)
             .map(|m| percent_decode(m.as_bytes()))
             .unwrap_or_default();
         let pushback =
-            Pushback::from_header(headers.get("grpc-retry-pushback-ms").map(|v| v.as_bytes()));
+            Pushback::from_header(headers.get(&GRPC_RETRY_PUSHBACK_MS).map(|v| v.as_bytes()));
         Some(Self {
             code,
             message,
