@@ -44,6 +44,8 @@ const SEARCH_PATH: &str = "/vecrig.v1.VectorIndex/Search";
 #[derive(Clone, Copy, Default)]
 struct Cost {
     cpu_s: f64,
+    /// The user-space part of `cpu_s` (the rest is the kernel's: syscalls, TCP).
+    user_s: f64,
     requests: u64,
     wall_s: f64,
 }
@@ -64,20 +66,21 @@ impl Cost {
 
     fn add(&mut self, other: Cost) {
         self.cpu_s += other.cpu_s;
+        self.user_s += other.user_s;
         self.requests += other.requests;
         self.wall_s += other.wall_s;
     }
 }
 
-/// CPU seconds (user + system) of every child reaped so far.
-fn children_cpu_seconds() -> f64 {
+/// CPU seconds (user, system) of every child reaped so far.
+fn children_cpu_seconds() -> (f64, f64) {
     let usage = getrusage(UsageWho::RUSAGE_CHILDREN).expect("getrusage");
     let seconds = |t: nix::sys::time::TimeVal| t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6;
-    seconds(usage.user_time()) + seconds(usage.system_time())
+    (seconds(usage.user_time()), seconds(usage.system_time()))
 }
 
-/// Runs `command` to completion and returns its CPU time, wall time and output.
-fn run_measured(command: &mut Command) -> (f64, f64, String) {
+/// Runs `command` to completion and returns its CPU time (total, user), wall time and output.
+fn run_measured(command: &mut Command) -> ((f64, f64), f64, String) {
     let cpu_before = children_cpu_seconds();
     let started = Instant::now();
     let output = command
@@ -86,7 +89,9 @@ fn run_measured(command: &mut Command) -> (f64, f64, String) {
         .output()
         .expect("run child");
     let wall = started.elapsed().as_secs_f64();
-    let cpu = children_cpu_seconds() - cpu_before;
+    let cpu_after = children_cpu_seconds();
+    let user = cpu_after.0 - cpu_before.0;
+    let cpu = (user + cpu_after.1 - cpu_before.1, user);
     assert!(
         output.status.success(),
         "{command:?} failed with {}",
@@ -144,7 +149,7 @@ fn check_frame_is_answered_ok(target: &str, frame_file: &Path) {
 }
 
 fn h2load_round(target: &str, frame_file: &Path, requests: u64, threads: u32) -> Cost {
-    let (cpu_s, wall_s, stdout) = run_measured(
+    let ((cpu_s, user_s), wall_s, stdout) = run_measured(
         Command::new("h2load")
             .args(["-n", &requests.to_string()])
             .args(["-c", &CONNECTIONS.to_string()])
@@ -171,6 +176,7 @@ fn h2load_round(target: &str, frame_file: &Path, requests: u64, threads: u32) ->
         .unwrap_or_else(|| panic!("no request count in h2load's output:\n{stdout}"));
     Cost {
         cpu_s,
+        user_s,
         requests: succeeded,
         wall_s,
     }
@@ -179,7 +185,7 @@ fn h2load_round(target: &str, frame_file: &Path, requests: u64, threads: u32) ->
 /// A loadgen run on `threads` threads (0: its default, one per CPU).
 fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path, threads: u32) -> Cost {
     let users = CONNECTIONS * STREAMS_PER_CONNECTION;
-    let (cpu_s, wall_s, _) = run_measured(
+    let ((cpu_s, user_s), wall_s, _) = run_measured(
         Command::new(loadgen)
             .args(["--target", target])
             .args(["--connections", &CONNECTIONS.to_string()])
@@ -202,6 +208,7 @@ fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path, thre
         .sum();
     Cost {
         cpu_s,
+        user_s,
         requests: successes,
         wall_s,
     }
@@ -259,8 +266,8 @@ fn main() {
         CONNECTIONS * STREAMS_PER_CONNECTION
     );
     println!(
-        "{:>5}  {:>12}  {:>10}  {:>8}  {:>12}  {:>10}",
-        "round", "tool", "requests", "req/s", "cpu s", "cpu s/1000"
+        "{:>5}  {:>12}  {:>10}  {:>8}  {:>8}  {:>6}  {:>10}",
+        "round", "tool", "requests", "req/s", "cpu s", "user", "cpu s/1000"
     );
     // Totals: loadgen on one thread, on its default threads; h2load on one, on two.
     let (mut ours, mut ours_all) = (Cost::default(), Cost::default());
@@ -302,8 +309,9 @@ fn main() {
     println!();
     let summary = |name: &str, cost: Cost| {
         println!(
-            "{name:<22} {:.4} CPU s per 1000 requests ({} requests, {:.0} req/s)",
+            "{name:<22} {:.4} CPU s per 1000 requests ({:.0}% user; {} requests, {:.0} req/s)",
             cost.cpu_per_1000(),
+            100.0 * cost.user_s / cost.cpu_s.max(1e-9),
             cost.requests,
             cost.rate()
         );
@@ -331,10 +339,11 @@ fn main() {
 
 fn print_row(round: u64, tool: &str, cost: Cost) {
     println!(
-        "{round:>5}  {tool:>12}  {:>10}  {:>8.0}  {:>12.3}  {:>10.4}",
+        "{round:>5}  {tool:>12}  {:>10}  {:>8.0}  {:>8.3}  {:>5.0}%  {:>10.4}",
         cost.requests,
         cost.requests as f64 / cost.wall_s,
         cost.cpu_s,
+        100.0 * cost.user_s / cost.cpu_s.max(1e-9),
         cost.cpu_per_1000()
     );
 }
