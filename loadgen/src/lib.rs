@@ -3,7 +3,8 @@
 //!
 //! A run goes: [`target::preflight`] (is the target there, healthy, and a vecrig server?) ->
 //! [`scenario`] (what load: the specification's five scenarios) -> [`engine`] (how it is
-//! scheduled and sent: closed or paced model, deadlines, retries under a budget) ->
+//! scheduled and sent: load models, sending threads, deadlines, retries under a budget) ->
+//! [`wire`] (the request path's own HTTP/2 client, one per sending thread) ->
 //! [`stats`] (HdrHistograms and counts by gRPC code, per phase) -> a
 //! [`vecrig::validation::report::Report`], judged by thresholds and printed by [`report`].
 //! [`cli`] turns flags into a [`Plan`]; tests build a [`Plan`] directly.
