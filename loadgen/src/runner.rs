@@ -54,7 +54,7 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
     .await
 }
 
-/// Runs the scenarios of a scenario file (see [`file`]).
+/// Runs the scenarios of a scenario file (see [`crate::file`]).
 pub async fn run_file(
     options: &RunOptions,
     planned: &file::Planned,

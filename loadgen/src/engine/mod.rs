@@ -2,12 +2,12 @@
 //! records every outcome. A scenario says *what* load; this module says *how* it is sent.
 //!
 //! Load models, in k6's vocabulary, one module each:
-//! - **closed** ([`closed`]: fixed users; [`ramping`]: ramping users): each user sends its
+//! - **closed** (`closed`: fixed users; `ramping`: ramping users): each user sends its
 //!   next request when the previous one answered (plus an optional think time). Throughput is
 //!   whatever the server allows.
-//! - **paced** ([`paced`]): `workers` tasks sending at a fixed total rate on a fixed schedule
+//! - **paced** (`paced`): `workers` tasks sending at a fixed total rate on a fixed schedule
 //!   (wrk2's model).
-//! - **open** ([`open`]: fixed or ramping arrival rate): requests are sent on schedule whether
+//! - **open** (`open`: fixed or ramping arrival rate): requests are sent on schedule whether
 //!   or not earlier ones have answered, up to `max_in_flight` at once; a request that cannot
 //!   be sent on time because that many are outstanding is counted as *dropped*.
 //!
@@ -16,7 +16,7 @@
 //! (coordinated omission). The service time from the actual send is recorded beside it.
 //!
 //! The rooms: [`model`] (what load: scenarios, phases, models, sharding), [`context`] (what
-//! every request shares, and the one `execute` that owns retries), the models, [`judge`]
+//! every request shares, and the one `execute` that owns retries), the models, `judge`
 //! (thresholds judged while the run goes on), [`run`] (a scenario, phase by phase) and
 //! [`lanes`] (the threads that send: each runs its share of every phase).
 
