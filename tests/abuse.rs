@@ -702,7 +702,7 @@ async fn oversized_headers_are_refused_cleanly() {
     const ROUNDS: usize = 2_000;
     let turn = turn().await;
     let server = start(|_| {}).await;
-    let max_header_bytes = vecrig_server::limits::ConnectionLimits::default().max_header_bytes;
+    let max_header_bytes = vecrig_server::net::ConnectionLimits::default().max_header_bytes;
     let client = server.client().await;
     let baseline = baseline(&client).await;
     let addr = server.addr;

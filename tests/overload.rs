@@ -78,7 +78,7 @@ fn sample(text: &str, series: &str) -> Option<f64> {
 async fn auth_refuses_calls_without_the_token_and_leaves_health_open() {
     let (mut config, temp) = TestServer::config(16);
     config.preload = 300;
-    config.auth_token = Some(vecrig_server::auth::Token::new("s3cret").expect("token"));
+    config.auth_token = Some(vecrig_server::layers::auth::Token::new("s3cret").expect("token"));
     let server = TestServer::start_in(config, temp).await;
     let query = || search(vec![0.5; 16], false);
 
@@ -461,12 +461,12 @@ async fn the_adaptive_limit_follows_service_time() {
     let server = common::start_preloaded(DIMS, 20_000, |c| {
         c.admission.concurrency_limit = 4;
         c.admission.queue_depth = 1000;
-        c.admission.adaptive = Some(vecrig_server::adaptive::AdaptiveConfig {
+        c.admission.adaptive = Some(vecrig_server::admission::adaptive::AdaptiveConfig {
             window: Duration::from_millis(50),
             min_rtt_samples: 20,
             // No re-measurement during the test: the limit seen is the controller's.
             min_rtt_interval: Duration::from_secs(600),
-            ..vecrig_server::adaptive::AdaptiveConfig::with_max(MAX as usize)
+            ..vecrig_server::admission::adaptive::AdaptiveConfig::with_max(MAX as usize)
         });
         c.metrics_listen = Some(metrics);
     })

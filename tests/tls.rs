@@ -27,7 +27,7 @@ async fn https_run_with_a_test_certificate_and_headers() {
         key,
     });
     // Auth on too: the run below only passes because its header carries the token.
-    config.auth_token = Some(vecrig_server::auth::Token::new("test-token").expect("token"));
+    config.auth_token = Some(vecrig_server::layers::auth::Token::new("test-token").expect("token"));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

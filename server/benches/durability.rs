@@ -21,7 +21,7 @@ use vecrig::proto::{self, point};
 use vecrig::synthetic::Synthetic;
 use vecrig_server::config::Config;
 use vecrig_server::index::store::Payload;
-use vecrig_server::wal::{Record, Wal};
+use vecrig_server::storage::wal::{Record, Wal};
 
 const DIMS: usize = 128;
 const WRITERS: u64 = 16;

@@ -8,20 +8,45 @@
 //! needs (see `index::hnsw`). A write goes to the point store before the graph and leaves the
 //! graph before the store, so a graph hit always has a point behind it.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard};
 
 use tokio::sync::Semaphore;
 
-use crate::config::Config;
 use crate::embed::{Embedder, HashingEmbedder};
 use crate::error::Error;
 use crate::index::hnsw::{HnswParams, UsearchAnn};
 use crate::index::store::{Payload, PointStore, StoredPoint};
 use crate::index::{Ann, IndexError, Metric, Neighbor};
-use crate::snapshot::{self, SnapshotError};
-use crate::wal::Record;
+
+/// The index's flags (flattened into the server's); their defaults are written here only.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Vector width.
+    #[arg(long, env = "VECRIG_DIMENSIONS", default_value_t = 128)]
+    pub dimensions: u32,
+    /// Distance metric: cosine, l2 or ip.
+    #[arg(long, env = "VECRIG_METRIC", default_value = "cosine")]
+    pub metric: Metric,
+    /// Default search breadth when a request sends ef = 0.
+    #[arg(long, env = "VECRIG_EF_SEARCH", default_value_t = 64)]
+    pub ef_search: usize,
+    /// HNSW links per node (M).
+    #[arg(long, env = "VECRIG_CONNECTIVITY", default_value_t = 16)]
+    pub connectivity: usize,
+    /// HNSW candidates explored per insert (ef_construction).
+    #[arg(long, env = "VECRIG_EF_CONSTRUCTION", default_value_t = 128)]
+    pub ef_construction: usize,
+}
+
+/// One write, as the engine prepares and applies it and the write-ahead log records it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Record {
+    /// Points inserted or replaced: `(id, vector as indexed, payload)`.
+    Upsert(Vec<(u64, Vec<f32>, Payload)>),
+    /// Ids removed.
+    Delete(Vec<u64>),
+}
 
 /// What a search looks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -87,38 +112,6 @@ pub struct Shape {
     pub metric: Metric,
 }
 
-/// Failure to open an engine on a data directory.
-#[derive(Debug, thiserror::Error)]
-pub enum OpenError {
-    /// The snapshot could not be used.
-    #[error(transparent)]
-    Snapshot(#[from] SnapshotError),
-    /// The index could not be built.
-    #[error(transparent)]
-    Index(#[from] IndexError),
-    /// The write-ahead log could not be opened.
-    #[error(transparent)]
-    Wal(#[from] crate::wal::WalError),
-    /// Replaying the log (or preloading) failed.
-    #[error("cannot apply logged writes: {0}")]
-    Replay(Error),
-    /// Another server holds the data directory.
-    #[error("data directory {path} is in use by another vecrig-server (its LOCK is held)")]
-    Locked {
-        /// The directory.
-        path: String,
-    },
-    /// The data directory could not be created.
-    #[error("data directory {path}: {source}")]
-    DataDir {
-        /// The directory.
-        path: String,
-        /// The error.
-        #[source]
-        source: std::io::Error,
-    },
-}
-
 /// One vector index and everything needed to serve it.
 pub struct Engine {
     shape: Shape,
@@ -155,7 +148,8 @@ impl Engine {
         ))
     }
 
-    fn from_parts(
+    /// An engine over an existing store and graph (loaded from a snapshot) at `sequence`.
+    pub fn from_parts(
         shape: Shape,
         default_ef: usize,
         store: PointStore,
@@ -175,79 +169,13 @@ impl Engine {
         }
     }
 
-    /// Opens the engine on `config.data_dir`: loads the newest snapshot if there is one,
-    /// rebuilding the graph from the points when its file is missing or does not match.
-    /// Blocking: call it from a blocking context.
-    pub fn open(config: &Config) -> Result<Self, OpenError> {
-        let dir = &config.data_dir;
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::DataDir {
-            path: dir.display().to_string(),
-            source,
-        })?;
-        let shape = Shape {
-            dimensions: config.dimensions,
-            metric: config.metric,
-        };
-        let Some(loaded) = snapshot::read_points(dir, shape.dimensions, shape.metric)? else {
-            return Ok(Self::new(shape, config.hnsw, config.ef_search)?);
-        };
-        let graph = loaded.graph.as_deref().and_then(|path| {
-            match UsearchAnn::load(path, shape.dimensions, shape.metric, config.hnsw) {
-                Ok(ann) if ann.len() == loaded.store.len() => Some(ann),
-                Ok(ann) => {
-                    tracing::warn!(
-                        graph = ann.len(),
-                        points = loaded.store.len(),
-                        "graph file does not match the points; rebuilding it"
-                    );
-                    None
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "graph file unusable; rebuilding it");
-                    None
-                }
-            }
-        });
-        let ann = match graph {
-            Some(ann) => ann,
-            None => {
-                let ann = UsearchAnn::new(shape.dimensions, shape.metric, config.hnsw)?;
-                for (id, vector, _) in loaded.store.iter() {
-                    ann.insert(id, vector)?;
-                }
-                ann
-            }
-        };
-        tracing::info!(
-            points = loaded.store.len(),
-            sequence = loaded.sequence,
-            "loaded snapshot"
-        );
-        Ok(Self::from_parts(
-            shape,
-            config.ef_search,
-            loaded.store,
-            Box::new(ann),
-            loaded.sequence,
-        ))
-    }
-
-    /// Writes a snapshot of everything to `dir`. Blocks writes while it runs.
-    pub fn save(&self, dir: &Path) -> Result<(), SnapshotError> {
-        let _writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let sequence = self.sequence();
-        let graph_name = snapshot::graph_file_name(sequence);
-        let tmp = dir.join(format!("{graph_name}.tmp"));
-        self.ann.save(&tmp).map_err(|e| SnapshotError::Corrupt {
-            path: tmp.clone(),
-            reason: e.to_string(),
-        })?;
-        snapshot::commit_file(&tmp, &dir.join(&graph_name))?;
-        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
-        snapshot::write_points(dir, &store, self.shape.metric, sequence, &graph_name)?;
-        drop(store);
-        snapshot::remove_stale_graphs(dir, &graph_name);
-        Ok(())
+    /// Holds off writes (and snapshots) until the returned guard is dropped, so that what
+    /// it shows is one consistent state: for taking a snapshot.
+    pub fn freeze(&self) -> Frozen<'_> {
+        Frozen {
+            engine: self,
+            _writer: self.writer.lock().unwrap_or_else(|p| p.into_inner()),
+        }
     }
 
     /// Static facts about the index.
@@ -445,6 +373,34 @@ impl Engine {
             }
         }
         Ok(())
+    }
+}
+
+/// The engine with writes held off (see [`Engine::freeze`]).
+pub struct Frozen<'a> {
+    engine: &'a Engine,
+    _writer: MutexGuard<'a, ()>,
+}
+
+impl Frozen<'_> {
+    /// The sequence number of the last write applied.
+    pub fn sequence(&self) -> u64 {
+        self.engine.sequence()
+    }
+
+    /// Static facts about the index.
+    pub fn shape(&self) -> Shape {
+        self.engine.shape
+    }
+
+    /// The graph.
+    pub fn ann(&self) -> &dyn Ann {
+        self.engine.ann.as_ref()
+    }
+
+    /// The points (read-locked until the guard is dropped).
+    pub fn store(&self) -> RwLockReadGuard<'_, PointStore> {
+        self.engine.store.read().unwrap_or_else(|p| p.into_inner())
     }
 }
 

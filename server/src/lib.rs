@@ -1,63 +1,71 @@
 //! `vecrig-server`: a vector index served over gRPC, behind admission control.
 //!
-//! Layout, in the order a request meets it:
-//! - [`limits`]: the connection cap, handshake and idle timeouts, HTTP/2 limits and whole-request
-//!   reads that keep an abusive peer from taking the server away from normal clients;
-//! - [`metrics`]: counts every VectorIndex call by method and code (and serves Prometheus text
-//!   on `--metrics-listen`);
-//! - [`auth`]: the bearer token, checked before admission so unauthenticated calls take no
-//!   queue places;
-//! - [`memory`]: refuses writes (then searches) as the process nears its memory limit, so it
-//!   answers RESOURCE_EXHAUSTED instead of being OOM-killed;
-//! - [`admission`]: the cost-weighted concurrency limit, bounded queue and load shedding in
-//!   front of the VectorIndex service (health and reflection stay outside all four, so probes
-//!   answer under load); [`adaptive`] moves the limit with service time when asked to;
+//! Layout, in the order a request meets it (each folder's `mod.rs` says what lives in it; no
+//! module imports one that imports it back, checked by `scripts/module-cycles.py`):
+//! - [`net`]: the accept gate (connection cap), the guarded socket (handshake, idle and
+//!   no-request timeouts), HTTP/2 limits, and whole-request reads that keep an abusive peer
+//!   from taking the server away from normal clients;
+//! - [`layers`]: the tower layers in front of admission, outermost first: [`layers::metrics`]
+//!   (counts every VectorIndex call; Prometheus text on `--metrics-listen`),
+//!   [`layers::auth`] (the bearer token, so strangers take no queue places) and
+//!   [`layers::memory`] (refuses writes, then searches, near the memory limit);
+//! - [`admission`]: the cost-weighted concurrency limit, its queues and load shedding
+//!   ([`admission::cost`], [`admission::scheduler`], [`admission::layer`]), and the adaptive
+//!   limit ([`admission::adaptive`]). Health and reflection stay outside all of these, so
+//!   probes answer under load;
 //! - [`service`]: proto to domain types, validation, domain errors to gRPC status codes;
-//! - [`engine`]: runs index work on the blocking pool, one writer, bounded searches;
+//! - [`engine`]: the index in memory: runs index work on the blocking pool, one writer,
+//!   bounded searches;
 //! - [`embed`]: text to vectors; [`index`]: points, exact scan and the HNSW graph;
-//! - [`storage`]: durability: the write-ahead log ([`wal`]), group commit, [`snapshot`]s,
-//!   recovery on start.
+//! - [`storage`]: all disk I/O: the write-ahead log ([`storage::wal`]), group commit,
+//!   snapshots ([`storage::snapshot`]), recovery on start ([`storage::recovery`]).
 //!
-//! [`priority`] keeps index work below the request path on a saturated CPU.
-//! [`probe`] is `vecrig-server --probe`, the container health check.
+//! Beside the path: [`method`] reads a request's method from its path, once, for all of the
+//! above; [`priority`] keeps index work below the request path on a saturated CPU;
+//! [`process`] reads the process's memory and CPUs; [`flags`] gives each part's settings
+//! their defaults from its own flags; [`config`] assembles every part's flags and settings
+//! (nothing imports it); [`probe`] is `vecrig-server --probe`, the container health check.
 //!
-//! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0.
+//! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0;
+//! the whole request path is built in one function (`router`), one comment per layer.
 
-pub mod adaptive;
 pub mod admission;
-pub mod auth;
 pub mod config;
 pub mod embed;
 pub mod engine;
 pub mod error;
+pub mod flags;
 pub mod index;
-pub mod limits;
-pub mod memory;
-pub mod metrics;
+pub mod layers;
+pub mod method;
+pub mod net;
 pub mod priority;
 pub mod probe;
+pub mod process;
 pub mod service;
-pub mod snapshot;
 pub mod storage;
-pub mod wal;
 
 use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
+use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
-use tower::Layer;
+use tower::ServiceBuilder;
+use tower::layer::util::{Identity, Stack};
 use vecrig::proto::vector_index_server::VectorIndexServer;
 
-use crate::admission::{Admission, AdmissionLayer};
-use crate::auth::AuthLayer;
+use crate::admission::Admission;
+use crate::admission::layer::AdmissionLayer;
 use crate::config::Config;
-use crate::engine::OpenError;
-use crate::metrics::{Metrics, MetricsLayer};
-use crate::service::{EngineSlot, Service};
-use crate::snapshot::SnapshotError;
-use crate::storage::Storage;
+use crate::layers::auth::AuthLayer;
+use crate::layers::memory::{MemoryGuard, MemoryLayer};
+use crate::layers::metrics::{Metrics, MetricsLayer};
+use crate::net::WholeRequestLayer;
+use crate::service::Service;
+use crate::storage::snapshot::SnapshotError;
+use crate::storage::{OpenError, Storage, StorageSlot};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -139,20 +147,12 @@ pub async fn serve(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
 
-    let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(vecrig::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-    };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
     crate::priority::set_index_nice(config.index_nice);
     let metrics = Arc::new(Metrics::new());
-    let admission = Admission::new(config.admission, Arc::clone(&metrics));
+    let admission = Admission::new(config.admission, Arc::clone(&metrics) as _);
     let _adaptive = match config.admission.adaptive {
         Some(adaptive) if config.admission.enabled => {
-            Some(AbortOnDrop(tokio::spawn(crate::adaptive::run(
+            Some(AbortOnDrop(tokio::spawn(crate::admission::adaptive::run(
                 Arc::clone(&admission),
                 adaptive,
                 config.admission.concurrency_limit,
@@ -160,44 +160,28 @@ pub async fn serve(
         }
         _ => None,
     };
-    let engine_slot: EngineSlot = Arc::new(OnceLock::new());
+    let storage_slot: StorageSlot = Arc::new(OnceLock::new());
     let service = Service::new(
-        Arc::clone(&engine_slot),
+        Arc::clone(&storage_slot),
         config.limits,
-        Arc::clone(&admission),
+        Arc::clone(&admission) as _,
     );
-    // Message-size limits are explicit: a request above them gets the transport's
-    // RESOURCE_EXHAUSTED size error before any of our code runs.
-    let index_server = VectorIndexServer::new(service)
-        .max_decoding_message_size(config.max_message_bytes)
-        .max_encoding_message_size(config.max_message_bytes);
-    // These wrap only VectorIndex: health and reflection must answer while it sheds, and
-    // without a token. Outermost first: metrics sees every call (refused ones too); auth
-    // refuses strangers before they can take a place in admission's queue.
-    // The memory guard sits between auth and admission: a call refused for memory must not
-    // take a queue slot, and its body is never read.
-    let memory = memory::MemoryGuard::new(&config.memory);
+    let memory = MemoryGuard::new(&config.memory);
     tracing::info!(limit_bytes = memory.limit(), "memory guard");
-    let admitted = MetricsLayer::new(Arc::clone(&metrics)).layer(
-        AuthLayer::new(config.auth_token.clone()).layer(
-            memory::MemoryLayer::new(memory)
-                .layer(AdmissionLayer::new(Arc::clone(&admission)).layer(index_server)),
-        ),
-    );
     let metrics_task = match config.metrics_listen {
         Some(addr) => {
-            let listener = crate::metrics::bind(addr)
+            let listener = layers::metrics::bind(addr)
                 .await
                 .map_err(ServeError::Metrics)?;
             tracing::info!(addr = %listener.local_addr().map_err(ServeError::Metrics)?, "metrics at /metrics");
-            let (metrics, admission, slot, dir) = (
+            let (metrics, admission, storage, dir) = (
                 Arc::clone(&metrics),
                 Arc::clone(&admission),
-                Arc::clone(&engine_slot),
+                Arc::clone(&storage_slot),
                 config.data_dir.clone(),
             );
-            let render = Arc::new(move || metrics.render(&admission, &slot, &dir));
-            Some(AbortOnDrop(tokio::spawn(crate::metrics::serve_metrics(
+            let render = Arc::new(move || metrics.render(&admission, &storage, &dir));
+            Some(AbortOnDrop(tokio::spawn(layers::metrics::serve_metrics(
                 listener, render,
             ))))
         }
@@ -205,32 +189,27 @@ pub async fn serve(
     };
 
     // The connection cap and handshake/idle timeouts wrap the accepted sockets.
-    let incoming = limits::incoming(listener, &config.connection_limits);
+    let incoming = net::incoming(listener, &config.connection_limits);
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let mut builder = Server::builder();
-    if let Some(tls) = &config.tls {
-        builder = builder.tls_config(
-            tonic::transport::ServerTlsConfig::new()
-                .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key))
-                // A TLS handshake that stalls holds a place under the connection cap.
-                .timeout(config.connection_limits.handshake_timeout),
-        )?;
-    }
-    // HTTP/2 limits (streams, headers, resets, windows, pings) and whole-request reads.
-    let router = limits::apply(builder, &config)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha)
-        .add_service(admitted);
+    let router = router(
+        &config,
+        health_service,
+        RequestPath {
+            metrics: Arc::clone(&metrics),
+            memory,
+            admission: Arc::clone(&admission),
+            service,
+        },
+    )?;
     // tonic's server applies each request's `grpc-timeout` itself: a request whose deadline
     // passes while it waits in the admission queue is dropped from the queue unserved.
     let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = stop_rx.await;
     }));
 
-    let open_config = config.clone();
-    let opening =
-        tokio::task::spawn_blocking(move || Storage::open(&open_config, open_config.snapshots));
+    let options = storage::Options::from(&config);
+    let policy = config.snapshots;
+    let opening = tokio::task::spawn_blocking(move || Storage::open(options, policy));
     tokio::pin!(shutdown);
     let storage = tokio::select! {
         opened = opening => Arc::new(opened??),
@@ -245,7 +224,7 @@ pub async fn serve(
             return Ok(());
         }
     };
-    let _ = engine_slot.set(Arc::clone(&storage));
+    let _ = storage_slot.set(Arc::clone(&storage));
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(points = storage.engine().len(), "serving");
 
@@ -281,4 +260,80 @@ pub async fn serve(
         "saved; stopped"
     );
     Ok(())
+}
+
+/// What the VectorIndex request path is made of, for [`router`].
+struct RequestPath {
+    metrics: Arc<Metrics>,
+    memory: Arc<MemoryGuard>,
+    admission: Arc<Admission>,
+    service: Service,
+}
+
+/// The one place the request path is built: tonic's server with its HTTP/2 limits, the
+/// server-wide whole-request layer, and the VectorIndex service behind its layers. Health and
+/// reflection are added beside VectorIndex, outside its layers: they must answer while it
+/// sheds, and without a token.
+fn router<H: tonic_health::pb::health_server::Health>(
+    config: &Config,
+    health: tonic_health::pb::health_server::HealthServer<H>,
+    path: RequestPath,
+) -> Result<Router<Stack<WholeRequestLayer, Identity>>, ServeError> {
+    let RequestPath {
+        metrics,
+        memory,
+        admission,
+        service,
+    } = path;
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(vecrig::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    // Message-size limits are explicit: a request above them gets the transport's
+    // RESOURCE_EXHAUSTED size error before any of our code runs.
+    let index_server = VectorIndexServer::new(service)
+        .max_decoding_message_size(config.max_message_bytes)
+        .max_encoding_message_size(config.max_message_bytes);
+    let vector_index = ServiceBuilder::new()
+        // Outermost: metrics sees every call, those refused by the layers below included.
+        .layer(MetricsLayer::new(metrics))
+        // Auth before anything that holds resources: a stranger takes no memory check and no
+        // place in admission's queue (a pass-through when no token is configured).
+        .layer(AuthLayer::new(config.auth_token.clone()))
+        // The memory guard before admission: a call refused for memory must not take a queue
+        // place, and its body is never priced.
+        .layer(MemoryLayer::new(memory))
+        // Innermost: the concurrency limit, queue and shedding, right in front of the work.
+        .layer(AdmissionLayer::new(admission))
+        .service(index_server);
+
+    let mut builder = Server::builder();
+    if let Some(tls) = &config.tls {
+        builder = builder.tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&tls.cert, &tls.key))
+                // A TLS handshake that stalls holds a place under the connection cap.
+                .timeout(config.connection_limits.handshake_timeout),
+        )?;
+    }
+    let limits = &config.connection_limits;
+    // HTTP/2 limits: streams, headers, resets, windows, pings.
+    let builder = net::http2::apply(builder, limits, config.max_concurrent_streams);
+    Ok(builder
+        // Server-wide and outermost: a VectorIndex request reaches routing, the layers and
+        // admission only once its body is whole (a slow body cannot hold an admission slot),
+        // and every request counts as activity on its connection.
+        .layer(WholeRequestLayer::new(
+            limits.request_read_timeout,
+            // One gRPC message and its 5-byte frame header.
+            config.max_message_bytes.saturating_add(5),
+            limits.request_buffer_bytes,
+        ))
+        .add_service(health)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(vector_index))
 }

@@ -21,6 +21,15 @@ use std::sync::atomic::{AtomicI32, Ordering};
 /// The default nice increment of index work.
 pub const DEFAULT_INDEX_NICE: i32 = 10;
 
+/// The priority flag (flattened into the server's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Nice increment of index work (searches, embedding, the writer) relative to the request
+    /// path, so that a saturated index cannot delay admission and shedding (0: off).
+    #[arg(long, env = "VECRIG_INDEX_NICE", default_value_t = DEFAULT_INDEX_NICE)]
+    pub index_nice: i32,
+}
+
 /// The increment in force (one per process: thread priority is a process-wide resource).
 static INDEX_NICE: AtomicI32 = AtomicI32::new(DEFAULT_INDEX_NICE);
 

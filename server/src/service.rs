@@ -1,7 +1,7 @@
 //! The gRPC face of the engine: the only place that turns proto messages into domain types
 //! (validating them on the way) and domain errors into `tonic::Status`.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
@@ -9,11 +9,79 @@ use tonic::{Request, Response, Status};
 use vecrig::proto;
 use vecrig::proto::vector_index_server::VectorIndex;
 
-use crate::admission::Admission;
-use crate::config::Limits;
 use crate::engine::{Engine, NewPoint, PointData, Query, Search};
 use crate::error::Error;
-use crate::storage::Storage;
+use crate::storage::{Storage, StorageSlot};
+
+/// What `Stats` reports of the load in front of the service: admission's figures, read
+/// through this trait so that the service, below admission on the request path, never
+/// imports it (admission implements it).
+pub trait LoadFigures: Send + Sync + std::fmt::Debug {
+    /// The figures now.
+    fn load(&self) -> Load;
+}
+
+/// Requests in front of the service, for `Stats`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Load {
+    /// Requests being served now.
+    pub in_flight: u64,
+    /// Requests waiting for a slot now.
+    pub queued: u64,
+    /// Requests refused since start.
+    pub shed_total: u64,
+}
+
+/// The request-size flags (flattened into the server's); their defaults are written here only.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Largest `k` a search may ask for.
+    #[arg(long, env = "VECRIG_MAX_K", default_value_t = 1000)]
+    pub max_k: u32,
+    /// Largest number of points in one Upsert.
+    #[arg(long, env = "VECRIG_MAX_BATCH", default_value_t = 1024)]
+    pub max_batch: usize,
+    /// Largest text (query or point) in bytes.
+    #[arg(long, env = "VECRIG_MAX_TEXT_BYTES", default_value_t = 1024 * 1024)]
+    pub max_text_bytes: usize,
+}
+
+/// Limits on what one request may ask for.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Vector width every vector must have.
+    pub dimensions: usize,
+    /// Largest `k`.
+    pub max_k: u32,
+    /// Largest upsert batch.
+    pub max_batch: usize,
+    /// Largest text, in bytes.
+    pub max_text_bytes: usize,
+}
+
+impl Limits {
+    /// The limits of the flags, for `dimensions`-wide vectors.
+    pub fn new(args: &Args, dimensions: usize) -> Result<Self, String> {
+        if args.max_k == 0 {
+            return Err("--max-k must be at least 1".into());
+        }
+        if args.max_batch == 0 {
+            return Err("--max-batch must be at least 1".into());
+        }
+        Ok(Self {
+            dimensions,
+            max_k: args.max_k,
+            max_batch: args.max_batch,
+            max_text_bytes: args.max_text_bytes,
+        })
+    }
+
+    /// The command line's defaults, for `dimensions`-wide vectors.
+    pub fn defaults(dimensions: usize) -> Self {
+        Self::new(&crate::flags::defaults::<Args>(), dimensions)
+            .expect("the default limits are valid")
+    }
+}
 
 impl From<Error> for Status {
     fn from(error: Error) -> Self {
@@ -29,23 +97,20 @@ impl From<Error> for Status {
     }
 }
 
-/// The storage slot: empty while the server is starting (recovering data), then set once.
-pub type EngineSlot = Arc<OnceLock<Arc<Storage>>>;
-
 /// Implements `vecrig.v1.VectorIndex`.
 #[derive(Debug, Clone)]
 pub struct Service {
-    engine: EngineSlot,
+    storage: StorageSlot,
     limits: Limits,
-    admission: Arc<Admission>,
+    admission: Arc<dyn LoadFigures>,
     started: Instant,
 }
 
 impl Service {
-    /// A service over `engine` (which may still be empty while starting).
-    pub fn new(engine: EngineSlot, limits: Limits, admission: Arc<Admission>) -> Self {
+    /// A service over `storage` (which may still be empty while starting).
+    pub fn new(storage: StorageSlot, limits: Limits, admission: Arc<dyn LoadFigures>) -> Self {
         Self {
-            engine,
+            storage,
             limits,
             admission,
             started: Instant::now(),
@@ -53,7 +118,7 @@ impl Service {
     }
 
     fn storage(&self) -> Result<&Arc<Storage>, Error> {
-        self.engine
+        self.storage
             .get()
             .ok_or_else(|| Error::Unavailable("server is starting: loading the index".into()))
     }
@@ -321,8 +386,8 @@ impl VectorIndex for Service {
         &self,
         _request: Request<proto::StatsRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
-        let admission = self.admission.stats();
-        let (points, dimensions, metric, sequence) = match self.engine.get() {
+        let admission = self.admission.load();
+        let (points, dimensions, metric, sequence) = match self.storage.get() {
             Some(storage) => {
                 let engine = storage.engine();
                 let shape = engine.shape();
@@ -343,22 +408,10 @@ impl VectorIndex for Service {
             in_flight: admission.in_flight,
             queued: admission.queued,
             shed_total: admission.shed_total,
-            rss_bytes: resident_memory_bytes().unwrap_or(0),
+            rss_bytes: crate::process::resident_memory_bytes().unwrap_or(0),
             uptime_ms: self.started.elapsed().as_millis() as u64,
         }))
     }
-}
-
-/// Resident memory of this process, from `/proc/self/statm` (Linux only).
-pub fn resident_memory_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let resident_pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(resident_pages * page_size())
-}
-
-fn page_size() -> u64 {
-    // Every Linux platform we target uses 4 KiB base pages; reading it would need libc.
-    4096
 }
 
 #[cfg(test)]
@@ -566,7 +619,7 @@ mod tests {
         use crate::index::Metric;
         use crate::index::hnsw::HnswParams;
         use crate::index::store::Payload;
-        use crate::wal::Record;
+        use crate::storage::wal::Record;
         use proptest::prelude::*;
         use prost::Message;
         use std::collections::HashSet;

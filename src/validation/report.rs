@@ -92,7 +92,7 @@ pub struct ScenarioReport {
     pub server_timeline: Vec<ServerPoint>,
     /// The verdict of a fault run (`vecrig-loadgen fault`); absent for other scenarios.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub fault: Option<super::fault::FaultVerdict>,
+    pub fault: Option<FaultVerdict>,
 }
 
 /// One second of a scenario, by the time answers arrived.
@@ -339,4 +339,131 @@ pub fn code_name(code: tonic::Code) -> &'static str {
         Code::DataLoss => "DATA_LOSS",
         Code::Unauthenticated => "UNAUTHENTICATED",
     }
+}
+
+/// The fault a run expects to be injected while it runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FaultKind {
+    /// The server is killed (SIGKILL) and started again: an outage with UNAVAILABLE, a
+    /// restart, recovery, no acknowledged write lost.
+    Restart,
+    /// The network between loadgen and server is cut and restored: an outage, no restart,
+    /// recovery, no acknowledged write lost.
+    Partition,
+    /// The server is pushed against its memory limit by the run's own writes: it refuses
+    /// (RESOURCE_EXHAUSTED) instead of being killed: no restart, no outage, no write lost.
+    Memory,
+    /// No fault: a control run. No outage, no restart, no write lost.
+    None,
+}
+
+impl FaultKind {
+    /// Its name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Restart => "restart",
+            FaultKind::Partition => "partition",
+            FaultKind::Memory => "memory",
+            FaultKind::None => "none",
+        }
+    }
+}
+
+impl std::str::FromStr for FaultKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "restart" => FaultKind::Restart,
+            "partition" => FaultKind::Partition,
+            "memory" => FaultKind::Memory,
+            "none" => FaultKind::None,
+            other => {
+                return Err(format!(
+                    "unknown fault {other:?}: expected restart, partition, memory or none"
+                ));
+            }
+        })
+    }
+}
+
+/// What a fault run expects, besides its kind.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Expectations {
+    /// The successes per second the load asks for (its paced rate).
+    pub target_qps: f64,
+    /// Recovered means successes per second back to this fraction of the baseline.
+    pub recovered_fraction: f64,
+    /// Recovery must come within this many seconds after the outage's last second.
+    pub recover_within_s: f64,
+    /// The outage may last at most this long.
+    pub max_outage_s: f64,
+}
+
+/// The acknowledged writes, read back after the load.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AckCheck {
+    /// Points whose upsert was answered OK.
+    pub acked: u64,
+    /// Of which were read back as written.
+    pub verified: u64,
+    /// Of which were missing (NOT_FOUND) or held other data than written: lost.
+    pub lost: u64,
+    /// Of which could not be read back (the server kept failing the Get).
+    pub unverified: u64,
+    /// Some of the lost ids, for a look at the server.
+    pub lost_ids: Vec<u64>,
+}
+
+impl AckCheck {
+    /// Adds another shard's check.
+    pub fn add(&mut self, other: &AckCheck) {
+        self.acked += other.acked;
+        self.verified += other.verified;
+        self.lost += other.lost;
+        self.unverified += other.unverified;
+        self.lost_ids.extend(
+            other
+                .lost_ids
+                .iter()
+                .take(MAX_LOST_IDS.saturating_sub(self.lost_ids.len())),
+        );
+    }
+}
+
+/// Lost ids listed in a report at most.
+pub const MAX_LOST_IDS: usize = 20;
+
+/// A fault run's verdict, in the scenario's report (`fault`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FaultVerdict {
+    /// The fault expected.
+    pub kind: FaultKind,
+    /// What was expected besides.
+    pub expectations: Expectations,
+    /// Median successes per second before the outage (the target when too few seconds).
+    pub baseline_qps: f64,
+    /// Start of the first second with outage errors, from the scenario's start.
+    pub outage_start_s: Option<f64>,
+    /// End of the last second with outage errors.
+    pub outage_end_s: Option<f64>,
+    /// From the first to the end of the last second with outage errors (0: none).
+    pub outage_s: f64,
+    /// Outage errors by gRPC code, over the whole run.
+    pub outage_errors: BTreeMap<String, u64>,
+    /// Seconds from the outage's end until successes per second were back to
+    /// `recovered_fraction` of the baseline; absent when they never were (or no outage).
+    pub recovery_s: Option<f64>,
+    /// Requests finally refused with RESOURCE_EXHAUSTED (shed, or refused for memory).
+    pub refused: u64,
+    /// Whole seconds of the run in which no request succeeded.
+    pub seconds_without_success: u64,
+    /// Longest time between two `Stats` samples (taken about every second, each given 2 s):
+    /// how long the server was not answering at all.
+    #[serde(default)]
+    pub max_stats_gap_s: f64,
+    /// Server restarts seen in its `Stats` (uptime going back).
+    pub server_restarts: u64,
+    /// The acknowledged writes, read back.
+    pub acks: AckCheck,
 }

@@ -35,8 +35,17 @@ use tonic::codegen::http;
 use tonic::server::NamedService;
 use tower::{Layer, Service};
 
-use crate::admission::{Admission, ShedReason};
-use crate::service::EngineSlot;
+use crate::admission::{Admission, Recorder, ShedReason};
+use crate::method::Method;
+use crate::storage::StorageSlot;
+
+/// The metrics flag (flattened into the server's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
+    #[arg(long, env = "VECRIG_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+}
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct MethodCode {
@@ -171,33 +180,6 @@ impl Metrics {
         }
     }
 
-    /// Counts one refusal.
-    pub fn shed(&self, reason: ShedReason) {
-        self.shed
-            .get_or_create(&ReasonLabel {
-                reason: reason.label(),
-            })
-            .inc();
-    }
-
-    /// Records how long an admitted request waited.
-    pub fn observe_queue_wait(&self, path: &str, waited: Duration) {
-        self.queue_wait
-            .get_or_create(&MethodLabel {
-                method: method_of(path),
-            })
-            .observe(waited.as_secs_f64());
-    }
-
-    /// Records how long an admitted request was served.
-    pub fn observe_service_time(&self, path: &str, took: Duration) {
-        self.service_time
-            .get_or_create(&MethodLabel {
-                method: method_of(path),
-            })
-            .observe(took.as_secs_f64());
-    }
-
     fn count(&self, method: &'static str, code: tonic::Code) {
         self.requests
             .get_or_create(&MethodCode {
@@ -211,25 +193,25 @@ impl Metrics {
     pub fn render(
         &self,
         admission: &Admission,
-        engine: &EngineSlot,
+        storage: &StorageSlot,
         data_dir: &std::path::Path,
     ) -> String {
         let stats = admission.stats();
         self.in_flight.set(stats.in_flight as i64);
         self.queued.set(stats.queued as i64);
         self.limit.set(stats.limit as i64);
-        if let Some(storage) = engine.get() {
+        if let Some(storage) = storage.get() {
             self.points.set(storage.engine().len() as i64);
             self.wal_sequence.set(storage.durable_sequence() as i64);
         }
-        let age = std::fs::metadata(data_dir.join(crate::snapshot::POINTS_FILE))
+        let age = std::fs::metadata(data_dir.join(crate::storage::snapshot::POINTS_FILE))
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| SystemTime::now().duration_since(t).ok())
             .map_or(-1.0, |d| d.as_secs_f64());
         self.snapshot_age.set(age);
         self.resident_memory
-            .set(crate::service::resident_memory_bytes().unwrap_or(0) as i64);
+            .set(crate::process::resident_memory_bytes().unwrap_or(0) as i64);
         let mut out = String::new();
         if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
             out.clear();
@@ -238,15 +220,29 @@ impl Metrics {
     }
 }
 
-/// The method name of a gRPC path, from a fixed set (label values must not come from input).
-pub(crate) fn method_of(path: &str) -> &'static str {
-    match path.rsplit('/').next().unwrap_or_default() {
-        "Upsert" => "Upsert",
-        "Search" => "Search",
-        "Delete" => "Delete",
-        "Get" => "Get",
-        "Stats" => "Stats",
-        _ => "other",
+impl Recorder for Metrics {
+    fn shed(&self, reason: ShedReason) {
+        self.shed
+            .get_or_create(&ReasonLabel {
+                reason: reason.label(),
+            })
+            .inc();
+    }
+
+    fn queue_wait(&self, method: Method, waited: Duration) {
+        self.queue_wait
+            .get_or_create(&MethodLabel {
+                method: method.name(),
+            })
+            .observe(waited.as_secs_f64());
+    }
+
+    fn service_time(&self, method: Method, took: Duration) {
+        self.service_time
+            .get_or_create(&MethodLabel {
+                method: method.name(),
+            })
+            .observe(took.as_secs_f64());
     }
 }
 
@@ -329,9 +325,9 @@ impl MetricsLayer {
 }
 
 impl<S> Layer<S> for MetricsLayer {
-    type Service = Counted<S>;
+    type Service = MetricsService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Counted {
+        MetricsService {
             inner,
             metrics: Arc::clone(&self.metrics),
         }
@@ -340,16 +336,16 @@ impl<S> Layer<S> for MetricsLayer {
 
 /// A service whose calls are counted.
 #[derive(Debug, Clone)]
-pub struct Counted<S> {
+pub struct MetricsService<S> {
     inner: S,
     metrics: Arc<Metrics>,
 }
 
-impl<S: NamedService> NamedService for Counted<S> {
+impl<S: NamedService> NamedService for MetricsService<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B> Service<http::Request<B>> for Counted<S>
+impl<S, B> Service<http::Request<B>> for MetricsService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>
         + Clone
@@ -370,7 +366,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = Arc::clone(&self.metrics);
-        let method = method_of(request.uri().path());
+        let method = Method::of(request.uri().path()).name();
         Box::pin(async move {
             let response = inner.call(request).await?;
             let early = response

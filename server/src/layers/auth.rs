@@ -19,6 +19,15 @@ use tonic::codegen::http;
 use tonic::server::NamedService;
 use tower::{Layer, Service};
 
+/// The authentication flag (flattened into the server's).
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Require `authorization: Bearer <token>` on every VectorIndex call, the token read from
+    /// this file (health and reflection stay open).
+    #[arg(long, env = "VECRIG_AUTH_TOKEN_FILE")]
+    pub auth_token_file: Option<std::path::PathBuf>,
+}
+
 /// The secret every VectorIndex call must present.
 #[derive(Clone)]
 pub struct Token(Arc<[u8]>);
@@ -100,9 +109,9 @@ impl AuthLayer {
 }
 
 impl<S> Layer<S> for AuthLayer {
-    type Service = Authenticated<S>;
+    type Service = AuthService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Authenticated {
+        AuthService {
             inner,
             token: self.token.clone(),
         }
@@ -111,16 +120,16 @@ impl<S> Layer<S> for AuthLayer {
 
 /// A service that checks the bearer token first.
 #[derive(Debug, Clone)]
-pub struct Authenticated<S> {
+pub struct AuthService<S> {
     inner: S,
     token: Option<Token>,
 }
 
-impl<S: NamedService> NamedService for Authenticated<S> {
+impl<S: NamedService> NamedService for AuthService<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B> Service<http::Request<B>> for Authenticated<S>
+impl<S, B> Service<http::Request<B>> for AuthService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>
         + Clone

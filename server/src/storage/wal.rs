@@ -28,14 +28,7 @@ const MAX_RECORD_BYTES: usize = 1 << 30;
 const KIND_UPSERT: u8 = 1;
 const KIND_DELETE: u8 = 2;
 
-/// One logged write.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Record {
-    /// Points inserted or replaced: `(id, vector as indexed, payload)`.
-    Upsert(Vec<(u64, Vec<f32>, Payload)>),
-    /// Ids removed.
-    Delete(Vec<u64>),
-}
+pub use crate::engine::Record;
 
 /// Why the log could not be read or written.
 #[derive(Debug, thiserror::Error)]

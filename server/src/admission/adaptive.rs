@@ -29,48 +29,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::admission::{Admission, Window};
-
-/// The controller's settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct AdaptiveConfig {
-    /// Lowest limit, in slots; also the limit held while `min_rtt` is measured.
-    pub min_limit: usize,
-    /// Highest limit, in slots.
-    pub max_limit: usize,
-    /// How often the limit is recomputed.
-    pub window: Duration,
-    /// Fraction above the no-load service time that is tolerated before the limit shrinks.
-    pub buffer: f64,
-    /// How often the no-load service time is measured again.
-    pub min_rtt_interval: Duration,
-    /// Requests whose mean makes a `min_rtt` measurement.
-    pub min_rtt_samples: u64,
-    /// Fewest requests in a window for it to move the limit.
-    pub min_window_samples: u64,
-    /// Weight of each new computation in the limit (an exponential moving average).
-    pub smoothing: f64,
-}
-
-impl AdaptiveConfig {
-    /// Envoy's defaults where they carry over, between 1 slot and `max_limit`.
-    pub fn with_max(max_limit: usize) -> Self {
-        Self {
-            min_limit: 1,
-            max_limit: max_limit.max(1),
-            window: Duration::from_millis(100),
-            // Envoy's default is 25%; on a machine whose cores the server shares (with its
-            // clients, in this project's benches) service time wanders by more than that
-            // without any overload, and the limit would chase the noise downwards.
-            buffer: 0.5,
-            min_rtt_interval: Duration::from_secs(30),
-            min_rtt_samples: 50,
-            min_window_samples: 5,
-            // Netflix's Gradient2 default: one noisy window moves the limit a fifth of the way.
-            smoothing: 0.2,
-        }
-    }
-}
+pub use super::AdaptiveConfig;
+use super::{Admission, Window};
 
 /// What the controller is doing.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -12,21 +12,52 @@
 //! enough time has passed, and on shutdown; log segments the snapshot covers are then removed,
 //! so disk use stays bounded under a long write load. Start-up loads the newest snapshot and
 //! replays the log after it. A `LOCK` file (flock) keeps a second server off the directory.
+//!
+//! All of the server's disk I/O lives in this folder: this module (the lock, the writer
+//! thread, group commit), [`wal`] (the log's format and segments), [`snapshot`] (the snapshot
+//! files, and saving the engine into them) and [`recovery`] (the engine rebuilt from them on
+//! start). The engine itself ([`crate::engine`]) is in memory only.
+
+pub mod recovery;
+pub mod snapshot;
+pub mod wal;
+
+pub use recovery::{OpenError, Options};
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use nix::fcntl::{Flock, FlockArg};
 use tokio::sync::oneshot;
 
-use crate::config::Config;
-use crate::engine::{Engine, NewPoint, OpenError};
+use crate::engine::{Engine, NewPoint};
 use crate::error::Error;
-use crate::snapshot::SnapshotError;
-use crate::wal::{Record, Wal};
+use snapshot::SnapshotError;
+use wal::{Record, Wal};
+
+/// The storage flags (flattened into the server's); their defaults are written here only.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Args {
+    /// Fill an empty index with N seeded synthetic points (clustered vectors with texts).
+    #[arg(long, env = "VECRIG_PRELOAD", default_value_t = 0)]
+    pub preload: u64,
+    /// Seed of the synthetic data (the loadgen's `--seed` must match to query the same data).
+    #[arg(long, env = "VECRIG_PRELOAD_SEED", default_value_t = vecrig::synthetic::Synthetic::DEFAULT_SEED)]
+    pub preload_seed: u64,
+    /// Take a snapshot once this much write-ahead log has accumulated (bytes).
+    #[arg(long, env = "VECRIG_SNAPSHOT_WAL_BYTES", default_value_t = 128 << 20)]
+    pub snapshot_wal_bytes: u64,
+    /// Take a snapshot at least this often while writes arrive.
+    #[arg(long, env = "VECRIG_SNAPSHOT_INTERVAL", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub snapshot_interval: Duration,
+}
+
+/// The storage, once opened: empty while the server is starting (recovering data), then set
+/// once. The service and the metrics endpoint read it.
+pub type StorageSlot = Arc<OnceLock<Arc<Storage>>>;
 
 /// Writes taken into one group commit at most.
 const MAX_GROUP: usize = 4096;
@@ -41,10 +72,17 @@ pub struct SnapshotPolicy {
 }
 
 impl Default for SnapshotPolicy {
+    /// The command line's defaults.
     fn default() -> Self {
+        Self::from(&crate::flags::defaults::<Args>())
+    }
+}
+
+impl From<&Args> for SnapshotPolicy {
+    fn from(args: &Args) -> Self {
         Self {
-            wal_bytes: 128 << 20,
-            interval: Duration::from_secs(300),
+            wal_bytes: args.snapshot_wal_bytes.max(1 << 20),
+            interval: args.snapshot_interval,
         }
     }
 }
@@ -102,15 +140,16 @@ fn lock(dir: &Path) -> Result<Flock<File>, OpenError> {
 impl Storage {
     /// Opens the data directory: lock, snapshot, log replay, preload of an empty index; then
     /// starts the writer. Blocking: call it from a blocking context.
-    pub fn open(config: &Config, policy: SnapshotPolicy) -> Result<Self, OpenError> {
-        let dir = config.data_dir.clone();
+    pub fn open(options: impl Into<Options>, policy: SnapshotPolicy) -> Result<Self, OpenError> {
+        let options = options.into();
+        let dir = options.data_dir.clone();
         std::fs::create_dir_all(&dir).map_err(|source| OpenError::DataDir {
             path: dir.display().to_string(),
             source,
         })?;
         let lock = lock(&dir)?;
         let started = Instant::now();
-        let engine = Arc::new(Engine::open(config)?);
+        let engine = Arc::new(recovery::open_engine(&options)?);
         let (mut wal, replay) = Wal::open(&dir.join("wal"), engine.sequence())?;
         let replayed = replay.records.len();
         for (sequence, record) in &replay.records {
@@ -125,12 +164,12 @@ impl Storage {
                 "replayed the write-ahead log"
             );
         }
-        if engine.is_empty() && replayed == 0 && config.preload > 0 {
-            tracing::info!(points = config.preload, "preloading synthetic data");
+        if engine.is_empty() && replayed == 0 && options.preload > 0 {
+            tracing::info!(points = options.preload, "preloading synthetic data");
             engine
-                .preload(config.preload, config.preload_seed)
+                .preload(options.preload, options.preload_seed)
                 .map_err(OpenError::Replay)?;
-            engine.save(&dir)?;
+            snapshot::save(&engine, &dir)?;
             wal.restart_after(engine.sequence())?;
         }
         let durable = Arc::new(AtomicU64::new(
@@ -318,7 +357,7 @@ fn write_loop(
 
 fn snapshot(engine: &Engine, dir: &Path, wal: &mut Wal) -> Result<(), SnapshotError> {
     let started = Instant::now();
-    engine.save(dir)?;
+    snapshot::save(engine, dir)?;
     let removed = wal
         .remove_covered(engine.sequence())
         .map_err(|e| SnapshotError::Corrupt {
@@ -338,6 +377,7 @@ fn snapshot(engine: &Engine, dir: &Path, wal: &mut Wal) -> Result<(), SnapshotEr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::engine::PointData;
     use crate::index::store::Payload;
 
@@ -425,7 +465,11 @@ mod tests {
         let writer = storage.writer.lock().expect("lock").take().expect("writer");
         drop(storage);
         drop(writer.join().expect("writer stops"));
-        assert!(!dir.path().join(crate::snapshot::POINTS_FILE).exists());
+        assert!(
+            !dir.path()
+                .join(crate::storage::snapshot::POINTS_FILE)
+                .exists()
+        );
         let reopened =
             tokio::task::spawn_blocking(move || Storage::open(&config, SnapshotPolicy::default()))
                 .await

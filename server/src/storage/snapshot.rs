@@ -15,6 +15,7 @@ use std::fs::{self, File};
 use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::engine::Engine;
 use crate::index::Metric;
 use crate::index::store::{Payload, PointStore};
 
@@ -289,6 +290,27 @@ pub fn remove_stale_graphs(dir: &Path, keep: &str) {
             tracing::warn!(file = %name, error = %e, "could not remove stale graph file");
         }
     }
+}
+
+/// Writes a snapshot of everything in `engine` to `dir`. Blocks writes while it runs.
+pub fn save(engine: &Engine, dir: &Path) -> Result<(), SnapshotError> {
+    let frozen = engine.freeze();
+    let sequence = frozen.sequence();
+    let graph_name = graph_file_name(sequence);
+    let tmp = dir.join(format!("{graph_name}.tmp"));
+    frozen
+        .ann()
+        .save(&tmp)
+        .map_err(|e| SnapshotError::Corrupt {
+            path: tmp.clone(),
+            reason: e.to_string(),
+        })?;
+    commit_file(&tmp, &dir.join(&graph_name))?;
+    let store = frozen.store();
+    write_points(dir, &store, frozen.shape().metric, sequence, &graph_name)?;
+    drop(store);
+    remove_stale_graphs(dir, &graph_name);
+    Ok(())
 }
 
 #[cfg(test)]

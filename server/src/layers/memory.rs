@@ -38,6 +38,8 @@ use tonic::codegen::http;
 use tonic::server::NamedService;
 use tower::{Layer, Service};
 
+use crate::method::Method;
+
 /// How often the resident set is re-read at most.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(10);
 
@@ -123,12 +125,9 @@ pub struct Config {
 }
 
 impl Default for Config {
+    /// The command line's defaults.
     fn default() -> Self {
-        Self {
-            limit: Limit::Auto,
-            refuse_writes: 0.70,
-            refuse_all: 0.90,
-        }
+        Self::try_from(&crate::flags::defaults::<Args>()).expect("the default fractions are valid")
     }
 }
 
@@ -249,7 +248,7 @@ impl MemoryGuard {
         Self::with_reader(
             limit,
             config,
-            Box::new(crate::service::resident_memory_bytes),
+            Box::new(crate::process::resident_memory_bytes),
         )
     }
 
@@ -325,12 +324,12 @@ impl MemoryGuard {
 
     /// Whether a call to `path` may run now; the refusal to send otherwise.
     pub fn check(&self, path: &str) -> Result<(), Status> {
-        let method = path.rsplit('/').next().unwrap_or(path);
+        let method = Method::of(path);
         let (pressure, rss) = self.pressure();
         let refused = match method {
             // Cost nothing, or free memory: always allowed, so operators can see and fix.
-            "Stats" | "Get" | "Delete" => false,
-            "Upsert" => pressure >= Pressure::RefuseWrites,
+            Method::Stats | Method::Get | Method::Delete => false,
+            Method::Upsert => pressure >= Pressure::RefuseWrites,
             _ => pressure >= Pressure::RefuseAll,
         };
         if !refused {
@@ -342,12 +341,12 @@ impl MemoryGuard {
             "server memory is at {:.0} MB of its {:.0} MB limit: {} refused until it falls below {:.0} MB",
             mb(rss),
             mb(self.limit.unwrap_or(0)),
-            if method == "Upsert" {
+            if method == Method::Upsert {
                 "writes are"
             } else {
                 "this call is"
             },
-            mb(if method == "Upsert" {
+            mb(if method == Method::Upsert {
                 self.writes_at
             } else {
                 self.all_at
@@ -370,9 +369,9 @@ impl MemoryLayer {
 }
 
 impl<S> Layer<S> for MemoryLayer {
-    type Service = Guarded<S>;
+    type Service = MemoryService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Guarded {
+        MemoryService {
             inner,
             guard: Arc::clone(&self.guard),
         }
@@ -381,16 +380,16 @@ impl<S> Layer<S> for MemoryLayer {
 
 /// A service behind the memory guard.
 #[derive(Debug, Clone)]
-pub struct Guarded<S> {
+pub struct MemoryService<S> {
     inner: S,
     guard: Arc<MemoryGuard>,
 }
 
-impl<S: NamedService> NamedService for Guarded<S> {
+impl<S: NamedService> NamedService for MemoryService<S> {
     const NAME: &'static str = S::NAME;
 }
 
-impl<S, B> Service<http::Request<B>> for Guarded<S>
+impl<S, B> Service<http::Request<B>> for MemoryService<S>
 where
     S: Service<http::Request<B>, Response = http::Response<Body>, Error = Infallible>,
     S::Future: Send + 'static,

@@ -1,0 +1,522 @@
+//! Admission control for the VectorIndex service: a cost-weighted concurrency limit, a bounded
+//! wait queue in front of it, and load shedding that refuses early and cheaply.
+//!
+//! A request's life here:
+//! 1. **Queue full?** Once `queue_depth` requests wait, the next one is answered
+//!    `RESOURCE_EXHAUSTED` at once, before it is decoded or priced: an overloaded server spends
+//!    almost nothing on the work it refuses. (Its body has already arrived: [`crate::net`]
+//!    reads bodies whole first, so a client that never finishes one cannot hold a slot.)
+//! 2. **Body and cost.** The (unary) body is taken, bounded by `max_queued_bytes` across all
+//!    waiting requests, and priced in [`Cost`] units: an ANN search with a modest `k`/`ef` is
+//!    one slot; wide searches, long texts, exact scans and big upsert batches cost more, up to
+//!    half the limit. Expensive requests wait in their own queue, and the two queues take turns
+//!    by cost served, so a few exact scans cannot starve the cheap searches (and vice versa).
+//! 3. **Deadline and wait.** A request whose `grpc-timeout` cannot be met (the expected queue
+//!    wait plus its service time, from measured service times, exceeds it) is refused with
+//!    `DEADLINE_EXCEEDED` before any work. Waiting is bounded in time: `max_queue_wait` always,
+//!    and with `queue_target` set, CoDel-style, once the queue has not emptied for
+//!    `queue_interval`, arrivals whose expected wait exceeds the target are shed at once, and
+//!    go on being held to it until a whole interval passes in which every arrival fitted.
+//!    A request whose client cancels while it waits leaves the queue and never runs.
+//! 4. **Shed answers** carry `grpc-retry-pushback-ms` (gRFC A6): the expected wait, so polite
+//!    clients come back when there is room.
+//!
+//! `Stats` bypasses it: monitoring must see an overloaded server, not be shed by it.
+//!
+//! It is one tower layer rather than tower's `LoadShed` + `Buffer` + `ConcurrencyLimit`, because
+//! those cannot price requests, bound wait time, or report how many requests wait.
+//!
+//! What lives here: [`settings`] (flags and [`Config`]), [`cost`] (pricing a request),
+//! [`scheduler`] (the limit, the two fair queues, the standing-queue rule), this module
+//! ([`Admission`]: the shared state and a request's way through steps 1-4), [`layer`] (the
+//! tower layer in front of the service) and [`adaptive`] (the controller that moves the
+//! limit). Admission reports to metrics through the [`Recorder`] trait, so it imports nothing
+//! above it.
+
+pub mod adaptive;
+pub mod cost;
+pub mod layer;
+pub mod scheduler;
+pub mod settings;
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use http_body_util::BodyExt;
+use tokio::sync::oneshot;
+use tonic::Status;
+use tonic::body::Body;
+use tonic::codegen::http;
+
+use crate::method::Method;
+use cost::UNITS_PER_SLOT;
+use scheduler::{Scheduler, Waiter};
+
+pub use cost::Cost;
+pub use scheduler::Window;
+pub use settings::{AdaptiveConfig, Args, Config};
+
+/// Where admission reports what it does (the metrics layer implements it). A trait, so that
+/// admission, below the layers, never imports them.
+pub trait Recorder: Send + Sync + std::fmt::Debug {
+    /// One request refused before it ran.
+    fn shed(&self, reason: ShedReason);
+    /// How long an admitted request waited for its slot.
+    fn queue_wait(&self, method: Method, waited: Duration);
+    /// How long an admitted request held its slot.
+    fn service_time(&self, method: Method, took: Duration);
+}
+
+/// Why a request was refused before it ran.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShedReason {
+    /// `queue_depth` requests were already waiting.
+    QueueFull,
+    /// The bodies of waiting requests already took `max_queued_bytes`.
+    QueueBytes,
+    /// It waited `max_queue_wait` without a slot.
+    QueueTimeout,
+    /// The queue has stayed non-empty and its expected wait exceeds `queue_target`.
+    QueueLatency,
+    /// Its deadline could not be met.
+    Deadline,
+}
+
+impl ShedReason {
+    /// Every reason, for metrics.
+    pub const ALL: [ShedReason; 5] = [
+        ShedReason::QueueFull,
+        ShedReason::QueueBytes,
+        ShedReason::QueueTimeout,
+        ShedReason::QueueLatency,
+        ShedReason::Deadline,
+    ];
+
+    /// The `reason` label value.
+    pub fn label(self) -> &'static str {
+        match self {
+            ShedReason::QueueFull => "queue_full",
+            ShedReason::QueueBytes => "queue_bytes",
+            ShedReason::QueueTimeout => "queue_timeout",
+            ShedReason::QueueLatency => "queue_latency",
+            ShedReason::Deadline => "deadline",
+        }
+    }
+}
+
+/// Live admission figures, shared between the layer, `Stats` and the metrics endpoint.
+#[derive(Debug)]
+pub struct Admission {
+    config: Config,
+    scheduler: Mutex<Scheduler>,
+    in_flight: AtomicUsize,
+    queued: AtomicUsize,
+    queued_bytes: AtomicUsize,
+    shed_total: AtomicU64,
+    /// Exponentially weighted mean service time of one slot of cost, in nanoseconds.
+    service_ns_per_slot: AtomicU64,
+    recorder: Arc<dyn Recorder>,
+}
+
+impl crate::service::LoadFigures for Admission {
+    fn load(&self) -> crate::service::Load {
+        let stats = self.stats();
+        crate::service::Load {
+            in_flight: stats.in_flight,
+            queued: stats.queued,
+            shed_total: stats.shed_total,
+        }
+    }
+}
+
+/// A snapshot of the admission figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AdmissionStats {
+    /// Requests being served now.
+    pub in_flight: u64,
+    /// Requests waiting for a slot now.
+    pub queued: u64,
+    /// Requests refused since start.
+    pub shed_total: u64,
+    /// The concurrency limit, in slots (0 when admission is off).
+    pub limit: u64,
+}
+
+impl Admission {
+    /// Admission state for these sizes, reporting to `recorder`.
+    pub fn new(config: Config, recorder: Arc<dyn Recorder>) -> Arc<Self> {
+        let limit_units = (config.concurrency_limit.max(1) as u32).saturating_mul(UNITS_PER_SLOT);
+        Arc::new(Self {
+            config,
+            scheduler: Mutex::new(Scheduler::new(limit_units)),
+            in_flight: AtomicUsize::new(0),
+            queued: AtomicUsize::new(0),
+            queued_bytes: AtomicUsize::new(0),
+            shed_total: AtomicU64::new(0),
+            service_ns_per_slot: AtomicU64::new(0),
+            recorder,
+        })
+    }
+
+    /// Current figures.
+    pub fn stats(&self) -> AdmissionStats {
+        AdmissionStats {
+            in_flight: self.in_flight.load(Ordering::Relaxed) as u64,
+            queued: self.queued.load(Ordering::Relaxed) as u64,
+            shed_total: self.shed_total.load(Ordering::Relaxed),
+            limit: if self.config.enabled {
+                u64::from(self.lock().limit_units / UNITS_PER_SLOT)
+            } else {
+                0
+            },
+        }
+    }
+
+    /// Takes the figures of the window since the last call and starts a new one (for the
+    /// adaptive limit, [`crate::admission::adaptive`]).
+    pub fn take_window(&self) -> Window {
+        let mut scheduler = self.lock();
+        let taken = std::mem::take(&mut scheduler.window);
+        // What runs now is in use in the new window too. (The old window's peak already
+        // counts it: usage only grows through `take`, which records the peak.)
+        scheduler.window.peak_used_slots = scheduler.used_slots();
+        scheduler.window_since = Instant::now();
+        taken
+    }
+
+    /// Changes the concurrency limit (slots); waiting requests are admitted if it grew.
+    pub fn set_limit(&self, slots: usize) {
+        let mut scheduler = self.lock();
+        scheduler.limit_units = (slots.max(1) as u32).saturating_mul(UNITS_PER_SLOT);
+        scheduler.dispatch();
+    }
+
+    /// The measured mean service time of one slot of cost.
+    pub fn service_time_per_slot(&self) -> Duration {
+        Duration::from_nanos(self.service_ns_per_slot.load(Ordering::Relaxed))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Scheduler> {
+        // The scheduler's state stays consistent across a panic elsewhere (none of its
+        // methods panic), so a poisoned lock is still usable.
+        self.scheduler.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The expected wait for a request arriving now, from the cost queued and the measured
+    /// service time (zero until something has been measured).
+    fn expected_wait(&self) -> Duration {
+        let per_slot = self.service_time_per_slot();
+        self.lock().expected_wait(per_slot)
+    }
+
+    fn record_service_time(&self, cost: Cost, took: Duration) {
+        let sample = took.as_nanos() as f64 / cost.slots().max(0.25);
+        // An EWMA over roughly the last 50 requests: recent enough to follow a change of load,
+        // smooth enough that one slow request does not swing the estimate.
+        let _ =
+            self.service_ns_per_slot
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |old| {
+                    let old = old as f64;
+                    let new = if old == 0.0 {
+                        sample
+                    } else {
+                        old + (sample - old) / 50.0
+                    };
+                    Some(new as u64)
+                });
+    }
+
+    fn shed(&self, reason: ShedReason, deadline: Option<Instant>) -> Status {
+        self.shed_total.fetch_add(1, Ordering::Relaxed);
+        self.recorder.shed(reason);
+        let stats = self.stats();
+        // Once per refusal: it takes the scheduler's lock, and overload is when sheds are many.
+        let expected_wait = self.expected_wait();
+        let mut status = match reason {
+            ShedReason::Deadline => {
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                Status::deadline_exceeded(format!(
+                    "deadline cannot be met: {left:?} left, about {:?} expected in the queue; \
+                     refused before running",
+                    expected_wait
+                ))
+            }
+            _ => Status::resource_exhausted(format!(
+                "server overloaded ({}): {} requests in flight (limit {}), {} queued (limit {}); \
+                 retry with backoff",
+                reason.label(),
+                stats.in_flight,
+                stats.limit,
+                stats.queued,
+                self.config.queue_depth
+            )),
+        };
+        if reason != ShedReason::Deadline {
+            // gRFC A6 pushback: come back once the queue ahead should have drained.
+            let pushback = expected_wait.as_millis().clamp(1, 10_000);
+            if let Ok(value) = pushback.to_string().parse() {
+                status
+                    .metadata_mut()
+                    .insert("grpc-retry-pushback-ms", value);
+            }
+        }
+        status
+    }
+
+    /// Whether the CoDel-style check sheds an arrival (see [`Scheduler::too_long_a_wait`]).
+    fn standing_queue_too_long(&self) -> bool {
+        let Some(target) = self.config.queue_target else {
+            return false;
+        };
+        let per_slot = self.service_time_per_slot();
+        self.lock()
+            .too_long_a_wait(Instant::now(), per_slot, target, self.config.queue_interval)
+    }
+}
+
+/// Units held by a running request; released (and the next waiters admitted) on drop.
+struct Grant {
+    admission: Arc<Admission>,
+    cost: Cost,
+    started: Instant,
+    method: Method,
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        self.admission.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let took = self.started.elapsed();
+        self.admission.record_service_time(self.cost, took);
+        self.admission.recorder.service_time(self.method, took);
+        let mut scheduler = self.admission.lock();
+        scheduler.sample(self.started, took, self.cost);
+        scheduler.release(self.cost.units);
+    }
+}
+
+/// A place in the queue; leaving it (cancelled, timed out) takes the request out of the
+/// scheduler, and gives back units granted in the meantime.
+struct Ticket {
+    admission: Arc<Admission>,
+    id: u64,
+    units: u32,
+    grant: Option<oneshot::Receiver<()>>,
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(mut grant) = self.grant.take() {
+            let mut scheduler = self.admission.lock();
+            if !scheduler.cancel(self.id) && grant.try_recv().is_ok() {
+                // Granted between the timeout and now: hand the units on.
+                scheduler.release(self.units);
+            }
+        }
+    }
+}
+
+/// Counts one request as queued (and its body's bytes) for as long as it lives.
+struct Queued {
+    admission: Arc<Admission>,
+    bytes: usize,
+}
+
+impl Queued {
+    fn add_bytes(&mut self, n: usize) -> bool {
+        self.bytes += n;
+        let total = self.admission.queued_bytes.fetch_add(n, Ordering::AcqRel) + n;
+        total <= self.admission.config.max_queued_bytes
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.admission.queued.fetch_sub(1, Ordering::AcqRel);
+        self.admission
+            .queued_bytes
+            .fetch_sub(self.bytes, Ordering::AcqRel);
+    }
+}
+
+/// The `grpc-timeout` header as a deadline (`None` when absent or unreadable).
+fn deadline_of<B>(request: &http::Request<B>, arrived: Instant) -> Option<Instant> {
+    let value = request.headers().get("grpc-timeout")?.to_str().ok()?;
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u64 = amount.parse().ok()?;
+    let timeout = match unit {
+        "H" => Duration::from_secs(amount.saturating_mul(3600)),
+        "M" => Duration::from_secs(amount.saturating_mul(60)),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    };
+    arrived.checked_add(timeout)
+}
+
+impl Admission {
+    /// Steps 1-3 of the module docs: returns the buffered request and its grant, or the
+    /// status to answer instead.
+    async fn admit<B>(
+        self: &Arc<Self>,
+        request: http::Request<B>,
+    ) -> Result<(http::Request<Body>, Grant), Status>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let arrived = Instant::now();
+        let deadline = deadline_of(&request, arrived);
+        let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
+        let mut queued = Queued {
+            admission: Arc::clone(self),
+            bytes: 0,
+        };
+        if waiting >= self.config.queue_depth {
+            return Err(self.shed(ShedReason::QueueFull, deadline));
+        }
+        if self.standing_queue_too_long() {
+            return Err(self.shed(ShedReason::QueueLatency, deadline));
+        }
+        let wait_limit = match deadline {
+            Some(d) => self
+                .config
+                .max_queue_wait
+                .min(d.saturating_duration_since(arrived)),
+            None => self.config.max_queue_wait,
+        };
+        let give_up = arrived + wait_limit;
+
+        // Read the body (bounded in bytes across the queue, and in time).
+        let (parts, body) = request.into_parts();
+        // The body arrives already whole from `limits` (one frame): kept without a copy.
+        let mut body = std::pin::pin!(body);
+        let mut chunks: Vec<bytes::Bytes> = Vec::with_capacity(1);
+        loop {
+            let frame = match tokio::time::timeout_at(give_up.into(), body.frame()).await {
+                Err(_) => return Err(self.timed_out(deadline)),
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    let e: Box<dyn std::error::Error + Send + Sync> = e.into();
+                    return Err(Status::cancelled(format!("request body: {e}")));
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
+            if let Ok(data) = frame.into_data() {
+                if !queued.add_bytes(data.len()) {
+                    return Err(self.shed(ShedReason::QueueBytes, deadline));
+                }
+                chunks.push(data);
+            }
+        }
+        let bytes = match chunks.len() {
+            0 => bytes::Bytes::new(),
+            1 => chunks.swap_remove(0),
+            _ => chunks.concat().into(),
+        };
+        let method = Method::of(parts.uri.path());
+        let cost = Cost::estimate(parts.uri.path(), &bytes);
+        let limit_units = self.lock().limit_units;
+        // Never more than half the limit: an expensive request must leave room for others.
+        let cost = Cost {
+            units: cost.units.min((limit_units / 2).max(UNITS_PER_SLOT)),
+        };
+
+        // Can the deadline still be met?
+        if let Some(deadline) = deadline {
+            let expected =
+                self.expected_wait() + self.service_time_per_slot().mul_f64(cost.slots().max(0.25));
+            if Instant::now() + expected > deadline {
+                return Err(self.shed(ShedReason::Deadline, Some(deadline)));
+            }
+        }
+
+        // Wait for units.
+        let receiver = {
+            let mut scheduler = self.lock();
+            let queues_empty = scheduler.queues.iter().all(VecDeque::is_empty);
+            if queues_empty && scheduler.used_units + cost.units <= scheduler.limit_units {
+                scheduler.take(cost.units);
+                None
+            } else {
+                let (grant, receiver) = oneshot::channel();
+                let id = scheduler.next_id;
+                scheduler.next_id += 1;
+                scheduler.queued_units += cost.units;
+                scheduler.queues[usize::from(cost.is_heavy())].push_back(Waiter {
+                    id,
+                    units: cost.units,
+                    grant,
+                });
+                scheduler.nonempty_since.get_or_insert(arrived);
+                Some(Ticket {
+                    admission: Arc::clone(self),
+                    id,
+                    units: cost.units,
+                    grant: Some(receiver),
+                })
+            }
+        };
+        if let Some(mut ticket) = receiver {
+            let Some(grant) = ticket.grant.as_mut() else {
+                return Err(Status::internal("admission ticket without a grant"));
+            };
+            match tokio::time::timeout_at(give_up.into(), grant).await {
+                Ok(Ok(())) => {
+                    // Granted: the units are ours now; the ticket must not hand them back.
+                    ticket.grant = None;
+                }
+                Ok(Err(_)) => return Err(Status::unavailable("admission closed")),
+                Err(_) => return Err(self.timed_out(deadline)),
+            }
+        }
+        drop(queued);
+        let now = Instant::now();
+        self.recorder.queue_wait(method, now - arrived);
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let grant = Grant {
+            admission: Arc::clone(self),
+            cost,
+            started: now,
+            method,
+        };
+        let request = http::Request::from_parts(parts, Body::new(http_body_util::Full::new(bytes)));
+        Ok((request, grant))
+    }
+
+    fn timed_out(&self, deadline: Option<Instant>) -> Status {
+        let deadline_first = deadline.is_some_and(|d| d <= Instant::now());
+        if deadline_first {
+            self.shed(ShedReason::Deadline, deadline)
+        } else {
+            self.shed(ShedReason::QueueTimeout, deadline)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_header_becomes_a_deadline() {
+        let now = Instant::now();
+        let with = |value: &str| {
+            let request = http::Request::builder()
+                .header("grpc-timeout", value)
+                .body(())
+                .expect("request");
+            deadline_of(&request, now).map(|d| d - now)
+        };
+        assert_eq!(with("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(with("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(with("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(with("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(with("x"), None);
+        assert_eq!(with(""), None);
+        assert_eq!(with("12"), None);
+    }
+}

@@ -1,0 +1,258 @@
+//! [`GuardedSocket`]: an accepted socket with deadlines (handshake, idle, no request for
+//! `max_connection_idle`) and the count of requests open on it ([`Activity`], reached from a
+//! request through [`PeerInfo`]).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
+use tonic::codegen::http;
+use tonic::transport::server::{Connected, TcpConnectInfo};
+
+use super::gate::Place;
+use super::limits::ConnectionLimits;
+
+/// An accepted socket that fails (and so is closed by hyper) when its peer is too slow to
+/// start or falls silent. It holds its place under the cap until dropped.
+pub struct GuardedSocket {
+    stream: TcpStream,
+    place: Place,
+    /// Fires when the gate evicts this connection; `None` once started (or evicted).
+    evicted: Option<oneshot::Receiver<()>>,
+    /// Bytes still expected before the handshake deadline (the 24-byte HTTP/2 preface).
+    handshake_left: usize,
+    handshake: Pin<Box<Sleep>>,
+    idle_timeout: Duration,
+    last_read: Instant,
+    idle: Pin<Box<Sleep>>,
+    /// Requests open on this connection, counted by [`WholeRequestService`].
+    activity: Arc<Activity>,
+    max_connection_idle: Option<Duration>,
+    /// Fires when the connection may have been without a request for `max_connection_idle`.
+    quiet: Pin<Box<Sleep>>,
+}
+
+/// The requests open on one connection, and since when it has had none.
+#[derive(Debug)]
+pub struct Activity {
+    open: AtomicUsize,
+    quiet_since: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            open: AtomicUsize::new(0),
+            quiet_since: Mutex::new(Instant::now()),
+        })
+    }
+
+    /// Requests open on the connection now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Acquire)
+    }
+
+    /// Counts a request as open until the returned guard is dropped.
+    pub(super) fn enter(self: &Arc<Self>) -> OpenRequest {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        OpenRequest(Arc::clone(self))
+    }
+
+    /// When the connection will have had no request for `max`: `None` while one is open.
+    fn quiet_until(&self, max: Duration) -> Option<Instant> {
+        let since = *self.quiet_since.lock().unwrap_or_else(|p| p.into_inner());
+        // Read after the timestamp: a request that ended in between has moved it already.
+        (self.open() == 0).then_some(since + max)
+    }
+}
+
+/// One open request on a connection; dropped when its response has been sent (or dropped).
+pub(super) struct OpenRequest(Arc<Activity>);
+
+impl Drop for OpenRequest {
+    fn drop(&mut self) {
+        let mut since = self.0.quiet_since.lock().unwrap_or_else(|p| p.into_inner());
+        if self.0.open.fetch_sub(1, Ordering::AcqRel) == 1 {
+            *since = Instant::now();
+        }
+    }
+}
+
+/// What tonic knows of a [`GuardedSocket`] connection: its addresses, and its [`Activity`].
+#[derive(Debug, Clone)]
+pub struct PeerInfo {
+    /// Local and remote addresses.
+    pub tcp: TcpConnectInfo,
+    /// The requests open on it.
+    pub activity: Arc<Activity>,
+}
+
+impl PeerInfo {
+    /// The connection's activity, from a request's extensions (plain or TLS).
+    pub(super) fn activity_of<B>(request: &http::Request<B>) -> Option<Arc<Activity>> {
+        let extensions = request.extensions();
+        extensions
+            .get::<PeerInfo>()
+            .or_else(|| {
+                extensions
+                    .get::<tonic::transport::server::TlsConnectInfo<PeerInfo>>()
+                    .map(|tls| tls.get_ref())
+            })
+            .map(|peer| Arc::clone(&peer.activity))
+    }
+}
+
+/// Length of the HTTP/2 client preface (`PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n`).
+const PREFACE_LEN: usize = 24;
+
+impl GuardedSocket {
+    pub(super) fn new(
+        stream: TcpStream,
+        place: Place,
+        evicted: oneshot::Receiver<()>,
+        limits: &ConnectionLimits,
+    ) -> Self {
+        let now = Instant::now();
+        Self {
+            stream,
+            place,
+            evicted: Some(evicted),
+            handshake_left: PREFACE_LEN,
+            handshake: Box::pin(tokio::time::sleep_until(now + limits.handshake_timeout)),
+            idle_timeout: limits.idle_timeout,
+            last_read: now,
+            idle: Box::pin(tokio::time::sleep_until(now + limits.idle_timeout)),
+            activity: Activity::new(),
+            max_connection_idle: limits.max_connection_idle,
+            quiet: Box::pin(tokio::time::sleep_until(
+                now + limits.max_connection_idle.unwrap_or(limits.idle_timeout),
+            )),
+        }
+    }
+
+    /// Fails once a deadline has passed; otherwise registers for the next one.
+    fn check_deadlines(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        if self.handshake_left > 0 {
+            if self.handshake.as_mut().poll(cx).is_ready() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer did not start its connection within the handshake timeout",
+                ));
+            }
+            let evicted = match &mut self.evicted {
+                Some(evicted) => Pin::new(evicted).poll(cx).is_ready(),
+                // Already evicted: a oneshot must not be polled again once it has fired.
+                None => true,
+            };
+            if evicted {
+                self.evicted = None;
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "evicted at the connection cap before it started",
+                ));
+            }
+        }
+        // The idle timer is moved only when it fires, not on every read: a read costs a
+        // timestamp, not a timer update.
+        while self.idle.as_mut().poll(cx).is_ready() {
+            let deadline = self.last_read + self.idle_timeout;
+            if deadline <= Instant::now() {
+                return Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "peer sent nothing within the idle timeout",
+                ));
+            }
+            self.idle.as_mut().reset(deadline);
+        }
+        if let Some(max) = self.max_connection_idle {
+            while self.quiet.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                let deadline = self.activity.quiet_until(max).unwrap_or(now + max);
+                if deadline <= now {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no request on the connection within max_connection_idle",
+                    ));
+                }
+                self.quiet.as_mut().reset(deadline);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl AsyncRead for GuardedSocket {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        // hyper always has a read pending on a live connection, so deadlines checked here are
+        // noticed when they pass (the timers wake this task).
+        this.check_deadlines(cx)?;
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?;
+        let read = buf.filled().len() - before;
+        if read > 0 {
+            this.last_read = Instant::now();
+            if this.handshake_left > 0 {
+                this.handshake_left = this.handshake_left.saturating_sub(read);
+                if this.handshake_left == 0 {
+                    this.place.started();
+                    this.evicted = None;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for GuardedSocket {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+impl Connected for GuardedSocket {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        PeerInfo {
+            tcp: self.stream.connect_info(),
+            activity: Arc::clone(&self.activity),
+        }
+    }
+}
