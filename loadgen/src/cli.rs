@@ -17,7 +17,8 @@ use crate::scenario::{
     Sustained,
 };
 use crate::workload::WorkloadKind;
-use crate::{Plan, RunOptions, ScenarioSpec};
+use crate::plan::{Plan, RunOptions};
+use crate::spec::ScenarioSpec;
 
 /// Exit code: every threshold held.
 pub const EXIT_PASSED: i32 = 0;

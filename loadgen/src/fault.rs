@@ -26,7 +26,7 @@ use crate::engine::{Model, Phase, Scenario, Stop};
 use crate::scenario::Common;
 use crate::target::{self, PreflightError};
 use crate::workload::{Workload, WorkloadKind};
-use crate::{Plan, RunOptions};
+use crate::plan::{Plan, RunOptions};
 
 /// A fault run's parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -172,7 +172,7 @@ pub async fn run(
     let acks = Acks::new(format!("{}-{shard}", unix_ms()));
     let mut options = options.clone();
     options.connect.keepalive = fault.keepalive;
-    let mut report = crate::run_with(&options, plan.seed, stop, |stats| {
+    let mut report = crate::runner::run_with(&options, plan.seed, stop, |stats| {
         let common = Common {
             dimensions: stats.dimensions as usize,
             seed: plan.seed,

@@ -25,7 +25,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use vecrig::validation::threshold::Threshold;
 
-use crate::ScenarioSpec;
+use crate::spec::ScenarioSpec;
 use crate::engine::{Scenario, parse_stages};
 use crate::scenario::{
     Common, ExtremeConcurrency, Load, LoadModel, MemoryPressure, Profile, ResourceExhaustion,

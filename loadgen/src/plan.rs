@@ -7,7 +7,7 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
 use vecrig::validation::threshold::Threshold;
 
-use crate::ScenarioSpec;
+use crate::spec::ScenarioSpec;
 use crate::retry::RetryPolicy;
 use crate::wire::Transport;
 use crate::workload::WorkloadKind;

@@ -15,7 +15,8 @@ use crate::retry::RetryBudget;
 use crate::scenario::Common;
 use crate::target::{self, PreflightError};
 use crate::wire::{Target, Transport};
-use crate::{Plan, RunOptions, file};
+use crate::file;
+use crate::plan::{Plan, RunOptions};
 
 fn unix_ms() -> u64 {
     SystemTime::now()
