@@ -35,6 +35,7 @@ fn scenario(
         monitor_every: None,
         check_recovery: false,
         timeout: None,
+        identities: Vec::new(),
     }
 }
 

@@ -10,15 +10,17 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
 use vecrig::validation::threshold::Threshold;
 
+use crate::engine::Identity;
 use crate::engine::{Stage, parse_stages};
+use crate::neighbours::NoisyNeighbour;
+use crate::plan::{Plan, RunOptions};
 use crate::retry::RetryPolicy;
 use crate::scenario::{
     ExtremeConcurrency, Load, LoadModel, MemoryPressure, Profile, ResourceExhaustion, Scale,
     Sustained,
 };
-use crate::workload::WorkloadKind;
-use crate::plan::{Plan, RunOptions};
 use crate::spec::ScenarioSpec;
+use crate::workload::WorkloadKind;
 
 /// Exit code: every threshold held.
 pub const EXIT_PASSED: i32 = 0;
@@ -218,6 +220,31 @@ pub enum Command {
         /// Pause after each answer.
         #[arg(long, value_parser = humantime::parse_duration)]
         pause: Option<Duration>,
+    },
+    /// A flood and a polite client side by side, each a client of its own to the server,
+    /// each reported apart (phases `flood` and `polite`) [200 users vs 20/s, 30s].
+    NoisyNeighbour {
+        /// The flood's users (closed, no think time).
+        #[arg(long)]
+        flood_users: Option<u64>,
+        /// The polite client's requests per second, on schedule.
+        #[arg(long)]
+        polite_rate: Option<f64>,
+        /// How long both run.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// The flood's source address (e.g. 127.0.0.1); default: the system's.
+        #[arg(long, env = "VECRIG_FLOOD_BIND")]
+        flood_bind: Option<std::net::IpAddr>,
+        /// The polite client's source address (e.g. 127.0.0.2 against a loopback target).
+        #[arg(long, env = "VECRIG_POLITE_BIND")]
+        polite_bind: Option<std::net::IpAddr>,
+        /// The flood's bearer token (a tenant of its own), instead of the run's.
+        #[arg(long, env = "VECRIG_FLOOD_TOKEN", hide_env_values = true)]
+        flood_token: Option<String>,
+        /// The polite client's bearer token, instead of the run's.
+        #[arg(long, env = "VECRIG_POLITE_TOKEN", hide_env_values = true)]
+        polite_token: Option<String>,
     },
     /// All five, in order.
     Suite,
@@ -490,6 +517,35 @@ impl Cli {
                 vec![ScenarioSpec::Scale(Scale {
                     phases: phases.clone().map(|p| p.0).unwrap_or(d.phases),
                     pause: pause.unwrap_or(d.pause),
+                })]
+            }
+            Command::NoisyNeighbour {
+                flood_users,
+                polite_rate,
+                duration,
+                flood_bind,
+                polite_bind,
+                flood_token,
+                polite_token,
+            } => {
+                let d = if full {
+                    NoisyNeighbour::full()
+                } else {
+                    NoisyNeighbour::quick()
+                };
+                vec![ScenarioSpec::NoisyNeighbour(NoisyNeighbour {
+                    flood_users: flood_users.unwrap_or(d.flood_users),
+                    polite_rate: polite_rate.unwrap_or(d.polite_rate),
+                    duration: duration.unwrap_or(d.duration),
+                    flood: Identity {
+                        bind: *flood_bind,
+                        token: flood_token.clone(),
+                    },
+                    polite: Identity {
+                        bind: *polite_bind,
+                        token: polite_token.clone(),
+                    },
+                    ..d
                 })]
             }
         };

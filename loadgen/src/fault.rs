@@ -23,10 +23,10 @@ use vecrig::validation::report::Report;
 
 use crate::acks::Acks;
 use crate::engine::{Model, Phase, Scenario, Stop};
+use crate::plan::{Plan, RunOptions};
 use crate::scenario::Common;
 use crate::target::{self, PreflightError};
 use crate::workload::{Workload, WorkloadKind};
-use crate::plan::{Plan, RunOptions};
 
 /// A fault run's parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +149,7 @@ impl FaultRun {
             monitor_every: Some(Duration::from_secs(5)),
             check_recovery: false,
             timeout: Some(self.request_timeout),
+            identities: Vec::new(),
         }
     }
 }

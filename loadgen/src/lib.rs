@@ -22,6 +22,7 @@ pub mod file;
 pub mod html;
 pub mod merge;
 pub mod monitor;
+pub mod neighbours;
 mod plan;
 pub mod process;
 pub mod progress;

@@ -7,8 +7,8 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
 use vecrig::validation::threshold::Threshold;
 
-use crate::spec::ScenarioSpec;
 use crate::retry::RetryPolicy;
+use crate::spec::ScenarioSpec;
 use crate::wire::Transport;
 use crate::workload::WorkloadKind;
 

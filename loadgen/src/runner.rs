@@ -9,14 +9,14 @@ use vecrig::proto::StatsResponse;
 use vecrig::validation::report::{Report, SCHEMA};
 
 use crate::engine::{self, Context, Lanes, Scenario, Stop};
+use crate::file;
+use crate::plan::{Plan, RunOptions};
 use crate::process::Meter;
 use crate::progress::Progress;
 use crate::retry::RetryBudget;
 use crate::scenario::Common;
 use crate::target::{self, PreflightError};
 use crate::wire::{Target, Transport};
-use crate::file;
-use crate::plan::{Plan, RunOptions};
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -122,6 +122,7 @@ pub async fn run_with(
         lanes: Arc::new(Lanes::start(options.threads, wire).map_err(PreflightError::Threads)?),
         abort_on_fail: options.abort_on_fail,
         metrics_url: options.metrics_url.as_deref().map(Arc::from),
+        client: None,
     };
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as f64)

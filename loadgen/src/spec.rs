@@ -2,6 +2,7 @@
 //! against the target's dimensions into an [`engine::Scenario`](crate::engine::Scenario).
 
 use crate::engine::Scenario;
+use crate::neighbours::NoisyNeighbour;
 use crate::scenario::{
     self, Common, ExtremeConcurrency, MemoryPressure, ResourceExhaustion, Scale, Sustained,
 };
@@ -21,6 +22,8 @@ pub enum ScenarioSpec {
     Scale(Scale),
     /// See [`scenario::Load`].
     Load(scenario::Load),
+    /// See [`NoisyNeighbour`].
+    NoisyNeighbour(NoisyNeighbour),
 }
 
 impl ScenarioSpec {
@@ -32,6 +35,7 @@ impl ScenarioSpec {
             ScenarioSpec::ResourceExhaustion(p) => p.build(common),
             ScenarioSpec::Scale(p) => p.build(common),
             ScenarioSpec::Load(p) => p.build(common),
+            ScenarioSpec::NoisyNeighbour(p) => p.build(common),
         }
     }
 
@@ -72,6 +76,7 @@ impl ScenarioSpec {
             ScenarioSpec::ResourceExhaustion(_) => "resource-exhaustion",
             ScenarioSpec::Scale(_) => "scale",
             ScenarioSpec::Load(_) => "load",
+            ScenarioSpec::NoisyNeighbour(_) => "noisy-neighbour",
         }
     }
 }

@@ -15,7 +15,7 @@ use super::lanes::{Lane, Lanes};
 use crate::progress::Progress;
 use crate::retry::{Pushback, RetryBudget, RetryPolicy};
 use crate::stats::{Outcome, Recorder};
-use crate::wire::Rpc;
+use crate::wire::{Channel, Rpc};
 use crate::workload::Op;
 
 /// Tells every task to stop sending new requests (Ctrl-C, or a failed threshold with abort).
@@ -92,6 +92,9 @@ pub struct Context {
     pub abort_on_fail: Option<Duration>,
     /// The server's Prometheus endpoint, scraped at the end of each scenario.
     pub metrics_url: Option<Arc<str>>,
+    /// The client this load is sent as, when not the run's own (a side-by-side phase of a
+    /// scenario with identities): the run's target with its own source address or headers.
+    pub client: Option<Arc<crate::wire::Target>>,
 }
 
 impl Context {
@@ -103,8 +106,13 @@ impl Context {
     /// them (`frame` is the request encoded once), else over tonic's pool. A deadline passing
     /// here counts as DEADLINE_EXCEEDED even when the server never answers (e.g. it is
     /// frozen); this is the request's one timer.
-    async fn send(&self, lane: &Lane, op: &Op, frame: Option<&(Rpc, Bytes)>) -> (Code, Pushback) {
-        if let (Some(channel), Some((rpc, frame))) = (lane.channel(), frame) {
+    async fn send(
+        &self,
+        channel: Option<&Channel>,
+        op: &Op,
+        frame: Option<&(Rpc, Bytes)>,
+    ) -> (Code, Pushback) {
+        if let (Some(channel), Some((rpc, frame))) = (channel, frame) {
             let call = channel.call(*rpc, frame.clone(), self.timeout);
             return match tokio::time::timeout(self.timeout, call).await {
                 Ok(answer) => (answer.code, answer.pushback),
@@ -131,14 +139,15 @@ impl Context {
     /// `lane`'s batch for `recorder`, with latency measured from `intended`.
     pub async fn execute(&self, lane: &Lane, op: Op, intended: Instant, recorder: &Recorder) {
         self.budget.deposit();
-        let frame = lane.channel().map(|channel| channel.encode(&op));
+        let channel = lane.channel_for(self.client.as_ref());
+        let frame = channel.as_ref().map(|channel| channel.encode(&op));
         let mut attempts = 0u32;
         let mut retries_denied = 0u32;
         let mut first = None;
         loop {
             attempts += 1;
             let sent = Instant::now();
-            let (code, pushback) = self.send(lane, &op, frame.as_ref()).await;
+            let (code, pushback) = self.send(channel.as_deref(), &op, frame.as_ref()).await;
             let answered = Instant::now();
             let first_code = *first.get_or_insert(code);
             // The backoff is drawn only for an answer that may be retried: drawing it for

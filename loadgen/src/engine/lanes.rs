@@ -10,7 +10,8 @@
 //!
 //! Which lane sends what depends only on the user, worker or arrival number, never on
 //! timing, so the same seed sends the same requests whatever the number of lanes. Each lane
-//! owns its share of the connections ([`Channel`]), at least one.
+//! owns its share of the connections ([`Channel`]), at least one, and as many again for each
+//! other client identity a scenario sends as (see [`Lane::channel_for`]).
 
 use std::cell::RefCell;
 use std::future::Future;
@@ -34,6 +35,8 @@ type Job = Box<dyn FnOnce(Rc<Lane>) -> Pin<Box<dyn Future<Output = ()>>> + Send>
 #[derive(Debug)]
 pub struct Lanes {
     jobs: Vec<mpsc::UnboundedSender<Job>>,
+    /// The run's target, when the load goes over our own HTTP/2 client.
+    target: Option<Arc<Target>>,
 }
 
 /// One sending thread's own state, reachable only from that thread.
@@ -43,9 +46,16 @@ pub struct Lane {
     pub index: u64,
     /// How many lanes there are.
     pub count: u64,
-    batch: RefCell<Batch>,
+    /// What this lane recorded since its last hand-over, by the recorder it is for (its
+    /// address): one phase at a time, or the phases of a side-by-side scenario at once.
+    batches: RefCell<Vec<(usize, Batch)>>,
     /// This lane's connections, when the load goes over our own HTTP/2 client.
-    channel: Option<Channel>,
+    channel: Option<Rc<Channel>>,
+    /// Connections as other clients (their own source address or headers), opened when a
+    /// scenario first sends as them, by target.
+    others: RefCell<Vec<(Arc<Target>, Rc<Channel>)>>,
+    /// Connections this lane opens to a target.
+    connections: usize,
 }
 
 impl Lanes {
@@ -57,6 +67,7 @@ impl Lanes {
             n => n,
         };
         let mut jobs = Vec::with_capacity(count);
+        let target = wire.as_ref().map(|(target, _)| Arc::clone(target));
         for index in 0..count {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -66,27 +77,39 @@ impl Lanes {
             std::thread::Builder::new()
                 .name(format!("loadgen-lane-{index}"))
                 .spawn(move || {
+                    let connections = wire.as_ref().map_or(1, |(_, connections)| {
+                        share(*connections as u64, index as u64, count as u64).max(1) as usize
+                    });
                     let lane = Rc::new(Lane {
                         index: index as u64,
                         count: count as u64,
-                        batch: RefCell::default(),
-                        channel: wire.map(|(target, connections)| {
-                            let share = share(connections as u64, index as u64, count as u64);
-                            Channel::new(target, share.max(1) as usize)
-                        }),
+                        batches: RefCell::default(),
+                        channel: wire.map(|(target, _)| Rc::new(Channel::new(target, connections))),
+                        others: RefCell::default(),
+                        connections,
                     });
                     LocalSet::new().block_on(&runtime, async move {
                         if let Some(channel) = &lane.channel {
                             channel.connect().await;
                         }
+                        // Each job is a task of its own, so the phases of a scenario that
+                        // runs them side by side (one per client) run at once on every lane.
+                        let mut running = tokio::task::JoinSet::new();
                         while let Some(job) = rx.recv().await {
-                            job(Rc::clone(&lane)).await;
+                            running.spawn_local(job(Rc::clone(&lane)));
+                            while running.try_join_next().is_some() {}
                         }
+                        while running.join_next().await.is_some() {}
                     });
                 })?;
             jobs.push(tx);
         }
-        Ok(Self { jobs })
+        Ok(Self { jobs, target })
+    }
+
+    /// The run's target, when the load goes over our own HTTP/2 client.
+    pub fn target(&self) -> Option<&Arc<Target>> {
+        self.target.as_ref()
     }
 
     /// How many lanes there are.
@@ -129,25 +152,64 @@ impl Lanes {
 impl Lane {
     /// This lane's connections, when the load goes over our own HTTP/2 client.
     pub fn channel(&self) -> Option<&Channel> {
-        self.channel.as_ref()
+        self.channel.as_deref()
     }
 
-    /// Records the outcome of one request, answered `at`, in this lane's batch.
+    /// This lane's connections as the client `target` (derived from the run's with
+    /// [`Target::as_client`]), opened on first use; `None`: the run's own. None at all when
+    /// the load goes over tonic.
+    pub fn channel_for(&self, target: Option<&Arc<Target>>) -> Option<Rc<Channel>> {
+        let (Some(target), Some(_)) = (target, &self.channel) else {
+            return self.channel.clone();
+        };
+        let mut others = self.others.borrow_mut();
+        if let Some((_, channel)) = others.iter().find(|(t, _)| Arc::ptr_eq(t, target)) {
+            return Some(Rc::clone(channel));
+        }
+        let channel = Rc::new(Channel::new(Arc::clone(target), self.connections));
+        others.push((Arc::clone(target), Rc::clone(&channel)));
+        Some(channel)
+    }
+
+    /// Runs `f` on this lane's batch for `recorder`. A linear search: a lane holds one batch,
+    /// or one per client of a side-by-side scenario.
+    fn with_batch<T>(&self, recorder: &Recorder, f: impl FnOnce(&mut Batch) -> T) -> T {
+        let key = std::ptr::from_ref(recorder) as usize;
+        let mut batches = self.batches.borrow_mut();
+        let at = match batches.iter().position(|(k, _)| *k == key) {
+            Some(at) => at,
+            None => {
+                batches.push((key, Batch::default()));
+                batches.len() - 1
+            }
+        };
+        f(&mut batches[at].1)
+    }
+
+    /// Records the outcome of one request, answered `at`, in this lane's batch for `recorder`.
     pub fn record(&self, outcome: &Outcome, recorder: &Recorder, at: std::time::Instant) {
         let timeline = recorder.timeline();
-        self.batch.borrow_mut().record(outcome, timeline, at);
+        self.with_batch(recorder, |batch| batch.record(outcome, timeline, at));
     }
 
-    /// Counts an arrival that could not be sent on time.
-    pub fn drop_arrival(&self) {
-        self.batch.borrow_mut().drop_arrival();
+    /// Counts an arrival for `recorder` that could not be sent on time.
+    pub fn drop_arrival(&self, recorder: &Recorder) {
+        self.with_batch(recorder, Batch::drop_arrival);
     }
 
-    /// Hands this lane's batch over to the phase's recorder and the progress display.
+    /// Hands this lane's batch for `recorder` over to it and to the progress display.
     pub fn flush(&self, recorder: &Recorder, progress: &Progress) {
-        let mut batch = self.batch.borrow_mut();
-        progress.add(batch.outcomes());
-        recorder.flush(&mut batch);
+        self.with_batch(recorder, |batch| {
+            progress.add(batch.outcomes());
+            recorder.flush(batch);
+        });
+    }
+
+    /// The last hand-over to `recorder`: its batch is then forgotten.
+    fn flush_last(&self, recorder: &Recorder, progress: &Progress) {
+        self.flush(recorder, progress);
+        let key = std::ptr::from_ref(recorder) as usize;
+        self.batches.borrow_mut().retain(|(k, _)| *k != key);
     }
 
     /// Hands the batch over every second until the returned guard is dropped, then once more.
@@ -188,7 +250,7 @@ pub struct FlushGuard {
 impl Drop for FlushGuard {
     fn drop(&mut self) {
         self.task.abort();
-        self.lane.flush(&self.recorder, &self.progress);
+        self.lane.flush_last(&self.recorder, &self.progress);
     }
 }
 

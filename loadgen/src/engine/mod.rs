@@ -32,5 +32,5 @@ pub mod run;
 
 pub use context::{Context, Stop};
 pub use lanes::Lanes;
-pub use model::{Model, Phase, Scenario, Stage, parse_stages, share};
+pub use model::{Identity, Model, Phase, Scenario, Stage, parse_stages, share};
 pub use run::run_scenario;

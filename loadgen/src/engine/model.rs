@@ -122,6 +122,35 @@ pub struct Phase {
     pub model: Model,
 }
 
+/// A client of its own, as a server that shares capacity fairly across clients tells them
+/// apart: its connections come from their own source address, carry their own bearer token,
+/// or both.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Identity {
+    /// The local address its connections are made from (`127.0.0.2` on loopback).
+    pub bind: Option<std::net::IpAddr>,
+    /// Sent as `authorization: Bearer TOKEN` instead of the run's.
+    pub token: Option<String>,
+}
+
+impl Identity {
+    /// How the report names it: `from 127.0.0.2, token #2`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(bind) = self.bind {
+            parts.push(format!("from {bind}"));
+        }
+        if self.token.is_some() {
+            parts.push("its own token".to_string());
+        }
+        if parts.is_empty() {
+            "as the run's client".to_string()
+        } else {
+            parts.join(", ")
+        }
+    }
+}
+
 /// A scenario: phases of load, what each request is, and how the result is judged.
 #[derive(Debug, Clone)]
 pub struct Scenario {
@@ -143,6 +172,10 @@ pub struct Scenario {
     pub check_recovery: bool,
     /// Per-request deadline for this scenario, instead of the run's.
     pub timeout: Option<Duration>,
+    /// Empty: the phases run in order, as the run's one client. Otherwise one per phase: the
+    /// phases run side by side, phase `i` as client `identities[i]` on connections of its
+    /// own, each reported as a phase of its own.
+    pub identities: Vec<Identity>,
 }
 
 /// This shard's part of `total` when it is split `count` ways (the first ones get the remainder).
@@ -234,6 +267,7 @@ mod tests {
             monitor_every: None,
             check_recovery: false,
             timeout: None,
+            identities: Vec::new(),
         }
     }
 

@@ -104,7 +104,7 @@ pub(crate) async fn run(
                     drop(slot);
                 });
             }
-            Err(_) => lane.drop_arrival(),
+            Err(_) => lane.drop_arrival(recorder),
         }
         // Reap finished tasks so the set stays small on long runs.
         while tasks.try_join_next().is_some() {}

@@ -43,8 +43,40 @@ pub async fn run_scenario(
     let mut phases = Vec::new();
     let mut total = Outcomes::default();
     let mut abort_failures = Vec::new();
+    let mut warnings = Vec::new();
+    if !scenario.identities.is_empty() {
+        let started = Instant::now();
+        monitor.set_phase(0);
+        monitor.sample_now().await;
+        ctx.progress.set_label(scenario.name.clone());
+        let (recorders, side_warnings) = run_side_by_side(ctx, scenario, &timeline).await;
+        warnings = side_warnings;
+        monitor.sample_now().await;
+        let elapsed = started.elapsed();
+        for (phase, recorder) in scenario.phases.iter().zip(recorders) {
+            let outcomes = recorder.snapshot();
+            total.merge(&outcomes);
+            let report = outcomes.report(
+                &phase.name,
+                phase.model.concurrency(),
+                elapsed,
+                monitor.figures(None),
+            );
+            if let Some(failure) = ctx
+                .abort_on_fail
+                .and_then(|_| failed_at_phase_end(&scenario.thresholds, &report))
+            {
+                ctx.stop.abort(format!(
+                    "{}: {} failed in {} (observed {})",
+                    scenario.name, failure.expression, failure.scope, failure.observed
+                ));
+                abort_failures.push(failure);
+            }
+            phases.push(report);
+        }
+    }
     for (index, phase) in scenario.phases.iter().enumerate() {
-        if ctx.stop.is_stopped() {
+        if ctx.stop.is_stopped() || !scenario.identities.is_empty() {
             break;
         }
         monitor.set_phase(index);
@@ -108,12 +140,17 @@ pub async fn run_scenario(
         }
     }
     let duration = started.elapsed();
-    let peak = scenario
-        .phases
-        .iter()
-        .map(|p| p.model.concurrency())
-        .max()
-        .unwrap_or(0);
+    let peak = if scenario.identities.is_empty() {
+        scenario
+            .phases
+            .iter()
+            .map(|p| p.model.concurrency())
+            .max()
+            .unwrap_or(0)
+    } else {
+        // Side by side, the phases' users add up.
+        scenario.phases.iter().map(|p| p.model.concurrency()).sum()
+    };
     let mut report = ScenarioReport {
         server_metrics: Default::default(),
         name: scenario.name.clone(),
@@ -125,7 +162,7 @@ pub async fn run_scenario(
         server: monitor.figures(None),
         thresholds: Vec::new(),
         loadgen: Default::default(),
-        warnings: Vec::new(),
+        warnings,
         passed: false,
         timeline: timeline.points(),
         server_timeline: monitor
@@ -191,6 +228,78 @@ async fn report_every(every: Duration, recorder: &Recorder, progress: &Progress,
         ));
         last = (successes, Instant::now());
     }
+}
+
+/// Runs every phase of `scenario` at once, phase `i` as client `scenario.identities[i]`
+/// (its own source address and token, on connections of its own on every lane), each into
+/// a recorder of its own. Returns the recorders, in phase order, and what the reader should
+/// know (a client that could not be set up is sent as the run's own).
+async fn run_side_by_side(
+    ctx: &Context,
+    scenario: &Scenario,
+    timeline: &Arc<Timeline>,
+) -> (Vec<Arc<Recorder>>, Vec<String>) {
+    let mut warnings = Vec::new();
+    if scenario.identities.windows(2).all(|w| w[0] == w[1]) {
+        warnings.push(
+            "the side-by-side clients are one client to the server: give each its own source \
+             address (127.0.0.2 against a loopback target) or token"
+                .to_string(),
+        );
+    }
+    let mut running = Vec::new();
+    let mut recorders = Vec::new();
+    for (phase, identity) in scenario.phases.iter().zip(&scenario.identities) {
+        let mut client = ctx.clone();
+        if let Some(token) = &identity.token {
+            match bearer(&ctx.headers, token) {
+                Ok(headers) => client.headers = headers,
+                Err(e) => warnings.push(format!("{}: token not sent: {e}", phase.name)),
+            }
+        }
+        match ctx.lanes.target() {
+            Some(target) => match target.as_client(identity.bind, &client.headers) {
+                Ok(target) => client.client = Some(Arc::new(target)),
+                Err(e) => warnings.push(format!("{}: sent as the run's client: {e}", phase.name)),
+            },
+            None if identity.bind.is_some() => warnings.push(format!(
+                "{}: --transport tonic cannot choose a source address: sent from the system's",
+                phase.name
+            )),
+            None => {}
+        }
+        let recorder = Arc::new(Recorder::with_timeline(Arc::clone(timeline)));
+        let (phase, workload) = (phase.clone(), Arc::clone(&scenario.workload));
+        let record = Arc::clone(&recorder);
+        running.push(tokio::spawn(async move {
+            run_phase(&client, &phase, &workload, &record).await
+        }));
+        recorders.push(recorder);
+    }
+    for phase in running {
+        // An error means the phase's task panicked: its recorder holds what it sent.
+        let _ = phase.await;
+    }
+    (recorders, warnings)
+}
+
+/// The run's metadata with `authorization: Bearer token` in place of its own.
+fn bearer(
+    headers: &vecrig::client::Metadata,
+    token: &str,
+) -> Result<vecrig::client::Metadata, String> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "not a valid header value".to_string())?;
+    let key: tonic::metadata::AsciiMetadataKey =
+        "authorization".parse().map_err(|_| "key".to_string())?;
+    let mut all: Vec<_> = headers
+        .iter()
+        .filter(|(k, _)| k.as_str() != "authorization")
+        .cloned()
+        .collect();
+    all.push((key, value));
+    Ok(all.into())
 }
 
 /// Runs one phase on every lane, each lane its share of the load, and waits until all are

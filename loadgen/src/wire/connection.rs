@@ -19,7 +19,7 @@ use bytes::Bytes;
 use h2::client::SendRequest;
 use http::header::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
 use tokio_rustls::rustls::pki_types::pem::PemObject;
@@ -41,6 +41,9 @@ const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 pub struct Target {
     /// `host:port`, as given.
     address: String,
+    /// The local address connections are made from (a client identity of its own, as a
+    /// server that shares capacity by peer address sees it); `None`: the system's choice.
+    bind: Option<std::net::IpAddr>,
     /// For `https://`: the TLS client and the name the certificate must hold.
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
@@ -106,6 +109,7 @@ impl Target {
         let headers = grpc::request_headers(metadata).map_err(invalid)?;
         Ok(Self {
             address,
+            bind: None,
             tls,
             connect_timeout: options.connect_timeout,
             keepalive: options.keepalive,
@@ -115,12 +119,50 @@ impl Target {
         })
     }
 
+    /// The same target as another client: connections from `bind` (when given) and these
+    /// `metadata` on every request instead of the run's.
+    pub fn as_client(
+        &self,
+        bind: Option<std::net::IpAddr>,
+        metadata: &Metadata,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            bind: bind.or(self.bind),
+            headers: grpc::request_headers(metadata)?,
+            ..self.clone()
+        })
+    }
+
+    /// The address connections are made from, when chosen.
+    pub fn bind(&self) -> Option<std::net::IpAddr> {
+        self.bind
+    }
+
     fn uri(&self, rpc: Rpc) -> &http::Uri {
         match rpc {
             Rpc::Search => &self.search,
             Rpc::Upsert => &self.upsert,
         }
     }
+}
+
+/// A TCP connection to `address`, from `bind` when given: the socket is bound to it (port
+/// 0) before connecting, to the first of the target's addresses of the same family.
+async fn connect(address: &str, bind: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = bind else {
+        return TcpStream::connect(address).await;
+    };
+    let remote = tokio::net::lookup_host(address)
+        .await?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("no address of {local}'s family")))?;
+    let socket = if local.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    socket.connect(remote).await
 }
 
 /// A rustls client with ring (the provider tonic's `tls-ring` builds), offering only h2.
@@ -228,7 +270,7 @@ impl Connection {
     /// TCP (no Nagle delay), TLS if asked, the HTTP/2 handshake; the connection's task is
     /// spawned on this thread.
     async fn open(self: &Rc<Self>, generation: u64) -> Result<SendRequest<Bytes>, String> {
-        let tcp = TcpStream::connect(&self.target.address)
+        let tcp = connect(&self.target.address, self.target.bind)
             .await
             .map_err(|e| format!("connect {}: {e}", self.target.address))?;
         let _ = tcp.set_nodelay(true);
