@@ -40,6 +40,7 @@ fn scenario(name: &str, model: Model, workload: &Arc<Workload>) -> Scenario {
         monitor_every: None,
         check_recovery: false,
         timeout: None,
+        identities: Vec::new(),
     }
 }
 

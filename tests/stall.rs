@@ -72,6 +72,7 @@ async fn a_one_second_stall_shows_in_latency_from_intended_send_time() {
         monitor_every: None,
         check_recovery: false,
         timeout: None,
+        identities: Vec::new(),
     };
     let freezer = tokio::spawn(async move {
         // Pre-flight waits for SERVING first; freeze well inside the run.

@@ -88,6 +88,7 @@ fn scenario(name: &str, phases: Vec<Phase>) -> Scenario {
         monitor_every: None,
         check_recovery: false,
         timeout: None,
+        identities: Vec::new(),
     }
 }
 

@@ -10,14 +10,17 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
 use vecrig::validation::threshold::Threshold;
 
+use crate::engine::Identity;
 use crate::engine::{Stage, parse_stages};
+use crate::neighbours::NoisyNeighbour;
+use crate::plan::{Plan, RunOptions};
 use crate::retry::RetryPolicy;
 use crate::scenario::{
     ExtremeConcurrency, Load, LoadModel, MemoryPressure, Profile, ResourceExhaustion, Scale,
     Sustained,
 };
+use crate::spec::ScenarioSpec;
 use crate::workload::WorkloadKind;
-use crate::{Plan, RunOptions, ScenarioSpec};
 
 /// Exit code: every threshold held.
 pub const EXIT_PASSED: i32 = 0;
@@ -103,9 +106,20 @@ pub struct Cli {
     /// No live progress line.
     #[arg(long, global = true)]
     pub no_progress: bool,
-    /// Worker threads sending load [default 0: one per CPU].
+    /// Threads sending the load, each with its share of the users and arrivals [default 0:
+    /// one per CPU]. Fewer cost less CPU per request but cap the rate one loadgen can send.
     #[arg(long, env = "VECRIG_THREADS", default_value_t = 0, global = true)]
     pub threads: usize,
+    /// Which client sends the load: h2 (our own, one per sending thread) or tonic (the
+    /// channel pool, for comparison).
+    #[arg(
+        long,
+        value_enum,
+        env = "VECRIG_TRANSPORT",
+        default_value = "h2",
+        global = true
+    )]
+    pub transport: crate::wire::Transport,
     /// Stop the whole run at the first failed threshold (exit 99), instead of running every
     /// scenario to the end: upper bounds (`p99<50ms`, `error_rate<0.01`) are judged every
     /// second on the phase so far, everything else when its phase or scenario ends.
@@ -122,16 +136,9 @@ pub struct Cli {
     /// How long to wait for the target to become SERVING.
     #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, global = true)]
     pub wait_healthy: Duration,
-    /// Send only this shard's part of the load, as I/N (0-based): N loadgens with the same
-    /// flags and I = 0..N-1 together send the whole; `merge` combines their reports.
-    #[arg(long, env = "VECRIG_SHARD", value_parser = parse_shard, global = true)]
-    pub shard: Option<(u64, u64)>,
-    /// Find this loadgen's shard among N replicas of NAME, as NAME/N (`loadgen/4` with
-    /// `docker compose up --scale loadgen=4`): NAME resolves to the N replicas' addresses,
-    /// sorted, and this one's position is its index. `{shard}` in --out, --html and --hdr-log
-    /// becomes the index.
-    #[arg(long, env = "VECRIG_SHARD_PEERS", value_parser = crate::distributed::parse_peers, global = true, conflicts_with = "shard")]
-    pub shard_peers: Option<(String, u64)>,
+    /// Which shard of a distributed run this loadgen sends (`--shard`, `--shard-peers`).
+    #[command(flatten)]
+    pub sharding: crate::distributed::Args,
     /// Start a local vecrig-server (preloaded, on a free port) for this run and target it.
     #[arg(long, global = true)]
     pub spawn_server: bool,
@@ -213,6 +220,31 @@ pub enum Command {
         /// Pause after each answer.
         #[arg(long, value_parser = humantime::parse_duration)]
         pause: Option<Duration>,
+    },
+    /// A flood and a polite client side by side, each a client of its own to the server,
+    /// each reported apart (phases `flood` and `polite`) [200 users vs 20/s, 30s].
+    NoisyNeighbour {
+        /// The flood's users (closed, no think time).
+        #[arg(long)]
+        flood_users: Option<u64>,
+        /// The polite client's requests per second, on schedule.
+        #[arg(long)]
+        polite_rate: Option<f64>,
+        /// How long both run.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// The flood's source address (e.g. 127.0.0.1); default: the system's.
+        #[arg(long, env = "VECRIG_FLOOD_BIND")]
+        flood_bind: Option<std::net::IpAddr>,
+        /// The polite client's source address (e.g. 127.0.0.2 against a loopback target).
+        #[arg(long, env = "VECRIG_POLITE_BIND")]
+        polite_bind: Option<std::net::IpAddr>,
+        /// The flood's bearer token (a tenant of its own), instead of the run's.
+        #[arg(long, env = "VECRIG_FLOOD_TOKEN", hide_env_values = true)]
+        flood_token: Option<String>,
+        /// The polite client's bearer token, instead of the run's.
+        #[arg(long, env = "VECRIG_POLITE_TOKEN", hide_env_values = true)]
+        polite_token: Option<String>,
     },
     /// All five, in order.
     Suite,
@@ -297,24 +329,6 @@ fn parse_fault_kind(text: &str) -> Result<vecrig::validation::fault::FaultKind, 
     text.parse()
 }
 
-fn parse_shard(text: &str) -> Result<(u64, u64), String> {
-    let (index, count) = text
-        .split_once('/')
-        .ok_or_else(|| format!("{text:?}: expected I/N, e.g. 0/4"))?;
-    let index: u64 = index
-        .trim()
-        .parse()
-        .map_err(|e| format!("shard index: {e}"))?;
-    let count: u64 = count
-        .trim()
-        .parse()
-        .map_err(|e| format!("shard count: {e}"))?;
-    if count == 0 || index >= count {
-        return Err(format!("{text:?}: need 0 <= I < N"));
-    }
-    Ok((index, count))
-}
-
 /// Stages of a custom load.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StagesArg(pub Vec<Stage>);
@@ -372,6 +386,8 @@ impl Cli {
             wait_healthy: self.wait_healthy,
             abort_on_fail: self.abort_on_fail.then_some(self.abort_grace),
             metrics_url: self.metrics_url.clone(),
+            threads: self.threads,
+            transport: self.transport,
         })
     }
 
@@ -503,6 +519,35 @@ impl Cli {
                     pause: pause.unwrap_or(d.pause),
                 })]
             }
+            Command::NoisyNeighbour {
+                flood_users,
+                polite_rate,
+                duration,
+                flood_bind,
+                polite_bind,
+                flood_token,
+                polite_token,
+            } => {
+                let d = if full {
+                    NoisyNeighbour::full()
+                } else {
+                    NoisyNeighbour::quick()
+                };
+                vec![ScenarioSpec::NoisyNeighbour(NoisyNeighbour {
+                    flood_users: flood_users.unwrap_or(d.flood_users),
+                    polite_rate: polite_rate.unwrap_or(d.polite_rate),
+                    duration: duration.unwrap_or(d.duration),
+                    flood: Identity {
+                        bind: *flood_bind,
+                        token: flood_token.clone(),
+                    },
+                    polite: Identity {
+                        bind: *polite_bind,
+                        token: polite_token.clone(),
+                    },
+                    ..d
+                })]
+            }
         };
         let workload = self.workload.clone().map(|w| match w {
             WorkloadKind::Mixed { batch, .. } => WorkloadKind::Mixed {
@@ -518,7 +563,7 @@ impl Cli {
             workload,
             thresholds: self.thresholds.clone(),
             default_thresholds: !self.no_default_thresholds,
-            shard: self.shard,
+            shard: self.sharding.shard,
         }
     }
 }

@@ -36,6 +36,41 @@ pub enum PeersError {
     },
 }
 
+/// The flags that say which shard of a distributed run this loadgen sends; flattened into
+/// the CLI, which knows nothing else of them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Args {
+    /// Send only this shard's part of the load, as I/N (0-based): N loadgens with the same
+    /// flags and I = 0..N-1 together send the whole; `merge` combines their reports.
+    #[arg(long, env = "VECRIG_SHARD", value_parser = parse_shard, global = true)]
+    pub shard: Option<(u64, u64)>,
+    /// Find this loadgen's shard among N replicas of NAME, as NAME/N (`loadgen/4` with
+    /// `docker compose up --scale loadgen=4`): NAME resolves to the N replicas' addresses,
+    /// sorted, and this one's position is its index. `{shard}` in --out, --html and --hdr-log
+    /// becomes the index.
+    #[arg(long, env = "VECRIG_SHARD_PEERS", value_parser = parse_peers, global = true, conflicts_with = "shard")]
+    pub shard_peers: Option<(String, u64)>,
+}
+
+/// Parses `I/N` (`--shard 0/4`).
+pub fn parse_shard(text: &str) -> Result<(u64, u64), String> {
+    let (index, count) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: expected I/N, e.g. 0/4"))?;
+    let index: u64 = index
+        .trim()
+        .parse()
+        .map_err(|e| format!("shard index: {e}"))?;
+    let count: u64 = count
+        .trim()
+        .parse()
+        .map_err(|e| format!("shard count: {e}"))?;
+    if count == 0 || index >= count {
+        return Err(format!("{text:?}: need 0 <= I < N"));
+    }
+    Ok((index, count))
+}
+
 /// Parses `NAME/N` (`--shard-peers loadgen/4`).
 pub fn parse_peers(text: &str) -> Result<(String, u64), String> {
     let (name, count) = text
@@ -189,22 +224,23 @@ fn check_shards(parameters: &[Option<&str>]) -> Result<(), String> {
     Ok(())
 }
 
-/// Before a run: finds the shard index when `--shard-peers` is given (waiting up to
-/// `--wait-healthy` for the replicas), puts it into `{shard}` of the output paths, and creates
-/// their folders, so a replica writing into a fresh mounted folder does not fail at the end.
-pub async fn prepare(cli: &mut crate::cli::Cli) -> Result<(), String> {
-    if let Some((name, count)) = cli.shard_peers.clone() {
-        let shard = shard_from_peers(&name, count, cli.wait_healthy)
+/// Before a run: finds the shard index when `--shard-peers` is given (waiting up to `wait`
+/// for the replicas), puts it into `{shard}` of the output paths, and creates their folders,
+/// so a replica writing into a fresh mounted folder does not fail at the end.
+pub async fn prepare(
+    args: &mut Args,
+    wait: Duration,
+    outputs: [&mut Option<PathBuf>; 3],
+) -> Result<(), String> {
+    if let Some((name, count)) = args.shard_peers.clone() {
+        let shard = shard_from_peers(&name, count, wait)
             .await
             .map_err(|e| e.to_string())?;
         eprintln!("shard {}/{} of {name}", shard.0, shard.1);
-        cli.shard = Some(shard);
+        args.shard = Some(shard);
     }
-    let shard = cli.shard;
-    for path in [&mut cli.out, &mut cli.html, &mut cli.hdr_log]
-        .into_iter()
-        .flatten()
-    {
+    let shard = args.shard;
+    for path in outputs.into_iter().flatten() {
         *path = shard_path(path, shard);
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)

@@ -23,10 +23,10 @@ use vecrig::validation::report::Report;
 
 use crate::acks::Acks;
 use crate::engine::{Model, Phase, Scenario, Stop};
+use crate::plan::{Plan, RunOptions};
 use crate::scenario::Common;
 use crate::target::{self, PreflightError};
 use crate::workload::{Workload, WorkloadKind};
-use crate::{Plan, RunOptions};
 
 /// A fault run's parameters.
 #[derive(Debug, Clone, PartialEq)]
@@ -149,6 +149,7 @@ impl FaultRun {
             monitor_every: Some(Duration::from_secs(5)),
             check_recovery: false,
             timeout: Some(self.request_timeout),
+            identities: Vec::new(),
         }
     }
 }
@@ -172,7 +173,7 @@ pub async fn run(
     let acks = Acks::new(format!("{}-{shard}", unix_ms()));
     let mut options = options.clone();
     options.connect.keepalive = fault.keepalive;
-    let mut report = crate::run_with(&options, plan.seed, stop, |stats| {
+    let mut report = crate::runner::run_with(&options, plan.seed, stop, |stats| {
         let common = Common {
             dimensions: stats.dimensions as usize,
             seed: plan.seed,

@@ -25,12 +25,12 @@ use std::time::Duration;
 use serde::Deserialize;
 use vecrig::validation::threshold::Threshold;
 
-use crate::ScenarioSpec;
 use crate::engine::{Scenario, parse_stages};
 use crate::scenario::{
     Common, ExtremeConcurrency, Load, LoadModel, MemoryPressure, Profile, ResourceExhaustion,
     Scale, Sustained,
 };
+use crate::spec::ScenarioSpec;
 use crate::workload::WorkloadKind;
 
 /// A scenario file.

@@ -19,11 +19,18 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // Fewer threads cost less CPU per request (no cross-thread wake-ups) but cap the rate
-    // one loadgen can send; the default is one per CPU, as tokio's.
+    // The load is sent by threads of its own (engine::lanes, --threads); this runtime runs
+    // pre-flight, the Stats monitor and progress, for which one thread is plenty. With
+    // `--transport tonic` the connections live here, so it gets the threads instead.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
-    if cli.threads > 0 {
-        runtime.worker_threads(cli.threads);
+    match cli.transport {
+        vecrig_loadgen::wire::Transport::H2 => {
+            runtime.worker_threads(1);
+        }
+        vecrig_loadgen::wire::Transport::Tonic if cli.threads > 0 => {
+            runtime.worker_threads(cli.threads);
+        }
+        vecrig_loadgen::wire::Transport::Tonic => {}
     }
     match runtime.enable_all().build() {
         Ok(runtime) => ExitCode::from(runtime.block_on(run(cli)) as u8),
@@ -35,7 +42,13 @@ fn main() -> ExitCode {
 }
 
 async fn run(mut cli: Cli) -> i32 {
-    if let Err(e) = vecrig_loadgen::distributed::prepare(&mut cli).await {
+    if let Err(e) = vecrig_loadgen::distributed::prepare(
+        &mut cli.sharding,
+        cli.wait_healthy,
+        [&mut cli.out, &mut cli.html, &mut cli.hdr_log],
+    )
+    .await
+    {
         eprintln!("error: {e}");
         return cli::EXIT_ERROR;
     }

@@ -8,9 +8,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use tonic::Code;
 
-use crate::stats::Outcome;
+use crate::stats::Outcomes;
 
 /// Shared handle on the progress display. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -56,7 +55,8 @@ impl Progress {
             tokio::spawn(async move {
                 let mut last = (0u64, Instant::now());
                 loop {
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    // Once a second: what it shows is handed over once a second.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
                     let Some(inner) = weak.upgrade() else { break };
                     last = inner.redraw(last);
                 }
@@ -65,19 +65,23 @@ impl Progress {
         progress
     }
 
-    /// Counts one finished request.
-    pub fn record(&self, outcome: &Outcome) {
-        self.inner.requests.fetch_add(1, Ordering::Relaxed);
-        if outcome.last != Code::Ok {
-            self.inner.errors.fetch_add(1, Ordering::Relaxed);
+    /// Counts what a sending thread recorded since its last hand-over (about a second's
+    /// worth): progress reads the merged view, never the request path.
+    pub fn add(&self, outcomes: &Outcomes) {
+        let requests = outcomes.requests();
+        if requests == 0 {
+            return;
         }
+        self.inner.requests.fetch_add(requests, Ordering::Relaxed);
+        let errors = requests - outcomes.successes();
+        self.inner.errors.fetch_add(errors, Ordering::Relaxed);
         if self.inner.bar.is_some() {
-            let micros = (outcome.latency.as_micros() as u64).clamp(1, 3_600_000_000);
-            self.inner
+            let _ = self
+                .inner
                 .window
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .saturating_record(micros);
+                .add(&outcomes.latency);
         }
     }
 

@@ -8,7 +8,7 @@
 //! `grpc-retry-pushback-ms` is honoured: the retry waits at least that long, and a negative or
 //! unreadable pushback means no retry at all.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
@@ -68,10 +68,15 @@ pub enum Pushback {
 impl Pushback {
     /// Reads the pushback of a failed call.
     pub fn of(status: &tonic::Status) -> Self {
-        match status.metadata().get("grpc-retry-pushback-ms") {
+        let value = status.metadata().get("grpc-retry-pushback-ms");
+        Self::from_header(value.map(|v| v.as_encoded_bytes()))
+    }
+
+    /// Reads a `grpc-retry-pushback-ms` value (`None`: there was none).
+    pub fn from_header(value: Option<&[u8]>) -> Self {
+        match value {
             None => Pushback::None,
-            Some(value) => match value
-                .to_str()
+            Some(value) => match std::str::from_utf8(value)
                 .ok()
                 .and_then(|v| v.trim().parse::<u64>().ok())
             {
@@ -93,11 +98,14 @@ impl Pushback {
 }
 
 /// A token bucket of retries: each first attempt deposits `ratio` tokens, each retry spends one.
+///
+/// Every request of every sending thread deposits, so the tokens are an atomic (an `f64`'s
+/// bits, updated by compare-and-swap) rather than a mutex on the request path.
 #[derive(Debug)]
 pub struct RetryBudget {
     ratio: f64,
     max_tokens: f64,
-    tokens: Mutex<f64>,
+    tokens: AtomicU64,
 }
 
 impl RetryBudget {
@@ -110,29 +118,40 @@ impl RetryBudget {
         Self {
             ratio,
             max_tokens: (Self::INITIAL_TOKENS).max(ratio * 100.0),
-            tokens: Mutex::new(if ratio > 0.0 {
-                Self::INITIAL_TOKENS
-            } else {
-                0.0
-            }),
+            tokens: AtomicU64::new(
+                if ratio > 0.0 {
+                    Self::INITIAL_TOKENS
+                } else {
+                    0.0
+                }
+                .to_bits(),
+            ),
         }
     }
 
     /// Records a first attempt.
     pub fn deposit(&self) {
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        *tokens = (*tokens + self.ratio).min(self.max_tokens);
+        if self.ratio == 0.0 {
+            return;
+        }
+        // A full bucket is left alone, so a healthy run does not write the shared line at all.
+        let _ = self
+            .tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let tokens = f64::from_bits(bits);
+                (tokens < self.max_tokens)
+                    .then(|| (tokens + self.ratio).min(self.max_tokens).to_bits())
+            });
     }
 
     /// Takes a token for a retry; false when the budget is spent.
     pub fn try_withdraw(&self) -> bool {
-        let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        self.tokens
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+                let tokens = f64::from_bits(bits);
+                (tokens >= 1.0).then(|| (tokens - 1.0).to_bits())
+            })
+            .is_ok()
     }
 }
 

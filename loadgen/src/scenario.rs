@@ -35,20 +35,20 @@ pub struct Common {
 }
 
 impl Common {
-    fn workload(&self, default: WorkloadKind) -> Arc<Workload> {
+    pub(crate) fn workload(&self, default: WorkloadKind) -> Arc<Workload> {
         let kind = self.workload.clone().unwrap_or(default);
         Workload::new(kind, self.dimensions, self.seed, self.k)
     }
 }
 
-fn params(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
+pub(crate) fn params(pairs: &[(&str, String)]) -> BTreeMap<String, String> {
     pairs
         .iter()
         .map(|(k, v)| (k.to_string(), v.clone()))
         .collect()
 }
 
-fn human(d: Duration) -> String {
+pub(crate) fn human(d: Duration) -> String {
     humantime::format_duration(d).to_string()
 }
 
@@ -108,6 +108,7 @@ impl ExtremeConcurrency {
             monitor_every: None,
             check_recovery: false,
             timeout: None,
+            identities: Vec::new(),
         }
     }
 }
@@ -177,6 +178,7 @@ impl MemoryPressure {
             monitor_every: None,
             check_recovery: false,
             timeout: None,
+            identities: Vec::new(),
         }
     }
 }
@@ -245,6 +247,7 @@ impl Sustained {
             monitor_every: Some(self.monitor_every),
             check_recovery: false,
             timeout: None,
+            identities: Vec::new(),
         }
     }
 }
@@ -301,6 +304,7 @@ impl ResourceExhaustion {
             monitor_every: None,
             check_recovery: false,
             timeout: Some(self.timeout),
+            identities: Vec::new(),
         }
     }
 }
@@ -398,6 +402,7 @@ impl Scale {
             monitor_every: None,
             check_recovery: true,
             timeout: None,
+            identities: Vec::new(),
         }
     }
 }
@@ -484,6 +489,7 @@ impl Load {
             monitor_every: None,
             check_recovery: false,
             timeout: None,
+            identities: Vec::new(),
         }
     }
 }

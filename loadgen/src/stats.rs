@@ -1,5 +1,10 @@
 //! Recording outcomes: HdrHistograms of latency (never growing lists) and counts by gRPC code,
 //! per phase, turned into report summaries at the end.
+//!
+//! Nothing on the request path takes a shared lock: each sending thread records into its own
+//! [`Batch`] (plain fields, no atomics), and hands it to the phase's shared [`Recorder`] every
+//! second and when the phase ends. Live progress, the monitor line and `--abort-on-fail` read
+//! that merged view, which is therefore at most a second old.
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
@@ -124,6 +129,27 @@ impl Outcomes {
         self.retries += other.retries;
         self.retries_denied += other.retries_denied;
         self.dropped += other.dropped;
+    }
+
+    /// Forgets everything, keeping the histograms' memory (a batch is emptied every second).
+    pub fn clear(&mut self) {
+        self.latency.reset();
+        self.success_latency.reset();
+        self.service_time.reset();
+        self.shed_latency.reset();
+        // Dropped, not reset: an empty entry would show as a code that never occurred.
+        self.by_code.clear();
+        self.codes = [0; CODES];
+        self.first_codes = [0; CODES];
+        self.attempts = 0;
+        self.retries = 0;
+        self.retries_denied = 0;
+        self.dropped = 0;
+    }
+
+    /// Counts an arrival of the open model that could not be sent on time.
+    pub fn drop_arrival(&mut self) {
+        self.dropped += 1;
     }
 
     /// Requests recorded.
@@ -287,6 +313,16 @@ struct Second {
     codes: [u64; CODES],
 }
 
+impl Second {
+    fn new() -> Self {
+        Self {
+            latency: Histogram::new_with_bounds(1, MAX_MICROS, 2)
+                .expect("static histogram bounds are valid"),
+            codes: [0; CODES],
+        }
+    }
+}
+
 /// A scenario's second-by-second record, for charts: small histograms (2 significant digits),
 /// one per second, by the time answers arrive.
 #[derive(Debug)]
@@ -304,19 +340,27 @@ impl Timeline {
         }
     }
 
-    fn record(&self, outcome: &Outcome) {
-        let second = self.started.elapsed().as_secs() as usize;
-        let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
-        while seconds.len() <= second {
-            seconds.push(Second {
-                latency: Histogram::new_with_bounds(1, MAX_MICROS, 2)
-                    .expect("static histogram bounds are valid"),
-                codes: [0; CODES],
-            });
+    /// The second of the timeline that `at` falls in.
+    fn second_of(&self, at: std::time::Instant) -> usize {
+        at.saturating_duration_since(self.started).as_secs() as usize
+    }
+
+    /// Adds the seconds a batch recorded.
+    fn absorb(&self, recorded: &mut Vec<(usize, Second)>) {
+        if recorded.is_empty() {
+            return;
         }
-        let s = &mut seconds[second];
-        s.latency.saturating_record(micros(outcome.latency));
-        s.codes[outcome.last as usize] += 1;
+        let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        for (second, s) in recorded.drain(..) {
+            while seconds.len() <= second {
+                seconds.push(Second::new());
+            }
+            let into = &mut seconds[second];
+            let _ = into.latency.add(&s.latency);
+            for (total, n) in into.codes.iter_mut().zip(s.codes) {
+                *total += n;
+            }
+        }
     }
 
     /// The timeline as report points.
@@ -349,7 +393,49 @@ impl Default for Timeline {
     }
 }
 
-/// A phase's outcomes, shared by all the tasks sending its requests.
+/// What one sending thread recorded since it last handed its record over: owned by that
+/// thread alone, so recording a request takes no lock and touches no shared cache line.
+#[derive(Debug, Default)]
+pub struct Batch {
+    outcomes: Outcomes,
+    /// `(second of the scenario, what was answered in it)`, in order; a batch spans a second
+    /// or two.
+    seconds: Vec<(usize, Second)>,
+}
+
+impl Batch {
+    /// Adds one request, answered `at`, to the outcomes and to the timeline's second of `at`.
+    pub fn record(
+        &mut self,
+        outcome: &Outcome,
+        timeline: Option<&Timeline>,
+        at: std::time::Instant,
+    ) {
+        self.outcomes.record(outcome);
+        let Some(timeline) = timeline else { return };
+        let second = timeline.second_of(at);
+        if self.seconds.last().is_none_or(|(s, _)| *s != second) {
+            self.seconds.push((second, Second::new()));
+        }
+        if let Some((_, s)) = self.seconds.last_mut() {
+            s.latency.saturating_record(micros(outcome.latency));
+            s.codes[outcome.last as usize] += 1;
+        }
+    }
+
+    /// Counts an arrival of the open model that could not be sent on time.
+    pub fn drop_arrival(&mut self) {
+        self.outcomes.drop_arrival();
+    }
+
+    /// The outcomes recorded since the last hand-over.
+    pub fn outcomes(&self) -> &Outcomes {
+        &self.outcomes
+    }
+}
+
+/// A phase's outcomes merged from every sending thread's [`Batch`]: the view that reports,
+/// progress and mid-run judging read.
 #[derive(Debug, Default)]
 pub struct Recorder {
     outcomes: Mutex<Outcomes>,
@@ -365,26 +451,27 @@ impl Recorder {
         }
     }
 
-    /// Adds one request.
-    pub fn record(&self, outcome: &Outcome) {
-        self.outcomes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .record(outcome);
-        if let Some(timeline) = &self.timeline {
-            timeline.record(outcome);
+    /// The timeline that batches record their seconds against.
+    pub fn timeline(&self) -> Option<&Timeline> {
+        self.timeline.as_deref()
+    }
+
+    /// Takes over what `batch` recorded, leaving it empty.
+    pub fn flush(&self, batch: &mut Batch) {
+        if batch.outcomes.requests() > 0 || batch.outcomes.dropped > 0 {
+            self.outcomes
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .merge(&batch.outcomes);
+            batch.outcomes.clear();
         }
+        if let Some(timeline) = &self.timeline {
+            timeline.absorb(&mut batch.seconds);
+        }
+        batch.seconds.clear();
     }
 
-    /// Counts an arrival of the open model that could not be sent on time.
-    pub fn drop_arrival(&self) {
-        self.outcomes
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .dropped += 1;
-    }
-
-    /// A copy of everything recorded so far.
+    /// A copy of everything handed over so far.
     pub fn snapshot(&self) -> Outcomes {
         self.outcomes
             .lock()
@@ -453,5 +540,48 @@ mod tests {
             back.report("p", 4, Duration::from_secs(2), ServerFigures::default()),
             r
         );
+    }
+
+    #[test]
+    fn batches_flushed_from_threads_add_up() {
+        let timeline = std::sync::Arc::new(Timeline::new());
+        let recorder = std::sync::Arc::new(Recorder::with_timeline(timeline.clone()));
+        std::thread::scope(|scope| {
+            for thread in 0..3u64 {
+                let recorder = &recorder;
+                scope.spawn(move || {
+                    let mut batch = Batch::default();
+                    for i in 0..100 {
+                        let code = if i % 10 == 0 {
+                            Code::Unavailable
+                        } else {
+                            Code::Ok
+                        };
+                        let answered = std::time::Instant::now();
+                        batch.record(
+                            &outcome(code, code, thread + 1),
+                            recorder.timeline(),
+                            answered,
+                        );
+                        if i % 30 == 0 {
+                            recorder.flush(&mut batch);
+                        }
+                    }
+                    batch.drop_arrival();
+                    recorder.flush(&mut batch);
+                    assert_eq!(batch.outcomes().requests(), 0);
+                });
+            }
+        });
+        let total = recorder.snapshot();
+        assert_eq!(total.requests(), 300);
+        assert_eq!(total.successes(), 270);
+        assert_eq!(total.latency.len(), 300);
+        assert_eq!(total.by_code.len(), 2);
+        let r = total.report("p", 3, Duration::from_secs(1), ServerFigures::default());
+        assert_eq!(r.dropped, 3);
+        let points = timeline.points();
+        assert_eq!(points.iter().map(|p| p.requests).sum::<u64>(), 300);
+        assert_eq!(points.iter().map(|p| p.successes).sum::<u64>(), 270);
     }
 }

@@ -42,6 +42,9 @@ pub enum PreflightError {
         /// The message.
         message: String,
     },
+    /// The threads that send the load could not be started (out of threads or memory).
+    #[error("cannot start the sending threads: {0}")]
+    Threads(std::io::Error),
 }
 
 /// A checked target: its connections and what it said about itself.

@@ -97,6 +97,19 @@ pub enum Scope {
     Phase(String),
 }
 
+impl Scope {
+    /// Whether a threshold with this scope is judged on the phase named `phase` (a threshold
+    /// on the totals is judged on no single phase): the one rule the end-of-run judge and the
+    /// loadgen's mid-run judges share.
+    pub fn covers_phase(&self, phase: &str) -> bool {
+        match self {
+            Scope::Total => false,
+            Scope::EachPhase => true,
+            Scope::Phase(name) => name == phase,
+        }
+    }
+}
+
 /// A parsed threshold.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Threshold {
@@ -313,8 +326,17 @@ impl Threshold {
         };
         match &self.scope {
             Scope::Total => vec![result("total", &scenario.total)],
-            Scope::EachPhase => scenario.phases.iter().map(|p| result(&p.name, p)).collect(),
-            Scope::Phase(name) => match scenario.phases.iter().find(|p| &p.name == name) {
+            Scope::EachPhase => scenario
+                .phases
+                .iter()
+                .filter(|p| self.scope.covers_phase(&p.name))
+                .map(|p| result(&p.name, p))
+                .collect(),
+            Scope::Phase(name) => match scenario
+                .phases
+                .iter()
+                .find(|p| self.scope.covers_phase(&p.name))
+            {
                 Some(p) => vec![result(name, p)],
                 None => vec![ThresholdResult {
                     scope: name.clone(),

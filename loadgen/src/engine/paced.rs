@@ -1,0 +1,107 @@
+//! The paced model (wrk2's): `workers` senders at a fixed total rate on a fixed schedule,
+//! each waiting for its answer before the next; latency runs from each request's intended
+//! time, so a stall shows in full instead of being hidden by senders waiting. Worker `w` is
+//! sent by lane `w % lanes`.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
+
+use super::context::Context;
+use super::lanes::Lane;
+use crate::stats::Recorder;
+use crate::workload::Workload;
+
+/// Workers sending `rate` requests per second in total for `duration`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Pacing {
+    /// Concurrent workers.
+    pub workers: u64,
+    /// Total requests per second.
+    pub rate: f64,
+    /// How long the phase lasts.
+    pub duration: Duration,
+}
+
+impl Pacing {
+    /// When `worker`'s `n`-th request is due, from the phase's start; `None` past the end.
+    /// Each worker sends every `workers / rate`; workers are offset evenly within one gap.
+    pub fn offset(&self, worker: u64, n: u64) -> Option<Duration> {
+        let workers = self.workers.max(1);
+        let gap = Duration::from_secs_f64(workers as f64 / self.rate.max(1e-6));
+        let offset = gap.mul_f64(worker as f64 / workers as f64) + gap.mul_f64(n as f64);
+        (offset < self.duration).then_some(offset)
+    }
+}
+
+/// Runs this lane's workers (`lane.index`, `lane.index + lane.count`, ...) of the phase that
+/// started at `start`.
+pub(crate) async fn run(
+    ctx: &Context,
+    lane: &Rc<Lane>,
+    pacing: Pacing,
+    start: Instant,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+) {
+    let workers = pacing.workers.max(1);
+    let start = tokio::time::Instant::from_std(start);
+    let mut tasks = JoinSet::new();
+    for worker in (lane.index..workers).step_by(lane.count.max(1) as usize) {
+        let (ctx, lane, workload, recorder) = (
+            ctx.clone(),
+            Rc::clone(lane),
+            Arc::clone(workload),
+            Arc::clone(recorder),
+        );
+        tasks.spawn_local(async move {
+            let mut requests = workload.generator(worker, workers);
+            for n in 0u64.. {
+                let Some(offset) = pacing.offset(worker, n) else {
+                    break;
+                };
+                if ctx.stop.is_stopped() {
+                    break;
+                }
+                let intended = start + offset;
+                tokio::select! {
+                    () = tokio::time::sleep_until(intended) => {}
+                    () = ctx.stop.stopped() => break,
+                }
+                let op = requests.next(n);
+                ctx.execute(&lane, op, intended.into_std(), &recorder).await;
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn workers_interleave_at_the_total_rate() {
+        let pacing = Pacing {
+            workers: 4,
+            rate: 100.0,
+            duration: Duration::from_secs(1),
+        };
+        let mut all: Vec<Duration> = (0..4)
+            .flat_map(|w| (0u64..).map_while(move |n| pacing.offset(w, n)))
+            .collect();
+        assert_eq!(all.len(), 100);
+        all.sort();
+        // Evenly spread: every 10 ms, across the workers.
+        for (i, t) in all.iter().enumerate() {
+            assert!(
+                (t.as_secs_f64() - i as f64 * 0.01).abs() < 1e-6,
+                "{i}: {t:?}"
+            );
+        }
+        assert_eq!(pacing.offset(1, 0), Some(Duration::from_millis(10)));
+        assert_eq!(pacing.offset(1, 1), Some(Duration::from_millis(50)));
+    }
+}

@@ -1,0 +1,386 @@
+//! Running a scenario: its phases in order, each phase's load by its model, the monitor
+//! line, the abort watch, and the scenario's report and verdict at the end.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tonic::transport::Channel;
+use vecrig::proto::vector_index_client::VectorIndexClient;
+use vecrig::validation::criteria;
+use vecrig::validation::report::{ScenarioReport, ServerPoint};
+use vecrig::validation::threshold;
+
+use super::context::Context;
+use super::judge::{AbortWatch, failed_at_phase_end};
+use super::lanes::Lane;
+use super::model::{Model, Phase, Scenario};
+use super::open::Arrivals;
+use super::paced::Pacing;
+use super::{closed, open, paced, ramping};
+use crate::monitor::Monitor;
+use crate::progress::Progress;
+use crate::stats::{Outcomes, Recorder, Timeline};
+use crate::workload::Workload;
+
+/// Runs one scenario to the end (or until stopped) and judges it.
+pub async fn run_scenario(
+    ctx: &Context,
+    scenario: &Scenario,
+    stats_client: VectorIndexClient<Channel>,
+) -> ScenarioReport {
+    let ctx = &Context {
+        timeout: scenario.timeout.unwrap_or(ctx.timeout),
+        ..ctx.clone()
+    };
+    let monitor = Monitor::start(
+        stats_client,
+        Arc::clone(&ctx.headers),
+        Duration::from_secs(1),
+    );
+    let started = Instant::now();
+    let timeline = Arc::new(Timeline::new());
+    let mut phases = Vec::new();
+    let mut total = Outcomes::default();
+    let mut abort_failures = Vec::new();
+    let mut warnings = Vec::new();
+    if !scenario.identities.is_empty() {
+        let started = Instant::now();
+        monitor.set_phase(0);
+        monitor.sample_now().await;
+        ctx.progress.set_label(scenario.name.clone());
+        let (recorders, side_warnings) = run_side_by_side(ctx, scenario, &timeline).await;
+        warnings = side_warnings;
+        monitor.sample_now().await;
+        let elapsed = started.elapsed();
+        for (phase, recorder) in scenario.phases.iter().zip(recorders) {
+            let outcomes = recorder.snapshot();
+            total.merge(&outcomes);
+            let report = outcomes.report(
+                &phase.name,
+                phase.model.concurrency(),
+                elapsed,
+                monitor.figures(None),
+            );
+            if let Some(failure) = ctx
+                .abort_on_fail
+                .and_then(|_| failed_at_phase_end(&scenario.thresholds, &report))
+            {
+                ctx.stop.abort(format!(
+                    "{}: {} failed in {} (observed {})",
+                    scenario.name, failure.expression, failure.scope, failure.observed
+                ));
+                abort_failures.push(failure);
+            }
+            phases.push(report);
+        }
+    }
+    for (index, phase) in scenario.phases.iter().enumerate() {
+        if ctx.stop.is_stopped() || !scenario.identities.is_empty() {
+            break;
+        }
+        monitor.set_phase(index);
+        monitor.sample_now().await;
+        ctx.progress
+            .set_label(format!("{} / {}", scenario.name, phase.name));
+        let recorder = Arc::new(Recorder::with_timeline(Arc::clone(&timeline)));
+        let phase_started = Instant::now();
+        let ticker = scenario.monitor_every.map(|every| {
+            let (recorder, progress, label) = (
+                Arc::clone(&recorder),
+                ctx.progress.clone(),
+                format!("{}/{}", scenario.name, phase.name),
+            );
+            tokio::spawn(async move { report_every(every, &recorder, &progress, &label).await })
+        });
+        let watchdog = ctx.abort_on_fail.map(|grace| {
+            let watch = AbortWatch {
+                scenario: scenario.name.clone(),
+                phase: phase.name.clone(),
+                concurrency: phase.model.concurrency(),
+                thresholds: scenario.thresholds.clone(),
+                total_before: total.clone(),
+                recorder: Arc::clone(&recorder),
+                stop: ctx.stop.clone(),
+            };
+            tokio::spawn(watch.run(grace, phase_started))
+        });
+        run_phase(ctx, phase, &scenario.workload, &recorder).await;
+        let elapsed = phase_started.elapsed();
+        if let Some(t) = ticker {
+            t.abort();
+        }
+        let mid_run_failure = match watchdog {
+            Some(task) => {
+                task.abort();
+                task.await.ok().flatten()
+            }
+            None => None,
+        };
+        monitor.sample_now().await;
+        let outcomes = recorder.snapshot();
+        total.merge(&outcomes);
+        let report = outcomes.report(
+            &phase.name,
+            phase.model.concurrency(),
+            elapsed,
+            monitor.figures(Some(index)),
+        );
+        let failure = mid_run_failure.or_else(|| {
+            ctx.abort_on_fail?;
+            failed_at_phase_end(&scenario.thresholds, &report)
+        });
+        phases.push(report);
+        if let Some(failure) = failure {
+            ctx.stop.abort(format!(
+                "{}: {} failed in {} (observed {})",
+                scenario.name, failure.expression, failure.scope, failure.observed
+            ));
+            abort_failures.push(failure);
+        }
+    }
+    let duration = started.elapsed();
+    let peak = if scenario.identities.is_empty() {
+        scenario
+            .phases
+            .iter()
+            .map(|p| p.model.concurrency())
+            .max()
+            .unwrap_or(0)
+    } else {
+        // Side by side, the phases' users add up.
+        scenario.phases.iter().map(|p| p.model.concurrency()).sum()
+    };
+    let mut report = ScenarioReport {
+        server_metrics: Default::default(),
+        name: scenario.name.clone(),
+        description: scenario.description.clone(),
+        parameters: scenario.parameters.clone(),
+        duration_s: duration.as_secs_f64(),
+        total: total.report("total", peak, duration, monitor.figures(None)),
+        phases,
+        server: monitor.figures(None),
+        thresholds: Vec::new(),
+        loadgen: Default::default(),
+        warnings,
+        passed: false,
+        timeline: timeline.points(),
+        server_timeline: monitor
+            .samples()
+            .into_iter()
+            .map(|s| ServerPoint {
+                t_s: s.at_s,
+                in_flight: s.in_flight,
+                queued: s.queued,
+                shed_total: s.shed_total,
+                rss_bytes: s.rss_bytes,
+                uptime_ms: s.uptime_ms,
+            })
+            .collect(),
+        fault: None,
+    };
+    if let Some(url) = &ctx.metrics_url {
+        match crate::scrape::scrape(url).await {
+            Ok(samples) => report.server_metrics = samples,
+            Err(e) => report
+                .warnings
+                .push(format!("cannot scrape server metrics: {e}")),
+        }
+    }
+    threshold::judge(&mut report, &scenario.thresholds);
+    if !abort_failures.is_empty() {
+        // The failure that aborted the run stays in the verdict even if the figure it was
+        // judged on recovered by the end of the phase.
+        report.passed = false;
+        report.thresholds.extend(abort_failures);
+    }
+    if scenario.check_recovery
+        && let Some(recovered) = criteria::recovery(&report)
+    {
+        report.passed &= recovered.passed;
+        report.thresholds.push(recovered);
+    }
+    for violation in criteria::graceful_violations(&report) {
+        report.warnings.push(format!("not graceful: {violation}"));
+    }
+    report
+}
+
+/// The specification's monitor: every `every`, recent throughput and the error rate so far.
+async fn report_every(every: Duration, recorder: &Recorder, progress: &Progress, label: &str) {
+    let started = Instant::now();
+    let mut last = (0u64, Instant::now());
+    loop {
+        tokio::time::sleep(every).await;
+        let o = recorder.snapshot();
+        let (requests, successes) = (o.requests(), o.successes());
+        let recent = (successes - last.0) as f64 / last.1.elapsed().as_secs_f64();
+        let error_rate = if requests == 0 {
+            0.0
+        } else {
+            1.0 - successes as f64 / requests as f64
+        };
+        progress.println(format!(
+            "[{label} {:>4.0}s] {recent:.1} QPS, {:.2}% errors, p99 {:.1} ms",
+            started.elapsed().as_secs_f64(),
+            error_rate * 100.0,
+            o.latency.value_at_quantile(0.99) as f64 / 1000.0
+        ));
+        last = (successes, Instant::now());
+    }
+}
+
+/// Runs every phase of `scenario` at once, phase `i` as client `scenario.identities[i]`
+/// (its own source address and token, on connections of its own on every lane), each into
+/// a recorder of its own. Returns the recorders, in phase order, and what the reader should
+/// know (a client that could not be set up is sent as the run's own).
+async fn run_side_by_side(
+    ctx: &Context,
+    scenario: &Scenario,
+    timeline: &Arc<Timeline>,
+) -> (Vec<Arc<Recorder>>, Vec<String>) {
+    let mut warnings = Vec::new();
+    if scenario.identities.windows(2).all(|w| w[0] == w[1]) {
+        warnings.push(
+            "the side-by-side clients are one client to the server: give each its own source \
+             address (127.0.0.2 against a loopback target) or token"
+                .to_string(),
+        );
+    }
+    let mut running = Vec::new();
+    let mut recorders = Vec::new();
+    for (phase, identity) in scenario.phases.iter().zip(&scenario.identities) {
+        let mut client = ctx.clone();
+        if let Some(token) = &identity.token {
+            match bearer(&ctx.headers, token) {
+                Ok(headers) => client.headers = headers,
+                Err(e) => warnings.push(format!("{}: token not sent: {e}", phase.name)),
+            }
+        }
+        match ctx.lanes.target() {
+            Some(target) => match target.as_client(identity.bind, &client.headers) {
+                Ok(target) => client.client = Some(Arc::new(target)),
+                Err(e) => warnings.push(format!("{}: sent as the run's client: {e}", phase.name)),
+            },
+            None if identity.bind.is_some() => warnings.push(format!(
+                "{}: --transport tonic cannot choose a source address: sent from the system's",
+                phase.name
+            )),
+            None => {}
+        }
+        let recorder = Arc::new(Recorder::with_timeline(Arc::clone(timeline)));
+        let (phase, workload) = (phase.clone(), Arc::clone(&scenario.workload));
+        let record = Arc::clone(&recorder);
+        running.push(tokio::spawn(async move {
+            run_phase(&client, &phase, &workload, &record).await
+        }));
+        recorders.push(recorder);
+    }
+    for phase in running {
+        // An error means the phase's task panicked: its recorder holds what it sent.
+        let _ = phase.await;
+    }
+    (recorders, warnings)
+}
+
+/// The run's metadata with `authorization: Bearer token` in place of its own.
+fn bearer(
+    headers: &vecrig::client::Metadata,
+    token: &str,
+) -> Result<vecrig::client::Metadata, String> {
+    let value = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| "not a valid header value".to_string())?;
+    let key: tonic::metadata::AsciiMetadataKey =
+        "authorization".parse().map_err(|_| "key".to_string())?;
+    let mut all: Vec<_> = headers
+        .iter()
+        .filter(|(k, _)| k.as_str() != "authorization")
+        .cloned()
+        .collect();
+    all.push((key, value));
+    Ok(all.into())
+}
+
+/// Runs one phase on every lane, each lane its share of the load, and waits until all are
+/// done and have handed their records to `recorder`.
+async fn run_phase(
+    ctx: &Context,
+    phase: &Phase,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+) {
+    // One start for all lanes, so their schedules line up.
+    let (model, start) = (phase.model.clone(), Instant::now());
+    let (shared, workload, recorder) = (ctx.clone(), Arc::clone(workload), Arc::clone(recorder));
+    ctx.lanes
+        .run(move |lane| {
+            let (ctx, model) = (shared.clone(), model.clone());
+            let (workload, recorder) = (Arc::clone(&workload), Arc::clone(&recorder));
+            async move {
+                let _flush = lane.flush_every_second(&recorder, &ctx.progress);
+                run_lane(&ctx, &lane, &model, start, &workload, &recorder).await;
+            }
+        })
+        .await;
+}
+
+/// One lane's share of a phase, by the phase's model.
+async fn run_lane(
+    ctx: &Context,
+    lane: &Rc<Lane>,
+    model: &Model,
+    start: Instant,
+    workload: &Arc<Workload>,
+    recorder: &Arc<Recorder>,
+) {
+    match *model {
+        Model::Closed {
+            users,
+            iterations,
+            duration,
+            think,
+            stagger,
+        } => {
+            let users = closed::Users {
+                users,
+                iterations,
+                duration,
+                think,
+                stagger,
+            };
+            closed::run(ctx, lane, users, start, workload, recorder).await
+        }
+        Model::Paced {
+            workers,
+            rate,
+            duration,
+        } => {
+            let pacing = Pacing {
+                workers,
+                rate,
+                duration,
+            };
+            paced::run(ctx, lane, pacing, start, workload, recorder).await
+        }
+        Model::Ramping {
+            from,
+            to,
+            duration,
+            think,
+        } => {
+            let span = (start, duration);
+            ramping::run(ctx, lane, (from, to), span, think, workload, recorder).await
+        }
+        Model::Open {
+            from,
+            to,
+            duration,
+            max_in_flight,
+        } => {
+            let arrivals = Arrivals { from, to, duration };
+            let bound = (start, max_in_flight);
+            open::run(ctx, lane, arrivals, bound, workload, recorder).await
+        }
+    }
+}

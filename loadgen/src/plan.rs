@@ -1,0 +1,94 @@
+//! What a run is asked to do ([`Plan`]: scenarios, seed, thresholds, shard) and how it
+//! reaches the target ([`RunOptions`]). The CLI fills them from flags; tests build them.
+
+use std::time::Duration;
+
+use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
+use vecrig::client::ConnectOptions;
+use vecrig::validation::threshold::Threshold;
+
+use crate::retry::RetryPolicy;
+use crate::spec::ScenarioSpec;
+use crate::wire::Transport;
+use crate::workload::WorkloadKind;
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// Scenarios, in order.
+    pub scenarios: Vec<ScenarioSpec>,
+    /// Seed of the request generators.
+    pub seed: u64,
+    /// Neighbours per search.
+    pub k: u32,
+    /// Replaces every scenario's own workload when set.
+    pub workload: Option<WorkloadKind>,
+    /// Thresholds added to every scenario.
+    pub thresholds: Vec<Threshold>,
+    /// Whether the specification's criteria apply (on by default).
+    pub default_thresholds: bool,
+    /// `(index, count)`: send only this shard's part of the load (a distributed run).
+    pub shard: Option<(u64, u64)>,
+}
+
+impl Plan {
+    /// A plan for `scenarios` with default seed, k and thresholds.
+    pub fn new(scenarios: Vec<ScenarioSpec>) -> Self {
+        Self {
+            scenarios,
+            seed: vecrig::synthetic::Synthetic::DEFAULT_SEED,
+            k: 10,
+            workload: None,
+            thresholds: Vec::new(),
+            default_thresholds: true,
+            shard: None,
+        }
+    }
+}
+
+/// How to reach and talk to the target.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// `http://host:port`.
+    pub target: String,
+    /// Connection pool settings.
+    pub connect: ConnectOptions,
+    /// Per-request deadline.
+    pub timeout: Duration,
+    /// Metadata added to every request.
+    pub headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+    /// Retry rules.
+    pub retry: RetryPolicy,
+    /// Draw the live progress line (on a terminal).
+    pub live_progress: bool,
+    /// How long pre-flight waits for the target to become SERVING.
+    pub wait_healthy: Duration,
+    /// Abort the run on the first failed threshold, judging upper bounds mid-phase after
+    /// this grace (see [`crate::engine::Context::abort_on_fail`]).
+    pub abort_on_fail: Option<Duration>,
+    /// The server's Prometheus endpoint, scraped into each scenario's report when set.
+    pub metrics_url: Option<String>,
+    /// Threads that send the load (0: one per CPU); each owns its share of the users.
+    pub threads: usize,
+    /// Which client sends the load's requests.
+    pub transport: Transport,
+}
+
+impl RunOptions {
+    /// Defaults for `target`.
+    pub fn new(target: impl Into<String>) -> Self {
+        Self {
+            target: target.into(),
+            connect: ConnectOptions::default(),
+            timeout: Duration::from_secs(30),
+            headers: Vec::new(),
+            retry: RetryPolicy::default(),
+            live_progress: false,
+            wait_healthy: Duration::from_secs(60),
+            abort_on_fail: None,
+            metrics_url: None,
+            threads: 0,
+            transport: Transport::default(),
+        }
+    }
+}

@@ -1,0 +1,461 @@
+//! The hot path's HTTP/2 connections: a [`Target`] (address, TLS, the request URIs and
+//! headers, shared by every thread) and, on each sending thread, a [`Channel`] of its own
+//! connections, each re-established when lost.
+//!
+//! A request is one stream on one connection, sent from the task that wants it: no buffer
+//! task between the caller and the connection (tonic's `Channel` is a `tower::Buffer`), no
+//! task per request (hyper's client spawns one), no lock shared with another thread. The
+//! connection's own task (h2's `Connection` future, with the keepalive pings) runs on the
+//! same thread. h2 keeps at most the server's `max_concurrent_streams` streams open and
+//! queues the rest, so a thread may have more requests outstanding than its connections
+//! take at once; the request's deadline covers that wait too.
+
+use std::cell::{Cell, RefCell};
+use std::rc::{Rc, Weak};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h2::client::SendRequest;
+use http::header::HeaderMap;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::Notify;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+use tonic::Code;
+use vecrig::client::{ConnectError, ConnectOptions, Metadata};
+
+use super::grpc::{self, Answer, Encoder, Rpc};
+use crate::workload::Op;
+
+/// Flow-control windows we offer the server: large enough that a search answer never waits
+/// for a window update, as hyper's defaults (2 MiB a stream, 5 MiB a connection).
+const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
+const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+
+/// Where and how to connect, and what every request carries; built once for the run.
+#[derive(Clone)]
+pub struct Target {
+    /// `host:port`, as given.
+    address: String,
+    /// The local address connections are made from (a client identity of its own, as a
+    /// server that shares capacity by peer address sees it); `None`: the system's choice.
+    bind: Option<std::net::IpAddr>,
+    /// For `https://`: the TLS client and the name the certificate must hold.
+    tls: Option<(TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+    keepalive: Duration,
+    search: http::Uri,
+    upsert: http::Uri,
+    /// Content type, `te`, user agent and `--header`s; `grpc-timeout` is added per deadline.
+    headers: HeaderMap,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("address", &self.address)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Target {
+    /// The target `http://host:port` or `https://host:port` (rustls, ALPN h2, the system's
+    /// roots or `options.ca_cert`, the name `options.tls_domain` or the host).
+    pub fn new(
+        target: &str,
+        options: &ConnectOptions,
+        metadata: &Metadata,
+    ) -> Result<Self, ConnectError> {
+        let invalid = |reason: String| ConnectError::InvalidTarget {
+            target: target.to_string(),
+            reason,
+        };
+        let uri: http::Uri = target.parse().map_err(|e| invalid(format!("{e}")))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            other => return Err(invalid(format!("scheme {other:?}: expected http or https"))),
+        };
+        let authority = uri
+            .authority()
+            .cloned()
+            .ok_or_else(|| invalid("no host".into()))?;
+        let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let address = format!("{}:{port}", authority.host());
+        let rpc_uri = |rpc: Rpc| {
+            http::Uri::builder()
+                .scheme(if https { "https" } else { "http" })
+                .authority(authority.clone())
+                .path_and_query(rpc.path())
+                .build()
+                .map_err(|e| invalid(e.to_string()))
+        };
+        let tls = if https {
+            let host = authority
+                .host()
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let name = options.tls_domain.as_deref().unwrap_or(host).to_string();
+            let name = ServerName::try_from(name).map_err(|e| invalid(format!("TLS: {e}")))?;
+            Some((tls_connector(options).map_err(invalid)?, name))
+        } else {
+            None
+        };
+        let headers = grpc::request_headers(metadata).map_err(invalid)?;
+        Ok(Self {
+            address,
+            bind: None,
+            tls,
+            connect_timeout: options.connect_timeout,
+            keepalive: options.keepalive,
+            search: rpc_uri(Rpc::Search)?,
+            upsert: rpc_uri(Rpc::Upsert)?,
+            headers,
+        })
+    }
+
+    /// The same target as another client: connections from `bind` (when given) and these
+    /// `metadata` on every request instead of the run's.
+    pub fn as_client(
+        &self,
+        bind: Option<std::net::IpAddr>,
+        metadata: &Metadata,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            bind: bind.or(self.bind),
+            headers: grpc::request_headers(metadata)?,
+            ..self.clone()
+        })
+    }
+
+    /// The address connections are made from, when chosen.
+    pub fn bind(&self) -> Option<std::net::IpAddr> {
+        self.bind
+    }
+
+    fn uri(&self, rpc: Rpc) -> &http::Uri {
+        match rpc {
+            Rpc::Search => &self.search,
+            Rpc::Upsert => &self.upsert,
+        }
+    }
+}
+
+/// A TCP connection to `address`, from `bind` when given: the socket is bound to it (port
+/// 0) before connecting, to the first of the target's addresses of the same family.
+async fn connect(address: &str, bind: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(local) = bind else {
+        return TcpStream::connect(address).await;
+    };
+    let remote = tokio::net::lookup_host(address)
+        .await?
+        .find(|a| a.is_ipv4() == local.is_ipv4())
+        .ok_or_else(|| std::io::Error::other(format!("no address of {local}'s family")))?;
+    let socket = if local.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.bind(std::net::SocketAddr::new(local, 0))?;
+    socket.connect(remote).await
+}
+
+/// A rustls client with ring (the provider tonic's `tls-ring` builds), offering only h2.
+fn tls_connector(options: &ConnectOptions) -> Result<TlsConnector, String> {
+    let mut roots = RootCertStore::empty();
+    match &options.ca_cert {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem) {
+                let cert = cert.map_err(|e| format!("TLS: --ca-cert: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("TLS: --ca-cert: {e}"))?;
+            }
+        }
+        None => {
+            let native = rustls_native_certs::load_native_certs();
+            roots.add_parsable_certificates(native.certs);
+        }
+    }
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// One HTTP/2 connection, opened on first use and again after it is lost.
+#[derive(Debug)]
+struct Connection {
+    target: Arc<Target>,
+    state: RefCell<State>,
+    /// Wakes the requests waiting while the connection is being (re-)established.
+    changed: Notify,
+    generations: Cell<u64>,
+}
+
+#[derive(Debug)]
+enum State {
+    Down,
+    Connecting,
+    /// Up; `generation` tells this connection from its successors.
+    Up {
+        sender: SendRequest<Bytes>,
+        generation: u64,
+    },
+}
+
+impl Connection {
+    fn new(target: Arc<Target>) -> Rc<Self> {
+        Rc::new(Self {
+            target,
+            state: RefCell::new(State::Down),
+            changed: Notify::new(),
+            generations: Cell::new(0),
+        })
+    }
+
+    /// A handle to send on: the open connection, or a new one. Requests that arrive while
+    /// it is being established wait for that one attempt and share its outcome.
+    async fn sender(self: &Rc<Self>) -> Result<(SendRequest<Bytes>, u64), Answer> {
+        let changed = self.changed.notified();
+        let connect = {
+            let mut state = self.state.borrow_mut();
+            match &*state {
+                State::Up { sender, generation } => return Ok((sender.clone(), *generation)),
+                State::Connecting => false,
+                State::Down => {
+                    *state = State::Connecting;
+                    true
+                }
+            }
+        };
+        if !connect {
+            changed.await;
+            return match &*self.state.borrow() {
+                State::Up { sender, generation } => Ok((sender.clone(), *generation)),
+                _ => Err(Answer::code(Code::Unavailable, "cannot connect")),
+            };
+        }
+        let generation = self.generations.get() + 1;
+        self.generations.set(generation);
+        let opened = tokio::time::timeout(self.target.connect_timeout, self.open(generation))
+            .await
+            .unwrap_or_else(|_| Err("connect timeout".into()));
+        let result = match opened {
+            Ok(sender) => {
+                *self.state.borrow_mut() = State::Up {
+                    sender: sender.clone(),
+                    generation,
+                };
+                Ok((sender, generation))
+            }
+            Err(e) => {
+                *self.state.borrow_mut() = State::Down;
+                Err(Answer::code(Code::Unavailable, e))
+            }
+        };
+        self.changed.notify_waiters();
+        result
+    }
+
+    /// TCP (no Nagle delay), TLS if asked, the HTTP/2 handshake; the connection's task is
+    /// spawned on this thread.
+    async fn open(self: &Rc<Self>, generation: u64) -> Result<SendRequest<Bytes>, String> {
+        let tcp = connect(&self.target.address, self.target.bind)
+            .await
+            .map_err(|e| format!("connect {}: {e}", self.target.address))?;
+        let _ = tcp.set_nodelay(true);
+        match &self.target.tls {
+            None => self.handshake(tcp, generation).await,
+            Some((connector, name)) => {
+                let tls = connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                self.handshake(tls, generation).await
+            }
+        }
+    }
+
+    async fn handshake<T>(
+        self: &Rc<Self>,
+        io: T,
+        generation: u64,
+    ) -> Result<SendRequest<Bytes>, String>
+    where
+        T: AsyncRead + AsyncWrite + Unpin + 'static,
+    {
+        let (sender, mut connection) = h2::client::Builder::new()
+            .initial_window_size(STREAM_WINDOW)
+            .initial_connection_window_size(CONNECTION_WINDOW)
+            .handshake::<T, Bytes>(io)
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+        let ping = connection.ping_pong();
+        let keepalive = self.target.keepalive;
+        let this: Weak<Self> = Rc::downgrade(self);
+        tokio::task::spawn_local(async move {
+            // Pings every `keepalive`; one unanswered within min(keepalive, 10 s) drops the
+            // connection, so a cut network is noticed and the next request reconnects.
+            let alive = async move {
+                let Some(mut ping) = ping else {
+                    return std::future::pending().await;
+                };
+                loop {
+                    tokio::time::sleep(keepalive).await;
+                    let wait = keepalive.min(Duration::from_secs(10));
+                    let pong = tokio::time::timeout(wait, ping.ping(h2::Ping::opaque())).await;
+                    if !matches!(pong, Ok(Ok(_))) {
+                        return;
+                    }
+                }
+            };
+            tokio::select! {
+                _ = &mut connection => {}
+                () = alive => {}
+            }
+            if let Some(this) = this.upgrade() {
+                this.lost(generation);
+            }
+        });
+        Ok(sender)
+    }
+
+    /// Forgets connection `generation` (if it is still the current one): the next request
+    /// opens a new one.
+    fn lost(&self, generation: u64) {
+        let mut state = self.state.borrow_mut();
+        if matches!(&*state, State::Up { generation: g, .. } if *g == generation) {
+            *state = State::Down;
+        }
+    }
+
+    /// One call on this connection.
+    async fn call(self: &Rc<Self>, request: http::Request<()>, frame: Bytes) -> Answer {
+        let (sender, generation) = match self.sender().await {
+            Ok(sender) => sender,
+            Err(answer) => return answer,
+        };
+        match exchange(sender, request, frame).await {
+            Ok(answer) => answer,
+            Err(error) => {
+                // A reset concerns one stream; anything else (GOAWAY, I/O, a connection
+                // error) means this connection will take no more requests.
+                if !error.is_reset() {
+                    self.lost(generation);
+                }
+                Answer::from_h2(&error)
+            }
+        }
+    }
+}
+
+/// Sends the request and its frame on a new stream and reads the answer's status.
+async fn exchange(
+    sender: SendRequest<Bytes>,
+    request: http::Request<()>,
+    frame: Bytes,
+) -> Result<Answer, h2::Error> {
+    let mut sender = sender.ready().await?;
+    let (response, mut body) = sender.send_request(request, false)?;
+    // The frame is already in memory (and shared with any retry), so it is handed over whole:
+    // h2 sends what the windows allow and the rest as they open, without a round of capacity
+    // requests through the connection task for every request.
+    body.send_data(frame, true)?;
+    let (parts, mut body) = response.await?.into_parts();
+    if let Some(answer) = Answer::from_headers(&parts.headers) {
+        return Ok(answer); // trailers-only: an error, or OK with no message
+    }
+    let mut received = 0;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk?;
+        received += chunk.len();
+        // Hand the window back at once, or the server stalls once it has sent a window's worth.
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    Ok(match body.trailers().await? {
+        Some(trailers) => match Answer::from_headers(&trailers) {
+            Some(answer) if answer.code == Code::Ok && received == 0 => {
+                Answer::code(Code::Internal, "missing response message")
+            }
+            Some(answer) => answer,
+            None => Answer::from_http(parts.status),
+        },
+        None => Answer::from_http(parts.status),
+    })
+}
+
+/// One sending thread's connections to the target, taken in turn, and its encoder.
+#[derive(Debug)]
+pub struct Channel {
+    target: Arc<Target>,
+    connections: Vec<Rc<Connection>>,
+    next: Cell<usize>,
+    encoder: RefCell<Encoder>,
+    /// The request headers for the last deadline used (scenarios may change it).
+    headers: RefCell<(Duration, HeaderMap)>,
+}
+
+impl Channel {
+    /// `connections` connections (at least one) to `target`, none opened yet.
+    pub fn new(target: Arc<Target>, connections: usize) -> Self {
+        let headers = target.headers.clone();
+        Self {
+            connections: (0..connections.max(1))
+                .map(|_| Connection::new(Arc::clone(&target)))
+                .collect(),
+            target,
+            next: Cell::new(0),
+            encoder: RefCell::default(),
+            headers: RefCell::new((Duration::MAX, headers)),
+        }
+    }
+
+    /// Opens every connection now, so the first requests do not pay for it; a failure is
+    /// left for the requests to meet (and count).
+    pub async fn connect(&self) {
+        for connection in &self.connections {
+            let _ = connection.sender().await;
+        }
+    }
+
+    /// The request's RPC and frame, encoded once for all its attempts.
+    pub fn encode(&self, op: &Op) -> (Rpc, Bytes) {
+        let mut encoder = self.encoder.borrow_mut();
+        match op {
+            Op::Search(request) => (Rpc::Search, encoder.frame(request)),
+            Op::Upsert(request) | Op::Durable(request, _) => (Rpc::Upsert, encoder.frame(request)),
+        }
+    }
+
+    /// One attempt of `rpc` with `frame` on the next connection, telling the server the
+    /// `deadline` (the caller enforces it).
+    pub async fn call(&self, rpc: Rpc, frame: Bytes, deadline: Duration) -> Answer {
+        let mut request = http::Request::new(());
+        *request.method_mut() = http::Method::POST;
+        *request.uri_mut() = self.target.uri(rpc).clone();
+        *request.headers_mut() = {
+            let mut headers = self.headers.borrow_mut();
+            if headers.0 != deadline {
+                headers
+                    .1
+                    .insert("grpc-timeout", grpc::timeout_header(deadline));
+                headers.0 = deadline;
+            }
+            headers.1.clone()
+        };
+        let i = self.next.get();
+        self.next.set((i + 1) % self.connections.len());
+        let connection = Rc::clone(&self.connections[i]);
+        connection.call(request, frame).await
+    }
+}

@@ -1,0 +1,275 @@
+//! gRPC over HTTP/2 as the hot path speaks it: a request encoded once into its wire frame,
+//! the request headers, and the answer read back from the response as tonic reads it.
+//!
+//! The status of a call is `grpc-status` from the trailers, or from the headers of a
+//! trailers-only response; `grpc-message` is percent-decoded; `grpc-retry-pushback-ms` is the
+//! server's retry advice. An HTTP status other than 200 without a `grpc-status` maps as
+//! gRPC's HTTP-to-status table says. A stream reset maps by its reason as gRPC's HTTP/2
+//! error table says; a connection that is lost or goes away (GOAWAY, reset, refused) is
+//! `UNAVAILABLE`: the server may not even have seen the request, and the request may be
+//! retried, which is what UNAVAILABLE tells a client.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+use tonic::Code;
+
+use crate::retry::Pushback;
+
+// The status headers by name, parsed once: looking a header up by `&str` parses the name on
+// every call, four times per request.
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
+
+/// The RPCs the hot path sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rpc {
+    /// `vecrig.v1.VectorIndex/Search`.
+    Search,
+    /// `vecrig.v1.VectorIndex/Upsert`.
+    Upsert,
+}
+
+impl Rpc {
+    /// The HTTP/2 `:path` of the RPC.
+    pub fn path(self) -> &'static str {
+        match self {
+            Rpc::Search => "/vecrig.v1.VectorIndex/Search",
+            Rpc::Upsert => "/vecrig.v1.VectorIndex/Upsert",
+        }
+    }
+}
+
+/// Encodes messages into gRPC frames (a flag byte, a 4-byte length, the message), reusing
+/// one buffer: each frame is split off as `Bytes`, shared by every attempt of its request.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    buf: BytesMut,
+}
+
+impl Encoder {
+    /// The frame of `message`, uncompressed.
+    pub fn frame(&mut self, message: &impl prost::Message) -> Bytes {
+        let len = message.encoded_len();
+        self.buf.reserve(5 + len);
+        self.buf.put_u8(0);
+        self.buf.put_u32(len as u32);
+        // Cannot fail: the buffer was just reserved for the whole message.
+        let _ = message.encode(&mut self.buf);
+        self.buf.split().freeze()
+    }
+}
+
+/// A deadline as gRPC's `grpc-timeout` header: at most 8 digits, in the finest unit that
+/// keeps it within them.
+pub fn timeout_header(deadline: Duration) -> HeaderValue {
+    let nanos = deadline.as_nanos();
+    let units: [(u128, char); 6] = [
+        (1, 'n'),
+        (1_000, 'u'),
+        (1_000_000, 'm'),
+        (1_000_000_000, 'S'),
+        (60_000_000_000, 'M'),
+        (3_600_000_000_000, 'H'),
+    ];
+    let text = units
+        .iter()
+        .find(|(per, _)| nanos / per < 100_000_000)
+        .map_or_else(
+            || "99999999H".to_string(),
+            |(per, unit)| format!("{}{unit}", nanos / per),
+        );
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("99999999H"))
+}
+
+/// The headers every request of a run carries: content type, `te: trailers` (gRPC's marker
+/// that the client understands trailers), the user agent and `--header`s; `grpc-timeout` is
+/// added per deadline.
+pub fn request_headers(metadata: &vecrig::client::Metadata) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::with_capacity(5 + metadata.len());
+    let content_type = HeaderValue::from_static("application/grpc");
+    headers.insert(http::header::CONTENT_TYPE, content_type);
+    headers.insert(http::header::TE, HeaderValue::from_static("trailers"));
+    let agent = concat!("vecrig-loadgen/", env!("CARGO_PKG_VERSION"));
+    headers.insert(http::header::USER_AGENT, HeaderValue::from_static(agent));
+    for (key, value) in metadata.iter() {
+        let name = HeaderName::from_bytes(key.as_str().as_bytes())
+            .map_err(|e| format!("header {key}: {e}"))?;
+        let value = HeaderValue::from_bytes(value.as_encoded_bytes())
+            .map_err(|e| format!("header {key}: {e}"))?;
+        headers.append(name, value);
+    }
+    Ok(headers)
+}
+
+/// How a call ended, as far as the load cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Answer {
+    /// The gRPC code.
+    pub code: Code,
+    /// The percent-decoded `grpc-message`, if any.
+    pub message: String,
+    /// The server's retry advice.
+    pub pushback: Pushback,
+}
+
+impl Answer {
+    /// An answer with `code` and nothing else (a transport outcome).
+    pub fn code(code: Code, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+            pushback: Pushback::None,
+        }
+    }
+
+    /// The status in `headers` (trailers, or a trailers-only response's headers), if they
+    /// hold one.
+    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
+        let status = headers.get(&GRPC_STATUS)?;
+        let code = std::str::from_utf8(status.as_bytes())
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .map_or(Code::Unknown, Code::from);
+        let message = headers
+            .get(&GRPC_MESSAGE)
+            .map(|m| percent_decode(m.as_bytes()))
+            .unwrap_or_default();
+        let pushback =
+            Pushback::from_header(headers.get(&GRPC_RETRY_PUSHBACK_MS).map(|v| v.as_bytes()));
+        Some(Self {
+            code,
+            message,
+            pushback,
+        })
+    }
+
+    /// A response without `grpc-status`, by its HTTP status (gRPC's mapping table).
+    pub fn from_http(status: http::StatusCode) -> Self {
+        let code = match status.as_u16() {
+            400 => Code::Internal,
+            401 => Code::Unauthenticated,
+            403 => Code::PermissionDenied,
+            404 => Code::Unimplemented,
+            429 | 502 | 503 | 504 => Code::Unavailable,
+            200 => Code::Internal,
+            _ => Code::Unknown,
+        };
+        Self::code(code, format!("HTTP {status} without grpc-status"))
+    }
+
+    /// A call that failed in HTTP/2: a stream reset by its reason; anything that took the
+    /// connection away (I/O, GOAWAY, a connection error) is UNAVAILABLE.
+    pub fn from_h2(error: &h2::Error) -> Self {
+        let code = match error.reason() {
+            Some(reason) if error.is_reset() => match reason {
+                h2::Reason::REFUSED_STREAM => Code::Unavailable,
+                h2::Reason::CANCEL => Code::Cancelled,
+                h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+                h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+                _ => Code::Internal,
+            },
+            _ => Code::Unavailable,
+        };
+        Self::code(code, error.to_string())
+    }
+}
+
+/// `%XX` escapes decoded (gRPC percent-encodes `grpc-message`); invalid UTF-8 is replaced.
+fn percent_decode(bytes: &[u8]) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (
+            bytes[i],
+            bytes.get(i + 1).copied(),
+            bytes.get(i + 2).copied(),
+        ) {
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push(hex(h).unwrap_or(0) << 4 | hex(l).unwrap_or(0));
+                i += 3;
+            }
+            (b, _, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+    use vecrig::proto::SearchRequest;
+
+    #[test]
+    fn a_frame_is_flag_length_message() {
+        let request = SearchRequest {
+            k: 7,
+            ..Default::default()
+        };
+        let mut encoder = Encoder::default();
+        let frame = encoder.frame(&request);
+        assert_eq!(frame[0], 0);
+        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!(len, frame.len() - 5);
+        assert_eq!(SearchRequest::decode(&frame[5..]).expect("decode"), request);
+        // The next frame does not disturb the first.
+        let second = encoder.frame(&SearchRequest::default());
+        assert_eq!(second.len(), 5);
+        assert_eq!(SearchRequest::decode(&frame[5..]).expect("decode").k, 7);
+    }
+
+    #[test]
+    fn timeouts_fit_in_eight_digits() {
+        let t = |d: Duration| timeout_header(d).to_str().expect("ascii").to_string();
+        assert_eq!(t(Duration::from_millis(50)), "50000000n");
+        assert_eq!(t(Duration::from_secs(30)), "30000000u");
+        assert_eq!(t(Duration::from_secs(3600)), "3600000m");
+        assert_eq!(t(Duration::from_secs(86_400 * 400)), "34560000S");
+        assert_eq!(t(Duration::from_secs(86_400 * 4000)), "5760000M");
+    }
+
+    #[test]
+    fn status_from_trailers_with_message_and_pushback() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("grpc-status", HeaderValue::from_static("8"));
+        trailers.insert(
+            "grpc-message",
+            HeaderValue::from_static("queue%20full%3A%20100%25"),
+        );
+        trailers.insert("grpc-retry-pushback-ms", HeaderValue::from_static("250"));
+        let answer = Answer::from_headers(&trailers).expect("a status");
+        assert_eq!(answer.code, Code::ResourceExhausted);
+        assert_eq!(answer.message, "queue full: 100%");
+        assert_eq!(answer.pushback, Pushback::After(Duration::from_millis(250)));
+        trailers.insert("grpc-retry-pushback-ms", HeaderValue::from_static("-1"));
+        let answer = Answer::from_headers(&trailers).expect("a status");
+        assert_eq!(answer.pushback, Pushback::DoNotRetry);
+        assert_eq!(Answer::from_headers(&HeaderMap::new()), None);
+        let mut odd = HeaderMap::new();
+        odd.insert("grpc-status", HeaderValue::from_static("x"));
+        let answer = Answer::from_headers(&odd).expect("a status");
+        assert_eq!(answer.code, Code::Unknown);
+        assert_eq!(percent_decode(b"100%"), "100%");
+        assert_eq!(percent_decode(b"%e2%9c%93 ok"), "\u{2713} ok");
+    }
+
+    #[test]
+    fn transport_failures_map_as_grpc_says() {
+        let http = |s: u16| Answer::from_http(http::StatusCode::from_u16(s).expect("status")).code;
+        assert_eq!(http(503), Code::Unavailable);
+        assert_eq!(http(401), Code::Unauthenticated);
+        assert_eq!(http(404), Code::Unimplemented);
+        assert_eq!(http(500), Code::Unknown);
+        let h2 = |e: h2::Error| Answer::from_h2(&e).code;
+        // A reason that is not a stream's reset is the connection's: it is gone.
+        assert_eq!(h2(h2::Reason::INTERNAL_ERROR.into()), Code::Unavailable);
+        assert_eq!(h2(h2::Reason::REFUSED_STREAM.into()), Code::Unavailable);
+    }
+}

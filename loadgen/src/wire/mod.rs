@@ -1,0 +1,25 @@
+//! The hot path's own gRPC client: Search and Upsert over HTTP/2 (the `h2` crate directly),
+//! one channel of connections per sending thread, requests encoded once.
+//!
+//! Why not tonic here: measured against h2load on a trivial RPC, the tonic path cost 2-3x its
+//! CPU per request, spent in a buffer task and a task per request between the caller and the
+//! connection, two timers per request, an 8 KiB codec buffer and a re-encode per attempt.
+//! tonic stays for everything off the hot path (pre-flight, health, `Stats`, read-backs).
+//! [`grpc`] is the protocol (frames, headers, status as tonic reads it); [`connection`] the
+//! connections.
+
+pub mod connection;
+pub mod grpc;
+
+pub use connection::{Channel, Target};
+pub use grpc::{Answer, Rpc};
+
+/// Which client sends the load's requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Transport {
+    /// Our HTTP/2 client on each sending thread ([`wire`](crate::wire)).
+    #[default]
+    H2,
+    /// tonic's channel pool, as before the hot path: for comparison.
+    Tonic,
+}
