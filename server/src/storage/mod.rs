@@ -435,6 +435,80 @@ mod tests {
         }
     }
 
+    /// Directions spread over the sphere, so each point is its own vector's only nearest.
+    fn spread(id: u64) -> Vec<f32> {
+        let x = id as f32;
+        vec![x.sin(), x.cos(), (2.3 * x).sin(), (1.7 * x).cos()]
+    }
+
+    fn by_vector(vector: Vec<f32>) -> crate::engine::Search {
+        crate::engine::Search {
+            query: crate::engine::Query::Vector(vector),
+            k: 1,
+            ef: None,
+            exact: false,
+            with_payload: false,
+        }
+    }
+
+    /// Acknowledged without `wait` while the indexer is behind: found by its own vector at
+    /// once; after a crash with points only in the tail (and the log), all of them are back,
+    /// searchable at once, and the indexer takes them into the graph after the restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acknowledged_point_is_found_at_once_and_survives_a_crash_from_the_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::new(dir.path(), 4);
+        let open = |config: Config| {
+            tokio::task::spawn_blocking(move || Storage::open(&config, SnapshotPolicy::default()))
+        };
+        let storage = open(config.clone()).await.expect("task").expect("open");
+        let mut in_tail_at_some_ack = false;
+        for batch in 0..20u64 {
+            let points: Vec<NewPoint> = (0..100)
+                .map(|i| NewPoint {
+                    id: batch * 100 + i,
+                    data: PointData::Vector(spread(batch * 100 + i)),
+                    payload: Payload::new(),
+                })
+                .collect();
+            storage.upsert(points, false).await.expect("upsert");
+            in_tail_at_some_ack |= storage.engine().tail_len() > 0;
+            let id = batch * 100 + 99;
+            let vector = spread(id);
+            let hits = storage
+                .engine()
+                .search(by_vector(vector))
+                .await
+                .expect("search");
+            assert_eq!(
+                hits[0].id, id,
+                "found by its own vector right after the ack"
+            );
+        }
+        assert!(in_tail_at_some_ack, "the acks ran ahead of the indexer");
+        // Play crash: no final snapshot; the log and the tail are all there is.
+        let writer = storage.writer.lock().expect("lock").take().expect("writer");
+        drop(storage);
+        drop(writer.join().expect("writer stops"));
+        let reopened = open(config).await.expect("task").expect("reopen");
+        let engine = Arc::clone(reopened.engine());
+        assert_eq!(engine.len(), 2000);
+        for id in [0, 777, 1999] {
+            let vector = spread(id);
+            let hits = engine.search(by_vector(vector)).await.expect("search");
+            assert_eq!(hits[0].id, id);
+        }
+        let started = Instant::now();
+        while engine.tail_len() > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "indexed after restart"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        reopened.close().expect("close");
+    }
+
     /// Many writers at once: every acknowledged write gets its own sequence number, group
     /// commits share syncs, and all of it is there after a reopen that replays the log only.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
