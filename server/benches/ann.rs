@@ -95,8 +95,34 @@ fn main() {
             qps2,
         });
     }
-    println!("usearch (ours), exact scan {exact_qps:.0} QPS on 1 thread:");
+    println!(
+        "usearch with our kernels ({}), exact scan {exact_qps:.0} QPS on 1 thread:",
+        vecrig_server::index::kernels::level().name()
+    );
     print_rows(&ours);
+    // The same graph with usearch's own kernels: the difference is the cost per distance only.
+    ann.use_builtin_metric().expect("builtin metric");
+    let builtin: Vec<Row> = ours
+        .iter()
+        .map(|r| Row {
+            ef: r.ef,
+            recall: r.recall,
+            qps1: measure(&ann, &queries, k, r.ef, 1, Duration::from_secs(seconds)),
+            qps2: measure(&ann, &queries, k, r.ef, 2, Duration::from_secs(seconds)),
+        })
+        .collect();
+    println!("the same graph with usearch's built-in kernels (recall as above):");
+    print_rows(&builtin);
+    println!("| ef | QPS ratio ours/built-in 1t | 2t |");
+    println!("|---:|---:|---:|");
+    for (a, b) in ours.iter().zip(&builtin) {
+        println!(
+            "| {} | {:.2} | {:.2} |",
+            a.ef,
+            a.qps1 / b.qps1,
+            a.qps2 / b.qps2
+        );
+    }
 
     let Some(theirs) = run_hnswlib(dims, &vectors, &queries, &truth, seconds) else {
         return;

@@ -4,8 +4,11 @@
 //! 1. ingestion: acknowledged points per second for 128-d points at batch sizes 1, 64 and 512,
 //!    16 concurrent writers over gRPC, durability on (every acknowledgement follows an
 //!    fdatasync), and beside it the log alone (group commits of 16 records, no index);
-//! 2. recovery: a real `vecrig-server` with 100k points in its snapshot and a log tail of 10k
-//!    records is killed with SIGKILL, restarted, and timed from spawn to SERVING.
+//! 2. indexing: after the batch-512 run, how fast the graph takes the points acknowledged ahead
+//!    of it (`Stats.unindexed` until 0), and search latency from one client meanwhile;
+//! 3. recovery: a real `vecrig-server` with 100k points in its snapshot and a log tail of 10k
+//!    records is killed with SIGKILL, restarted, and timed from spawn to SERVING; then search
+//!    latency while it indexes the replayed tail.
 //!
 //! `VECRIG_BENCH_SECONDS` (default 5) sets each ingestion run's length.
 
@@ -141,6 +144,7 @@ async fn ingestion() {
     );
     println!("| batch | acked points/s | request p50 ms | request p99 ms | log alone points/s |");
     println!("|---:|---:|---:|---:|---:|");
+    let mut drained = None;
     for batch in [1usize, 64, 512] {
         let temp = tempfile::tempdir().expect("tempdir");
         let config = Config::new(temp.path(), DIMS);
@@ -154,12 +158,86 @@ async fn ingestion() {
         }));
         wait_serving(&target).await;
         let (rate, p50, p99) = ingest(&target, batch, duration, 0).await;
+        if batch == 512 {
+            drained = Some(search_while_indexing(&target).await);
+        }
         let _ = stop.send(());
         server.await.expect("server task").expect("server");
         let alone = tokio::task::spawn_blocking(move || wal_alone(batch, duration))
             .await
             .expect("wal bench");
         println!("| {batch} | {rate:.0} | {p50:.2} | {p99:.2} | {alone:.0} |");
+    }
+    if let Some(drained) = drained {
+        println!("after the batch-512 run: {drained}");
+    }
+}
+
+/// What happened while the graph caught up with the acknowledged points.
+struct Drained {
+    points: u64,
+    seconds: f64,
+    searches: usize,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+impl std::fmt::Display for Drained {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} unindexed points indexed in {:.2} s ({:.0} points/s); {} searches (k=10, 1 client) \
+             meanwhile: p50 {:.2} ms, p99 {:.2} ms",
+            self.points,
+            self.seconds,
+            self.points as f64 / self.seconds.max(1e-9),
+            self.searches,
+            self.p50_ms,
+            self.p99_ms
+        )
+    }
+}
+
+/// Searches from one client until `Stats.unindexed` is 0: the indexing rate, and search
+/// latency while the tail is scanned beside the graph.
+async fn search_while_indexing(target: &str) -> Drained {
+    let tester = vecrig::validation::StressTester::connect(target, &ConnectOptions::default())
+        .await
+        .expect("connect");
+    let mut client = vecrig::client::connect(target, &ConnectOptions::default())
+        .await
+        .expect("connect");
+    let data = Synthetic::new(DIMS, 64, 1);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(3);
+    let first = tester.stats().await.expect("stats").unindexed;
+    let started = Instant::now();
+    let mut latencies = Vec::new();
+    loop {
+        for _ in 0..20 {
+            let request = proto::SearchRequest {
+                query: Some(proto::search_request::Query::Vector(proto::Vector {
+                    values: data.query_vector(&mut rng),
+                })),
+                k: 10,
+                ..Default::default()
+            };
+            let sent = Instant::now();
+            client.search(request).await.expect("search");
+            latencies.push(sent.elapsed());
+        }
+        if tester.stats().await.expect("stats").unindexed == 0 {
+            break;
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize].as_secs_f64() * 1e3;
+    Drained {
+        points: first,
+        seconds,
+        searches: latencies.len(),
+        p50_ms: at(0.5),
+        p99_ms: at(0.99),
     }
 }
 
@@ -247,9 +325,14 @@ async fn recovery() {
         "every acknowledged write recovered"
     );
     println!(
-        "recovery after SIGKILL: {:.2} s from spawn to SERVING ({} points)",
+        "recovery after SIGKILL: {:.2} s from spawn to SERVING ({} points, {} unindexed)",
         recovered.as_secs_f64(),
-        stats.points
+        stats.points,
+        stats.unindexed
+    );
+    println!(
+        "then, while it indexes the replayed tail: {}",
+        search_while_indexing(&second.target).await
     );
     // A clean stop snapshots; the restart after it replays nothing.
     if let Some(pid) = second.child.id() {

@@ -387,7 +387,7 @@ impl VectorIndex for Service {
         _request: Request<proto::StatsRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
         let admission = self.admission.load();
-        let (points, dimensions, metric, sequence) = match self.storage.get() {
+        let (points, dimensions, metric, sequence, unindexed) = match self.storage.get() {
             Some(storage) => {
                 let engine = storage.engine();
                 let shape = engine.shape();
@@ -396,9 +396,10 @@ impl VectorIndex for Service {
                     shape.dimensions as u32,
                     shape.metric.to_string(),
                     storage.durable_sequence(),
+                    engine.tail_len() as u64,
                 )
             }
-            None => (0, self.limits.dimensions as u32, String::new(), 0),
+            None => (0, self.limits.dimensions as u32, String::new(), 0, 0),
         };
         Ok(Response::new(proto::StatsResponse {
             points,
@@ -410,6 +411,7 @@ impl VectorIndex for Service {
             shed_total: admission.shed_total,
             rss_bytes: crate::process::recent_resident_memory_bytes(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
+            unindexed,
         }))
     }
 }

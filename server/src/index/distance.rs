@@ -1,48 +1,25 @@
 //! Distance functions, shared by the exact scan and by tests that check the ANN index.
 //!
+//! `dot` and `l2_squared` run the kernels detected for this CPU ([`super::kernels`]); the
+//! `*_portable` versions (there too) are the fallback and the reference they are tested
+//! against.
+//!
 //! They must agree with the ANN index's own metrics (usearch's `Cos`, `L2sq`, `IP`), so that
 //! an exact and an approximate search for the same query report the same distances.
 
 use super::Metric;
+pub use super::kernels::{dot_portable, l2_squared_portable};
 
-/// Dot product, written with independent accumulators so the compiler vectorises it.
+/// Dot product, with the kernel detected for this CPU.
 #[inline]
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks_a = a.chunks_exact(8);
-    let chunks_b = b.chunks_exact(8);
-    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
-    for (x, y) in chunks_a.zip(chunks_b) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in rest_a.iter().zip(rest_b) {
-        sum += x * y;
-    }
-    sum
+    super::kernels::dot(a, b)
 }
 
-/// Squared Euclidean distance.
+/// Squared Euclidean distance, with the kernel detected for this CPU.
 #[inline]
 pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks_a = a.chunks_exact(8);
-    let chunks_b = b.chunks_exact(8);
-    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
-    for (x, y) in chunks_a.zip(chunks_b) {
-        for i in 0..8 {
-            let d = x[i] - y[i];
-            acc[i] += d * d;
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in rest_a.iter().zip(rest_b) {
-        let d = x - y;
-        sum += d * d;
-    }
-    sum
+    super::kernels::l2_squared(a, b)
 }
 
 /// Euclidean norm.

@@ -12,6 +12,10 @@
 //! - the search breadth is a global setting, so a per-request `ef` is expressed as the number of
 //!   candidates asked for (usearch explores `max(expansion, wanted)`), then cut to `k`.
 //!
+//! - distances are computed by our kernels ([`super::kernels`]), installed through usearch's
+//!   custom-metric hook when the index is made and again after every load (a load restores
+//!   the built-in metric named in the file).
+//!
 //! For cosine, vectors are normalised once on the way in and the graph uses inner product:
 //! `1 - a·b` of unit vectors is exactly the cosine distance, at a third of the arithmetic of
 //! usearch's own cosine kernel (which recomputes both norms at every comparison).
@@ -87,7 +91,8 @@ impl UsearchAnn {
             expansion_search: 1,
             multi: false,
         };
-        let index = Index::new(&options).map_err(ann_err)?;
+        let mut index = Index::new(&options).map_err(ann_err)?;
+        super::kernels::install(&mut index, metric);
         let search_threads = params.search_threads.max(1);
         index
             .reserve_capacity_and_threads(INITIAL_CAPACITY, search_threads + 1)
@@ -109,8 +114,9 @@ impl UsearchAnn {
     ) -> Result<Self, IndexError> {
         let ann = Self::new(dimensions, metric, params)?;
         {
-            let index = ann.index.write().map_err(|_| poisoned())?;
+            let mut index = ann.index.write().map_err(|_| poisoned())?;
             index.load(&path.to_string_lossy()).map_err(ann_err)?;
+            super::kernels::install(&mut index, metric);
             if index.dimensions() != dimensions {
                 return Err(IndexError::Ann(format!(
                     "saved index has {} dimensions, expected {dimensions}",
@@ -125,6 +131,14 @@ impl UsearchAnn {
             index.change_expansion_search(1);
         }
         Ok(ann)
+    }
+
+    /// Switches the graph back to usearch's built-in kernels (numkong when compiled in): for
+    /// benchmarks that compare them with ours on the same graph. Until the next load.
+    pub fn use_builtin_metric(&self) -> Result<(), IndexError> {
+        let index = self.index.write().map_err(|_| poisoned())?;
+        let kind = index.metric_kind();
+        index.change_metric_kind(kind).map_err(ann_err)
     }
 
     /// Makes room for one more vector, doubling capacity under the exclusive lock if needed.
@@ -213,6 +227,10 @@ impl Ann for UsearchAnn {
             .take(k)
             .map(|(&id, &distance)| Neighbor { id, distance })
             .collect())
+    }
+
+    fn contains(&self, id: u64) -> bool {
+        self.index.read().map(|i| i.contains(id)).unwrap_or(false)
     }
 
     fn len(&self) -> usize {

@@ -4,11 +4,15 @@
 //! as the work takes, so callers run it on a blocking pool (see `engine`). The pieces:
 //! - [`store::PointStore`] owns every point (vector, payload) and answers exact scans;
 //! - [`Ann`] is our narrow view of an approximate index; [`hnsw::UsearchAnn`] implements it;
-//! - [`distance`] defines what "near" means for each [`Metric`], identically for both.
+//! - [`distance`] defines what "near" means for each [`Metric`], identically for both;
+//! - [`tail::Tail`] holds written points the graph has not taken yet, scanned exactly;
+//! - [`kernels`] computes it with SIMD chosen for this CPU (the index's only `unsafe`).
 
 pub mod distance;
 pub mod hnsw;
+pub mod kernels;
 pub mod store;
+pub mod tail;
 
 use std::fmt;
 use std::path::Path;
@@ -95,6 +99,8 @@ pub trait Ann: Send + Sync {
     fn remove(&self, id: u64) -> Result<(), IndexError>;
     /// Up to `k` nearest neighbours, nearest first, exploring at least `ef` candidates.
     fn search(&self, query: &[f32], k: usize, ef: usize) -> Result<Vec<Neighbor>, IndexError>;
+    /// Whether `id` is in the index.
+    fn contains(&self, id: u64) -> bool;
     /// Number of vectors in the index.
     fn len(&self) -> usize;
     /// Whether the index is empty.

@@ -3,15 +3,18 @@
 //!
 //! A write is embedded (for texts) on the blocking pool, then handed to the writer thread. The
 //! writer takes every write waiting at that moment, appends them to the log with one
-//! `fdatasync` between them all (group commit: concurrent writers share a disk flush), and only
-//! then answers: an upsert without `wait` as soon as it is durable, an upsert with `wait` and
-//! every delete once applied to the index (a delete reports how many of its ids existed). The
-//! writer applies writes in sequence order, which is also the one-writer rule of the HNSW graph.
+//! `fdatasync` between them all (group commit: concurrent writers share a disk flush), applies
+//! them in sequence order to the point store and the engine's tail (cheap: no graph insert),
+//! and only then answers, so an acknowledged write is durable and searchable (`wait` is kept
+//! for the wire: every write now waits). A delete reports how many of its ids existed. When
+//! the tail is full, the writer waits for the indexer before applying an upsert, and with it
+//! every writer behind it. The indexer thread, started here, moves the tail into the graph.
 //!
 //! Snapshots are taken by the same thread, between batches, once enough log has accumulated or
 //! enough time has passed, and on shutdown; log segments the snapshot covers are then removed,
 //! so disk use stays bounded under a long write load. Start-up loads the newest snapshot and
-//! replays the log after it. A `LOCK` file (flock) keeps a second server off the directory.
+//! replays the log after it into the store and the tail, then serves while the indexer
+//! catches up. A `LOCK` file (flock) keeps a second server off the directory.
 //!
 //! All of the server's disk I/O lives in this folder: this module (the lock, the writer
 //! thread, group commit), [`wal`] (the log's format and segments), [`snapshot`] (the snapshot
@@ -26,7 +29,7 @@ pub use recovery::{OpenError, Options};
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
@@ -98,7 +101,6 @@ pub struct Applied {
 
 struct Pending {
     record: Record,
-    wait: bool,
     reply: oneshot::Sender<Result<Applied, Error>>,
 }
 
@@ -108,6 +110,9 @@ pub struct Storage {
     durable: Arc<AtomicU64>,
     queue: Mutex<Option<mpsc::Sender<Pending>>>,
     writer: Mutex<Option<std::thread::JoinHandle<Wal>>>,
+    /// Set to stop the indexer (and a writer waiting for tail room) on close or drop.
+    stop: Arc<AtomicBool>,
+    indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
     dir: PathBuf,
     _lock: Flock<File>,
 }
@@ -175,14 +180,29 @@ impl Storage {
         let durable = Arc::new(AtomicU64::new(
             engine.sequence().max(wal.next_sequence() - 1),
         ));
+        let stop = Arc::new(AtomicBool::new(false));
+        let indexer = {
+            let (engine, stop) = (Arc::clone(&engine), Arc::clone(&stop));
+            std::thread::Builder::new()
+                .name("vecrig-indexer".into())
+                .spawn(move || {
+                    crate::priority::as_index_work();
+                    engine.run_indexer(&stop)
+                })
+                .map_err(|source| OpenError::DataDir {
+                    path: "indexer thread".into(),
+                    source,
+                })?
+        };
         let (queue, pending) = mpsc::channel();
         let writer = {
             let (engine, durable, dir) = (Arc::clone(&engine), Arc::clone(&durable), dir.clone());
+            let stop = Arc::clone(&stop);
             std::thread::Builder::new()
                 .name("vecrig-writer".into())
                 .spawn(move || {
                     crate::priority::as_index_work();
-                    write_loop(&engine, &dir, wal, &pending, &durable, policy)
+                    write_loop(&engine, &dir, wal, &pending, &durable, policy, &stop)
                 })
                 .map_err(|source| OpenError::DataDir {
                     path: "writer thread".into(),
@@ -194,6 +214,8 @@ impl Storage {
             durable,
             queue: Mutex::new(Some(queue)),
             writer: Mutex::new(Some(writer)),
+            stop,
+            indexer: Mutex::new(Some(indexer)),
             dir,
             _lock: lock,
         })
@@ -209,8 +231,10 @@ impl Storage {
         self.durable.load(Ordering::Acquire)
     }
 
-    /// Upserts points; answers once durable (and, with `wait`, visible to searches).
+    /// Upserts points; answers once durable and visible to searches. `wait` (the wire's
+    /// promise of visibility) is kept by every upsert now, so it changes nothing.
     pub async fn upsert(&self, points: Vec<NewPoint>, wait: bool) -> Result<Applied, Error> {
+        let _ = wait;
         let engine = Arc::clone(&self.engine);
         let record = tokio::task::spawn_blocking(move || {
             crate::priority::as_index_work();
@@ -218,15 +242,15 @@ impl Storage {
         })
         .await
         .map_err(|e| Error::Worker(e.to_string()))?;
-        self.submit(record, wait).await
+        self.submit(record).await
     }
 
     /// Deletes ids; answers once durable and applied.
     pub async fn delete(&self, ids: Vec<u64>) -> Result<Applied, Error> {
-        self.submit(Record::Delete(ids), true).await
+        self.submit(Record::Delete(ids)).await
     }
 
-    async fn submit(&self, record: Record, wait: bool) -> Result<Applied, Error> {
+    async fn submit(&self, record: Record) -> Result<Applied, Error> {
         let (reply, answer) = oneshot::channel();
         let queue = self
             .queue
@@ -235,23 +259,21 @@ impl Storage {
             .clone()
             .ok_or_else(|| Error::Unavailable("server is shutting down".into()))?;
         queue
-            .send(Pending {
-                record,
-                wait,
-                reply,
-            })
+            .send(Pending { record, reply })
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
         answer
             .await
             .map_err(|_| Error::Unavailable("the writer stopped before answering".into()))?
     }
 
-    /// Stops taking writes, lets the writer finish what it has, and takes a final snapshot.
-    /// Blocking.
+    /// Stops taking writes, lets the writer finish what it has, stops the indexer, and takes
+    /// a final snapshot (whose graph may lack the tail: the next start indexes it). Blocking.
     pub fn close(&self) -> Result<(), SnapshotError> {
         drop(self.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match writer.map(|w| w.join()) {
+        let writer = writer.map(|w| w.join());
+        self.stop_indexer();
+        match writer {
             Some(Ok(mut wal)) => snapshot(&self.engine, &self.dir, &mut wal),
             Some(Err(_)) => Err(SnapshotError::Corrupt {
                 path: PathBuf::from("writer thread"),
@@ -262,12 +284,30 @@ impl Storage {
     }
 }
 
+impl Storage {
+    /// Stops the indexer thread and waits for it (it finishes the point it is inserting).
+    fn stop_indexer(&self) {
+        self.stop.store(true, Ordering::Release);
+        let indexer = self
+            .indexer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(indexer) = indexer
+            && indexer.join().is_err()
+        {
+            tracing::error!("the indexer thread panicked");
+        }
+    }
+}
+
 impl Drop for Storage {
     fn drop(&mut self) {
         // Dropped without close (a failed start, a test playing crash): the writer finishes
         // what it has and stops; no snapshot, so the next start replays the log, as after a
-        // crash.
+        // crash. The stop flag also releases a writer waiting for tail room.
         drop(self.queue.lock().unwrap_or_else(|p| p.into_inner()).take());
+        self.stop.store(true, Ordering::Release);
     }
 }
 
@@ -280,6 +320,7 @@ fn write_loop(
     pending: &mpsc::Receiver<Pending>,
     durable: &AtomicU64,
     policy: SnapshotPolicy,
+    stop: &AtomicBool,
 ) -> Wal {
     let mut last_snapshot = Instant::now();
     let mut logged_at_snapshot = wal.appended_bytes();
@@ -309,32 +350,20 @@ fn write_loop(
             }
         };
         durable.store(first_sequence + group.len() as u64 - 1, Ordering::Release);
-        // Durable now: answer the upserts that do not wait to be searchable.
-        let mut to_apply = Vec::with_capacity(group.len());
+        // Durable now. Applying costs no graph insert (the tail takes the points), so every
+        // write is answered once applied: acknowledged means searchable, `wait` or not.
         for (i, p) in group.into_iter().enumerate() {
             let sequence = first_sequence + i as u64;
-            let reply = match (&p.record, p.wait) {
-                (Record::Upsert(points), false) => {
-                    let _ = p.reply.send(Ok(Applied {
-                        sequence,
-                        touched: points.len(),
-                    }));
-                    None
-                }
-                _ => Some(p.reply),
-            };
-            to_apply.push((sequence, p.record, reply));
-        }
-        for (sequence, record, reply) in to_apply {
+            if matches!(p.record, Record::Upsert(_)) {
+                engine.wait_for_room(stop);
+            }
             let result = engine
-                .apply(sequence, &record)
+                .apply(sequence, &p.record)
                 .map(|touched| Applied { sequence, touched });
             if let Err(e) = &result {
                 tracing::error!(sequence, error = %e, "applying a logged write failed");
             }
-            if let Some(reply) = reply {
-                let _ = reply.send(result);
-            }
+            let _ = p.reply.send(result);
         }
         let logged = wal.appended_bytes() - logged_at_snapshot;
         if snapshot_due
@@ -404,6 +433,80 @@ mod tests {
             }
             other => panic!("expected a replay error, got {other:?}"),
         }
+    }
+
+    /// Directions spread over the sphere, so each point is its own vector's only nearest.
+    fn spread(id: u64) -> Vec<f32> {
+        let x = id as f32;
+        vec![x.sin(), x.cos(), (2.3 * x).sin(), (1.7 * x).cos()]
+    }
+
+    fn by_vector(vector: Vec<f32>) -> crate::engine::Search {
+        crate::engine::Search {
+            query: crate::engine::Query::Vector(vector),
+            k: 1,
+            ef: None,
+            exact: false,
+            with_payload: false,
+        }
+    }
+
+    /// Acknowledged without `wait` while the indexer is behind: found by its own vector at
+    /// once; after a crash with points only in the tail (and the log), all of them are back,
+    /// searchable at once, and the indexer takes them into the graph after the restart.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_acknowledged_point_is_found_at_once_and_survives_a_crash_from_the_tail() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let config = Config::new(dir.path(), 4);
+        let open = |config: Config| {
+            tokio::task::spawn_blocking(move || Storage::open(&config, SnapshotPolicy::default()))
+        };
+        let storage = open(config.clone()).await.expect("task").expect("open");
+        let mut in_tail_at_some_ack = false;
+        for batch in 0..20u64 {
+            let points: Vec<NewPoint> = (0..100)
+                .map(|i| NewPoint {
+                    id: batch * 100 + i,
+                    data: PointData::Vector(spread(batch * 100 + i)),
+                    payload: Payload::new(),
+                })
+                .collect();
+            storage.upsert(points, false).await.expect("upsert");
+            in_tail_at_some_ack |= storage.engine().tail_len() > 0;
+            let id = batch * 100 + 99;
+            let vector = spread(id);
+            let hits = storage
+                .engine()
+                .search(by_vector(vector))
+                .await
+                .expect("search");
+            assert_eq!(
+                hits[0].id, id,
+                "found by its own vector right after the ack"
+            );
+        }
+        assert!(in_tail_at_some_ack, "the acks ran ahead of the indexer");
+        // Play crash: no final snapshot; the log and the tail are all there is.
+        let writer = storage.writer.lock().expect("lock").take().expect("writer");
+        drop(storage);
+        drop(writer.join().expect("writer stops"));
+        let reopened = open(config).await.expect("task").expect("reopen");
+        let engine = Arc::clone(reopened.engine());
+        assert_eq!(engine.len(), 2000);
+        for id in [0, 777, 1999] {
+            let vector = spread(id);
+            let hits = engine.search(by_vector(vector)).await.expect("search");
+            assert_eq!(hits[0].id, id);
+        }
+        let started = Instant::now();
+        while engine.tail_len() > 0 {
+            assert!(
+                started.elapsed() < Duration::from_secs(60),
+                "indexed after restart"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        reopened.close().expect("close");
     }
 
     /// Many writers at once: every acknowledged write gets its own sequence number, group

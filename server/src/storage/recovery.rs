@@ -1,5 +1,9 @@
 //! Start-up: what opening needs ([`Options`]), how it fails ([`OpenError`]), and the engine
 //! rebuilt from the newest snapshot (the log is replayed after it by [`super::Storage::open`]).
+//!
+//! A snapshot's graph may lack points that were still in the tail when it was taken; those go
+//! back to the tail (see `Engine::from_parts`) and the indexer takes them after start, so a
+//! restart does not wait for graph inserts.
 
 use std::path::PathBuf;
 
@@ -74,7 +78,19 @@ pub fn open_engine(options: &Options) -> Result<Engine, OpenError> {
     };
     let graph = loaded.graph.as_deref().and_then(|path| {
         match UsearchAnn::load(path, shape.dimensions, shape.metric, options.hnsw) {
-            Ok(ann) if ann.len() == loaded.store.len() => Some(ann),
+            // Every graph entry must be a stored point (the snapshot froze the engine with its
+            // removals applied); stored points the graph lacks are the tail's.
+            Ok(ann)
+                if ann.len() <= loaded.store.len()
+                    && loaded
+                        .store
+                        .iter()
+                        .filter(|(id, _, _)| ann.contains(*id))
+                        .count()
+                        == ann.len() =>
+            {
+                Some(ann)
+            }
             Ok(ann) => {
                 tracing::warn!(
                     graph = ann.len(),

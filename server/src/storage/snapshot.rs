@@ -294,7 +294,10 @@ pub fn remove_stale_graphs(dir: &Path, keep: &str) {
 
 /// Writes a snapshot of everything in `engine` to `dir`. Blocks writes while it runs.
 pub fn save(engine: &Engine, dir: &Path) -> Result<(), SnapshotError> {
-    let frozen = engine.freeze();
+    let frozen = engine.freeze().map_err(|e| SnapshotError::Corrupt {
+        path: dir.to_path_buf(),
+        reason: e.to_string(),
+    })?;
     let sequence = frozen.sequence();
     let graph_name = graph_file_name(sequence);
     let tmp = dir.join(format!("{graph_name}.tmp"));
