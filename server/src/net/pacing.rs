@@ -335,7 +335,9 @@ impl Connection {
             state.tokens -= 1.0;
             return;
         }
-        state.paced_until = Some(now + PACED_FOR);
+        // Beyond its allowance, but while the shared budget lasts it is read as before: a
+        // moderate overload is shed at full speed. Only once the budget is spent is it
+        // paused, and then read a little at a time.
         let Some(ready) = self.pacer.draw_excess(now) else {
             return;
         };
