@@ -341,5 +341,12 @@ async fn a_flood_of_reflection_requests_does_not_starve_searches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_with_a_wrong_token_does_not_starve_searches() {
-    bypass_flood("wrong token", SEARCH, search_body(), "not-the-token", HEAVY_FLOOR).await;
+    bypass_flood(
+        "wrong token",
+        SEARCH,
+        search_body(),
+        "not-the-token",
+        HEAVY_FLOOR,
+    )
+    .await;
 }
