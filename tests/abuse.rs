@@ -12,13 +12,14 @@
 
 mod common;
 
+use common::flood::{grpc_frame, grpc_status};
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use prost::Message;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -284,15 +285,6 @@ fn search_head(addr: SocketAddr) -> http::Request<()> {
         .expect("request")
 }
 
-/// One gRPC message frame (uncompressed) holding `message`.
-fn grpc_frame(message: &impl Message) -> Bytes {
-    let body = message.encode_to_vec();
-    let mut out = vec![0u8];
-    out.extend((body.len() as u32).to_be_bytes());
-    out.extend(body);
-    Bytes::from(out)
-}
-
 /// An `h2` client connection, its driver spawned.
 async fn h2_connect(
     addr: SocketAddr,
@@ -304,24 +296,6 @@ async fn h2_connect(
         let _ = connection.await;
     });
     Some(send)
-}
-
-/// The grpc-status of a response: from its headers (trailers-only answers) or its trailers.
-async fn grpc_status(response: http::Response<h2::RecvStream>) -> Option<i32> {
-    let from = |h: &http::HeaderMap| {
-        h.get("grpc-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse().ok())
-    };
-    if let Some(code) = from(response.headers()) {
-        return Some(code);
-    }
-    let mut body = response.into_body();
-    while let Some(data) = body.data().await {
-        let data = data.ok()?;
-        let _ = body.flow_control().release_capacity(data.len());
-    }
-    body.trailers().await.ok().flatten().as_ref().and_then(from)
 }
 
 // ---- the cases ----

@@ -281,7 +281,7 @@ async fn stream_loop(
 }
 
 /// The grpc-status of a response: from its headers (trailers-only answers) or its trailers.
-async fn grpc_status(response: http::Response<h2::RecvStream>) -> Option<i32> {
+pub async fn grpc_status(response: http::Response<h2::RecvStream>) -> Option<i32> {
     let from = |h: &http::HeaderMap| {
         h.get("grpc-status")
             .and_then(|v| v.to_str().ok())
