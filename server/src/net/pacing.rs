@@ -22,6 +22,11 @@
 //!   [`Config::max_pause`]), and its reads are then limited to [`PACED_READ_BYTES`], so it
 //!   brings a handful of requests at a time rather than everything it has buffered. The total
 //!   rate of excess answers is so held near `excess_rate`, however many connections flood.
+//! - Every answer that is admitted work earns the budget [`Config::shed_per_served`] more
+//!   excess answers: an open-model overload of a few times capacity (about 1 + that many
+//!   times) is refused at full speed whatever the cost of a search, since what refusing
+//!   costs then stays a small fraction of what serving costs. Only beyond it, or under a
+//!   flood of calls that do no work at all, are connections paused.
 //! - When admission has room again (its queue drained below half), it wakes the connection
 //!   paused longest ([`Pacer::room`]), so pacing never leaves slots idle while a paced client
 //!   has work waiting.
@@ -72,6 +77,11 @@ pub struct Args {
     /// percent of each CPU on answers that do no work.
     #[arg(long, env = "VECRIG_PACE_EXCESS_RATE", default_value_t = 3000.0)]
     pub pace_excess_rate: f64,
+    /// Further cheap answers each served request adds to the shared budget, so that offered
+    /// load up to about 1 + this many times capacity is refused at full speed (a refusal
+    /// costs a few percent of a search).
+    #[arg(long, env = "VECRIG_PACE_SHED_PER_SERVED", default_value_t = 2.0)]
+    pub pace_shed_per_served: f64,
     /// Longest a paced connection goes unread at a time (below the keepalive timeout, so that
     /// a paced peer's ping answers are read in time).
     #[arg(long, env = "VECRIG_PACE_MAX_PAUSE", default_value = "500ms", value_parser = humantime::parse_duration)]
@@ -86,6 +96,8 @@ pub struct Config {
     /// Cheap answers per second (the whole server's) beyond the allowances before connections
     /// are paused; 0 turns pacing off.
     pub excess_rate: f64,
+    /// Excess answers each served request adds to the shared budget.
+    pub shed_per_served: f64,
     /// Longest pause.
     pub max_pause: Duration,
 }
@@ -112,6 +124,7 @@ impl TryFrom<&Args> for Config {
             connection_rate: finite("pace-connection-rate", args.pace_connection_rate)?,
             excess_rate: finite("pace-excess-rate", args.pace_excess_rate)?
                 * crate::process::available_cpus() as f64,
+            shed_per_served: finite("pace-shed-per-served", args.pace_shed_per_served)?,
             max_pause: args.pace_max_pause,
         })
     }
@@ -227,6 +240,22 @@ impl Pacer {
         shared.clock_ns = shared.clock_ns.max(now_ns) + step_ns;
         let ahead = shared.clock_ns - now_ns;
         (ahead > burst_ns).then(|| now + Duration::from_nanos(ahead - burst_ns))
+    }
+
+    /// A request was served: the budget earns [`Config::shed_per_served`] excess answers.
+    /// Earnings only pay off debt (the clock never goes back past now), so a quiet spell
+    /// saves nothing beyond the usual burst.
+    fn credit_served(&self) {
+        let step_ns = 1e9 / self.config.excess_rate;
+        let credit_ns = (step_ns * self.config.shed_per_served) as u64;
+        if credit_ns == 0 {
+            return;
+        }
+        let now_ns = Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_nanos() as u64;
+        let mut shared = self.lock();
+        shared.clock_ns = shared.clock_ns.saturating_sub(credit_ns).max(now_ns);
     }
 
     /// Lists a connection paused with work waiting, for [`Pacer::room`]; each connection is
@@ -353,6 +382,13 @@ impl Connection {
         drop(state);
         if list {
             self.pacer.list_for_room(self);
+        }
+    }
+
+    /// One of this connection's requests was served (see [`Pacer::credit_served`]).
+    pub fn served(&self) {
+        if self.pacer.config.enabled() {
+            self.pacer.credit_served();
         }
     }
 
@@ -493,8 +529,10 @@ where
             } else {
                 refusal(&response)
             };
-            if let (Some(connection), Some(charge)) = (connection, charge) {
-                connection.charge(charge);
+            match (connection, charge) {
+                (Some(connection), Some(charge)) => connection.charge(charge),
+                (Some(connection), None) => connection.served(),
+                (None, _) => {}
             }
             Ok(response)
         })
@@ -509,6 +547,7 @@ mod tests {
         Pacer::new(Config {
             connection_rate,
             excess_rate,
+            shed_per_served: 0.0,
             max_pause: Duration::from_secs(2),
         })
     }
@@ -610,6 +649,42 @@ mod tests {
             second.gate(&noop_waker()),
             ReadGate::Limited(PACED_READ_BYTES)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn served_requests_pay_off_the_budget_for_several_refusals_each() {
+        // 10 excess answers a second (a burst of 10), and 4 more per served request.
+        let pacer = Pacer::new(Config {
+            connection_rate: 1.0,
+            excess_rate: 10.0,
+            shed_per_served: 4.0,
+            max_pause: Duration::from_secs(2),
+        });
+        let overloaded = pacer.connection();
+        // Each second: 5 served, 20 refused. The served earn 20, so it is never paused,
+        // however long it goes on.
+        for _ in 0..10 {
+            for _ in 0..5 {
+                overloaded.served();
+                for _ in 0..4 {
+                    overloaded.charge(Charge::Shed);
+                }
+            }
+            assert!(matches!(overloaded.gate(&noop_waker()), ReadGate::Open));
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert_eq!(pacer.stats().pauses, 0);
+        // Credit is not saved up: served requests in a quiet spell buy no flood later.
+        for _ in 0..1_000 {
+            overloaded.served();
+        }
+        for _ in 0..40 {
+            overloaded.charge(Charge::Shed);
+        }
+        assert!(matches!(
+            overloaded.gate(&noop_waker()),
+            ReadGate::PausedUntil(_)
+        ));
     }
 
     #[tokio::test(start_paused = true)]
