@@ -120,6 +120,15 @@ pub struct Cli {
         global = true
     )]
     pub transport: crate::wire::Transport,
+    /// Fraction of searches whose answers are checked against the target's exact answer
+    /// after each phase (recall@k in the report; threshold `recall>=0.95`); 0: off.
+    #[arg(
+        long,
+        env = "VECRIG_RECALL_SAMPLE",
+        default_value_t = 0.01,
+        global = true
+    )]
+    pub recall_sample: f64,
     /// Stop the whole run at the first failed threshold (exit 99), instead of running every
     /// scenario to the end: upper bounds (`p99<50ms`, `error_rate<0.01`) are judged every
     /// second on the phase so far, everything else when its phase or scenario ends.
@@ -388,6 +397,7 @@ impl Cli {
             metrics_url: self.metrics_url.clone(),
             threads: self.threads,
             transport: self.transport,
+            recall_sample: self.recall_sample,
         })
     }
 

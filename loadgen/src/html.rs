@@ -166,7 +166,7 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
         desc = escape(&s.description),
         dur = s.duration_s
     );
-    out.push_str("<table><tr><th>phase</th><th>users</th><th>requests</th><th>ok</th><th>ok/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>shed</th><th>dropped</th></tr>");
+    out.push_str("<table><tr><th>phase</th><th>users</th><th>requests</th><th>ok</th><th>ok/s</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th><th>shed</th><th>dropped</th><th>recall@k mean / worst 5%</th></tr>");
     let mut phases: Vec<_> = s.phases.iter().collect();
     if s.phases.len() > 1 {
         phases.push(&s.total);
@@ -174,7 +174,7 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
     for p in phases {
         let _ = write!(
             out,
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{:.1}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{:.2}%</td><td>{:.1}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{:.2}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             escape(&p.name),
             p.concurrency,
             p.requests,
@@ -186,7 +186,16 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
             p.latency.p999_ms,
             p.latency.max_ms,
             p.code("RESOURCE_EXHAUSTED"),
-            p.dropped
+            p.dropped,
+            p.recall.as_ref().map_or_else(
+                || "&ndash;".to_string(),
+                |r| format!(
+                    "{:.3} / {:.3} ({})",
+                    r.mean(),
+                    r.worst_5_percent(),
+                    r.queries
+                )
+            )
         );
     }
     out.push_str(

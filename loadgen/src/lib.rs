@@ -26,6 +26,7 @@ pub mod neighbours;
 mod plan;
 pub mod process;
 pub mod progress;
+pub mod recall;
 pub mod report;
 pub mod retry;
 pub mod runner;

@@ -72,6 +72,9 @@ pub struct RunOptions {
     pub threads: usize,
     /// Which client sends the load's requests.
     pub transport: Transport,
+    /// Fraction of searches sampled and checked against the exact answer after each phase
+    /// (recall@k in the report); 0: none.
+    pub recall_sample: f64,
 }
 
 impl RunOptions {
@@ -89,6 +92,7 @@ impl RunOptions {
             metrics_url: None,
             threads: 0,
             transport: Transport::default(),
+            recall_sample: 0.01,
         }
     }
 }

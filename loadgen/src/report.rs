@@ -92,6 +92,20 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
             t.success_rate() * 100.0
         );
     }
+    for phase in s.phases.iter().chain(std::iter::once(&s.total)) {
+        if let Some(r) = &phase.recall
+            && (phase.name != "total" || s.phases.len() > 1)
+        {
+            let _ = writeln!(
+                out,
+                "  recall@k {:<12} {:.3} mean, {:.3} worst 5% ({} sampled searches checked)",
+                phase.name,
+                r.mean(),
+                r.worst_5_percent(),
+                r.queries
+            );
+        }
+    }
     let sv = &s.server;
     let _ = writeln!(
         out,

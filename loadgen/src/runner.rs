@@ -13,6 +13,7 @@ use crate::file;
 use crate::plan::{Plan, RunOptions};
 use crate::process::Meter;
 use crate::progress::Progress;
+use crate::recall::Recall;
 use crate::retry::RetryBudget;
 use crate::scenario::Common;
 use crate::target::{self, PreflightError};
@@ -123,6 +124,7 @@ pub async fn run_with(
         abort_on_fail: options.abort_on_fail,
         metrics_url: options.metrics_url.as_deref().map(Arc::from),
         client: None,
+        recall: Recall::new(options.recall_sample),
     };
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as f64)

@@ -16,7 +16,7 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use tonic::Code;
 use vecrig::validation::report::{
-    Histograms, LatencySummary, PhaseReport, ServerFigures, code_name,
+    Histograms, LatencySummary, PhaseReport, RecallFigures, ServerFigures, code_name,
 };
 
 /// Largest latency recorded exactly: one hour, in microseconds. Larger values saturate.
@@ -52,6 +52,8 @@ pub struct Outcomes {
     retries: u64,
     retries_denied: u64,
     dropped: u64,
+    /// Recall@k of the sampled searches, once checked against the exact answers.
+    pub recall: Option<RecallFigures>,
 }
 
 impl Default for Outcomes {
@@ -68,6 +70,7 @@ impl Default for Outcomes {
             retries: 0,
             retries_denied: 0,
             dropped: 0,
+            recall: None,
         }
     }
 }
@@ -129,6 +132,11 @@ impl Outcomes {
         self.retries += other.retries;
         self.retries_denied += other.retries_denied;
         self.dropped += other.dropped;
+        if let Some(theirs) = &other.recall {
+            self.recall
+                .get_or_insert_with(Default::default)
+                .merge(theirs);
+        }
     }
 
     /// Forgets everything, keeping the histograms' memory (a batch is emptied every second).
@@ -145,6 +153,7 @@ impl Outcomes {
         self.retries = 0;
         self.retries_denied = 0;
         self.dropped = 0;
+        self.recall = None;
     }
 
     /// Counts an arrival of the open model that could not be sent on time.
@@ -210,6 +219,7 @@ impl Outcomes {
                     .map(|(code, h)| (code_name(Code::from(*code as i32)).to_string(), encode(h)))
                     .collect(),
             },
+            recall: self.recall.clone(),
         }
     }
 
@@ -224,6 +234,7 @@ impl Outcomes {
             retries: report.retries,
             retries_denied: report.retries_denied,
             dropped: report.dropped,
+            recall: report.recall.clone(),
             ..Outcomes::default()
         };
         for (name, n) in &report.codes {

@@ -3,6 +3,11 @@
 //! The JSON schema is versioned by [`SCHEMA`]; a field is never renamed or removed within a
 //! version. Times are seconds (`_s`), latencies milliseconds (`_ms`), memory bytes (`_bytes`).
 //! gRPC codes are keyed by their canonical upper-case names (`OK`, `RESOURCE_EXHAUSTED`, ...).
+//!
+//! Additions within v1, each optional so that older readers and older reports still work:
+//! - `phases[].recall` / `total.recall` ([`RecallFigures`]): answer quality of the phase's
+//!   sampled searches against the target's exact answer (`--recall-sample`); absent when
+//!   nothing was sampled.
 
 use std::collections::BTreeMap;
 
@@ -177,6 +182,87 @@ pub struct PhaseReport {
     /// other HdrHistogram tools.
     #[serde(default)]
     pub histograms: Histograms,
+    /// Recall@k of the phase's sampled searches; absent when none were sampled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recall: Option<RecallFigures>,
+}
+
+/// Recall@k of sampled searches: how many of the exact answer's neighbours each sampled
+/// answer held. Kept as counts, so shards and phases merge losslessly by adding them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct RecallFigures {
+    /// Sampled searches checked against the exact answer.
+    pub queries: u64,
+    /// The exact answers' neighbours found in the sampled answers, over all queries.
+    pub hits: u64,
+    /// The exact answers' neighbours, over all queries.
+    pub expected: u64,
+    /// Queries by their recall in whole percent, rounded down: `by_percent[p]` queries had
+    /// recall in `[p/100, (p+1)/100)`, `by_percent[100]` full recall. 101 entries.
+    pub by_percent: Vec<u64>,
+    /// Sampled searches left out: sent while the loadgen's own writes were in flight or
+    /// followed by more of them in the phase (the exact answer, asked after the phase,
+    /// would hold points the search could not have seen), or whose exact answer failed.
+    #[serde(default)]
+    pub skipped: u64,
+}
+
+impl RecallFigures {
+    /// Adds one query that found `hits` of the exact answer's `expected` neighbours (a query
+    /// whose exact answer is empty counts as full recall: there was nothing to miss).
+    pub fn add(&mut self, hits: u64, expected: u64) {
+        let hits = hits.min(expected);
+        self.queries += 1;
+        self.hits += hits;
+        self.expected += expected;
+        let percent = (hits * 100)
+            .checked_div(expected)
+            .map_or(100, |p| p as usize);
+        if self.by_percent.len() < 101 {
+            self.by_percent.resize(101, 0);
+        }
+        self.by_percent[percent] += 1;
+    }
+
+    /// Adds another phase's or shard's figures.
+    pub fn merge(&mut self, other: &RecallFigures) {
+        self.queries += other.queries;
+        self.hits += other.hits;
+        self.expected += other.expected;
+        self.skipped += other.skipped;
+        if self.by_percent.len() < other.by_percent.len() {
+            self.by_percent.resize(other.by_percent.len(), 0);
+        }
+        for (mine, theirs) in self.by_percent.iter_mut().zip(&other.by_percent) {
+            *mine += theirs;
+        }
+    }
+
+    /// Recall@k over every sampled query: neighbours found over neighbours expected (1.0
+    /// when nothing was expected).
+    pub fn mean(&self) -> f64 {
+        if self.expected == 0 {
+            1.0
+        } else {
+            self.hits as f64 / self.expected as f64
+        }
+    }
+
+    /// Mean recall of the worst 5% of sampled queries (at least one), to the percent: what
+    /// the unluckiest users got.
+    pub fn worst_5_percent(&self) -> f64 {
+        let wanted = self.queries.div_ceil(20).max(1);
+        let (mut taken, mut sum) = (0u64, 0.0);
+        for (percent, &count) in self.by_percent.iter().enumerate() {
+            let take = count.min(wanted - taken);
+            sum += take as f64 * percent as f64 / 100.0;
+            taken += take;
+            if taken == wanted {
+                break;
+            }
+        }
+        if taken == 0 { 1.0 } else { sum / taken as f64 }
+    }
 }
 
 /// HdrHistograms in their standard compressed form (V2 deflate, base64, as in HdrHistogram
@@ -295,6 +381,39 @@ pub struct ServerFigures {
     pub points_start: u64,
     /// Points in the index at the last sample.
     pub points_end: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recall_merges_by_adding_counts_and_finds_the_worst_queries() {
+        let mut a = RecallFigures::default();
+        for hits in [10, 10, 9, 10] {
+            a.add(hits, 10);
+        }
+        let mut b = RecallFigures::default();
+        for hits in [2, 10, 10, 10] {
+            b.add(hits, 10);
+        }
+        let mut whole = RecallFigures::default();
+        for hits in [10, 10, 9, 10, 2, 10, 10, 10] {
+            whole.add(hits, 10);
+        }
+        let mut merged = a.clone();
+        merged.merge(&b);
+        assert_eq!(merged, whole);
+        assert_eq!((merged.hits, merged.expected, merged.queries), (71, 80, 8));
+        assert!((merged.mean() - 71.0 / 80.0).abs() < 1e-12);
+        // 8 queries: the worst 5% is the single worst one.
+        assert!((merged.worst_5_percent() - 0.2).abs() < 1e-12);
+        assert_eq!(RecallFigures::default().mean(), 1.0);
+        // More hits than expected (duplicates in an answer) never count above 1.
+        let mut over = RecallFigures::default();
+        over.add(12, 10);
+        assert_eq!(over.mean(), 1.0);
+    }
 }
 
 impl ServerFigures {

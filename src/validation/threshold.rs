@@ -7,7 +7,9 @@
 //!   `avg`, the same for successful requests only with `ok_` in front (`ok_p99`), for
 //!   service time with `service_` (`service_p99`), for shed answers with `shed_`
 //!   (`shed_p99<1ms`), and `server_faults` (INTERNAL, UNKNOWN,
-//!   DATA_LOSS answers), `server_shed`, `server_rss_growth` (bytes; `1GB` is accepted).
+//!   DATA_LOSS answers), `server_shed`, `server_rss_growth` (bytes; `1GB` is accepted),
+//!   `recall` (recall@k of the sampled searches, a fraction; NaN, so failing, when none
+//!   were sampled).
 //! - OP: `<`, `<=`, `>`, `>=`, `==`.
 //! - UNIT: `us`, `ms`, `s` for latencies (in milliseconds otherwise); `B`, `KB`, `MB`, `GB`,
 //!   `KiB`, `MiB`, `GiB` for bytes; `%` for fractions.
@@ -45,6 +47,8 @@ pub enum Metric {
     ServerShed,
     /// Server resident-memory growth, bytes.
     ServerRssGrowth,
+    /// Recall@k of the sampled searches.
+    Recall,
 }
 
 /// Which latency.
@@ -178,6 +182,7 @@ fn parse_metric(name: &str) -> Option<Metric> {
         "server_faults" => Metric::ServerFaults,
         "server_shed" => Metric::ServerShed,
         "server_rss_growth" => Metric::ServerRssGrowth,
+        "recall" => Metric::Recall,
         _ => return None,
     })
 }
@@ -207,7 +212,8 @@ fn parse_value(metric: Metric, text: &str) -> Result<f64, String> {
             | Metric::ErrorRate
             | Metric::ShedRate
             | Metric::CompletionRate
-            | Metric::FirstTrySuccessRate,
+            | Metric::FirstTrySuccessRate
+            | Metric::Recall,
             "%",
         ) => 0.01,
         (_, unit) => return Err(format!("unit {unit:?} does not fit this metric")),
@@ -277,6 +283,12 @@ impl Metric {
     pub fn is_server_figure(self) -> bool {
         matches!(self, Metric::ServerShed | Metric::ServerRssGrowth)
     }
+
+    /// Whether the metric is known only once its phase has ended (recall is checked after
+    /// the phase), so it cannot be judged mid-phase.
+    pub fn is_known_after_phase(self) -> bool {
+        matches!(self, Metric::Recall)
+    }
 }
 
 impl Threshold {
@@ -298,6 +310,7 @@ impl Threshold {
             Metric::ServerFaults => phase.server_faults() as f64,
             Metric::ServerShed => phase.server.shed as f64,
             Metric::ServerRssGrowth => phase.server.rss_growth_bytes() as f64,
+            Metric::Recall => phase.recall.as_ref().map_or(f64::NAN, |r| r.mean()),
         }
     }
 
@@ -364,6 +377,22 @@ mod tests {
 
     fn t(s: &str) -> Threshold {
         s.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn recall_is_a_fraction_judged_on_the_sampled_searches() {
+        let recall = t("recall>=95%@*");
+        assert_eq!(recall.metric, Metric::Recall);
+        assert!((recall.value - 0.95).abs() < 1e-12);
+        let mut phase = PhaseReport::default();
+        assert!(recall.observe(&phase).is_nan(), "nothing sampled: fails");
+        assert!(!recall.holds(recall.observe(&phase)));
+        let mut figures = super::super::report::RecallFigures::default();
+        figures.add(9, 10);
+        phase.recall = Some(figures);
+        assert!((recall.observe(&phase) - 0.9).abs() < 1e-12);
+        assert!(!recall.holds(0.9) && recall.holds(0.96));
+        assert!("recall>=0.9ms".parse::<Threshold>().is_err());
     }
 
     #[test]

@@ -13,6 +13,7 @@ use vecrig::client::{Metadata, Pool, request_with};
 
 use super::lanes::{Lane, Lanes};
 use crate::progress::Progress;
+use crate::recall::Recall;
 use crate::retry::{Pushback, RetryBudget, RetryPolicy};
 use crate::stats::{Outcome, Recorder};
 use crate::wire::{Channel, Rpc};
@@ -95,6 +96,8 @@ pub struct Context {
     /// The client this load is sent as, when not the run's own (a side-by-side phase of a
     /// scenario with identities): the run's target with its own source address or headers.
     pub client: Option<Arc<crate::wire::Target>>,
+    /// Which searches are sampled for recall, and the current phase's sample.
+    pub recall: Recall,
 }
 
 impl Context {
@@ -135,10 +138,38 @@ impl Context {
         }
     }
 
+    /// Sends one attempt of a sampled search over tonic and keeps its answer's ids for the
+    /// recall check, with the loadgen's write count when it was sent.
+    async fn send_sampled(&self, request: &vecrig::proto::SearchRequest) -> (Code, Pushback) {
+        let writes = self.recall.quiet_writes();
+        let mut client = self.pool.client();
+        let call = client.search(self.request(request.clone()));
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(answer)) => {
+                let ids = answer.into_inner().hits.iter().map(|h| h.id).collect();
+                self.recall.keep(request, ids, writes);
+                (Code::Ok, Pushback::None)
+            }
+            Ok(Err(status)) => (status.code(), Pushback::of(&status)),
+            Err(_) => (Code::DeadlineExceeded, Pushback::None),
+        }
+    }
+
     /// Sends `op` (retrying as the policy and budget allow) and records its outcome in
     /// `lane`'s batch for `recorder`, with latency measured from `intended`.
     pub async fn execute(&self, lane: &Lane, op: Op, intended: Instant, recorder: &Recorder) {
         self.budget.deposit();
+        // A sampled search goes over tonic, whose answer is decoded: its ids are needed.
+        let sampled = match &op {
+            Op::Search(request) if lane.sample_search(self.recall.every) => Some(request),
+            _ => None,
+        };
+        let _write = match &op {
+            Op::Upsert(_) | Op::Durable(..) if self.recall.is_on() => {
+                Some(self.recall.write_started())
+            }
+            _ => None,
+        };
         let channel = lane.channel_for(self.client.as_ref());
         let frame = channel.as_ref().map(|channel| channel.encode(&op));
         let mut attempts = 0u32;
@@ -147,7 +178,10 @@ impl Context {
         loop {
             attempts += 1;
             let sent = Instant::now();
-            let (code, pushback) = self.send(channel.as_deref(), &op, frame.as_ref()).await;
+            let (code, pushback) = match sampled {
+                Some(request) => self.send_sampled(request).await,
+                None => self.send(channel.as_deref(), &op, frame.as_ref()).await,
+            };
             let answered = Instant::now();
             let first_code = *first.get_or_insert(code);
             // The backoff is drawn only for an answer that may be retried: drawing it for

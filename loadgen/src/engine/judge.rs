@@ -45,7 +45,7 @@ impl AbortWatch {
                 .thresholds
                 .iter()
                 .filter(|t| matches!(t.op, threshold::Op::Lt | threshold::Op::Le))
-                .filter(|t| !t.metric.is_server_figure())
+                .filter(|t| !t.metric.is_server_figure() && !t.metric.is_known_after_phase())
                 .find_map(|t| {
                     let (scope, observed) = if t.scope == Scope::Total {
                         ("total", &total)

@@ -56,6 +56,8 @@ pub struct Lane {
     others: RefCell<Vec<(Arc<Target>, Rc<Channel>)>>,
     /// Connections this lane opens to a target.
     connections: usize,
+    /// Searches sent, for sampling one in N for recall.
+    searches: std::cell::Cell<u64>,
 }
 
 impl Lanes {
@@ -87,6 +89,7 @@ impl Lanes {
                         channel: wire.map(|(target, _)| Rc::new(Channel::new(target, connections))),
                         others: RefCell::default(),
                         connections,
+                        searches: Default::default(),
                     });
                     LocalSet::new().block_on(&runtime, async move {
                         if let Some(channel) = &lane.channel {
@@ -184,6 +187,16 @@ impl Lane {
             }
         };
         f(&mut batches[at].1)
+    }
+
+    /// Whether this search is one to sample: one in `every` of this lane's (0: none).
+    pub fn sample_search(&self, every: u64) -> bool {
+        if every == 0 {
+            return false;
+        }
+        let n = self.searches.get() + 1;
+        self.searches.set(n);
+        n.is_multiple_of(every)
     }
 
     /// Records the outcome of one request, answered `at`, in this lane's batch for `recorder`.

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use vecrig::proto::vector_index_client::VectorIndexClient;
 use vecrig::validation::criteria;
-use vecrig::validation::report::{ScenarioReport, ServerPoint};
+use vecrig::validation::report::{RecallFigures, ScenarioReport, ServerPoint};
 use vecrig::validation::threshold;
 
 use super::context::Context;
@@ -20,6 +20,7 @@ use super::paced::Pacing;
 use super::{closed, open, paced, ramping};
 use crate::monitor::Monitor;
 use crate::progress::Progress;
+use crate::recall::Sample;
 use crate::stats::{Outcomes, Recorder, Timeline};
 use crate::workload::Workload;
 
@@ -33,6 +34,8 @@ pub async fn run_scenario(
         timeout: scenario.timeout.unwrap_or(ctx.timeout),
         ..ctx.clone()
     };
+    // Exact answers for the recall check go over the same connection as `Stats`.
+    let exact_client = stats_client.clone();
     let monitor = Monitor::start(
         stats_client,
         Arc::clone(&ctx.headers),
@@ -53,8 +56,9 @@ pub async fn run_scenario(
         warnings = side_warnings;
         monitor.sample_now().await;
         let elapsed = started.elapsed();
-        for (phase, recorder) in scenario.phases.iter().zip(recorders) {
-            let outcomes = recorder.snapshot();
+        for (phase, (recorder, samples)) in scenario.phases.iter().zip(recorders) {
+            let mut outcomes = recorder.snapshot();
+            outcomes.recall = check_recall(ctx, samples, &exact_client).await;
             total.merge(&outcomes);
             let report = outcomes.report(
                 &phase.name,
@@ -105,7 +109,7 @@ pub async fn run_scenario(
             };
             tokio::spawn(watch.run(grace, phase_started))
         });
-        run_phase(ctx, phase, &scenario.workload, &recorder).await;
+        let samples = run_phase(ctx, phase, &scenario.workload, &recorder).await;
         let elapsed = phase_started.elapsed();
         if let Some(t) = ticker {
             t.abort();
@@ -118,7 +122,8 @@ pub async fn run_scenario(
             None => None,
         };
         monitor.sample_now().await;
-        let outcomes = recorder.snapshot();
+        let mut outcomes = recorder.snapshot();
+        outcomes.recall = check_recall(ctx, samples, &exact_client).await;
         total.merge(&outcomes);
         let report = outcomes.report(
             &phase.name,
@@ -232,13 +237,13 @@ async fn report_every(every: Duration, recorder: &Recorder, progress: &Progress,
 
 /// Runs every phase of `scenario` at once, phase `i` as client `scenario.identities[i]`
 /// (its own source address and token, on connections of its own on every lane), each into
-/// a recorder of its own. Returns the recorders, in phase order, and what the reader should
+/// a recorder of its own. Returns the recorders and sampled searches, in phase order, and what the reader should
 /// know (a client that could not be set up is sent as the run's own).
 async fn run_side_by_side(
     ctx: &Context,
     scenario: &Scenario,
     timeline: &Arc<Timeline>,
-) -> (Vec<Arc<Recorder>>, Vec<String>) {
+) -> (Vec<(Arc<Recorder>, Vec<Sample>)>, Vec<String>) {
     let mut warnings = Vec::new();
     if scenario.identities.windows(2).all(|w| w[0] == w[1]) {
         warnings.push(
@@ -276,11 +281,12 @@ async fn run_side_by_side(
         }));
         recorders.push(recorder);
     }
-    for phase in running {
+    let mut done = Vec::with_capacity(recorders.len());
+    for (phase, recorder) in running.into_iter().zip(recorders) {
         // An error means the phase's task panicked: its recorder holds what it sent.
-        let _ = phase.await;
+        done.push((recorder, phase.await.unwrap_or_default()));
     }
-    (recorders, warnings)
+    (done, warnings)
 }
 
 /// The run's metadata with `authorization: Bearer token` in place of its own.
@@ -304,15 +310,21 @@ fn bearer(
 
 /// Runs one phase on every lane, each lane its share of the load, and waits until all are
 /// done and have handed their records to `recorder`.
+/// Returns the searches it sampled for recall.
 async fn run_phase(
     ctx: &Context,
     phase: &Phase,
     workload: &Arc<Workload>,
     recorder: &Arc<Recorder>,
-) {
+) -> Vec<Sample> {
     // One start for all lanes, so their schedules line up.
     let (model, start) = (phase.model.clone(), Instant::now());
-    let (shared, workload, recorder) = (ctx.clone(), Arc::clone(workload), Arc::clone(recorder));
+    let shared = Context {
+        recall: ctx.recall.for_phase(),
+        ..ctx.clone()
+    };
+    let recall = shared.recall.clone();
+    let (workload, recorder) = (Arc::clone(workload), Arc::clone(recorder));
     ctx.lanes
         .run(move |lane| {
             let (ctx, model) = (shared.clone(), model.clone());
@@ -323,6 +335,20 @@ async fn run_phase(
             }
         })
         .await;
+    recall.take_samples()
+}
+
+/// Checks a phase's sampled searches against the target's exact answers, after the phase.
+async fn check_recall(
+    ctx: &Context,
+    samples: Vec<Sample>,
+    client: &VectorIndexClient<Channel>,
+) -> Option<RecallFigures> {
+    ctx.recall
+        .check(samples, client.clone(), &ctx.headers, ctx.timeout, || {
+            ctx.stop.is_stopped()
+        })
+        .await
 }
 
 /// One lane's share of a phase, by the phase's model.
