@@ -32,6 +32,11 @@ pub struct Sample {
     pub points: u64,
     /// The server's uptime (a restart shows as a value going back).
     pub uptime_ms: u64,
+    /// Most requests served at once since the previous `Stats` call (the server's
+    /// high-water mark; `in_flight` from servers that keep none).
+    pub peak_in_flight: u64,
+    /// Most requests waiting at once since the previous `Stats` call.
+    pub peak_queued: u64,
 }
 
 /// The sampler: a background task plus explicit samples at phase boundaries.
@@ -156,7 +161,18 @@ async fn take(
             rss_bytes: s.rss_bytes,
             points: s.points,
             uptime_ms: s.uptime_ms,
+            peak_in_flight: s.peak_in_flight.max(s.in_flight),
+            peak_queued: s.peak_queued.max(s.queued),
         });
+}
+
+/// The largest figure seen: the samples' own, and the server's high-water marks between
+/// them. The first sample's mark covers the time before the samples (the previous phase's
+/// end), so it is left out.
+fn most(samples: &[Sample], now: impl Fn(&Sample) -> u64, peak: impl Fn(&Sample) -> u64) -> u64 {
+    let seen = samples.iter().map(&now).max().unwrap_or(0);
+    let between = samples.iter().skip(1).map(peak).max().unwrap_or(0);
+    seen.max(between)
 }
 
 /// Figures over a run of samples, in time order.
@@ -167,8 +183,8 @@ pub fn figures(samples: &[Sample]) -> ServerFigures {
     ServerFigures {
         samples: samples.len() as u64,
         shed: last.shed_total.saturating_sub(first.shed_total),
-        max_queued: samples.iter().map(|s| s.queued).max().unwrap_or(0),
-        max_in_flight: samples.iter().map(|s| s.in_flight).max().unwrap_or(0),
+        max_queued: most(samples, |s| s.queued, |s| s.peak_queued),
+        max_in_flight: most(samples, |s| s.in_flight, |s| s.peak_in_flight),
         rss_start_bytes: first.rss_bytes,
         rss_max_bytes: samples.iter().map(|s| s.rss_bytes).max().unwrap_or(0),
         rss_end_bytes: last.rss_bytes,

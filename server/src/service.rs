@@ -19,6 +19,26 @@ use crate::storage::{Storage, StorageSlot};
 pub trait LoadFigures: Send + Sync + std::fmt::Debug {
     /// The figures now.
     fn load(&self) -> Load;
+
+    /// The most requests in flight and queued at once since the previous call (the previous
+    /// `Stats`, whoever asked), the next period starting at the figures of the moment.
+    /// Without high-water marks kept: the figures now.
+    fn take_peaks(&self) -> Peaks {
+        let now = self.load();
+        Peaks {
+            in_flight: now.in_flight,
+            queued: now.queued,
+        }
+    }
+}
+
+/// High-water marks of the load in front of the service, for `Stats`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Peaks {
+    /// Most requests served at once.
+    pub in_flight: u64,
+    /// Most requests waiting at once.
+    pub queued: u64,
 }
 
 /// Requests in front of the service, for `Stats`.
@@ -387,6 +407,7 @@ impl VectorIndex for Service {
         _request: Request<proto::StatsRequest>,
     ) -> Result<Response<proto::StatsResponse>, Status> {
         let admission = self.admission.load();
+        let peaks = self.admission.take_peaks();
         let (points, dimensions, metric, sequence, unindexed) = match self.storage.get() {
             Some(storage) => {
                 let engine = storage.engine();
@@ -412,6 +433,8 @@ impl VectorIndex for Service {
             rss_bytes: crate::process::recent_resident_memory_bytes(),
             uptime_ms: self.started.elapsed().as_millis() as u64,
             unindexed,
+            peak_in_flight: peaks.in_flight.max(admission.in_flight),
+            peak_queued: peaks.queued.max(admission.queued),
         }))
     }
 }

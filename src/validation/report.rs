@@ -367,9 +367,11 @@ pub struct ServerFigures {
     pub samples: u64,
     /// Requests the server shed during the period (difference of `shed_total`).
     pub shed: u64,
-    /// Largest `queued` seen.
+    /// Largest `queued` seen: in the samples, and in the server's high-water marks
+    /// between them (`peak_queued`, servers that keep it), so a burst shorter than the
+    /// sampling interval still shows.
     pub max_queued: u64,
-    /// Largest `in_flight` seen.
+    /// Largest `in_flight` seen, the same way (`peak_in_flight`).
     pub max_in_flight: u64,
     /// Resident memory at the first sample.
     pub rss_start_bytes: u64,

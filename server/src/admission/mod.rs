@@ -124,6 +124,9 @@ pub struct Admission {
     queued: AtomicUsize,
     queued_bytes: AtomicUsize,
     shed_total: AtomicU64,
+    /// High-water marks of `in_flight` and `queued` since the last [`Admission::take_peaks`].
+    peak_in_flight: AtomicUsize,
+    peak_queued: AtomicUsize,
     /// Exponentially weighted mean service time of one slot of cost, in nanoseconds.
     service_ns_per_slot: AtomicU64,
     recorder: Arc<dyn Recorder>,
@@ -171,6 +174,11 @@ impl crate::service::LoadFigures for Admission {
             shed_total: stats.shed_total,
         }
     }
+
+    fn take_peaks(&self) -> crate::service::Peaks {
+        let (in_flight, queued) = Admission::take_peaks(self);
+        crate::service::Peaks { in_flight, queued }
+    }
 }
 
 /// A snapshot of the admission figures.
@@ -197,6 +205,8 @@ impl Admission {
             queued: AtomicUsize::new(0),
             queued_bytes: AtomicUsize::new(0),
             shed_total: AtomicU64::new(0),
+            peak_in_flight: AtomicUsize::new(0),
+            peak_queued: AtomicUsize::new(0),
             service_ns_per_slot: AtomicU64::new(0),
             recorder,
             room: RoomSlot::default(),
@@ -247,6 +257,19 @@ impl Admission {
     /// ignored.)
     pub fn on_room(&self, signal: RoomSignal) {
         let _ = self.room.0.set(signal);
+    }
+
+    /// The most requests in flight and queued at once since the previous call, `(in_flight,
+    /// queued)`; the next period starts at the figures of the moment.
+    pub fn take_peaks(&self) -> (u64, u64) {
+        let take = |peak: &AtomicUsize, now: &AtomicUsize| {
+            let now = now.load(Ordering::Relaxed);
+            peak.swap(now, Ordering::Relaxed).max(now) as u64
+        };
+        (
+            take(&self.peak_in_flight, &self.in_flight),
+            take(&self.peak_queued, &self.queued),
+        )
     }
 
     /// Current figures.
@@ -491,6 +514,8 @@ impl Admission {
         if waiting >= self.config.queue_depth && !self.lock().displace_for(&caller.client) {
             return Err(self.shed(ShedReason::QueueFull, deadline, &caller.client));
         }
+        self.peak_queued
+            .fetch_max((waiting + 1).min(self.config.queue_depth), Ordering::Relaxed);
         if self.standing_queue_too_long() {
             return Err(self.shed(ShedReason::QueueLatency, deadline, &caller.client));
         }
@@ -589,7 +614,8 @@ impl Admission {
         drop(queued);
         let now = Instant::now();
         self.recorder.queue_wait(method, now - arrived);
-        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        let serving = self.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+        self.peak_in_flight.fetch_max(serving, Ordering::Relaxed);
         self.recorder.admitted(&caller.client);
         *self
             .running_by_client()
