@@ -35,15 +35,13 @@ fn nice_ceiling(v: f64) -> f64 {
     10.0 * magnitude
 }
 
-fn format_tick(v: f64) -> String {
-    if v >= 1e6 {
-        format!("{:.1}M", v / 1e6)
-    } else if v >= 1e3 {
-        format!("{:.1}k", v / 1e3)
-    } else if v >= 10.0 || v == 0.0 {
-        format!("{v:.0}")
+/// An axis value rounded as a person writes it (`11,725`, `0.6`), with its unit.
+fn format_tick(v: f64, unit: &str) -> String {
+    let number = vecrig::validation::threshold::rounded(v);
+    if unit.is_empty() {
+        number
     } else {
-        format!("{v:.2}")
+        format!("{number} {unit}")
     }
 }
 
@@ -53,6 +51,8 @@ type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
 /// A line chart of `series` against seconds.
 fn line_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
     let mut svg = String::new();
+    // Short units go on every tick (`12 ms`); long ones only on the axis label.
+    let tick_unit = if unit.len() <= 3 { unit } else { "" };
     let x_max = series
         .iter()
         .flat_map(|(_, _, p)| p.iter().map(|(x, _)| *x))
@@ -81,7 +81,7 @@ fn line_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
             x2 = WIDTH - RIGHT,
             tx = LEFT - 6.0,
             ty = y + 4.0,
-            label = format_tick(v)
+            label = escape(&format_tick(v, tick_unit))
         );
     }
     let step = nice_ceiling(x_max / 6.0);
@@ -89,7 +89,8 @@ fn line_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
     while v <= x_max + 1e-9 {
         let _ = write!(
             svg,
-            r#"<text x="{x:.1}" y="{y}" class="tick" text-anchor="middle">{v}s</text>"#,
+            r#"<text x="{x:.1}" y="{y}" class="tick" text-anchor="middle">{t}</text>"#,
+            t = format_tick(v, "s"),
             x = sx(v),
             y = HEIGHT - BOTTOM + 16.0
         );
@@ -204,10 +205,10 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
     for t in &s.thresholds {
         let _ = write!(
             out,
-            r#"<tr><td>{}</td><td>{}</td><td>{:.4}</td><td class="{c}">{c}</td></tr>"#,
+            r#"<tr><td>{}</td><td>{}</td><td>{}</td><td class="{c}">{c}</td></tr>"#,
             escape(&t.expression),
             escape(&t.scope),
-            t.observed,
+            escape(&t.observed_text()),
             c = if t.passed { "passed" } else { "failed" }
         );
     }

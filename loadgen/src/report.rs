@@ -133,11 +133,7 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
             "  [{mark}] {:<40} {:>14} observed {}",
             t.expression,
             format!("({})", t.scope),
-            if t.expression.starts_with("server_rss") {
-                mb(t.observed as u64)
-            } else {
-                format_observed(t.observed)
-            }
+            t.observed_text()
         );
     }
     if let Some(fault) = &s.fault {
@@ -145,18 +141,6 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
     }
     for w in &s.warnings {
         let _ = writeln!(out, "  warning: {w}");
-    }
-}
-
-fn format_observed(v: f64) -> String {
-    if v.is_nan() {
-        "nothing (no such phase)".into()
-    } else if v.abs() >= 1e6 {
-        format!("{v:.3e}")
-    } else if v.fract() == 0.0 {
-        format!("{v:.0}")
-    } else {
-        format!("{v:.4}")
     }
 }
 

@@ -362,6 +362,89 @@ impl Threshold {
     }
 }
 
+/// `n` with thousands separators: `11,725`.
+pub fn grouped(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A number rounded as a person writes it: three significant digits at most below 1,000,
+/// whole and grouped above.
+pub fn rounded(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        let sign = if v < 0.0 { "-" } else { "" };
+        format!("{sign}{}", grouped(a.round() as u64))
+    } else if a >= 100.0 || v.fract() == 0.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        trim(format!("{v:.1}"))
+    } else if a >= 0.01 {
+        trim(format!("{v:.2}"))
+    } else {
+        format!("{v:.1e}")
+    }
+}
+
+fn trim(text: String) -> String {
+    if text.contains('.') {
+        text.trim_end_matches('0').trim_end_matches('.').to_string()
+    } else {
+        text
+    }
+}
+
+/// A metric's value with its unit, as a person writes it: `38.98 MB`, `11,725 req/s`,
+/// `12.3 ms`, `0.6 s`, `0.27%`.
+pub fn format_value(metric: Metric, v: f64) -> String {
+    if v.is_nan() {
+        return "nothing (no such phase, or nothing measured)".into();
+    }
+    match metric {
+        Metric::Latency(..) if v >= 1000.0 => format!("{} s", rounded(v / 1000.0)),
+        Metric::Latency(..) => format!("{} ms", rounded(v)),
+        Metric::ServerRssGrowth => bytes(v),
+        Metric::Qps => format!("{} req/s", rounded(v)),
+        Metric::SuccessRate
+        | Metric::ErrorRate
+        | Metric::ShedRate
+        | Metric::CompletionRate
+        | Metric::FirstTrySuccessRate => format!("{}%", rounded(v * 100.0)),
+        Metric::Recall => format!("{v:.3}"),
+        Metric::Requests | Metric::Dropped | Metric::ServerFaults | Metric::ServerShed => {
+            grouped(v.max(0.0).round() as u64)
+        }
+    }
+}
+
+/// Bytes in decimal units, two decimals: `38.98 MB`.
+pub fn bytes(v: f64) -> String {
+    let (value, unit) = match v.abs() {
+        a if a >= 1e9 => (v / 1e9, "GB"),
+        a if a >= 1e6 => (v / 1e6, "MB"),
+        a if a >= 1e3 => (v / 1e3, "KB"),
+        _ => return format!("{v:.0} B"),
+    };
+    format!("{value:.2} {unit}")
+}
+
+impl ThresholdResult {
+    /// The observed value with its unit, as a person writes it (the expression's metric).
+    pub fn observed_text(&self) -> String {
+        match self.expression.parse::<Threshold>() {
+            Ok(threshold) => format_value(threshold.metric, self.observed),
+            Err(_) => rounded(self.observed),
+        }
+    }
+}
+
 /// Evaluates every threshold on `scenario`, storing the results and the verdict in it.
 pub fn judge(scenario: &mut ScenarioReport, thresholds: &[Threshold]) {
     scenario.thresholds = thresholds
@@ -377,6 +460,28 @@ mod tests {
 
     fn t(s: &str) -> Threshold {
         s.parse().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn values_read_as_a_person_writes_them() {
+        let observed = |expression: &str, observed: f64| {
+            ThresholdResult {
+                scope: "total".into(),
+                expression: expression.into(),
+                observed,
+                passed: true,
+            }
+            .observed_text()
+        };
+        assert_eq!(observed("server_rss_growth<1GB", 38981632.0), "38.98 MB");
+        assert_eq!(observed("qps>500", 11725.0937), "11,725 req/s");
+        assert_eq!(observed("p99<1s", 600.0000000000001), "600 ms");
+        assert_eq!(observed("p99<2s", 1234.5), "1.23 s");
+        assert_eq!(observed("error_rate<1%", 0.0027), "0.27%");
+        assert_eq!(observed("requests>1", 1234567.0), "1,234,567");
+        assert_eq!(observed("recall>=0.95", 0.9081), "0.908");
+        assert_eq!(rounded(0.6000000000000001), "0.6");
+        assert_eq!(rounded(12.34), "12.3");
     }
 
     #[test]
