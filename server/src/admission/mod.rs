@@ -514,8 +514,10 @@ impl Admission {
         if waiting >= self.config.queue_depth && !self.lock().displace_for(&caller.client) {
             return Err(self.shed(ShedReason::QueueFull, deadline, &caller.client));
         }
-        self.peak_queued
-            .fetch_max((waiting + 1).min(self.config.queue_depth), Ordering::Relaxed);
+        self.peak_queued.fetch_max(
+            (waiting + 1).min(self.config.queue_depth),
+            Ordering::Relaxed,
+        );
         if self.standing_queue_too_long() {
             return Err(self.shed(ShedReason::QueueLatency, deadline, &caller.client));
         }
