@@ -192,6 +192,22 @@ fn tls_connector(options: &ConnectOptions) -> Result<TlsConnector, String> {
     Ok(TlsConnector::from(Arc::new(config)))
 }
 
+/// A connection attempt in progress; dropped unfinished (its request cancelled), it leaves
+/// the connection Down and wakes the requests that were waiting for it.
+struct ConnectAttempt<'a> {
+    connection: &'a Connection,
+    finished: bool,
+}
+
+impl Drop for ConnectAttempt<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            *self.connection.state.borrow_mut() = State::Down;
+            self.connection.changed.notify_waiters();
+        }
+    }
+}
+
 /// One HTTP/2 connection, opened on first use and again after it is lost.
 #[derive(Debug)]
 struct Connection {
@@ -247,9 +263,18 @@ impl Connection {
         }
         let generation = self.generations.get() + 1;
         self.generations.set(generation);
+        // The request that started the attempt may be dropped before it ends (its deadline can
+        // be shorter than the connect timeout, and a SYN to a vanished host is never answered):
+        // then the guard puts the connection back to Down and wakes the waiters, or every later
+        // request would wait on an attempt that no longer exists until its own deadline.
+        let mut attempt = ConnectAttempt {
+            connection: self,
+            finished: false,
+        };
         let opened = tokio::time::timeout(self.target.connect_timeout, self.open(generation))
             .await
             .unwrap_or_else(|_| Err("connect timeout".into()));
+        attempt.finished = true;
         let result = match opened {
             Ok(sender) => {
                 *self.state.borrow_mut() = State::Up {
