@@ -1,11 +1,17 @@
 //! The seeded synthetic data set that a server preloads (`--preload N`) and a loadgen queries.
 //!
-//! Points are drawn around `clusters` Gaussian centres, because real embeddings are clustered
-//! and an ANN index behaves very differently on clustered data than on uniform noise. Each point
-//! also gets a short text made of its cluster's topic words and common words, so text queries
-//! have something to find. Everything is a pure function of `(seed, id)`: the loadgen can draw
-//! queries from the same distribution without ever seeing the server's data.
+//! Each point is a short text made of its cluster's topic words and common words, and its vector
+//! is the embedding of that text ([`crate::embed::HashingEmbedder`], the server's own) plus a
+//! little seeded jitter. So the data is clustered, as real embeddings are (texts of one
+//! cluster share topic words, so their embeddings lie near each other, and an ANN index
+//! behaves very differently on clustered data than on uniform noise), and text queries,
+//! vector queries and preloaded points live in one space: a text query lands among the points
+//! whose texts share its words, and a vector query is the embedding of a query text.
+//!
+//! Everything is a pure function of `(seed, id)`: the loadgen can draw queries from the same
+//! distribution without ever seeing the server's data.
 
+use crate::embed::{Embedder, HashingEmbedder};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -65,14 +71,21 @@ pub struct SyntheticPoint {
     pub cluster: usize,
 }
 
-/// The distribution: cluster centres and spread, fixed by a seed.
+/// The distribution: clusters (each a topic vocabulary) and jitter, fixed by a seed.
 #[derive(Debug, Clone)]
 pub struct Synthetic {
     dimensions: usize,
     seed: u64,
-    centres: Vec<Vec<f32>>,
-    spread: f32,
+    clusters: usize,
+    embedder: HashingEmbedder,
+    /// Standard deviation of the jitter per coordinate: [`JITTER`] over the whole vector.
+    jitter: f32,
 }
+
+/// Length of the jitter added to a text's (unit) embedding. Small next to the distance between
+/// texts that differ by one word, so neighbours are still decided by words, but enough that
+/// points with the same text are distinct vectors (an index should not see exact duplicates).
+const JITTER: f32 = 0.05;
 
 impl Synthetic {
     /// Default number of clusters.
@@ -82,17 +95,12 @@ impl Synthetic {
 
     /// The distribution of `dimensions`-wide vectors around `clusters` centres.
     pub fn new(dimensions: usize, clusters: usize, seed: u64) -> Self {
-        let clusters = clusters.max(1);
-        let mut rng = StdRng::seed_from_u64(seed);
-        let unit = Normal::new(0.0f32, 1.0).expect("unit normal is valid");
-        let centres = (0..clusters)
-            .map(|_| (0..dimensions).map(|_| unit.sample(&mut rng)).collect())
-            .collect();
         Self {
             dimensions,
             seed,
-            centres,
-            spread: 0.35,
+            clusters: clusters.max(1),
+            embedder: HashingEmbedder::new(dimensions),
+            jitter: JITTER / (dimensions.max(1) as f32).sqrt(),
         }
     }
 
@@ -103,15 +111,15 @@ impl Synthetic {
 
     /// Number of clusters.
     pub fn clusters(&self) -> usize {
-        self.centres.len()
+        self.clusters
     }
 
     /// The point with this id: the same for the same seed, on any machine.
     pub fn point(&self, id: u64) -> SyntheticPoint {
         let mut rng = self.rng_for(id, 0x5eed_0001);
-        let cluster = rng.random_range(0..self.centres.len());
-        let vector = self.around(cluster, &mut rng);
+        let cluster = rng.random_range(0..self.clusters);
         let text = self.text(cluster, &mut rng);
+        let vector = self.vector_of(&text, &mut rng);
         SyntheticPoint {
             id,
             vector,
@@ -120,15 +128,16 @@ impl Synthetic {
         }
     }
 
-    /// A query vector from the same distribution as the points (not equal to any of them).
+    /// A query vector from the same distribution as the points (not equal to any of them):
+    /// the jittered embedding of a query text.
     pub fn query_vector(&self, rng: &mut impl Rng) -> Vec<f32> {
-        let cluster = rng.random_range(0..self.centres.len());
-        self.around(cluster, rng)
+        let text = self.query_text(rng);
+        self.vector_of(&text, rng)
     }
 
     /// A query text in the vocabulary of a random cluster.
     pub fn query_text(&self, rng: &mut impl Rng) -> String {
-        let cluster = rng.random_range(0..self.centres.len());
+        let cluster = rng.random_range(0..self.clusters);
         self.text(cluster, rng)
     }
 
@@ -140,12 +149,22 @@ impl Synthetic {
         StdRng::seed_from_u64(x ^ (x >> 31))
     }
 
-    fn around(&self, cluster: usize, rng: &mut impl Rng) -> Vec<f32> {
-        let noise = Normal::new(0.0f32, self.spread).expect("spread is positive");
-        self.centres[cluster]
-            .iter()
-            .map(|c| c + noise.sample(rng))
-            .collect()
+    /// The embedding of `text` with jitter added, normalised again: a unit vector, as the
+    /// server's embedded texts are.
+    fn vector_of(&self, text: &str, rng: &mut impl Rng) -> Vec<f32> {
+        let noise = Normal::new(0.0f32, self.jitter.max(f32::MIN_POSITIVE))
+            .expect("jitter is positive and finite");
+        let mut v = self.embedder.embed(text);
+        for x in &mut v {
+            *x += noise.sample(rng);
+        }
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        if norm > 0.0 {
+            for x in &mut v {
+                *x /= norm;
+            }
+        }
+        v
     }
 
     /// The topic words of one cluster, derived from the cluster number alone.
@@ -188,6 +207,40 @@ mod tests {
         assert_ne!(a.point(1).vector, a.point(2).vector);
         let c = Synthetic::new(16, 8, 8);
         assert_ne!(a.point(1).vector, c.point(1).vector);
+    }
+
+    fn dot(a: &[f32], b: &[f32]) -> f32 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    #[test]
+    fn points_are_the_embeddings_of_their_texts_and_cluster() {
+        let s = Synthetic::new(128, 16, 3);
+        let embedder = HashingEmbedder::new(128);
+        let points: Vec<_> = (0..400).map(|id| s.point(id)).collect();
+        for p in &points {
+            // The text's embedding, moved only by the jitter.
+            let c = dot(&p.vector, &embedder.embed(&p.text));
+            assert!(c > 0.99, "cosine to its text's embedding {c}");
+        }
+        // Clustered: a point is nearer, on average, to its own cluster's points than to others'.
+        let (mut same, mut other) = ((0.0, 0u32), (0.0, 0u32));
+        for a in &points[..100] {
+            for b in &points[100..] {
+                let t = if a.cluster == b.cluster {
+                    &mut same
+                } else {
+                    &mut other
+                };
+                t.0 += dot(&a.vector, &b.vector);
+                t.1 += 1;
+            }
+        }
+        let (same, other) = (same.0 / same.1 as f32, other.0 / other.1 as f32);
+        assert!(
+            same > other + 0.2,
+            "mean cosine {same} within clusters, {other} across"
+        );
     }
 
     #[test]

@@ -32,7 +32,9 @@
 pub mod admission;
 pub mod caller;
 pub mod config;
-pub mod embed;
+/// The text embedder lives in the shared crate, so that the loadgen draws vector queries from
+/// the space the server embeds texts into.
+pub use vecrig::embed;
 pub mod engine;
 pub mod error;
 pub mod flags;
@@ -169,19 +171,30 @@ pub async fn serve(
     );
     let memory = MemoryGuard::new(&config.memory);
     tracing::info!(limit_bytes = memory.limit(), "memory guard");
+    let pacer = Pacer::new(config.pacing);
     let metrics_task = match config.metrics_listen {
         Some(addr) => {
             let listener = layers::metrics::bind(addr)
                 .await
                 .map_err(ServeError::Metrics)?;
             tracing::info!(addr = %listener.local_addr().map_err(ServeError::Metrics)?, "metrics at /metrics");
-            let (metrics, admission, storage, dir) = (
+            let (metrics, admission, storage, dir, pacer) = (
                 Arc::clone(&metrics),
                 Arc::clone(&admission),
                 Arc::clone(&storage_slot),
                 config.data_dir.clone(),
+                Arc::clone(&pacer),
             );
-            let render = Arc::new(move || metrics.render(&admission, &storage, &dir));
+            let render = Arc::new(move || {
+                let paced = pacer.stats();
+                let pacing = layers::metrics::PacingFigures {
+                    charged: paced.charged,
+                    pauses: paced.pauses,
+                    woken_for_room: paced.woken_for_room,
+                    paused: paced.paused,
+                };
+                metrics.render(&admission, &storage, &dir, pacing)
+            });
             Some(AbortOnDrop(tokio::spawn(layers::metrics::serve_metrics(
                 listener, render,
             ))))
@@ -190,7 +203,6 @@ pub async fn serve(
     };
 
     // The connection cap, handshake/idle timeouts and pacing wrap the accepted sockets.
-    let pacer = Pacer::new(config.pacing);
     {
         // As admitted work finishes and the queue has room, a paused connection is read again.
         let pacer = Arc::clone(&pacer);

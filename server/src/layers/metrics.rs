@@ -13,8 +13,13 @@
 //! - `vecrig_client_queued_requests{client}`, `vecrig_client_in_flight_requests{client}`: the
 //!   clients holding the most places now (the top [`CLIENT_LABELS`], then `other`).
 //! - gauges read at scrape time: `vecrig_in_flight_requests`, `vecrig_queued_requests`,
-//!   `vecrig_concurrency_limit`, `vecrig_index_points`, `vecrig_wal_sequence`,
+//!   `vecrig_concurrency_limit`, `vecrig_index_points`, `vecrig_index_unindexed_points` (written,
+//!   searched exactly, not yet in the graph), `vecrig_wal_sequence`,
 //!   `vecrig_snapshot_age_seconds`, `process_resident_memory_bytes`.
+//! - pacing (see `net::pacing`): `vecrig_paced_answers_total` (answers that were not admitted
+//!   work, charged to their connections), `vecrig_connection_pauses_total`,
+//!   `vecrig_connection_room_wakes_total` (paused connections read early because the queue had
+//!   room) and `vecrig_paused_connections` now.
 //!
 //! The endpoint is plain HTTP/1.1 (hyper), on its own listener, so a scrape never competes with
 //! gRPC admission and a firewall can keep it private.
@@ -105,9 +110,29 @@ pub struct Metrics {
     queued: Gauge,
     limit: Gauge,
     points: Gauge,
+    unindexed: Gauge,
     wal_sequence: Gauge,
     snapshot_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     resident_memory: Gauge,
+    paced_answers: Counter<u64>,
+    connection_pauses: Counter<u64>,
+    room_wakes: Counter<u64>,
+    paused_connections: Gauge,
+    /// Held while the pacing counters catch up, so two scrapes at once do not add twice.
+    pacing_catch_up: std::sync::Mutex<()>,
+}
+
+/// Pacing's figures since start, as the pacer counts them (see `net::pacing::PacerStats`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PacingFigures {
+    /// Answers that were not admitted work, charged to their connections.
+    pub charged: u64,
+    /// Times a connection was paused.
+    pub pauses: u64,
+    /// Paused connections read early because admission had room.
+    pub woken_for_room: u64,
+    /// Connections paused now with work waiting.
+    pub paused: u64,
 }
 
 impl Default for Metrics {
@@ -185,6 +210,37 @@ impl Metrics {
             "Admission's concurrency limit in slots (0: admission off)",
         );
         let points = gauge(&mut registry, "vecrig_index_points", "Points in the index");
+        let unindexed = gauge(
+            &mut registry,
+            "vecrig_index_unindexed_points",
+            "Points written but not yet in the graph (searched exactly until they are)",
+        );
+        // Pacing's figures are counted by the pacer; these mirror them at scrape time.
+        let counter_gauge = |registry: &mut Registry, name: &str, help: &str| {
+            let c = Counter::<u64>::default();
+            registry.register(name, help, c.clone());
+            c
+        };
+        let paced_answers = counter_gauge(
+            &mut registry,
+            "vecrig_paced_answers",
+            "Answers that were not admitted work (refusals, health, Stats, reflection), charged to their connections",
+        );
+        let connection_pauses = counter_gauge(
+            &mut registry,
+            "vecrig_connection_pauses",
+            "Times a connection was paused (not read) for asking for more such answers than the server's budget",
+        );
+        let room_wakes = counter_gauge(
+            &mut registry,
+            "vecrig_connection_room_wakes",
+            "Paused connections read early because admission had room",
+        );
+        let paused_connections = gauge(
+            &mut registry,
+            "vecrig_paused_connections",
+            "Connections paused now with work waiting",
+        );
         let wal_sequence = gauge(
             &mut registry,
             "vecrig_wal_sequence",
@@ -221,9 +277,15 @@ impl Metrics {
             queued,
             limit,
             points,
+            unindexed,
             wal_sequence,
             snapshot_age,
             resident_memory,
+            paced_answers,
+            connection_pauses,
+            room_wakes,
+            paused_connections,
+            pacing_catch_up: std::sync::Mutex::default(),
         }
     }
 
@@ -256,6 +318,7 @@ impl Metrics {
         admission: &Admission,
         storage: &StorageSlot,
         data_dir: &std::path::Path,
+        pacing: PacingFigures,
     ) -> String {
         let stats = admission.stats();
         self.in_flight.set(stats.in_flight as i64);
@@ -263,6 +326,7 @@ impl Metrics {
         self.limit.set(stats.limit as i64);
         if let Some(storage) = storage.get() {
             self.points.set(storage.engine().len() as i64);
+            self.unindexed.set(storage.engine().tail_len() as i64);
             self.wal_sequence.set(storage.durable_sequence() as i64);
         }
         let age = std::fs::metadata(data_dir.join(crate::storage::snapshot::POINTS_FILE))
@@ -273,6 +337,19 @@ impl Metrics {
         self.snapshot_age.set(age);
         self.resident_memory
             .set(crate::process::resident_memory_bytes().unwrap_or(0) as i64);
+        // Counters only move up: add what the pacer counted since the last scrape.
+        let catching_up = self
+            .pacing_catch_up
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let catch_up = |counter: &Counter<u64>, total: u64| {
+            counter.inc_by(total.saturating_sub(counter.get()));
+        };
+        catch_up(&self.paced_answers, pacing.charged);
+        catch_up(&self.connection_pauses, pacing.pauses);
+        catch_up(&self.room_wakes, pacing.woken_for_room);
+        self.paused_connections.set(pacing.paused as i64);
+        drop(catching_up);
         // Gauges of the clients holding places now: last scrape's clients may be gone.
         self.client_queued.clear();
         self.client_in_flight.clear();
