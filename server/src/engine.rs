@@ -20,12 +20,12 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use crate::embed::{Embedder, HashingEmbedder};
 use crate::error::Error;
 use crate::index::hnsw::{HnswParams, UsearchAnn};
 use crate::index::store::{Payload, PointStore, StoredPoint};
 use crate::index::tail::{self, Tail};
 use crate::index::{Ann, IndexError, Metric, Neighbor};
+use vecrig::embed::{Embedder, HashingEmbedder};
 
 /// Points the tail holds at most before writers wait for the indexer: a search scans at most
 /// this many vectors besides the graph (about 0.5 ms at 128-d with the AVX2 kernels).
