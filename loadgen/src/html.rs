@@ -188,7 +188,7 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
             p.latency.max_ms,
             p.code("RESOURCE_EXHAUSTED"),
             p.dropped,
-            p.recall.as_ref().map_or_else(
+            p.recall.as_ref().filter(|r| r.queries > 0).map_or_else(
                 || "&ndash;".to_string(),
                 |r| format!(
                     "{:.3} / {:.3} ({})",
@@ -216,24 +216,29 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
     for w in &s.warnings {
         let _ = write!(out, r#"<p class="warning">warning: {}</p>"#, escape(w));
     }
-    let at = |t: f64| t + 0.5;
-    let ok: Vec<(f64, f64)> = s
-        .timeline
+    // A scenario shorter than 10 s is charted by tenths of a second (one point a second
+    // would be no line at all for a sub-second scenario); its counts are scaled to rates.
+    let (timeline, width_s) = if s.fine_timeline.is_empty() {
+        (&s.timeline, 1.0)
+    } else {
+        (&s.fine_timeline, 0.1)
+    };
+    let at = |t: f64| t + width_s / 2.0;
+    let rate = |n: u64| n as f64 / width_s;
+    let ok: Vec<(f64, f64)> = timeline
         .iter()
-        .map(|p| (at(p.t_s), p.successes as f64))
+        .map(|p| (at(p.t_s), rate(p.successes)))
         .collect();
-    let shed: Vec<(f64, f64)> = s
-        .timeline
+    let shed: Vec<(f64, f64)> = timeline
         .iter()
         .map(|p| {
             (
                 at(p.t_s),
-                *p.errors.get("RESOURCE_EXHAUSTED").unwrap_or(&0) as f64,
+                rate(*p.errors.get("RESOURCE_EXHAUSTED").unwrap_or(&0)),
             )
         })
         .collect();
-    let other: Vec<(f64, f64)> = s
-        .timeline
+    let other: Vec<(f64, f64)> = timeline
         .iter()
         .map(|p| {
             let n: u64 = p
@@ -242,7 +247,7 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
                 .filter(|(c, _)| c.as_str() != "RESOURCE_EXHAUSTED")
                 .map(|(_, n)| n)
                 .sum();
-            (at(p.t_s), n as f64)
+            (at(p.t_s), rate(n))
         })
         .collect();
     out.push_str(&line_chart(
@@ -255,14 +260,18 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
         ],
     ));
     let lat = |f: fn(&vecrig::validation::report::TimePoint) -> f64| -> Vec<(f64, f64)> {
-        s.timeline
+        timeline
             .iter()
             .filter(|p| p.requests > 0)
             .map(|p| (at(p.t_s), f(p)))
             .collect()
     };
     out.push_str(&line_chart(
-        "Latency from intended send time, per second",
+        if width_s < 1.0 {
+            "Latency from intended send time, per tenth of a second"
+        } else {
+            "Latency from intended send time, per second"
+        },
         "ms",
         &[
             ("p50", "#1971c2", lat(|p| p.p50_ms)),

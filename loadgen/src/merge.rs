@@ -113,7 +113,8 @@ fn merge_scenarios(shards: &[&ScenarioReport]) -> Result<ScenarioReport, MergeEr
         loadgen,
         warnings: Vec::new(),
         passed: false,
-        timeline: merge_timelines(shards),
+        timeline: merge_timelines(shards, |s| &s.timeline),
+        fine_timeline: merge_timelines(shards, |s| &s.fine_timeline),
         server_timeline: first.server_timeline.clone(),
         fault: None,
     };
@@ -155,10 +156,13 @@ fn merge_scenarios(shards: &[&ScenarioReport]) -> Result<ScenarioReport, MergeEr
 
 /// Adds the shards' seconds together. Their percentiles cannot be merged without their
 /// histograms, so a merged second keeps the worst shard's: an upper bound, said so in the chart.
-fn merge_timelines(shards: &[&ScenarioReport]) -> Vec<vecrig::validation::report::TimePoint> {
+fn merge_timelines(
+    shards: &[&ScenarioReport],
+    timeline: fn(&ScenarioReport) -> &Vec<vecrig::validation::report::TimePoint>,
+) -> Vec<vecrig::validation::report::TimePoint> {
     let mut merged: Vec<vecrig::validation::report::TimePoint> = Vec::new();
     for shard in shards {
-        for (i, point) in shard.timeline.iter().enumerate() {
+        for (i, point) in timeline(shard).iter().enumerate() {
             if merged.len() <= i {
                 merged.push(point.clone());
                 continue;

@@ -96,14 +96,22 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
         if let Some(r) = &phase.recall
             && (phase.name != "total" || s.phases.len() > 1)
         {
-            let _ = writeln!(
-                out,
-                "  recall@k {:<12} {:.3} mean, {:.3} worst 5% ({} sampled searches checked)",
-                phase.name,
-                r.mean(),
-                r.worst_5_percent(),
-                r.queries
-            );
+            let _ = if r.queries == 0 {
+                writeln!(
+                    out,
+                    "  recall@k {:<12} not measured: no sampled search could be checked ({} left out: sent while this run's own writes were in flight, or their exact answer failed)",
+                    phase.name, r.skipped
+                )
+            } else {
+                writeln!(
+                    out,
+                    "  recall@k {:<12} {:.3} mean, {:.3} worst 5% ({} sampled searches checked)",
+                    phase.name,
+                    r.mean(),
+                    r.worst_5_percent(),
+                    r.queries
+                )
+            };
         }
     }
     let sv = &s.server;

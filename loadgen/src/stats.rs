@@ -335,11 +335,25 @@ impl Second {
 }
 
 /// A scenario's second-by-second record, for charts: small histograms (2 significant digits),
-/// one per second, by the time answers arrive.
+/// one per second, by the time answers arrive; and for its first [`FINE_SPAN`] a record by
+/// tenths of a second, so that a short scenario still draws a line.
 #[derive(Debug)]
 pub struct Timeline {
     started: std::time::Instant,
     seconds: Mutex<Vec<Second>>,
+    tenths: Mutex<Vec<Second>>,
+}
+
+/// How long the tenth-of-a-second record covers: a scenario shorter than this is charted
+/// from it (at most 100 small histograms).
+pub const FINE_SPAN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Where an answer goes in a [`Timeline`]: its second, and its tenth while within the
+/// timeline's [`FINE_SPAN`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    second: usize,
+    tenth: Option<usize>,
 }
 
 impl Timeline {
@@ -348,54 +362,84 @@ impl Timeline {
         Self {
             started: std::time::Instant::now(),
             seconds: Mutex::new(Vec::new()),
+            tenths: Mutex::new(Vec::new()),
         }
     }
 
-    /// The second of the timeline that `at` falls in.
-    fn second_of(&self, at: std::time::Instant) -> usize {
-        at.saturating_duration_since(self.started).as_secs() as usize
+    /// The second (and tenth) of the timeline that `at` falls in.
+    fn slot_of(&self, at: std::time::Instant) -> Slot {
+        let since = at.saturating_duration_since(self.started);
+        Slot {
+            second: since.as_secs() as usize,
+            tenth: (since < FINE_SPAN).then_some((since.as_millis() / 100) as usize),
+        }
     }
 
-    /// Adds the seconds a batch recorded.
-    fn absorb(&self, recorded: &mut Vec<(usize, Second)>) {
+    /// Adds what a batch recorded.
+    fn absorb(&self, recorded: &mut Vec<(Slot, Second)>) {
         if recorded.is_empty() {
             return;
         }
-        let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
-        for (second, s) in recorded.drain(..) {
-            while seconds.len() <= second {
-                seconds.push(Second::new());
+        let add = |into: &mut Vec<Second>, at: usize, s: &Second| {
+            while into.len() <= at {
+                into.push(Second::new());
             }
-            let into = &mut seconds[second];
+            let into = &mut into[at];
             let _ = into.latency.add(&s.latency);
             for (total, n) in into.codes.iter_mut().zip(s.codes) {
                 *total += n;
             }
+        };
+        let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
+        for (slot, s) in recorded.iter() {
+            add(&mut seconds, slot.second, s);
         }
+        drop(seconds);
+        if recorded.iter().any(|(slot, _)| slot.tenth.is_some()) {
+            let mut tenths = self.tenths.lock().unwrap_or_else(|p| p.into_inner());
+            for (slot, s) in recorded.iter() {
+                if let Some(tenth) = slot.tenth {
+                    add(&mut tenths, tenth, s);
+                }
+            }
+        }
+        recorded.clear();
     }
 
-    /// The timeline as report points.
+    /// The timeline as report points, one a second.
     pub fn points(&self) -> Vec<vecrig::validation::report::TimePoint> {
         let seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
-        seconds
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let ms = |v: u64| v as f64 / 1000.0;
-                let mut errors = by_name(&s.codes);
-                errors.remove("OK");
-                vecrig::validation::report::TimePoint {
-                    t_s: i as f64,
-                    requests: s.codes.iter().sum(),
-                    successes: s.codes[Code::Ok as usize],
-                    errors,
-                    p50_ms: ms(s.latency.value_at_quantile(0.5)),
-                    p99_ms: ms(s.latency.value_at_quantile(0.99)),
-                    max_ms: ms(s.latency.max()),
-                }
-            })
-            .collect()
+        as_points(&seconds, 1.0)
     }
+
+    /// The first [`FINE_SPAN`] as report points, one a tenth of a second.
+    pub fn fine_points(&self) -> Vec<vecrig::validation::report::TimePoint> {
+        let tenths = self.tenths.lock().unwrap_or_else(|p| p.into_inner());
+        as_points(&tenths, 0.1)
+    }
+}
+
+/// Report points from recorded spans of `width_s` seconds each.
+fn as_points(spans: &[Second], width_s: f64) -> Vec<vecrig::validation::report::TimePoint> {
+    spans
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let ms = |v: u64| v as f64 / 1000.0;
+            let mut errors = by_name(&s.codes);
+            errors.remove("OK");
+            vecrig::validation::report::TimePoint {
+                // Rounded, so tenths read 0.3, not 0.30000000000000004.
+                t_s: (i as f64 * width_s * 10.0).round() / 10.0,
+                requests: s.codes.iter().sum(),
+                successes: s.codes[Code::Ok as usize],
+                errors,
+                p50_ms: ms(s.latency.value_at_quantile(0.5)),
+                p99_ms: ms(s.latency.value_at_quantile(0.99)),
+                max_ms: ms(s.latency.max()),
+            }
+        })
+        .collect()
 }
 
 impl Default for Timeline {
@@ -409,9 +453,9 @@ impl Default for Timeline {
 #[derive(Debug, Default)]
 pub struct Batch {
     outcomes: Outcomes,
-    /// `(second of the scenario, what was answered in it)`, in order; a batch spans a second
-    /// or two.
-    seconds: Vec<(usize, Second)>,
+    /// `(where in the scenario, what was answered there)`, in order; a batch spans a second
+    /// or two (a tenth of a second each in the scenario's first [`FINE_SPAN`]).
+    seconds: Vec<(Slot, Second)>,
 }
 
 impl Batch {
@@ -424,9 +468,9 @@ impl Batch {
     ) {
         self.outcomes.record(outcome);
         let Some(timeline) = timeline else { return };
-        let second = timeline.second_of(at);
-        if self.seconds.last().is_none_or(|(s, _)| *s != second) {
-            self.seconds.push((second, Second::new()));
+        let slot = timeline.slot_of(at);
+        if self.seconds.last().is_none_or(|(s, _)| *s != slot) {
+            self.seconds.push((slot, Second::new()));
         }
         if let Some((_, s)) = self.seconds.last_mut() {
             s.latency.saturating_record(micros(outcome.latency));
@@ -594,5 +638,9 @@ mod tests {
         let points = timeline.points();
         assert_eq!(points.iter().map(|p| p.requests).sum::<u64>(), 300);
         assert_eq!(points.iter().map(|p| p.successes).sum::<u64>(), 270);
+        // Within its first 10 s, the same answers by tenths too.
+        let fine = timeline.fine_points();
+        assert_eq!(fine.iter().map(|p| p.requests).sum::<u64>(), 300);
+        assert!(fine.iter().all(|p| p.t_s < 10.0));
     }
 }

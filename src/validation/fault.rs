@@ -300,6 +300,7 @@ mod tests {
             warnings: Vec::new(),
             passed: true,
             timeline,
+            fine_timeline: Vec::new(),
             server_timeline: uptimes
                 .iter()
                 .enumerate()

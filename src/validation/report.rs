@@ -92,6 +92,11 @@ pub struct ScenarioReport {
     /// Second by second: throughput, outcomes and latency, for charts.
     #[serde(default)]
     pub timeline: Vec<TimePoint>,
+    /// Tenth of a second by tenth of a second, for a scenario shorter than 10 s (empty
+    /// otherwise): a sub-second scenario is one point in `timeline`, which charts as nothing.
+    /// Counts are per tenth; each point's `t_s` is the start of its tenth.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fine_timeline: Vec<TimePoint>,
     /// The server's `Stats` samples, about once a second, for charts.
     #[serde(default)]
     pub server_timeline: Vec<ServerPoint>,

@@ -310,7 +310,13 @@ impl Threshold {
             Metric::ServerFaults => phase.server_faults() as f64,
             Metric::ServerShed => phase.server.shed as f64,
             Metric::ServerRssGrowth => phase.server.rss_growth_bytes() as f64,
-            Metric::Recall => phase.recall.as_ref().map_or(f64::NAN, |r| r.mean()),
+            // Nothing checked (none sampled, or all skipped for the loadgen's own writes) is
+            // no evidence of recall: NaN, so the threshold fails rather than passing on 1.0.
+            Metric::Recall => phase
+                .recall
+                .as_ref()
+                .filter(|r| r.queries > 0)
+                .map_or(f64::NAN, |r| r.mean()),
         }
     }
 
@@ -492,6 +498,14 @@ mod tests {
         let mut phase = PhaseReport::default();
         assert!(recall.observe(&phase).is_nan(), "nothing sampled: fails");
         assert!(!recall.holds(recall.observe(&phase)));
+        phase.recall = Some(super::super::report::RecallFigures {
+            skipped: 12,
+            ..Default::default()
+        });
+        assert!(
+            recall.observe(&phase).is_nan(),
+            "all skipped, none checked: fails"
+        );
         let mut figures = super::super::report::RecallFigures::default();
         figures.add(9, 10);
         phase.recall = Some(figures);
@@ -579,6 +593,7 @@ mod tests {
             warnings: vec![],
             passed: false,
             timeline: vec![],
+            fine_timeline: vec![],
             server_timeline: vec![],
             fault: None,
         };

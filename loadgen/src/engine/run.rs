@@ -177,6 +177,11 @@ pub async fn run_scenario(
         warnings,
         passed: false,
         timeline: timeline.points(),
+        fine_timeline: if duration < crate::stats::FINE_SPAN {
+            timeline.fine_points()
+        } else {
+            Vec::new()
+        },
         server_timeline: monitor
             .samples()
             .into_iter()
