@@ -17,7 +17,7 @@
 
 use std::collections::BTreeMap;
 
-use super::report::{ScenarioReport, ThresholdResult};
+use super::report::{ScenarioReport, ServerPoint, ThresholdResult};
 // The verdict's types live beside the other report types (a report holds a verdict); they
 // are re-exported here, where they have always been found.
 pub use super::report::{AckCheck, Expectations, FaultKind, FaultVerdict, MAX_LOST_IDS};
@@ -47,6 +47,22 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     }
     values.sort_by(f64::total_cmp);
     Some(values[values.len() / 2])
+}
+
+/// Longest a `Stats` sample can take (the monitor's deadline): a sample's time is when its
+/// answer arrived, up to this long after the server read its uptime.
+const STATS_DEADLINE_MS: f64 = 2_000.0;
+
+/// Whether the server restarted between two consecutive `Stats` samples: the second's uptime
+/// is below the first's, and short enough that the process started after the first was
+/// answered. Only a drop is not enough: samples taken at once (the periodic one and one at a
+/// phase edge) can be stored in the other order than the server answered them, a few
+/// milliseconds of uptime apart, and that once counted a restart that never happened.
+fn restarted_between(before: &ServerPoint, after: &ServerPoint) -> bool {
+    before.uptime_ms > 0
+        && after.uptime_ms > 0
+        && after.uptime_ms < before.uptime_ms
+        && after.uptime_ms as f64 <= (after.t_s - before.t_s).max(0.0) * 1000.0 + STATS_DEADLINE_MS
 }
 
 /// Judges `scenario` (its timeline and server samples) and the read-back `acks` against a
@@ -92,7 +108,7 @@ pub fn judge(
     let restarts = scenario
         .server_timeline
         .windows(2)
-        .filter(|w| w[0].uptime_ms > 0 && w[1].uptime_ms > 0 && w[1].uptime_ms < w[0].uptime_ms)
+        .filter(|w| restarted_between(&w[0], &w[1]))
         .count() as u64;
     let verdict = FaultVerdict {
         kind,
@@ -372,6 +388,26 @@ mod tests {
         assert_eq!(failed(&checks), ["server_restarts==0"]);
         let (_, checks) = judge(&s, FaultKind::None, expect(), acks(500, 0));
         assert_eq!(failed(&checks).len(), 2);
+    }
+
+    #[test]
+    fn samples_stored_out_of_order_are_not_a_restart() {
+        let point = |t_s: f64, uptime_ms: u64| ServerPoint {
+            t_s,
+            uptime_ms,
+            ..ServerPoint::default()
+        };
+        // Two samples at a phase edge, stored in the other order: 3 ms of uptime back.
+        assert!(!restarted_between(
+            &point(12.0, 12_003),
+            &point(12.0, 12_000)
+        ));
+        // A real restart: the new process is younger than the time since the last sample.
+        assert!(restarted_between(&point(12.0, 12_003), &point(16.0, 900)));
+        assert!(!restarted_between(
+            &point(12.0, 12_003),
+            &point(16.0, 16_000)
+        ));
     }
 
     #[test]
