@@ -50,23 +50,12 @@ fn searches(server: &PinnedServer, connections: usize, streams: usize, secs: u64
     }
 }
 
-fn describe(label: &str, outcome: &Outcome) -> String {
-    format!(
-        "{label}: {:.0} OK/s of {:.0} answers/s, OK p50 {:.2} ms p99 {:.2} ms, codes {:?}",
-        outcome.goodput(),
-        outcome.answers_per_sec(),
-        outcome.ok_ms(0.5),
-        outcome.ok_ms(0.99),
-        outcome.codes
-    )
-}
-
 /// Capacity: 2 connections x 2 streams, enough to keep a one-CPU server's slots busy.
 async fn capacity(server: &PinnedServer, load_cpu: usize) -> Outcome {
     let outcome = flood::run(searches(server, 2, 2, 3), Some(load_cpu))
         .join()
         .expect("capacity run");
-    println!("{}", describe("capacity (2 x 2)", &outcome));
+    println!("{}", outcome.describe("capacity (2 x 2)"));
     assert!(
         outcome.ok() > 100,
         "the server serves searches: {outcome:?}"
@@ -117,7 +106,7 @@ async fn no_collapse_with(label: &str, flags: &[&str], deep_floor: f64) {
         println!(
             "{}; server CPU {:.2} s over {:.1} s; {refused} refused; health: {probes} probes, \
              worst {worst_probe:?}; memory {} MB",
-            describe(&level, &outcome),
+            outcome.describe(&level),
             cpu.as_secs_f64(),
             outcome.elapsed.as_secs_f64(),
             server.rss_bytes() >> 20
@@ -155,7 +144,7 @@ async fn no_collapse_with(label: &str, flags: &[&str], deep_floor: f64) {
     let before = flood::run(searches(&server, 1, 1, 2), Some(load_cpu))
         .join()
         .expect("again");
-    println!("{}", describe("after the flood (1 x 1)", &after));
+    println!("{}", after.describe("after the flood (1 x 1)"));
     assert!(
         after.ok_ms(0.5) <= 3.0 * before.ok_ms(0.5) + 2.0,
         "{label}: latency back to normal: p50 {:.2} ms vs {:.2} ms",
@@ -239,7 +228,7 @@ async fn bypass_flood(
         .expect("capacity");
     println!(
         "{}",
-        describe(&format!("{label}: searches alone (2 x 2)"), &capacity)
+        capacity.describe(&format!("{label}: searches alone (2 x 2)"))
     );
     assert!(capacity.ok() > 100, "searches are served: {capacity:?}");
 
@@ -272,11 +261,11 @@ async fn bypass_flood(
     let (probes, worst_probe) = probes.await.expect("probes");
     println!(
         "{}",
-        describe(&format!("{label}: the flood (64 x 64)"), &flooded)
+        flooded.describe(&format!("{label}: the flood (64 x 64)"))
     );
     println!(
         "{}; server CPU {:.2} s; health: {probes} probes, worst {worst_probe:?}",
-        describe(&format!("{label}: searches during it"), &searches),
+        searches.describe(&format!("{label}: searches during it")),
         cpu.as_secs_f64()
     );
     assert!(

@@ -15,7 +15,7 @@ mod common;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use common::flood::{self, Flood, Outcome, PinnedServer};
+use common::flood::{self, Flood, PinnedServer};
 
 const DIMS: usize = 64;
 const POINTS: u64 = 20_000;
@@ -34,17 +34,6 @@ fn searches(server: &PinnedServer, from: IpAddr, shape: (usize, usize), secs: u6
         duration: Duration::from_secs(secs),
         bind: Some(from),
     }
-}
-
-fn describe(label: &str, outcome: &Outcome) -> String {
-    format!(
-        "{label}: {:.0} OK/s of {:.0} answers/s, OK p50 {:.2} ms p99 {:.2} ms, codes {:?}",
-        outcome.goodput(),
-        outcome.answers_per_sec(),
-        outcome.ok_ms(0.5),
-        outcome.ok_ms(0.99),
-        outcome.codes
-    )
 }
 
 /// A free port on loopback, for the metrics listener.
@@ -90,11 +79,11 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
     let unloaded = flood::run(searches(&server, POLITE, (1, 1), 2), Some(load_cpu))
         .join()
         .expect("unloaded");
-    println!("{}", describe("polite, unloaded (1 x 1)", &unloaded));
+    println!("{}", unloaded.describe("polite, unloaded (1 x 1)"));
     let capacity = flood::run(searches(&server, FLOODER, (2, 2), 3), Some(load_cpu))
         .join()
         .expect("capacity");
-    println!("{}", describe("capacity (2 x 2)", &capacity));
+    println!("{}", capacity.describe("capacity (2 x 2)"));
     assert!(capacity.ok() > 100, "searches are served: {capacity:?}");
     let polite_before = client_requests(metrics_port, "127.0.0.2", "admitted").await;
     let flooder_before = client_requests(metrics_port, "127.0.0.1", "admitted").await;
@@ -107,8 +96,8 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
         .join()
         .expect("polite");
     let flooded = flooding.join().expect("flood");
-    println!("{}", describe("flooder (64 x 64)", &flooded));
-    println!("{}", describe("polite, during the flood (1 x 1)", &polite));
+    println!("{}", flooded.describe("flooder (64 x 64)"));
+    println!("{}", polite.describe("polite, during the flood (1 x 1)"));
 
     let answered: u64 = polite.codes.values().sum();
     assert!(answered >= 50, "the polite client got answers: {polite:?}");

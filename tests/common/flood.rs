@@ -56,6 +56,18 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// One line for the test's output: goodput, answers, OK latency and codes.
+    pub fn describe(&self, label: &str) -> String {
+        format!(
+            "{label}: {:.0} OK/s of {:.0} answers/s, OK p50 {:.2} ms p99 {:.2} ms, codes {:?}",
+            self.goodput(),
+            self.answers_per_sec(),
+            self.ok_ms(0.5),
+            self.ok_ms(0.99),
+            self.codes
+        )
+    }
+
     /// OK answers.
     pub fn ok(&self) -> u64 {
         self.codes.get(&0).copied().unwrap_or(0)
