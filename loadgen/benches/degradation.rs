@@ -16,10 +16,18 @@
 //! (`taskset`), so that at 10x the generator does not take the server's cores
 //! (`VECRIG_BENCH_PIN=0` to share them).
 //!
+//! Then brownout against shedding alone (`--brownout`, see the server's `admission::brownout`):
+//! the default limit with the recommended admission flags, with and without `--brownout`, on
+//! vector searches only (recall is checked against the exact answer, which the mixed
+//! workload's own upserts would move), offered 0.5x to 5x of the capacity of that workload.
+//! Per point: goodput, recall@10 of 2% of the searches (mean and worst 5%), goodput counted
+//! only where recall held >= 0.9, admitted p99, shed rate and the narrowest breadth the server
+//! reported; and which won at 2x-5x.
+//!
 //! Run: `cargo bench -p vecrig-loadgen --bench degradation` (release). It prints markdown
 //! tables, and writes the loadgen's JSON and HTML reports for every series to
 //! `VECRIG_BENCH_OUT` (default `target/degradation/`). `VECRIG_BENCH_SECONDS` (default 8) is
-//! each point's length.
+//! each point's length; `VECRIG_BENCH_PART=curve` or `=brownout` runs one part only.
 
 mod common;
 
@@ -37,12 +45,28 @@ const POINTS: u64 = 20_000;
 const DIMENSIONS: usize = 64;
 const MULTIPLIERS: [f64; 5] = [0.5, 1.0, 2.0, 5.0, 10.0];
 
+/// Offered loads of the brownout comparison, in multiples of the search workload's capacity.
+const BROWNOUT_MULTIPLIERS: [f64; 5] = [0.5, 1.0, 2.0, 3.0, 5.0];
+
+/// Recall below this does not count as goodput in the brownout comparison.
+const RECALL_FLOOR: f64 = 0.9;
+
 fn workload() -> Arc<Workload> {
     Workload::new(
         WorkloadKind::Mixed {
             upsert_fraction: 0.1,
             batch: 1,
         },
+        DIMENSIONS,
+        vecrig::synthetic::Synthetic::DEFAULT_SEED,
+        10,
+    )
+}
+
+/// The brownout comparison's workload: vector searches, k = 10, nothing written.
+fn search_workload() -> Arc<Workload> {
+    Workload::new(
+        WorkloadKind::Vector,
         DIMENSIONS,
         vecrig::synthetic::Synthetic::DEFAULT_SEED,
         10,
@@ -56,10 +80,11 @@ fn options(target: &str) -> RunOptions {
     options
 }
 
-async fn capacity(target: &str) -> f64 {
+async fn capacity(target: &str, workload: Arc<Workload>) -> f64 {
     let report = run_with(&options(target), 42, &Stop::default(), |_| {
         vec![scenario(
             "capacity",
+            workload,
             vec![Phase {
                 name: "closed-64".into(),
                 model: Model::Closed {
@@ -77,13 +102,13 @@ async fn capacity(target: &str) -> f64 {
     report.scenarios[0].phases[0].qps
 }
 
-fn scenario(name: &str, phases: Vec<Phase>) -> Scenario {
+fn scenario(name: &str, workload: Arc<Workload>, phases: Vec<Phase>) -> Scenario {
     Scenario {
         name: name.into(),
-        description: "offered load from 0.5x to 10x of capacity, open model, no retries".into(),
+        description: "offered load in multiples of capacity, open model, no retries".into(),
         parameters: Default::default(),
         phases,
-        workload: workload(),
+        workload,
         thresholds: Vec::new(),
         monitor_every: None,
         check_recovery: false,
@@ -92,8 +117,17 @@ fn scenario(name: &str, phases: Vec<Phase>) -> Scenario {
     }
 }
 
-async fn curve(target: &str, name: &str, capacity: f64, seconds: u64) -> Report {
-    let phases = MULTIPLIERS
+/// The open-model points `multipliers` x `capacity` of `workload`, with `recall_sample` of
+/// the searches checked.
+async fn curve(
+    target: &str,
+    name: &str,
+    workload: Arc<Workload>,
+    (capacity, multipliers): (f64, &[f64]),
+    seconds: u64,
+    recall_sample: f64,
+) -> Report {
+    let phases = multipliers
         .iter()
         .map(|m| Phase {
             name: format!("{m}x"),
@@ -105,8 +139,10 @@ async fn curve(target: &str, name: &str, capacity: f64, seconds: u64) -> Report 
             },
         })
         .collect();
-    run_with(&options(target), 42, &Stop::default(), |_| {
-        vec![scenario(name, phases)]
+    let mut options = options(target);
+    options.recall_sample = recall_sample;
+    run_with(&options, 42, &Stop::default(), |_| {
+        vec![scenario(name, workload, phases)]
     })
     .await
     .expect("pre-flight")
@@ -302,6 +338,7 @@ fn main() {
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         |p| p.server_cpus.len(),
     );
+    let part = std::env::var("VECRIG_BENCH_PART").unwrap_or_default();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         // Build the index once; each series starts from a copy of it.
@@ -310,25 +347,6 @@ fn main() {
             .await
             .expect("start vecrig-server");
         server.stop(Duration::from_secs(60)).await;
-
-        let mut capacity_default = None;
-        let mut results = Vec::new();
-        for series in series(server_cpus) {
-            let (measured, report) = with_server(&binary, data.path(), &series.args, async |target| {
-                let measured = capacity(target).await;
-                // Every series is offered the same rates: multiples of the capacity of the bare
-                // server (no admission: nothing is shed, so 64 closed-loop users keep its
-                // cores busy; with admission, shed answers would count against capacity).
-                let base = *capacity_default.get_or_insert(measured);
-                (measured, curve(target, &series.slug, base, seconds).await)
-            })
-            .await;
-            write(&out, &series.slug, &report);
-            eprintln!("{}: capacity {measured:.0} req/s", series.label);
-            results.push((series, measured, report));
-        }
-
-        let base = capacity_default.unwrap_or_default();
         match &pinning {
             Some(p) => println!(
                 "server on CPUs {:?}, loadgen on the others (taskset)",
@@ -336,75 +354,217 @@ fn main() {
             ),
             None => println!("server and loadgen share all CPUs (not pinned)"),
         }
-        println!("offered load: multiples of {base:.0} req/s (the capacity without admission, closed model of 64 users)");
-        println!();
-        println!("| server | offered | sent/s | goodput/s | ok p50 ms | ok p99 ms | shed | shed p99 ms | dropped | RSS MB |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
-        for (series, _, report) in &results {
-            for p in &report.scenarios[0].phases {
-                println!("{}", row(&series.label, p));
-            }
+        if part != "brownout" {
+            degradation_curve(&binary, data.path(), server_cpus, seconds, &out).await;
         }
-        println!();
-        println!("| server | capacity/s | peak goodput/s | goodput at 5x | % of best peak | ok p99 at 0.5x ms | ok p99 at 5x ms | ratio | shed p99 at 5x ms | RSS max MB |");
-        println!("|---|---|---|---|---|---|---|---|---|---|");
-        let best_peak = results
-            .iter()
-            .flat_map(|(_, _, r)| r.scenarios[0].phases.iter().map(|p| p.qps))
-            .fold(0.0, f64::max);
-        let summaries: Vec<Summary> = results
-            .iter()
-            .map(|(series, measured, report)| Summary::of(&series.label, *measured, report))
-            .collect();
-        for s in &summaries {
-            println!(
-                "| {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.1} | {:.1} | {:.1}x | {:.2} | {:.0} |",
-                s.label,
-                s.capacity,
-                s.peak,
-                s.five.qps,
-                s.five.qps / best_peak * 100.0,
-                s.half.success_latency.p99_ms,
-                s.five.success_latency.p99_ms,
-                s.five.success_latency.p99_ms / s.half.success_latency.p99_ms,
-                s.five.shed_latency.p99_ms,
-                s.rss_max as f64 / 1e6,
-            );
+        if part != "curve" {
+            brownout_against_shedding(&binary, data.path(), server_cpus, seconds, &out).await;
         }
-        println!();
-        // Which won: the adaptive limit against the best fixed limit, at 5x (goodput first,
-        // then admitted p99).
-        let fixed = summaries.iter().filter(|s| s.label.starts_with("limit"));
-        let best = fixed
-            .max_by(|a, b| a.five.qps.total_cmp(&b.five.qps))
-            .expect("fixed series");
-        if let Some(adaptive) = summaries.iter().find(|s| s.label == "adaptive") {
-            let (g, p) = (
-                adaptive.five.qps / best.five.qps,
-                adaptive.five.success_latency.p99_ms / best.five.success_latency.p99_ms,
-            );
-            let verdict = if g >= 1.0 && p <= 1.0 {
-                "adaptive wins"
-            } else if g < 1.0 && p > 1.0 {
-                "the fixed limit wins"
-            } else {
-                "neither dominates"
-            };
-            println!(
-                "at 5x, adaptive vs the best fixed ({}): goodput {g:.2}x, admitted p99 {p:.2}x: {verdict}",
-                best.label
-            );
-        }
-        let default = &summaries[1];
-        println!(
-            "{} at 5x: goodput {:.0}% of its peak (goal >= 95%), admitted p99 {:.2}x the p99 at 0.5x (goal <= 2), shed p99 {:.2} ms (goal <= 1 ms)",
-            default.label,
-            default.five.qps / default.peak * 100.0,
-            default.five.success_latency.p99_ms / default.half.success_latency.p99_ms,
-            default.five.shed_latency.p99_ms,
-        );
         println!("reports: {}", out.display());
     });
+}
+
+/// The degradation curve of every admission setting (the module docs' first part).
+async fn degradation_curve(binary: &Path, data: &Path, server_cpus: usize, seconds: u64, out: &Path) {
+    let mut capacity_default = None;
+    let mut results = Vec::new();
+    for series in series(server_cpus) {
+        let (measured, report) = with_server(binary, data, &series.args, async |target| {
+            let measured = capacity(target, workload()).await;
+            // Every series is offered the same rates: multiples of the capacity of the bare
+            // server (no admission: nothing is shed, so 64 closed-loop users keep its
+            // cores busy; with admission, shed answers would count against capacity).
+            let base = *capacity_default.get_or_insert(measured);
+            (
+                measured,
+                curve(target, &series.slug, workload(), (base, &MULTIPLIERS), seconds, 0.0).await,
+            )
+        })
+        .await;
+        write(out, &series.slug, &report);
+        eprintln!("{}: capacity {measured:.0} req/s", series.label);
+        results.push((series, measured, report));
+    }
+
+    let base = capacity_default.unwrap_or_default();
+    println!();
+    println!("offered load: multiples of {base:.0} req/s (the capacity without admission, closed model of 64 users)");
+    println!();
+    println!("| server | offered | sent/s | goodput/s | ok p50 ms | ok p99 ms | shed | shed p99 ms | dropped | RSS MB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for (series, _, report) in &results {
+        for p in &report.scenarios[0].phases {
+            println!("{}", row(&series.label, p));
+        }
+    }
+    println!();
+    println!("| server | capacity/s | peak goodput/s | goodput at 5x | % of best peak | ok p99 at 0.5x ms | ok p99 at 5x ms | ratio | shed p99 at 5x ms | RSS max MB |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let best_peak = results
+        .iter()
+        .flat_map(|(_, _, r)| r.scenarios[0].phases.iter().map(|p| p.qps))
+        .fold(0.0, f64::max);
+    let summaries: Vec<Summary> = results
+        .iter()
+        .map(|(series, measured, report)| Summary::of(&series.label, *measured, report))
+        .collect();
+    for s in &summaries {
+        println!(
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0}% | {:.1} | {:.1} | {:.1}x | {:.2} | {:.0} |",
+            s.label,
+            s.capacity,
+            s.peak,
+            s.five.qps,
+            s.five.qps / best_peak * 100.0,
+            s.half.success_latency.p99_ms,
+            s.five.success_latency.p99_ms,
+            s.five.success_latency.p99_ms / s.half.success_latency.p99_ms,
+            s.five.shed_latency.p99_ms,
+            s.rss_max as f64 / 1e6,
+        );
+    }
+    println!();
+    // Which won: the adaptive limit against the best fixed limit, at 5x (goodput first,
+    // then admitted p99).
+    let fixed = summaries.iter().filter(|s| s.label.starts_with("limit"));
+    let best = fixed
+        .max_by(|a, b| a.five.qps.total_cmp(&b.five.qps))
+        .expect("fixed series");
+    if let Some(adaptive) = summaries.iter().find(|s| s.label == "adaptive") {
+        let (g, p) = (
+            adaptive.five.qps / best.five.qps,
+            adaptive.five.success_latency.p99_ms / best.five.success_latency.p99_ms,
+        );
+        let verdict = if g >= 1.0 && p <= 1.0 {
+            "adaptive wins"
+        } else if g < 1.0 && p > 1.0 {
+            "the fixed limit wins"
+        } else {
+            "neither dominates"
+        };
+        println!(
+            "at 5x, adaptive vs the best fixed ({}): goodput {g:.2}x, admitted p99 {p:.2}x: {verdict}",
+            best.label
+        );
+    }
+    let default = &summaries[1];
+    println!(
+        "{} at 5x: goodput {:.0}% of its peak (goal >= 95%), admitted p99 {:.2}x the p99 at 0.5x (goal <= 2), shed p99 {:.2} ms (goal <= 1 ms)",
+        default.label,
+        default.five.qps / default.peak * 100.0,
+        default.five.success_latency.p99_ms / default.half.success_latency.p99_ms,
+        default.five.shed_latency.p99_ms,
+    );
+}
+
+/// Share of the searches whose recall the brownout comparison checks.
+const RECALL_SAMPLE: f64 = 0.02;
+
+/// Brownout against shedding alone (the module docs' second part).
+async fn brownout_against_shedding(
+    binary: &Path,
+    data: &Path,
+    server_cpus: usize,
+    seconds: u64,
+    out: &Path,
+) {
+    let admission: Vec<String> = ADMISSION_ARGS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--concurrency-limit".into(), (2 * server_cpus).to_string()])
+        .collect();
+    // The rates offered are multiples of what the bare server serves of this workload.
+    let base = with_server(binary, data, &["--no-admission".into()], async |target| {
+        capacity(target, search_workload()).await
+    })
+    .await;
+    let mut results = Vec::new();
+    for (label, slug, brownout) in [
+        ("shedding alone", "brownout-off", false),
+        ("brownout", "brownout-on", true),
+    ] {
+        let mut args = admission.clone();
+        if brownout {
+            args.push("--brownout".into());
+        }
+        let report = with_server(binary, data, &args, async |target| {
+            let points = (base, &BROWNOUT_MULTIPLIERS[..]);
+            curve(target, slug, search_workload(), points, seconds, RECALL_SAMPLE).await
+        })
+        .await;
+        write(out, slug, &report);
+        results.push((label, report));
+    }
+
+    println!();
+    println!(
+        "brownout against shedding alone: vector searches (k = 10, ef 512), multiples of {base:.0} req/s \
+         (their capacity without admission), default limit {} with the recommended admission flags, \
+         recall of {:.0}% of the searches",
+        2 * server_cpus,
+        RECALL_SAMPLE * 100.0
+    );
+    println!();
+    println!("| server | offered | goodput/s | recall@10 mean | recall worst 5% | goodput at recall >= {RECALL_FLOOR} | ok p99 ms | shed | narrowest ef share |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (label, report) in &results {
+        for p in &report.scenarios[0].phases {
+            let (mean, worst) = p
+                .recall
+                .as_ref()
+                .filter(|r| r.queries > 0)
+                .map_or(("-".to_string(), "-".to_string()), |r| {
+                    (format!("{:.3}", r.mean()), format!("{:.3}", r.worst_5_percent()))
+                });
+            println!(
+                "| {label} | {} | {:.0} | {mean} | {worst} | {:.0} | {:.1} | {:.1}% | {} |",
+                p.name,
+                p.qps,
+                goodput_at_recall(p),
+                p.success_latency.p99_ms,
+                p.shed_rate() * 100.0,
+                p.server
+                    .min_search_breadth
+                    .map_or("1".to_string(), |b| format!("{b:.2}")),
+            );
+        }
+    }
+    println!();
+    // Which won: goodput at recall >= the floor, point by point from 2x to 5x.
+    let overloaded = |report: &Report| -> Vec<(String, f64)> {
+        report.scenarios[0]
+            .phases
+            .iter()
+            .zip(BROWNOUT_MULTIPLIERS)
+            .filter(|(_, m)| *m >= 2.0)
+            .map(|(p, _)| (p.name.clone(), goodput_at_recall(p)))
+            .collect()
+    };
+    let (off, on) = (overloaded(&results[0].1), overloaded(&results[1].1));
+    let ratios: Vec<String> = off
+        .iter()
+        .zip(&on)
+        .map(|((name, off), (_, on))| format!("{name} {:.2}x", on / off.max(1e-9)))
+        .collect();
+    let wins = off.iter().zip(&on).filter(|((_, off), (_, on))| on > off).count();
+    let verdict = match wins {
+        n if n == off.len() => "brownout wins",
+        0 => "shedding alone wins",
+        _ => "neither wins at every point",
+    };
+    println!(
+        "goodput at recall >= {RECALL_FLOOR}, brownout / shedding alone: {}: {verdict}",
+        ratios.join(", ")
+    );
+}
+
+/// A point's goodput, counted only if its sampled recall held: 0 below [`RECALL_FLOOR`] or
+/// when nothing could be checked.
+fn goodput_at_recall(p: &PhaseReport) -> f64 {
+    match &p.recall {
+        Some(r) if r.queries > 0 && r.mean() >= RECALL_FLOOR => p.qps,
+        _ => 0.0,
+    }
 }
 
 /// One series' figures at the points the goals name.

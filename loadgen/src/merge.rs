@@ -36,6 +36,10 @@ fn max_server(a: &ServerFigures, b: &ServerFigures) -> ServerFigures {
         rss_end_bytes: a.rss_end_bytes.max(b.rss_end_bytes),
         points_start: a.points_start.min(b.points_start),
         points_end: a.points_end.max(b.points_end),
+        min_search_breadth: match (a.min_search_breadth, b.min_search_breadth) {
+            (Some(x), Some(y)) => Some(x.min(y)),
+            (x, y) => x.or(y),
+        },
     }
 }
 

@@ -37,6 +37,8 @@ pub struct Sample {
     pub peak_in_flight: u64,
     /// Most requests waiting at once since the previous `Stats` call.
     pub peak_queued: u64,
+    /// The share of their `ef` searches ran with (below 1: browning out; 0: not reported).
+    pub search_breadth: f64,
 }
 
 /// The sampler: a background task plus explicit samples at phase boundaries.
@@ -163,6 +165,7 @@ async fn take(
             uptime_ms: s.uptime_ms,
             peak_in_flight: s.peak_in_flight.max(s.in_flight),
             peak_queued: s.peak_queued.max(s.queued),
+            search_breadth: s.search_breadth,
         });
 }
 
@@ -190,5 +193,10 @@ pub fn figures(samples: &[Sample]) -> ServerFigures {
         rss_end_bytes: last.rss_bytes,
         points_start: first.points,
         points_end: last.points,
+        min_search_breadth: samples
+            .iter()
+            .map(|s| s.search_breadth)
+            .filter(|&b| b > 0.0 && b < 1.0)
+            .reduce(f64::min),
     }
 }

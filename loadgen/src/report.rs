@@ -127,6 +127,13 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
         sv.points_start,
         sv.points_end
     );
+    if let Some(breadth) = sv.min_search_breadth {
+        let _ = writeln!(
+            out,
+            "  server browned out: searches ran with as little as {:.0}% of their ef",
+            breadth * 100.0
+        );
+    }
     let _ = writeln!(
         out,
         "  loadgen process: {:.1} CPU s ({:.2} cores), memory {}",

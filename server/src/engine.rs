@@ -87,6 +87,21 @@ pub struct Search {
     pub with_payload: bool,
 }
 
+impl Search {
+    /// This search run at `breadth` of its `ef` (`default_ef` when it asked for none), never
+    /// below its `k` nor 1: what a browning-out server runs (`crate::admission::brownout`).
+    /// Exact scans and searches at full breadth are left as they are.
+    pub fn narrowed(mut self, breadth: f64, default_ef: usize) -> Self {
+        if self.exact || breadth >= 1.0 || breadth.is_nan() {
+            return self;
+        }
+        let ef = self.ef.unwrap_or(default_ef) as f64;
+        let narrowed = (ef * breadth.max(0.0)).ceil() as usize;
+        self.ef = Some(narrowed.max(self.k).max(1));
+        self
+    }
+}
+
 /// One search result.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Hit {
@@ -335,6 +350,11 @@ impl Engine {
         self.shape
     }
 
+    /// The `ef` of a search that asks for none.
+    pub fn default_ef(&self) -> usize {
+        self.default_ef
+    }
+
     /// Number of points.
     pub fn len(&self) -> usize {
         self.store.read().map(|s| s.len()).unwrap_or(0)
@@ -579,6 +599,27 @@ impl Frozen<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_narrowed_search_keeps_at_least_k_and_leaves_exact_scans_whole() {
+        let search = |k, ef, exact| Search {
+            query: Query::Vector(vec![0.0; 3]),
+            k,
+            ef,
+            exact,
+            with_payload: false,
+        };
+        let ef_of = |s: Search| s.ef;
+        assert_eq!(ef_of(search(10, None, false).narrowed(0.25, 64)), Some(16));
+        assert_eq!(ef_of(search(10, Some(512), false).narrowed(0.5, 64)), Some(256));
+        // Rounded up, and never below k (fewer candidates than k would return fewer hits).
+        assert_eq!(ef_of(search(10, Some(100), false).narrowed(0.333, 64)), Some(34));
+        assert_eq!(ef_of(search(40, None, false).narrowed(0.25, 64)), Some(40));
+        // Full breadth changes nothing: the server default still applies later.
+        assert_eq!(ef_of(search(10, None, false).narrowed(1.0, 64)), None);
+        assert_eq!(ef_of(search(10, None, true).narrowed(0.1, 64)), None);
+        assert_eq!(ef_of(search(10, Some(64), false).narrowed(f64::NAN, 64)), Some(64));
+    }
 
     #[test]
     fn apply_refuses_a_logged_vector_of_another_width() {

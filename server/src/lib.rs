@@ -10,9 +10,9 @@
 //!   [`layers::auth`] (the bearer token, so strangers take no queue places) and
 //!   [`layers::memory`] (refuses writes, then searches, near the memory limit);
 //! - [`admission`]: the cost-weighted concurrency limit, its queues and load shedding
-//!   ([`admission::cost`], [`admission::scheduler`], [`admission::layer`]), and the adaptive
-//!   limit ([`admission::adaptive`]). Health and reflection stay outside all of these, so
-//!   probes answer under load;
+//!   ([`admission::cost`], [`admission::scheduler`], [`admission::layer`]), the adaptive
+//!   limit ([`admission::adaptive`]) and brownout ([`admission::brownout`]). Health and
+//!   reflection stay outside all of these, so probes answer under load;
 //! - [`service`]: proto to domain types, validation, domain errors to gRPC status codes;
 //! - [`engine`]: the index in memory: runs index work on the blocking pool, one writer,
 //!   bounded searches;
@@ -161,6 +161,12 @@ pub async fn serve(
                 config.admission.concurrency_limit,
             ))))
         }
+        _ => None,
+    };
+    let _brownout = match config.admission.brownout {
+        Some(brownout) if config.admission.enabled => Some(AbortOnDrop(tokio::spawn(
+            crate::admission::brownout::run(Arc::clone(&admission), brownout),
+        ))),
         _ => None,
     };
     let storage_slot: StorageSlot = Arc::new(OnceLock::new());

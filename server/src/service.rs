@@ -30,6 +30,12 @@ pub trait LoadFigures: Send + Sync + std::fmt::Debug {
             queued: now.queued,
         }
     }
+
+    /// The share of its `ef` a search runs with now: below 1 while the server browns out
+    /// (`crate::admission::brownout`); 1 without one.
+    fn search_breadth(&self) -> f64 {
+        1.0
+    }
 }
 
 /// High-water marks of the load in front of the service, for `Stats`.
@@ -358,7 +364,8 @@ impl VectorIndex for Service {
         request: Request<proto::SearchRequest>,
     ) -> Result<Response<proto::SearchResponse>, Status> {
         let engine = self.engine()?;
-        let search = search_from_proto(request.into_inner(), &self.limits)?;
+        let search = search_from_proto(request.into_inner(), &self.limits)?
+            .narrowed(self.admission.search_breadth(), engine.default_ef());
         let hits = engine.search(search).await?;
         Ok(Response::new(proto::SearchResponse {
             hits: hits
@@ -435,6 +442,7 @@ impl VectorIndex for Service {
             unindexed,
             peak_in_flight: peaks.in_flight.max(admission.in_flight),
             peak_queued: peaks.queued.max(admission.queued),
+            search_breadth: self.admission.search_breadth(),
         }))
     }
 }

@@ -388,6 +388,10 @@ pub struct ServerFigures {
     pub points_start: u64,
     /// Points in the index at the last sample.
     pub points_end: u64,
+    /// The narrowest share of their `ef` that searches ran with in the samples, when the
+    /// server browned out (`vecrig-server --brownout`); absent when it never did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_search_breadth: Option<f64>,
 }
 
 #[cfg(test)]

@@ -29,11 +29,12 @@
 //! What lives here: [`settings`] (flags and [`Config`]), [`cost`] (pricing a request),
 //! [`scheduler`] (the limit, the two fair queues, the standing-queue rule), this module
 //! ([`Admission`]: the shared state and a request's way through steps 1-4), [`layer`] (the
-//! tower layer in front of the service) and [`adaptive`] (the controller that moves the
-//! limit). Admission reports to metrics through the [`Recorder`] trait, so it imports nothing
-//! above it.
+//! tower layer in front of the service), [`adaptive`] (the controller that moves the limit)
+//! and [`brownout`] (the controller that narrows searches under a standing queue). Admission
+//! reports to metrics through the [`Recorder`] trait, so it imports nothing above it.
 
 pub mod adaptive;
+pub mod brownout;
 pub mod cost;
 pub mod fair;
 pub mod layer;
@@ -58,7 +59,7 @@ use scheduler::{Scheduler, Verdict};
 
 pub use cost::Cost;
 pub use scheduler::Window;
-pub use settings::{AdaptiveConfig, Args, Config};
+pub use settings::{AdaptiveConfig, Args, BrownoutConfig, Config};
 
 /// Where admission reports what it does (the metrics layer implements it). A trait, so that
 /// admission, below the layers, never imports them.
@@ -134,6 +135,9 @@ pub struct Admission {
     room: RoomSlot,
     /// Requests running now, by client (only clients with some).
     running: Mutex<HashMap<ClientKey, u64>>,
+    /// The share of its `ef` a search runs with now (an `f64`'s bits; 1 unless browning out,
+    /// see [`brownout`]).
+    search_breadth: AtomicU64,
 }
 
 /// One client's load now, for the metrics.
@@ -179,6 +183,10 @@ impl crate::service::LoadFigures for Admission {
         let (in_flight, queued) = Admission::take_peaks(self);
         crate::service::Peaks { in_flight, queued }
     }
+
+    fn search_breadth(&self) -> f64 {
+        Admission::search_breadth(self)
+    }
 }
 
 /// A snapshot of the admission figures.
@@ -211,7 +219,28 @@ impl Admission {
             recorder,
             room: RoomSlot::default(),
             running: Mutex::new(HashMap::new()),
+            search_breadth: AtomicU64::new(1.0f64.to_bits()),
         })
+    }
+
+    /// The share of its `ef` an admitted search runs with now (1: full breadth).
+    pub fn search_breadth(&self) -> f64 {
+        f64::from_bits(self.search_breadth.load(Ordering::Relaxed))
+    }
+
+    /// Sets the share of `ef` searches run with (the brownout controller).
+    pub fn set_search_breadth(&self, breadth: f64) {
+        self.search_breadth
+            .store(breadth.clamp(0.0, 1.0).to_bits(), Ordering::Relaxed);
+    }
+
+    /// Whether requests wait now, and whether they have without a break for `standing`.
+    pub fn queue_state(&self, standing: Duration) -> brownout::QueueState {
+        match self.lock().nonempty_since {
+            None => brownout::QueueState::Empty,
+            Some(since) if since.elapsed() >= standing => brownout::QueueState::Standing,
+            Some(_) => brownout::QueueState::Waiting,
+        }
     }
 
     fn running_by_client(&self) -> MutexGuard<'_, HashMap<ClientKey, u64>> {

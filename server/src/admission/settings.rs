@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub use super::brownout::BrownoutConfig;
+
 /// Admission's flags (flattened into the server's); their defaults are written here only.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -32,6 +34,14 @@ pub struct Args {
     /// Highest limit --adaptive-limit may reach [default: 8 x CPUs].
     #[arg(long, env = "VECRIG_ADAPTIVE_MAX_LIMIT", requires = "adaptive_limit")]
     pub adaptive_max_limit: Option<usize>,
+    /// Brownout: while a queue stands, run searches with a smaller ef (down to
+    /// --brownout-floor of it), trading recall for throughput; full ef again as the queue
+    /// drains (see `admission::brownout`).
+    #[arg(long, env = "VECRIG_BROWNOUT", conflicts_with = "no_admission")]
+    pub brownout: bool,
+    /// Lowest share of its ef a search runs with under --brownout (never below its k).
+    #[arg(long, env = "VECRIG_BROWNOUT_FLOOR", default_value_t = 0.25, requires = "brownout", value_parser = share)]
+    pub brownout_floor: f64,
     /// Turn admission control off (no limit, no queue bound, no shedding): only as the
     /// baseline that shows what admission is for.
     #[arg(long, env = "VECRIG_NO_ADMISSION")]
@@ -57,6 +67,8 @@ pub struct Config {
     pub enabled: bool,
     /// The adaptive limit's controller (`None`: the limit stays fixed).
     pub adaptive: Option<AdaptiveConfig>,
+    /// The brownout controller (`None`: searches always run at full breadth).
+    pub brownout: Option<BrownoutConfig>,
 }
 
 impl Default for Config {
@@ -80,7 +92,20 @@ impl From<&Args> for Config {
             adaptive: args
                 .adaptive_limit
                 .then(|| AdaptiveConfig::with_max(args.adaptive_max_limit.unwrap_or(8 * cpus))),
+            brownout: args
+                .brownout
+                .then(|| BrownoutConfig::with_floor(args.brownout_floor)),
         }
+    }
+}
+
+/// A share in (0, 1], for --brownout-floor.
+fn share(text: &str) -> Result<f64, String> {
+    let value: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if value > 0.0 && value <= 1.0 {
+        Ok(value)
+    } else {
+        Err(format!("must be more than 0 and at most 1, got {value}"))
     }
 }
 

@@ -15,7 +15,9 @@
 //! - gauges read at scrape time: `vecrig_in_flight_requests`, `vecrig_queued_requests`,
 //!   `vecrig_concurrency_limit`, `vecrig_index_points`, `vecrig_index_unindexed_points` (written,
 //!   searched exactly, not yet in the graph), `vecrig_wal_sequence`,
-//!   `vecrig_snapshot_age_seconds`, `process_resident_memory_bytes`.
+//!   `vecrig_snapshot_age_seconds`, `process_resident_memory_bytes`, and
+//!   `vecrig_search_breadth` (the share of their ef searches run with: below 1 while
+//!   `--brownout` narrows them, see `admission::brownout`).
 //! - pacing (see `net::pacing`): `vecrig_paced_answers_total` (answers that were not admitted
 //!   work, charged to their connections), `vecrig_connection_pauses_total`,
 //!   `vecrig_connection_room_wakes_total` (paused connections read early because the queue had
@@ -111,6 +113,7 @@ pub struct Metrics {
     limit: Gauge,
     points: Gauge,
     unindexed: Gauge,
+    search_breadth: Gauge<f64, std::sync::atomic::AtomicU64>,
     wal_sequence: Gauge,
     snapshot_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     resident_memory: Gauge,
@@ -215,6 +218,12 @@ impl Metrics {
             "vecrig_index_unindexed_points",
             "Points written but not yet in the graph (searched exactly until they are)",
         );
+        let search_breadth = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "vecrig_search_breadth",
+            "Share of their ef that searches run with now (below 1 while --brownout narrows them)",
+            search_breadth.clone(),
+        );
         // Pacing's figures are counted by the pacer; these mirror them at scrape time.
         let counter_gauge = |registry: &mut Registry, name: &str, help: &str| {
             let c = Counter::<u64>::default();
@@ -278,6 +287,7 @@ impl Metrics {
             limit,
             points,
             unindexed,
+            search_breadth,
             wal_sequence,
             snapshot_age,
             resident_memory,
@@ -324,6 +334,7 @@ impl Metrics {
         self.in_flight.set(stats.in_flight as i64);
         self.queued.set(stats.queued as i64);
         self.limit.set(stats.limit as i64);
+        self.search_breadth.set(admission.search_breadth());
         if let Some(storage) = storage.get() {
             self.points.set(storage.engine().len() as i64);
             self.unindexed.set(storage.engine().tail_len() as i64);
