@@ -535,3 +535,99 @@ async fn the_adaptive_limit_follows_service_time() {
     );
     server.stop().await.expect("clean stop");
 }
+
+/// `--brownout` on a real server: under a closed-loop overload of ANN searches the breadth
+/// searches run with falls (to its floor, in `Stats` and the metrics alike), every search is
+/// still either served with its k hits or shed cleanly, and once the load stops the breadth
+/// comes back to full.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brownout_narrows_searches_under_a_standing_queue_and_widens_them_after() {
+    const FLOOR: f64 = 0.25;
+    let metrics = free_port();
+    let server = common::start_preloaded(DIMS, 20_000, |c| {
+        c.admission.concurrency_limit = 2;
+        c.admission.queue_depth = 1000;
+        c.admission.brownout = Some(vecrig_server::admission::BrownoutConfig::with_floor(FLOOR));
+        c.metrics_listen = Some(metrics);
+    })
+    .await;
+    let pool = pool_of(&server).await;
+    let breadth = async || {
+        pool.client()
+            .stats(proto::StatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner()
+            .search_breadth
+    };
+    assert_eq!(breadth().await, 1.0, "full breadth while idle");
+
+    let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
+    let until = Instant::now() + Duration::from_secs(4);
+    let mut users = Vec::new();
+    for user in 0..32u64 {
+        let (pool, data) = (pool.clone(), data.clone());
+        users.push(tokio::spawn(async move {
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(user);
+            let (mut served, mut shed) = (0u64, 0u64);
+            while Instant::now() < until {
+                // A wide search, so that narrowing it is worth something.
+                let mut request = search(data.query_vector(&mut rng), false);
+                request.ef = 512;
+                match pool
+                    .client()
+                    .search(with_deadline(request, Duration::from_secs(30)))
+                    .await
+                {
+                    Ok(answer) => {
+                        assert_eq!(
+                            answer.into_inner().hits.len(),
+                            10,
+                            "k hits, narrowed or not"
+                        );
+                        served += 1;
+                    }
+                    Err(s) if s.code() == Code::ResourceExhausted => shed += 1,
+                    Err(s) => panic!("neither served nor shed: {s}"),
+                }
+            }
+            (served, shed)
+        }));
+    }
+    let mut seen = Vec::new();
+    let mut exposed = Vec::new();
+    while Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        seen.push(breadth().await);
+        exposed.push(sample(&scrape(metrics).await, "vecrig_search_breadth").expect("exposed"));
+    }
+    let (mut served, mut shed) = (0, 0);
+    for user in users {
+        let (s, d) = user.await.expect("user");
+        served += s;
+        shed += d;
+    }
+    println!(
+        "brownout under overload: Stats {seen:?}, metrics {exposed:?}; {served} served, {shed} shed"
+    );
+    assert!(served > 100, "served {served}");
+    let narrowest = seen.iter().copied().fold(1.0, f64::min);
+    assert_eq!(
+        narrowest, FLOOR,
+        "32 users on 2 slots: down to the floor: {seen:?}"
+    );
+    assert!(seen.iter().all(|&b| (FLOOR..=1.0).contains(&b)), "{seen:?}");
+    assert!(
+        exposed.iter().any(|&b| b < 1.0),
+        "the metrics show it too: {exposed:?}"
+    );
+    // Load gone: back to full within a few seconds (0.05 a tick of 50 ms from the floor).
+    let back_by = Instant::now() + Duration::from_secs(5);
+    let mut last = breadth().await;
+    while last < 1.0 && Instant::now() < back_by {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        last = breadth().await;
+    }
+    assert_eq!(last, 1.0, "full breadth again once the queue drained");
+    server.stop().await.expect("clean stop");
+}

@@ -343,9 +343,14 @@ fn main() {
     runtime.block_on(async {
         // Build the index once; each series starts from a copy of it.
         let data = tempfile::tempdir().expect("temp dir");
-        let server = LocalServer::spawn(&binary, POINTS, Some(data.path()), &SERVER_ARGS.map(String::from))
-            .await
-            .expect("start vecrig-server");
+        let server = LocalServer::spawn(
+            &binary,
+            POINTS,
+            Some(data.path()),
+            &SERVER_ARGS.map(String::from),
+        )
+        .await
+        .expect("start vecrig-server");
         server.stop(Duration::from_secs(60)).await;
         match &pinning {
             Some(p) => println!(
@@ -365,7 +370,13 @@ fn main() {
 }
 
 /// The degradation curve of every admission setting (the module docs' first part).
-async fn degradation_curve(binary: &Path, data: &Path, server_cpus: usize, seconds: u64, out: &Path) {
+async fn degradation_curve(
+    binary: &Path,
+    data: &Path,
+    server_cpus: usize,
+    seconds: u64,
+    out: &Path,
+) {
     let mut capacity_default = None;
     let mut results = Vec::new();
     for series in series(server_cpus) {
@@ -377,7 +388,15 @@ async fn degradation_curve(binary: &Path, data: &Path, server_cpus: usize, secon
             let base = *capacity_default.get_or_insert(measured);
             (
                 measured,
-                curve(target, &series.slug, workload(), (base, &MULTIPLIERS), seconds, 0.0).await,
+                curve(
+                    target,
+                    &series.slug,
+                    workload(),
+                    (base, &MULTIPLIERS),
+                    seconds,
+                    0.0,
+                )
+                .await,
             )
         })
         .await;
@@ -388,9 +407,13 @@ async fn degradation_curve(binary: &Path, data: &Path, server_cpus: usize, secon
 
     let base = capacity_default.unwrap_or_default();
     println!();
-    println!("offered load: multiples of {base:.0} req/s (the capacity without admission, closed model of 64 users)");
+    println!(
+        "offered load: multiples of {base:.0} req/s (the capacity without admission, closed model of 64 users)"
+    );
     println!();
-    println!("| server | offered | sent/s | goodput/s | ok p50 ms | ok p99 ms | shed | shed p99 ms | dropped | RSS MB |");
+    println!(
+        "| server | offered | sent/s | goodput/s | ok p50 ms | ok p99 ms | shed | shed p99 ms | dropped | RSS MB |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for (series, _, report) in &results {
         for p in &report.scenarios[0].phases {
@@ -398,7 +421,9 @@ async fn degradation_curve(binary: &Path, data: &Path, server_cpus: usize, secon
         }
     }
     println!();
-    println!("| server | capacity/s | peak goodput/s | goodput at 5x | % of best peak | ok p99 at 0.5x ms | ok p99 at 5x ms | ratio | shed p99 at 5x ms | RSS max MB |");
+    println!(
+        "| server | capacity/s | peak goodput/s | goodput at 5x | % of best peak | ok p99 at 0.5x ms | ok p99 at 5x ms | ratio | shed p99 at 5x ms | RSS max MB |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|");
     let best_peak = results
         .iter()
@@ -489,7 +514,15 @@ async fn brownout_against_shedding(
         }
         let report = with_server(binary, data, &args, async |target| {
             let points = (base, &BROWNOUT_MULTIPLIERS[..]);
-            curve(target, slug, search_workload(), points, seconds, RECALL_SAMPLE).await
+            curve(
+                target,
+                slug,
+                search_workload(),
+                points,
+                seconds,
+                RECALL_SAMPLE,
+            )
+            .await
         })
         .await;
         write(out, slug, &report);
@@ -505,17 +538,21 @@ async fn brownout_against_shedding(
         RECALL_SAMPLE * 100.0
     );
     println!();
-    println!("| server | offered | goodput/s | recall@10 mean | recall worst 5% | goodput at recall >= {RECALL_FLOOR} | ok p99 ms | shed | narrowest ef share |");
+    println!(
+        "| server | offered | goodput/s | recall@10 mean | recall worst 5% | goodput at recall >= {RECALL_FLOOR} | ok p99 ms | shed | narrowest ef share |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|");
     for (label, report) in &results {
         for p in &report.scenarios[0].phases {
-            let (mean, worst) = p
-                .recall
-                .as_ref()
-                .filter(|r| r.queries > 0)
-                .map_or(("-".to_string(), "-".to_string()), |r| {
-                    (format!("{:.3}", r.mean()), format!("{:.3}", r.worst_5_percent()))
-                });
+            let (mean, worst) = p.recall.as_ref().filter(|r| r.queries > 0).map_or(
+                ("-".to_string(), "-".to_string()),
+                |r| {
+                    (
+                        format!("{:.3}", r.mean()),
+                        format!("{:.3}", r.worst_5_percent()),
+                    )
+                },
+            );
             println!(
                 "| {label} | {} | {:.0} | {mean} | {worst} | {:.0} | {:.1} | {:.1}% | {} |",
                 p.name,
@@ -546,7 +583,11 @@ async fn brownout_against_shedding(
         .zip(&on)
         .map(|((name, off), (_, on))| format!("{name} {:.2}x", on / off.max(1e-9)))
         .collect();
-    let wins = off.iter().zip(&on).filter(|((_, off), (_, on))| on > off).count();
+    let wins = off
+        .iter()
+        .zip(&on)
+        .filter(|((_, off), (_, on))| on > off)
+        .count();
     let verdict = match wins {
         n if n == off.len() => "brownout wins",
         0 => "shedding alone wins",

@@ -611,14 +611,23 @@ mod tests {
         };
         let ef_of = |s: Search| s.ef;
         assert_eq!(ef_of(search(10, None, false).narrowed(0.25, 64)), Some(16));
-        assert_eq!(ef_of(search(10, Some(512), false).narrowed(0.5, 64)), Some(256));
+        assert_eq!(
+            ef_of(search(10, Some(512), false).narrowed(0.5, 64)),
+            Some(256)
+        );
         // Rounded up, and never below k (fewer candidates than k would return fewer hits).
-        assert_eq!(ef_of(search(10, Some(100), false).narrowed(0.333, 64)), Some(34));
+        assert_eq!(
+            ef_of(search(10, Some(100), false).narrowed(0.333, 64)),
+            Some(34)
+        );
         assert_eq!(ef_of(search(40, None, false).narrowed(0.25, 64)), Some(40));
         // Full breadth changes nothing: the server default still applies later.
         assert_eq!(ef_of(search(10, None, false).narrowed(1.0, 64)), None);
         assert_eq!(ef_of(search(10, None, true).narrowed(0.1, 64)), None);
-        assert_eq!(ef_of(search(10, Some(64), false).narrowed(f64::NAN, 64)), Some(64));
+        assert_eq!(
+            ef_of(search(10, Some(64), false).narrowed(f64::NAN, 64)),
+            Some(64)
+        );
     }
 
     #[test]

@@ -82,7 +82,9 @@ impl Controller {
     pub fn step(&mut self, queue: QueueState) -> f64 {
         self.breadth = match queue {
             QueueState::Standing => (self.breadth * self.config.decrease).max(self.config.floor),
-            QueueState::Empty => (self.breadth + self.config.increase).min(1.0),
+            // Snapped to full within a rounding error, so that full breadth is exactly 1.
+            QueueState::Empty if self.breadth + self.config.increase > 1.0 - 1e-9 => 1.0,
+            QueueState::Empty => self.breadth + self.config.increase,
             QueueState::Waiting => self.breadth,
         };
         self.breadth
@@ -117,7 +119,10 @@ mod tests {
             seen.push(c.step(QueueState::Standing));
         }
         assert!((seen[0] - 0.8).abs() < 1e-9, "first step {}", seen[0]);
-        assert!(seen.windows(2).all(|w| w[1] <= w[0]), "never widens: {seen:?}");
+        assert!(
+            seen.windows(2).all(|w| w[1] <= w[0]),
+            "never widens: {seen:?}"
+        );
         // 0.8^7 = 0.21 < 0.25: the floor is reached in 7 ticks and held.
         assert_eq!(seen[6], 0.25);
         assert_eq!(*seen.last().expect("steps"), 0.25);
