@@ -9,8 +9,11 @@
 //! `--no-admission` (no limit, no queue bound, no shedding). Capacity is measured without
 //! admission with a closed model (64 users); then every series is offered the same open-model
 //! rates: 0.5x, 1x, 2x, 5x and 10x of it. Per point: goodput, admitted p50/p99, shed rate,
-//! shed-answer p99, dropped arrivals, server memory; then a summary at 5x, and which won
-//! between the adaptive limit and the best fixed one.
+//! shed-answer p99, dropped arrivals, server memory, and the server's CPU as its own counters
+//! split it (`vecrig_cpu_seconds_total`): the share spent serving rather than on index work,
+//! and that serving CPU per answer (under overload almost every answer is a refusal, so it is
+//! nearly the CPU a refusal costs); then a summary at 5x, and which won between the adaptive
+//! limit and the best fixed one.
 //!
 //! The loadgen (this process) and the servers are pinned to separate halves of the CPUs
 //! (`taskset`), so that at 10x the generator does not take the server's cores
@@ -120,7 +123,7 @@ fn scenario(name: &str, workload: Arc<Workload>, phases: Vec<Phase>) -> Scenario
 /// The open-model points `multipliers` x `capacity` of `workload`, with `recall_sample` of
 /// the searches checked.
 async fn curve(
-    target: &str,
+    target: &Endpoints,
     name: &str,
     workload: Arc<Workload>,
     (capacity, multipliers): (f64, &[f64]),
@@ -139,8 +142,9 @@ async fn curve(
             },
         })
         .collect();
-    let mut options = options(target);
+    let mut options = options(&target.grpc);
     options.recall_sample = recall_sample;
+    options.metrics_url = Some(target.metrics.clone());
     run_with(&options, 42, &Stop::default(), |_| {
         vec![scenario(name, workload, phases)]
     })
@@ -265,25 +269,42 @@ impl Pinning {
     }
 }
 
+/// Where a series' server answers.
+struct Endpoints {
+    /// `http://127.0.0.1:PORT`.
+    grpc: String,
+    /// Its Prometheus endpoint, scraped at every point's start and end.
+    metrics: String,
+}
+
 /// Runs `run` against a server started on a copy of `data` (so that every series starts
 /// from the same index, whatever the previous one's upserts did).
+/// `run` gets the server's gRPC target and its metrics URL.
 async fn with_server<T>(
     binary: &Path,
     data: &Path,
     extra: &[String],
-    run: impl AsyncFnOnce(&str) -> T,
+    run: impl AsyncFnOnce(&Endpoints) -> T,
 ) -> T {
     let copy = tempfile::tempdir().expect("temp dir");
     vecrig_loadgen::target::copy_data_dir(data, copy.path()).expect("copy the index");
+    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port for the metrics");
     let args: Vec<String> = SERVER_ARGS
         .iter()
         .map(|s| s.to_string())
         .chain(extra.iter().cloned())
+        .chain(["--metrics-listen".into(), metrics.to_string()])
         .collect();
     let server = LocalServer::spawn(binary, POINTS, Some(copy.path()), &args)
         .await
         .expect("start vecrig-server");
-    let out = run(&server.target).await;
+    let endpoints = Endpoints {
+        grpc: server.target.clone(),
+        metrics: format!("http://{metrics}/metrics"),
+    };
+    let out = run(&endpoints).await;
     server.stop(Duration::from_secs(30)).await;
     out
 }
@@ -295,7 +316,7 @@ fn server_binary() -> PathBuf {
 fn row(label: &str, p: &PhaseReport) -> String {
     let mb = |b: u64| b as f64 / 1e6;
     format!(
-        "| {label} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1}% | {:.2} | {} | {:.0} -> {:.0} |",
+        "| {label} | {} | {:.0} | {:.0} | {:.1} | {:.1} | {:.1}% | {:.2} | {} | {:.0} -> {:.0} | {} |",
         p.name,
         p.requests as f64 / p.duration_s,
         p.qps,
@@ -306,7 +327,36 @@ fn row(label: &str, p: &PhaseReport) -> String {
         p.dropped,
         mb(p.server.rss_start_bytes),
         mb(p.server.rss_max_bytes),
+        serving_cpu_cell(p),
     )
+}
+
+/// The server's CPU over a point, from its own counters (`vecrig_cpu_seconds_total`): the
+/// share that went to serving (everything but index work: connections, HTTP/2, admission,
+/// refusals) and that serving CPU per answer given (any method, any code), in microseconds.
+fn serving_cpu(p: &PhaseReport) -> Option<(f64, f64)> {
+    let cpu = |part: &str| {
+        p.server_counts
+            .get(&format!("vecrig_cpu_seconds_total{{part=\"{part}\"}}"))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let (serving, index) = (cpu("serving"), cpu("index"));
+    let answers: f64 = p
+        .server_counts
+        .iter()
+        .filter(|(series, _)| series.starts_with("vecrig_grpc_requests_total{"))
+        .map(|(_, n)| n)
+        .sum();
+    (serving + index > 0.0 && answers > 0.0)
+        .then(|| (serving / (serving + index), serving / answers * 1e6))
+}
+
+/// [`serving_cpu`] as a table cell: `share / µs per answer`.
+fn serving_cpu_cell(p: &PhaseReport) -> String {
+    serving_cpu(p).map_or("-".into(), |(share, per_answer)| {
+        format!("{:.0}% / {per_answer:.0} µs", share * 100.0)
+    })
 }
 
 fn write(dir: &Path, name: &str, report: &Report) {
@@ -381,7 +431,7 @@ async fn degradation_curve(
     let mut results = Vec::new();
     for series in series(server_cpus) {
         let (measured, report) = with_server(binary, data, &series.args, async |target| {
-            let measured = capacity(target, workload()).await;
+            let measured = capacity(&target.grpc, workload()).await;
             // Every series is offered the same rates: multiples of the capacity of the bare
             // server (no admission: nothing is shed, so 64 closed-loop users keep its
             // cores busy; with admission, shed answers would count against capacity).
@@ -500,7 +550,7 @@ async fn brownout_against_shedding(
         .collect();
     // The rates offered are multiples of what the bare server serves of this workload.
     let base = with_server(binary, data, &["--no-admission".into()], async |target| {
-        capacity(target, search_workload()).await
+        capacity(&target.grpc, search_workload()).await
     })
     .await;
     let mut results = Vec::new();
@@ -554,7 +604,7 @@ async fn brownout_against_shedding(
                 },
             );
             println!(
-                "| {label} | {} | {:.0} | {mean} | {worst} | {:.0} | {:.1} | {:.1}% | {} |",
+                "| {label} | {} | {:.0} | {mean} | {worst} | {:.0} | {:.1} | {:.1}% | {} | {} |",
                 p.name,
                 p.qps,
                 goodput_at_recall(p),
@@ -563,6 +613,7 @@ async fn brownout_against_shedding(
                 p.server
                     .min_search_breadth
                     .map_or("1".to_string(), |b| format!("{b:.2}")),
+                serving_cpu_cell(p),
             );
         }
     }

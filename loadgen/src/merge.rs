@@ -70,12 +70,21 @@ fn merge_phases(phases: &[&PhaseReport]) -> Result<PhaseReport, MergeError> {
             max_server(&server, &phase.server)
         };
     }
-    Ok(outcomes.report(
+    let mut merged = outcomes.report(
         &phases[0].name,
         concurrency,
         std::time::Duration::from_secs_f64(duration),
         server,
-    ))
+    );
+    // Every shard scraped the same server, so each saw (nearly) the same counts: the largest,
+    // not the sum, as for the other server figures.
+    for phase in phases {
+        for (series, &counted) in &phase.server_counts {
+            let entry = merged.server_counts.entry(series.clone()).or_insert(0.0);
+            *entry = entry.max(counted);
+        }
+    }
+    Ok(merged)
 }
 
 fn merge_scenarios(shards: &[&ScenarioReport]) -> Result<ScenarioReport, MergeError> {

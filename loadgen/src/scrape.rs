@@ -54,6 +54,30 @@ pub async fn scrape(url: &str) -> Result<BTreeMap<String, f64>, String> {
     Ok(parse(body))
 }
 
+/// What the counters among `before`'s and `after`'s series counted in between (series named
+/// `*_total`, `*_count` or `*_sum`, by the Prometheus naming rules), leaving out those that
+/// did not move. A counter that went back (the server restarted) counts from zero.
+pub fn counted_between(
+    before: &BTreeMap<String, f64>,
+    after: &BTreeMap<String, f64>,
+) -> BTreeMap<String, f64> {
+    let is_counter = |series: &str| {
+        let name = series.split('{').next().unwrap_or(series);
+        ["_total", "_count", "_sum"]
+            .iter()
+            .any(|suffix| name.ends_with(suffix))
+    };
+    after
+        .iter()
+        .filter(|(series, _)| is_counter(series))
+        .filter_map(|(series, &now)| {
+            let then = before.get(series).copied().unwrap_or(0.0);
+            let counted = if now >= then { now - then } else { now };
+            (counted > 0.0).then(|| (series.clone(), counted))
+        })
+        .collect()
+}
+
 /// The samples of a text exposition, keyed by series (name and labels as exposed).
 pub fn parse(text: &str) -> BTreeMap<String, f64> {
     text.lines()
@@ -75,6 +99,48 @@ pub fn parse(text: &str) -> BTreeMap<String, f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_between_two_scrapes_are_the_counters_that_moved() {
+        let before = parse(
+            "vecrig_grpc_requests_total{method=\"Search\",code=\"OK\"} 10\n\
+             vecrig_cpu_seconds_total{part=\"serving\"} 1.5\n\
+             vecrig_queued_requests 7\n\
+             vecrig_service_time_seconds_count{method=\"Search\"} 4\n\
+             vecrig_shed_requests_total{reason=\"queue_full\"} 3\n",
+        );
+        let after = parse(
+            "vecrig_grpc_requests_total{method=\"Search\",code=\"OK\"} 25\n\
+             vecrig_grpc_requests_total{method=\"Search\",code=\"RESOURCE_EXHAUSTED\"} 5\n\
+             vecrig_cpu_seconds_total{part=\"serving\"} 2.0\n\
+             vecrig_queued_requests 2\n\
+             vecrig_service_time_seconds_count{method=\"Search\"} 4\n\
+             vecrig_shed_requests_total{reason=\"queue_full\"} 1\n",
+        );
+        let counted = counted_between(&before, &after);
+        let get = |k: &str| counted.get(k).copied();
+        assert_eq!(
+            get("vecrig_grpc_requests_total{method=\"Search\",code=\"OK\"}"),
+            Some(15.0)
+        );
+        // A series first seen after counts from zero.
+        assert_eq!(
+            get("vecrig_grpc_requests_total{method=\"Search\",code=\"RESOURCE_EXHAUSTED\"}"),
+            Some(5.0)
+        );
+        assert_eq!(get("vecrig_cpu_seconds_total{part=\"serving\"}"), Some(0.5));
+        // Gauges are not counts; counters that did not move are left out.
+        assert_eq!(get("vecrig_queued_requests"), None);
+        assert_eq!(
+            get("vecrig_service_time_seconds_count{method=\"Search\"}"),
+            None
+        );
+        // Went back: the server restarted, and counted 1 since.
+        assert_eq!(
+            get("vecrig_shed_requests_total{reason=\"queue_full\"}"),
+            Some(1.0)
+        );
+    }
 
     #[test]
     fn keeps_our_series_and_drops_buckets_and_comments() {

@@ -220,6 +220,7 @@ impl Outcomes {
                     .collect(),
             },
             recall: self.recall.clone(),
+            server_counts: Default::default(),
         }
     }
 

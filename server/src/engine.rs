@@ -326,7 +326,11 @@ impl Engine {
     /// the point staying searchable in the tail meanwhile.
     pub fn run_indexer(&self, stop: &AtomicBool) {
         while !stop.load(Ordering::Acquire) {
-            match self.index_step() {
+            let step = {
+                let _work = crate::cpu::IndexWork::begin();
+                self.index_step()
+            };
+            match step {
                 Ok(true) => {}
                 Ok(false) => {
                     let signal = self.tail_signal.lock().unwrap_or_else(|p| p.into_inner());
@@ -395,7 +399,7 @@ impl Engine {
         let engine = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            crate::priority::as_index_work();
+            let _work = crate::cpu::IndexWork::begin();
             engine.search_blocking(&search)
         })
         .await

@@ -22,9 +22,10 @@
 //!
 //! Beside the path: [`method`] reads a request's method from its path, once, for all of the
 //! above; [`priority`] keeps index work below the request path on a saturated CPU;
-//! [`process`] reads the process's memory and CPUs; [`flags`] gives each part's settings
-//! their defaults from its own flags; [`config`] assembles every part's flags and settings
-//! (nothing imports it); [`probe`] is `vecrig-server --probe`, the container health check.
+//! [`process`] reads the process's memory and CPUs; [`cpu`] splits its CPU time between index
+//! work and the rest; [`flags`] gives each part's settings their defaults from its own flags;
+//! [`config`] assembles every part's flags and settings (nothing imports it); [`probe`] is
+//! `vecrig-server --probe`, the container health check.
 //!
 //! [`serve`] takes an already-bound listener and a shutdown future, so tests bind port 0;
 //! the whole request path is built in one function (`router`), one comment per layer.
@@ -32,6 +33,7 @@
 pub mod admission;
 pub mod caller;
 pub mod config;
+pub mod cpu;
 /// The text embedder lives in the shared crate, so that the loadgen draws vector queries from
 /// the space the server embeds texts into.
 pub use vecrig::embed;

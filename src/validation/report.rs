@@ -190,6 +190,11 @@ pub struct PhaseReport {
     /// Recall@k of the phase's sampled searches; absent when none were sampled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub recall: Option<RecallFigures>,
+    /// What the server's own counters (`--metrics-url`: Prometheus series named `*_total`,
+    /// `*_count` or `*_sum`) counted during the phase, by series: requests by code, shed by
+    /// reason, CPU seconds by part. Absent without a metrics URL.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub server_counts: BTreeMap<String, f64>,
 }
 
 /// Recall@k of sampled searches: how many of the exact answer's neighbours each sampled

@@ -93,6 +93,11 @@ pub async fn run_scenario(
         ctx.progress
             .set_label(format!("{} / {}", scenario.name, phase.name));
         let recorder = Arc::new(Recorder::with_timeline(Arc::clone(&timeline)));
+        // The server's counters before and after, for what it counted in this phase alone.
+        let counters_before = match &ctx.metrics_url {
+            Some(url) => crate::scrape::scrape(url).await.ok(),
+            None => None,
+        };
         let phase_started = Instant::now();
         let ticker = scenario.monitor_every.map(|every| {
             let (recorder, progress, label) = (
@@ -127,17 +132,24 @@ pub async fn run_scenario(
             None => None,
         };
         monitor.sample_now().await;
+        let counters_after = match (&ctx.metrics_url, &counters_before) {
+            (Some(url), Some(_)) => crate::scrape::scrape(url).await.ok(),
+            _ => None,
+        };
         let mut outcomes = recorder.snapshot();
         let check = Instant::now();
         outcomes.recall = check_recall(ctx, samples, &exact_client).await;
         checking += check.elapsed();
         total.merge(&outcomes);
-        let report = outcomes.report(
+        let mut report = outcomes.report(
             &phase.name,
             phase.model.concurrency(),
             elapsed,
             monitor.figures(Some(index)),
         );
+        if let (Some(before), Some(after)) = (&counters_before, &counters_after) {
+            report.server_counts = crate::scrape::counted_between(before, after);
+        }
         let failure = mid_run_failure.or_else(|| {
             ctx.abort_on_fail?;
             failed_at_phase_end(&scenario.thresholds, &report)

@@ -16,6 +16,8 @@
 //!   `vecrig_concurrency_limit`, `vecrig_index_points`, `vecrig_index_unindexed_points` (written,
 //!   searched exactly, not yet in the graph), `vecrig_wal_sequence`,
 //!   `vecrig_snapshot_age_seconds`, `process_resident_memory_bytes`, and
+//!   `vecrig_cpu_seconds_total{part="index"|"serving"}` (CPU time of index work, and of the
+//!   rest, the request path above all: see `cpu`), and
 //!   `vecrig_search_breadth` (the share of their ef searches run with: below 1 while
 //!   `--brownout` narrows them, see `admission::brownout`).
 //! - pacing (see `net::pacing`): `vecrig_paced_answers_total` (answers that were not admitted
@@ -72,6 +74,11 @@ struct MethodLabel {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PartLabel {
+    part: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
@@ -114,6 +121,7 @@ pub struct Metrics {
     points: Gauge,
     unindexed: Gauge,
     search_breadth: Gauge<f64, std::sync::atomic::AtomicU64>,
+    cpu: Family<PartLabel, Counter<f64, std::sync::atomic::AtomicU64>>,
     wal_sequence: Gauge,
     snapshot_age: Gauge<f64, std::sync::atomic::AtomicU64>,
     resident_memory: Gauge,
@@ -224,6 +232,12 @@ impl Metrics {
             "Share of their ef that searches run with now (below 1 while --brownout narrows them)",
             search_breadth.clone(),
         );
+        let cpu = Family::<PartLabel, Counter<f64, std::sync::atomic::AtomicU64>>::default();
+        registry.register(
+            "vecrig_cpu_seconds",
+            "CPU time of the server process: index work (searches, embedding, applying and indexing writes), and serving (the rest: connections, HTTP/2, admission, refusals, health, Stats)",
+            cpu.clone(),
+        );
         // Pacing's figures are counted by the pacer; these mirror them at scrape time.
         let counter_gauge = |registry: &mut Registry, name: &str, help: &str| {
             let c = Counter::<u64>::default();
@@ -288,6 +302,7 @@ impl Metrics {
             points,
             unindexed,
             search_breadth,
+            cpu,
             wal_sequence,
             snapshot_age,
             resident_memory,
@@ -357,6 +372,11 @@ impl Metrics {
             counter.inc_by(total.saturating_sub(counter.get()));
         };
         catch_up(&self.paced_answers, pacing.charged);
+        let split = crate::cpu::split();
+        for (part, seconds) in [("index", split.index_s), ("serving", split.serving_s)] {
+            let counter = self.cpu.get_or_create(&PartLabel { part });
+            counter.inc_by((seconds - counter.get()).max(0.0));
+        }
         catch_up(&self.connection_pauses, pacing.pauses);
         catch_up(&self.room_wakes, pacing.woken_for_room);
         self.paused_connections.set(pacing.paused as i64);

@@ -237,7 +237,7 @@ impl Storage {
         let _ = wait;
         let engine = Arc::clone(&self.engine);
         let record = tokio::task::spawn_blocking(move || {
-            crate::priority::as_index_work();
+            let _work = crate::cpu::IndexWork::begin();
             engine.prepare(points)
         })
         .await
@@ -328,6 +328,7 @@ fn write_loop(
     // works again, a snapshot re-establishes a complete copy on disk.
     let mut snapshot_due = false;
     while let Ok(first) = pending.recv() {
+        let _work = crate::cpu::IndexWork::begin();
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match pending.try_recv() {
