@@ -462,9 +462,9 @@ async fn degradation_curve(
     );
     println!();
     println!(
-        "| server | offered | sent/s | goodput/s | ok p50 ms | ok p99 ms | shed | shed p99 ms | dropped | RSS MB |"
+        "| server | offered | sent/s | goodput/s | ok p50 ms | ok p99 ms | shed | shed p99 ms | dropped | RSS MB | serving CPU: share / per answer |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (series, _, report) in &results {
         for p in &report.scenarios[0].phases {
             println!("{}", row(&series.label, p));
@@ -589,9 +589,9 @@ async fn brownout_against_shedding(
     );
     println!();
     println!(
-        "| server | offered | goodput/s | recall@10 mean | recall worst 5% | goodput at recall >= {RECALL_FLOOR} | ok p99 ms | shed | narrowest ef share |"
+        "| server | offered | goodput/s | recall@10 mean | recall worst 5% | goodput at recall >= {RECALL_FLOOR} | ok p99 ms | shed | narrowest ef share | serving CPU: share / per answer |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for (label, report) in &results {
         for p in &report.scenarios[0].phases {
             let (mean, worst) = p.recall.as_ref().filter(|r| r.queries > 0).map_or(
