@@ -1,5 +1,5 @@
 //! The degradation curve: goodput, admitted latency and shed answers from half of capacity to
-//! ten times it, for several admission settings and without admission, in one run.
+//! twenty times it, for several admission settings and without admission, in one run.
 //!
 //! The index (20,000 points x 64 dims) is built once; every series starts a `vecrig-server` on
 //! a copy of it. Searches run at ef=512, 10% of requests are single-point upserts, no retries,
@@ -8,7 +8,7 @@
 //! (2 x the server's CPUs), half, twice and four times it, and `--adaptive-limit`; and
 //! `--no-admission` (no limit, no queue bound, no shedding). Capacity is measured without
 //! admission with a closed model (64 users); then every series is offered the same open-model
-//! rates: 0.5x, 1x, 2x, 5x and 10x of it. Per point: goodput, admitted p50/p99, shed rate,
+//! rates: 0.5x, 1x, 2x, 5x, 10x and 20x of it. Per point: goodput, admitted p50/p99, shed rate,
 //! shed-answer p99, dropped arrivals, server memory, and the server's CPU as its own counters
 //! split it (`vecrig_cpu_seconds_total`): the share spent serving rather than on index work,
 //! and that serving CPU per answer (under overload almost every answer is a refusal, so it is
@@ -46,7 +46,7 @@ use vecrig_loadgen::{RunOptions, run_with};
 
 const POINTS: u64 = 20_000;
 const DIMENSIONS: usize = 64;
-const MULTIPLIERS: [f64; 5] = [0.5, 1.0, 2.0, 5.0, 10.0];
+const MULTIPLIERS: [f64; 6] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0];
 
 /// Offered loads of the brownout comparison, in multiples of the search workload's capacity.
 const BROWNOUT_MULTIPLIERS: [f64; 5] = [0.5, 1.0, 2.0, 3.0, 5.0];
@@ -530,6 +530,12 @@ async fn degradation_curve(
         default.five.success_latency.p99_ms / default.half.success_latency.p99_ms,
         default.five.shed_latency.p99_ms,
     );
+    println!(
+        "{} at 20x: goodput {:.0}% of its peak (goal >= 90%), {} arrivals the loadgen could not send on time (dropped)",
+        default.label,
+        default.twenty.qps / default.peak * 100.0,
+        default.twenty.dropped,
+    );
 }
 
 /// Share of the searches whose recall the brownout comparison checks.
@@ -666,6 +672,7 @@ struct Summary {
     peak: f64,
     half: PhaseReport,
     five: PhaseReport,
+    twenty: PhaseReport,
     rss_max: u64,
 }
 
@@ -678,6 +685,7 @@ impl Summary {
             peak: phases.iter().map(|p| p.qps).fold(0.0, f64::max),
             half: phases[0].clone(),
             five: phases[3].clone(),
+            twenty: phases[5].clone(),
             rss_max: phases
                 .iter()
                 .map(|p| p.server.rss_max_bytes)
