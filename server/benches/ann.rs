@@ -1,11 +1,16 @@
-//! ANN benchmark: build time, search QPS and recall@10 of the HNSW index at several `ef`, on
-//! 1 and 2 threads, against our exact scan as ground truth, on seeded clustered data.
+//! ANN benchmark: build time, search QPS and recall@10 of the HNSW indexes at several `ef`, on
+//! 1 and 2 threads, against our exact scan as ground truth, on seeded clustered data: usearch
+//! (what the server uses), our own graph (`index::graph`) and hnswlib, side by side on the same
+//! data, queries and ground truth, with the ratios between them at the same `ef` and at equal
+//! recall (interpolated between the measured `ef`s).
 //!
 //! Run: `cargo bench -p vecrig-server --bench ann` (release). Options via environment:
 //! `VECRIG_BENCH_POINTS` (default 100000), `VECRIG_BENCH_DIMS` (128), `VECRIG_BENCH_QUERIES`
-//! (1000), `VECRIG_BENCH_SECONDS` per measurement (2). When python3 can import hnswlib and numpy, the
-//! same data, queries and ground truth are handed to `hnswlib_bench.py` (M=16,
-//! ef_construction=200, as ours) and the ratios are printed; `VECRIG_BENCH_HNSWLIB=0` skips it.
+//! (1000), `VECRIG_BENCH_SECONDS` per measurement (2). When python3 can import hnswlib and
+//! numpy, the same data, queries and ground truth are handed to `hnswlib_bench.py` (M=16,
+//! ef_construction=200, as ours) and the ratios are printed; `VECRIG_BENCH_HNSWLIB=0` skips
+//! it. `VECRIG_BENCH_BUILTIN=0` skips re-measuring the usearch graph with usearch's built-in
+//! kernels.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -14,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use vecrig::synthetic::Synthetic;
+use vecrig_server::index::graph::GraphAnn;
 use vecrig_server::index::hnsw::{HnswParams, UsearchAnn};
 use vecrig_server::index::store::{Payload, PointStore};
 use vecrig_server::index::{Ann, Metric};
@@ -64,107 +70,188 @@ fn main() {
         ef_construction: 200,
         search_threads: 2,
     };
-    let ann = UsearchAnn::new(dims, Metric::Cosine, params).expect("index");
-    let started = Instant::now();
-    for (i, v) in vectors.iter().enumerate() {
-        ann.insert(i as u64, v).expect("insert");
-    }
-    let build = started.elapsed();
-    println!(
-        "build (M=16, ef_construction=200, one writer): {:.2} s, {:.0} points/s",
-        build.as_secs_f64(),
-        points as f64 / build.as_secs_f64()
-    );
-
-    let ann = Arc::new(ann);
     let queries = Arc::new(queries);
-    let mut ours = Vec::new();
-    for ef in EFS {
-        let mut found = 0;
-        for (q, t) in queries.iter().zip(&truth) {
-            let hits = ann.search(q, k, ef).expect("search");
-            found += hits.iter().filter(|h| t.contains(&h.id)).count();
-        }
-        let recall = found as f64 / (truth.len() * k) as f64;
-        let qps1 = measure(&ann, &queries, k, ef, 1, Duration::from_secs(seconds));
-        let qps2 = measure(&ann, &queries, k, ef, 2, Duration::from_secs(seconds));
-        ours.push(Row {
-            ef,
-            recall,
-            qps1,
-            qps2,
-        });
-    }
+    let measure_all = |ann: &Arc<dyn Ann>| -> Vec<Row> {
+        EFS.iter()
+            .map(|&ef| {
+                let mut found = 0;
+                for (q, t) in queries.iter().zip(&truth) {
+                    let hits = ann.search(q, k, ef).expect("search");
+                    found += hits.iter().filter(|h| t.contains(&h.id)).count();
+                }
+                Row {
+                    ef,
+                    recall: found as f64 / (truth.len() * k) as f64,
+                    qps1: measure(ann, &queries, k, ef, 1, Duration::from_secs(seconds)),
+                    qps2: measure(ann, &queries, k, ef, 2, Duration::from_secs(seconds)),
+                }
+            })
+            .collect()
+    };
+
+    let usearch = UsearchAnn::new(dims, Metric::Cosine, params).expect("index");
+    let usearch_build = build(&usearch, &vectors);
+    println!(
+        "usearch build (M=16, ef_construction=200, one writer): {:.2} s, {:.0} points/s",
+        usearch_build,
+        points as f64 / usearch_build
+    );
+    let usearch = Arc::new(usearch);
+    let usearch_dyn: Arc<dyn Ann> = usearch.clone();
+    let ours = measure_all(&usearch_dyn);
     println!(
         "usearch with our kernels ({}), exact scan {exact_qps:.0} QPS on 1 thread:",
         vecrig_server::index::kernels::level().name()
     );
     print_rows(&ours);
-    // The same graph with usearch's own kernels: the difference is the cost per distance only.
-    ann.use_builtin_metric().expect("builtin metric");
-    let builtin: Vec<Row> = ours
-        .iter()
-        .map(|r| Row {
-            ef: r.ef,
-            recall: r.recall,
-            qps1: measure(&ann, &queries, k, r.ef, 1, Duration::from_secs(seconds)),
-            qps2: measure(&ann, &queries, k, r.ef, 2, Duration::from_secs(seconds)),
-        })
-        .collect();
-    println!("the same graph with usearch's built-in kernels (recall as above):");
-    print_rows(&builtin);
-    println!("| ef | QPS ratio ours/built-in 1t | 2t |");
-    println!("|---:|---:|---:|");
-    for (a, b) in ours.iter().zip(&builtin) {
-        println!(
-            "| {} | {:.2} | {:.2} |",
-            a.ef,
-            a.qps1 / b.qps1,
-            a.qps2 / b.qps2
-        );
-    }
-
-    let Some(theirs) = run_hnswlib(dims, &vectors, &queries, &truth, seconds) else {
-        return;
-    };
-    println!("hnswlib, same data, same process run:");
-    print_rows(&theirs.rows);
-    println!(
-        "build time ratio (hnswlib / ours): {:.2} ({:.1} s vs {:.1} s)",
-        theirs.build_s / build.as_secs_f64(),
-        theirs.build_s,
-        build.as_secs_f64()
-    );
-    println!("| ef | QPS ratio ours/hnswlib 1t | 2t | recall ours | recall hnswlib |");
-    println!("|---:|---:|---:|---:|---:|");
-    for (a, b) in ours.iter().zip(&theirs.rows) {
-        println!(
-            "| {} | {:.2} | {:.2} | {:.4} | {:.4} |",
-            a.ef,
-            a.qps1 / b.qps1,
-            a.qps2 / b.qps2,
-            a.recall,
-            b.recall
-        );
-    }
-    for target in [0.95, 0.99] {
-        let best = |rows: &[Row]| {
-            rows.iter()
-                .filter(|r| r.recall >= target)
-                .map(|r| r.qps1)
-                .fold(0.0f64, f64::max)
-        };
-        let (a, b) = (best(&ours), best(&theirs.rows));
-        if a > 0.0 && b > 0.0 {
+    if std::env::var("VECRIG_BENCH_BUILTIN").as_deref() != Ok("0") {
+        // The same graph with usearch's own kernels: the difference is the cost per distance.
+        usearch.use_builtin_metric().expect("builtin metric");
+        let builtin: Vec<Row> = ours
+            .iter()
+            .map(|r| Row {
+                ef: r.ef,
+                recall: r.recall,
+                qps1: measure(
+                    &usearch_dyn,
+                    &queries,
+                    k,
+                    r.ef,
+                    1,
+                    Duration::from_secs(seconds),
+                ),
+                qps2: measure(
+                    &usearch_dyn,
+                    &queries,
+                    k,
+                    r.ef,
+                    2,
+                    Duration::from_secs(seconds),
+                ),
+            })
+            .collect();
+        println!("the same graph with usearch's built-in kernels (recall as above):");
+        print_rows(&builtin);
+        println!("| ef | QPS ratio ours/built-in 1t | 2t |");
+        println!("|---:|---:|---:|");
+        for (a, b) in ours.iter().zip(&builtin) {
             println!(
-                "at recall >= {target}: best 1-thread QPS ours {a:.0}, hnswlib {b:.0}, ratio {:.2}",
-                a / b
+                "| {} | {:.2} | {:.2} |",
+                a.ef,
+                a.qps1 / b.qps1,
+                a.qps2 / b.qps2
             );
+        }
+    }
+    drop(usearch_dyn);
+    drop(usearch);
+
+    let graph = GraphAnn::new(dims, Metric::Cosine, params).expect("graph");
+    let graph_build = build(&graph, &vectors);
+    println!(
+        "our graph build (M=16, ef_construction=200, one writer): {:.2} s, {:.0} points/s",
+        graph_build,
+        points as f64 / graph_build
+    );
+    let graph: Arc<dyn Ann> = Arc::new(graph);
+    let mine = measure_all(&graph);
+    println!("our graph (GraphAnn):");
+    print_rows(&mine);
+    drop(graph);
+
+    let mut engines = vec![
+        ("graph", mine, graph_build),
+        ("usearch", ours, usearch_build),
+    ];
+    if let Some(theirs) = run_hnswlib(dims, &vectors, &queries, &truth, seconds) {
+        println!("hnswlib, same data, same process run:");
+        print_rows(&theirs.rows);
+        engines.push(("hnswlib", theirs.rows, theirs.build_s));
+    }
+    compare(&engines);
+}
+
+/// Inserts every vector from one writer; seconds taken.
+fn build(ann: &dyn Ann, vectors: &[Vec<f32>]) -> f64 {
+    let started = Instant::now();
+    for (i, v) in vectors.iter().enumerate() {
+        ann.insert(i as u64, v).expect("insert");
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// Ratios between every pair of engines: build time, QPS at the same `ef`, and QPS at equal
+/// recall (interpolated between the two `ef` rows around each recall target).
+fn compare(engines: &[(&str, Vec<Row>, f64)]) {
+    println!("| engine | build s | QPS@0.95 1t | 2t | QPS@0.99 1t | 2t |");
+    println!("|---|---:|---:|---:|---:|---:|");
+    for (name, rows, build_s) in engines {
+        let cell = |target: f64, threads: usize| {
+            qps_at_recall(rows, target, threads).map_or("-".to_string(), |q| format!("{q:.0}"))
+        };
+        println!(
+            "| {name} | {build_s:.2} | {} | {} | {} | {} |",
+            cell(0.95, 1),
+            cell(0.95, 2),
+            cell(0.99, 1),
+            cell(0.99, 2)
+        );
+    }
+    for (i, (a_name, a_rows, a_build)) in engines.iter().enumerate() {
+        for (b_name, b_rows, b_build) in &engines[i + 1..] {
+            println!(
+                "{a_name}/{b_name}: build time ratio {:.2} ({a_build:.2} s vs {b_build:.2} s)",
+                a_build / b_build
+            );
+            println!("| ef | QPS {a_name}/{b_name} 1t | 2t | recall {a_name} | recall {b_name} |");
+            println!("|---:|---:|---:|---:|---:|");
+            for (a, b) in a_rows.iter().zip(b_rows.iter()) {
+                println!(
+                    "| {} | {:.2} | {:.2} | {:.4} | {:.4} |",
+                    a.ef,
+                    a.qps1 / b.qps1,
+                    a.qps2 / b.qps2,
+                    a.recall,
+                    b.recall
+                );
+            }
+            for target in [0.95, 0.99] {
+                for threads in [1, 2] {
+                    if let (Some(a), Some(b)) = (
+                        qps_at_recall(a_rows, target, threads),
+                        qps_at_recall(b_rows, target, threads),
+                    ) {
+                        println!(
+                            "at recall {target} ({threads} thread{}): {a_name} {a:.0} QPS, \
+                             {b_name} {b:.0} QPS, ratio {:.2}",
+                            if threads == 1 { "" } else { "s" },
+                            a / b
+                        );
+                    }
+                }
+            }
         }
     }
 }
 
-const EFS: [usize; 5] = [16, 32, 64, 128, 256];
+/// QPS at exactly `target` recall: log-linear interpolation between the rows just below and
+/// just above it (rows ordered by growing `ef`); `None` when no row reaches it.
+fn qps_at_recall(rows: &[Row], target: f64, threads: usize) -> Option<f64> {
+    let qps = |r: &Row| if threads == 1 { r.qps1 } else { r.qps2 };
+    let above = rows.iter().position(|r| r.recall >= target)?;
+    if above == 0 {
+        return Some(qps(&rows[0]));
+    }
+    let (lo, hi) = (&rows[above - 1], &rows[above]);
+    if hi.recall <= lo.recall {
+        return Some(qps(hi));
+    }
+    let t = (target - lo.recall) / (hi.recall - lo.recall);
+    Some((qps(lo).ln() + t * (qps(hi).ln() - qps(lo).ln())).exp())
+}
+
+/// Search breadths measured, also by `hnswlib_bench.py` (keep the two lists equal).
+const EFS: [usize; 9] = [16, 24, 32, 48, 64, 96, 128, 192, 256];
 
 struct Row {
     ef: usize,
@@ -254,7 +341,7 @@ fn run_hnswlib(
 
 /// Queries per second from `threads` threads searching for `duration`.
 fn measure(
-    ann: &Arc<UsearchAnn>,
+    ann: &Arc<dyn Ann>,
     queries: &Arc<Vec<Vec<f32>>>,
     k: usize,
     ef: usize,

@@ -11,7 +11,7 @@ import time
 import hnswlib
 import numpy as np
 
-EFS = [16, 32, 64, 128, 256]
+EFS = [16, 24, 32, 48, 64, 96, 128, 192, 256]  # as EFS in ann.rs
 K = 10
 
 

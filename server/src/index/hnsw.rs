@@ -159,7 +159,7 @@ impl UsearchAnn {
 
 /// `v / |v|`, or `v` itself when it has no length (its distance to anything is then 1, as in
 /// the exact scan).
-fn unit(v: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+pub(super) fn unit(v: &[f32]) -> std::borrow::Cow<'_, [f32]> {
     let norm = super::distance::norm(v);
     if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
         std::borrow::Cow::Owned(v.iter().map(|x| x / norm).collect())

@@ -9,8 +9,9 @@
 //!
 //! Why this module holds `unsafe` (and the only place in the index that does): SIMD intrinsics
 //! load through raw pointers and may only run on a CPU that has the feature, and usearch calls
-//! the metric with two raw pointers to `dimensions` f32 values. Each `unsafe` block says why it
-//! holds. Everything outside sees safe functions: [`dot`], [`l2_squared`] and [`install`].
+//! the metric with two raw pointers to `dimensions` f32 values; the prefetch hint the graph
+//! uses ([`prefetch`]) takes a raw pointer too. Each `unsafe` block says why it holds.
+//! Everything outside sees safe functions: [`dot`], [`l2_squared`], [`prefetch`], [`install`].
 //!
 //! Levels: AVX2+FMA when the CPU has both, else the portable code ([`dot_portable`],
 //! [`l2_squared_portable`], safe Rust written so the compiler vectorises it for the baseline
@@ -79,6 +80,25 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
         Level::Avx2Fma => unsafe { x86::l2_squared(a, b) },
         _ => l2_squared_portable(a, b),
     }
+}
+
+/// Asks the CPU to start loading the cache line holding the start of `data` into its caches,
+/// without waiting for it: the graph calls this for the vectors it is about to compare, so their
+/// loads overlap instead of each distance stalling on its own miss. The following lines of a
+/// vector are left to the hardware's stream prefetcher, which catches a sequential walk after
+/// its first line. A no-op on other architectures.
+#[inline(always)]
+pub fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults, whatever the address (here that of
+    // a live slice, so valid anyway), and changes nothing the program can observe. SSE, which
+    // provides it, is part of the x86_64 baseline.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// Dot product, written with independent accumulators so the compiler vectorises it.

@@ -3,12 +3,15 @@
 //! Nothing here knows about tonic or tokio: every call is synchronous and may block for as long
 //! as the work takes, so callers run it on a blocking pool (see `engine`). The pieces:
 //! - [`store::PointStore`] owns every point (vector, payload) and answers exact scans;
-//! - [`Ann`] is our narrow view of an approximate index; [`hnsw::UsearchAnn`] implements it;
+//! - [`Ann`] is our narrow view of an approximate index; [`hnsw::UsearchAnn`] implements it
+//!   with usearch, [`graph::GraphAnn`] with our own HNSW graph;
 //! - [`distance`] defines what "near" means for each [`Metric`], identically for both;
 //! - [`tail::Tail`] holds written points the graph has not taken yet, scanned exactly;
-//! - [`kernels`] computes it with SIMD chosen for this CPU (the index's only `unsafe`).
+//! - [`kernels`] computes it with SIMD chosen for this CPU, and prefetches for the graph (the
+//!   index's only `unsafe`).
 
 pub mod distance;
+pub mod graph;
 pub mod hnsw;
 pub mod kernels;
 pub mod store;
