@@ -79,11 +79,15 @@ fn main() {
                     let hits = ann.search(q, k, ef).expect("search");
                     found += hits.iter().filter(|h| t.contains(&h.id)).count();
                 }
+                let (qps1, cpu1) = measure(ann, &queries, k, ef, 1, Duration::from_secs(seconds));
+                let (qps2, cpu2) = measure(ann, &queries, k, ef, 2, Duration::from_secs(seconds));
                 Row {
                     ef,
                     recall: found as f64 / (truth.len() * k) as f64,
-                    qps1: measure(ann, &queries, k, ef, 1, Duration::from_secs(seconds)),
-                    qps2: measure(ann, &queries, k, ef, 2, Duration::from_secs(seconds)),
+                    qps1,
+                    qps2,
+                    cpu1,
+                    cpu2,
                 }
             })
             .collect()
@@ -109,25 +113,18 @@ fn main() {
         usearch.use_builtin_metric().expect("builtin metric");
         let builtin: Vec<Row> = ours
             .iter()
-            .map(|r| Row {
-                ef: r.ef,
-                recall: r.recall,
-                qps1: measure(
-                    &usearch_dyn,
-                    &queries,
-                    k,
-                    r.ef,
-                    1,
-                    Duration::from_secs(seconds),
-                ),
-                qps2: measure(
-                    &usearch_dyn,
-                    &queries,
-                    k,
-                    r.ef,
-                    2,
-                    Duration::from_secs(seconds),
-                ),
+            .map(|r| {
+                let d = Duration::from_secs(seconds);
+                let (qps1, cpu1) = measure(&usearch_dyn, &queries, k, r.ef, 1, d);
+                let (qps2, cpu2) = measure(&usearch_dyn, &queries, k, r.ef, 2, d);
+                Row {
+                    ef: r.ef,
+                    recall: r.recall,
+                    qps1,
+                    qps2,
+                    cpu1,
+                    cpu2,
+                }
             })
             .collect();
         println!("the same graph with usearch's built-in kernels (recall as above):");
@@ -181,21 +178,26 @@ fn build(ann: &dyn Ann, vectors: &[Vec<f32>]) -> f64 {
 }
 
 /// Ratios between every pair of engines: build time, QPS at the same `ef`, and QPS at equal
-/// recall (interpolated between the two `ef` rows around each recall target).
+/// recall (interpolated between the two `ef` rows around each recall target), both wall-clock
+/// and per CPU-second of the search threads (see [`Row`]).
 fn compare(engines: &[(&str, Vec<Row>, f64)]) {
-    println!("| engine | build s | QPS@0.95 1t | 2t | QPS@0.99 1t | 2t |");
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("QPS at equal recall (wall | per CPU-second of the searching threads):");
+    println!(
+        "| engine | build s | @0.95 1t | 2t | @0.99 1t | 2t | cpu @0.95 1t | 2t | cpu @0.99 1t | 2t |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for (name, rows, build_s) in engines {
-        let cell = |target: f64, threads: usize| {
-            qps_at_recall(rows, target, threads).map_or("-".to_string(), |q| format!("{q:.0}"))
-        };
-        println!(
-            "| {name} | {build_s:.2} | {} | {} | {} | {} |",
-            cell(0.95, 1),
-            cell(0.95, 2),
-            cell(0.99, 1),
-            cell(0.99, 2)
-        );
+        let mut line = format!("| {name} | {build_s:.2} |");
+        for speed in SPEEDS {
+            for target in [0.95, 0.99] {
+                for threads in [1, 2] {
+                    let cell = qps_at_recall(rows, target, |r| speed.1(r, threads))
+                        .map_or("-".to_string(), |q| format!("{q:.0}"));
+                    line.push_str(&format!(" {cell} |"));
+                }
+            }
+        }
+        println!("{line}");
     }
     for (i, (a_name, a_rows, a_build)) in engines.iter().enumerate() {
         for (b_name, b_rows, b_build) in &engines[i + 1..] {
@@ -203,30 +205,34 @@ fn compare(engines: &[(&str, Vec<Row>, f64)]) {
                 "{a_name}/{b_name}: build time ratio {:.2} ({a_build:.2} s vs {b_build:.2} s)",
                 a_build / b_build
             );
-            println!("| ef | QPS {a_name}/{b_name} 1t | 2t | recall {a_name} | recall {b_name} |");
-            println!("|---:|---:|---:|---:|---:|");
+            println!(
+                "| ef | QPS {a_name}/{b_name} 1t | 2t | per CPU-s 1t | 2t | recall {a_name} | recall {b_name} |"
+            );
+            println!("|---:|---:|---:|---:|---:|---:|---:|");
             for (a, b) in a_rows.iter().zip(b_rows.iter()) {
                 println!(
-                    "| {} | {:.2} | {:.2} | {:.4} | {:.4} |",
+                    "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.4} | {:.4} |",
                     a.ef,
                     a.qps1 / b.qps1,
                     a.qps2 / b.qps2,
+                    a.cpu1 / b.cpu1,
+                    a.cpu2 / b.cpu2,
                     a.recall,
                     b.recall
                 );
             }
-            for target in [0.95, 0.99] {
-                for threads in [1, 2] {
-                    if let (Some(a), Some(b)) = (
-                        qps_at_recall(a_rows, target, threads),
-                        qps_at_recall(b_rows, target, threads),
-                    ) {
-                        println!(
-                            "at recall {target} ({threads} thread{}): {a_name} {a:.0} QPS, \
-                             {b_name} {b:.0} QPS, ratio {:.2}",
-                            if threads == 1 { "" } else { "s" },
-                            a / b
-                        );
+            for (speed_name, speed) in SPEEDS {
+                for target in [0.95, 0.99] {
+                    for threads in [1, 2] {
+                        let at = |rows: &[Row]| qps_at_recall(rows, target, |r| speed(r, threads));
+                        if let (Some(a), Some(b)) = (at(a_rows), at(b_rows)) {
+                            println!(
+                                "at recall {target}, {threads} thread{}, {speed_name}: {a_name} \
+                                 {a:.0}, {b_name} {b:.0}, ratio {:.2}",
+                                if threads == 1 { "" } else { "s" },
+                                a / b
+                            );
+                        }
                     }
                 }
             }
@@ -234,10 +240,25 @@ fn compare(engines: &[(&str, Vec<Row>, f64)]) {
     }
 }
 
+/// Reads one speed of a row, for 1 or 2 threads.
+type Speed = fn(&Row, usize) -> f64;
+
+/// The two ways a row's speed is read: wall-clock QPS, and queries per CPU-second of the
+/// searching threads (robust to other work on the machine taking the CPU away; a time
+/// slice lost to it is not counted).
+const SPEEDS: [(&str, Speed); 2] = [
+    (
+        "wall QPS",
+        |r, threads| if threads == 1 { r.qps1 } else { r.qps2 },
+    ),
+    ("queries per CPU-s", |r, threads| {
+        if threads == 1 { r.cpu1 } else { r.cpu2 }
+    }),
+];
+
 /// QPS at exactly `target` recall: log-linear interpolation between the rows just below and
 /// just above it (rows ordered by growing `ef`); `None` when no row reaches it.
-fn qps_at_recall(rows: &[Row], target: f64, threads: usize) -> Option<f64> {
-    let qps = |r: &Row| if threads == 1 { r.qps1 } else { r.qps2 };
+fn qps_at_recall(rows: &[Row], target: f64, qps: impl Fn(&Row) -> f64) -> Option<f64> {
     let above = rows.iter().position(|r| r.recall >= target)?;
     if above == 0 {
         return Some(qps(&rows[0]));
@@ -258,15 +279,20 @@ struct Row {
     recall: f64,
     qps1: f64,
     qps2: f64,
+    /// Queries per CPU-second of the searching threads (Linux: their `schedstat` run time),
+    /// on 1 and 2 threads: what the search costs, whatever else the machine runs. On an idle
+    /// machine `qps1` is about `cpu1`, and `qps2` about twice `cpu2`.
+    cpu1: f64,
+    cpu2: f64,
 }
 
 fn print_rows(rows: &[Row]) {
-    println!("| ef | recall@10 | QPS 1 thread | QPS 2 threads |");
-    println!("|---:|---:|---:|---:|");
+    println!("| ef | recall@10 | QPS 1 thread | QPS 2 threads | per CPU-s 1t | 2t |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.4} | {:.0} | {:.0} |",
-            r.ef, r.recall, r.qps1, r.qps2
+            "| {} | {:.4} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.ef, r.recall, r.qps1, r.qps2, r.cpu1, r.cpu2
         );
     }
 }
@@ -333,13 +359,16 @@ fn run_hnswlib(
                 recall: v["recall"].as_f64().unwrap_or(0.0),
                 qps1: v["qps1"].as_f64().unwrap_or(0.0),
                 qps2: v["qps2"].as_f64().unwrap_or(0.0),
+                cpu1: v["cpu1"].as_f64().unwrap_or(0.0),
+                cpu2: v["cpu2"].as_f64().unwrap_or(0.0),
             });
         }
     }
     Some(result)
 }
 
-/// Queries per second from `threads` threads searching for `duration`.
+/// Queries per second from `threads` threads searching for `duration`, and queries per
+/// CPU-second those threads ran.
 fn measure(
     ann: &Arc<dyn Ann>,
     queries: &Arc<Vec<Vec<f32>>>,
@@ -347,13 +376,14 @@ fn measure(
     ef: usize,
     threads: usize,
     duration: Duration,
-) -> f64 {
+) -> (f64, f64) {
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (ann, queries, done) = (Arc::clone(ann), Arc::clone(queries), Arc::clone(&done));
             std::thread::spawn(move || {
+                let cpu_started = thread_cpu_ns();
                 let mut i = t * 7919;
                 while started.elapsed() < duration {
                     for _ in 0..64 {
@@ -363,13 +393,30 @@ fn measure(
                     }
                     done.fetch_add(64, Ordering::Relaxed);
                 }
+                thread_cpu_ns().saturating_sub(cpu_started)
             })
         })
         .collect();
-    for h in handles {
-        h.join().expect("bench thread");
-    }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    let cpu_ns: u64 = handles
+        .into_iter()
+        .map(|h| h.join().expect("bench thread"))
+        .sum();
+    let done = done.load(Ordering::Relaxed) as f64;
+    let per_cpu_s = if cpu_ns == 0 {
+        f64::NAN
+    } else {
+        done / (cpu_ns as f64 / 1e9)
+    };
+    (done / started.elapsed().as_secs_f64(), per_cpu_s)
+}
+
+/// Nanoseconds this thread has run on a CPU (Linux's `/proc/thread-self/schedstat`, first
+/// field); 0 where that is not available.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn export(dir: &str, dims: usize, vectors: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<u64>]) {

@@ -344,6 +344,9 @@ impl Graph {
             batch.clear();
             for &n in self.links(nearest.slot, level) {
                 if visited.first_visit(n) {
+                    // The first line only; the stream prefetcher takes the rest. Prefetching
+                    // 0, 1, 2, 4 or all 8 lines of a 128-d vector measured alike at 100k
+                    // points within the noise of our shared 2-core machine (about 15%).
                     kernels::prefetch(self.vectors.get(n));
                     batch.push(n);
                 }
