@@ -22,7 +22,7 @@ use vecrig::synthetic::Synthetic;
 use vecrig_server::index::graph::GraphAnn;
 use vecrig_server::index::hnsw::{HnswParams, UsearchAnn};
 use vecrig_server::index::store::{Payload, PointStore};
-use vecrig_server::index::{Ann, Metric};
+use vecrig_server::index::{Ann, AnnEngine, Metric};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -69,6 +69,7 @@ fn main() {
         connectivity: 16,
         ef_construction: 200,
         search_threads: 2,
+        engine: AnnEngine::Usearch,
     };
     let queries = Arc::new(queries);
     let measure_all = |ann: &Arc<dyn Ann>| -> Vec<Row> {

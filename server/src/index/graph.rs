@@ -637,6 +637,21 @@ impl GraphAnn {
     }
 }
 
+/// Whether the file at `path` is one of ours (begins with our magic). usearch's files have
+/// no magic at their start (its header follows the vectors), so this is how the two are told
+/// apart (see [`AnnEngine::load`]).
+pub fn is_graph_file(path: &Path) -> Result<bool, IndexError> {
+    use std::io::Read;
+    let mut head = Vec::with_capacity(file::MAGIC.len());
+    std::fs::File::open(path)
+        .and_then(|f| f.take(file::MAGIC.len() as u64).read_to_end(&mut head))
+        .map_err(|source| IndexError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+    Ok(head == file::MAGIC)
+}
+
 /// Largest `M` accepted (a file claiming more is corrupt).
 const MAX_CONNECTIVITY: usize = 256;
 
@@ -738,7 +753,7 @@ impl Ann for GraphAnn {
 mod file {
     use super::{Graph, MAX_CONNECTIVITY, MAX_LEVEL, Metric, NONE};
 
-    const MAGIC: &[u8; 8] = b"VRHNSW\0\0";
+    pub(super) const MAGIC: &[u8; 8] = b"VRHNSW\0\0";
     const VERSION: u32 = 1;
 
     fn metric_code(metric: Metric) -> u8 {
@@ -1177,6 +1192,7 @@ mod tests {
                 connectivity: 4,
                 ef_construction: 16,
                 search_threads: 1,
+                ..HnswParams::default()
             }).expect("graph");
             let mut model: HashMap<u64, Vec<f32>> = HashMap::new();
             for op in &ops {

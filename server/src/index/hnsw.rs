@@ -36,6 +36,9 @@ pub struct HnswParams {
     pub ef_construction: usize,
     /// Searches that may run at once.
     pub search_threads: usize,
+    /// Which implementation builds the graph (`--ann-engine`); the parameters above mean the
+    /// same to both.
+    pub engine: super::AnnEngine,
 }
 
 impl Default for HnswParams {
@@ -44,6 +47,7 @@ impl Default for HnswParams {
             connectivity: 16,
             ef_construction: 128,
             search_threads: 4,
+            engine: super::AnnEngine::Usearch,
         }
     }
 }

@@ -64,6 +64,90 @@ impl FromStr for Metric {
     }
 }
 
+/// Which implementation of [`Ann`] the server runs (`--ann-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnnEngine {
+    /// usearch's HNSW ([`hnsw::UsearchAnn`]).
+    #[default]
+    Usearch,
+    /// Our own HNSW graph ([`graph::GraphAnn`]).
+    Graph,
+}
+
+impl AnnEngine {
+    /// The name used on the command line and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnnEngine::Usearch => "usearch",
+            AnnEngine::Graph => "graph",
+        }
+    }
+
+    /// An empty index of this engine.
+    pub fn create(
+        self,
+        dimensions: usize,
+        metric: Metric,
+        params: hnsw::HnswParams,
+    ) -> Result<Box<dyn Ann>, IndexError> {
+        Ok(match self {
+            AnnEngine::Usearch => Box::new(hnsw::UsearchAnn::new(dimensions, metric, params)?),
+            AnnEngine::Graph => Box::new(graph::GraphAnn::new(dimensions, metric, params)?),
+        })
+    }
+
+    /// Loads an index this engine saved. A file saved by the other engine is refused with an
+    /// error that says so (the two formats differ; the caller rebuilds from the points), and
+    /// never handed to usearch's loader, which trusts its input.
+    pub fn load(
+        self,
+        path: &Path,
+        dimensions: usize,
+        metric: Metric,
+        params: hnsw::HnswParams,
+    ) -> Result<Box<dyn Ann>, IndexError> {
+        let refused = |written_by: &str| {
+            IndexError::Ann(format!(
+                "{} was {written_by}; this server runs --ann-engine {self}",
+                path.display()
+            ))
+        };
+        Ok(match (self, graph::is_graph_file(path)?) {
+            (AnnEngine::Usearch, false) => {
+                Box::new(hnsw::UsearchAnn::load(path, dimensions, metric, params)?)
+            }
+            (AnnEngine::Graph, true) => {
+                Box::new(graph::GraphAnn::load(path, dimensions, metric, params)?)
+            }
+            (AnnEngine::Usearch, true) => return Err(refused("written by --ann-engine graph")),
+            (AnnEngine::Graph, false) => {
+                return Err(refused(
+                    "not written by --ann-engine graph (usearch's, or damaged)",
+                ));
+            }
+        })
+    }
+}
+
+impl fmt::Display for AnnEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AnnEngine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "usearch" => Ok(AnnEngine::Usearch),
+            "graph" => Ok(AnnEngine::Graph),
+            other => Err(format!(
+                "unknown ann engine {other:?}: expected usearch or graph"
+            )),
+        }
+    }
+}
+
 /// One result of a search: a point id and its distance to the query.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Neighbor {
