@@ -5,7 +5,8 @@
 //! recall, yet answers at 0.6-0.7x its QPS: each distance goes through indirect calls, every
 //! candidate's key is read for a predicate that always passes, and nothing is prefetched. Here
 //! the hot loop is ours, and the layout is chosen for it:
-//! - vectors live inline in one contiguous slab ([`Slab`]), each starting on a cache line,
+//! - vectors live inline in one contiguous slab (`Slab`), each starting on a cache line, on
+//!   huge pages where Linux gives them (`kernels::advise_huge_pages`: fewer TLB misses),
 //!   addressed by an internal `u32` slot; cosine vectors are normalised on the way in, so every
 //!   cosine distance is `1 - a·b` (as in `hnsw`: one dot product, no norms);
 //! - level-0 neighbour lists, where almost all the work happens, sit in one flat array with a
@@ -131,6 +132,7 @@ impl Slab {
 
     fn grow(&mut self, slots: usize) {
         let mut data = Vec::with_capacity(slots * self.stride + FLOATS_PER_LINE);
+        kernels::advise_huge_pages(&data);
         // An f32 allocation is 4-byte aligned, so the distance to the next line boundary is a
         // whole number of floats.
         let past_boundary = (data.as_ptr() as usize % 64) / 4;
@@ -478,6 +480,7 @@ impl Graph {
         self.ids.push(plan.id);
         self.levels.push(plan.level as u8);
         self.removed.push(false);
+        self.grow_links0(1);
         self.links0.resize(self.links0.len() + self.block0(), 0);
         self.upper.push(vec![0; plan.level * self.block_upper()]);
         for (l, list) in plan.own.iter().enumerate() {
@@ -492,6 +495,21 @@ impl Graph {
         if self.entry == NONE || plan.level > self.max_level {
             self.entry = slot;
             self.max_level = plan.level;
+        }
+    }
+
+    /// Makes room in `links0` for `slots` more blocks, doubling, with huge pages asked for
+    /// (see `kernels::advise_huge_pages`) before the new memory is touched.
+    fn grow_links0(&mut self, slots: usize) {
+        let wanted = self.links0.len() + slots * self.block0();
+        if wanted > self.links0.capacity() {
+            let more = (wanted - self.links0.len())
+                .max(self.links0.len())
+                .max(1024 * self.block0());
+            let mut links = Vec::with_capacity(self.links0.len() + more);
+            kernels::advise_huge_pages(&links);
+            links.extend_from_slice(&self.links0);
+            self.links0 = links;
         }
     }
 
@@ -917,7 +935,8 @@ mod file {
         }
         graph.entry = entry;
         graph.max_level = if slots == 0 { 0 } else { max_level };
-        graph.links0 = vec![0; slots * graph.block0()];
+        graph.grow_links0(slots);
+        graph.links0.resize(slots * graph.block0(), 0);
         graph.upper.reserve(slots);
         let mut list = Vec::with_capacity(2 * m);
         for slot in 0..slots as u32 {
