@@ -299,7 +299,13 @@ impl Graph {
     fn greedy(&self, query: &[f32], mut at: Scored, level: usize) -> Scored {
         loop {
             let mut moved = false;
-            for &n in self.links(at.slot, level) {
+            let links = self.links(at.slot, level);
+            // All loads first, as on level 0 (measured: +2% to +5% QPS at ef 16 to 64, where
+            // the descent is a larger share of a search; noise at 128).
+            for &n in links {
+                kernels::prefetch(self.vectors.get(n));
+            }
+            for &n in links {
                 let distance = self.distance(query, n);
                 if distance < at.distance {
                     at = Scored { distance, slot: n };
