@@ -1,11 +1,16 @@
-//! ANN benchmark: build time, search QPS and recall@10 of the HNSW index at several `ef`, on
-//! 1 and 2 threads, against our exact scan as ground truth, on seeded clustered data.
+//! ANN benchmark: build time, search QPS and recall@10 of the HNSW indexes at several `ef`, on
+//! 1 and 2 threads, against our exact scan as ground truth, on seeded clustered data: usearch
+//! (what the server uses), our own graph (`index::graph`) and hnswlib, side by side on the same
+//! data, queries and ground truth, with the ratios between them at the same `ef` and at equal
+//! recall (interpolated between the measured `ef`s).
 //!
 //! Run: `cargo bench -p vecrig-server --bench ann` (release). Options via environment:
 //! `VECRIG_BENCH_POINTS` (default 100000), `VECRIG_BENCH_DIMS` (128), `VECRIG_BENCH_QUERIES`
-//! (1000), `VECRIG_BENCH_SECONDS` per measurement (2). When python3 can import hnswlib and numpy, the
-//! same data, queries and ground truth are handed to `hnswlib_bench.py` (M=16,
-//! ef_construction=200, as ours) and the ratios are printed; `VECRIG_BENCH_HNSWLIB=0` skips it.
+//! (1000), `VECRIG_BENCH_SECONDS` per measurement (2). When python3 can import hnswlib and
+//! numpy, the same data, queries and ground truth are handed to `hnswlib_bench.py` (M=16,
+//! ef_construction=200, as ours) and the ratios are printed; `VECRIG_BENCH_HNSWLIB=0` skips
+//! it. `VECRIG_BENCH_BUILTIN=0` skips re-measuring the usearch graph with usearch's built-in
+//! kernels.
 
 use std::io::Write;
 use std::sync::Arc;
@@ -14,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
 use vecrig::synthetic::Synthetic;
+use vecrig_server::index::graph::GraphAnn;
 use vecrig_server::index::hnsw::{HnswParams, UsearchAnn};
 use vecrig_server::index::store::{Payload, PointStore};
-use vecrig_server::index::{Ann, Metric};
+use vecrig_server::index::{Ann, AnnEngine, Metric};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -63,123 +69,231 @@ fn main() {
         connectivity: 16,
         ef_construction: 200,
         search_threads: 2,
+        engine: AnnEngine::Usearch,
     };
-    let ann = UsearchAnn::new(dims, Metric::Cosine, params).expect("index");
-    let started = Instant::now();
-    for (i, v) in vectors.iter().enumerate() {
-        ann.insert(i as u64, v).expect("insert");
-    }
-    let build = started.elapsed();
-    println!(
-        "build (M=16, ef_construction=200, one writer): {:.2} s, {:.0} points/s",
-        build.as_secs_f64(),
-        points as f64 / build.as_secs_f64()
-    );
-
-    let ann = Arc::new(ann);
     let queries = Arc::new(queries);
-    let mut ours = Vec::new();
-    for ef in EFS {
-        let mut found = 0;
-        for (q, t) in queries.iter().zip(&truth) {
-            let hits = ann.search(q, k, ef).expect("search");
-            found += hits.iter().filter(|h| t.contains(&h.id)).count();
-        }
-        let recall = found as f64 / (truth.len() * k) as f64;
-        let qps1 = measure(&ann, &queries, k, ef, 1, Duration::from_secs(seconds));
-        let qps2 = measure(&ann, &queries, k, ef, 2, Duration::from_secs(seconds));
-        ours.push(Row {
-            ef,
-            recall,
-            qps1,
-            qps2,
-        });
-    }
+    let measure_all = |ann: &Arc<dyn Ann>| -> Vec<Row> {
+        EFS.iter()
+            .map(|&ef| {
+                let mut found = 0;
+                for (q, t) in queries.iter().zip(&truth) {
+                    let hits = ann.search(q, k, ef).expect("search");
+                    found += hits.iter().filter(|h| t.contains(&h.id)).count();
+                }
+                let (qps1, cpu1) = measure(ann, &queries, k, ef, 1, Duration::from_secs(seconds));
+                let (qps2, cpu2) = measure(ann, &queries, k, ef, 2, Duration::from_secs(seconds));
+                Row {
+                    ef,
+                    recall: found as f64 / (truth.len() * k) as f64,
+                    qps1,
+                    qps2,
+                    cpu1,
+                    cpu2,
+                }
+            })
+            .collect()
+    };
+
+    let usearch = UsearchAnn::new(dims, Metric::Cosine, params).expect("index");
+    let usearch_build = build(&usearch, &vectors);
+    println!(
+        "usearch build (M=16, ef_construction=200, one writer): {:.2} s, {:.0} points/s",
+        usearch_build,
+        points as f64 / usearch_build
+    );
+    let usearch = Arc::new(usearch);
+    let usearch_dyn: Arc<dyn Ann> = usearch.clone();
+    let ours = measure_all(&usearch_dyn);
     println!(
         "usearch with our kernels ({}), exact scan {exact_qps:.0} QPS on 1 thread:",
         vecrig_server::index::kernels::level().name()
     );
     print_rows(&ours);
-    // The same graph with usearch's own kernels: the difference is the cost per distance only.
-    ann.use_builtin_metric().expect("builtin metric");
-    let builtin: Vec<Row> = ours
-        .iter()
-        .map(|r| Row {
-            ef: r.ef,
-            recall: r.recall,
-            qps1: measure(&ann, &queries, k, r.ef, 1, Duration::from_secs(seconds)),
-            qps2: measure(&ann, &queries, k, r.ef, 2, Duration::from_secs(seconds)),
-        })
-        .collect();
-    println!("the same graph with usearch's built-in kernels (recall as above):");
-    print_rows(&builtin);
-    println!("| ef | QPS ratio ours/built-in 1t | 2t |");
-    println!("|---:|---:|---:|");
-    for (a, b) in ours.iter().zip(&builtin) {
-        println!(
-            "| {} | {:.2} | {:.2} |",
-            a.ef,
-            a.qps1 / b.qps1,
-            a.qps2 / b.qps2
-        );
-    }
-
-    let Some(theirs) = run_hnswlib(dims, &vectors, &queries, &truth, seconds) else {
-        return;
-    };
-    println!("hnswlib, same data, same process run:");
-    print_rows(&theirs.rows);
-    println!(
-        "build time ratio (hnswlib / ours): {:.2} ({:.1} s vs {:.1} s)",
-        theirs.build_s / build.as_secs_f64(),
-        theirs.build_s,
-        build.as_secs_f64()
-    );
-    println!("| ef | QPS ratio ours/hnswlib 1t | 2t | recall ours | recall hnswlib |");
-    println!("|---:|---:|---:|---:|---:|");
-    for (a, b) in ours.iter().zip(&theirs.rows) {
-        println!(
-            "| {} | {:.2} | {:.2} | {:.4} | {:.4} |",
-            a.ef,
-            a.qps1 / b.qps1,
-            a.qps2 / b.qps2,
-            a.recall,
-            b.recall
-        );
-    }
-    for target in [0.95, 0.99] {
-        let best = |rows: &[Row]| {
-            rows.iter()
-                .filter(|r| r.recall >= target)
-                .map(|r| r.qps1)
-                .fold(0.0f64, f64::max)
-        };
-        let (a, b) = (best(&ours), best(&theirs.rows));
-        if a > 0.0 && b > 0.0 {
+    if std::env::var("VECRIG_BENCH_BUILTIN").as_deref() != Ok("0") {
+        // The same graph with usearch's own kernels: the difference is the cost per distance.
+        usearch.use_builtin_metric().expect("builtin metric");
+        let builtin: Vec<Row> = ours
+            .iter()
+            .map(|r| {
+                let d = Duration::from_secs(seconds);
+                let (qps1, cpu1) = measure(&usearch_dyn, &queries, k, r.ef, 1, d);
+                let (qps2, cpu2) = measure(&usearch_dyn, &queries, k, r.ef, 2, d);
+                Row {
+                    ef: r.ef,
+                    recall: r.recall,
+                    qps1,
+                    qps2,
+                    cpu1,
+                    cpu2,
+                }
+            })
+            .collect();
+        println!("the same graph with usearch's built-in kernels (recall as above):");
+        print_rows(&builtin);
+        println!("| ef | QPS ratio ours/built-in 1t | 2t |");
+        println!("|---:|---:|---:|");
+        for (a, b) in ours.iter().zip(&builtin) {
             println!(
-                "at recall >= {target}: best 1-thread QPS ours {a:.0}, hnswlib {b:.0}, ratio {:.2}",
-                a / b
+                "| {} | {:.2} | {:.2} |",
+                a.ef,
+                a.qps1 / b.qps1,
+                a.qps2 / b.qps2
             );
+        }
+    }
+    drop(usearch_dyn);
+    drop(usearch);
+
+    let graph = GraphAnn::new(dims, Metric::Cosine, params).expect("graph");
+    let graph_build = build(&graph, &vectors);
+    println!(
+        "our graph build (M=16, ef_construction=200, one writer): {:.2} s, {:.0} points/s",
+        graph_build,
+        points as f64 / graph_build
+    );
+    let graph: Arc<dyn Ann> = Arc::new(graph);
+    let mine = measure_all(&graph);
+    println!("our graph (GraphAnn):");
+    print_rows(&mine);
+    drop(graph);
+
+    let mut engines = vec![
+        ("graph", mine, graph_build),
+        ("usearch", ours, usearch_build),
+    ];
+    if let Some(theirs) = run_hnswlib(dims, &vectors, &queries, &truth, seconds) {
+        println!("hnswlib, same data, same process run:");
+        print_rows(&theirs.rows);
+        engines.push(("hnswlib", theirs.rows, theirs.build_s));
+    }
+    compare(&engines);
+}
+
+/// Inserts every vector from one writer; seconds taken.
+fn build(ann: &dyn Ann, vectors: &[Vec<f32>]) -> f64 {
+    let started = Instant::now();
+    for (i, v) in vectors.iter().enumerate() {
+        ann.insert(i as u64, v).expect("insert");
+    }
+    started.elapsed().as_secs_f64()
+}
+
+/// Ratios between every pair of engines: build time, QPS at the same `ef`, and QPS at equal
+/// recall (interpolated between the two `ef` rows around each recall target), both wall-clock
+/// and per CPU-second of the search threads (see [`Row`]).
+fn compare(engines: &[(&str, Vec<Row>, f64)]) {
+    println!("QPS at equal recall (wall | per CPU-second of the searching threads):");
+    println!(
+        "| engine | build s | @0.95 1t | 2t | @0.99 1t | 2t | cpu @0.95 1t | 2t | cpu @0.99 1t | 2t |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, rows, build_s) in engines {
+        let mut line = format!("| {name} | {build_s:.2} |");
+        for speed in SPEEDS {
+            for target in [0.95, 0.99] {
+                for threads in [1, 2] {
+                    let cell = qps_at_recall(rows, target, |r| speed.1(r, threads))
+                        .map_or("-".to_string(), |q| format!("{q:.0}"));
+                    line.push_str(&format!(" {cell} |"));
+                }
+            }
+        }
+        println!("{line}");
+    }
+    for (i, (a_name, a_rows, a_build)) in engines.iter().enumerate() {
+        for (b_name, b_rows, b_build) in &engines[i + 1..] {
+            println!(
+                "{a_name}/{b_name}: build time ratio {:.2} ({a_build:.2} s vs {b_build:.2} s)",
+                a_build / b_build
+            );
+            println!(
+                "| ef | QPS {a_name}/{b_name} 1t | 2t | per CPU-s 1t | 2t | recall {a_name} | recall {b_name} |"
+            );
+            println!("|---:|---:|---:|---:|---:|---:|---:|");
+            for (a, b) in a_rows.iter().zip(b_rows.iter()) {
+                println!(
+                    "| {} | {:.2} | {:.2} | {:.2} | {:.2} | {:.4} | {:.4} |",
+                    a.ef,
+                    a.qps1 / b.qps1,
+                    a.qps2 / b.qps2,
+                    a.cpu1 / b.cpu1,
+                    a.cpu2 / b.cpu2,
+                    a.recall,
+                    b.recall
+                );
+            }
+            for (speed_name, speed) in SPEEDS {
+                for target in [0.95, 0.99] {
+                    for threads in [1, 2] {
+                        let at = |rows: &[Row]| qps_at_recall(rows, target, |r| speed(r, threads));
+                        if let (Some(a), Some(b)) = (at(a_rows), at(b_rows)) {
+                            println!(
+                                "at recall {target}, {threads} thread{}, {speed_name}: {a_name} \
+                                 {a:.0}, {b_name} {b:.0}, ratio {:.2}",
+                                if threads == 1 { "" } else { "s" },
+                                a / b
+                            );
+                        }
+                    }
+                }
+            }
         }
     }
 }
 
-const EFS: [usize; 5] = [16, 32, 64, 128, 256];
+/// Reads one speed of a row, for 1 or 2 threads.
+type Speed = fn(&Row, usize) -> f64;
+
+/// The two ways a row's speed is read: wall-clock QPS, and queries per CPU-second of the
+/// searching threads (robust to other work on the machine taking the CPU away; a time
+/// slice lost to it is not counted).
+const SPEEDS: [(&str, Speed); 2] = [
+    (
+        "wall QPS",
+        |r, threads| if threads == 1 { r.qps1 } else { r.qps2 },
+    ),
+    ("queries per CPU-s", |r, threads| {
+        if threads == 1 { r.cpu1 } else { r.cpu2 }
+    }),
+];
+
+/// QPS at exactly `target` recall: log-linear interpolation between the rows just below and
+/// just above it (rows ordered by growing `ef`); `None` when no row reaches it.
+fn qps_at_recall(rows: &[Row], target: f64, qps: impl Fn(&Row) -> f64) -> Option<f64> {
+    let above = rows.iter().position(|r| r.recall >= target)?;
+    if above == 0 {
+        return Some(qps(&rows[0]));
+    }
+    let (lo, hi) = (&rows[above - 1], &rows[above]);
+    if hi.recall <= lo.recall {
+        return Some(qps(hi));
+    }
+    let t = (target - lo.recall) / (hi.recall - lo.recall);
+    Some((qps(lo).ln() + t * (qps(hi).ln() - qps(lo).ln())).exp())
+}
+
+/// Search breadths measured, also by `hnswlib_bench.py` (keep the two lists equal).
+const EFS: [usize; 9] = [16, 24, 32, 48, 64, 96, 128, 192, 256];
 
 struct Row {
     ef: usize,
     recall: f64,
     qps1: f64,
     qps2: f64,
+    /// Queries per CPU-second of the searching threads (Linux: their `schedstat` run time),
+    /// on 1 and 2 threads: what the search costs, whatever else the machine runs. On an idle
+    /// machine `qps1` is about `cpu1`, and `qps2` about twice `cpu2`.
+    cpu1: f64,
+    cpu2: f64,
 }
 
 fn print_rows(rows: &[Row]) {
-    println!("| ef | recall@10 | QPS 1 thread | QPS 2 threads |");
-    println!("|---:|---:|---:|---:|");
+    println!("| ef | recall@10 | QPS 1 thread | QPS 2 threads | per CPU-s 1t | 2t |");
+    println!("|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         println!(
-            "| {} | {:.4} | {:.0} | {:.0} |",
-            r.ef, r.recall, r.qps1, r.qps2
+            "| {} | {:.4} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            r.ef, r.recall, r.qps1, r.qps2, r.cpu1, r.cpu2
         );
     }
 }
@@ -246,27 +360,31 @@ fn run_hnswlib(
                 recall: v["recall"].as_f64().unwrap_or(0.0),
                 qps1: v["qps1"].as_f64().unwrap_or(0.0),
                 qps2: v["qps2"].as_f64().unwrap_or(0.0),
+                cpu1: v["cpu1"].as_f64().unwrap_or(0.0),
+                cpu2: v["cpu2"].as_f64().unwrap_or(0.0),
             });
         }
     }
     Some(result)
 }
 
-/// Queries per second from `threads` threads searching for `duration`.
+/// Queries per second from `threads` threads searching for `duration`, and queries per
+/// CPU-second those threads ran.
 fn measure(
-    ann: &Arc<UsearchAnn>,
+    ann: &Arc<dyn Ann>,
     queries: &Arc<Vec<Vec<f32>>>,
     k: usize,
     ef: usize,
     threads: usize,
     duration: Duration,
-) -> f64 {
+) -> (f64, f64) {
     let done = Arc::new(AtomicUsize::new(0));
     let started = Instant::now();
     let handles: Vec<_> = (0..threads)
         .map(|t| {
             let (ann, queries, done) = (Arc::clone(ann), Arc::clone(queries), Arc::clone(&done));
             std::thread::spawn(move || {
+                let cpu_started = thread_cpu_ns();
                 let mut i = t * 7919;
                 while started.elapsed() < duration {
                     for _ in 0..64 {
@@ -276,13 +394,30 @@ fn measure(
                     }
                     done.fetch_add(64, Ordering::Relaxed);
                 }
+                thread_cpu_ns().saturating_sub(cpu_started)
             })
         })
         .collect();
-    for h in handles {
-        h.join().expect("bench thread");
-    }
-    done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64()
+    let cpu_ns: u64 = handles
+        .into_iter()
+        .map(|h| h.join().expect("bench thread"))
+        .sum();
+    let done = done.load(Ordering::Relaxed) as f64;
+    let per_cpu_s = if cpu_ns == 0 {
+        f64::NAN
+    } else {
+        done / (cpu_ns as f64 / 1e9)
+    };
+    (done / started.elapsed().as_secs_f64(), per_cpu_s)
+}
+
+/// Nanoseconds this thread has run on a CPU (Linux's `/proc/thread-self/schedstat`, first
+/// field); 0 where that is not available.
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
 }
 
 fn export(dir: &str, dims: usize, vectors: &[Vec<f32>], queries: &[Vec<f32>], truth: &[Vec<u64>]) {

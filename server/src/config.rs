@@ -186,6 +186,7 @@ impl TryFrom<&Args> for Config {
         let hnsw = HnswParams {
             connectivity: args.index.connectivity.clamp(2, 256),
             ef_construction: args.index.ef_construction.max(1),
+            engine: args.index.ann_engine,
             // The index's search threads bound concurrent searches below admission; they must
             // not be the tighter bound, or requests would queue invisibly inside the engine.
             search_threads: admission

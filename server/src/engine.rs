@@ -21,10 +21,10 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::error::Error;
-use crate::index::hnsw::{HnswParams, UsearchAnn};
+use crate::index::hnsw::HnswParams;
 use crate::index::store::{Payload, PointStore, StoredPoint};
 use crate::index::tail::{self, Tail};
-use crate::index::{Ann, IndexError, Metric, Neighbor};
+use crate::index::{Ann, AnnEngine, IndexError, Metric, Neighbor};
 use vecrig::embed::{Embedder, HashingEmbedder};
 
 /// Points the tail holds at most before writers wait for the indexer: a search scans at most
@@ -52,6 +52,10 @@ pub struct Args {
     /// HNSW candidates explored per insert (ef_construction).
     #[arg(long, env = "VECRIG_EF_CONSTRUCTION", default_value_t = 128)]
     pub ef_construction: usize,
+    /// Which HNSW implementation: usearch, or graph (our own, `index::graph`). A snapshot's
+    /// graph written by the other one is refused and rebuilt from the points at start.
+    #[arg(long, env = "VECRIG_ANN_ENGINE", default_value = "usearch")]
+    pub ann_engine: AnnEngine,
 }
 
 /// One write, as the engine prepares and applies it and the write-ahead log records it.
@@ -176,12 +180,12 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// An empty engine (nothing on disk).
     pub fn new(shape: Shape, hnsw: HnswParams, default_ef: usize) -> Result<Self, IndexError> {
-        let ann = UsearchAnn::new(shape.dimensions, shape.metric, hnsw)?;
+        let ann = crate::index::open::create(hnsw.engine, shape.dimensions, shape.metric, hnsw)?;
         Ok(Self::from_parts(
             shape,
             default_ef,
             PointStore::new(shape.dimensions, shape.metric),
-            Box::new(ann),
+            ann,
             0,
         ))
     }
@@ -657,11 +661,19 @@ mod tests {
     }
 
     fn l2_engine(dimensions: usize) -> Engine {
+        l2_engine_of(dimensions, AnnEngine::Usearch)
+    }
+
+    fn l2_engine_of(dimensions: usize, engine: AnnEngine) -> Engine {
         let shape = Shape {
             dimensions,
             metric: Metric::L2,
         };
-        Engine::new(shape, HnswParams::default(), 256).expect("engine")
+        let hnsw = HnswParams {
+            engine,
+            ..HnswParams::default()
+        };
+        Engine::new(shape, hnsw, 256).expect("engine")
     }
 
     fn nearest(engine: &Engine, vector: &[f32], k: usize) -> Vec<Hit> {
@@ -756,9 +768,14 @@ mod tests {
                 .prop_map(move |ops| ops.into_iter().enumerate().collect())
         }
 
+        /// Either graph implementation (`--ann-engine`).
+        fn ann_engine() -> impl Strategy<Value = AnnEngine> {
+            prop_oneof![Just(AnnEngine::Usearch), Just(AnnEngine::Graph)]
+        }
+
         /// Applies `ops` (a fresh id per upsert unless `rewrites`); returns the engine.
-        fn run(ops: &[(usize, Op)], rewrites: bool) -> Engine {
-            let engine = l2_engine(3);
+        fn run(ops: &[(usize, Op)], rewrites: bool, ann: AnnEngine) -> Engine {
+            let engine = l2_engine_of(3, ann);
             for (i, op) in ops {
                 let sequence = *i as u64 + 1;
                 match op {
@@ -796,8 +813,9 @@ mod tests {
             fn graph_and_tail_merged_equal_the_exact_scan(
                 ops in ops(false),
                 query in any::<[i8; 3]>(),
+                ann in ann_engine(),
             ) {
-                let engine = run(&ops, false);
+                let engine = run(&ops, false, ann);
                 let query = vector(query);
                 let k = 5;
                 let exact = engine.store_read().expect("store").exact_search(&query, k);
@@ -818,8 +836,9 @@ mod tests {
             fn rewritten_points_answer_with_their_current_vector(
                 ops in ops(true),
                 query in any::<[i8; 3]>(),
+                ann in ann_engine(),
             ) {
-                let engine = run(&ops, true);
+                let engine = run(&ops, true, ann);
                 let query = vector(query);
                 let k = 5;
                 let merged = nearest(&engine, &query, k);

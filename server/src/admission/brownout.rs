@@ -22,45 +22,10 @@
 //! metrics (`vecrig_search_breadth`) show the breadth of the moment.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use super::Admission;
 
-/// The controller's settings.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct BrownoutConfig {
-    /// Lowest breadth (share of `ef`), in `(0, 1]`.
-    pub floor: f64,
-    /// How often the queue is looked at.
-    pub tick: Duration,
-    /// Breadth is multiplied by this under a standing queue.
-    pub decrease: f64,
-    /// Breadth grows by this while the queue is empty.
-    pub increase: f64,
-}
-
-impl BrownoutConfig {
-    /// The defaults, down to `floor`.
-    pub fn with_floor(floor: f64) -> Self {
-        Self {
-            floor: floor.clamp(0.01, 1.0),
-            tick: Duration::from_millis(50),
-            decrease: 0.8,
-            increase: 0.05,
-        }
-    }
-}
-
-/// What the queue looked like at a tick.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QueueState {
-    /// Nobody waits.
-    Empty,
-    /// Requests wait, but the queue has not stood for a whole tick yet.
-    Waiting,
-    /// Requests have waited without a break for at least a tick.
-    Standing,
-}
+pub use super::{BrownoutConfig, QueueState};
 
 /// The breadth controller, free of clocks and I/O so its arithmetic can be tested.
 #[derive(Debug, Clone)]

@@ -116,6 +116,17 @@ impl ShedReason {
     }
 }
 
+/// What the queue looked like at a tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueState {
+    /// Nobody waits.
+    Empty,
+    /// Requests wait, but the queue has not stood for a whole tick yet.
+    Waiting,
+    /// Requests have waited without a break for at least a tick.
+    Standing,
+}
+
 /// Live admission figures, shared between the layer, `Stats` and the metrics endpoint.
 #[derive(Debug)]
 pub struct Admission {
@@ -136,7 +147,7 @@ pub struct Admission {
     /// Requests running now, by client (only clients with some).
     running: Mutex<HashMap<ClientKey, u64>>,
     /// The share of its `ef` a search runs with now (an `f64`'s bits; 1 unless browning out,
-    /// see [`brownout`]).
+    /// see `brownout`).
     search_breadth: AtomicU64,
 }
 
@@ -235,11 +246,11 @@ impl Admission {
     }
 
     /// Whether requests wait now, and whether they have without a break for `standing`.
-    pub fn queue_state(&self, standing: Duration) -> brownout::QueueState {
+    pub fn queue_state(&self, standing: Duration) -> QueueState {
         match self.lock().nonempty_since {
-            None => brownout::QueueState::Empty,
-            Some(since) if since.elapsed() >= standing => brownout::QueueState::Standing,
-            Some(_) => brownout::QueueState::Waiting,
+            None => QueueState::Empty,
+            Some(since) if since.elapsed() >= standing => QueueState::Standing,
+            Some(_) => QueueState::Waiting,
         }
     }
 

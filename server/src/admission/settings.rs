@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-pub use super::brownout::BrownoutConfig;
-
 /// Admission's flags (flattened into the server's); their defaults are written here only.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -146,6 +144,31 @@ impl AdaptiveConfig {
             min_window_samples: 5,
             // Netflix's Gradient2 default: one noisy window moves the limit a fifth of the way.
             smoothing: 0.2,
+        }
+    }
+}
+
+/// The brownout controller's settings (see `brownout`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BrownoutConfig {
+    /// Lowest breadth (share of `ef`), in `(0, 1]`.
+    pub floor: f64,
+    /// How often the queue is looked at.
+    pub tick: Duration,
+    /// Breadth is multiplied by this under a standing queue.
+    pub decrease: f64,
+    /// Breadth grows by this while the queue is empty.
+    pub increase: f64,
+}
+
+impl BrownoutConfig {
+    /// The defaults, down to `floor`.
+    pub fn with_floor(floor: f64) -> Self {
+        Self {
+            floor: floor.clamp(0.01, 1.0),
+            tick: Duration::from_millis(50),
+            decrease: 0.8,
+            increase: 0.05,
         }
     }
 }

@@ -36,6 +36,9 @@ pub struct HnswParams {
     pub ef_construction: usize,
     /// Searches that may run at once.
     pub search_threads: usize,
+    /// Which implementation builds the graph (`--ann-engine`); the parameters above mean the
+    /// same to both.
+    pub engine: super::AnnEngine,
 }
 
 impl Default for HnswParams {
@@ -44,6 +47,7 @@ impl Default for HnswParams {
             connectivity: 16,
             ef_construction: 128,
             search_threads: 4,
+            engine: super::AnnEngine::Usearch,
         }
     }
 }
@@ -159,7 +163,7 @@ impl UsearchAnn {
 
 /// `v / |v|`, or `v` itself when it has no length (its distance to anything is then 1, as in
 /// the exact scan).
-fn unit(v: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+pub(super) fn unit(v: &[f32]) -> std::borrow::Cow<'_, [f32]> {
     let norm = super::distance::norm(v);
     if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
         std::borrow::Cow::Owned(v.iter().map(|x| x / norm).collect())

@@ -9,8 +9,10 @@
 //!
 //! Why this module holds `unsafe` (and the only place in the index that does): SIMD intrinsics
 //! load through raw pointers and may only run on a CPU that has the feature, and usearch calls
-//! the metric with two raw pointers to `dimensions` f32 values. Each `unsafe` block says why it
-//! holds. Everything outside sees safe functions: [`dot`], [`l2_squared`] and [`install`].
+//! the metric with two raw pointers to `dimensions` f32 values; the prefetch hint the graph
+//! uses ([`prefetch`]) and the huge-page advice for its memory ([`advise_huge_pages`]) take raw
+//! pointers too. Each `unsafe` block says why it holds. Everything outside sees safe functions:
+//! [`dot`], [`l2_squared`], [`prefetch`], [`advise_huge_pages`], [`install`].
 //!
 //! Levels: AVX2+FMA when the CPU has both, else the portable code ([`dot_portable`],
 //! [`l2_squared_portable`], safe Rust written so the compiler vectorises it for the baseline
@@ -79,6 +81,55 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
         Level::Avx2Fma => unsafe { x86::l2_squared(a, b) },
         _ => l2_squared_portable(a, b),
     }
+}
+
+/// Asks the CPU to start loading the cache line holding the start of `data` into its caches,
+/// without waiting for it: the graph calls this for the vectors it is about to compare, so their
+/// loads overlap instead of each distance stalling on its own miss. The following lines of a
+/// vector are left to the hardware's stream prefetcher, which catches a sequential walk after
+/// its first line. A no-op on other architectures.
+#[inline(always)]
+pub fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults, whatever the address (here that of
+    // a live slice, so valid anyway), and changes nothing the program can observe. SSE, which
+    // provides it, is part of the x86_64 baseline.
+    unsafe {
+        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+        _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().cast::<i8>());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
+}
+
+/// Asks Linux to back the whole allocation of `buffer` (its capacity, touched or not) with
+/// transparent huge pages (2 MiB). A graph search reads a few hundred vectors scattered over
+/// the whole slab; with 4 KiB pages each one is a TLB miss and a page walk once the slab
+/// outgrows the TLB's reach (a few MB: 100k x 128-d is 51 MB). Linux's usual THP setting is
+/// `madvise` (this machine's too), so without asking there are none. Measured on 100k x 128-d,
+/// the same graph built twice and searched alternately: 3-5% more QPS (ef 16, 64, 128), 5%
+/// faster build. Call it right after
+/// allocating, before the memory is touched. Best effort: where it fails (another OS, THP
+/// off) only speed changes.
+pub fn advise_huge_pages<T>(buffer: &Vec<T>) {
+    #[cfg(target_os = "linux")]
+    {
+        const PAGE: usize = 4096;
+        let start = buffer.as_ptr() as usize;
+        let bytes = buffer.capacity() * std::mem::size_of::<T>();
+        // madvise wants whole pages: the range is shrunk inwards to page boundaries.
+        let skip = start.next_multiple_of(PAGE) - start;
+        let len = bytes.saturating_sub(skip) / PAGE * PAGE;
+        if len == 0 {
+            return;
+        }
+        let addr = buffer.as_ptr().cast::<u8>().wrapping_add(skip).cast_mut();
+        // SAFETY: the range lies inside `buffer`'s allocation, which we hold; MADV_HUGEPAGE
+        // changes only how the kernel backs those pages, never their contents.
+        let _ = unsafe { rustix::mm::madvise(addr.cast(), len, rustix::mm::Advice::LinuxHugepage) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = buffer;
 }
 
 /// Dot product, written with independent accumulators so the compiler vectorises it.

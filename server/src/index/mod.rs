@@ -3,14 +3,19 @@
 //! Nothing here knows about tonic or tokio: every call is synchronous and may block for as long
 //! as the work takes, so callers run it on a blocking pool (see `engine`). The pieces:
 //! - [`store::PointStore`] owns every point (vector, payload) and answers exact scans;
-//! - [`Ann`] is our narrow view of an approximate index; [`hnsw::UsearchAnn`] implements it;
+//! - [`Ann`] is our narrow view of an approximate index; [`hnsw::UsearchAnn`] implements it
+//!   with usearch, [`graph::GraphAnn`] with our own HNSW graph;
 //! - [`distance`] defines what "near" means for each [`Metric`], identically for both;
 //! - [`tail::Tail`] holds written points the graph has not taken yet, scanned exactly;
-//! - [`kernels`] computes it with SIMD chosen for this CPU (the index's only `unsafe`).
+//! - [`open`] creates or loads the [`AnnEngine`] the server runs;
+//! - [`kernels`] computes it with SIMD chosen for this CPU, and prefetches for the graph (the
+//!   index's only `unsafe`).
 
 pub mod distance;
+pub mod graph;
 pub mod hnsw;
 pub mod kernels;
+pub mod open;
 pub mod store;
 pub mod tail;
 
@@ -56,6 +61,45 @@ impl FromStr for Metric {
             "ip" => Ok(Metric::Ip),
             other => Err(format!(
                 "unknown metric {other:?}: expected cosine, l2 or ip"
+            )),
+        }
+    }
+}
+
+/// Which implementation of [`Ann`] the server runs (`--ann-engine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AnnEngine {
+    /// usearch's HNSW ([`hnsw::UsearchAnn`]).
+    #[default]
+    Usearch,
+    /// Our own HNSW graph ([`graph::GraphAnn`]).
+    Graph,
+}
+
+impl AnnEngine {
+    /// The name used on the command line and in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AnnEngine::Usearch => "usearch",
+            AnnEngine::Graph => "graph",
+        }
+    }
+}
+
+impl fmt::Display for AnnEngine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for AnnEngine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "usearch" => Ok(AnnEngine::Usearch),
+            "graph" => Ok(AnnEngine::Graph),
+            other => Err(format!(
+                "unknown ann engine {other:?}: expected usearch or graph"
             )),
         }
     }

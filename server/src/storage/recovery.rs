@@ -1,6 +1,9 @@
 //! Start-up: what opening needs ([`Options`]), how it fails ([`OpenError`]), and the engine
 //! rebuilt from the newest snapshot (the log is replayed after it by [`super::Storage::open`]).
 //!
+//! The graph file is loaded by the engine the server runs (`--ann-engine`); one written by the
+//! other engine is refused by name and the graph rebuilt from the points, as for a damaged one.
+//!
 //! A snapshot's graph may lack points that were still in the tail when it was taken; those go
 //! back to the tail (see `Engine::from_parts`) and the indexer takes them after start, so a
 //! restart does not wait for graph inserts.
@@ -11,8 +14,8 @@ use super::snapshot::{self, SnapshotError};
 use super::wal::WalError;
 use crate::engine::{Engine, Shape};
 use crate::error::Error;
-use crate::index::hnsw::{HnswParams, UsearchAnn};
-use crate::index::{Ann, IndexError};
+use crate::index::IndexError;
+use crate::index::hnsw::HnswParams;
 
 /// What [`Storage::open`] needs: where, the index's shape and parameters, and what to preload.
 #[derive(Debug, Clone)]
@@ -77,7 +80,8 @@ pub fn open_engine(options: &Options) -> Result<Engine, OpenError> {
         return Ok(Engine::new(shape, options.hnsw, options.ef_search)?);
     };
     let graph = loaded.graph.as_deref().and_then(|path| {
-        match UsearchAnn::load(path, shape.dimensions, shape.metric, options.hnsw) {
+        let engine = options.hnsw.engine;
+        match crate::index::open::load(engine, path, shape.dimensions, shape.metric, options.hnsw) {
             // Every graph entry must be a stored point (the snapshot froze the engine with its
             // removals applied); stored points the graph lacks are the tail's.
             Ok(ann)
@@ -108,7 +112,12 @@ pub fn open_engine(options: &Options) -> Result<Engine, OpenError> {
     let ann = match graph {
         Some(ann) => ann,
         None => {
-            let ann = UsearchAnn::new(shape.dimensions, shape.metric, options.hnsw)?;
+            let ann = crate::index::open::create(
+                options.hnsw.engine,
+                shape.dimensions,
+                shape.metric,
+                options.hnsw,
+            )?;
             for (id, vector, _) in loaded.store.iter() {
                 ann.insert(id, vector)?;
             }
@@ -124,7 +133,84 @@ pub fn open_engine(options: &Options) -> Result<Engine, OpenError> {
         shape,
         options.ef_search,
         loaded.store,
-        Box::new(ann),
+        ann,
         loaded.sequence,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Query, Search};
+    use crate::index::graph::is_graph_file;
+    use crate::index::{AnnEngine, Metric};
+    use crate::storage::{SnapshotPolicy, Storage};
+
+    /// A snapshot's graph written by one engine, opened by the other: refused (never handed
+    /// to the other's loader) and rebuilt from the points, which are all found again.
+    #[test]
+    fn a_graph_file_of_the_other_engine_is_rebuilt_from_the_points() {
+        let shape = Shape {
+            dimensions: 8,
+            metric: Metric::Cosine,
+        };
+        for (first, second) in [
+            (AnnEngine::Usearch, AnnEngine::Graph),
+            (AnnEngine::Graph, AnnEngine::Usearch),
+            (AnnEngine::Graph, AnnEngine::Graph),
+        ] {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let options = |engine| Options {
+                data_dir: dir.path().to_path_buf(),
+                shape,
+                hnsw: HnswParams {
+                    engine,
+                    ..HnswParams::default()
+                },
+                ef_search: 64,
+                preload: 300,
+                preload_seed: 1,
+            };
+            let storage = Storage::open(options(first), SnapshotPolicy::default()).expect("open");
+            storage.close().expect("close");
+            drop(storage);
+            let graph = snapshot::read_points(dir.path(), 8, Metric::Cosine)
+                .expect("snapshot")
+                .and_then(|s| s.graph)
+                .expect("a graph file");
+            assert_eq!(
+                is_graph_file(&graph).expect("read"),
+                first == AnnEngine::Graph
+            );
+            if first != second {
+                let err = crate::index::open::load(
+                    second,
+                    &graph,
+                    8,
+                    Metric::Cosine,
+                    HnswParams::default(),
+                )
+                .err()
+                .expect("refused");
+                assert!(err.to_string().contains(first.as_str()), "{err}");
+            }
+
+            let engine = open_engine(&options(second)).expect("reopen");
+            assert_eq!(engine.len(), 300, "{first} -> {second}");
+            assert_eq!(engine.freeze().expect("freeze").ann().len(), 300);
+            for id in 0..300 {
+                let vector = engine.get(id).expect("stored").vector;
+                let hits = engine
+                    .search_blocking(&Search {
+                        query: Query::Vector(vector),
+                        k: 1,
+                        ef: Some(64),
+                        exact: false,
+                        with_payload: false,
+                    })
+                    .expect("search");
+                assert_eq!(hits[0].id, id, "{first} -> {second}");
+            }
+        }
+    }
 }
