@@ -453,6 +453,55 @@ async fn the_loadgen_scrapes_the_servers_metrics_into_its_report() {
     server.stop().await.expect("clean stop");
 }
 
+/// `users` closed-loop users searching through `pool` until `until`, each with its own seeded
+/// query vectors made into requests by `request(user, vector)`; every answer is checked by
+/// `check`, and every request must be served or shed (anything else panics the user).
+fn spawn_searchers(
+    pool: &Pool,
+    users: u64,
+    until: Instant,
+    request: fn(u64, Vec<f32>) -> proto::SearchRequest,
+    check: fn(proto::SearchResponse),
+) -> Vec<tokio::task::JoinHandle<(u64, u64)>> {
+    let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
+    (0..users)
+        .map(|user| {
+            let (pool, data) = (pool.clone(), data.clone());
+            tokio::spawn(async move {
+                let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(user);
+                let (mut served, mut shed) = (0u64, 0u64);
+                while Instant::now() < until {
+                    let request = request(user, data.query_vector(&mut rng));
+                    match pool
+                        .client()
+                        .search(with_deadline(request, Duration::from_secs(30)))
+                        .await
+                    {
+                        Ok(answer) => {
+                            check(answer.into_inner());
+                            served += 1;
+                        }
+                        Err(s) if s.code() == Code::ResourceExhausted => shed += 1,
+                        Err(s) => panic!("neither served nor shed: {s}"),
+                    }
+                }
+                (served, shed)
+            })
+        })
+        .collect()
+}
+
+/// The requests [`spawn_searchers`]' users got served and shed, once they have all stopped.
+async fn served_and_shed(users: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u64, u64) {
+    let (mut served, mut shed) = (0, 0);
+    for user in users {
+        let (s, d) = user.await.expect("user");
+        served += s;
+        shed += d;
+    }
+    (served, shed)
+}
+
 /// `--adaptive-limit` on a real server: the limit is held at one slot to measure the no-load
 /// service time until requests arrive, then follows measured service time; under a closed
 /// loop of exact scans, far more than the server can take, it settles far below its maximum
@@ -482,41 +531,21 @@ async fn the_adaptive_limit_follows_service_time() {
     assert_eq!(limit().await, 1.0, "held at one slot to measure min_rtt");
 
     let pool = pool_of(&server).await;
-    let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
     let until = Instant::now() + Duration::from_secs(5);
-    let mut users = Vec::new();
-    for user in 0..48u64 {
-        let (pool, data) = (pool.clone(), data.clone());
-        users.push(tokio::spawn(async move {
-            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(user);
-            let (mut served, mut shed) = (0u64, 0u64);
-            while Instant::now() < until {
-                // Mostly ANN searches, every fourth user scanning exactly.
-                let request = search(data.query_vector(&mut rng), user % 4 == 0);
-                match pool
-                    .client()
-                    .search(with_deadline(request, Duration::from_secs(30)))
-                    .await
-                {
-                    Ok(_) => served += 1,
-                    Err(s) if s.code() == Code::ResourceExhausted => shed += 1,
-                    Err(s) => panic!("neither served nor shed: {s}"),
-                }
-            }
-            (served, shed)
-        }));
-    }
+    // Mostly ANN searches, every fourth user scanning exactly.
+    let users = spawn_searchers(
+        &pool,
+        48,
+        until,
+        |user, vector| search(vector, user % 4 == 0),
+        |_| {},
+    );
     let mut seen = Vec::new();
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(100)).await;
         seen.push(limit().await);
     }
-    let (mut served, mut shed) = (0, 0);
-    for user in users {
-        let (s, d) = user.await.expect("user");
-        served += s;
-        shed += d;
-    }
+    let (served, shed) = served_and_shed(users).await;
     let settled = &seen[seen.len() / 2..];
     println!("adaptive limit under overload: {seen:?}; {served} served, {shed} shed");
     assert!(served > 100, "served {served}");
@@ -562,38 +591,17 @@ async fn brownout_narrows_searches_under_a_standing_queue_and_widens_them_after(
     };
     assert_eq!(breadth().await, 1.0, "full breadth while idle");
 
-    let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
     let until = Instant::now() + Duration::from_secs(4);
-    let mut users = Vec::new();
-    for user in 0..32u64 {
-        let (pool, data) = (pool.clone(), data.clone());
-        users.push(tokio::spawn(async move {
-            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(user);
-            let (mut served, mut shed) = (0u64, 0u64);
-            while Instant::now() < until {
-                // A wide search, so that narrowing it is worth something.
-                let mut request = search(data.query_vector(&mut rng), false);
-                request.ef = 512;
-                match pool
-                    .client()
-                    .search(with_deadline(request, Duration::from_secs(30)))
-                    .await
-                {
-                    Ok(answer) => {
-                        assert_eq!(
-                            answer.into_inner().hits.len(),
-                            10,
-                            "k hits, narrowed or not"
-                        );
-                        served += 1;
-                    }
-                    Err(s) if s.code() == Code::ResourceExhausted => shed += 1,
-                    Err(s) => panic!("neither served nor shed: {s}"),
-                }
-            }
-            (served, shed)
-        }));
-    }
+    let wide = |_, vector| {
+        // A wide search, so that narrowing it is worth something.
+        let mut request = search(vector, false);
+        request.ef = 512;
+        request
+    };
+    let k_hits = |answer: proto::SearchResponse| {
+        assert_eq!(answer.hits.len(), 10, "k hits, narrowed or not");
+    };
+    let users = spawn_searchers(&pool, 32, until, wide, k_hits);
     let mut seen = Vec::new();
     let mut exposed = Vec::new();
     while Instant::now() < until {
@@ -601,12 +609,7 @@ async fn brownout_narrows_searches_under_a_standing_queue_and_widens_them_after(
         seen.push(breadth().await);
         exposed.push(sample(&scrape(metrics).await, "vecrig_search_breadth").expect("exposed"));
     }
-    let (mut served, mut shed) = (0, 0);
-    for user in users {
-        let (s, d) = user.await.expect("user");
-        served += s;
-        shed += d;
-    }
+    let (served, shed) = served_and_shed(users).await;
     println!(
         "brownout under overload: Stats {seen:?}, metrics {exposed:?}; {served} served, {shed} shed"
     );
