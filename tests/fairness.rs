@@ -36,14 +36,6 @@ fn searches(server: &PinnedServer, from: IpAddr, shape: (usize, usize), secs: u6
     }
 }
 
-/// A free port on loopback, for the metrics listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// `vecrig_client_requests_total{client,outcome}` from the metrics endpoint.
 async fn client_requests(metrics_port: u16, client: &str, outcome: &str) -> u64 {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,7 +62,7 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
         return;
     };
     let fixture = flood::fixture(DIMS, POINTS).await;
-    let metrics_port = free_port();
+    let metrics_port = flood::free_port();
     let metrics = format!("127.0.0.1:{metrics_port}");
     let server =
         PinnedServer::start(&fixture, DIMS, server_cpu, &["--metrics-listen", &metrics]).await;

@@ -349,6 +349,14 @@ pub async fn probe_health(
     (probes, worst)
 }
 
+/// A free port on loopback, for a metrics listener.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// A `vecrig-server` process pinned to one CPU (so it sizes itself to one CPU), killed on drop.
 pub struct PinnedServer {
     pub child: Child,
@@ -405,6 +413,42 @@ impl PinnedServer {
         };
         server.wait_serving(limit).await;
         server
+    }
+
+    /// Like [`PinnedServer::start`], with the metrics endpoint on a free loopback port.
+    pub async fn start_with_metrics(
+        fixture: &Path,
+        dimensions: usize,
+        cpu: usize,
+        extra: &[&str],
+    ) -> Self {
+        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let listen = metrics.to_string();
+        let mut flags = vec!["--metrics-listen", listen.as_str()];
+        flags.extend_from_slice(extra);
+        let mut server = Self::start(fixture, dimensions, cpu, &flags).await;
+        server.metrics = Some(metrics);
+        server
+    }
+
+    /// The server's own CPU split so far, `(index, serving)` in seconds
+    /// (`vecrig_cpu_seconds_total{part}`), if its metrics endpoint is on.
+    pub async fn cpu_split(&self) -> Option<(f64, f64)> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(self.metrics?).await.ok()?;
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut text = String::new();
+        stream.read_to_string(&mut text).await.ok()?;
+        let part = |name: &str| {
+            let wanted = format!("vecrig_cpu_seconds_total{{part=\"{name}\"}}");
+            text.lines()
+                .find_map(|line| line.strip_prefix(&wanted))
+                .and_then(|rest| rest.trim().parse::<f64>().ok())
+        };
+        Some((part("index")?, part("serving")?))
     }
 
     /// `http://addr`.

@@ -14,7 +14,9 @@
 //!   to its connection by [`PacingLayer`] (outermost, so refusals from every layer count).
 //! - Each connection has an allowance ([`Config::connection_rate`] answers a second, with a
 //!   burst): a kubelet probe, the loadgen's monitor, or a polite client refused now and then
-//!   never exceeds it and is never paced.
+//!   never exceeds it and is never paced. A connection that is paced loses its allowance
+//!   until it has asked for no more than it for a while, so that the allowances of a flood's
+//!   many connections do not add up to a budget that grows with every connection opened.
 //! - Beyond its allowance a connection draws on one budget shared by the whole server
 //!   ([`Config::excess_rate`]). While that budget lasts nothing is paused, so a moderate
 //!   overload (a few times capacity) is shed at full speed. Once it is spent, a connection that
@@ -52,8 +54,13 @@ use tower::{Layer, Service};
 use crate::caller::{Caller, ClientKey};
 use crate::method::Method;
 
-/// Bytes a paced connection may read per wake-up: a few small requests' frames.
-pub const PACED_READ_BYTES: usize = 1024;
+/// Bytes a paced connection may read per wake-up: about one search's frames, or a few health
+/// checks'. Small, because a connection whose debt is deeper than [`Config::max_pause`] is
+/// read again after that pause whatever the shared budget says, so the connections of one
+/// flood together still get `connections x requests per read / max_pause` answers a second:
+/// with 1 KiB reads and 500 ms pauses, 64 connections got 3,400 health checks a second
+/// (about 29 in each 1 KiB) against a budget of 2,200.
+pub const PACED_READ_BYTES: usize = 256;
 
 /// How long a connection stays paced (reads limited) after its last charge beyond allowance.
 const PACED_FOR: Duration = Duration::from_secs(1);
@@ -73,9 +80,11 @@ pub struct Args {
     pub pace_connection_rate: f64,
     /// Cheap answers per second and per CPU, beyond the connections' allowances, that the
     /// server gives before the connections asking for more are read slowly (0: no pacing).
-    /// A refusal costs some 15-30 us of CPU here, so the default spends at most a few
-    /// percent of each CPU on answers that do no work.
-    #[arg(long, env = "VECRIG_PACE_EXCESS_RATE", default_value_t = 3000.0)]
+    /// A refusal costs some 30-50 us of CPU here (request path, HTTP/2 and the kernel's
+    /// share), so the default spends 2-3% of each CPU on answers that nothing else pays for.
+    /// (At 3,000 a second, a 64 x 64 closed-loop flood kept 0.71-0.81 of capacity; at 500,
+    /// 0.83-1.0: `tests/collapse.rs`.)
+    #[arg(long, env = "VECRIG_PACE_EXCESS_RATE", default_value_t = 500.0)]
     pub pace_excess_rate: f64,
     /// Further cheap answers each served request adds to the shared budget, so that offered
     /// load up to about 1 + this many times capacity is refused at full speed (a refusal
@@ -84,7 +93,7 @@ pub struct Args {
     pub pace_shed_per_served: f64,
     /// Longest a paced connection goes unread at a time (below the keepalive timeout, so that
     /// a paced peer's ping answers are read in time).
-    #[arg(long, env = "VECRIG_PACE_MAX_PAUSE", default_value = "500ms", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VECRIG_PACE_MAX_PAUSE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub pace_max_pause: Duration,
 }
 
@@ -358,8 +367,18 @@ impl Connection {
         state.wants_room = charge == Charge::Shed;
         let elapsed = now.saturating_duration_since(state.refilled).as_secs_f64();
         state.refilled = now;
-        state.tokens =
-            (state.tokens + elapsed * config.connection_rate).min(config.connection_rate);
+        // A paced connection forfeits its allowance: the allowances are for connections that
+        // ask for a few cheap answers (probes, monitors), and summed over the many connections
+        // of one flood they would be a budget of their own that grows with every connection
+        // opened (measured: 64 flooding connections drew 3,200 refusals a second from them,
+        // a tenth of a CPU, on top of the shared budget). It gets it back once it has gone
+        // `PACED_FOR` without exceeding it.
+        let paced = state.paced_until.is_some_and(|until| until > now);
+        state.tokens = if paced {
+            0.0
+        } else {
+            (state.tokens + elapsed * config.connection_rate).min(config.connection_rate)
+        };
         if state.tokens >= 1.0 {
             state.tokens -= 1.0;
             return;
@@ -606,6 +625,41 @@ mod tests {
         // And once it stops asking, fully.
         tokio::time::advance(PACED_FOR).await;
         assert_eq!(flooder.gate(&noop_waker()), ReadGate::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_connection_draws_on_the_budget_not_on_its_allowance() {
+        // 50 free answers a second per connection, 10 a second shared.
+        let pacer = pacer(50.0, 10.0);
+        let flooder = pacer.connection();
+        // Its first few, the budget's burst (10), then 16 more: paused about 1.6 s.
+        for _ in 0..30 {
+            flooder.charge(Charge::Shed);
+        }
+        assert!(matches!(
+            flooder.gate(&noop_waker()),
+            ReadGate::PausedUntil(_)
+        ));
+        // After the pause, and still paced: its allowance would have refilled to 50, but a
+        // paced connection draws on the shared budget, which is spent again at once.
+        tokio::time::advance(Duration::from_millis(1_700)).await;
+        assert_eq!(
+            flooder.gate(&noop_waker()),
+            ReadGate::Limited(PACED_READ_BYTES)
+        );
+        for _ in 0..3 {
+            flooder.charge(Charge::Shed);
+        }
+        assert!(matches!(
+            flooder.gate(&noop_waker()),
+            ReadGate::PausedUntil(_)
+        ));
+        // A connection that is not paced keeps its allowance meanwhile.
+        let polite = pacer.connection();
+        for _ in 0..3 {
+            polite.charge(Charge::Cheap);
+        }
+        assert_eq!(polite.gate(&noop_waker()), ReadGate::Open);
     }
 
     #[tokio::test(start_paused = true)]
