@@ -25,6 +25,8 @@ const DIMS: usize = 128;
 const POINTS: u64 = 20_000;
 /// Offered load during the overload, as a multiple of measured capacity.
 const OVERLOAD: f64 = 3.0;
+/// Goodput at ten times capacity, as a share of capacity, that the server must keep.
+const TEN_X_FLOOR: f64 = 0.5;
 
 fn scenario(name: &str, model: Model, workload: &Arc<Workload>) -> Scenario {
     Scenario {
@@ -198,6 +200,38 @@ async fn overload_is_shed_gracefully_and_the_server_recovers() {
         stats.queued
     );
 
+    // 3b. Ten times capacity (issue 18): past what refusing at full speed can carry, pacing
+    // holds the sender's requests in its own socket, so the server keeps doing its work.
+    let flood = run_one(
+        &options,
+        scenario(
+            "overload-10x",
+            Model::Paced {
+                workers: 400,
+                rate: capacity_qps * 10.0,
+                duration: Duration::from_secs(5),
+            },
+            &workload,
+        ),
+    )
+    .await;
+    let unexpected: u64 = flood
+        .codes
+        .iter()
+        .filter(|(code, _)| !matches!(code.as_str(), "OK" | "RESOURCE_EXHAUSTED"))
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(
+        unexpected, 0,
+        "10x: only OK and RESOURCE_EXHAUSTED: {:?}",
+        flood.codes
+    );
+    assert!(
+        flood.server.rss_growth_bytes() < 200_000_000,
+        "10x: server memory grew {} bytes",
+        flood.server.rss_growth_bytes()
+    );
+
     // 4. Recovery: right after the overload, latency is back to its unloaded level.
     let after = run_one(&options, light("after")).await;
     assert_eq!(after.error_rate(), 0.0, "{:?}", after.codes);
@@ -222,11 +256,23 @@ async fn overload_is_shed_gracefully_and_the_server_recovers() {
     // it refuses; that it sheds, and what its admitted requests wait, are asserted above.
     let capacity_again = run_one(&options, saturate("capacity-again")).await;
     let capacity_mean = (capacity_qps + capacity_again.qps) / 2.0;
+    println!(
+        "goodput: 3x {:.0}/s ({:.2} of capacity), 10x {:.0}/s ({:.2}); capacity {capacity_mean:.0}/s",
+        overload.qps,
+        overload.qps / capacity_mean,
+        flood.qps,
+        flood.qps / capacity_mean
+    );
     assert!(
         overload.qps >= 0.5 * capacity_mean,
         "goodput {:.0}/s under overload vs capacity {capacity_mean:.0}/s ({capacity_qps:.0} and {:.0})",
         overload.qps,
         capacity_again.qps
+    );
+    assert!(
+        flood.qps >= TEN_X_FLOOR * capacity_mean,
+        "goodput {:.0}/s at 10x vs capacity {capacity_mean:.0}/s",
+        flood.qps
     );
     server.stop().await.expect("clean stop");
 }

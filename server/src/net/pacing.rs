@@ -89,7 +89,7 @@ pub struct Args {
     /// Further cheap answers each served request adds to the shared budget, so that offered
     /// load up to about 1 + this many times capacity is refused at full speed (a refusal
     /// costs a few percent of a search).
-    #[arg(long, env = "VECRIG_PACE_SHED_PER_SERVED", default_value_t = 2.0)]
+    #[arg(long, env = "VECRIG_PACE_SHED_PER_SERVED", default_value_t = 3.0)]
     pub pace_shed_per_served: f64,
     /// Longest a paced connection goes unread at a time (below the keepalive timeout, so that
     /// a paced peer's ping answers are read in time).
