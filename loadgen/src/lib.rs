@@ -16,6 +16,7 @@
 pub mod acks;
 pub mod cli;
 pub mod distributed;
+pub mod dynamic;
 pub mod engine;
 pub mod fault;
 pub mod file;
