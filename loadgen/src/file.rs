@@ -18,20 +18,46 @@
 //! workload = "vector"              # spec, text, vector, exact or mixed
 //! thresholds = ["p99<50ms", "dropped==0"]
 //! ```
+//!
+//! A `[target]` table makes the target any gRPC vector service (see [`crate::dynamic`]): its
+//! methods, request templates and where the ids are in its answers. Every scenario then
+//! sends searches rendered from the template, and a scenario may start with an `ingest`
+//! phase that writes the seeded data set through the write template, so the loadgen computes
+//! recall itself:
+//!
+//! ```toml
+//! [target]
+//! dimensions = 16
+//! metric = "l2"                     # how the target ranks: cosine (default), l2 or ip
+//! # protos = ["store.proto"]        # else: the target's server reflection
+//! search = { method = "store.Store/Nearest", ids = "matches[].key", request = '''
+//!   {"embedding": "{{vector}}", "limit": "{{k}}"} ''' }
+//! write = { method = "store.Store/Put", request = '''
+//!   {"items": [{"key": "{{id}}", "embedding": "{{vector}}"}]} ''' }
+//!
+//! [[scenario]]
+//! name = "sustained"
+//! ingest = { points = 5000, batch = 100, writers = 4 }
+//! thresholds = ["recall>=0.95"]
+//! ```
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 use vecrig::validation::threshold::Threshold;
 
-use crate::engine::{Scenario, parse_stages};
+use crate::dynamic::{TargetSpec, Templates, Truth};
+use crate::engine::model::Writes;
+use crate::engine::{Model, Phase, Scenario, parse_stages};
 use crate::scenario::{
     Common, ExtremeConcurrency, Load, LoadModel, MemoryPressure, Profile, ResourceExhaustion,
     Scale, Sustained,
 };
 use crate::spec::ScenarioSpec;
-use crate::workload::WorkloadKind;
+use crate::workload::{Workload, WorkloadKind};
 
 /// A scenario file.
 #[derive(Debug, Deserialize)]
@@ -40,6 +66,32 @@ pub struct File {
     /// The scenarios, run in order.
     #[serde(rename = "scenario")]
     pub scenarios: Vec<Entry>,
+    /// A templated target: any gRPC vector service.
+    pub target: Option<TargetSpec>,
+}
+
+/// A scenario's `ingest` phase: the seeded data set written through the write template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IngestSpec {
+    /// Points in the data set.
+    pub points: usize,
+    /// Points per write request.
+    #[serde(default = "IngestSpec::default_batch")]
+    pub batch: usize,
+    /// Users writing at once.
+    #[serde(default = "IngestSpec::default_writers")]
+    pub writers: u64,
+}
+
+impl IngestSpec {
+    fn default_batch() -> usize {
+        100
+    }
+
+    fn default_writers() -> u64 {
+        8
+    }
 }
 
 /// One scenario of a file. Unknown keys are an error, so a typo never passes silently.
@@ -90,6 +142,8 @@ pub struct Entry {
     /// Free-form labels, copied into the report's parameters as `tag.NAME`.
     #[serde(default)]
     pub tags: BTreeMap<String, String>,
+    /// Templated targets: write the data set first, as a phase named `ingest`.
+    pub ingest: Option<IngestSpec>,
 }
 
 /// A file that cannot be used, and why.
@@ -192,6 +246,9 @@ impl Entry {
 #[derive(Debug)]
 pub struct Planned {
     entries: Vec<(Entry, ScenarioSpec, Option<WorkloadKind>, Vec<Threshold>)>,
+    target: Option<TargetSpec>,
+    /// Where relative paths in the file (`protos`) start.
+    base: PathBuf,
 }
 
 impl Planned {
@@ -202,6 +259,30 @@ impl Planned {
             return Err(FileError("no [[scenario]] in the file".into()));
         }
         let mut entries = Vec::new();
+        let ingests = file.scenarios.iter().filter(|e| e.ingest.is_some()).count();
+        if ingests > 1 {
+            return Err(FileError(
+                "ingest in more than one scenario: the data set is written once".into(),
+            ));
+        }
+        for entry in &file.scenarios {
+            let ctx = |e: &str| FileError(format!("scenario {:?}: {e}", entry.name));
+            match (&file.target, &entry.ingest) {
+                (None, Some(_)) => return Err(ctx("ingest needs a [target] with a write method")),
+                (Some(t), Some(_)) if t.write.is_none() => {
+                    return Err(ctx("ingest needs [target].write"));
+                }
+                (Some(_), _) if entry.workload.is_some() => {
+                    return Err(ctx(
+                        "workload: a [target]'s requests come from its templates",
+                    ));
+                }
+                (_, Some(i)) if i.points == 0 || i.batch == 0 || i.writers == 0 => {
+                    return Err(ctx("ingest: points, batch and writers must be at least 1"));
+                }
+                _ => {}
+            }
+        }
         for entry in file.scenarios {
             let spec = entry.spec(profile)?;
             let workload = entry
@@ -218,7 +299,85 @@ impl Planned {
                 .map_err(|e| FileError(format!("scenario {:?}: {e}", entry.name)))?;
             entries.push((entry, spec, workload, thresholds));
         }
-        Ok(Self { entries })
+        Ok(Self {
+            entries,
+            target: file.target,
+            base: PathBuf::from("."),
+        })
+    }
+
+    /// The same plan, its relative paths taken from `dir` (the file's directory).
+    pub fn relative_to(mut self, dir: &Path) -> Self {
+        self.base = dir.to_path_buf();
+        self
+    }
+
+    /// Where relative paths in the file start.
+    pub fn base(&self) -> &Path {
+        &self.base
+    }
+
+    /// The templated target, if the file has one.
+    pub fn target(&self) -> Option<&TargetSpec> {
+        self.target.as_ref()
+    }
+
+    /// The ingest phase's data set (`None` without one), seeded by `seed`.
+    pub fn truth(&self, seed: u64) -> Option<Arc<Truth>> {
+        let target = self.target.as_ref()?;
+        let ingest = self.entries.iter().find_map(|(e, ..)| e.ingest)?;
+        Some(Arc::new(Truth::new(
+            target.dimensions,
+            seed,
+            ingest.points,
+            ingest.batch,
+            target.first_id,
+            target.metric,
+        )))
+    }
+
+    /// Builds the scenarios for a templated target: every scenario's searches from the
+    /// templates, and the scenario with `ingest` starting with a phase that writes `truth`.
+    pub fn build_templated(
+        &self,
+        seed: u64,
+        k: u32,
+        templates: &Arc<Templates>,
+        truth: Option<&Arc<Truth>>,
+    ) -> Vec<Scenario> {
+        let dimensions = templates.dimensions;
+        let mut scenarios = self.build_with(
+            dimensions,
+            seed,
+            k,
+            Some(WorkloadKind::Templated(Arc::clone(templates))),
+        );
+        for ((entry, ..), scenario) in self.entries.iter().zip(&mut scenarios) {
+            let (Some(ingest), Some(truth)) = (entry.ingest, truth) else {
+                continue;
+            };
+            let kind = WorkloadKind::Ingest {
+                templates: Arc::clone(templates),
+                truth: Arc::clone(truth),
+                writers: ingest.writers,
+            };
+            let writes = Writes(Workload::new(kind, dimensions, seed, k));
+            scenario.phases.insert(
+                0,
+                Phase {
+                    name: "ingest".into(),
+                    model: Model::Ingest {
+                        writers: ingest.writers,
+                        writes,
+                    },
+                },
+            );
+            scenario.parameters.insert(
+                "ingest".into(),
+                format!("{} points in batches of {}", ingest.points, ingest.batch),
+            );
+        }
+        scenarios
     }
 
     /// Number of scenarios.
@@ -233,6 +392,16 @@ impl Planned {
 
     /// Builds the scenarios for a target of `dimensions`.
     pub fn build(&self, dimensions: usize, seed: u64, k: u32) -> Vec<Scenario> {
+        self.build_with(dimensions, seed, k, None)
+    }
+
+    fn build_with(
+        &self,
+        dimensions: usize,
+        seed: u64,
+        k: u32,
+        every: Option<WorkloadKind>,
+    ) -> Vec<Scenario> {
         self.entries
             .iter()
             .map(|(entry, spec, workload, thresholds)| {
@@ -240,7 +409,7 @@ impl Planned {
                     dimensions,
                     seed,
                     k,
-                    workload: workload.clone(),
+                    workload: every.clone().or_else(|| workload.clone()),
                 };
                 let mut scenario = spec.build(&common);
                 scenario.name = entry.name.clone();

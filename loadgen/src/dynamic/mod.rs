@@ -399,7 +399,6 @@ mod tests {
                     ..Default::default()
                 },
             ],
-            ..Default::default()
         };
         assert_eq!(templates.ids_in(&answer.encode_to_vec()), Some(vec![5, 6]));
     }

@@ -23,7 +23,8 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
-/// The RPCs the hot path sends.
+/// The RPCs the hot path sends: vecrig's, or a templated target's search and write methods
+/// in their place ([`Target::with_methods`](super::Target::with_methods)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rpc {
     /// `vecrig.v1.VectorIndex/Search`.
