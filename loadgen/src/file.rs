@@ -241,6 +241,28 @@ impl Entry {
     }
 }
 
+/// `[target] builtin = "vecrig.v1"`: the built-in template set fills in the methods the
+/// table does not give itself.
+fn with_builtin_templates(table: &mut toml::Table) -> Result<(), FileError> {
+    let Some(toml::Value::Table(target)) = table.get_mut("target") else {
+        return Ok(());
+    };
+    let Some(builtin) = target.remove("builtin") else {
+        return Ok(());
+    };
+    if builtin.as_str() != Some("vecrig.v1") {
+        return Err(FileError(format!(
+            "[target] builtin = {builtin}: the built-in template set is \"vecrig.v1\""
+        )));
+    }
+    let set: toml::Table = toml::from_str(crate::dynamic::VECRIG_V1)
+        .map_err(|e| FileError(format!("the built-in template set: {e}")))?;
+    for (key, value) in set {
+        target.entry(key).or_insert(value);
+    }
+    Ok(())
+}
+
 /// A parsed file, ready to build: checks everything (names, durations, stages, thresholds,
 /// workloads) before any load is sent.
 #[derive(Debug)]
@@ -254,7 +276,9 @@ pub struct Planned {
 impl Planned {
     /// Parses and checks a file's text.
     pub fn parse(text: &str, profile: Profile) -> Result<Self, FileError> {
-        let file: File = toml::from_str(text).map_err(|e| FileError(e.to_string()))?;
+        let mut table: toml::Table = toml::from_str(text).map_err(|e| FileError(e.to_string()))?;
+        with_builtin_templates(&mut table)?;
+        let file = File::deserialize(table).map_err(|e| FileError(e.to_string()))?;
         if file.scenarios.is_empty() {
             return Err(FileError("no [[scenario]] in the file".into()));
         }
@@ -490,6 +514,39 @@ thresholds = ["p99<50ms", "dropped==0"]
         assert_eq!(scenarios[4].phases.len(), 2);
         assert_eq!(scenarios[5].phases.len(), 3);
         assert_eq!(scenarios[5].thresholds.len(), 3);
+    }
+
+    #[test]
+    fn a_templated_target_with_the_built_in_set_and_its_mistakes() {
+        let file = "[target]\nbuiltin = \"vecrig.v1\"\ndimensions = 8\n\n[[scenario]]\nname = \"scale\"\ningest = { points = 10 }\n";
+        let planned = Planned::parse(file, Profile::Quick).expect("parse");
+        let target = planned.target().expect("a target");
+        assert_eq!(target.search.method, "vecrig.v1.VectorIndex/Search");
+        assert_eq!(target.search.ids.as_deref(), Some("hits[].id"));
+        assert!(target.write.is_some());
+        let truth = planned.truth(1).expect("an ingest");
+        assert_eq!((truth.len(), truth.batches()), (10, 1));
+        for (bad, mentions) in [
+            (
+                "[[scenario]]\nname = \"scale\"\ningest = { points = 10 }\n",
+                "ingest needs a [target]",
+            ),
+            (
+                "[target]\nbuiltin = \"vecrig.v1\"\ndimensions = 8\n[[scenario]]\nname = \"scale\"\nworkload = \"text\"\n",
+                "from its templates",
+            ),
+            (
+                "[target]\nbuiltin = \"vecrig.v2\"\ndimensions = 8\n[[scenario]]\nname = \"scale\"\n",
+                "vecrig.v2",
+            ),
+            (
+                "[target]\nbuiltin = \"vecrig.v1\"\ndimensions = 8\n[[scenario]]\nname = \"scale\"\ningest = { points = 1, batch = 0 }\n",
+                "at least 1",
+            ),
+        ] {
+            let e = Planned::parse(bad, Profile::Quick).expect_err(bad);
+            assert!(e.to_string().contains(mentions), "{bad:?}: {e}");
+        }
     }
 
     #[test]

@@ -4,8 +4,10 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use vecrig::client::{ConnectOptions, Metadata};
-use vecrig::proto::StatsResponse;
+use std::time::Duration;
+
+use vecrig::client::{ConnectOptions, Metadata, request_with};
+use vecrig::proto::{StatsRequest, StatsResponse};
 use vecrig::validation::report::{Report, SCHEMA};
 
 use crate::dynamic::describe::describe;
@@ -186,13 +188,23 @@ async fn run_templated(
         }
         None => Recall::new(0.0),
     };
+    // A target that also answers vecrig's Stats (vecrig-server through templates) is sampled
+    // as the native path samples it; any other has no server figures.
+    let stats = monitor
+        .client()
+        .stats(request_with(
+            StatsRequest {},
+            Duration::from_secs(5),
+            &headers,
+        ))
+        .await
+        .ok()
+        .map(tonic::Response::into_inner);
+    let server_stats = stats.is_some();
     let checked = Checked {
         pool,
         monitor,
-        stats: StatsResponse {
-            dimensions: templates.dimensions as u32,
-            ..Default::default()
-        },
+        stats: stats.unwrap_or_default(),
     };
     let mut report = run_scenarios(
         options,
@@ -203,7 +215,7 @@ async fn run_templated(
         (
             Some((Arc::new(wire), options.connect.connections)),
             recall,
-            false,
+            server_stats,
         ),
     )
     .await?;

@@ -34,6 +34,20 @@ pub use ids::IdsPath;
 pub use template::{Fill, Generator, Point, Template, TemplateError};
 pub use truth::{Metric, Truth};
 
+/// The built-in template set for vecrig's own API, `builtin = "vecrig.v1"` in `[target]`:
+/// the requests the native path sends, as templates (vector searches, batches of points with
+/// a payload). What the `[target]` table gives itself takes precedence.
+pub const VECRIG_V1: &str = r#"
+[search]
+method = "vecrig.v1.VectorIndex/Search"
+request = { vector = { values = "{{vector}}" }, k = "{{k}}" }
+ids = "hits[].id"
+
+[write]
+method = "vecrig.v1.VectorIndex/Upsert"
+request = { points = [{ id = "{{id}}", vector = { values = "{{vector}}" }, payload = { writer = "{{user}}" } }] }
+"#;
+
 /// The `[target]` table of a scenario file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
