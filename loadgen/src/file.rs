@@ -336,6 +336,37 @@ impl Planned {
         self
     }
 
+    /// The same plan with its templated target's descriptors from these `.proto` files
+    /// (given on the command line: relative to the working directory), in place of the
+    /// file's own or reflection. Nothing to do when none are given.
+    pub fn with_protos(
+        mut self,
+        protos: &[PathBuf],
+        includes: &[PathBuf],
+    ) -> Result<Self, FileError> {
+        if protos.is_empty() && includes.is_empty() {
+            return Ok(self);
+        }
+        let Some(target) = &mut self.target else {
+            return Err(FileError(
+                "--proto needs a [target] table in the file (a templated target)".into(),
+            ));
+        };
+        let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+        let absolute = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                cwd.join(p)
+            }
+        };
+        if !protos.is_empty() {
+            target.protos = protos.iter().map(absolute).collect();
+        }
+        target.proto_path = includes.iter().map(absolute).collect();
+        Ok(self)
+    }
+
     /// Where relative paths in the file start.
     pub fn base(&self) -> &Path {
         &self.base
@@ -526,6 +557,17 @@ thresholds = ["p99<50ms", "dropped==0"]
         assert!(target.write.is_some());
         let truth = planned.truth(1).expect("an ingest");
         assert_eq!((truth.len(), truth.batches()), (10, 1));
+        let planned = planned
+            .with_protos(&[PathBuf::from("a/b.proto")], &[])
+            .expect("a target takes --proto");
+        let protos = &planned.target().expect("a target").protos;
+        assert!(protos[0].is_absolute() && protos[0].ends_with("a/b.proto"));
+        let native =
+            Planned::parse("[[scenario]]\nname = \"scale\"\n", Profile::Quick).expect("parse");
+        let e = native
+            .with_protos(&[PathBuf::from("b.proto")], &[])
+            .expect_err("no target");
+        assert!(e.to_string().contains("[target]"), "{e}");
         for (bad, mentions) in [
             (
                 "[[scenario]]\nname = \"scale\"\ningest = { points = 10 }\n",

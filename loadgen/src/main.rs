@@ -103,12 +103,17 @@ async fn run(mut cli: Cli) -> i32 {
         }
     };
     let result = match &cli.command {
-        cli::Command::Run { file } => {
+        cli::Command::Run {
+            file,
+            protos,
+            proto_path,
+        } => {
             let planned = std::fs::read_to_string(file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))
                 .and_then(|text| {
                     vecrig_loadgen::file::Planned::parse(&text, cli.profile)
                         .map(|p| p.relative_to(file.parent().unwrap_or(Path::new("."))))
+                        .and_then(|p| p.with_protos(protos, proto_path))
                         .map_err(|e| e.to_string())
                 });
             match planned {
