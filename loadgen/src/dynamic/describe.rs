@@ -106,7 +106,13 @@ pub async fn describe(
             }
             other => other,
         }
-        .map_err(|s| DescribeError::Reflection(format!("{:?}: {}", s.code(), s.message())))?,
+        .map_err(|s| {
+            DescribeError::Reflection(format!(
+                "{:?}: {} (without reflection, give the service's .proto files: [target] protos, or --proto)",
+                s.code(),
+                s.message()
+            ))
+        })?,
     };
     let mut pool = DescriptorPool::new();
     pool.add_file_descriptor_protos(files)
