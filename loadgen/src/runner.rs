@@ -6,6 +6,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::time::Duration;
 
+use prost_reflect::DynamicMessage;
 use vecrig::client::{ConnectOptions, Metadata, request_with};
 use vecrig::proto::{StatsRequest, StatsResponse};
 use vecrig::validation::report::{Report, SCHEMA};
@@ -143,13 +144,8 @@ async fn run_templated(
     .generator(0, 1)
     .next(0);
     if let Op::Call(call) = search {
-        dynamic::probe(
-            &monitor.channel(),
-            &headers,
-            &templates.search,
-            call.message,
-        )
-        .await?;
+        let request = decoded(&templates.search, &call.body)?;
+        dynamic::probe(&monitor.channel(), &headers, &templates.search, request).await?;
     }
     if let (Some(truth), Some(write)) = (&truth, &templates.write) {
         let kind = WorkloadKind::Ingest {
@@ -161,9 +157,14 @@ async fn run_templated(
             .generator(0, 1)
             .next(0);
         if let Op::Call(call) = first
-            && dynamic::probe(&monitor.channel(), &headers, write, call.message)
-                .await?
-                .is_some()
+            && dynamic::probe(
+                &monitor.channel(),
+                &headers,
+                write,
+                decoded(write, &call.body)?,
+            )
+            .await?
+            .is_some()
         {
             truth.acknowledge(0);
         }
@@ -221,6 +222,17 @@ async fn run_templated(
     .await?;
     report.warnings.extend(warnings);
     Ok(report)
+}
+
+/// A request as the hot path encodes it, read back as `method`'s input: the probe sends what
+/// the load will send.
+fn decoded(method: &dynamic::Method, body: &[u8]) -> Result<DynamicMessage, PreflightError> {
+    DynamicMessage::decode(method.descriptor.input(), body).map_err(|e| {
+        PreflightError::Unsupported(format!(
+            "{}: an encoded request does not decode: {e}",
+            method.descriptor.full_name()
+        ))
+    })
 }
 
 /// Runs scenarios built by `build` from the target's `Stats` (custom scenarios, e.g. in

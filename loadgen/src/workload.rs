@@ -17,7 +17,6 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use prost_reflect::DynamicMessage;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vecrig::proto::{self, point, search_request};
@@ -111,11 +110,11 @@ pub enum Op {
     Done,
 }
 
-/// A request to a templated target, rendered, not yet encoded.
+/// A request to a templated target, encoded (not yet framed).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
-    /// The request.
-    pub message: DynamicMessage,
+    /// The request message's bytes.
+    pub body: Vec<u8>,
     /// What it is.
     pub kind: CallKind,
 }
@@ -298,14 +297,14 @@ impl Generator {
             vector: &query,
             text: &text,
         };
-        let message = template.render(&Fill {
+        let body = template.encode(&Fill {
             points: &[point],
             user: self.user,
             iteration: i,
             k: self.workload.k,
         });
         Op::Call(Box::new(Call {
-            message,
+            body,
             kind: CallKind::Search {
                 query,
                 k: self.workload.k,
@@ -331,14 +330,14 @@ impl Generator {
                 Point { id, vector, text }
             })
             .collect();
-        let message = write.template.render(&Fill {
+        let body = write.template.encode(&Fill {
             points: &points,
             user: self.user,
             iteration: i,
             k: self.workload.k,
         });
         Op::Call(Box::new(Call {
-            message,
+            body,
             kind: CallKind::Ingest {
                 truth: Arc::clone(truth),
                 batch,

@@ -376,6 +376,13 @@ mod tests {
             vecrig::proto::SearchRequest::decode(rendered.as_slice()).expect("decodes"),
             native
         );
+        // The hot path's encoding (the vector appended as packed bytes, inside its oneof's
+        // message) decodes to the same request.
+        let encoded = templates.search.template.encode(&fill);
+        assert_eq!(
+            vecrig::proto::SearchRequest::decode(encoded.as_slice()).expect("decodes"),
+            native
+        );
         let points = [
             Point {
                 id: 1,
@@ -401,6 +408,12 @@ mod tests {
         assert_eq!(upsert.points[1].id, 2);
         assert!(upsert.wait);
         assert_eq!(upsert.points[0].payload["note"], r#"{"id":1,"user":3}"#);
+        let encoded = write.template.encode(&fill);
+        assert_eq!(
+            vecrig::proto::UpsertRequest::decode(encoded.as_slice()).expect("decodes"),
+            upsert,
+            "vectors in a list are rendered, not appended"
+        );
         // The ids path reads a native answer.
         let answer = vecrig::proto::SearchResponse {
             hits: vec![

@@ -17,6 +17,12 @@
 //! list of one element that mentions `{{id}}` is that element once per point of the batch:
 //! `"points": [{"id": "{{id}}", "values": "{{vector}}"}]`.
 //!
+//! On the hot path a request is encoded straight to bytes ([`Template::encode`]): a vector
+//! whose field sits in singular messages only (the usual search) is not built as a list of
+//! dynamic values but appended after the rest of the message as its packed bytes, wrapped in
+//! its enclosing message fields; protobuf merges a repeated occurrence of a singular message
+//! field into the first, so the target decodes the same message [`Template::render`] builds.
+//!
 //! Checking happens before any load: an unknown field, a value of the wrong type or a
 //! generator where it cannot go is a [`TemplateError`] naming the field's path, never a
 //! request full of INVALID_ARGUMENT. Rendering cannot fail.
@@ -132,7 +138,21 @@ enum Node {
 #[derive(Debug, Clone)]
 pub struct Template {
     root: (MessageDescriptor, Fields),
+    /// The root without the vectors that are appended as bytes.
+    lean: Fields,
+    /// Those vectors: where they are, and their width in bytes per value.
+    appended: Vec<Appended>,
     uses: Vec<Generator>,
+}
+
+/// A vector appended after the rest of the message: the field numbers of its enclosing
+/// singular message fields, outermost first, its own field number, and whether it holds
+/// doubles (else floats).
+#[derive(Debug, Clone)]
+struct Appended {
+    path: Vec<u32>,
+    number: u32,
+    double: bool,
 }
 
 impl Template {
@@ -142,7 +162,15 @@ impl Template {
         let root = (message.clone(), fields(json, message, "", &mut uses)?);
         uses.sort_by_key(|g| *g as u8);
         uses.dedup();
-        Ok(Self { root, uses })
+        let mut lean = root.1.clone();
+        let mut appended = Vec::new();
+        split_vectors(&mut lean, &mut Vec::new(), &mut appended);
+        Ok(Self {
+            root,
+            lean,
+            appended,
+            uses,
+        })
     }
 
     /// Whether the template uses `generator` anywhere.
@@ -150,10 +178,75 @@ impl Template {
         self.uses.contains(&generator)
     }
 
-    /// The request for `fill`.
+    /// The request for `fill`, as a message.
     pub fn render(&self, fill: &Fill<'_>) -> DynamicMessage {
         let (descriptor, fields) = &self.root;
         render_message(descriptor, fields, fill, 0)
+    }
+
+    /// The request for `fill`, encoded: the message [`render`](Self::render) builds, with its
+    /// appendable vectors written as packed bytes after the rest.
+    pub fn encode(&self, fill: &Fill<'_>) -> Vec<u8> {
+        use prost::Message;
+        let message = render_message(&self.root.0, &self.lean, fill, 0);
+        let vector = fill.points.first().map_or(&[][..], |p| p.vector);
+        let mut out = Vec::with_capacity(message.encoded_len() + 16 + vector.len() * 8);
+        // Cannot fail: a Vec grows as needed.
+        let _ = message.encode(&mut out);
+        for appended in &self.appended {
+            append_vector(&mut out, appended, vector);
+        }
+        out
+    }
+}
+
+/// Moves the vectors of `fields` that sit in singular messages only out to `out`.
+fn split_vectors(fields: &mut Fields, path: &mut Vec<u32>, out: &mut Vec<Appended>) {
+    fields.retain_mut(|(field, node)| match node {
+        Node::Generate(Generator::Vector, kind) => {
+            out.push(Appended {
+                path: path.clone(),
+                number: field.number(),
+                double: matches!(kind, Kind::Double),
+            });
+            false
+        }
+        Node::Message(_, inner) if !field.is_list() && !field.is_map() => {
+            path.push(field.number());
+            split_vectors(inner, path, out);
+            path.pop();
+            true
+        }
+        _ => true,
+    });
+}
+
+/// Appends `vector` as the packed field `appended.number`, inside its enclosing message
+/// fields: their lengths are counted first, innermost out, so every byte is written once.
+fn append_vector(out: &mut Vec<u8>, appended: &Appended, vector: &[f32]) {
+    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
+    let width = if appended.double { 8 } else { 4 };
+    let payload = vector.len() * width;
+    // The length of what each enclosing field holds, innermost first.
+    let mut lengths = Vec::with_capacity(appended.path.len());
+    let mut length = key_len(appended.number) + encoded_len_varint(payload as u64) + payload;
+    for &number in appended.path.iter().rev() {
+        lengths.push(length);
+        length += key_len(number) + encoded_len_varint(length as u64);
+    }
+    out.reserve(length);
+    for (&number, &holds) in appended.path.iter().zip(lengths.iter().rev()) {
+        encode_key(number, WireType::LengthDelimited, out);
+        encode_varint(holds as u64, out);
+    }
+    encode_key(appended.number, WireType::LengthDelimited, out);
+    encode_varint(payload as u64, out);
+    for &x in vector {
+        if appended.double {
+            out.extend_from_slice(&f64::from(x).to_le_bytes());
+        } else {
+            out.extend_from_slice(&x.to_le_bytes());
+        }
     }
 }
 

@@ -61,6 +61,15 @@ impl Encoder {
         let _ = message.encode(&mut self.buf);
         self.buf.split().freeze()
     }
+
+    /// The frame of a message already encoded (a templated target's request).
+    pub fn frame_encoded(&mut self, message: &[u8]) -> Bytes {
+        self.buf.reserve(5 + message.len());
+        self.buf.put_u8(0);
+        self.buf.put_u32(message.len() as u32);
+        self.buf.extend_from_slice(message);
+        self.buf.split().freeze()
+    }
 }
 
 /// A deadline as gRPC's `grpc-timeout` header: at most 8 digits, in the finest unit that
