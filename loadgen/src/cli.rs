@@ -262,6 +262,13 @@ pub enum Command {
     Run {
         /// The scenario file.
         file: PathBuf,
+        /// A templated target's `.proto` files, instead of the file's `[target] protos` or
+        /// the target's server reflection (repeat for several).
+        #[arg(long = "proto", env = "VECRIG_PROTO", value_delimiter = ',')]
+        protos: Vec<PathBuf>,
+        /// Import paths for `--proto` (repeat for several).
+        #[arg(long = "proto-path", env = "VECRIG_PROTO_PATH", value_delimiter = ',')]
+        proto_path: Vec<PathBuf>,
     },
     /// Combine the JSON reports of the shards of a distributed run (histograms merged, not
     /// percentiles averaged) and judge the thresholds on the result.

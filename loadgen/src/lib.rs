@@ -7,7 +7,12 @@
 //! [`wire`] (the request path's own HTTP/2 client, one per sending thread) ->
 //! [`stats`] (HdrHistograms and counts by gRPC code, per phase) -> a
 //! [`vecrig::validation::report::Report`], judged by thresholds and printed by [`report`].
-//! [`cli`] turns flags into a [`Plan`]; tests build a [`Plan`] directly.
+//! [`cli`] turns flags into a [`Plan`]; tests build a [`Plan`] directly. [`file`] reads
+//! scenario files ([`entry`]: one scenario of one).
+//!
+//! The target is a vecrig server, or any gRPC vector service described by a scenario file's
+//! `[target]` ([`dynamic`]: descriptors by reflection or from `.proto` files, requests from
+//! templates, ground truth of the loadgen's own for recall).
 //!
 //! [`fault`] runs a paced load while a fault is injected from outside and judges what the
 //! clients saw ([`acks`]: acknowledged writes, read back after); [`distributed`] finds a
@@ -16,7 +21,9 @@
 pub mod acks;
 pub mod cli;
 pub mod distributed;
+pub mod dynamic;
 pub mod engine;
+pub mod entry;
 pub mod fault;
 pub mod file;
 pub mod html;

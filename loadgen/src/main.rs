@@ -2,6 +2,7 @@
 //! code that says how it went.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -102,11 +103,17 @@ async fn run(mut cli: Cli) -> i32 {
         }
     };
     let result = match &cli.command {
-        cli::Command::Run { file } => {
+        cli::Command::Run {
+            file,
+            protos,
+            proto_path,
+        } => {
             let planned = std::fs::read_to_string(file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))
                 .and_then(|text| {
                     vecrig_loadgen::file::Planned::parse(&text, cli.profile)
+                        .map(|p| p.relative_to(file.parent().unwrap_or(Path::new("."))))
+                        .and_then(|p| p.with_protos(protos, proto_path))
                         .map_err(|e| e.to_string())
                 });
             match planned {
@@ -129,6 +136,15 @@ async fn run(mut cli: Cli) -> i32 {
     }
     let report = match result {
         Ok(report) => report,
+        // A templated target that does not fit its templates is the run's mistake, not the
+        // target's absence: the exit code of a bad flag or file.
+        Err(
+            e @ (vecrig_loadgen::target::PreflightError::Templated(_)
+            | vecrig_loadgen::target::PreflightError::Unsupported(_)),
+        ) => {
+            eprintln!("error: {e}");
+            return cli::EXIT_ERROR;
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return cli::EXIT_TARGET;

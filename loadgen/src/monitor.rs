@@ -2,6 +2,8 @@
 //!
 //! It uses its own connection, so its samples are not queued behind the load's streams, and
 //! the server exempts `Stats` from admission, so sampling works while the server sheds.
+//! A target that is not a vecrig server (a templated target) has no `Stats`: its monitor is
+//! [`Monitor::off`], with no samples, and the report's server figures stay empty.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -44,12 +46,13 @@ pub struct Sample {
 /// The sampler: a background task plus explicit samples at phase boundaries.
 #[derive(Debug)]
 pub struct Monitor {
-    client: VectorIndexClient<Channel>,
+    /// `None`: the target has no `Stats` to sample.
+    client: Option<VectorIndexClient<Channel>>,
     metadata: Metadata,
     started: Instant,
     phase: Arc<AtomicUsize>,
     samples: Arc<Mutex<Vec<Sample>>>,
-    task: tokio::task::JoinHandle<()>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Monitor {
@@ -79,19 +82,34 @@ impl Monitor {
             })
         };
         Self {
-            client,
+            client: Some(client),
             metadata,
             started,
             phase,
             samples,
-            task,
+            task: Some(task),
+        }
+    }
+
+    /// A monitor of a target without `Stats`: it takes no samples.
+    pub fn off(metadata: Metadata) -> Self {
+        Self {
+            client: None,
+            metadata,
+            started: Instant::now(),
+            phase: Arc::default(),
+            samples: Arc::default(),
+            task: None,
         }
     }
 
     /// Takes a sample now, tagged with the current phase.
     pub async fn sample_now(&self) {
+        let Some(client) = &self.client else {
+            return;
+        };
         take(
-            &self.client,
+            client,
             &self.metadata,
             self.started,
             &self.phase,
@@ -126,7 +144,9 @@ impl Monitor {
 
 impl Drop for Monitor {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = &self.task {
+            task.abort();
+        }
     }
 }
 

@@ -15,6 +15,10 @@
 //!   flight, or followed by another upsert in the run, is left out (counted in `skipped`):
 //!   the exact answer, asked later, could hold points that search could not have seen.
 //!   Writes by other clients are not known and count against recall.
+//! - **Ground truth of our own** (a templated target with an `ingest` phase): the exact
+//!   answers are computed by the loadgen over the data set it wrote ([`Truth::exact`]), on a
+//!   blocking thread after the phase, at most [`CAPACITY`] scans of the data set a phase,
+//!   instead of being asked of the target.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -23,8 +27,11 @@ use std::time::Duration;
 use tonic::transport::Channel;
 use vecrig::client::{Metadata, request_with};
 use vecrig::proto::SearchRequest;
+use vecrig::proto::search_request::Query;
 use vecrig::proto::vector_index_client::VectorIndexClient;
 use vecrig::validation::report::RecallFigures;
+
+use crate::dynamic::Truth;
 
 /// Samples kept per phase at most.
 pub const CAPACITY: usize = 500;
@@ -80,6 +87,8 @@ pub struct Recall {
     writes_started: Arc<AtomicU64>,
     writes_done: Arc<AtomicU64>,
     reservoir: Option<Arc<Mutex<Reservoir>>>,
+    /// The data set the loadgen wrote, when it answers the exact searches itself.
+    truth: Option<Arc<Truth>>,
 }
 
 impl Recall {
@@ -94,6 +103,11 @@ impl Recall {
             every,
             ..Self::default()
         }
+    }
+
+    /// The same sampling, with exact answers computed over `truth` instead of asked.
+    pub fn with_truth(self, truth: Option<Arc<Truth>>) -> Self {
+        Self { truth, ..self }
     }
 
     /// Whether searches are sampled at all.
@@ -163,6 +177,12 @@ impl Recall {
             return None;
         }
         let writes_now = self.writes_started.load(Ordering::Acquire);
+        if let Some(truth) = &self.truth {
+            let truth = Arc::clone(truth);
+            let scored =
+                tokio::task::spawn_blocking(move || own_check(&truth, samples, writes_now));
+            return scored.await.ok();
+        }
         let mut figures = RecallFigures::default();
         let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / EXACT_RATE));
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -189,6 +209,27 @@ impl Recall {
         }
         Some(figures)
     }
+}
+
+/// Scores samples against the exact answers over `truth` (what the loadgen wrote).
+fn own_check(truth: &Truth, samples: Vec<Sample>, writes_now: u64) -> RecallFigures {
+    let mut figures = RecallFigures::default();
+    for sample in samples {
+        let query = match &sample.request.query {
+            Some(Query::Vector(v)) if sample.writes_started == writes_now => &v.values,
+            _ => {
+                figures.skipped += 1;
+                continue;
+            }
+        };
+        let expected = truth.exact(query, sample.request.k as usize);
+        if expected.is_empty() {
+            figures.skipped += 1;
+            continue;
+        }
+        figures.add(hits(&sample.ids, &expected), expected.len() as u64);
+    }
+    figures
 }
 
 /// Counts a write done when dropped (answered, failed or abandoned).

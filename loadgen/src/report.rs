@@ -115,18 +115,27 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
         }
     }
     let sv = &s.server;
-    let _ = writeln!(
-        out,
-        "  server: shed {}, max queued {}, max in flight {}, memory {} -> {} (max {}), points {} -> {}",
-        sv.shed,
-        sv.max_queued,
-        sv.max_in_flight,
-        mb(sv.rss_start_bytes),
-        mb(sv.rss_end_bytes),
-        mb(sv.rss_max_bytes),
-        sv.points_start,
-        sv.points_end
-    );
+    if sv.samples == 0 {
+        // A target without vecrig's Stats (a templated target): nothing was sampled, and
+        // zeros would read as measurements.
+        let _ = writeln!(
+            out,
+            "  server: not sampled (the target has no vecrig Stats)"
+        );
+    } else {
+        let _ = writeln!(
+            out,
+            "  server: shed {}, max queued {}, max in flight {}, memory {} -> {} (max {}), points {} -> {}",
+            sv.shed,
+            sv.max_queued,
+            sv.max_in_flight,
+            mb(sv.rss_start_bytes),
+            mb(sv.rss_end_bytes),
+            mb(sv.rss_max_bytes),
+            sv.points_start,
+            sv.points_end
+        );
+    }
     if let Some(breadth) = sv.min_search_breadth {
         let _ = writeln!(
             out,

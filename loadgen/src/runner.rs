@@ -4,10 +4,15 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use vecrig::client::{ConnectOptions, Metadata};
-use vecrig::proto::StatsResponse;
+use std::time::Duration;
+
+use prost_reflect::DynamicMessage;
+use vecrig::client::{ConnectOptions, Metadata, request_with};
+use vecrig::proto::{StatsRequest, StatsResponse};
 use vecrig::validation::report::{Report, SCHEMA};
 
+use crate::dynamic::describe::describe;
+use crate::dynamic::{self, DynamicError, TargetSpec, Templates};
 use crate::engine::{self, Context, Lanes, Scenario, Stop};
 use crate::file;
 use crate::plan::{Plan, RunOptions};
@@ -16,8 +21,9 @@ use crate::progress::Progress;
 use crate::recall::Recall;
 use crate::retry::RetryBudget;
 use crate::scenario::Common;
-use crate::target::{self, PreflightError};
+use crate::target::{self, Checked, PreflightError};
 use crate::wire::{Target, Transport};
+use crate::workload::{Op, Workload, WorkloadKind};
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -56,24 +62,177 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
     .await
 }
 
-/// Runs the scenarios of a scenario file (see [`crate::file`]).
+/// Runs the scenarios of a scenario file (see [`crate::file`]): against a vecrig server, or
+/// the templated target of its `[target]` table.
 pub async fn run_file(
     options: &RunOptions,
     planned: &file::Planned,
     plan: &Plan,
     stop: &Stop,
 ) -> Result<Report, PreflightError> {
+    if let Some(spec) = planned.target() {
+        return run_templated(options, planned, spec, plan, stop).await;
+    }
     run_with(options, plan.seed, stop, |stats| {
         let mut scenarios = planned.build(stats.dimensions as usize, plan.seed, plan.k);
-        for scenario in &mut scenarios {
-            scenario.thresholds.extend(plan.thresholds.iter().cloned());
-            if let Some((index, count)) = plan.shard {
-                scenario.shard(index, count);
-            }
-        }
+        finish_plan(&mut scenarios, plan);
         scenarios
     })
     .await
+}
+
+/// The run's own thresholds and shard on every scenario of a file.
+fn finish_plan(scenarios: &mut [Scenario], plan: &Plan) {
+    for scenario in scenarios {
+        scenario.thresholds.extend(plan.thresholds.iter().cloned());
+        if let Some((index, count)) = plan.shard {
+            scenario.shard(index, count);
+        }
+    }
+}
+
+/// A run's connections before its scenarios: tonic's pool when it sends the load, the lanes'
+/// target when they do.
+fn preflight_connect(options: &RunOptions) -> ConnectOptions {
+    // With our own HTTP/2 client the lanes open the load's connections; tonic's pool is then
+    // only for what is off the hot path, and one connection is enough for it.
+    match options.transport {
+        Transport::H2 => ConnectOptions {
+            connections: 1,
+            ..options.connect.clone()
+        },
+        Transport::Tonic => options.connect.clone(),
+    }
+}
+
+/// Runs a scenario file against its templated target: health, descriptors, templates checked,
+/// one search (and the first ingest batch) sent as a probe, then the scenarios.
+async fn run_templated(
+    options: &RunOptions,
+    planned: &file::Planned,
+    spec: &TargetSpec,
+    plan: &Plan,
+    stop: &Stop,
+) -> Result<Report, PreflightError> {
+    let started_unix_ms = unix_ms();
+    let meter = Meter::start();
+    if options.transport == Transport::Tonic {
+        return Err(PreflightError::Unsupported(
+            "a templated target's requests are sent by --transport h2 only".into(),
+        ));
+    }
+    let headers: Metadata = options.headers.clone().into();
+    let (pool, monitor) = target::connect_healthy(
+        &options.target,
+        &preflight_connect(options),
+        options.wait_healthy,
+    )
+    .await?;
+    let source = spec.source(planned.base());
+    let descriptors = describe(&source, &monitor.channel(), &headers, &spec.services())
+        .await
+        .map_err(DynamicError::from)?;
+    let templates = Arc::new(Templates::compile(spec, &descriptors)?);
+    let truth = planned.truth(plan.seed);
+    // The probes: what the first user would send, once, before any load.
+    let search = Workload::new(
+        WorkloadKind::Templated(Arc::clone(&templates)),
+        templates.dimensions,
+        plan.seed,
+        plan.k,
+    )
+    .generator(0, 1)
+    .next(0);
+    if let Op::Call(call) = search {
+        let request = decoded(&templates.search, &call.body)?;
+        dynamic::probe(&monitor.channel(), &headers, &templates.search, request).await?;
+    }
+    if let (Some(truth), Some(write)) = (&truth, &templates.write) {
+        let kind = WorkloadKind::Ingest {
+            templates: Arc::clone(&templates),
+            truth: Arc::clone(truth),
+            writers: 1,
+        };
+        let first = Workload::new(kind, templates.dimensions, plan.seed, plan.k)
+            .generator(0, 1)
+            .next(0);
+        if let Op::Call(call) = first
+            && dynamic::probe(
+                &monitor.channel(),
+                &headers,
+                write,
+                decoded(write, &call.body)?,
+            )
+            .await?
+            .is_some()
+        {
+            truth.acknowledge(0);
+        }
+    }
+    let mut scenarios = planned.build_templated(plan.seed, plan.k, &templates, truth.as_ref());
+    finish_plan(&mut scenarios, plan);
+    let wire = Target::new(&options.target, &options.connect, &headers)?
+        .with_methods(
+            &templates.search.path,
+            templates.write.as_ref().map(|w| w.path.as_str()),
+        )
+        .map_err(PreflightError::Unsupported)?;
+    let mut warnings = Vec::new();
+    let recall = match &truth {
+        Some(_) => Recall::new(options.recall_sample).with_truth(truth.clone()),
+        None if options.recall_sample > 0.0 => {
+            warnings.push(
+                "recall not measured: a templated target's recall needs an ingest phase (the loadgen's own ground truth)"
+                    .to_string(),
+            );
+            Recall::new(0.0)
+        }
+        None => Recall::new(0.0),
+    };
+    // A target that also answers vecrig's Stats (vecrig-server through templates) is sampled
+    // as the native path samples it; any other has no server figures.
+    let stats = monitor
+        .client()
+        .stats(request_with(
+            StatsRequest {},
+            Duration::from_secs(5),
+            &headers,
+        ))
+        .await
+        .ok()
+        .map(tonic::Response::into_inner);
+    let server_stats = stats.is_some();
+    let checked = Checked {
+        pool,
+        monitor,
+        stats: stats.unwrap_or_default(),
+    };
+    let mut report = run_scenarios(
+        options,
+        (plan.seed, started_unix_ms, meter),
+        stop,
+        &checked,
+        &scenarios,
+        (
+            Some((Arc::new(wire), options.connect.connections)),
+            recall,
+            server_stats,
+        ),
+    )
+    .await?;
+    report.warnings.extend(warnings);
+    Ok(report)
+}
+
+/// A request as the hot path encodes it, read back as `method`'s input: the probe sends what
+/// the load will send.
+fn decoded(method: &dynamic::Method, body: &[u8]) -> Result<DynamicMessage, PreflightError> {
+    DynamicMessage::decode(method.descriptor.input(), body).map_err(|e| {
+        PreflightError::Unsupported(format!(
+            "{}: an encoded request does not decode: {e}",
+            method.descriptor.full_name()
+        ))
+    })
 }
 
 /// Runs scenarios built by `build` from the target's `Stats` (custom scenarios, e.g. in
@@ -87,24 +246,14 @@ pub async fn run_with(
     let started_unix_ms = unix_ms();
     let meter = Meter::start();
     let headers: Metadata = options.headers.clone().into();
-    // With our own HTTP/2 client the lanes open the load's connections; tonic's pool is then
-    // only for what is off the hot path, and one connection is enough for it.
-    let preflight_connect = match options.transport {
-        Transport::H2 => ConnectOptions {
-            connections: 1,
-            ..options.connect.clone()
-        },
-        Transport::Tonic => options.connect.clone(),
-    };
     let checked = target::preflight(
         &options.target,
-        &preflight_connect,
+        &preflight_connect(options),
         &headers,
         options.wait_healthy,
     )
     .await?;
     let planned = build(&checked.stats);
-    let progress = Progress::new(options.live_progress);
     let wire = match options.transport {
         Transport::H2 => {
             let target = Target::new(&options.target, &options.connect, &headers)?;
@@ -112,6 +261,36 @@ pub async fn run_with(
         }
         Transport::Tonic => None,
     };
+    let recall = Recall::new(options.recall_sample);
+    run_scenarios(
+        options,
+        (seed, started_unix_ms, meter),
+        stop,
+        &checked,
+        &planned,
+        (wire, recall, true),
+    )
+    .await
+}
+
+/// The lanes' own target and connections per lane (`None`: tonic's pool sends the load),
+/// the recall sampling, and whether the target answers vecrig's `Stats`.
+type Sending = (Option<(Arc<Target>, usize)>, Recall, bool);
+
+/// Runs `planned` against a checked target and assembles the report; `started` is the seed,
+/// when the run started, and the meter of its cost.
+async fn run_scenarios(
+    options: &RunOptions,
+    started: (u64, u64, Meter),
+    stop: &Stop,
+    checked: &Checked,
+    planned: &[Scenario],
+    sending: Sending,
+) -> Result<Report, PreflightError> {
+    let (seed, started_unix_ms, meter) = started;
+    let (wire, recall, server_stats) = sending;
+    let headers: Metadata = options.headers.clone().into();
+    let progress = Progress::new(options.live_progress);
     let ctx = Context {
         pool: checked.pool.clone(),
         timeout: options.timeout,
@@ -124,13 +303,14 @@ pub async fn run_with(
         abort_on_fail: options.abort_on_fail,
         metrics_url: options.metrics_url.as_deref().map(Arc::from),
         client: None,
-        recall: Recall::new(options.recall_sample),
+        recall,
+        server_stats,
     };
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as f64)
         .unwrap_or(1.0);
     let mut scenarios = Vec::new();
-    for scenario in &planned {
+    for scenario in planned {
         if stop.is_stopped() {
             break;
         }

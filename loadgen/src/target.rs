@@ -42,6 +42,12 @@ pub enum PreflightError {
         /// The message.
         message: String,
     },
+    /// A templated target's descriptors, templates or probe did not check out.
+    #[error("templated target: {0}")]
+    Templated(#[from] crate::dynamic::DynamicError),
+    /// The run asks for something the target or its transport cannot do.
+    #[error("{0}")]
+    Unsupported(String),
     /// The threads that send the load could not be started (out of threads or memory).
     #[error("cannot start the sending threads: {0}")]
     Threads(std::io::Error),
@@ -66,6 +72,36 @@ pub async fn preflight(
     metadata: &Metadata,
     wait: Duration,
 ) -> Result<Checked, PreflightError> {
+    let (pool, monitor) = connect_healthy(target, options, wait).await?;
+    let stats = monitor
+        .client()
+        .stats(request_with(
+            StatsRequest {},
+            Duration::from_secs(10),
+            metadata,
+        ))
+        .await
+        .map_err(|s| PreflightError::WrongApi {
+            target: target.to_string(),
+            code: s.code(),
+            message: s.message().to_string(),
+        })?
+        .into_inner();
+    Ok(Checked {
+        pool,
+        monitor,
+        stats,
+    })
+}
+
+/// Connects (the load's pool, and one connection off the load for everything else) and waits
+/// up to `wait` for `grpc.health.v1` to say SERVING; a target without the health service
+/// passes (what it serves is checked next, by `Stats` or a templated probe).
+pub async fn connect_healthy(
+    target: &str,
+    options: &ConnectOptions,
+    wait: Duration,
+) -> Result<(Pool, Pool), PreflightError> {
     let pool = Pool::connect(target, options).await?;
     let monitor = Pool::connect(
         target,
@@ -101,25 +137,7 @@ pub async fn preflight(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let stats = monitor
-        .client()
-        .stats(request_with(
-            StatsRequest {},
-            Duration::from_secs(10),
-            metadata,
-        ))
-        .await
-        .map_err(|s| PreflightError::WrongApi {
-            target: target.to_string(),
-            code: s.code(),
-            message: s.message().to_string(),
-        })?
-        .into_inner();
-    Ok(Checked {
-        pool,
-        monitor,
-        stats,
-    })
+    Ok((pool, monitor))
 }
 
 /// A `vecrig-server` process started for this run, stopped with SIGTERM when dropped.

@@ -7,6 +7,10 @@
 //!   (`exact`: the same, answered by brute-force scan);
 //! - `large-text`: ~150 KB texts (the memory-pressure scenario);
 //! - `mixed`: vector searches with a chosen fraction of upserts (batches of new points);
+//! - templated: searches rendered from a templated target's request template
+//!   ([`crate::dynamic`]), vectors and texts from the same distribution;
+//! - ingest: the seeded data set of [`crate::dynamic::Truth`], batch by batch, through the
+//!   templated target's write method;
 //! - durable (fault runs only): as mixed, but every upserted point is stamped and its
 //!   acknowledgement recorded, so it can be read back after a fault ([`crate::acks`]).
 
@@ -17,6 +21,8 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use vecrig::proto::{self, point, search_request};
 use vecrig::synthetic::Synthetic;
+
+use crate::dynamic::{Fill, Generator as Fills, Point, Templates, Truth};
 
 /// Which requests to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,6 +60,18 @@ pub enum WorkloadKind {
         /// Where acknowledged points are recorded.
         acks: crate::acks::Acks,
     },
+    /// Searches rendered from a templated target's search template.
+    Templated(Arc<Templates>),
+    /// The data set of `truth` written through the templated target's write method, batch
+    /// `user + i * writers` by user `user` at its `i`-th request.
+    Ingest {
+        /// The target's templates.
+        templates: Arc<Templates>,
+        /// The data set, and what of it was acknowledged.
+        truth: Arc<Truth>,
+        /// Users writing at once.
+        writers: u64,
+    },
 }
 
 impl std::str::FromStr for WorkloadKind {
@@ -86,6 +104,47 @@ pub enum Op {
     Upsert(proto::UpsertRequest),
     /// An upsert whose acknowledgement is recorded (its points are read back after a fault).
     Durable(proto::UpsertRequest, crate::acks::Acks),
+    /// A request to a templated target.
+    Call(Box<Call>),
+    /// Nothing left to send: the user is done (ingest, once the data set is written).
+    Done,
+}
+
+/// A request to a templated target, encoded (not yet framed).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// The request message's bytes.
+    pub body: Vec<u8>,
+    /// What it is.
+    pub kind: CallKind,
+}
+
+/// What a templated request is, as far as the run cares.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CallKind {
+    /// A search for `query`'s `k` neighbours; the templates read its answer's ids.
+    Search {
+        /// The query vector (for the recall check).
+        query: Vec<f32>,
+        /// Neighbours asked for.
+        k: u32,
+        /// Where the answer's ids are.
+        templates: Arc<Templates>,
+    },
+    /// Batch `batch` of the data set of `truth`, acknowledged there when answered OK.
+    Ingest {
+        /// The data set.
+        truth: Arc<Truth>,
+        /// The batch.
+        batch: usize,
+    },
+}
+
+impl Call {
+    /// Whether it writes (else it searches).
+    pub fn is_write(&self) -> bool {
+        matches!(self.kind, CallKind::Ingest { .. })
+    }
 }
 
 /// A workload: what to send, for every user.
@@ -214,7 +273,76 @@ impl Generator {
                     self.vector_search(false)
                 }
             }
+            WorkloadKind::Templated(templates) => self.templated_search(templates, i),
+            WorkloadKind::Ingest {
+                templates,
+                truth,
+                writers,
+            } => self.ingest(templates, truth, *writers, i),
         }
+    }
+
+    /// A search rendered from the templated target's template.
+    fn templated_search(&mut self, templates: &Arc<Templates>, i: u64) -> Op {
+        let query = self.workload.data.query_vector(&mut self.rng);
+        let template = &templates.search.template;
+        let text = if template.uses(Fills::Text) {
+            self.workload.data.query_text(&mut self.rng)
+        } else {
+            String::new()
+        };
+        let point = Point {
+            // A request id: unique per (user, request).
+            id: (self.user << 32) | (i & 0xffff_ffff),
+            vector: &query,
+            text: &text,
+        };
+        let body = template.encode(&Fill {
+            points: &[point],
+            user: self.user,
+            iteration: i,
+            k: self.workload.k,
+        });
+        Op::Call(Box::new(Call {
+            body,
+            kind: CallKind::Search {
+                query,
+                k: self.workload.k,
+                templates: Arc::clone(templates),
+            },
+        }))
+    }
+
+    /// The user's next batch of the data set, or `Done` past its end.
+    fn ingest(&mut self, templates: &Templates, truth: &Arc<Truth>, writers: u64, i: u64) -> Op {
+        let batch = self.user.saturating_add(i.saturating_mul(writers.max(1)));
+        let Some(write) = &templates.write else {
+            return Op::Done;
+        };
+        if batch >= truth.batches() as u64 {
+            return Op::Done;
+        }
+        let batch = batch as usize;
+        let points: Vec<Point<'_>> = truth
+            .batch_range(batch)
+            .map(|j| {
+                let (id, vector, text) = truth.point(j);
+                Point { id, vector, text }
+            })
+            .collect();
+        let body = write.template.encode(&Fill {
+            points: &points,
+            user: self.user,
+            iteration: i,
+            k: self.workload.k,
+        });
+        Op::Call(Box::new(Call {
+            body,
+            kind: CallKind::Ingest {
+                truth: Arc::clone(truth),
+                batch,
+            },
+        }))
     }
 
     fn vector_search(&mut self, exact: bool) -> Op {

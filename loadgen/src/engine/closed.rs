@@ -75,6 +75,9 @@ pub(crate) async fn run(
             let mut i = 0;
             while iterations.is_none_or(|n| i < n) && !ctx.stop.is_stopped() && !over() {
                 let op = requests.next(i);
+                if matches!(op, crate::workload::Op::Done) {
+                    break;
+                }
                 ctx.execute(&lane, op, Instant::now(), &recorder).await;
                 i += 1;
                 if !think.is_zero() {

@@ -17,7 +17,7 @@ use crate::recall::Recall;
 use crate::retry::{Pushback, RetryBudget, RetryPolicy};
 use crate::stats::{Outcome, Recorder};
 use crate::wire::{Channel, Rpc};
-use crate::workload::Op;
+use crate::workload::{CallKind, Op};
 
 /// Tells every task to stop sending new requests (Ctrl-C, or a failed threshold with abort).
 #[derive(Debug, Clone)]
@@ -98,6 +98,9 @@ pub struct Context {
     pub client: Option<Arc<crate::wire::Target>>,
     /// Which searches are sampled for recall, and the current phase's sample.
     pub recall: Recall,
+    /// Whether the target answers vecrig's `Stats` (a vecrig server; not a templated target):
+    /// else nothing samples it.
+    pub server_stats: bool,
 }
 
 impl Context {
@@ -129,6 +132,10 @@ impl Context {
                 Op::Upsert(r) | Op::Durable(r, _) => {
                     client.upsert(self.request(r.clone())).await.map(drop)
                 }
+                // A templated target is refused with `--transport tonic` before the run.
+                Op::Call(_) | Op::Done => Err(tonic::Status::unimplemented(
+                    "templated requests go over --transport h2",
+                )),
             }
         };
         match tokio::time::timeout(self.timeout, call).await {
@@ -155,17 +162,77 @@ impl Context {
         }
     }
 
+    /// Sends one attempt of a sampled templated search over the lane's channel, keeping the
+    /// answer, and keeps its ids for the recall check (the loadgen's own exact answer).
+    async fn send_sampled_call(
+        &self,
+        channel: Option<&Channel>,
+        frame: Option<&(Rpc, Bytes)>,
+        query: &[f32],
+        k: u32,
+        templates: &crate::dynamic::Templates,
+    ) -> (Code, Pushback) {
+        let (Some(channel), Some((rpc, frame))) = (channel, frame) else {
+            return (Code::Unimplemented, Pushback::None);
+        };
+        let writes = self.recall.quiet_writes();
+        let mut body = bytes::BytesMut::new();
+        let call = channel.call_keeping(*rpc, frame.clone(), self.timeout, Some(&mut body));
+        let answer = match tokio::time::timeout(self.timeout, call).await {
+            Ok(answer) => answer,
+            Err(_) => return (Code::DeadlineExceeded, Pushback::None),
+        };
+        if answer.code == Code::Ok {
+            // One uncompressed frame: a flag byte, a length, the message.
+            let ids = body.get(5..).and_then(|message| templates.ids_in(message));
+            let request = vecrig::proto::SearchRequest {
+                query: Some(vecrig::proto::search_request::Query::Vector(
+                    vecrig::proto::Vector {
+                        values: query.to_vec(),
+                    },
+                )),
+                k,
+                ..Default::default()
+            };
+            // An answer that does not decode cannot be scored: kept as a search sent while
+            // writes were in flight is, counted as skipped.
+            let writes = if ids.is_some() { writes } else { None };
+            self.recall.keep(&request, ids.unwrap_or_default(), writes);
+        }
+        (answer.code, answer.pushback)
+    }
+
     /// Sends `op` (retrying as the policy and budget allow) and records its outcome in
     /// `lane`'s batch for `recorder`, with latency measured from `intended`.
     pub async fn execute(&self, lane: &Lane, op: Op, intended: Instant, recorder: &Recorder) {
+        if matches!(op, Op::Done) {
+            return;
+        }
         self.budget.deposit();
         // A sampled search goes over tonic, whose answer is decoded: its ids are needed.
         let sampled = match &op {
             Op::Search(request) if lane.sample_search(self.recall.every) => Some(request),
             _ => None,
         };
+        // A sampled templated search keeps its answer (read after, off the request's timing).
+        let sampled_call = match &op {
+            Op::Call(call) if !call.is_write() && lane.sample_search(self.recall.every) => {
+                match &call.kind {
+                    CallKind::Search {
+                        query,
+                        k,
+                        templates,
+                    } => Some((query, *k, templates)),
+                    CallKind::Ingest { .. } => None,
+                }
+            }
+            _ => None,
+        };
         let _write = match &op {
             Op::Upsert(_) | Op::Durable(..) if self.recall.is_on() => {
+                Some(self.recall.write_started())
+            }
+            Op::Call(call) if call.is_write() && self.recall.is_on() => {
                 Some(self.recall.write_started())
             }
             _ => None,
@@ -178,9 +245,13 @@ impl Context {
         loop {
             attempts += 1;
             let sent = Instant::now();
-            let (code, pushback) = match sampled {
-                Some(request) => self.send_sampled(request).await,
-                None => self.send(channel.as_deref(), &op, frame.as_ref()).await,
+            let (code, pushback) = match (sampled, sampled_call) {
+                (Some(request), _) => self.send_sampled(request).await,
+                (None, Some((query, k, templates))) => {
+                    self.send_sampled_call(channel.as_deref(), frame.as_ref(), query, k, templates)
+                        .await
+                }
+                (None, None) => self.send(channel.as_deref(), &op, frame.as_ref()).await,
             };
             let answered = Instant::now();
             let first_code = *first.get_or_insert(code);
@@ -206,8 +277,14 @@ impl Context {
                 service_time: answered - sent,
             };
             lane.record(&outcome, recorder, answered);
-            if let (Code::Ok, Op::Durable(request, acks)) = (code, &op) {
-                acks.record(request);
+            match (code, &op) {
+                (Code::Ok, Op::Durable(request, acks)) => acks.record(request),
+                (Code::Ok, Op::Call(call)) => {
+                    if let CallKind::Ingest { truth, batch } = &call.kind {
+                        truth.acknowledge(*batch);
+                    }
+                }
+                _ => {}
             }
             return;
         }

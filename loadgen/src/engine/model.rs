@@ -60,6 +60,25 @@ pub enum Model {
         /// How long the phase lasts.
         duration: Duration,
     },
+    /// `writers` users writing a data set, each taking the next batch until none is left
+    /// (k6's shared iterations): a templated target's `ingest` phase. Its requests are its
+    /// own workload's, not the scenario's.
+    Ingest {
+        /// Users writing at once.
+        writers: u64,
+        /// The writes.
+        writes: Writes,
+    },
+}
+
+/// The workload of an ingest phase; phases are equal when they write the same data set.
+#[derive(Debug, Clone)]
+pub struct Writes(pub Arc<Workload>);
+
+impl PartialEq for Writes {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
 }
 
 impl Model {
@@ -70,6 +89,7 @@ impl Model {
             Model::Ramping { from, to, .. } => (*from).max(*to),
             Model::Open { max_in_flight, .. } => *max_in_flight,
             Model::Paced { workers, .. } => *workers,
+            Model::Ingest { writers, .. } => *writers,
         }
     }
 }
@@ -236,6 +256,9 @@ impl Scenario {
                     duration,
                     max_in_flight: part(max_in_flight).max(1),
                 },
+                // Every shard writes the whole data set (idempotent upserts of the same
+                // points), so each one knows what the target holds.
+                ingest @ Model::Ingest { .. } => ingest,
             };
         }
         self.workload = self.workload.offset_users(index * 1_000_000);

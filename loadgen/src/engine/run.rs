@@ -36,11 +36,15 @@ pub async fn run_scenario(
     };
     // Exact answers for the recall check go over the same connection as `Stats`.
     let exact_client = stats_client.clone();
-    let monitor = Monitor::start(
-        stats_client,
-        Arc::clone(&ctx.headers),
-        Duration::from_secs(1),
-    );
+    let monitor = if ctx.server_stats {
+        Monitor::start(
+            stats_client,
+            Arc::clone(&ctx.headers),
+            Duration::from_secs(1),
+        )
+    } else {
+        Monitor::off(Arc::clone(&ctx.headers))
+    };
     let started = Instant::now();
     let timeline = Arc::new(Timeline::new());
     let mut phases = Vec::new();
@@ -431,6 +435,20 @@ async fn run_lane(
             let arrivals = Arrivals { from, to, duration };
             let bound = (start, max_in_flight);
             open::run(ctx, lane, arrivals, bound, workload, recorder).await
+        }
+        Model::Ingest {
+            writers,
+            ref writes,
+        } => {
+            // Closed users with no end but the data set's: each stops at its `Op::Done`.
+            let users = closed::Users {
+                users: writers,
+                iterations: None,
+                duration: None,
+                think: Duration::ZERO,
+                stagger: None,
+            };
+            closed::run(ctx, lane, users, start, &writes.0, recorder).await
         }
     }
 }

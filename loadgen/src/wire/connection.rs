@@ -15,7 +15,7 @@ use std::rc::{Rc, Weak};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use h2::client::SendRequest;
 use http::header::HeaderMap;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -136,6 +136,22 @@ impl Target {
     /// The address connections are made from, when chosen.
     pub fn bind(&self) -> Option<std::net::IpAddr> {
         self.bind
+    }
+
+    /// The same target with other methods in place of vecrig's Search and Upsert: a
+    /// templated target's `/package.Service/Method` paths.
+    pub fn with_methods(mut self, search: &str, write: Option<&str>) -> Result<Self, String> {
+        let uri = |path: &str| {
+            let mut parts = self.search.clone().into_parts();
+            parts.path_and_query = Some(path.parse().map_err(|e| format!("method {path}: {e}"))?);
+            http::Uri::from_parts(parts).map_err(|e| format!("method {path}: {e}"))
+        };
+        let (search, upsert) = (uri(search)?, write.map(uri).transpose()?);
+        self.search = search;
+        if let Some(upsert) = upsert {
+            self.upsert = upsert;
+        }
+        Ok(self)
     }
 
     fn uri(&self, rpc: Rpc) -> &http::Uri {
@@ -364,13 +380,18 @@ impl Connection {
         }
     }
 
-    /// One call on this connection.
-    async fn call(self: &Rc<Self>, request: http::Request<()>, frame: Bytes) -> Answer {
+    /// One call on this connection; the answer's message is appended to `keep` when given.
+    async fn call(
+        self: &Rc<Self>,
+        request: http::Request<()>,
+        frame: Bytes,
+        keep: Option<&mut BytesMut>,
+    ) -> Answer {
         let (sender, generation) = match self.sender().await {
             Ok(sender) => sender,
             Err(answer) => return answer,
         };
-        match exchange(sender, request, frame).await {
+        match exchange(sender, request, frame, keep).await {
             Ok(answer) => answer,
             Err(error) => {
                 // A reset concerns one stream; anything else (GOAWAY, I/O, a connection
@@ -384,11 +405,14 @@ impl Connection {
     }
 }
 
-/// Sends the request and its frame on a new stream and reads the answer's status.
+/// Sends the request and its frame on a new stream and reads the answer's status; the
+/// answer's body (its gRPC frames) is kept in `keep` when given (a sampled search), else
+/// dropped unread.
 async fn exchange(
     sender: SendRequest<Bytes>,
     request: http::Request<()>,
     frame: Bytes,
+    mut keep: Option<&mut BytesMut>,
 ) -> Result<Answer, h2::Error> {
     let mut sender = sender.ready().await?;
     let (response, mut body) = sender.send_request(request, false)?;
@@ -404,6 +428,9 @@ async fn exchange(
     while let Some(chunk) = body.data().await {
         let chunk = chunk?;
         received += chunk.len();
+        if let Some(keep) = keep.as_deref_mut() {
+            keep.extend_from_slice(&chunk);
+        }
         // Hand the window back at once, or the server stalls once it has sent a window's worth.
         let _ = body.flow_control().release_capacity(chunk.len());
     }
@@ -459,12 +486,28 @@ impl Channel {
         match op {
             Op::Search(request) => (Rpc::Search, encoder.frame(request)),
             Op::Upsert(request) | Op::Durable(request, _) => (Rpc::Upsert, encoder.frame(request)),
+            Op::Call(call) if call.is_write() => (Rpc::Upsert, encoder.frame_encoded(&call.body)),
+            Op::Call(call) => (Rpc::Search, encoder.frame_encoded(&call.body)),
+            // Never sent: the engine stops a user at `Done`.
+            Op::Done => (Rpc::Search, Bytes::new()),
         }
     }
 
     /// One attempt of `rpc` with `frame` on the next connection, telling the server the
     /// `deadline` (the caller enforces it).
     pub async fn call(&self, rpc: Rpc, frame: Bytes, deadline: Duration) -> Answer {
+        self.call_keeping(rpc, frame, deadline, None).await
+    }
+
+    /// As [`call`](Self::call), keeping the answer's message (its gRPC frame's payload) in
+    /// `keep`: for the sampled searches of a templated target, whose ids are read from it.
+    pub async fn call_keeping(
+        &self,
+        rpc: Rpc,
+        frame: Bytes,
+        deadline: Duration,
+        keep: Option<&mut BytesMut>,
+    ) -> Answer {
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.target.uri(rpc).clone();
@@ -481,6 +524,6 @@ impl Channel {
         let i = self.next.get();
         self.next.set((i + 1) % self.connections.len());
         let connection = Rc::clone(&self.connections[i]);
-        connection.call(request, frame).await
+        connection.call(request, frame, keep).await
     }
 }

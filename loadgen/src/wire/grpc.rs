@@ -23,7 +23,8 @@ const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
 
-/// The RPCs the hot path sends.
+/// The RPCs the hot path sends: vecrig's, or a templated target's search and write methods
+/// in their place ([`Target::with_methods`](super::Target::with_methods)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rpc {
     /// `vecrig.v1.VectorIndex/Search`.
@@ -58,6 +59,15 @@ impl Encoder {
         self.buf.put_u32(len as u32);
         // Cannot fail: the buffer was just reserved for the whole message.
         let _ = message.encode(&mut self.buf);
+        self.buf.split().freeze()
+    }
+
+    /// The frame of a message already encoded (a templated target's request).
+    pub fn frame_encoded(&mut self, message: &[u8]) -> Bytes {
+        self.buf.reserve(5 + message.len());
+        self.buf.put_u8(0);
+        self.buf.put_u32(message.len() as u32);
+        self.buf.extend_from_slice(message);
         self.buf.split().freeze()
     }
 }

@@ -1,0 +1,134 @@
+//! Where a search answer's neighbour ids are: a field path such as `result[].id` (`[]` after
+//! a repeated field: every element), checked once against the response's descriptor and read
+//! from a decoded answer. Only sampled searches are decoded (the recall check); the hot path
+//! never reads an answer's body.
+
+use prost_reflect::{DynamicMessage, FieldDescriptor, Kind, MessageDescriptor, Value};
+
+/// A checked path to the ids.
+#[derive(Debug, Clone)]
+pub struct IdsPath {
+    text: String,
+    steps: Vec<FieldDescriptor>,
+}
+
+/// A path that does not fit the response message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("ids path `{path}`: {reason}")]
+pub struct IdsPathError {
+    /// The path as given.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl IdsPath {
+    /// Checks `text` against the response message: every step a field, `[]` exactly after the
+    /// repeated ones, messages until the last, which holds integers or decimal strings.
+    pub fn compile(text: &str, response: &MessageDescriptor) -> Result<Self, IdsPathError> {
+        let fail = |reason: String| IdsPathError {
+            path: text.to_string(),
+            reason,
+        };
+        let mut message = Some(response.clone());
+        let mut steps = Vec::new();
+        let parts: Vec<&str> = text.split('.').collect();
+        for (i, part) in parts.iter().enumerate() {
+            let (name, repeated) = match part.strip_suffix("[]") {
+                Some(name) => (name, true),
+                None => (*part, false),
+            };
+            let Some(within) = &message else {
+                return Err(fail(format!(
+                    "`{}` is not a message: nothing to look up `{name}` in",
+                    parts[..i].join(".")
+                )));
+            };
+            let field = within.get_field_by_name(name).ok_or_else(|| {
+                let known: Vec<String> = within.fields().map(|f| f.name().to_string()).collect();
+                fail(format!(
+                    "no field `{name}` in message {} (its fields: {})",
+                    within.full_name(),
+                    known.join(", ")
+                ))
+            })?;
+            if field.is_map() {
+                return Err(fail(format!("`{name}` is a map: ids are read from lists")));
+            }
+            match (field.is_list(), repeated) {
+                (true, false) => {
+                    return Err(fail(format!("`{name}` is repeated: write `{name}[]`")));
+                }
+                (false, true) => return Err(fail(format!("`{name}` is not repeated: drop `[]`"))),
+                _ => {}
+            }
+            message = match field.kind() {
+                Kind::Message(m) => Some(m),
+                _ => None,
+            };
+            steps.push(field);
+        }
+        match steps.last().map(FieldDescriptor::kind) {
+            Some(
+                Kind::Int32
+                | Kind::Int64
+                | Kind::Uint32
+                | Kind::Uint64
+                | Kind::Sint32
+                | Kind::Sint64
+                | Kind::Fixed32
+                | Kind::Fixed64
+                | Kind::Sfixed32
+                | Kind::Sfixed64
+                | Kind::String,
+            ) => Ok(Self {
+                text: text.to_string(),
+                steps,
+            }),
+            Some(other) => Err(fail(format!(
+                "ids must be integers or strings; the last field holds {other:?}"
+            ))),
+            None => Err(fail("empty".into())),
+        }
+    }
+
+    /// The path as given.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The ids in `answer`, in order. A string id that is not a decimal number can match no
+    /// point the loadgen wrote, so it is read as `u64::MAX`.
+    pub fn read(&self, answer: &DynamicMessage) -> Vec<u64> {
+        let mut ids = Vec::new();
+        collect(answer, &self.steps, &mut ids);
+        ids
+    }
+}
+
+fn collect(message: &DynamicMessage, steps: &[FieldDescriptor], ids: &mut Vec<u64>) {
+    let Some((step, rest)) = steps.split_first() else {
+        return;
+    };
+    let value = message.get_field(step);
+    let mut visit = |value: &Value| match value {
+        Value::Message(inner) => collect(inner, rest, ids),
+        scalar if rest.is_empty() => ids.push(id_of(scalar)),
+        _ => {}
+    };
+    match &*value {
+        Value::List(items) => items.iter().for_each(&mut visit),
+        single => visit(single),
+    }
+}
+
+fn id_of(value: &Value) -> u64 {
+    match value {
+        Value::I32(n) => u64::try_from(*n).unwrap_or(u64::MAX),
+        Value::I64(n) => u64::try_from(*n).unwrap_or(u64::MAX),
+        Value::U32(n) => (*n).into(),
+        Value::U64(n) => *n,
+        Value::String(s) => s.trim().parse().unwrap_or(u64::MAX),
+        _ => u64::MAX,
+    }
+}

@@ -1,0 +1,497 @@
+//! Any gRPC vector service as a target: its descriptors from reflection or `.proto` files
+//! ([`describe`]), its requests from templates ([`template`]), the neighbours' ids read from its
+//! answers ([`ids`]), and ground truth of our own for recall ([`truth`]).
+//!
+//! A templated target is described by the `[target]` table of a scenario file ([`TargetSpec`]),
+//! checked as a whole into [`Templates`] before any load: a missing method, a template field
+//! the message does not have or a value of the wrong type is an error naming it. Then one
+//! search is sent as a probe ([`probe`]): a target that refuses the template's request
+//! (INVALID_ARGUMENT for a vector of the wrong width, say) stops the run there, instead of
+//! failing every request of it.
+//!
+//! On the hot path a templated request is a [`prost_reflect::DynamicMessage`], rendered by
+//! the sending user and encoded once into its gRPC frame by the lane's channel, as a native
+//! request is; only sampled searches have their answers decoded.
+
+pub mod codec;
+pub mod describe;
+pub mod ids;
+pub mod template;
+pub mod truth;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use prost_reflect::{DescriptorPool, DynamicMessage, MessageDescriptor, MethodDescriptor};
+use serde::Deserialize;
+use serde_json::Value as Json;
+use tonic::Code;
+use tonic::transport::Channel;
+use vecrig::client::{Metadata, request_with};
+
+pub use describe::{DescribeError, Source};
+pub use ids::IdsPath;
+pub use template::{Fill, Generator, Point, Template, TemplateError};
+pub use truth::{Metric, Truth};
+
+/// The built-in template set for vecrig's own API, `builtin = "vecrig.v1"` in `[target]`:
+/// the requests the native path sends, as templates (vector searches, batches of points with
+/// a payload). What the `[target]` table gives itself takes precedence.
+pub const VECRIG_V1: &str = r#"
+[search]
+method = "vecrig.v1.VectorIndex/Search"
+request = { vector = { values = "{{vector}}" }, k = "{{k}}" }
+ids = "hits[].id"
+
+[write]
+method = "vecrig.v1.VectorIndex/Upsert"
+request = { points = [{ id = "{{id}}", vector = { values = "{{vector}}" }, payload = { writer = "{{user}}" } }] }
+"#;
+
+/// The `[target]` table of a scenario file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TargetSpec {
+    /// `.proto` files to read the descriptors from; none: the target's server reflection.
+    #[serde(default)]
+    pub protos: Vec<PathBuf>,
+    /// Import paths for `protos`.
+    #[serde(default)]
+    pub proto_path: Vec<PathBuf>,
+    /// Width of the vectors `{{vector}}` generates.
+    pub dimensions: usize,
+    /// How the target ranks neighbours (for the loadgen's own exact answers).
+    #[serde(default)]
+    pub metric: Metric,
+    /// Id of the first point ingest writes.
+    #[serde(default)]
+    pub first_id: u64,
+    /// The search method.
+    pub search: MethodSpec,
+    /// The write method (needed by ingest).
+    pub write: Option<MethodSpec>,
+}
+
+/// One templated method.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MethodSpec {
+    /// `package.Service/Method`.
+    pub method: String,
+    /// The request: a table, or a string of JSON.
+    pub request: Json,
+    /// Searches: where the neighbours' ids are in the answer (`result[].id`).
+    pub ids: Option<String>,
+}
+
+impl TargetSpec {
+    /// Where the descriptors come from; relative proto paths are taken from `base` (the
+    /// scenario file's directory).
+    pub fn source(&self, base: &std::path::Path) -> Source {
+        if self.protos.is_empty() {
+            return Source::Reflection;
+        }
+        let at = |p: &PathBuf| {
+            if p.is_absolute() {
+                p.clone()
+            } else {
+                base.join(p)
+            }
+        };
+        Source::Protos {
+            files: self.protos.iter().map(at).collect(),
+            includes: self.proto_path.iter().map(at).collect(),
+        }
+    }
+
+    /// The services the methods belong to (what reflection is asked for).
+    pub fn services(&self) -> Vec<&str> {
+        let mut services: Vec<&str> = [Some(&self.search), self.write.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|m| describe::split_method(&m.method).ok().map(|(s, _)| s))
+            .collect();
+        services.dedup();
+        services
+    }
+}
+
+/// Why a templated target cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum DynamicError {
+    /// No descriptors, or no such method.
+    #[error(transparent)]
+    Describe(#[from] DescribeError),
+    /// A template does not fit its message.
+    #[error("{method} request template: {error}")]
+    Template {
+        /// The method.
+        method: String,
+        /// What does not fit.
+        error: TemplateError,
+    },
+    /// The ids path does not fit the answer.
+    #[error("{method}: {error}")]
+    Ids {
+        /// The method.
+        method: String,
+        /// What does not fit.
+        error: ids::IdsPathError,
+    },
+    /// Something else in `[target]`.
+    #[error("[target]: {0}")]
+    Spec(String),
+    /// The target refused the probe request.
+    #[error(
+        "the target refused a request rendered from the {method} template ({code:?}: {message}): fix the template (or --dimensions) before running load"
+    )]
+    Refused {
+        /// The method.
+        method: String,
+        /// Its answer's code.
+        code: Code,
+        /// Its answer's message.
+        message: String,
+    },
+}
+
+/// One checked method: its HTTP/2 path, template and descriptor.
+#[derive(Debug, Clone)]
+pub struct Method {
+    /// `/package.Service/Method`.
+    pub path: String,
+    /// The request template.
+    pub template: Template,
+    /// The method's descriptor.
+    pub descriptor: MethodDescriptor,
+}
+
+impl Method {
+    fn compile(spec: &MethodSpec, pool: &DescriptorPool) -> Result<Self, DynamicError> {
+        let descriptor = describe::find_method(pool, &spec.method)?;
+        let json = match &spec.request {
+            Json::String(text) => serde_json::from_str(text).map_err(|e| {
+                DynamicError::Spec(format!("{} request: not JSON: {e}", spec.method))
+            })?,
+            other => other.clone(),
+        };
+        let template = Template::compile(&json, &descriptor.input()).map_err(|error| {
+            DynamicError::Template {
+                method: spec.method.clone(),
+                error,
+            }
+        })?;
+        Ok(Self {
+            path: format!(
+                "/{}/{}",
+                descriptor.parent_service().full_name(),
+                descriptor.name()
+            ),
+            template,
+            descriptor,
+        })
+    }
+}
+
+/// A templated target, checked against its descriptors.
+#[derive(Debug)]
+pub struct Templates {
+    /// The search method.
+    pub search: Method,
+    /// Where the ids are in its answer.
+    pub ids: IdsPath,
+    /// The write method.
+    pub write: Option<Method>,
+    /// Vector width.
+    pub dimensions: usize,
+    /// The target's ranking.
+    pub metric: Metric,
+    /// First id ingest writes.
+    pub first_id: u64,
+}
+
+/// A run's templated target shares one `Templates`: equal when the same.
+impl PartialEq for Templates {
+    fn eq(&self, other: &Self) -> bool {
+        std::ptr::eq(self, other)
+    }
+}
+
+impl Templates {
+    /// Checks `spec` against `pool`: methods, templates, the ids path.
+    pub fn compile(spec: &TargetSpec, pool: &DescriptorPool) -> Result<Self, DynamicError> {
+        if spec.dimensions == 0 {
+            return Err(DynamicError::Spec("dimensions must be at least 1".into()));
+        }
+        let search = Method::compile(&spec.search, pool)?;
+        let path = spec.search.ids.as_deref().ok_or_else(|| {
+            DynamicError::Spec(format!(
+                "search needs `ids`: where the neighbours' ids are in a {} (e.g. \"result[].id\")",
+                search.descriptor.output().full_name()
+            ))
+        })?;
+        let ids = IdsPath::compile(path, &search.descriptor.output()).map_err(|error| {
+            DynamicError::Ids {
+                method: spec.search.method.clone(),
+                error,
+            }
+        })?;
+        if !search.template.uses(Generator::Vector) && !search.template.uses(Generator::Text) {
+            return Err(DynamicError::Spec(format!(
+                "the {} template uses neither {{{{vector}}}} nor {{{{text}}}}: every search would be the same",
+                spec.search.method
+            )));
+        }
+        let write = spec
+            .write
+            .as_ref()
+            .map(|w| Method::compile(w, pool))
+            .transpose()?;
+        if let Some(write) = &write
+            && !write.template.uses(Generator::Id)
+        {
+            return Err(DynamicError::Spec(format!(
+                "the write template ({}) does not use {{{{id}}}}: the loadgen could not tell which points the target holds",
+                write.descriptor.full_name()
+            )));
+        }
+        Ok(Self {
+            search,
+            ids,
+            write,
+            dimensions: spec.dimensions,
+            metric: spec.metric,
+            first_id: spec.first_id,
+        })
+    }
+
+    /// The neighbours' ids in an encoded answer of the search method (`None`: it does not
+    /// decode).
+    pub fn ids_in(&self, body: &[u8]) -> Option<Vec<u64>> {
+        let answer = DynamicMessage::decode(self.search.descriptor.output(), body).ok()?;
+        Some(self.ids.read(&answer))
+    }
+
+    /// The search's answer type.
+    pub fn answer(&self) -> MessageDescriptor {
+        self.search.descriptor.output()
+    }
+}
+
+/// Sends `request` to `method` once over `channel` (off the hot path) and returns its answer,
+/// or the target's refusal as an error: a template the target does not accept is found here,
+/// before the load. Overload answers (`RESOURCE_EXHAUSTED`, `UNAVAILABLE`) are not refusals.
+pub async fn probe(
+    channel: &Channel,
+    metadata: &Metadata,
+    method: &Method,
+    request: DynamicMessage,
+) -> Result<Option<DynamicMessage>, DynamicError> {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    let refused = |code: Code, message: String| DynamicError::Refused {
+        method: method.descriptor.full_name().to_string(),
+        code,
+        message,
+    };
+    grpc.ready()
+        .await
+        .map_err(|e| refused(Code::Unavailable, e.to_string()))?;
+    let path = method
+        .path
+        .parse()
+        .map_err(|e| refused(Code::Internal, format!("path {}: {e}", method.path)))?;
+    let codec = codec::DynamicCodec::new(method.descriptor.output());
+    let request = request_with(request, Duration::from_secs(10), metadata);
+    match grpc.unary(request, path, codec).await {
+        Ok(answer) => Ok(Some(answer.into_inner())),
+        Err(s) if matches!(s.code(), Code::ResourceExhausted | Code::Unavailable) => Ok(None),
+        Err(s) => Err(refused(s.code(), s.message().to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool() -> DescriptorPool {
+        let set = protox::compile(
+            ["vecrig/v1/vector_index.proto"],
+            [concat!(env!("CARGO_MANIFEST_DIR"), "/../proto")],
+        )
+        .expect("our proto compiles");
+        DescriptorPool::from_file_descriptor_set(set).expect("pool")
+    }
+
+    fn spec(search: &str, ids: &str, write: Option<&str>) -> TargetSpec {
+        TargetSpec {
+            protos: Vec::new(),
+            proto_path: Vec::new(),
+            dimensions: 4,
+            metric: Metric::Cosine,
+            first_id: 0,
+            search: MethodSpec {
+                method: "vecrig.v1.VectorIndex/Search".into(),
+                request: Json::String(search.into()),
+                ids: Some(ids.into()),
+            },
+            write: write.map(|w| MethodSpec {
+                method: "vecrig.v1.VectorIndex/Upsert".into(),
+                request: Json::String(w.into()),
+                ids: None,
+            }),
+        }
+    }
+
+    const SEARCH: &str = r#"{"vector": {"values": "{{vector}}"}, "k": "{{k}}"}"#;
+    const WRITE: &str = r#"{"points": [{"id": "{{id}}", "vector": {"values": "{{vector}}"}, "payload": {"note": "{{payload}}"}}], "wait": true}"#;
+
+    #[test]
+    fn a_template_renders_the_message_a_native_request_encodes_to() {
+        use prost::Message;
+        let templates =
+            Templates::compile(&spec(SEARCH, "hits[].id", Some(WRITE)), &pool()).expect("fits");
+        assert_eq!(templates.search.path, "/vecrig.v1.VectorIndex/Search");
+        let query = [0.5f32, -1.0, 0.25, 2.0];
+        let fill = Fill {
+            points: &[Point {
+                id: 9,
+                vector: &query,
+                text: "",
+            }],
+            user: 3,
+            iteration: 4,
+            k: 7,
+        };
+        let rendered = templates.search.template.render(&fill).encode_to_vec();
+        let native = vecrig::proto::SearchRequest {
+            query: Some(vecrig::proto::search_request::Query::Vector(
+                vecrig::proto::Vector {
+                    values: query.to_vec(),
+                },
+            )),
+            k: 7,
+            ..Default::default()
+        };
+        assert_eq!(
+            vecrig::proto::SearchRequest::decode(rendered.as_slice()).expect("decodes"),
+            native
+        );
+        // The hot path's encoding (the vector appended as packed bytes, inside its oneof's
+        // message) decodes to the same request.
+        let encoded = templates.search.template.encode(&fill);
+        assert_eq!(
+            vecrig::proto::SearchRequest::decode(encoded.as_slice()).expect("decodes"),
+            native
+        );
+        let points = [
+            Point {
+                id: 1,
+                vector: &query,
+                text: "a",
+            },
+            Point {
+                id: 2,
+                vector: &query,
+                text: "b",
+            },
+        ];
+        let write = templates.write.as_ref().expect("write");
+        let fill = Fill {
+            points: &points,
+            ..fill
+        };
+        let upsert = vecrig::proto::UpsertRequest::decode(
+            write.template.render(&fill).encode_to_vec().as_slice(),
+        )
+        .expect("decodes");
+        assert_eq!(upsert.points.len(), 2, "one element per point");
+        assert_eq!(upsert.points[1].id, 2);
+        assert!(upsert.wait);
+        assert_eq!(upsert.points[0].payload["note"], r#"{"id":1,"user":3}"#);
+        let encoded = write.template.encode(&fill);
+        assert_eq!(
+            vecrig::proto::UpsertRequest::decode(encoded.as_slice()).expect("decodes"),
+            upsert,
+            "vectors in a list are rendered, not appended"
+        );
+        // The ids path reads a native answer.
+        let answer = vecrig::proto::SearchResponse {
+            hits: vec![
+                vecrig::proto::Hit {
+                    id: 5,
+                    ..Default::default()
+                },
+                vecrig::proto::Hit {
+                    id: 6,
+                    ..Default::default()
+                },
+            ],
+        };
+        assert_eq!(templates.ids_in(&answer.encode_to_vec()), Some(vec![5, 6]));
+    }
+
+    #[test]
+    fn templates_that_do_not_fit_are_refused_naming_the_field() {
+        let pool = pool();
+        for (search, ids, write, mentions) in [
+            (
+                r#"{"vectr": {"values": "{{vector}}"}}"#,
+                "hits[].id",
+                None,
+                "`vectr`: no such field in message vecrig.v1.SearchRequest",
+            ),
+            (
+                r#"{"vector": {"values": "{{vector}}"}, "k": "ten"}"#,
+                "hits[].id",
+                None,
+                "`k`: expected uint32",
+            ),
+            (
+                r#"{"vector": {"values": "{{vector}}"}, "k": -1}"#,
+                "hits[].id",
+                None,
+                "`k`: -1 is out of range",
+            ),
+            (
+                r#"{"text": "{{vector}}"}"#,
+                "hits[].id",
+                None,
+                "`text`: {{vector}} needs a repeated float",
+            ),
+            (
+                r#"{"vector": {"values": "{{vectors}}"}}"#,
+                "hits[].id",
+                None,
+                "unknown generator {{vectors}}",
+            ),
+            (
+                SEARCH,
+                "hits.id",
+                None,
+                "`hits` is repeated: write `hits[]`",
+            ),
+            (SEARCH, "hits[].idd", None, "no field `idd`"),
+            (
+                SEARCH,
+                "hits[].id",
+                Some(r#"{"points": [{"vector": {"values": "{{vector}}"}}]}"#),
+                "does not use {{id}}",
+            ),
+            (
+                SEARCH,
+                "hits[].id",
+                Some(r#"{"points": [{"id": "{{id}}", "payload": {"n": 3}}]}"#),
+                "`points[].payload[\"n\"]`: expected string, got 3",
+            ),
+        ] {
+            let e = Templates::compile(&spec(search, ids, write), &pool)
+                .expect_err(search)
+                .to_string();
+            assert!(e.contains(mentions), "{search} / {ids}: {e}");
+        }
+        let mut missing = spec(SEARCH, "hits[].id", None);
+        missing.search.method = "vecrig.v1.VectorIndex/Find".into();
+        let e = Templates::compile(&missing, &pool).expect_err("no such method");
+        assert!(e.to_string().contains("no method Find"), "{e}");
+    }
+}
