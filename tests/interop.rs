@@ -2,7 +2,8 @@
 //! time from `proto/`) uses every RPC, health and reflection against a real server.
 //!
 //! Needs python3 with `grpcio grpcio-tools grpcio-health-checking grpcio-reflection` (CI installs
-//! them); without them the test says so and checks nothing else.
+//! them); without them the test says SKIPPED and checks nothing else, except under `CI=true`,
+//! where it fails: CI must not pass by skipping.
 
 mod common;
 
@@ -19,10 +20,14 @@ async fn python_client_from_the_proto_alone() {
         ])
         .output();
     if !matches!(probe, Ok(ref o) if o.status.success()) {
-        eprintln!(
-            "SKIPPED: python3 with grpcio, grpcio-tools, grpcio-health-checking and \
-             grpcio-reflection is needed (pip install them to run this test)"
+        let why = "python3 with grpcio, grpcio-tools, grpcio-health-checking and \
+                   grpcio-reflection is needed (pip install them to run this test)";
+        // CI installs them: there a missing package is a failure, never a quiet pass.
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "interop: {why}; under CI=true this is a failure, not a skip"
         );
+        eprintln!("SKIPPED: {why}");
         return;
     }
     let (config, temp) = TestServer::config(8);
