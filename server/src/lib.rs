@@ -93,6 +93,9 @@ pub enum ServeError {
     /// The metrics address could not be bound.
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),
+    /// The runtime for admitted work could not be started.
+    #[error("work runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Stops a background task when the server stops, however it stops.
@@ -171,6 +174,9 @@ pub async fn serve(
         ))),
         _ => None,
     };
+    // Admitted work runs apart from the request path (`admission::work`); it outlives the
+    // server below, and is shut down when this function returns.
+    let work = crate::admission::work::WorkRuntime::new().map_err(ServeError::Runtime)?;
     let storage_slot: StorageSlot = Arc::new(OnceLock::new());
     let service = Service::new(
         Arc::clone(&storage_slot),
@@ -223,6 +229,7 @@ pub async fn serve(
         health_service,
         RequestPath {
             metrics: Arc::clone(&metrics),
+            work: work.handle(),
             memory,
             admission: Arc::clone(&admission),
             service,
@@ -296,6 +303,8 @@ type ServerLayers = Stack<WholeRequestLayer, Stack<PacingLayer, Identity>>;
 /// What the VectorIndex request path is made of, for [`router`].
 struct RequestPath {
     metrics: Arc<Metrics>,
+    /// Where admitted work runs (`admission::work`).
+    work: tokio::runtime::Handle,
     memory: Arc<MemoryGuard>,
     admission: Arc<Admission>,
     service: Service,
@@ -312,6 +321,7 @@ fn router<H: tonic_health::pb::health_server::Health>(
 ) -> Result<Router<ServerLayers>, ServeError> {
     let RequestPath {
         metrics,
+        work,
         memory,
         admission,
         service,
@@ -338,7 +348,7 @@ fn router<H: tonic_health::pb::health_server::Health>(
         // place, and its body is never priced.
         .layer(MemoryLayer::new(memory))
         // Innermost: the concurrency limit, queue and shedding, right in front of the work.
-        .layer(AdmissionLayer::new(admission))
+        .layer(AdmissionLayer::new(admission, work))
         .service(index_server);
 
     let mut builder = Server::builder();

@@ -1,5 +1,6 @@
 //! [`AdmissionLayer`]: the tower layer that puts the VectorIndex service behind
-//! [`Admission`] (`Stats` bypasses it).
+//! [`Admission`] (`Stats` bypasses it). Refusals at a glance are answered on the request
+//! path; everything else runs on the work runtime (see [`super::work`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,18 +15,20 @@ use tonic::server::NamedService;
 use tower::{Layer, Service};
 
 use super::Admission;
+use super::work;
 use crate::method::Method;
 
 /// Puts a service behind [`Admission`].
 #[derive(Debug, Clone)]
 pub struct AdmissionLayer {
     admission: Arc<Admission>,
+    work: tokio::runtime::Handle,
 }
 
 impl AdmissionLayer {
-    /// A layer sharing `admission`'s state.
-    pub fn new(admission: Arc<Admission>) -> Self {
-        Self { admission }
+    /// A layer sharing `admission`'s state, running admitted work on `work`'s runtime.
+    pub fn new(admission: Arc<Admission>, work: tokio::runtime::Handle) -> Self {
+        Self { admission, work }
     }
 }
 
@@ -35,6 +38,7 @@ impl<S> Layer<S> for AdmissionLayer {
         AdmissionService {
             inner,
             admission: Arc::clone(&self.admission),
+            work: self.work.clone(),
         }
     }
 }
@@ -44,6 +48,7 @@ impl<S> Layer<S> for AdmissionLayer {
 pub struct AdmissionService<S> {
     inner: S,
     admission: Arc<Admission>,
+    work: tokio::runtime::Handle,
 }
 
 impl<S: NamedService> NamedService for AdmissionService<S> {
@@ -91,14 +96,24 @@ where
                 response
             });
         }
-        Box::pin(async move {
-            match admission.admit(request).await {
+        let entered = match admission.enter(request) {
+            Ok(entered) => entered,
+            Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
+        };
+        let admitted = work::run_on(&self.work, async move {
+            match admission.admit(entered).await {
                 Ok((request, grant)) => {
                     let response = inner.call(request).await;
                     drop(grant);
                     response
                 }
                 Err(status) => Ok(status.into_http()),
+            }
+        });
+        Box::pin(async move {
+            match admitted.await {
+                Some(response) => response,
+                None => Ok(tonic::Status::unavailable("server is shutting down").into_http()),
             }
         })
     }

@@ -29,7 +29,8 @@
 //! What lives here: [`settings`] (flags and [`Config`]), [`cost`] (pricing a request),
 //! [`scheduler`] (the limit, the two fair queues, the standing-queue rule), this module
 //! ([`Admission`]: the shared state and a request's way through steps 1-4), [`layer`] (the
-//! tower layer in front of the service), [`adaptive`] (the controller that moves the limit)
+//! tower layer in front of the service), [`work`] (the runtime admitted work runs on, apart
+//! from the request path's), [`adaptive`] (the controller that moves the limit)
 //! and [`brownout`] (the controller that narrows searches under a standing queue). Admission
 //! reports to metrics through the [`Recorder`] trait, so it imports nothing above it.
 
@@ -40,6 +41,7 @@ pub mod fair;
 pub mod layer;
 pub mod scheduler;
 pub mod settings;
+pub mod work;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -529,22 +531,25 @@ fn deadline_of<B>(request: &http::Request<B>, arrived: Instant) -> Option<Instan
     arrived.checked_add(timeout)
 }
 
+/// A request that passed step 1 and holds a place in the queue (see [`Admission::enter`]).
+struct Entered<B> {
+    request: http::Request<B>,
+    arrived: Instant,
+    deadline: Option<Instant>,
+    caller: Caller,
+    queued: Queued,
+}
+
 impl Admission {
-    /// Steps 1-3 of the module docs: returns the buffered request and its grant, or the
-    /// status to answer instead.
-    async fn admit<B>(
-        self: &Arc<Self>,
-        request: http::Request<B>,
-    ) -> Result<(http::Request<Body>, Grant), Status>
-    where
-        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
-        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-    {
+    /// Step 1 of the module docs, and the standing-queue rule: the refusals that need nothing
+    /// but a look at the queue, decided at once on the thread that read the request. A
+    /// request that passes holds a place in the queue until [`Admission::admit`] ends.
+    fn enter<B>(self: &Arc<Self>, request: http::Request<B>) -> Result<Entered<B>, Status> {
         let arrived = Instant::now();
         let deadline = deadline_of(&request, arrived);
         let caller = Caller::of(&request);
         let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
-        let mut queued = Queued {
+        let queued = Queued {
             admission: Arc::clone(self),
             bytes: 0,
         };
@@ -561,6 +566,32 @@ impl Admission {
         if self.standing_queue_too_long() {
             return Err(self.shed(ShedReason::QueueLatency, deadline, &caller.client));
         }
+        Ok(Entered {
+            request,
+            arrived,
+            deadline,
+            caller,
+            queued,
+        })
+    }
+
+    /// Steps 2-3 of the module docs for a request that [`Admission::enter`]ed: returns the
+    /// buffered request and its grant, or the status to answer instead.
+    async fn admit<B>(
+        self: &Arc<Self>,
+        entered: Entered<B>,
+    ) -> Result<(http::Request<Body>, Grant), Status>
+    where
+        B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let Entered {
+            request,
+            arrived,
+            deadline,
+            caller,
+            mut queued,
+        } = entered;
         let wait_limit = match deadline {
             Some(d) => self
                 .config
