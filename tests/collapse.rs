@@ -25,12 +25,12 @@ const POINTS: u64 = 20_000;
 /// Goodput under a light flood (16 outstanding), as a share of capacity, that the server
 /// must keep.
 const FLOOR: f64 = 0.8;
-/// The same under the heavy floods (4,096 and 12,800 outstanding) and the floods that bypass
-/// admission. The goal is 0.8. Measured on 2026-11-30, on this machine while another
-/// engineer's build ran on both cores (load average 6-8): 0.46-1.15 of capacity over 20
-/// heavy levels, median 0.81, and 0.83-0.99 under the bypass floods (before pacing: 0.01;
-/// with the first pacing defaults: 0.45-0.79). Half tells a paced server from a collapsing
-/// one with room for the noise of a shared machine.
+/// The same under the heavy floods (4,096 and 12,800 outstanding). The goal is 0.8.
+/// Measured on 2026-11-30, on this machine while another engineer's build ran on both cores
+/// (load average 6-8): 0.46-1.15 of capacity over 20 heavy levels, median 0.81 (before
+/// pacing: 0.01; with the first pacing defaults: 0.45-0.79); later that day 0.56-1.21.
+/// Half tells a paced server from a collapsing one with room for the noise of a shared
+/// machine.
 const HEAVY_FLOOR: f64 = 0.5;
 const SEARCH: &str = "/vecrig.v1.VectorIndex/Search";
 
@@ -250,6 +250,14 @@ fn list_services_frame() -> tonic::codegen::Bytes {
 
 const TOKEN: &str = "collapse-test-token";
 
+/// Searches' goodput beside a flood of calls outside admission, as a share of their
+/// capacity: the 0.8. Measured 0.83-0.99 over three runs of the four floods
+/// (2026-11-30, another engineer's build on the machine).
+const BYPASS_FLOOR: f64 = 0.8;
+
+/// Attempts at [`BYPASS_FLOOR`] before a bypass flood test fails.
+const ATTEMPTS: usize = 2;
+
 /// A flood of calls that bypass admission (or are refused before it), at 64 x 64, while
 /// searches on another connection keep at least 80% of their capacity and a health probe
 /// once a second is answered SERVING within 100 ms.
@@ -281,66 +289,78 @@ async fn bypass_flood(
         headers: bearer(TOKEN),
         ..searches(&server, 2, 2, secs)
     };
-    let capacity = flood::run(polite(3), Some(load_cpu))
-        .join()
-        .expect("capacity");
-    println!(
-        "{}",
-        capacity.describe(&format!("{label}: searches alone (2 x 2)"))
-    );
-    assert!(capacity.ok() > 100, "searches are served: {capacity:?}");
-
     let stop = Arc::new(AtomicBool::new(false));
     let probes = tokio::spawn(flood::probe_health(
         server.target(),
         Duration::from_secs(1),
         Arc::clone(&stop),
     ));
-    let flood = Flood {
-        addr: server.addr,
-        connections: 64,
-        streams: 64,
-        path,
-        body,
-        headers: bearer(token),
-        duration: Duration::from_secs(5),
-        bind: None,
-    };
-    let cpu_before = server.cpu_time();
-    let flooding = flood::run(flood, Some(load_cpu));
-    // The searches start once the flood is under way, and end before it does.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let searches = flood::run(polite(4), Some(load_cpu))
-        .join()
-        .expect("searches");
-    let flooded = flooding.join().expect("flood");
-    let cpu = server.cpu_time().saturating_sub(cpu_before);
+    // Best of two attempts, each with its own capacity measured right before: a server that
+    // lets the flood starve its searches fails both; a shared machine's passing burst (a
+    // build starting on the flood's CPU, or the server's, during one attempt) rarely hits
+    // both.
+    let mut kept = Vec::new();
+    for attempt in 1..=ATTEMPTS {
+        let capacity = flood::run(polite(3), Some(load_cpu))
+            .join()
+            .expect("capacity");
+        println!(
+            "{}",
+            capacity.describe(&format!(
+                "{label}: searches alone (2 x 2), attempt {attempt}"
+            ))
+        );
+        assert!(capacity.ok() > 100, "searches are served: {capacity:?}");
+        let flood = Flood {
+            addr: server.addr,
+            connections: 64,
+            streams: 64,
+            path,
+            body: body.clone(),
+            headers: bearer(token),
+            duration: Duration::from_secs(5),
+            bind: None,
+        };
+        let cpu_before = server.cpu_time();
+        let flooding = flood::run(flood, Some(load_cpu));
+        // The searches start once the flood is under way, and end before it does.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let searches = flood::run(polite(4), Some(load_cpu))
+            .join()
+            .expect("searches");
+        let flooded = flooding.join().expect("flood");
+        let cpu = server.cpu_time().saturating_sub(cpu_before);
+        let share = searches.goodput() / capacity.goodput();
+        println!(
+            "{}",
+            flooded.describe(&format!("{label}: the flood (64 x 64)"))
+        );
+        println!(
+            "{}; {share:.2} of capacity; server CPU {:.2} s",
+            searches.describe(&format!("{label}: searches during it")),
+            cpu.as_secs_f64()
+        );
+        assert!(
+            flooded.codes.values().sum::<u64>() > 1_000,
+            "{label}: the flood ran: {:?}",
+            flooded.codes
+        );
+        assert!(
+            searches.codes.keys().all(|&c| c == 0),
+            "{label}: the searches were all served: {:?}",
+            searches.codes
+        );
+        kept.push(share);
+        if share >= floor {
+            break;
+        }
+    }
     stop.store(true, Ordering::Relaxed);
     let (probes, worst_probe) = probes.await.expect("probes");
-    println!(
-        "{}",
-        flooded.describe(&format!("{label}: the flood (64 x 64)"))
-    );
-    println!(
-        "{}; server CPU {:.2} s; health: {probes} probes, worst {worst_probe:?}",
-        searches.describe(&format!("{label}: searches during it")),
-        cpu.as_secs_f64()
-    );
+    println!("{label}: health: {probes} probes, worst {worst_probe:?}");
     assert!(
-        flooded.codes.values().sum::<u64>() > 1_000,
-        "{label}: the flood ran: {:?}",
-        flooded.codes
-    );
-    assert!(
-        searches.goodput() >= floor * capacity.goodput(),
-        "{label}: searches kept {:.0}/s, below {floor} of their capacity {:.0}/s",
-        searches.goodput(),
-        capacity.goodput()
-    );
-    assert!(
-        searches.codes.keys().all(|&c| c == 0),
-        "{label}: the searches were all served: {:?}",
-        searches.codes
+        kept.iter().any(|&share| share >= floor),
+        "{label}: searches kept {kept:.2?} of their capacity, below {floor}"
     );
     assert!(probes >= 3, "{label}: the probes ran ({probes})");
     assert!(
@@ -356,7 +376,7 @@ async fn a_flood_of_health_checks_does_not_starve_searches() {
         "/grpc.health.v1.Health/Check",
         empty_frame(),
         "none",
-        HEAVY_FLOOR,
+        BYPASS_FLOOR,
     )
     .await;
 }
@@ -368,7 +388,7 @@ async fn a_flood_of_stats_calls_does_not_starve_searches() {
         "/vecrig.v1.VectorIndex/Stats",
         empty_frame(),
         TOKEN,
-        HEAVY_FLOOR,
+        BYPASS_FLOOR,
     )
     .await;
 }
@@ -380,7 +400,7 @@ async fn a_flood_of_reflection_requests_does_not_starve_searches() {
         "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
         list_services_frame(),
         "none",
-        HEAVY_FLOOR,
+        BYPASS_FLOOR,
     )
     .await;
 }
@@ -392,7 +412,7 @@ async fn a_flood_with_a_wrong_token_does_not_starve_searches() {
         SEARCH,
         search_body(),
         "not-the-token",
-        HEAVY_FLOOR,
+        BYPASS_FLOOR,
     )
     .await;
 }

@@ -19,6 +19,10 @@
 //! (`taskset`), so that at 10x the generator does not take the server's cores
 //! (`VECRIG_BENCH_PIN=0` to share them).
 //!
+//! After the open-model points, every series takes closed-loop floods (issue 18): 16, 4,096
+//! and 12,800 users over 128 connections, each sending again as soon as it is answered; per
+//! flood, goodput as a share of the series' own capacity, and the same server figures.
+//!
 //! Then brownout against shedding alone (`--brownout`, see the server's `admission::brownout`):
 //! the default limit with the recommended admission flags, with and without `--brownout`, on
 //! vector searches only (recall is checked against the exact answer, which the mixed
@@ -47,6 +51,14 @@ use vecrig_loadgen::{RunOptions, run_with};
 const POINTS: u64 = 20_000;
 const DIMENSIONS: usize = 64;
 const MULTIPLIERS: [f64; 6] = [0.5, 1.0, 2.0, 5.0, 10.0, 20.0];
+
+/// Closed-loop floods (issue 18): outstanding requests, kept up by users that send again as
+/// soon as they are answered, like impatient clients; 16 is a light flood, 4,096 and 12,800
+/// the heavy ones of `tests/collapse.rs`.
+const FLOOD_USERS: [u64; 3] = [16, 4_096, 12_800];
+
+/// Connections the floods come over (as `tests/collapse.rs`'s 128 x 100).
+const FLOOD_CONNECTIONS: usize = 128;
 
 /// Offered loads of the brownout comparison, in multiples of the search workload's capacity.
 const BROWNOUT_MULTIPLIERS: [f64; 5] = [0.5, 1.0, 2.0, 3.0, 5.0];
@@ -144,6 +156,31 @@ async fn curve(
         .collect();
     let mut options = options(&target.grpc);
     options.recall_sample = recall_sample;
+    options.metrics_url = Some(target.metrics.clone());
+    run_with(&options, 42, &Stop::default(), |_| {
+        vec![scenario(name, workload, phases)]
+    })
+    .await
+    .expect("pre-flight")
+}
+
+/// The closed-loop floods of [`FLOOD_USERS`], over [`FLOOD_CONNECTIONS`] connections.
+async fn floods(target: &Endpoints, name: &str, workload: Arc<Workload>, seconds: u64) -> Report {
+    let phases = FLOOD_USERS
+        .iter()
+        .map(|&users| Phase {
+            name: format!("closed {users}"),
+            model: Model::Closed {
+                users,
+                iterations: None,
+                duration: Some(Duration::from_secs(seconds)),
+                think: Duration::ZERO,
+                stagger: None,
+            },
+        })
+        .collect();
+    let mut options = options(&target.grpc);
+    options.connect.connections = FLOOD_CONNECTIONS;
     options.metrics_url = Some(target.metrics.clone());
     run_with(&options, 42, &Stop::default(), |_| {
         vec![scenario(name, workload, phases)]
@@ -429,6 +466,7 @@ async fn degradation_curve(
 ) {
     let mut capacity_default = None;
     let mut results = Vec::new();
+    let mut flood_results = Vec::new();
     for series in series(server_cpus) {
         let (measured, report) = with_server(binary, data, &series.args, async |target| {
             let measured = capacity(&target.grpc, workload()).await;
@@ -436,23 +474,31 @@ async fn degradation_curve(
             // server (no admission: nothing is shed, so 64 closed-loop users keep its
             // cores busy; with admission, shed answers would count against capacity).
             let base = *capacity_default.get_or_insert(measured);
-            (
-                measured,
-                curve(
-                    target,
-                    &series.slug,
-                    workload(),
-                    (base, &MULTIPLIERS),
-                    seconds,
-                    0.0,
-                )
-                .await,
+            let curve = curve(
+                target,
+                &series.slug,
+                workload(),
+                (base, &MULTIPLIERS),
+                seconds,
+                0.0,
             )
+            .await;
+            let floods = floods(
+                target,
+                &format!("{}-floods", series.slug),
+                workload(),
+                seconds,
+            )
+            .await;
+            (measured, (curve, floods))
         })
         .await;
+        let (report, flood_report) = report;
         write(out, &series.slug, &report);
+        write(out, &format!("{}-floods", series.slug), &flood_report);
         eprintln!("{}: capacity {measured:.0} req/s", series.label);
         results.push((series, measured, report));
+        flood_results.push((measured, flood_report));
     }
 
     let base = capacity_default.unwrap_or_default();
@@ -468,6 +514,33 @@ async fn degradation_curve(
     for (series, _, report) in &results {
         for p in &report.scenarios[0].phases {
             println!("{}", row(&series.label, p));
+        }
+    }
+    println!();
+    println!(
+        "closed-loop floods over {FLOOD_CONNECTIONS} connections; goodput as a share of the series' own capacity (closed model of 64 users, measured just before)"
+    );
+    println!();
+    println!(
+        "| server | outstanding | answers/s | goodput/s | of capacity | ok p50 ms | ok p99 ms | shed | RSS MB | serving CPU: share / per answer |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for ((series, _, _), (measured, report)) in results.iter().zip(&flood_results) {
+        for p in &report.scenarios[0].phases {
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.1} | {:.1} | {:.1}% | {:.0} -> {:.0} | {} |",
+                series.label,
+                p.name.trim_start_matches("closed "),
+                p.requests as f64 / p.duration_s,
+                p.qps,
+                p.qps / measured.max(f64::EPSILON),
+                p.success_latency.p50_ms,
+                p.success_latency.p99_ms,
+                p.shed_rate() * 100.0,
+                p.server.rss_start_bytes as f64 / 1e6,
+                p.server.rss_max_bytes as f64 / 1e6,
+                serving_cpu_cell(p),
+            );
         }
     }
     println!();

@@ -25,9 +25,11 @@
 //!   brings a handful of requests at a time rather than everything it has buffered. The total
 //!   rate of excess answers is so held near `excess_rate`, however many connections flood.
 //! - Every answer that is admitted work earns the budget [`Config::shed_per_served`] more
-//!   excess answers: an open-model overload of a few times capacity (about 1 + that many
-//!   times) is refused at full speed whatever the cost of a search, since what refusing
-//!   costs then stays a small fraction of what serving costs. Only beyond it, or under a
+//!   excess refusals of work (RESOURCE_EXHAUSTED; other cheap answers, such as health checks
+//!   or wrong tokens, have a budget of the same `excess_rate` that nothing earns into): an
+//!   open-model overload of a few times capacity (about 1 + that many times) is refused at
+//!   full speed whatever the cost of a search, since what refusing costs then stays a small
+//!   fraction of what serving costs. Only beyond it, or under a
 //!   flood of calls that do no work at all, are connections paused.
 //! - When admission has room again (its queue drained below half), it wakes the connection
 //!   paused longest ([`Pacer::room`]), so pacing never leaves slots idle while a paced client
@@ -157,10 +159,17 @@ pub struct Pacer {
 
 #[derive(Debug)]
 struct Shared {
-    /// The excess budget as a virtual clock (nanoseconds since `epoch`): each excess answer
-    /// moves it on by 1 / `excess_rate` from no earlier than now; once it runs more than a
+    /// The excess budget of shed work as a virtual clock (nanoseconds since `epoch`): each
+    /// excess answer moves it on by 1 / `excess_rate` from no earlier than now, and each
+    /// served request moves it back by `shed_per_served` of those; once it runs more than a
     /// second (the burst) ahead of now, whoever draws on it waits for the difference.
     clock_ns: u64,
+    /// The same for every other cheap answer (health, Stats, reflection, auth and validation
+    /// errors), which served requests do not pay for: work served for some clients must not
+    /// fund a flood of probes or wrong tokens from another (measured: the searches' credits
+    /// let a 64 x 64 health-check flood take 6,000-7,000 answers a second, and the searches
+    /// beside it fell to 0.72-0.86 of their capacity).
+    cheap_clock_ns: u64,
     /// Connections paused on the budget, longest paused first.
     paused: VecDeque<Weak<Connection>>,
 }
@@ -186,6 +195,7 @@ impl Pacer {
             epoch: Instant::now(),
             state: Mutex::new(Shared {
                 clock_ns: 0,
+                cheap_clock_ns: 0,
                 paused: VecDeque::new(),
             }),
             charged: AtomicU64::new(0),
@@ -237,17 +247,21 @@ impl Pacer {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes one excess answer from the shared budget: `None` while the budget lasts, or
-    /// the moment the budget will have refilled for it.
-    fn draw_excess(&self, now: Instant) -> Option<Instant> {
+    /// Takes one excess answer from the shared budget of its kind: `None` while the budget
+    /// lasts, or the moment the budget will have refilled for it.
+    fn draw_excess(&self, now: Instant, charge: Charge) -> Option<Instant> {
         let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
         let step_ns = (1e9 / self.config.excess_rate) as u64;
         // One second of burst: the clock may run that far ahead of now before anyone waits,
         // so a short spike of refusals is answered at full speed.
         let burst_ns = 1_000_000_000u64;
         let mut shared = self.lock();
-        shared.clock_ns = shared.clock_ns.max(now_ns) + step_ns;
-        let ahead = shared.clock_ns - now_ns;
+        let clock = match charge {
+            Charge::Shed => &mut shared.clock_ns,
+            Charge::Cheap => &mut shared.cheap_clock_ns,
+        };
+        *clock = (*clock).max(now_ns) + step_ns;
+        let ahead = *clock - now_ns;
         (ahead > burst_ns).then(|| now + Duration::from_nanos(ahead - burst_ns))
     }
 
@@ -386,7 +400,7 @@ impl Connection {
         // Beyond its allowance, but while the shared budget lasts it is read as before: a
         // moderate overload is shed at full speed. Only once the budget is spent is it
         // paused, and then read a little at a time.
-        let Some(ready) = self.pacer.draw_excess(now) else {
+        let Some(ready) = self.pacer.draw_excess(now, charge) else {
             return;
         };
         let until = ready.min(now + config.max_pause);
@@ -739,6 +753,44 @@ mod tests {
             overloaded.gate(&noop_waker()),
             ReadGate::PausedUntil(_)
         ));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn served_requests_do_not_pay_for_other_cheap_answers() {
+        // The same budget as above; one client is served, another floods health checks.
+        let pacer = Pacer::new(Config {
+            connection_rate: 1.0,
+            excess_rate: 10.0,
+            shed_per_served: 4.0,
+            max_pause: Duration::from_secs(2),
+        });
+        let served = pacer.connection();
+        let prober = pacer.connection();
+        // Each second: 5 served on one connection, 20 health checks on the other. The 20
+        // credits are for refusals of work only: the checks have the 10 a second (and the
+        // burst) to themselves, so within two seconds the prober is paused.
+        for _ in 0..2 {
+            for _ in 0..5 {
+                served.served();
+                for _ in 0..4 {
+                    prober.charge(Charge::Cheap);
+                }
+            }
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        assert!(matches!(
+            prober.gate(&noop_waker()),
+            ReadGate::PausedUntil(_)
+        ));
+        // The credits still pay for refusals of work.
+        let shed = pacer.connection();
+        for _ in 0..5 {
+            served.served();
+            for _ in 0..4 {
+                shed.charge(Charge::Shed);
+            }
+        }
+        assert!(matches!(shed.gate(&noop_waker()), ReadGate::Open));
     }
 
     #[tokio::test(start_paused = true)]
