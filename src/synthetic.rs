@@ -80,6 +80,10 @@ pub struct Synthetic {
     embedder: HashingEmbedder,
     /// Standard deviation of the jitter per coordinate: [`JITTER`] over the whole vector.
     jitter: f32,
+    /// Each cluster's topic words, drawn on first use and kept: every query text takes four
+    /// of them, and drawing all six again for each query (a seeded generator, six strings)
+    /// was a tenth of the loadgen's CPU per vector search. Shared by clones.
+    topics: std::sync::Arc<[std::sync::OnceLock<Vec<String>>]>,
 }
 
 /// Length of the jitter added to a text's (unit) embedding. Small next to the distance between
@@ -101,6 +105,9 @@ impl Synthetic {
             clusters: clusters.max(1),
             embedder: HashingEmbedder::new(dimensions),
             jitter: JITTER / (dimensions.max(1) as f32).sqrt(),
+            topics: (0..clusters.max(1))
+                .map(|_| std::sync::OnceLock::new())
+                .collect(),
         }
     }
 
@@ -180,16 +187,30 @@ impl Synthetic {
             .collect()
     }
 
+    /// Four of the cluster's topic words and four common words, drawn in that order and
+    /// joined by spaces.
     fn text(&self, cluster: usize, rng: &mut impl Rng) -> String {
-        let topic = self.topic_words(cluster);
-        let mut words = Vec::with_capacity(8);
-        for _ in 0..4 {
-            words.push(topic[rng.random_range(0..topic.len())].clone());
+        let drawn;
+        let topic = match self.topics.get(cluster) {
+            Some(cached) => cached.get_or_init(|| self.topic_words(cluster)).as_slice(),
+            None => {
+                drawn = self.topic_words(cluster);
+                drawn.as_slice()
+            }
+        };
+        let mut text = String::with_capacity(64);
+        for i in 0..8 {
+            if i > 0 {
+                text.push(' ');
+            }
+            let word = if i < 4 {
+                &topic[rng.random_range(0..topic.len())]
+            } else {
+                COMMON_WORDS[rng.random_range(0..COMMON_WORDS.len())]
+            };
+            text.push_str(word);
         }
-        for _ in 0..4 {
-            words.push(COMMON_WORDS[rng.random_range(0..COMMON_WORDS.len())].to_string());
-        }
-        words.join(" ")
+        text
     }
 }
 
@@ -207,6 +228,27 @@ mod tests {
         assert_ne!(a.point(1).vector, a.point(2).vector);
         let c = Synthetic::new(16, 8, 8);
         assert_ne!(a.point(1).vector, c.point(1).vector);
+    }
+
+    #[test]
+    fn texts_as_first_drawn() {
+        // The text as first written: the topic words drawn afresh, eight strings joined.
+        fn first_written(s: &Synthetic, cluster: usize, rng: &mut impl Rng) -> String {
+            let topic = s.topic_words(cluster);
+            let mut words = Vec::new();
+            for _ in 0..4 {
+                words.push(topic[rng.random_range(0..topic.len())].clone());
+            }
+            for _ in 0..4 {
+                words.push(COMMON_WORDS[rng.random_range(0..COMMON_WORDS.len())].to_string());
+            }
+            words.join(" ")
+        }
+        let s = Synthetic::new(16, 8, 7);
+        let (mut a, mut b) = (StdRng::seed_from_u64(3), StdRng::seed_from_u64(3));
+        for i in 0..100 {
+            assert_eq!(s.text(i % 8, &mut a), first_written(&s, i % 8, &mut b));
+        }
     }
 
     fn dot(a: &[f32], b: &[f32]) -> f32 {
