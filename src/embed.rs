@@ -36,13 +36,102 @@ impl HashingEmbedder {
         }
     }
 
-    fn add(&self, out: &mut [f32], feature_kind: u8, parts: &[&[u8]], weight: f32) {
+    /// The coordinate a feature lands on and the signed weight it adds there.
+    fn feature(&self, feature_kind: u8, parts: &[&[u8]], weight: f32) -> (usize, f32) {
         let h = fnv1a(feature_kind, parts);
         let coordinate = (h % self.dimensions as u64) as usize;
         // The sign comes from bits the coordinate did not use, so collisions tend to cancel
         // instead of piling up (the "signed hashing trick").
         let sign = if (h >> 63) & 1 == 0 { 1.0 } else { -1.0 };
-        out[coordinate] += sign * weight;
+        (coordinate, sign * weight)
+    }
+
+    fn add(&self, out: &mut [f32], feature_kind: u8, parts: &[&[u8]], weight: f32) {
+        let (coordinate, delta) = self.feature(feature_kind, parts, weight);
+        out[coordinate] += delta;
+    }
+
+    /// A word's own features, the word itself and its character trigrams, computed once for
+    /// a word that many texts share (see [`embed_words`](Self::embed_words)).
+    pub fn word_features(&self, word: &str) -> WordFeatures {
+        let mut features = Vec::with_capacity(word.len() + 1);
+        features.push(self.feature(b'w', &[word.as_bytes()], WORD_WEIGHT));
+        for_each_trigram(word, |trigram| {
+            features.push(self.feature(b't', &[trigram], TRIGRAM_WEIGHT));
+        });
+        WordFeatures(features)
+    }
+
+    /// The embedding of the text made of `words` (each with its [`word_features`]
+    /// (Self::word_features)) joined by spaces, as [`embed`](Embedder::embed) gives it, bit
+    /// for bit, when every word is lowercase and alphanumeric (what `embed` splits a text
+    /// into). Only the word pairs are hashed here.
+    ///
+    /// Why the same bits although the features are added in another order: every feature
+    /// adds +-1, +-0.5 or +-0.25, so each coordinate is a multiple of 0.25 far below 2^22,
+    /// which an f32 holds exactly whatever the order of the additions.
+    pub fn embed_words(&self, words: &[(&str, &WordFeatures)]) -> Vec<f32> {
+        let mut out = vec![0.0f32; self.dimensions];
+        let mut previous: Option<&str> = None;
+        for (word, features) in words {
+            for &(coordinate, delta) in &features.0 {
+                out[coordinate] += delta;
+            }
+            if let Some(prev) = previous {
+                let parts = [prev.as_bytes(), word.as_bytes()];
+                self.add(&mut out, b'b', &parts, BIGRAM_WEIGHT);
+            }
+            previous = Some(word);
+        }
+        normalise(&mut out);
+        out
+    }
+}
+
+/// One word's features as (coordinate, signed weight) pairs: [`HashingEmbedder::word_features`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct WordFeatures(Vec<(usize, f32)>);
+
+/// Calls `f` with each character trigram of `word` with its boundary markers (`<word>`), so
+/// "index" and "indexes" share most of their features.
+fn for_each_trigram(word: &str, mut f: impl FnMut(&[u8])) {
+    if word.is_ascii() {
+        let bytes = word.as_bytes();
+        // The word with its markers, read in place.
+        let at = |i: usize| match i {
+            0 => b'<',
+            i if i == bytes.len() + 1 => b'>',
+            i => bytes[i - 1],
+        };
+        for start in 0..bytes.len() {
+            f(&[at(start), at(start + 1), at(start + 2)]);
+        }
+    } else {
+        let marked: Vec<char> = std::iter::once('<')
+            .chain(word.chars())
+            .chain(std::iter::once('>'))
+            .collect();
+        let mut buf = [0u8; 12];
+        for window in marked.windows(3) {
+            let mut len = 0;
+            for c in window {
+                len += c.encode_utf8(&mut buf[len..]).len();
+            }
+            f(&buf[..len]);
+        }
+    }
+}
+
+/// Scales `out` to unit length; a zero vector (a text with no word characters) becomes a
+/// fixed unit vector instead, so a cosine index never sees a zero vector.
+fn normalise(out: &mut [f32]) {
+    let norm = out.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        for v in out.iter_mut() {
+            *v /= norm;
+        }
+    } else {
+        out[0] = 1.0;
     }
 }
 
@@ -77,11 +166,8 @@ impl Embedder for HashingEmbedder {
 
     fn embed(&self, text: &str) -> Vec<f32> {
         let mut out = vec![0.0f32; self.dimensions];
-        // Lowercase ASCII (every synthetic text) is embedded without a copy: the loadgen
-        // embeds a query text for every vector search it sends, and the copies, the word list
-        // and the per-word character lists were a fifth of its CPU per request. The features,
-        // and the order they are added in, are the same on both paths, so the vectors are
-        // bit for bit what they were.
+        // Lowercase ASCII is embedded without a copy (the server embeds every text query).
+        // The features, and the order they are added in, are the same on both paths.
         let lowered = if text.is_ascii() && !text.bytes().any(|b| b.is_ascii_uppercase()) {
             std::borrow::Cow::Borrowed(text)
         } else {
@@ -102,45 +188,11 @@ impl Embedder for HashingEmbedder {
                 );
             }
             previous = Some(word);
-            // Character trigrams of the word with boundary markers, so "index" and "indexes"
-            // share most of their features.
-            if word.is_ascii() {
-                let bytes = word.as_bytes();
-                // The word with its markers, `<word>`, read in place.
-                let at = |i: usize| match i {
-                    0 => b'<',
-                    i if i == bytes.len() + 1 => b'>',
-                    i => bytes[i - 1],
-                };
-                for start in 0..bytes.len() {
-                    let trigram = [at(start), at(start + 1), at(start + 2)];
-                    self.add(&mut out, b't', &[&trigram], TRIGRAM_WEIGHT);
-                }
-            } else {
-                let marked: Vec<char> = std::iter::once('<')
-                    .chain(word.chars())
-                    .chain(std::iter::once('>'))
-                    .collect();
-                let mut buf = [0u8; 12];
-                for window in marked.windows(3) {
-                    let mut len = 0;
-                    for c in window {
-                        len += c.encode_utf8(&mut buf[len..]).len();
-                    }
-                    self.add(&mut out, b't', &[&buf[..len]], TRIGRAM_WEIGHT);
-                }
-            }
+            for_each_trigram(word, |trigram| {
+                self.add(&mut out, b't', &[trigram], TRIGRAM_WEIGHT);
+            });
         }
-        let norm = out.iter().map(|v| v * v).sum::<f32>().sqrt();
-        if norm > 0.0 {
-            for v in &mut out {
-                *v /= norm;
-            }
-        } else {
-            // A text with no word characters still gets a valid, fixed unit vector, so a
-            // cosine index never sees a zero vector.
-            out[0] = 1.0;
-        }
+        normalise(&mut out);
         out
     }
 }

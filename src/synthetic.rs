@@ -11,10 +11,11 @@
 //! Everything is a pure function of `(seed, id)`: the loadgen can draw queries from the same
 //! distribution without ever seeing the server's data.
 
-use crate::embed::{Embedder, HashingEmbedder};
+use crate::embed::{HashingEmbedder, WordFeatures};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
+use std::sync::{Arc, OnceLock};
 
 /// Common words that appear in every cluster's texts.
 const COMMON_WORDS: &[&str] = &[
@@ -80,10 +81,13 @@ pub struct Synthetic {
     embedder: HashingEmbedder,
     /// Standard deviation of the jitter per coordinate: [`JITTER`] over the whole vector.
     jitter: f32,
-    /// Each cluster's topic words, drawn on first use and kept: every query text takes four
-    /// of them, and drawing all six again for each query (a seeded generator, six strings)
-    /// was a tenth of the loadgen's CPU per vector search. Shared by clones.
-    topics: std::sync::Arc<[std::sync::OnceLock<Vec<String>>]>,
+    /// Each cluster's topic words with their features, drawn on first use and kept, and the
+    /// common words' features: every query takes four topic words and four common words.
+    /// Drawing the six topic words again for each query (a seeded generator, six strings),
+    /// joining a text and hashing every feature of it was a fifth of the loadgen's CPU per
+    /// vector search. Shared by clones.
+    topics: Arc<[OnceLock<Vec<(String, WordFeatures)>>]>,
+    common: Arc<OnceLock<Vec<WordFeatures>>>,
 }
 
 /// Length of the jitter added to a text's (unit) embedding. Small next to the distance between
@@ -105,9 +109,8 @@ impl Synthetic {
             clusters: clusters.max(1),
             embedder: HashingEmbedder::new(dimensions),
             jitter: JITTER / (dimensions.max(1) as f32).sqrt(),
-            topics: (0..clusters.max(1))
-                .map(|_| std::sync::OnceLock::new())
-                .collect(),
+            topics: (0..clusters.max(1)).map(|_| OnceLock::new()).collect(),
+            common: Arc::default(),
         }
     }
 
@@ -125,8 +128,9 @@ impl Synthetic {
     pub fn point(&self, id: u64) -> SyntheticPoint {
         let mut rng = self.rng_for(id, 0x5eed_0001);
         let cluster = rng.random_range(0..self.clusters);
-        let text = self.text(cluster, &mut rng);
-        let vector = self.vector_of(&text, &mut rng);
+        let words = self.words(cluster, &mut rng);
+        let text = words.map(|(word, _)| word).join(" ");
+        let vector = self.jittered(self.embedder.embed_words(&words), &mut rng);
         SyntheticPoint {
             id,
             vector,
@@ -138,14 +142,15 @@ impl Synthetic {
     /// A query vector from the same distribution as the points (not equal to any of them):
     /// the jittered embedding of a query text.
     pub fn query_vector(&self, rng: &mut impl Rng) -> Vec<f32> {
-        let text = self.query_text(rng);
-        self.vector_of(&text, rng)
+        let cluster = rng.random_range(0..self.clusters);
+        let words = self.words(cluster, rng);
+        self.jittered(self.embedder.embed_words(&words), rng)
     }
 
     /// A query text in the vocabulary of a random cluster.
     pub fn query_text(&self, rng: &mut impl Rng) -> String {
         let cluster = rng.random_range(0..self.clusters);
-        self.text(cluster, rng)
+        self.words(cluster, rng).map(|(word, _)| word).join(" ")
     }
 
     fn rng_for(&self, id: u64, stream: u64) -> StdRng {
@@ -156,12 +161,11 @@ impl Synthetic {
         StdRng::seed_from_u64(x ^ (x >> 31))
     }
 
-    /// The embedding of `text` with jitter added, normalised again: a unit vector, as the
+    /// A text's embedding `v` with jitter added, normalised again: a unit vector, as the
     /// server's embedded texts are.
-    fn vector_of(&self, text: &str, rng: &mut impl Rng) -> Vec<f32> {
+    fn jittered(&self, mut v: Vec<f32>, rng: &mut impl Rng) -> Vec<f32> {
         let noise = Normal::new(0.0f32, self.jitter.max(f32::MIN_POSITIVE))
             .expect("jitter is positive and finite");
-        let mut v = self.embedder.embed(text);
         for x in &mut v {
             *x += noise.sample(rng);
         }
@@ -187,30 +191,34 @@ impl Synthetic {
             .collect()
     }
 
-    /// Four of the cluster's topic words and four common words, drawn in that order and
-    /// joined by spaces.
-    fn text(&self, cluster: usize, rng: &mut impl Rng) -> String {
-        let drawn;
-        let topic = match self.topics.get(cluster) {
-            Some(cached) => cached.get_or_init(|| self.topic_words(cluster)).as_slice(),
-            None => {
-                drawn = self.topic_words(cluster);
-                drawn.as_slice()
-            }
+    /// A text's words: four of the cluster's topic words and four common words, drawn in
+    /// that order, each with its features.
+    fn words(&self, cluster: usize, rng: &mut impl Rng) -> [(&str, &WordFeatures); 8] {
+        let with_features = |word: String| {
+            let features = self.embedder.word_features(&word);
+            (word, features)
         };
-        let mut text = String::with_capacity(64);
-        for i in 0..8 {
-            if i > 0 {
-                text.push(' ');
-            }
-            let word = if i < 4 {
-                &topic[rng.random_range(0..topic.len())]
+        let topic = self.topics[cluster % self.topics.len()].get_or_init(|| {
+            self.topic_words(cluster)
+                .into_iter()
+                .map(with_features)
+                .collect()
+        });
+        let common = self.common.get_or_init(|| {
+            COMMON_WORDS
+                .iter()
+                .map(|word| self.embedder.word_features(word))
+                .collect()
+        });
+        std::array::from_fn(|i| {
+            if i < 4 {
+                let (word, features) = &topic[rng.random_range(0..topic.len())];
+                (word.as_str(), features)
             } else {
-                COMMON_WORDS[rng.random_range(0..COMMON_WORDS.len())]
-            };
-            text.push_str(word);
-        }
-        text
+                let at = rng.random_range(0..COMMON_WORDS.len());
+                (COMMON_WORDS[at], &common[at])
+            }
+        })
     }
 }
 
@@ -231,7 +239,7 @@ mod tests {
     }
 
     #[test]
-    fn texts_as_first_drawn() {
+    fn texts_points_and_vectors_as_first_drawn() {
         // The text as first written: the topic words drawn afresh, eight strings joined.
         fn first_written(s: &Synthetic, cluster: usize, rng: &mut impl Rng) -> String {
             let topic = s.topic_words(cluster);
@@ -244,10 +252,36 @@ mod tests {
             }
             words.join(" ")
         }
-        let s = Synthetic::new(16, 8, 7);
-        let (mut a, mut b) = (StdRng::seed_from_u64(3), StdRng::seed_from_u64(3));
-        for i in 0..100 {
-            assert_eq!(s.text(i % 8, &mut a), first_written(&s, i % 8, &mut b));
+        // The vector as first written: the jittered embedding of the whole text.
+        fn first_vector(s: &Synthetic, text: &str, rng: &mut impl Rng) -> Vec<f32> {
+            use crate::embed::Embedder;
+            s.jittered(s.embedder.embed(text), rng)
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (dimensions, clusters) in [(16, 8), (32, 64), (128, 3)] {
+            let s = Synthetic::new(dimensions, clusters, 7);
+            let (mut a, mut b) = (StdRng::seed_from_u64(3), StdRng::seed_from_u64(3));
+            for _ in 0..300 {
+                assert_eq!(s.query_text(&mut a), {
+                    let cluster = b.random_range(0..clusters);
+                    first_written(&s, cluster, &mut b)
+                });
+                let now = s.query_vector(&mut a);
+                let cluster = b.random_range(0..clusters);
+                let text = first_written(&s, cluster, &mut b);
+                assert_eq!(bits(&now), bits(&first_vector(&s, &text, &mut b)));
+            }
+            for id in 0..300 {
+                let point = s.point(id);
+                let mut rng = s.rng_for(id, 0x5eed_0001);
+                let cluster = rng.random_range(0..clusters);
+                let text = first_written(&s, cluster, &mut rng);
+                assert_eq!(point.text, text);
+                assert_eq!(
+                    bits(&point.vector),
+                    bits(&first_vector(&s, &text, &mut rng))
+                );
+            }
         }
     }
 
@@ -257,6 +291,7 @@ mod tests {
 
     #[test]
     fn points_are_the_embeddings_of_their_texts_and_cluster() {
+        use crate::embed::Embedder;
         let s = Synthetic::new(128, 16, 3);
         let embedder = HashingEmbedder::new(128);
         let points: Vec<_> = (0..400).map(|id| s.point(id)).collect();
