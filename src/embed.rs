@@ -37,22 +37,25 @@ impl HashingEmbedder {
     }
 
     /// The coordinate a feature lands on and the signed weight it adds there.
-    fn feature(&self, feature_kind: u8, parts: &[&[u8]], weight: f32) -> (usize, f32) {
+    fn feature(&self, feature_kind: u8, parts: &[&[u8]], weight: f32) -> Feature {
         let h = fnv1a(feature_kind, parts);
         let coordinate = (h % self.dimensions as u64) as usize;
         // The sign comes from bits the coordinate did not use, so collisions tend to cancel
         // instead of piling up (the "signed hashing trick").
         let sign = if (h >> 63) & 1 == 0 { 1.0 } else { -1.0 };
-        (coordinate, sign * weight)
+        Feature {
+            coordinate,
+            delta: sign * weight,
+        }
     }
 
     fn add(&self, out: &mut [f32], feature_kind: u8, parts: &[&[u8]], weight: f32) {
-        let (coordinate, delta) = self.feature(feature_kind, parts, weight);
+        let Feature { coordinate, delta } = self.feature(feature_kind, parts, weight);
         out[coordinate] += delta;
     }
 
     /// A word's own features, the word itself and its character trigrams, computed once for
-    /// a word that many texts share (see [`embed_words`](Self::embed_words)).
+    /// a word that many texts share (see [`embed_features`](Self::embed_features)).
     pub fn word_features(&self, word: &str) -> WordFeatures {
         let mut features = Vec::with_capacity(word.len() + 1);
         features.push(self.feature(b'w', &[word.as_bytes()], WORD_WEIGHT));
@@ -62,35 +65,46 @@ impl HashingEmbedder {
         WordFeatures(features)
     }
 
-    /// The embedding of the text made of `words` (each with its [`word_features`]
-    /// (Self::word_features)) joined by spaces, as [`embed`](Embedder::embed) gives it, bit
-    /// for bit, when every word is lowercase and alphanumeric (what `embed` splits a text
-    /// into). Only the word pairs are hashed here.
+    /// The feature of the word pair `previous word` (adjacent in a text), computed once for
+    /// a pair that many texts share.
+    pub fn pair_feature(&self, previous: &str, word: &str) -> Feature {
+        let parts = [previous.as_bytes(), word.as_bytes()];
+        self.feature(b'b', &parts, BIGRAM_WEIGHT)
+    }
+
+    /// The embedding of a text from its features: each of its words' [`word_features`]
+    /// (Self::word_features) and the [`pair_feature`](Self::pair_feature) of each two
+    /// adjacent words. When the words are what [`embed`](Embedder::embed) splits the text
+    /// into (lowercase, alphanumeric), this is `embed`'s vector, bit for bit.
     ///
     /// Why the same bits although the features are added in another order: every feature
     /// adds +-1, +-0.5 or +-0.25, so each coordinate is a multiple of 0.25 far below 2^22,
     /// which an f32 holds exactly whatever the order of the additions.
-    pub fn embed_words(&self, words: &[(&str, &WordFeatures)]) -> Vec<f32> {
+    pub fn embed_features<'a>(
+        &self,
+        words: impl IntoIterator<Item = &'a WordFeatures>,
+        pairs: impl IntoIterator<Item = &'a Feature>,
+    ) -> Vec<f32> {
         let mut out = vec![0.0f32; self.dimensions];
-        let mut previous: Option<&str> = None;
-        for (word, features) in words {
-            for &(coordinate, delta) in &features.0 {
-                out[coordinate] += delta;
-            }
-            if let Some(prev) = previous {
-                let parts = [prev.as_bytes(), word.as_bytes()];
-                self.add(&mut out, b'b', &parts, BIGRAM_WEIGHT);
-            }
-            previous = Some(word);
+        let features = words.into_iter().flat_map(|w| &w.0).chain(pairs);
+        for &Feature { coordinate, delta } in features {
+            out[coordinate] += delta;
         }
         normalise(&mut out);
         out
     }
 }
 
-/// One word's features as (coordinate, signed weight) pairs: [`HashingEmbedder::word_features`].
+/// One hashed feature: the coordinate it lands on and the signed weight it adds there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Feature {
+    coordinate: usize,
+    delta: f32,
+}
+
+/// One word's features: [`HashingEmbedder::word_features`].
 #[derive(Debug, Clone, PartialEq)]
-pub struct WordFeatures(Vec<(usize, f32)>);
+pub struct WordFeatures(Vec<Feature>);
 
 /// Calls `f` with each character trigram of `word` with its boundary markers (`<word>`), so
 /// "index" and "indexes" share most of their features.

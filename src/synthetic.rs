@@ -11,7 +11,7 @@
 //! Everything is a pure function of `(seed, id)`: the loadgen can draw queries from the same
 //! distribution without ever seeing the server's data.
 
-use crate::embed::{HashingEmbedder, WordFeatures};
+use crate::embed::{Feature, HashingEmbedder, WordFeatures};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -81,13 +81,31 @@ pub struct Synthetic {
     embedder: HashingEmbedder,
     /// Standard deviation of the jitter per coordinate: [`JITTER`] over the whole vector.
     jitter: f32,
-    /// Each cluster's topic words with their features, drawn on first use and kept, and the
-    /// common words' features: every query takes four topic words and four common words.
+    /// Each cluster's topic words with their features hashed, drawn on first use and kept,
+    /// and the common words': every query takes four topic words and four common words.
     /// Drawing the six topic words again for each query (a seeded generator, six strings),
-    /// joining a text and hashing every feature of it was a fifth of the loadgen's CPU per
+    /// joining a text and hashing its ~60 features was a fifth of the loadgen's CPU per
     /// vector search. Shared by clones.
-    topics: Arc<[OnceLock<Vec<(String, WordFeatures)>>]>,
-    common: Arc<OnceLock<Vec<WordFeatures>>>,
+    topics: Arc<[OnceLock<Topic>]>,
+    common: Arc<OnceLock<Common>>,
+}
+
+/// A cluster's topic words, with every feature a text of the cluster can have from them
+/// hashed once.
+#[derive(Debug)]
+struct Topic {
+    words: Vec<(String, WordFeatures)>,
+    /// `pairs[a * n + b]`: topic word `a` followed by topic word `b` (`n` topic words).
+    pairs: Vec<Feature>,
+    /// `then_common[a * COMMON_WORDS.len() + c]`: topic word `a` followed by common word `c`.
+    then_common: Vec<Feature>,
+}
+
+/// The common words' features and their pairs' (`pairs[a * COMMON_WORDS.len() + b]`).
+#[derive(Debug)]
+struct Common {
+    words: Vec<WordFeatures>,
+    pairs: Vec<Feature>,
 }
 
 /// Length of the jitter added to a text's (unit) embedding. Small next to the distance between
@@ -129,8 +147,8 @@ impl Synthetic {
         let mut rng = self.rng_for(id, 0x5eed_0001);
         let cluster = rng.random_range(0..self.clusters);
         let words = self.words(cluster, &mut rng);
-        let text = words.map(|(word, _)| word).join(" ");
-        let vector = self.jittered(self.embedder.embed_words(&words), &mut rng);
+        let text = words.text();
+        let vector = self.jittered(words.embedding(&self.embedder), &mut rng);
         SyntheticPoint {
             id,
             vector,
@@ -144,13 +162,13 @@ impl Synthetic {
     pub fn query_vector(&self, rng: &mut impl Rng) -> Vec<f32> {
         let cluster = rng.random_range(0..self.clusters);
         let words = self.words(cluster, rng);
-        self.jittered(self.embedder.embed_words(&words), rng)
+        self.jittered(words.embedding(&self.embedder), rng)
     }
 
     /// A query text in the vocabulary of a random cluster.
     pub fn query_text(&self, rng: &mut impl Rng) -> String {
         let cluster = rng.random_range(0..self.clusters);
-        self.words(cluster, rng).map(|(word, _)| word).join(" ")
+        self.words(cluster, rng).text()
     }
 
     fn rng_for(&self, id: u64, stream: u64) -> StdRng {
@@ -192,33 +210,92 @@ impl Synthetic {
     }
 
     /// A text's words: four of the cluster's topic words and four common words, drawn in
-    /// that order, each with its features.
-    fn words(&self, cluster: usize, rng: &mut impl Rng) -> [(&str, &WordFeatures); 8] {
-        let with_features = |word: String| {
-            let features = self.embedder.word_features(&word);
-            (word, features)
-        };
+    /// that order.
+    fn words(&self, cluster: usize, rng: &mut impl Rng) -> Words<'_> {
         let topic = self.topics[cluster % self.topics.len()].get_or_init(|| {
-            self.topic_words(cluster)
-                .into_iter()
-                .map(with_features)
-                .collect()
-        });
-        let common = self.common.get_or_init(|| {
-            COMMON_WORDS
-                .iter()
-                .map(|word| self.embedder.word_features(word))
-                .collect()
-        });
-        std::array::from_fn(|i| {
-            if i < 4 {
-                let (word, features) = &topic[rng.random_range(0..topic.len())];
-                (word.as_str(), features)
-            } else {
-                let at = rng.random_range(0..COMMON_WORDS.len());
-                (COMMON_WORDS[at], &common[at])
+            let words: Vec<(String, WordFeatures)> = (self.topic_words(cluster).into_iter())
+                .map(|word| {
+                    let features = self.embedder.word_features(&word);
+                    (word, features)
+                })
+                .collect();
+            let pair = |(a, _): &(String, _), b: &str| self.embedder.pair_feature(a, b);
+            Topic {
+                pairs: (words.iter())
+                    .flat_map(|a| words.iter().map(move |(b, _)| pair(a, b)))
+                    .collect(),
+                then_common: (words.iter())
+                    .flat_map(|a| COMMON_WORDS.iter().map(move |b| pair(a, b)))
+                    .collect(),
+                words,
             }
-        })
+        });
+        let common = self.common.get_or_init(|| Common {
+            words: (COMMON_WORDS.iter())
+                .map(|word| self.embedder.word_features(word))
+                .collect(),
+            pairs: (COMMON_WORDS.iter())
+                .flat_map(|a| {
+                    COMMON_WORDS
+                        .iter()
+                        .map(|b| self.embedder.pair_feature(a, b))
+                })
+                .collect(),
+        });
+        Words {
+            topic,
+            common,
+            topics: std::array::from_fn(|_| rng.random_range(0..topic.words.len())),
+            commons: std::array::from_fn(|_| rng.random_range(0..COMMON_WORDS.len())),
+        }
+    }
+}
+
+/// A text as drawn: which topic words, then which common words.
+struct Words<'a> {
+    topic: &'a Topic,
+    common: &'a Common,
+    topics: [usize; 4],
+    commons: [usize; 4],
+}
+
+impl Words<'_> {
+    /// The words joined by spaces.
+    fn text(&self) -> String {
+        let topics = self.topics.iter().map(|&t| self.topic.words[t].0.as_str());
+        let commons = self.commons.iter().map(|&c| COMMON_WORDS[c]);
+        let mut text = String::with_capacity(64);
+        for (i, word) in topics.chain(commons).enumerate() {
+            if i > 0 {
+                text.push(' ');
+            }
+            text.push_str(word);
+        }
+        text
+    }
+
+    /// The text's embedding from the cached features: its words' and its seven pairs'.
+    fn embedding(&self, embedder: &HashingEmbedder) -> Vec<f32> {
+        let (topic, common, n, m) = (
+            self.topic,
+            self.common,
+            self.topic.words.len(),
+            COMMON_WORDS.len(),
+        );
+        let [t0, t1, t2, t3] = self.topics;
+        let [c0, c1, c2, c3] = self.commons;
+        let words = (self.topics.iter().map(|&t| &topic.words[t].1))
+            .chain(self.commons.iter().map(|&c| &common.words[c]));
+        let pairs = [
+            &topic.pairs[t0 * n + t1],
+            &topic.pairs[t1 * n + t2],
+            &topic.pairs[t2 * n + t3],
+            &topic.then_common[t3 * m + c0],
+            &common.pairs[c0 * m + c1],
+            &common.pairs[c1 * m + c2],
+            &common.pairs[c2 * m + c3],
+        ];
+        embedder.embed_features(words, pairs)
     }
 }
 
