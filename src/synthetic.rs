@@ -11,10 +11,11 @@
 //! Everything is a pure function of `(seed, id)`: the loadgen can draw queries from the same
 //! distribution without ever seeing the server's data.
 
-use crate::embed::{Embedder, HashingEmbedder};
+use crate::embed::{Feature, HashingEmbedder, WordFeatures};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
+use std::sync::{Arc, OnceLock};
 
 /// Common words that appear in every cluster's texts.
 const COMMON_WORDS: &[&str] = &[
@@ -80,6 +81,31 @@ pub struct Synthetic {
     embedder: HashingEmbedder,
     /// Standard deviation of the jitter per coordinate: [`JITTER`] over the whole vector.
     jitter: f32,
+    /// Each cluster's topic words with their features hashed, drawn on first use and kept,
+    /// and the common words': every query takes four topic words and four common words.
+    /// Drawing the six topic words again for each query (a seeded generator, six strings),
+    /// joining a text and hashing its ~60 features was a fifth of the loadgen's CPU per
+    /// vector search. Shared by clones.
+    topics: Arc<[OnceLock<Topic>]>,
+    common: Arc<OnceLock<Common>>,
+}
+
+/// A cluster's topic words, with every feature a text of the cluster can have from them
+/// hashed once.
+#[derive(Debug)]
+struct Topic {
+    words: Vec<(String, WordFeatures)>,
+    /// `pairs[a * n + b]`: topic word `a` followed by topic word `b` (`n` topic words).
+    pairs: Vec<Feature>,
+    /// `then_common[a * COMMON_WORDS.len() + c]`: topic word `a` followed by common word `c`.
+    then_common: Vec<Feature>,
+}
+
+/// The common words' features and their pairs' (`pairs[a * COMMON_WORDS.len() + b]`).
+#[derive(Debug)]
+struct Common {
+    words: Vec<WordFeatures>,
+    pairs: Vec<Feature>,
 }
 
 /// Length of the jitter added to a text's (unit) embedding. Small next to the distance between
@@ -101,6 +127,8 @@ impl Synthetic {
             clusters: clusters.max(1),
             embedder: HashingEmbedder::new(dimensions),
             jitter: JITTER / (dimensions.max(1) as f32).sqrt(),
+            topics: (0..clusters.max(1)).map(|_| OnceLock::new()).collect(),
+            common: Arc::default(),
         }
     }
 
@@ -118,8 +146,9 @@ impl Synthetic {
     pub fn point(&self, id: u64) -> SyntheticPoint {
         let mut rng = self.rng_for(id, 0x5eed_0001);
         let cluster = rng.random_range(0..self.clusters);
-        let text = self.text(cluster, &mut rng);
-        let vector = self.vector_of(&text, &mut rng);
+        let words = self.words(cluster, &mut rng);
+        let text = words.text();
+        let vector = self.jittered(words.embedding(&self.embedder), &mut rng);
         SyntheticPoint {
             id,
             vector,
@@ -131,14 +160,15 @@ impl Synthetic {
     /// A query vector from the same distribution as the points (not equal to any of them):
     /// the jittered embedding of a query text.
     pub fn query_vector(&self, rng: &mut impl Rng) -> Vec<f32> {
-        let text = self.query_text(rng);
-        self.vector_of(&text, rng)
+        let cluster = rng.random_range(0..self.clusters);
+        let words = self.words(cluster, rng);
+        self.jittered(words.embedding(&self.embedder), rng)
     }
 
     /// A query text in the vocabulary of a random cluster.
     pub fn query_text(&self, rng: &mut impl Rng) -> String {
         let cluster = rng.random_range(0..self.clusters);
-        self.text(cluster, rng)
+        self.words(cluster, rng).text()
     }
 
     fn rng_for(&self, id: u64, stream: u64) -> StdRng {
@@ -149,12 +179,11 @@ impl Synthetic {
         StdRng::seed_from_u64(x ^ (x >> 31))
     }
 
-    /// The embedding of `text` with jitter added, normalised again: a unit vector, as the
+    /// A text's embedding `v` with jitter added, normalised again: a unit vector, as the
     /// server's embedded texts are.
-    fn vector_of(&self, text: &str, rng: &mut impl Rng) -> Vec<f32> {
+    fn jittered(&self, mut v: Vec<f32>, rng: &mut impl Rng) -> Vec<f32> {
         let noise = Normal::new(0.0f32, self.jitter.max(f32::MIN_POSITIVE))
             .expect("jitter is positive and finite");
-        let mut v = self.embedder.embed(text);
         for x in &mut v {
             *x += noise.sample(rng);
         }
@@ -180,16 +209,93 @@ impl Synthetic {
             .collect()
     }
 
-    fn text(&self, cluster: usize, rng: &mut impl Rng) -> String {
-        let topic = self.topic_words(cluster);
-        let mut words = Vec::with_capacity(8);
-        for _ in 0..4 {
-            words.push(topic[rng.random_range(0..topic.len())].clone());
+    /// A text's words: four of the cluster's topic words and four common words, drawn in
+    /// that order.
+    fn words(&self, cluster: usize, rng: &mut impl Rng) -> Words<'_> {
+        let topic = self.topics[cluster % self.topics.len()].get_or_init(|| {
+            let words: Vec<(String, WordFeatures)> = (self.topic_words(cluster).into_iter())
+                .map(|word| {
+                    let features = self.embedder.word_features(&word);
+                    (word, features)
+                })
+                .collect();
+            let pair = |(a, _): &(String, _), b: &str| self.embedder.pair_feature(a, b);
+            Topic {
+                pairs: (words.iter())
+                    .flat_map(|a| words.iter().map(move |(b, _)| pair(a, b)))
+                    .collect(),
+                then_common: (words.iter())
+                    .flat_map(|a| COMMON_WORDS.iter().map(move |b| pair(a, b)))
+                    .collect(),
+                words,
+            }
+        });
+        let common = self.common.get_or_init(|| Common {
+            words: (COMMON_WORDS.iter())
+                .map(|word| self.embedder.word_features(word))
+                .collect(),
+            pairs: (COMMON_WORDS.iter())
+                .flat_map(|a| {
+                    COMMON_WORDS
+                        .iter()
+                        .map(|b| self.embedder.pair_feature(a, b))
+                })
+                .collect(),
+        });
+        Words {
+            topic,
+            common,
+            topics: std::array::from_fn(|_| rng.random_range(0..topic.words.len())),
+            commons: std::array::from_fn(|_| rng.random_range(0..COMMON_WORDS.len())),
         }
-        for _ in 0..4 {
-            words.push(COMMON_WORDS[rng.random_range(0..COMMON_WORDS.len())].to_string());
+    }
+}
+
+/// A text as drawn: which topic words, then which common words.
+struct Words<'a> {
+    topic: &'a Topic,
+    common: &'a Common,
+    topics: [usize; 4],
+    commons: [usize; 4],
+}
+
+impl Words<'_> {
+    /// The words joined by spaces.
+    fn text(&self) -> String {
+        let topics = self.topics.iter().map(|&t| self.topic.words[t].0.as_str());
+        let commons = self.commons.iter().map(|&c| COMMON_WORDS[c]);
+        let mut text = String::with_capacity(64);
+        for (i, word) in topics.chain(commons).enumerate() {
+            if i > 0 {
+                text.push(' ');
+            }
+            text.push_str(word);
         }
-        words.join(" ")
+        text
+    }
+
+    /// The text's embedding from the cached features: its words' and its seven pairs'.
+    fn embedding(&self, embedder: &HashingEmbedder) -> Vec<f32> {
+        let (topic, common, n, m) = (
+            self.topic,
+            self.common,
+            self.topic.words.len(),
+            COMMON_WORDS.len(),
+        );
+        let [t0, t1, t2, t3] = self.topics;
+        let [c0, c1, c2, c3] = self.commons;
+        let words = (self.topics.iter().map(|&t| &topic.words[t].1))
+            .chain(self.commons.iter().map(|&c| &common.words[c]));
+        let pairs = [
+            &topic.pairs[t0 * n + t1],
+            &topic.pairs[t1 * n + t2],
+            &topic.pairs[t2 * n + t3],
+            &topic.then_common[t3 * m + c0],
+            &common.pairs[c0 * m + c1],
+            &common.pairs[c1 * m + c2],
+            &common.pairs[c2 * m + c3],
+        ];
+        embedder.embed_features(words, pairs)
     }
 }
 
@@ -209,12 +315,60 @@ mod tests {
         assert_ne!(a.point(1).vector, c.point(1).vector);
     }
 
+    #[test]
+    fn texts_points_and_vectors_as_first_drawn() {
+        // The text as first written: the topic words drawn afresh, eight strings joined.
+        fn first_written(s: &Synthetic, cluster: usize, rng: &mut impl Rng) -> String {
+            let topic = s.topic_words(cluster);
+            let mut words = Vec::new();
+            for _ in 0..4 {
+                words.push(topic[rng.random_range(0..topic.len())].clone());
+            }
+            for _ in 0..4 {
+                words.push(COMMON_WORDS[rng.random_range(0..COMMON_WORDS.len())].to_string());
+            }
+            words.join(" ")
+        }
+        // The vector as first written: the jittered embedding of the whole text.
+        fn first_vector(s: &Synthetic, text: &str, rng: &mut impl Rng) -> Vec<f32> {
+            use crate::embed::Embedder;
+            s.jittered(s.embedder.embed(text), rng)
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for (dimensions, clusters) in [(16, 8), (32, 64), (128, 3)] {
+            let s = Synthetic::new(dimensions, clusters, 7);
+            let (mut a, mut b) = (StdRng::seed_from_u64(3), StdRng::seed_from_u64(3));
+            for _ in 0..300 {
+                assert_eq!(s.query_text(&mut a), {
+                    let cluster = b.random_range(0..clusters);
+                    first_written(&s, cluster, &mut b)
+                });
+                let now = s.query_vector(&mut a);
+                let cluster = b.random_range(0..clusters);
+                let text = first_written(&s, cluster, &mut b);
+                assert_eq!(bits(&now), bits(&first_vector(&s, &text, &mut b)));
+            }
+            for id in 0..300 {
+                let point = s.point(id);
+                let mut rng = s.rng_for(id, 0x5eed_0001);
+                let cluster = rng.random_range(0..clusters);
+                let text = first_written(&s, cluster, &mut rng);
+                assert_eq!(point.text, text);
+                assert_eq!(
+                    bits(&point.vector),
+                    bits(&first_vector(&s, &text, &mut rng))
+                );
+            }
+        }
+    }
+
     fn dot(a: &[f32], b: &[f32]) -> f32 {
         a.iter().zip(b).map(|(x, y)| x * y).sum()
     }
 
     #[test]
     fn points_are_the_embeddings_of_their_texts_and_cluster() {
+        use crate::embed::Embedder;
         let s = Synthetic::new(128, 16, 3);
         let embedder = HashingEmbedder::new(128);
         let points: Vec<_> = (0..400).map(|id| s.point(id)).collect();

@@ -8,6 +8,7 @@
 //!   over on 4 connections with 32 streams each, and
 //! - `vecrig-loadgen` running a closed model of 128 users on 4 connections, k=1 vector searches,
 //!   on one thread as h2load's `-t 1`, and again with its default threads (one per CPU),
+//!   recall sampling off (h2load checks no answers),
 //! - and h2load again with 2 threads, for the highest rate it reaches,
 //!
 //! and takes each one's CPU time (user + system, from `getrusage(RUSAGE_CHILDREN)` around the
@@ -191,6 +192,11 @@ fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path, thre
             .args(["--connections", &CONNECTIONS.to_string()])
             .args(["--threads", &threads.to_string()])
             .args(["--workload", "vector", "--k", "1", "--max-attempts", "1"])
+            // No recall sampling (on by default): its searches go over tonic rather than the
+            // path measured here, and checking them takes the exact answers at 250 a second
+            // after the phase, two seconds of wall time (a fifth of a round) in which no load
+            // is sent; h2load checks no answers either.
+            .args(["--recall-sample", "0"])
             .arg("--out")
             .arg(report)
             .args(["load", "--model", "closed"])

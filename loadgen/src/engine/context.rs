@@ -4,6 +4,7 @@
 //! latency measured from the intended send time, for every load model.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -23,6 +24,11 @@ use crate::workload::{CallKind, Op};
 #[derive(Debug, Clone)]
 pub struct Stop {
     tx: Arc<watch::Sender<bool>>,
+    /// The same flag for [`is_stopped`](Self::is_stopped), which every user asks before each
+    /// request: reading a watch takes its lock, a write to a line that every sending thread
+    /// shares, while a load of a flag that is never written until the end leaves the line
+    /// in every core's cache.
+    stopped: Arc<AtomicBool>,
     /// Why the run was aborted, when a failed threshold (not the user) stopped it.
     aborted: Arc<std::sync::Mutex<Option<String>>>,
 }
@@ -31,6 +37,7 @@ impl Default for Stop {
     fn default() -> Self {
         Self {
             tx: Arc::new(watch::channel(false).0),
+            stopped: Arc::default(),
             aborted: Arc::default(),
         }
     }
@@ -39,6 +46,7 @@ impl Default for Stop {
 impl Stop {
     /// Stops the run.
     pub fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
         self.tx.send_replace(true);
     }
 
@@ -57,7 +65,7 @@ impl Stop {
 
     /// Whether the run was stopped.
     pub fn is_stopped(&self) -> bool {
-        *self.tx.borrow()
+        self.stopped.load(Ordering::Acquire)
     }
 
     /// Resolves once the run is stopped.

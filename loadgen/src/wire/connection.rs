@@ -255,14 +255,14 @@ impl Connection {
         })
     }
 
-    /// A handle to send on: the open connection, or a new one. Requests that arrive while
-    /// it is being established wait for that one attempt and share its outcome.
-    async fn sender(self: &Rc<Self>) -> Result<(SendRequest<Bytes>, u64), Answer> {
+    /// The open connection's generation, after opening one if none is. Requests that arrive
+    /// while it is being established wait for that one attempt and share its outcome.
+    async fn sender(self: &Rc<Self>) -> Result<u64, Answer> {
         let changed = self.changed.notified();
         let connect = {
             let mut state = self.state.borrow_mut();
             match &*state {
-                State::Up { sender, generation } => return Ok((sender.clone(), *generation)),
+                State::Up { generation, .. } => return Ok(*generation),
                 State::Connecting => false,
                 State::Down => {
                     *state = State::Connecting;
@@ -273,7 +273,7 @@ impl Connection {
         if !connect {
             changed.await;
             return match &*self.state.borrow() {
-                State::Up { sender, generation } => Ok((sender.clone(), *generation)),
+                State::Up { generation, .. } => Ok(*generation),
                 _ => Err(Answer::code(Code::Unavailable, "cannot connect")),
             };
         }
@@ -293,11 +293,8 @@ impl Connection {
         attempt.finished = true;
         let result = match opened {
             Ok(sender) => {
-                *self.state.borrow_mut() = State::Up {
-                    sender: sender.clone(),
-                    generation,
-                };
-                Ok((sender, generation))
+                *self.state.borrow_mut() = State::Up { sender, generation };
+                Ok(generation)
             }
             Err(e) => {
                 *self.state.borrow_mut() = State::Down;
@@ -380,6 +377,45 @@ impl Connection {
         }
     }
 
+    /// Opens a stream for `request` on connection `generation` (the one just returned by
+    /// [`sender`](Self::sender), with no await in between) and hands it the frame.
+    ///
+    /// The connection's own sender is used in place, rather than a clone per request: a
+    /// clone and its drop each lock the connection's stream store, for nothing. A sender
+    /// that has a stream waiting for one of the server's `max_concurrent_streams` is not
+    /// ready until that stream opens; then this request gets a clone of its own, which
+    /// queues its stream behind that one in h2 as every request did when each had a clone.
+    /// Nothing waits here for readiness (so no waker is lost): the request's deadline
+    /// covers the wait in h2's queue, as before.
+    fn open_stream(
+        &self,
+        generation: u64,
+        request: http::Request<()>,
+        frame: Bytes,
+    ) -> Result<h2::client::ResponseFuture, h2::Error> {
+        let mut state = self.state.borrow_mut();
+        let sender = match &mut *state {
+            State::Up {
+                sender,
+                generation: g,
+            } if *g == generation => sender,
+            // Cannot happen (the caller has not awaited since it learnt the generation), and
+            // would mean the connection is gone: UNAVAILABLE, as any lost connection.
+            _ => return Err(h2::Reason::NO_ERROR.into()),
+        };
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        let (response, mut body) = match sender.poll_ready(&mut cx) {
+            std::task::Poll::Ready(Ok(())) => sender.send_request(request, false)?,
+            std::task::Poll::Ready(Err(error)) => return Err(error),
+            std::task::Poll::Pending => sender.clone().send_request(request, false)?,
+        };
+        // The frame is already in memory (and shared with any retry), so it is handed over
+        // whole: h2 sends what the windows allow and the rest as they open, without a round
+        // of capacity requests through the connection task for every request.
+        body.send_data(frame, true)?;
+        Ok(response)
+    }
+
     /// One call on this connection; the answer's message is appended to `keep` when given.
     async fn call(
         self: &Rc<Self>,
@@ -387,11 +423,16 @@ impl Connection {
         frame: Bytes,
         keep: Option<&mut BytesMut>,
     ) -> Answer {
-        let (sender, generation) = match self.sender().await {
-            Ok(sender) => sender,
+        let generation = match self.sender().await {
+            Ok(generation) => generation,
             Err(answer) => return answer,
         };
-        match exchange(sender, request, frame, keep).await {
+        let sent = self.open_stream(generation, request, frame);
+        let answer = match sent {
+            Ok(response) => exchange(response, keep).await,
+            Err(error) => Err(error),
+        };
+        match answer {
             Ok(answer) => answer,
             Err(error) => {
                 // A reset concerns one stream; anything else (GOAWAY, I/O, a connection
@@ -405,21 +446,12 @@ impl Connection {
     }
 }
 
-/// Sends the request and its frame on a new stream and reads the answer's status; the
-/// answer's body (its gRPC frames) is kept in `keep` when given (a sampled search), else
-/// dropped unread.
+/// Reads the answer to a request sent on a stream: its status; the answer's body (its gRPC
+/// frames) is kept in `keep` when given (a sampled search), else dropped unread.
 async fn exchange(
-    sender: SendRequest<Bytes>,
-    request: http::Request<()>,
-    frame: Bytes,
+    response: h2::client::ResponseFuture,
     mut keep: Option<&mut BytesMut>,
 ) -> Result<Answer, h2::Error> {
-    let mut sender = sender.ready().await?;
-    let (response, mut body) = sender.send_request(request, false)?;
-    // The frame is already in memory (and shared with any retry), so it is handed over whole:
-    // h2 sends what the windows allow and the rest as they open, without a round of capacity
-    // requests through the connection task for every request.
-    body.send_data(frame, true)?;
     let (parts, mut body) = response.await?.into_parts();
     if let Some(answer) = Answer::from_headers(&parts.headers) {
         return Ok(answer); // trailers-only: an error, or OK with no message
