@@ -63,11 +63,13 @@ impl Drop for WorkRuntime {
 }
 
 /// Runs `work` on `handle`'s runtime; dropping the returned future cancels it there (a
-/// client that gives up, or a passed deadline, frees its queue place or slot at once).
+/// client that gives up, or a passed deadline, frees its queue place or slot at once). An
+/// error means the work did not finish: the runtime dropped it (shutting down), or it
+/// panicked.
 pub fn run_on<F>(
     handle: &Handle,
     work: F,
-) -> impl Future<Output = Option<F::Output>> + Send + use<F>
+) -> impl Future<Output = Result<F::Output, tokio::task::JoinError>> + Send + use<F>
 where
     F: Future + Send + 'static,
     F::Output: Send + 'static,
@@ -75,8 +77,7 @@ where
     let task = AbortOnDrop(handle.spawn(work));
     async move {
         let mut task = task;
-        // `None`: the runtime is shutting down and dropped the task.
-        (&mut task.0).await.ok()
+        (&mut task.0).await
     }
 }
 
