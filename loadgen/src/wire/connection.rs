@@ -702,7 +702,11 @@ mod tests {
             }
             // Long after the first stream closed: nothing else was sent.
             tokio::time::sleep(Duration::from_millis(500)).await;
-            assert_eq!(accepted.load(Ordering::SeqCst), 1, "only the first request was sent");
+            assert_eq!(
+                accepted.load(Ordering::SeqCst),
+                1,
+                "only the first request was sent"
+            );
 
             // The connection is still usable, and a request that can wait is served.
             let answer = tokio::time::timeout(
