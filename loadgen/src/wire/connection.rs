@@ -472,10 +472,21 @@ impl Connection {
         expires: tokio::time::Instant,
         keep: Option<&mut BytesMut>,
     ) -> Answer {
+        let asked = tokio::time::Instant::now();
         let (generation, _stream) = match self.stream_slot(expires).await {
             Ok(slot) => slot,
             Err(answer) => return answer,
         };
+        let mut request = request;
+        let now = tokio::time::Instant::now();
+        if now.duration_since(asked) > Duration::from_millis(1) {
+            // It waited for a connection or a stream: the server is told the time left, not
+            // the whole deadline, so that it does not start work the client will not wait for.
+            request.headers_mut().insert(
+                "grpc-timeout",
+                grpc::timeout_header(expires.saturating_duration_since(now)),
+            );
+        }
         let sent = self.open_stream(generation, request, frame);
         let answer = match sent {
             Ok(response) => exchange(response, keep).await,
@@ -632,32 +643,41 @@ mod tests {
 
     /// A server allowing one stream per connection, answering each request after `hold`;
     /// counts the streams it accepted.
-    async fn one_stream_server(hold: Duration) -> (String, Arc<AtomicUsize>) {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = format!("http://{}", listener.local_addr().unwrap());
+    async fn one_stream_server(
+        hold: Duration,
+    ) -> (String, Arc<AtomicUsize>, Rc<RefCell<Vec<String>>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("test setup");
+        let address = format!("http://{}", listener.local_addr().expect("test setup"));
         let accepted = Arc::new(AtomicUsize::new(0));
         let counted = Arc::clone(&accepted);
+        let timeouts = Rc::new(RefCell::new(Vec::new()));
+        let seen = Rc::clone(&timeouts);
         tokio::task::spawn_local(async move {
-            let (socket, _) = listener.accept().await.unwrap();
+            let (socket, _) = listener.accept().await.expect("test setup");
             let mut connection = h2::server::Builder::new()
                 .max_concurrent_streams(1)
                 .handshake::<_, Bytes>(socket)
                 .await
-                .unwrap();
-            while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                .expect("test setup");
+            while let Some(Ok((request, mut respond))) = connection.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
+                let timeout = request.headers().get("grpc-timeout");
+                seen.borrow_mut()
+                    .push(timeout.map_or(String::new(), |t| t.to_str().unwrap_or_default().into()));
                 tokio::task::spawn_local(async move {
                     tokio::time::sleep(hold).await;
                     let response = http::Response::builder()
                         .header("content-type", "application/grpc")
                         .header("grpc-status", "0")
                         .body(())
-                        .unwrap();
+                        .expect("test setup");
                     let _ = respond.send_response(response, true);
                 });
             }
         });
-        (address, accepted)
+        (address, accepted, timeouts)
     }
 
     /// Requests beyond the server's `max_concurrent_streams` wait unsent, and one whose
@@ -668,9 +688,9 @@ mod tests {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-            .unwrap();
+            .expect("test setup");
         tokio::task::LocalSet::new().block_on(&runtime, async {
-            let (address, accepted) = one_stream_server(Duration::from_millis(300)).await;
+            let (address, accepted, timeouts) = one_stream_server(Duration::from_millis(300)).await;
             let target = Target::new(&address, &ConnectOptions::default(), &Metadata::default())
                 .expect("target");
             let channel = Rc::new(Channel::new(Arc::new(target), 1));
@@ -694,7 +714,7 @@ mod tests {
                 .collect();
             for call in calls {
                 // The one sent times out at the caller; those that waited say why themselves.
-                let code = call.await.unwrap();
+                let code = call.await.expect("test setup");
                 assert!(
                     matches!(code, Err(_) | Ok(Code::DeadlineExceeded)),
                     "{code:?}"
@@ -717,6 +737,43 @@ mod tests {
             .expect("answered");
             assert_eq!(answer.code, Code::Ok, "{answer:?}");
             assert_eq!(accepted.load(Ordering::SeqCst), 2);
+
+            // One that waited for a stream tells the server the time it has left.
+            let second = {
+                let channel = Rc::clone(&channel);
+                tokio::task::spawn_local(async move {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    channel
+                        .call(Rpc::Search, Bytes::from_static(b""), Duration::from_secs(5))
+                        .await
+                })
+            };
+            let first = channel
+                .call(Rpc::Search, Bytes::from_static(b""), Duration::from_secs(5))
+                .await;
+            let second = second.await.expect("test setup");
+            assert_eq!((first.code, second.code), (Code::Ok, Code::Ok));
+            let timeouts = timeouts.borrow();
+            let millis = |t: &str| -> u64 {
+                let (n, unit) = t.split_at(t.len() - 1);
+                let n: u64 = n.parse().expect("test setup");
+                match unit {
+                    "m" => n,
+                    "u" => n / 1_000,
+                    "n" => n / 1_000_000,
+                    "S" => n * 1_000,
+                    _ => panic!("unit of {t}"),
+                }
+            };
+            let told: Vec<u64> = timeouts[2..].iter().map(|t| millis(t)).collect();
+            assert!(
+                told[0] > 4_900,
+                "the first is told its whole deadline: {timeouts:?}"
+            );
+            assert!(
+                told[1] <= 4_750,
+                "the second waited some 300 ms for the stream: {timeouts:?}"
+            );
         });
     }
 }
