@@ -390,15 +390,15 @@ impl Connection {
     }
 
     /// Opens a stream for `request` on connection `generation` (the one just returned by
-    /// [`sender`](Self::sender), with no await in between) and hands it the frame.
+    /// [`stream_slot`](Self::stream_slot), with no await in between) and hands it the frame.
     ///
     /// The connection's own sender is used in place, rather than a clone per request: a
-    /// clone and its drop each lock the connection's stream store, for nothing. A sender
-    /// that has a stream waiting for one of the server's `max_concurrent_streams` is not
-    /// ready until that stream opens; then this request gets a clone of its own, which
-    /// queues its stream behind that one in h2 as every request did when each had a clone.
-    /// Nothing waits here for readiness (so no waker is lost): the request's deadline
-    /// covers the wait in h2's queue, as before.
+    /// clone and its drop each lock the connection's stream store, for nothing. Requests
+    /// wait for a stream in [`stream_slot`](Self::stream_slot), so h2's own queue of streams
+    /// waiting to open is only met in the moment before the server's first SETTINGS say how
+    /// many it takes (h2 assumes no limit until then): a sender with a stream still queued
+    /// there is not ready, and this request then gets a clone of its own, queued behind it.
+    /// Nothing waits here for readiness (so no waker is lost).
     fn open_stream(
         &self,
         generation: u64,
@@ -444,8 +444,8 @@ impl Connection {
             let generation = self.sender().await?;
             let limit = match &*self.state.borrow() {
                 State::Up { sender, .. } => sender.current_max_send_streams(),
-                // Lost meanwhile: the next round reconnects (or answers UNAVAILABLE).
-                _ => continue,
+                // Cannot happen (nothing awaited since `sender` saw it up): as a lost one.
+                _ => return Err(Answer::code(Code::Unavailable, "connection lost")),
             };
             if self.open_streams.get() < limit {
                 self.open_streams.set(self.open_streams.get() + 1);
@@ -465,19 +465,18 @@ impl Connection {
     }
 
     /// One call on this connection; the answer's message is appended to `keep` when given.
+    /// `asked` is when the caller asked for it, `expires` when its deadline passes.
     async fn call(
         self: &Rc<Self>,
-        request: http::Request<()>,
+        mut request: http::Request<()>,
         frame: Bytes,
-        expires: tokio::time::Instant,
+        (asked, expires): (tokio::time::Instant, tokio::time::Instant),
         keep: Option<&mut BytesMut>,
     ) -> Answer {
-        let asked = tokio::time::Instant::now();
         let (generation, _stream) = match self.stream_slot(expires).await {
             Ok(slot) => slot,
             Err(answer) => return answer,
         };
-        let mut request = request;
         let now = tokio::time::Instant::now();
         if now.duration_since(asked) > Duration::from_millis(1) {
             // It waited for a connection or a stream: the server is told the time left, not
@@ -614,7 +613,7 @@ impl Channel {
         deadline: Duration,
         keep: Option<&mut BytesMut>,
     ) -> Answer {
-        let expires = tokio::time::Instant::now() + deadline;
+        let asked = tokio::time::Instant::now();
         let mut request = http::Request::new(());
         *request.method_mut() = http::Method::POST;
         *request.uri_mut() = self.target.uri(rpc).clone();
@@ -631,7 +630,9 @@ impl Channel {
         let i = self.next.get();
         self.next.set((i + 1) % self.connections.len());
         let connection = Rc::clone(&self.connections[i]);
-        connection.call(request, frame, expires, keep).await
+        connection
+            .call(request, frame, (asked, asked + deadline), keep)
+            .await
     }
 }
 
