@@ -6,7 +6,8 @@ use std::time::Duration;
 /// Admission's flags (flattened into the server's); their defaults are written here only.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
-    /// Requests served at once [default: 2 x CPUs].
+    /// Requests served at once [default: one per CPU: two CPU-bound searches sharing one CPU
+    /// serve no more than one, and each waits twice as long].
     #[arg(long, env = "VECRIG_CONCURRENCY_LIMIT")]
     pub concurrency_limit: Option<usize>,
     /// Requests that may wait for a slot before further ones are shed.
@@ -80,7 +81,7 @@ impl From<&Args> for Config {
     fn from(args: &Args) -> Self {
         let cpus = crate::process::available_cpus();
         Self {
-            concurrency_limit: args.concurrency_limit.unwrap_or(2 * cpus).max(1),
+            concurrency_limit: args.concurrency_limit.unwrap_or(cpus).max(1),
             queue_depth: args.queue_depth,
             max_queue_wait: args.max_queue_wait,
             queue_target: args.queue_target,
