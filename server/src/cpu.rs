@@ -80,17 +80,25 @@ fn clock(id: rustix::time::ClockId) -> Duration {
     )
 }
 
+/// Burning CPU on purpose, for tests that measure it.
 #[cfg(test)]
-mod tests {
+pub mod tests_support {
     use super::*;
 
-    fn spin(for_at_least: Duration) {
+    /// Spins on this thread for at least this much of its CPU time.
+    pub fn spin(for_at_least: Duration) {
         let started = thread_cpu();
         let mut x = 0u64;
         while thread_cpu() - started < for_at_least {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::spin;
+    use super::*;
 
     #[test]
     fn index_work_is_counted_in_the_index_share_and_the_rest_is_not() {

@@ -206,6 +206,7 @@ pub async fn serve(
                     pauses: paced.pauses,
                     woken_for_room: paced.woken_for_room,
                     paused: paced.paused,
+                    answer_cpu: paced.answer_cpu,
                 };
                 metrics.render(&admission, &storage, &dir, pacing)
             });

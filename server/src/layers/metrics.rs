@@ -23,7 +23,8 @@
 //! - pacing (see `net::pacing`): `vecrig_paced_answers_total` (answers that were not admitted
 //!   work, charged to their connections), `vecrig_connection_pauses_total`,
 //!   `vecrig_connection_room_wakes_total` (paused connections read early because the queue had
-//!   room) and `vecrig_paused_connections` now.
+//!   room), `vecrig_paused_connections` now, and `vecrig_answer_cpu_seconds` (the request
+//!   path's CPU per answer as last measured: what pacing's CPU ceiling prices a refusal at).
 //!
 //! The endpoint is plain HTTP/1.1 (hyper), on its own listener, so a scrape never competes with
 //! gRPC admission and a firewall can keep it private.
@@ -129,6 +130,7 @@ pub struct Metrics {
     connection_pauses: Counter<u64>,
     room_wakes: Counter<u64>,
     paused_connections: Gauge,
+    answer_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Held while the pacing counters catch up, so two scrapes at once do not add twice.
     pacing_catch_up: std::sync::Mutex<()>,
 }
@@ -144,6 +146,8 @@ pub struct PacingFigures {
     pub woken_for_room: u64,
     /// Connections paused now with work waiting.
     pub paused: u64,
+    /// The request path's CPU per answer, as last measured.
+    pub answer_cpu: std::time::Duration,
 }
 
 impl Default for Metrics {
@@ -264,6 +268,12 @@ impl Metrics {
             "vecrig_paused_connections",
             "Connections paused now with work waiting",
         );
+        let answer_cpu = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "vecrig_answer_cpu_seconds",
+            "Request-path CPU per answer (served or not), as last measured while connections drew on pacing's budget: the price of a refusal under a flood",
+            answer_cpu.clone(),
+        );
         let wal_sequence = gauge(
             &mut registry,
             "vecrig_wal_sequence",
@@ -310,6 +320,7 @@ impl Metrics {
             connection_pauses,
             room_wakes,
             paused_connections,
+            answer_cpu,
             pacing_catch_up: std::sync::Mutex::default(),
         }
     }
@@ -380,6 +391,7 @@ impl Metrics {
         catch_up(&self.connection_pauses, pacing.pauses);
         catch_up(&self.room_wakes, pacing.woken_for_room);
         self.paused_connections.set(pacing.paused as i64);
+        self.answer_cpu.set(pacing.answer_cpu.as_secs_f64());
         drop(catching_up);
         // Gauges of the clients holding places now: last scrape's clients may be gone.
         self.client_queued.clear();

@@ -31,6 +31,13 @@
 //!   full speed whatever the cost of a search, since what refusing costs then stays a small
 //!   fraction of what serving costs. Only beyond it, or under a
 //!   flood of calls that do no work at all, are connections paused.
+//! - Whatever the rates above allow, excess answers may cost the request path no more than
+//!   [`Config::excess_cpu`] (a share of the CPUs, `--pace-cpu-share`): each is priced at the
+//!   request path's CPU per answer, measured as the server runs ([`crate::cpu`]), and once
+//!   that budget is spent too, whoever draws on it is paused the same way. The rates count
+//!   answers; the CPU is what index work loses to them, and a refusal's price depends on the
+//!   machine, TLS, the size of requests and how the flood reads (measured: at three refusals
+//!   per served ef-512 search, a 64 x 64 closed-loop flood left index work 0.64 of its CPU).
 //! - When admission has room again (its queue drained below half), it wakes the connection
 //!   paused longest ([`Pacer::room`]), so pacing never leaves slots idle while a paced client
 //!   has work waiting.
@@ -93,6 +100,11 @@ pub struct Args {
     /// costs a few percent of a search).
     #[arg(long, env = "VECRIG_PACE_SHED_PER_SERVED", default_value_t = 3.0)]
     pub pace_shed_per_served: f64,
+    /// Share of the CPUs that excess cheap answers may cost the request path, whatever the
+    /// rates above allow (each priced at the measured request-path CPU per answer); beyond
+    /// it, connections asking for more are read slowly (0: no ceiling).
+    #[arg(long, env = "VECRIG_PACE_CPU_SHARE", default_value_t = 0.1)]
+    pub pace_cpu_share: f64,
     /// Longest a paced connection goes unread at a time (below the keepalive timeout, so that
     /// a paced peer's ping answers are read in time).
     #[arg(long, env = "VECRIG_PACE_MAX_PAUSE", default_value = "1s", value_parser = humantime::parse_duration)]
@@ -109,6 +121,9 @@ pub struct Config {
     pub excess_rate: f64,
     /// Excess answers each served request adds to the shared budget.
     pub shed_per_served: f64,
+    /// CPU seconds a second (the whole server's) that excess answers may cost the request
+    /// path; 0: no ceiling.
+    pub excess_cpu: f64,
     /// Longest pause.
     pub max_pause: Duration,
 }
@@ -136,6 +151,10 @@ impl TryFrom<&Args> for Config {
             excess_rate: finite("pace-excess-rate", args.pace_excess_rate)?
                 * crate::process::available_cpus() as f64,
             shed_per_served: finite("pace-shed-per-served", args.pace_shed_per_served)?,
+            excess_cpu: match finite("pace-cpu-share", args.pace_cpu_share)? {
+                share if share <= 1.0 => share * crate::process::available_cpus() as f64,
+                share => return Err(format!("--pace-cpu-share must be at most 1, got {share}")),
+            },
             max_pause: args.pace_max_pause,
         })
     }
@@ -151,6 +170,8 @@ pub struct Pacer {
     charged: AtomicU64,
     pauses: AtomicU64,
     woken_for_room: AtomicU64,
+    /// Requests served so far (with `charged`: the answers the request path gave).
+    served: AtomicU64,
     /// Connections opened so far (their ids).
     connections: AtomicU64,
     /// A connection was woken for room and has not read yet.
@@ -170,8 +191,88 @@ struct Shared {
     /// let a 64 x 64 health-check flood take 6,000-7,000 answers a second, and the searches
     /// beside it fell to 0.72-0.86 of their capacity).
     cheap_clock_ns: u64,
+    /// The CPU ceiling as a virtual clock: each excess answer of either kind moves it on by
+    /// its price (the request path's CPU per answer) over [`Config::excess_cpu`]; nothing
+    /// moves it back.
+    cpu_clock_ns: u64,
+    /// What an answer costs the request path.
+    price: AnswerPrice,
     /// Connections paused on the budget, longest paused first.
     paused: VecDeque<Weak<Connection>>,
+}
+
+/// The request path's CPU per answer, measured: the CPU that is not index work, over the
+/// answers (served or not) given meanwhile. It counts everything the request path does
+/// (HTTP/2, reads of paused connections, timers, the kernel's share), not only refusals, and
+/// a served request's request path costs more than a refusal's: under a flood, where almost
+/// every answer is a refusal, it is close to a refusal's full price, and elsewhere it errs
+/// towards pricing refusals high.
+#[derive(Debug)]
+struct AnswerPrice {
+    /// The last sample: when, the serving CPU then, and the answers then.
+    at: Instant,
+    serving_ns: u64,
+    answers: u64,
+    /// Nanoseconds per answer, smoothed over samples.
+    ns: f64,
+    /// Set by tests: never re-measured.
+    fixed: bool,
+}
+
+/// The price assumed before anything is measured: a refusal's on this machine, rounded up.
+const FIRST_PRICE: Duration = Duration::from_micros(50);
+
+/// How often the price is re-measured while connections draw on the budget.
+const PRICE_EVERY: Duration = Duration::from_millis(250);
+
+/// Fewest answers a sample must span to re-price (fewer say more about idle CPU than answers).
+const PRICE_MIN_ANSWERS: u64 = 32;
+
+impl AnswerPrice {
+    fn new(now: Instant) -> Self {
+        Self {
+            at: now,
+            serving_ns: serving_cpu_ns(),
+            answers: 0,
+            ns: FIRST_PRICE.as_nanos() as f64,
+            fixed: false,
+        }
+    }
+
+    /// The current price, re-measured if the last sample is old enough.
+    fn at(&mut self, now: Instant, answers: u64) -> f64 {
+        if self.fixed || now.saturating_duration_since(self.at) < PRICE_EVERY {
+            return self.ns;
+        }
+        let serving = serving_cpu_ns();
+        if now.saturating_duration_since(self.at) > 4 * PRICE_EVERY {
+            // Nobody drew on the budget for a while: what the CPU did meanwhile (start-up,
+            // snapshots, quiet serving) is not the price of this flood's answers. Start over.
+            self.restart(now, serving, answers);
+            return self.ns;
+        }
+        let counted = answers.saturating_sub(self.answers);
+        if counted < PRICE_MIN_ANSWERS {
+            return self.ns;
+        }
+        let spent = serving.saturating_sub(self.serving_ns) as f64;
+        // Half the weight to the newest sample: a flood's price settles within a second.
+        self.ns = 0.5 * self.ns + 0.5 * spent / counted as f64;
+        self.restart(now, serving, answers);
+        self.ns
+    }
+
+    /// The next sample starts here.
+    fn restart(&mut self, now: Instant, serving_ns: u64, answers: u64) {
+        self.at = now;
+        self.serving_ns = serving_ns;
+        self.answers = answers;
+    }
+}
+
+/// The process's CPU outside index work, in nanoseconds since start.
+fn serving_cpu_ns() -> u64 {
+    (crate::cpu::split().serving_s * 1e9) as u64
 }
 
 /// Pacing figures since start.
@@ -185,6 +286,9 @@ pub struct PacerStats {
     pub woken_for_room: u64,
     /// Connections paused now with work that room would let in.
     pub paused: u64,
+    /// The request path's CPU per answer, as last measured (what the CPU ceiling prices an
+    /// excess answer at).
+    pub answer_cpu: Duration,
 }
 
 impl Pacer {
@@ -196,9 +300,12 @@ impl Pacer {
             state: Mutex::new(Shared {
                 clock_ns: 0,
                 cheap_clock_ns: 0,
+                cpu_clock_ns: 0,
+                price: AnswerPrice::new(Instant::now()),
                 paused: VecDeque::new(),
             }),
             charged: AtomicU64::new(0),
+            served: AtomicU64::new(0),
             pauses: AtomicU64::new(0),
             woken_for_room: AtomicU64::new(0),
             room_pending: std::sync::atomic::AtomicBool::new(false),
@@ -226,8 +333,18 @@ impl Pacer {
         })
     }
 
+    /// Fixes the price of an answer (tests: the process's real CPU says nothing about a
+    /// paused clock).
+    #[cfg(test)]
+    fn fix_price(&self, price: Duration) {
+        let mut shared = self.lock();
+        shared.price.ns = price.as_nanos() as f64;
+        shared.price.fixed = true;
+    }
+
     /// Current figures.
     pub fn stats(&self) -> PacerStats {
+        let answer_cpu = Duration::from_nanos(self.lock().price.ns as u64);
         let paused = self
             .lock()
             .paused
@@ -240,6 +357,7 @@ impl Pacer {
             pauses: self.pauses.load(Ordering::Relaxed),
             woken_for_room: self.woken_for_room.load(Ordering::Relaxed),
             paused,
+            answer_cpu,
         }
     }
 
@@ -255,13 +373,21 @@ impl Pacer {
         // One second of burst: the clock may run that far ahead of now before anyone waits,
         // so a short spike of refusals is answered at full speed.
         let burst_ns = 1_000_000_000u64;
+        let answers =
+            self.charged.load(Ordering::Relaxed) + self.served.load(Ordering::Relaxed);
         let mut shared = self.lock();
         let clock = match charge {
             Charge::Shed => &mut shared.clock_ns,
             Charge::Cheap => &mut shared.cheap_clock_ns,
         };
         *clock = (*clock).max(now_ns) + step_ns;
-        let ahead = *clock - now_ns;
+        let mut ahead = *clock - now_ns;
+        if self.config.excess_cpu > 0.0 {
+            let price_ns = shared.price.at(now, answers);
+            let cpu_step_ns = (price_ns / self.config.excess_cpu) as u64;
+            shared.cpu_clock_ns = shared.cpu_clock_ns.max(now_ns) + cpu_step_ns;
+            ahead = ahead.max(shared.cpu_clock_ns - now_ns);
+        }
         (ahead > burst_ns).then(|| now + Duration::from_nanos(ahead - burst_ns))
     }
 
@@ -269,6 +395,7 @@ impl Pacer {
     /// Earnings only pay off debt (the clock never goes back past now), so a quiet spell
     /// saves nothing beyond the usual burst.
     fn credit_served(&self) {
+        self.served.fetch_add(1, Ordering::Relaxed);
         let step_ns = 1e9 / self.config.excess_rate;
         let credit_ns = (step_ns * self.config.shed_per_served) as u64;
         if credit_ns == 0 {
@@ -581,6 +708,7 @@ mod tests {
             connection_rate,
             excess_rate,
             shed_per_served: 0.0,
+            excess_cpu: 0.0,
             max_pause: Duration::from_secs(2),
         })
     }
@@ -726,6 +854,7 @@ mod tests {
             connection_rate: 1.0,
             excess_rate: 10.0,
             shed_per_served: 4.0,
+            excess_cpu: 0.0,
             max_pause: Duration::from_secs(2),
         });
         let overloaded = pacer.connection();
@@ -762,6 +891,7 @@ mod tests {
             connection_rate: 1.0,
             excess_rate: 10.0,
             shed_per_served: 4.0,
+            excess_cpu: 0.0,
             max_pause: Duration::from_secs(2),
         });
         let served = pacer.connection();
@@ -791,6 +921,76 @@ mod tests {
             }
         }
         assert!(matches!(shed.gate(&noop_waker()), ReadGate::Open));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn excess_answers_cost_no_more_cpu_than_the_ceiling_whatever_the_rates_allow() {
+        // The rates allow a million excess answers a second, but at 1 ms of CPU per answer
+        // and a ceiling of a tenth of a CPU, 100 a second is all the CPU allows (after one
+        // second's burst).
+        let pacer = Pacer::new(Config {
+            connection_rate: 1.0,
+            excess_rate: 1e6,
+            shed_per_served: 0.0,
+            excess_cpu: 0.1,
+            max_pause: Duration::from_secs(2),
+        });
+        pacer.fix_price(Duration::from_millis(1));
+        let overloaded = pacer.connection();
+        // The burst: 100 answers, a few from its own allowance.
+        for _ in 0..100 {
+            overloaded.charge(Charge::Shed);
+        }
+        assert!(matches!(overloaded.gate(&noop_waker()), ReadGate::Open));
+        // 50 more: half a second of the ceiling's refill.
+        for _ in 0..50 {
+            overloaded.charge(Charge::Shed);
+        }
+        let ReadGate::PausedUntil(until) = overloaded.gate(&noop_waker()) else {
+            panic!("paused by the CPU ceiling");
+        };
+        let pause = until - Instant::now();
+        assert!(
+            pause > Duration::from_millis(400) && pause < Duration::from_millis(600),
+            "{pause:?}"
+        );
+        assert_eq!(pacer.stats().answer_cpu, Duration::from_millis(1));
+        // The ceiling is shared by every kind of cheap answer: health checks find it spent.
+        let prober = pacer.connection();
+        for _ in 0..5 {
+            prober.charge(Charge::Cheap);
+        }
+        assert!(matches!(
+            prober.gate(&noop_waker()),
+            ReadGate::PausedUntil(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn the_answer_price_is_the_request_path_cpu_per_answer() {
+        let pacer = Pacer::new(Config {
+            connection_rate: 0.0,
+            excess_rate: 1e9,
+            shed_per_served: 0.0,
+            excess_cpu: 1.0,
+            max_pause: Duration::from_secs(2),
+        });
+        let flooder = pacer.connection();
+        // Answers that each burn 200 us of this (serving) thread's CPU, for long enough to
+        // be re-priced a few times.
+        let started = Instant::now();
+        while started.elapsed() < 4 * PRICE_EVERY {
+            let spin = crate::cpu::tests_support::spin;
+            spin(Duration::from_micros(200));
+            flooder.charge(Charge::Shed);
+        }
+        let price = pacer.stats().answer_cpu;
+        // Other tests run beside this one and add to the process's serving CPU: a lower bound
+        // and a loose upper one.
+        assert!(
+            price >= Duration::from_micros(120) && price < Duration::from_millis(5),
+            "{price:?}"
+        );
     }
 
     #[tokio::test(start_paused = true)]
