@@ -223,6 +223,14 @@ pub async fn serve(
         let pacer = Arc::clone(&pacer);
         admission.on_room(Arc::new(move || pacer.room()));
     }
+    // And if a wake-up brings no admitted work, nothing finishes to call for the next one:
+    // the pacer asks admission itself while connections are paused with work waiting.
+    let _room_tender = {
+        let admission = Arc::clone(&admission);
+        AbortOnDrop(tokio::spawn(
+            Arc::clone(&pacer).tend_room(move || admission.has_room()),
+        ))
+    };
     let incoming = net::incoming(listener, &config.connection_limits, Arc::clone(&pacer));
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     let router = router(

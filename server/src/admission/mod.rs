@@ -301,6 +301,21 @@ impl Admission {
         let _ = self.room.0.set(signal);
     }
 
+    /// Whether the queue has room now, as [`Admission::on_room`] means it.
+    pub fn has_room(&self) -> bool {
+        let per_slot = self.service_time_per_slot();
+        let scheduler = self.lock();
+        self.room_in(&scheduler, per_slot)
+    }
+
+    fn room_in(&self, scheduler: &Scheduler, per_slot: Duration) -> bool {
+        self.queued.load(Ordering::Relaxed) < self.config.queue_depth / 2
+            && self
+                .config
+                .queue_target
+                .is_none_or(|target| scheduler.expected_wait(per_slot) < target / 2)
+    }
+
     /// The most requests in flight and queued at once since the previous call, `(in_flight,
     /// queued)`; the next period starts at the figures of the moment.
     pub fn take_peaks(&self) -> (u64, u64) {
@@ -458,11 +473,7 @@ impl Drop for Grant {
         let mut scheduler = self.admission.lock();
         scheduler.sample(self.started, took, self.cost);
         scheduler.release(self.cost.units);
-        let config = &self.admission.config;
-        let room = self.admission.queued.load(Ordering::Relaxed) < config.queue_depth / 2
-            && config
-                .queue_target
-                .is_none_or(|target| scheduler.expected_wait(per_slot) < target / 2);
+        let room = self.admission.room_in(&scheduler, per_slot);
         drop(scheduler);
         if room && let Some(signal) = self.admission.room.0.get() {
             signal();
