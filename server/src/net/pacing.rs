@@ -114,7 +114,7 @@ pub struct Args {
     /// Share of the CPUs that excess cheap answers may cost the request path, whatever the
     /// rates above allow (each priced at the measured request-path CPU per answer); beyond
     /// it, connections asking for more are read slowly (0: no ceiling).
-    #[arg(long, env = "VECRIG_PACE_CPU_SHARE", default_value_t = 0.1)]
+    #[arg(long, env = "VECRIG_PACE_CPU_SHARE", default_value_t = 0.25)]
     pub pace_cpu_share: f64,
     /// Longest a paced connection goes unread at a time (below the keepalive timeout, so that
     /// a paced peer's ping answers are read in time).
@@ -222,8 +222,9 @@ struct Shared {
 /// towards pricing refusals high.
 #[derive(Debug)]
 struct AnswerPrice {
-    /// The last sample: when, the serving CPU then, and the answers then.
-    at: Instant,
+    /// The last sample: when (`None` until the budget is first drawn on, so that start-up
+    /// is not priced), the serving CPU then, and the answers then.
+    at: Option<Instant>,
     serving_ns: u64,
     answers: u64,
     /// Nanoseconds per answer, smoothed over samples.
@@ -238,14 +239,18 @@ const FIRST_PRICE: Duration = Duration::from_micros(50);
 /// How often the price is re-measured while connections draw on the budget.
 const PRICE_EVERY: Duration = Duration::from_millis(250);
 
+/// The highest price believed: beyond it, a sample measured something else the process did
+/// (a snapshot, start-up), not answers.
+const MAX_PRICE: Duration = Duration::from_millis(1);
+
 /// Fewest answers a sample must span to re-price (fewer say more about idle CPU than answers).
 const PRICE_MIN_ANSWERS: u64 = 32;
 
 impl AnswerPrice {
-    fn new(now: Instant) -> Self {
+    fn new() -> Self {
         Self {
-            at: now,
-            serving_ns: serving_cpu_ns(),
+            at: None,
+            serving_ns: 0,
             answers: 0,
             ns: FIRST_PRICE.as_nanos() as f64,
             fixed: false,
@@ -254,30 +259,32 @@ impl AnswerPrice {
 
     /// The current price, re-measured if the last sample is old enough.
     fn at(&mut self, now: Instant, answers: u64) -> f64 {
-        if self.fixed || now.saturating_duration_since(self.at) < PRICE_EVERY {
+        if self.fixed {
+            return self.ns;
+        }
+        let Some(at) = self.at else {
+            self.restart(now, serving_cpu_ns(), answers);
+            return self.ns;
+        };
+        if now.saturating_duration_since(at) < PRICE_EVERY {
             return self.ns;
         }
         let serving = serving_cpu_ns();
-        if now.saturating_duration_since(self.at) > 4 * PRICE_EVERY {
-            // Nobody drew on the budget for a while: what the CPU did meanwhile (start-up,
-            // snapshots, quiet serving) is not the price of this flood's answers. Start over.
-            self.restart(now, serving, answers);
-            return self.ns;
-        }
         let counted = answers.saturating_sub(self.answers);
         if counted < PRICE_MIN_ANSWERS {
             return self.ns;
         }
         let spent = serving.saturating_sub(self.serving_ns) as f64;
         // Half the weight to the newest sample: a flood's price settles within a second.
-        self.ns = 0.5 * self.ns + 0.5 * spent / counted as f64;
+        let sampled = (spent / counted as f64).min(MAX_PRICE.as_nanos() as f64);
+        self.ns = 0.5 * self.ns + 0.5 * sampled;
         self.restart(now, serving, answers);
         self.ns
     }
 
     /// The next sample starts here.
     fn restart(&mut self, now: Instant, serving_ns: u64, answers: u64) {
-        self.at = now;
+        self.at = Some(now);
         self.serving_ns = serving_ns;
         self.answers = answers;
     }
@@ -314,7 +321,7 @@ impl Pacer {
                 clock_ns: 0,
                 cheap_clock_ns: 0,
                 cpu_clock_ns: 0,
-                price: AnswerPrice::new(Instant::now()),
+                price: AnswerPrice::new(),
                 paused: VecDeque::new(),
             }),
             charged: AtomicU64::new(0),
