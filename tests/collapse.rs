@@ -31,10 +31,13 @@ const FLOOR: f64 = 0.8;
 /// pacing: 0.01; with the first pacing defaults: 0.45-0.79); later that day 0.56-1.21.
 /// On 2026-12-01, on a quiet machine, three runs of these tests with the same server code:
 /// default admission 0.51-0.69 at 4,096 outstanding and 0.66-0.96 at 12,800; CoDel settings
-/// 0.53-0.70 and 0.25-0.46 (the best of three attempts 0.38 and 0.46). A quarter still tells
-/// a paced server from a collapsing one (0.00-0.01) by more than twenty times, with room for
-/// the noise of a shared machine; the 0.8 is not met and stays open.
-const HEAVY_FLOOR: f64 = 0.25;
+/// 0.53-0.70 and 0.25-0.46 (the best of three attempts 0.38 and 0.46). Later that day, with
+/// pacing's CPU ceiling and the room tender, two runs: default admission 0.56-0.60 at 4,096
+/// and 0.74-0.79 at 12,800; CoDel settings 0.83-0.97 and 0.89-0.90 (capacity itself moved by
+/// 1.5x between levels of one run). 0.35 still tells a paced server from a collapsing one
+/// (0.00-0.01, and 0.06 with pacing off) with room for the noise of a shared machine; the
+/// issue's 0.8 is met under CoDel, not yet under default admission.
+const HEAVY_FLOOR: f64 = 0.35;
 const SEARCH: &str = "/vecrig.v1.VectorIndex/Search";
 
 /// The search: k = 10 at a wide ef, about half a millisecond of one CPU each.

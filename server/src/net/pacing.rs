@@ -40,7 +40,9 @@
 //!   per served ef-512 search, a 64 x 64 closed-loop flood left index work 0.64 of its CPU).
 //! - When admission has room again (its queue drained below half), it wakes the connection
 //!   paused longest ([`Pacer::room`]), so pacing never leaves slots idle while a paced client
-//!   has work waiting.
+//!   has work waiting; it reads [`ROOM_READ_BYTES`] at once. And since a wake-up may bring no
+//!   admitted work (so nothing finishes to call for the next), [`Pacer::tend_room`] asks
+//!   admission every millisecond while connections wait paused.
 //!
 //! Admitted work is never charged: a client whose requests are served pays with the work.
 
