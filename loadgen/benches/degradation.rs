@@ -5,7 +5,7 @@
 //! a copy of it. Searches run at ef=512, 10% of requests are single-point upserts, no retries,
 //! 5 s deadlines. The series: admission as recommended for latency-sensitive serving
 //! (`--queue-depth 256 --queue-target 5ms --max-queue-wait 1s`) with the default limit
-//! (2 x the server's CPUs), half, twice and four times it, and `--adaptive-limit`; and
+//! (one per server CPU), twice, four and eight times it, and `--adaptive-limit`; and
 //! `--no-admission` (no limit, no queue bound, no shedding). Capacity is measured without
 //! admission with a closed model (64 users); then every series is offered the same open-model
 //! rates: 0.5x, 1x, 2x, 5x, 10x and 20x of it. Per point: goodput, admitted p50/p99, shed rate,
@@ -212,10 +212,11 @@ struct Series {
     args: Vec<String>,
 }
 
-/// No admission first (capacity is measured on it), then the default limit, half, twice and
-/// four times it, and the adaptive limit (starting at the default).
+/// No admission first (capacity is measured on it), then the default limit (one per CPU),
+/// twice, four and eight times it (the same limits as before the default moved from 2 x CPUs),
+/// and the adaptive limit (starting at the default).
 fn series(server_cpus: usize) -> Vec<Series> {
-    let default = 2 * server_cpus;
+    let default = server_cpus;
     let fixed = |limit: usize, slug: &str| Series {
         label: if limit == default {
             format!("limit {limit} (default)")
@@ -236,9 +237,9 @@ fn series(server_cpus: usize) -> Vec<Series> {
             args: vec!["--no-admission".into()],
         },
         fixed(default, "admission-on"),
-        fixed(default / 2, "limit-half"),
         fixed(default * 2, "limit-double"),
         fixed(default * 4, "limit-quadruple"),
+        fixed(default * 8, "limit-octuple"),
         Series {
             label: "adaptive".into(),
             slug: "adaptive".into(),
@@ -625,7 +626,7 @@ async fn brownout_against_shedding(
     let admission: Vec<String> = ADMISSION_ARGS
         .iter()
         .map(|s| s.to_string())
-        .chain(["--concurrency-limit".into(), (2 * server_cpus).to_string()])
+        .chain(["--concurrency-limit".into(), server_cpus.to_string()])
         .collect();
     // The rates offered are multiples of what the bare server serves of this workload.
     let base = with_server(binary, data, &["--no-admission".into()], async |target| {
@@ -663,7 +664,7 @@ async fn brownout_against_shedding(
         "brownout against shedding alone: vector searches (k = 10, ef 512), multiples of {base:.0} req/s \
          (their capacity without admission), default limit {} with the recommended admission flags, \
          recall of {:.0}% of the searches",
-        2 * server_cpus,
+        server_cpus,
         RECALL_SAMPLE * 100.0
     );
     println!();
