@@ -271,11 +271,11 @@ impl AnswerPrice {
         if now.saturating_duration_since(at) < PRICE_EVERY {
             return self.ns;
         }
-        let serving = serving_cpu_ns();
         let counted = answers.saturating_sub(self.answers);
         if counted < PRICE_MIN_ANSWERS {
             return self.ns;
         }
+        let serving = serving_cpu_ns();
         let spent = serving.saturating_sub(self.serving_ns) as f64;
         // Half the weight to the newest sample: a flood's price settles within a second.
         let sampled = (spent / counted as f64).min(MAX_PRICE.as_nanos() as f64);
@@ -367,12 +367,16 @@ impl Pacer {
 
     /// Current figures.
     pub fn stats(&self) -> PacerStats {
-        let answer_cpu = Duration::from_nanos(self.lock().price.ns as u64);
-        let paused = self
-            .lock()
-            .paused
+        // The listed connections are taken out of the shared lock before each one's own lock
+        // is taken: `Connection::charge` takes them the other way round.
+        let (answer_cpu, listed) = {
+            let shared = self.lock();
+            let listed: Vec<Arc<Connection>> =
+                shared.paused.iter().filter_map(Weak::upgrade).collect();
+            (Duration::from_nanos(shared.price.ns as u64), listed)
+        };
+        let paused = listed
             .iter()
-            .filter_map(Weak::upgrade)
             .filter(|c| c.lock().paused_until.is_some())
             .count() as u64;
         PacerStats {
