@@ -319,21 +319,28 @@ impl Admission {
     /// The most requests in flight and queued at once since the previous call, `(in_flight,
     /// queued)`; the next period starts at the figures of the moment.
     pub fn take_peaks(&self) -> (u64, u64) {
-        let take = |peak: &AtomicUsize, now: &AtomicUsize| {
-            let now = now.load(Ordering::Relaxed);
-            peak.swap(now, Ordering::Relaxed).max(now) as u64
-        };
+        let take =
+            |peak: &AtomicUsize, now: usize| peak.swap(now, Ordering::Relaxed).max(now) as u64;
         (
-            take(&self.peak_in_flight, &self.in_flight),
-            take(&self.peak_queued, &self.queued),
+            take(&self.peak_in_flight, self.in_flight.load(Ordering::Relaxed)),
+            take(&self.peak_queued, self.queued_now()),
         )
+    }
+
+    /// Requests holding a place in the queue. A waiter displaced by a lighter client's
+    /// arrival still counts until its answer is on its way, though its place is already
+    /// taken: hence the clamp.
+    fn queued_now(&self) -> usize {
+        self.queued
+            .load(Ordering::Relaxed)
+            .min(self.config.queue_depth)
     }
 
     /// Current figures.
     pub fn stats(&self) -> AdmissionStats {
         AdmissionStats {
             in_flight: self.in_flight.load(Ordering::Relaxed) as u64,
-            queued: self.queued.load(Ordering::Relaxed) as u64,
+            queued: self.queued_now() as u64,
             shed_total: self.shed_total.load(Ordering::Relaxed),
             limit: if self.config.enabled {
                 u64::from(self.lock().limit_units / UNITS_PER_SLOT)
@@ -559,21 +566,32 @@ impl Admission {
         let arrived = Instant::now();
         let deadline = deadline_of(&request, arrived);
         let caller = Caller::of(&request);
-        let waiting = self.queued.fetch_add(1, Ordering::AcqRel);
+        // A place is taken only while there is one: a refused arrival never counts as queued,
+        // not even for the moment its refusal takes, so `Stats` and the peaks never read more
+        // than `queue_depth` waiting (a transient 17 of 16 failed the degradation test).
+        let depth = self.config.queue_depth;
+        let took_place = self
+            .queued
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                (waiting < depth).then_some(waiting + 1)
+            });
+        let waiting = match took_place {
+            Ok(waiting) => waiting,
+            // Full: a lighter client's arrival takes the place of the heaviest client's newest
+            // waiter; the heaviest client's own arrival is refused. Either way at once, before
+            // the body is priced. The displaced waiter gives its count back when it is
+            // answered, a moment later (hence the clamps in `stats` and `take_peaks`).
+            Err(_) if self.lock().displace_for(&caller.client) => {
+                self.queued.fetch_add(1, Ordering::AcqRel)
+            }
+            Err(_) => return Err(self.shed(ShedReason::QueueFull, deadline, &caller.client)),
+        };
         let queued = Queued {
             admission: Arc::clone(self),
             bytes: 0,
         };
-        // Full: a lighter client's arrival takes the place of the heaviest client's newest
-        // waiter; the heaviest client's own arrival is refused. Either way at once, before
-        // the body is priced.
-        if waiting >= self.config.queue_depth && !self.lock().displace_for(&caller.client) {
-            return Err(self.shed(ShedReason::QueueFull, deadline, &caller.client));
-        }
-        self.peak_queued.fetch_max(
-            (waiting + 1).min(self.config.queue_depth),
-            Ordering::Relaxed,
-        );
+        self.peak_queued
+            .fetch_max((waiting + 1).min(depth), Ordering::Relaxed);
         if self.standing_queue_too_long() {
             return Err(self.shed(ShedReason::QueueLatency, deadline, &caller.client));
         }
@@ -729,6 +747,55 @@ impl Admission {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Reads the queue count at the moment of each refusal.
+    #[derive(Debug, Default)]
+    struct QueuedAtRefusal {
+        admission: std::sync::OnceLock<std::sync::Weak<Admission>>,
+        seen: Mutex<Vec<usize>>,
+    }
+
+    impl Recorder for QueuedAtRefusal {
+        fn shed(&self, _: ShedReason, _: &ClientKey) {
+            if let Some(admission) = self.admission.get().and_then(std::sync::Weak::upgrade) {
+                let queued = admission.queued.load(Ordering::Relaxed);
+                self.seen.lock().expect("lock").push(queued);
+            }
+        }
+        fn admitted(&self, _: &ClientKey) {}
+        fn queue_wait(&self, _: Method, _: Duration) {}
+        fn service_time(&self, _: Method, _: Duration) {}
+    }
+
+    #[test]
+    fn a_refused_arrival_never_counts_as_queued() {
+        let recorder = Arc::new(QueuedAtRefusal::default());
+        let admission = Admission::new(
+            Config {
+                queue_depth: 2,
+                ..Config::default()
+            },
+            recorder.clone(),
+        );
+        recorder
+            .admission
+            .set(Arc::downgrade(&admission))
+            .expect("set once");
+        let request = || http::Request::builder().body(()).expect("request");
+        let first = admission.enter(request()).expect("room for the first");
+        let second = admission.enter(request()).expect("room for the second");
+        assert!(
+            admission.enter(request()).is_err(),
+            "the third finds the queue full"
+        );
+        // Stats and the peaks, read while a refusal is made (as a Stats call during a flood
+        // does), never see more than the depth: the refused request never took a place.
+        assert_eq!(*recorder.seen.lock().expect("lock"), vec![2]);
+        assert_eq!(admission.stats().queued, 2);
+        drop((first, second));
+        assert_eq!(admission.queued.load(Ordering::Relaxed), 0);
+        assert_eq!(admission.take_peaks().1, 2);
+    }
 
     #[test]
     fn grpc_timeout_header_becomes_a_deadline() {
