@@ -31,10 +31,17 @@
 //! only where recall held >= 0.9, admitted p99, shed rate and the narrowest breadth the server
 //! reported; and which won at 2x-5x.
 //!
+//! Then two tenants (issue 13): a polite client (from 127.0.0.2, a tenth of capacity on
+//! schedule) beside an open-model flood from 127.0.0.1 at 1x, 2x, 5x and 10x of capacity, on
+//! the default limit and queue, with fair admission (the default) and with `--fifo-admission`
+//! (one first-come-first-served queue, as before fairness). Per point: the polite client's
+//! goodput and p99 against what it got with no flood, and the flood's goodput.
+//!
 //! Run: `cargo bench -p vecrig-loadgen --bench degradation` (release). It prints markdown
 //! tables, and writes the loadgen's JSON and HTML reports for every series to
 //! `VECRIG_BENCH_OUT` (default `target/degradation/`). `VECRIG_BENCH_SECONDS` (default 8) is
-//! each point's length; `VECRIG_BENCH_PART=curve` or `=brownout` runs one part only.
+//! each point's length; `VECRIG_BENCH_PART=curve`, `=brownout` or `=tenants` runs one part
+//! only.
 
 mod common;
 
@@ -447,11 +454,15 @@ fn main() {
             ),
             None => println!("server and loadgen share all CPUs (not pinned)"),
         }
-        if part != "brownout" {
+        let runs = |name: &str| part.is_empty() || part == name;
+        if runs("curve") {
             degradation_curve(&binary, data.path(), server_cpus, seconds, &out).await;
         }
-        if part != "curve" {
+        if runs("brownout") {
             brownout_against_shedding(&binary, data.path(), server_cpus, seconds, &out).await;
+        }
+        if runs("tenants") {
+            two_tenants(&binary, data.path(), seconds, &out).await;
         }
         println!("reports: {}", out.display());
     });
@@ -767,4 +778,144 @@ impl Summary {
                 .unwrap_or(0),
         }
     }
+}
+
+/// The flood's offered load in the two-tenant comparison, in multiples of capacity.
+const TENANT_MULTIPLIERS: [f64; 4] = [1.0, 2.0, 5.0, 10.0];
+
+/// The polite tenant's rate, as a share of capacity.
+const POLITE_SHARE: f64 = 0.1;
+
+/// A polite client's outcome beside a flood, and the flood's.
+struct TenantPoint {
+    flood_offered: String,
+    /// Of the same schedule as alone (same seed, same arrivals).
+    polite_served: u64,
+    polite_p99_ms: f64,
+    polite_not_ok: u64,
+    /// OK answers over the point's scheduled length (the phases' own wall time includes
+    /// the flood's drain).
+    flood_goodput: f64,
+}
+
+/// The two-tenant comparison (the module docs' last part): fair admission against FIFO.
+async fn two_tenants(binary: &Path, data: &Path, seconds: u64, out: &Path) {
+    let flood = vecrig_loadgen::engine::Identity {
+        bind: Some(std::net::Ipv4Addr::new(127, 0, 0, 1).into()),
+        token: None,
+    };
+    let polite = vecrig_loadgen::engine::Identity {
+        bind: Some(std::net::Ipv4Addr::new(127, 0, 0, 2).into()),
+        token: None,
+    };
+    let duration = Duration::from_secs(seconds);
+    let mut tables = Vec::new();
+    for (label, slug, extra) in [
+        ("fair admission (default)", "tenants-fair", vec![]),
+        (
+            "FIFO (`--fifo-admission`)",
+            "tenants-fifo",
+            vec!["--fifo-admission".to_string()],
+        ),
+    ] {
+        let (capacity, alone, points, report) = with_server(binary, data, &extra, async |target| {
+            let capacity = capacity(&target.grpc, search_workload()).await;
+            let polite_rate = capacity * POLITE_SHARE;
+            let polite_phase = |name: String| Phase {
+                name,
+                model: Model::Paced {
+                    workers: 8,
+                    rate: polite_rate,
+                    duration,
+                },
+            };
+            let mut scenarios = vec![Scenario {
+                identities: vec![polite.clone()],
+                ..scenario(
+                    "polite-alone",
+                    search_workload(),
+                    vec![polite_phase("polite".into())],
+                )
+            }];
+            for m in TENANT_MULTIPLIERS {
+                let flood_phase = Phase {
+                    name: "flood".into(),
+                    model: Model::Open {
+                        from: m * capacity,
+                        to: m * capacity,
+                        duration,
+                        max_in_flight: 20_000,
+                    },
+                };
+                scenarios.push(Scenario {
+                    identities: vec![flood.clone(), polite.clone()],
+                    ..scenario(
+                        &format!("flood-{m}x"),
+                        search_workload(),
+                        vec![flood_phase, polite_phase("polite".into())],
+                    )
+                });
+            }
+            let mut options = options(&target.grpc);
+            options.metrics_url = Some(target.metrics.clone());
+            let report = run_with(&options, 42, &Stop::default(), |_| scenarios)
+                .await
+                .expect("pre-flight");
+            let phase = |scenario: usize, name: &str| {
+                report.scenarios[scenario]
+                    .phases
+                    .iter()
+                    .find(|p| p.name == name)
+                    .expect("phase")
+                    .clone()
+            };
+            let alone = phase(0, "polite");
+            let points: Vec<TenantPoint> = TENANT_MULTIPLIERS
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    let (p, f) = (phase(i + 1, "polite"), phase(i + 1, "flood"));
+                    TenantPoint {
+                        flood_offered: format!("{m}x"),
+                        polite_served: p.code("OK"),
+                        polite_p99_ms: p.success_latency.p99_ms,
+                        polite_not_ok: p.requests.saturating_sub(p.code("OK")),
+                        flood_goodput: f.code("OK") as f64 / seconds as f64,
+                    }
+                })
+                .collect();
+            (capacity, alone, points, report)
+        })
+        .await;
+        write(out, slug, &report);
+        tables.push((label, capacity, alone, points));
+    }
+    println!("\n## Two tenants: a polite client beside a flood (issue 13)\n");
+    println!(
+        "Polite client from 127.0.0.2 at {:.0}% of capacity on schedule; the flood from \
+         127.0.0.1, open model; default limit and queue; {seconds} s a point.\n",
+        POLITE_SHARE * 100.0
+    );
+    println!(
+        "| admission | flood offered | polite served, % of alone | polite p99 ms (alone) | \
+         polite not OK | flood goodput, % of capacity |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for (label, capacity, alone, points) in &tables {
+        for p in points {
+            println!(
+                "| {label} | {} | {:.1}% | {:.1} ({:.1}) | {} | {:.0}% |",
+                p.flood_offered,
+                p.polite_served as f64 / alone.code("OK").max(1) as f64 * 100.0,
+                p.polite_p99_ms,
+                alone.success_latency.p99_ms,
+                p.polite_not_ok,
+                p.flood_goodput / capacity * 100.0,
+            );
+        }
+    }
+    println!(
+        "\nGoal (issue 13): the polite client's goodput within 5% of what it gets alone, at \
+         every point, with fair admission."
+    );
 }

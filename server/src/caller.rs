@@ -49,10 +49,16 @@ impl Caller {
             .extensions()
             .get::<Caller>()
             .cloned()
-            .unwrap_or(Caller {
-                client: ClientKey::Anonymous,
-                weight: 1,
-                connection: 0,
-            })
+            .unwrap_or_else(Caller::unknown)
+    }
+
+    /// A caller of whom nothing is known: every such request is one client on one
+    /// connection (what FIFO admission makes of all of them).
+    pub fn unknown() -> Caller {
+        Caller {
+            client: ClientKey::Anonymous,
+            weight: 1,
+            connection: 0,
+        }
     }
 }

@@ -565,7 +565,11 @@ impl Admission {
     fn enter<B>(self: &Arc<Self>, request: http::Request<B>) -> Result<Entered<B>, Status> {
         let arrived = Instant::now();
         let deadline = deadline_of(&request, arrived);
-        let caller = Caller::of(&request);
+        let caller = if self.config.fair {
+            Caller::of(&request)
+        } else {
+            Caller::unknown()
+        };
         // A place is taken only while there is one: a refused arrival never counts as queued,
         // not even for the moment its refusal takes, so `Stats` and the peaks never read more
         // than `queue_depth` waiting (a transient 17 of 16 failed the degradation test).

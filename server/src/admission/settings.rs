@@ -45,6 +45,11 @@ pub struct Args {
     /// baseline that shows what admission is for.
     #[arg(long, env = "VECRIG_NO_ADMISSION")]
     pub no_admission: bool,
+    /// One first-come-first-served queue for all clients and connections, as before fair
+    /// admission (a full queue refuses whoever arrives): only as the baseline that shows
+    /// what fairness is for.
+    #[arg(long, env = "VECRIG_FIFO_ADMISSION", conflicts_with = "no_admission")]
+    pub fifo_admission: bool,
 }
 
 /// Admission control sizes.
@@ -64,6 +69,9 @@ pub struct Config {
     pub max_queued_bytes: usize,
     /// Whether admission control is on at all.
     pub enabled: bool,
+    /// Whether capacity is shared fairly across clients, then connections (`false`: one
+    /// FIFO queue, every request the same anonymous caller).
+    pub fair: bool,
     /// The adaptive limit's controller (`None`: the limit stays fixed).
     pub adaptive: Option<AdaptiveConfig>,
     /// The brownout controller (`None`: searches always run at full breadth).
@@ -88,6 +96,7 @@ impl From<&Args> for Config {
             queue_interval: args.queue_interval,
             max_queued_bytes: args.max_queued_bytes.max(1 << 20),
             enabled: !args.no_admission,
+            fair: !args.fifo_admission,
             adaptive: args
                 .adaptive_limit
                 .then(|| AdaptiveConfig::with_max(args.adaptive_max_limit.unwrap_or(8 * cpus))),
