@@ -801,6 +801,85 @@ mod tests {
         assert_eq!(admission.take_peaks().1, 2);
     }
 
+    /// A search request from `ip` on its own connection.
+    fn search_from(ip: u8) -> http::Request<Body> {
+        let mut request = http::Request::builder()
+            .uri("/vecrig.v1.VectorIndex/Search")
+            .body(Body::empty())
+            .expect("request");
+        request.extensions_mut().insert(Caller {
+            client: ClientKey::Address(std::net::Ipv4Addr::new(127, 0, 0, ip).into()),
+            weight: 1,
+            connection: u64::from(ip),
+        });
+        request
+    }
+
+    /// One slot and two places, all held by 127.0.0.1; then 127.0.0.2 arrives. What became of
+    /// the newcomer, and of the heavy client's two waiters.
+    async fn a_light_client_arrives_at_a_full_queue(fair: bool) -> (bool, Vec<ShedReason>) {
+        #[derive(Debug, Default)]
+        struct Reasons(Mutex<Vec<ShedReason>>);
+        impl Recorder for Reasons {
+            fn shed(&self, reason: ShedReason, _: &ClientKey) {
+                self.0.lock().expect("lock").push(reason);
+            }
+            fn admitted(&self, _: &ClientKey) {}
+            fn queue_wait(&self, _: Method, _: Duration) {}
+            fn service_time(&self, _: Method, _: Duration) {}
+        }
+        let reasons = Arc::new(Reasons::default());
+        let admission = Admission::new(
+            Config {
+                concurrency_limit: 1,
+                queue_depth: 2,
+                fair,
+                ..Config::default()
+            },
+            reasons.clone(),
+        );
+        let enter_and_admit = |request| {
+            let admission = Arc::clone(&admission);
+            async move {
+                let entered = admission.enter(request)?;
+                admission.admit(entered).await
+            }
+        };
+        let _running = enter_and_admit(search_from(1)).await.expect("the slot");
+        let waiters: Vec<_> = (0..2)
+            .map(|_| tokio::spawn(enter_and_admit(search_from(1))))
+            .collect();
+        while admission.lock().waiting() < 2 {
+            tokio::task::yield_now().await;
+        }
+        let newcomer = admission.enter(search_from(2)).is_ok();
+        // A displaced waiter learns it at once; the others wait for the slot (or give up
+        // after `max_queue_wait`, which this test does not wait for).
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let reasons = reasons.0.lock().expect("lock").clone();
+        for waiter in waiters {
+            waiter.abort();
+        }
+        (newcomer, reasons)
+    }
+
+    #[tokio::test]
+    async fn fair_admission_lets_a_light_client_displace_the_heavy_clients_newest_waiter() {
+        let (newcomer, reasons) = a_light_client_arrives_at_a_full_queue(true).await;
+        assert!(newcomer, "the light client takes a place");
+        assert_eq!(reasons, vec![ShedReason::Displaced]);
+    }
+
+    #[tokio::test]
+    async fn fifo_admission_refuses_whoever_finds_the_queue_full() {
+        let (newcomer, reasons) = a_light_client_arrives_at_a_full_queue(false).await;
+        assert!(
+            !newcomer,
+            "first come, first served: the newcomer is refused"
+        );
+        assert_eq!(reasons, vec![ShedReason::QueueFull]);
+    }
+
     #[test]
     fn grpc_timeout_header_becomes_a_deadline() {
         let now = Instant::now();
