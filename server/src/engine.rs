@@ -52,9 +52,9 @@ pub struct Args {
     /// HNSW candidates explored per insert (ef_construction).
     #[arg(long, env = "VECRIG_EF_CONSTRUCTION", default_value_t = 128)]
     pub ef_construction: usize,
-    /// Which HNSW implementation: usearch, or graph (our own, `index::graph`). A snapshot's
+    /// Which HNSW implementation: graph (our own, `index::graph`), or usearch. A snapshot's
     /// graph written by the other one is refused and rebuilt from the points at start.
-    #[arg(long, env = "VECRIG_ANN_ENGINE", default_value = "usearch")]
+    #[arg(long, env = "VECRIG_ANN_ENGINE", default_value = "graph")]
     pub ann_engine: AnnEngine,
 }
 

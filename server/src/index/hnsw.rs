@@ -47,7 +47,7 @@ impl Default for HnswParams {
             connectivity: 16,
             ef_construction: 128,
             search_threads: 4,
-            engine: super::AnnEngine::Usearch,
+            engine: super::AnnEngine::Graph,
         }
     }
 }

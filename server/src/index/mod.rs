@@ -70,9 +70,10 @@ impl FromStr for Metric {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AnnEngine {
     /// usearch's HNSW ([`hnsw::UsearchAnn`]).
-    #[default]
     Usearch,
-    /// Our own HNSW graph ([`graph::GraphAnn`]).
+    /// Our own HNSW graph ([`graph::GraphAnn`]): the default, faster to search and to build,
+    /// and searches stay fast while it indexes (see README's `--ann-engine`).
+    #[default]
     Graph,
 }
 
