@@ -861,6 +861,16 @@ async fn a_client_that_never_reads_is_held_to_its_streams() {
     let mut answered = Vec::new();
     for _ in 0..CONNECTIONS {
         let mut send = h2_connect(addr, &builder).await.expect("h2 connect");
+        // Until the server's SETTINGS are in, h2 believes streams unlimited and opens them
+        // all; the server then refuses those past its limit (RST_STREAM), and a refused
+        // stream takes no data (this failed CI once, `InactiveStreamId`). Wait for them.
+        let settled = tokio::time::timeout(Duration::from_secs(2), async {
+            while send.current_max_send_streams() > STREAMS as usize {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await;
+        assert!(settled.is_ok(), "the server's SETTINGS arrive");
         let headers = Arc::new(AtomicU32::new(0));
         for _ in 0..4 * STREAMS {
             // h2 refuses requests once its local queue is full: wait for room, or give up.
@@ -874,7 +884,10 @@ async fn a_client_that_never_reads_is_held_to_its_streams() {
             let (response, mut stream) = send
                 .send_request(search_head(addr), false)
                 .expect("send request");
-            stream.send_data(body.clone(), true).expect("send data");
+            if stream.send_data(body.clone(), true).is_err() {
+                // Refused by the server (past its limit): not one of the held streams.
+                continue;
+            }
             let (headers, mut released) = (Arc::clone(&headers), released.clone());
             tokio::spawn(async move {
                 if let Ok(response) = response.await {
