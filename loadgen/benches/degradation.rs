@@ -821,8 +821,8 @@ async fn two_tenants(binary: &Path, data: &Path, seconds: u64, out: &Path) {
         let (capacity, alone, points, report) = with_server(binary, data, &extra, async |target| {
             let capacity = capacity(&target.grpc, search_workload()).await;
             let polite_rate = capacity * POLITE_SHARE;
-            let polite_phase = |name: String| Phase {
-                name,
+            let polite_phase = || Phase {
+                name: "polite".into(),
                 model: Model::Paced {
                     workers: 8,
                     rate: polite_rate,
@@ -831,11 +831,7 @@ async fn two_tenants(binary: &Path, data: &Path, seconds: u64, out: &Path) {
             };
             let mut scenarios = vec![Scenario {
                 identities: vec![polite.clone()],
-                ..scenario(
-                    "polite-alone",
-                    search_workload(),
-                    vec![polite_phase("polite".into())],
-                )
+                ..scenario("polite-alone", search_workload(), vec![polite_phase()])
             }];
             for m in TENANT_MULTIPLIERS {
                 let flood_phase = Phase {
@@ -852,7 +848,7 @@ async fn two_tenants(binary: &Path, data: &Path, seconds: u64, out: &Path) {
                     ..scenario(
                         &format!("flood-{m}x"),
                         search_workload(),
-                        vec![flood_phase, polite_phase("polite".into())],
+                        vec![flood_phase, polite_phase()],
                     )
                 });
             }
