@@ -207,6 +207,8 @@ pub async fn serve(
                     woken_for_room: paced.woken_for_room,
                     paused: paced.paused,
                     answer_cpu: paced.answer_cpu,
+                    served_cpu: paced.served_cpu,
+                    cheap_cpu_total: paced.cheap_cpu_total,
                 };
                 metrics.render(&admission, &storage, &dir, pacing)
             });

@@ -23,8 +23,11 @@
 //! - pacing (see `net::pacing`): `vecrig_paced_answers_total` (answers that were not admitted
 //!   work, charged to their connections), `vecrig_connection_pauses_total`,
 //!   `vecrig_connection_room_wakes_total` (paused connections read early because the queue had
-//!   room), `vecrig_paused_connections` now, and `vecrig_answer_cpu_seconds` (the request
-//!   path's CPU per answer as last measured: what pacing's CPU ceiling prices a refusal at).
+//!   room), `vecrig_paused_connections` now, `vecrig_answer_cpu_seconds` (the request
+//!   path's CPU per cheap answer as last measured: what pacing's CPU ceiling prices a refusal
+//!   at), `vecrig_served_request_path_cpu_seconds` (the same per served request), and
+//!   `vecrig_cheap_answer_cpu_seconds_total` (CPU spent on cheap answers: its rate over the
+//!   CPUs is the share of CPU spent refusing).
 //!
 //! The endpoint is plain HTTP/1.1 (hyper), on its own listener, so a scrape never competes with
 //! gRPC admission and a firewall can keep it private.
@@ -131,6 +134,8 @@ pub struct Metrics {
     room_wakes: Counter<u64>,
     paused_connections: Gauge,
     answer_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
+    served_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
+    cheap_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
     /// Held while the pacing counters catch up, so two scrapes at once do not add twice.
     pacing_catch_up: std::sync::Mutex<()>,
 }
@@ -146,8 +151,12 @@ pub struct PacingFigures {
     pub woken_for_room: u64,
     /// Connections paused now with work waiting.
     pub paused: u64,
-    /// The request path's CPU per answer, as last measured.
+    /// The request path's CPU per cheap answer, as last measured.
     pub answer_cpu: std::time::Duration,
+    /// The request path's CPU per served request, as last measured.
+    pub served_cpu: std::time::Duration,
+    /// Estimated CPU spent on cheap answers since start.
+    pub cheap_cpu_total: std::time::Duration,
 }
 
 impl Default for Metrics {
@@ -271,8 +280,20 @@ impl Metrics {
         let answer_cpu = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "vecrig_answer_cpu_seconds",
-            "Request-path CPU per answer (served or not), as last measured while connections drew on pacing's budget: the price of a refusal under a flood",
+            "Request-path CPU per cheap answer (a refusal, health check, Stats, error), as last measured: the serving CPU less the served requests' share, over the cheap answers; what pacing's CPU ceiling prices a refusal at",
             answer_cpu.clone(),
+        );
+        let served_cpu = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "vecrig_served_request_path_cpu_seconds",
+            "Request-path CPU per served request (HTTP/2, decoding, hand-off, answer; not the index work), as last measured where few answers were cheap",
+            served_cpu.clone(),
+        );
+        let cheap_cpu = Counter::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register(
+            "vecrig_cheap_answer_cpu_seconds",
+            "Estimated request-path CPU spent on cheap answers (refusals, health, Stats, errors): its rate over the CPUs is the share of CPU spent refusing",
+            cheap_cpu.clone(),
         );
         let wal_sequence = gauge(
             &mut registry,
@@ -321,6 +342,8 @@ impl Metrics {
             room_wakes,
             paused_connections,
             answer_cpu,
+            served_cpu,
+            cheap_cpu,
             pacing_catch_up: std::sync::Mutex::default(),
         }
     }
@@ -392,6 +415,9 @@ impl Metrics {
         catch_up(&self.room_wakes, pacing.woken_for_room);
         self.paused_connections.set(pacing.paused as i64);
         self.answer_cpu.set(pacing.answer_cpu.as_secs_f64());
+        self.served_cpu.set(pacing.served_cpu.as_secs_f64());
+        self.cheap_cpu
+            .inc_by((pacing.cheap_cpu_total.as_secs_f64() - self.cheap_cpu.get()).max(0.0));
         drop(catching_up);
         // Gauges of the clients holding places now: last scrape's clients may be gone.
         self.client_queued.clear();

@@ -32,8 +32,9 @@
 //!   fraction of what serving costs. Only beyond it, or under a
 //!   flood of calls that do no work at all, are connections paused.
 //! - Whatever the rates above allow, excess answers may cost the request path no more than
-//!   [`Config::excess_cpu`] (a share of the CPUs, `--pace-cpu-share`): each is priced at the
-//!   request path's CPU per answer, measured as the server runs ([`crate::cpu`]), and once
+//!   [`Config::excess_cpu`] (a share of the CPUs, `--pace-cpu-share`): each is priced at what
+//!   a cheap answer costs the request path, measured as the server runs ([`crate::cpu`];
+//!   the serving CPU less what the requests served meanwhile cost, see [`AnswerPrice`]), and once
 //!   that budget is spent too, whoever draws on it is paused the same way. The rates count
 //!   answers; the CPU is what index work loses to them, and a refusal's price depends on the
 //!   machine, TLS, the size of requests and how the flood reads (measured: at three refusals
@@ -114,7 +115,7 @@ pub struct Args {
     #[arg(long, env = "VECRIG_PACE_SHED_PER_SERVED", default_value_t = 3.0)]
     pub pace_shed_per_served: f64,
     /// Share of the CPUs that excess cheap answers may cost the request path, whatever the
-    /// rates above allow (each priced at the measured request-path CPU per answer); beyond
+    /// rates above allow (each priced at the measured request-path CPU per cheap answer); beyond
     /// it, connections asking for more are read slowly (0: no ceiling).
     #[arg(long, env = "VECRIG_PACE_CPU_SHARE", default_value_t = 0.25)]
     pub pace_cpu_share: f64,
@@ -216,21 +217,34 @@ struct Shared {
     paused: VecDeque<Weak<Connection>>,
 }
 
-/// The request path's CPU per answer, measured: the CPU that is not index work, over the
-/// answers (served or not) given meanwhile. It counts everything the request path does
-/// (HTTP/2, reads of paused connections, timers, the kernel's share), not only refusals, and
-/// a served request's request path costs more than a refusal's: under a flood, where almost
-/// every answer is a refusal, it is close to a refusal's full price, and elsewhere it errs
-/// towards pricing refusals high.
+/// What a cheap answer (a refusal, a health check) costs the request path, measured: the CPU
+/// that is not index work, less what the requests served meanwhile cost it, over the cheap
+/// answers given meanwhile.
+///
+/// Why two parts: a served request's request path (HTTP/2, decoding, the hand-off to the
+/// work threads and back, the answer) costs several times a refusal's (measured on one CPU:
+/// about 130 us against 30-80 us). Pricing every answer alike, as a first version did,
+/// charged each refusal under a flood at about 100 us, so the CPU ceiling paused connections
+/// at a fraction of the refusals it was set to allow. The served part is learned where few
+/// answers are cheap (at capacity, before a flood), and taken out where many are.
 #[derive(Debug)]
 struct AnswerPrice {
-    /// The last sample: when (`None` until the budget is first drawn on, so that start-up
-    /// is not priced), the serving CPU then, and the answers then.
+    /// The last sample: when (`None` until the first charge or served request), the serving
+    /// CPU then, and the cheap answers and served requests counted then.
     at: Option<Instant>,
     serving_ns: u64,
-    answers: u64,
-    /// Nanoseconds per answer, smoothed over samples.
+    cheap: u64,
+    served: u64,
+    /// Request-path nanoseconds per served request, smoothed; `None` until a sample with few
+    /// cheap answers has measured it (until then, cheap answers are priced at the blend of
+    /// both, which errs high: more pacing, never less).
+    served_ns: Option<f64>,
+    /// Nanoseconds per cheap answer, smoothed.
     ns: f64,
+    /// Estimated CPU spent on cheap answers since start (price x answers, sample by sample).
+    spent_on_cheap_ns: f64,
+    /// Where the serving CPU is read from (tests: a clock they move themselves).
+    serving_cpu: fn() -> u64,
     /// Set by tests: never re-measured.
     fixed: bool,
 }
@@ -245,50 +259,84 @@ const PRICE_EVERY: Duration = Duration::from_millis(250);
 /// (a snapshot, start-up), not answers.
 const MAX_PRICE: Duration = Duration::from_millis(1);
 
+/// The lowest price believed for a cheap answer: below it, the served part was over-estimated
+/// in that sample (a refusal costs at least its HTTP/2 frames, a few microseconds).
+const MIN_PRICE: Duration = Duration::from_micros(5);
+
 /// Fewest answers a sample must span to re-price (fewer say more about idle CPU than answers).
 const PRICE_MIN_ANSWERS: u64 = 32;
+
+/// A sample measures the served part when at most this share of its answers were cheap.
+const SERVED_SAMPLE_CHEAP_SHARE: f64 = 0.1;
 
 impl AnswerPrice {
     fn new() -> Self {
         Self {
             at: None,
             serving_ns: 0,
-            answers: 0,
+            cheap: 0,
+            served: 0,
+            served_ns: None,
             ns: FIRST_PRICE.as_nanos() as f64,
+            spent_on_cheap_ns: 0.0,
+            serving_cpu: serving_cpu_ns,
             fixed: false,
         }
     }
 
-    /// The current price, re-measured if the last sample is old enough.
-    fn at(&mut self, now: Instant, answers: u64) -> f64 {
+    /// Re-measures the price if the last sample is old enough and spans enough answers;
+    /// `cheap` and `served` are the counts since start.
+    fn sample(&mut self, now: Instant, cheap: u64, served: u64) {
         if self.fixed {
-            return self.ns;
+            return;
         }
         let Some(at) = self.at else {
-            self.restart(now, serving_cpu_ns(), answers);
-            return self.ns;
+            self.restart(now, (self.serving_cpu)(), cheap, served);
+            return;
         };
         if now.saturating_duration_since(at) < PRICE_EVERY {
-            return self.ns;
+            return;
         }
-        let counted = answers.saturating_sub(self.answers);
-        if counted < PRICE_MIN_ANSWERS {
-            return self.ns;
+        let new_cheap = cheap.saturating_sub(self.cheap);
+        let new_served = served.saturating_sub(self.served);
+        if new_cheap + new_served < PRICE_MIN_ANSWERS {
+            return;
         }
-        let serving = serving_cpu_ns();
+        let serving = (self.serving_cpu)();
         let spent = serving.saturating_sub(self.serving_ns) as f64;
+        let (c, s) = (new_cheap as f64, new_served as f64);
+        let max = MAX_PRICE.as_nanos() as f64;
+        if spent > max * (c + s) {
+            // More CPU than any answer costs: the window measured something else the process
+            // did (start-up's preload, a snapshot), so it prices nothing.
+            self.restart(now, serving, cheap, served);
+            return;
+        }
         // Half the weight to the newest sample: a flood's price settles within a second.
-        let sampled = (spent / counted as f64).min(MAX_PRICE.as_nanos() as f64);
-        self.ns = 0.5 * self.ns + 0.5 * sampled;
-        self.restart(now, serving, answers);
-        self.ns
+        let smooth = |old: f64, new: f64| 0.5 * old + 0.5 * new;
+        if c <= SERVED_SAMPLE_CHEAP_SHARE * (c + s) {
+            // Mostly served: what a served request costs, less the few cheap answers.
+            let sampled = ((spent - c * self.ns).max(0.0) / s).min(max);
+            self.served_ns = Some(self.served_ns.map_or(sampled, |old| smooth(old, sampled)));
+        }
+        if new_cheap >= PRICE_MIN_ANSWERS {
+            let sampled = match self.served_ns {
+                Some(served_ns) => (spent - s * served_ns) / c,
+                None => spent / (c + s),
+            }
+            .clamp(MIN_PRICE.as_nanos() as f64, max);
+            self.ns = smooth(self.ns, sampled);
+        }
+        self.spent_on_cheap_ns += c * self.ns;
+        self.restart(now, serving, cheap, served);
     }
 
     /// The next sample starts here.
-    fn restart(&mut self, now: Instant, serving_ns: u64, answers: u64) {
+    fn restart(&mut self, now: Instant, serving_ns: u64, cheap: u64, served: u64) {
         self.at = Some(now);
         self.serving_ns = serving_ns;
-        self.answers = answers;
+        self.cheap = cheap;
+        self.served = served;
     }
 }
 
@@ -308,9 +356,14 @@ pub struct PacerStats {
     pub woken_for_room: u64,
     /// Connections paused now with work that room would let in.
     pub paused: u64,
-    /// The request path's CPU per answer, as last measured (what the CPU ceiling prices an
-    /// excess answer at).
+    /// The request path's CPU per cheap answer, as last measured (what the CPU ceiling
+    /// prices an excess answer at).
     pub answer_cpu: Duration,
+    /// The request path's CPU per served request, as last measured where few answers were
+    /// cheap (zero until then).
+    pub served_cpu: Duration,
+    /// Estimated CPU spent on cheap answers since start (each sample's answers at its price).
+    pub cheap_cpu_total: Duration,
 }
 
 impl Pacer {
@@ -365,16 +418,31 @@ impl Pacer {
         shared.price.fixed = true;
     }
 
+    /// Reads the serving CPU from `clock` instead of the process (tests: CPU they spend on
+    /// paper, so that other tests running beside them do not move it).
+    #[cfg(test)]
+    fn fake_serving_cpu(&self, clock: fn() -> u64) {
+        self.lock().price.serving_cpu = clock;
+    }
+
     /// Current figures.
     pub fn stats(&self) -> PacerStats {
         // The listed connections are taken out of the shared lock before each one's own lock
         // is taken: `Connection::charge` takes them the other way round.
-        let (answer_cpu, listed) = {
+        let (price, listed) = {
             let shared = self.lock();
             let listed: Vec<Arc<Connection>> =
                 shared.paused.iter().filter_map(Weak::upgrade).collect();
-            (Duration::from_nanos(shared.price.ns as u64), listed)
+            let p = &shared.price;
+            let nanos = |ns: f64| Duration::from_nanos(ns.max(0.0) as u64);
+            let price = (
+                nanos(p.ns),
+                nanos(p.served_ns.unwrap_or(0.0)),
+                nanos(p.spent_on_cheap_ns),
+            );
+            (price, listed)
         };
+        let (answer_cpu, served_cpu, cheap_cpu_total) = price;
         let paused = listed
             .iter()
             .filter(|c| c.lock().paused_until.is_some())
@@ -385,11 +453,21 @@ impl Pacer {
             woken_for_room: self.woken_for_room.load(Ordering::Relaxed),
             paused,
             answer_cpu,
+            served_cpu,
+            cheap_cpu_total,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cheap answers and served requests since start.
+    fn counts(&self) -> (u64, u64) {
+        (
+            self.charged.load(Ordering::Relaxed),
+            self.served.load(Ordering::Relaxed),
+        )
     }
 
     /// Takes one excess answer from the shared budget of its kind: `None` while the budget
@@ -400,7 +478,7 @@ impl Pacer {
         // One second of burst: the clock may run that far ahead of now before anyone waits,
         // so a short spike of refusals is answered at full speed.
         let burst_ns = 1_000_000_000u64;
-        let answers = self.charged.load(Ordering::Relaxed) + self.served.load(Ordering::Relaxed);
+        let (cheap, served) = self.counts();
         let mut shared = self.lock();
         let clock = match charge {
             Charge::Shed => &mut shared.clock_ns,
@@ -409,8 +487,8 @@ impl Pacer {
         *clock = (*clock).max(now_ns) + step_ns;
         let mut ahead = *clock - now_ns;
         if self.config.excess_cpu > 0.0 {
-            let price_ns = shared.price.at(now, answers);
-            let cpu_step_ns = (price_ns / self.config.excess_cpu) as u64;
+            shared.price.sample(now, cheap, served);
+            let cpu_step_ns = (shared.price.ns / self.config.excess_cpu) as u64;
             shared.cpu_clock_ns = shared.cpu_clock_ns.max(now_ns) + cpu_step_ns;
             ahead = ahead.max(shared.cpu_clock_ns - now_ns);
         }
@@ -420,17 +498,22 @@ impl Pacer {
     /// A request was served: the budget earns [`Config::shed_per_served`] excess answers.
     /// Earnings only pay off debt (the clock never goes back past now), so a quiet spell
     /// saves nothing beyond the usual burst.
+    /// It also samples the price's served part (see [`AnswerPrice`]).
     fn credit_served(&self) {
         self.served.fetch_add(1, Ordering::Relaxed);
         let step_ns = 1e9 / self.config.excess_rate;
         let credit_ns = (step_ns * self.config.shed_per_served) as u64;
-        if credit_ns == 0 {
+        let priced = self.config.excess_cpu > 0.0;
+        if credit_ns == 0 && !priced {
             return;
         }
-        let now_ns = Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_nanos() as u64;
+        let now = Instant::now();
+        let now_ns = now.saturating_duration_since(self.epoch).as_nanos() as u64;
+        let (cheap, served) = self.counts();
         let mut shared = self.lock();
+        if priced {
+            shared.price.sample(now, cheap, served);
+        }
         shared.clock_ns = shared.clock_ns.saturating_sub(credit_ns).max(now_ns);
     }
 
@@ -1044,6 +1127,64 @@ mod tests {
             price >= Duration::from_micros(120) && price < Duration::from_millis(5),
             "{price:?}"
         );
+    }
+
+    /// Serving CPU spent on paper, for [`Pacer::fake_serving_cpu`].
+    static PAPER_CPU_NS: AtomicU64 = AtomicU64::new(0);
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_is_priced_at_its_own_cost_not_at_a_served_requests() {
+        let pacer = Pacer::new(Config {
+            connection_rate: 0.0,
+            excess_rate: 1e9,
+            shed_per_served: 3.0,
+            excess_cpu: 1.0,
+            max_pause: Duration::from_secs(2),
+        });
+        pacer.fake_serving_cpu(|| PAPER_CPU_NS.load(Ordering::Relaxed));
+        let connection = pacer.connection();
+        let spend = |micros: u64| {
+            PAPER_CPU_NS.fetch_add(micros * 1_000, Ordering::Relaxed);
+        };
+        // Start-up: seconds of CPU (a preload) while clients are told UNAVAILABLE. No answer
+        // costs that much, so the window prices nothing.
+        connection.served();
+        spend(5_000_000);
+        for _ in 0..40 {
+            connection.charge(Charge::Cheap);
+        }
+        tokio::time::sleep(PRICE_EVERY).await;
+        connection.served();
+        assert_eq!(pacer.stats().answer_cpu, FIRST_PRICE);
+        assert_eq!(pacer.stats().cheap_cpu_total, Duration::ZERO);
+        // At capacity: served requests whose request path costs 130 us each, nothing refused.
+        for _ in 0..8 {
+            for _ in 0..100 {
+                spend(130);
+                connection.served();
+            }
+            tokio::time::sleep(PRICE_EVERY).await;
+        }
+        assert_eq!(pacer.stats().served_cpu, Duration::from_micros(130));
+        // A flood: each served request comes with four refusals at 30 us each. Priced as a
+        // blend of all answers, a refusal would be (130 + 4 x 30) / 5 = 50 us.
+        for _ in 0..8 {
+            for _ in 0..100 {
+                spend(130);
+                connection.served();
+                for _ in 0..4 {
+                    spend(30);
+                    connection.charge(Charge::Shed);
+                }
+            }
+            tokio::time::sleep(PRICE_EVERY).await;
+        }
+        let stats = pacer.stats();
+        let price = stats.answer_cpu.as_secs_f64() * 1e6;
+        assert!((29.0..32.0).contains(&price), "{price} us");
+        // And the CPU spent refusing is counted at that price: about 3,200 x 30 us.
+        let spent = stats.cheap_cpu_total.as_secs_f64();
+        assert!((0.080..0.100).contains(&spent), "{spent} s");
     }
 
     #[tokio::test(start_paused = true)]
