@@ -320,9 +320,14 @@ impl AnswerPrice {
             self.served_ns = Some(self.served_ns.map_or(sampled, |old| smooth(old, sampled)));
         }
         if new_cheap >= PRICE_MIN_ANSWERS {
+            // Never above the blend of all answers: a refusal costs the request path less
+            // than a served request does, so a residue beyond the blend says the served
+            // part's estimate was low (the served path can cost more under load than at
+            // capacity), not that refusals got dearer.
+            let blend = spent / (c + s);
             let sampled = match self.served_ns {
-                Some(served_ns) => (spent - s * served_ns) / c,
-                None => spent / (c + s),
+                Some(served_ns) => ((spent - s * served_ns) / c).min(blend),
+                None => blend,
             }
             .clamp(MIN_PRICE.as_nanos() as f64, max);
             self.ns = smooth(self.ns, sampled);
@@ -1185,6 +1190,22 @@ mod tests {
         // And the CPU spent refusing is counted at that price: about 3,200 x 30 us.
         let spent = stats.cheap_cpu_total.as_secs_f64();
         assert!((0.080..0.100).contains(&spent), "{spent} s");
+        // The served path grows dearer under load (250 us) than it was at capacity: what is
+        // left over the old estimate (330 us a refusal) is not believed beyond the blend of
+        // all answers, (100 x 250 + 40 x 30) / 140 = 187 us.
+        for _ in 0..8 {
+            for _ in 0..100 {
+                spend(250);
+                connection.served();
+            }
+            for _ in 0..40 {
+                spend(30);
+                connection.charge(Charge::Shed);
+            }
+            tokio::time::sleep(PRICE_EVERY).await;
+        }
+        let price = pacer.stats().answer_cpu.as_secs_f64() * 1e6;
+        assert!((180.0..188.0).contains(&price), "{price} us");
     }
 
     #[tokio::test(start_paused = true)]
