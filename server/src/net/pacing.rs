@@ -117,7 +117,10 @@ pub struct Args {
     /// Share of the CPUs that excess cheap answers may cost the request path, whatever the
     /// rates above allow (each priced at the measured request-path CPU per cheap answer); beyond
     /// it, connections asking for more are read slowly (0: no ceiling).
-    #[arg(long, env = "VECRIG_PACE_CPU_SHARE", default_value_t = 0.25)]
+    /// (0.15: a closed-loop flood's refusals may then take at most that much, so goodput can
+    /// stay above 0.8 of capacity; an open-model overload's refusals, at some 30 us each
+    /// unpaced, fit in it up to about 2.5x capacity on one CPU.)
+    #[arg(long, env = "VECRIG_PACE_CPU_SHARE", default_value_t = 0.15)]
     pub pace_cpu_share: f64,
     /// Longest a paced connection goes unread at a time (below the keepalive timeout, so that
     /// a paced peer's ping answers are read in time).
