@@ -15,8 +15,10 @@
 //!    wait plus its service time, from measured service times, exceeds it) is refused with
 //!    `DEADLINE_EXCEEDED` before any work. Waiting is bounded in time: `max_queue_wait` always,
 //!    and with `queue_target` set, CoDel-style, once the queue has not emptied for
-//!    `queue_interval`, arrivals whose expected wait exceeds the target are shed at once, and
-//!    go on being held to it until a whole interval passes in which every arrival fitted.
+//!    `queue_interval`, arrivals whose expected wait exceeds twice the target are shed at once,
+//!    those between one and two times it one for every two requests served (a closed-loop
+//!    client's resends would otherwise make a burst of refusals of a queue just past it), and
+//!    the queue goes on being held so until a whole interval passes in which every arrival fitted.
 //!    A request whose client cancels while it waits leaves the queue and never runs.
 //! 4. **Shed answers** carry `grpc-retry-pushback-ms` (gRFC A6): the expected wait, so polite
 //!    clients come back when there is room.
@@ -479,6 +481,7 @@ impl Drop for Grant {
         let per_slot = self.admission.service_time_per_slot();
         let mut scheduler = self.admission.lock();
         scheduler.sample(self.started, took, self.cost);
+        scheduler.served_one();
         scheduler.release(self.cost.units);
         let room = self.admission.room_in(&scheduler, per_slot);
         drop(scheduler);

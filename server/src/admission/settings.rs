@@ -17,7 +17,8 @@ pub struct Args {
     #[arg(long, env = "VECRIG_MAX_QUEUE_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub max_queue_wait: Duration,
     /// CoDel-style target (e.g. 5ms): once the queue has not emptied for --queue-interval,
-    /// arrivals expected to wait longer than this are shed at once [default: off].
+    /// arrivals expected to wait more than twice this are shed at once, and those between one
+    /// and two times it, one for every two requests served [default: off].
     #[arg(long, env = "VECRIG_QUEUE_TARGET", value_parser = humantime::parse_duration)]
     pub queue_target: Option<Duration>,
     /// How long the queue must stay non-empty before --queue-target applies.
