@@ -313,6 +313,14 @@ mod tests {
         waiter_of(scheduler, &caller(1), units, heavy)
     }
 
+    /// Limit 2 slots with 4 searches queued since `since`: an arrival waits 2 x `per_slot`.
+    fn four_queued_on_two_slots(since: Instant) -> (Scheduler, Vec<oneshot::Receiver<Verdict>>) {
+        let mut s = Scheduler::new(8);
+        let queued = (0..4).map(|_| waiter(&mut s, 4, false)).collect();
+        s.nonempty_since = Some(since);
+        (s, queued)
+    }
+
     #[test]
     fn a_full_queue_displaces_the_heaviest_clients_newest_never_a_light_ones() {
         let mut s = Scheduler::new(4);
@@ -385,11 +393,9 @@ mod tests {
             Duration::from_millis(100),
         );
         let start = Instant::now();
-        // Limit 2 slots, 4 ms per slot; 4 searches queued: an arrival would wait 8 ms (at
-        // 6 ms per slot, 12 ms: past twice the target, where every arrival is shed).
-        let mut s = Scheduler::new(8);
-        let queued: Vec<_> = (0..4).map(|_| waiter(&mut s, 4, false)).collect();
-        s.nonempty_since = Some(start);
+        // At 4 ms per slot an arrival would wait 8 ms (at 6 ms per slot, 12 ms: past twice
+        // the target, where every arrival is shed).
+        let (mut s, queued) = four_queued_on_two_slots(start);
         assert!(
             !s.too_long_a_wait(start + ms(50), ms(4), target, interval),
             "a queue younger than the interval is a burst, let in"
@@ -417,9 +423,7 @@ mod tests {
         drop(queued);
 
         // Outside a standing queue, a burst may queue, but not past the interval.
-        let mut s = Scheduler::new(8);
-        let queued: Vec<_> = (0..4).map(|_| waiter(&mut s, 4, false)).collect();
-        s.nonempty_since = Some(start);
+        let (mut s, queued) = four_queued_on_two_slots(start);
         let at = start + ms(10);
         assert!(
             !s.too_long_a_wait(at, ms(40), target, interval),
@@ -441,9 +445,7 @@ mod tests {
         );
         let start = Instant::now();
         // A standing queue whose arrivals would wait 8 ms: in the gentle band.
-        let mut s = Scheduler::new(8);
-        let queued: Vec<_> = (0..4).map(|_| waiter(&mut s, 4, false)).collect();
-        s.nonempty_since = Some(start);
+        let (mut s, queued) = four_queued_on_two_slots(start);
         let at = start + interval;
         assert!(
             !s.too_long_a_wait(at, ms(4), target, interval),

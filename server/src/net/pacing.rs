@@ -1140,6 +1140,29 @@ mod tests {
     /// Serving CPU spent on paper, for [`Pacer::fake_serving_cpu`].
     static PAPER_CPU_NS: AtomicU64 = AtomicU64::new(0);
 
+    fn spend_on_paper(micros: u64) {
+        PAPER_CPU_NS.fetch_add(micros * 1_000, Ordering::Relaxed);
+    }
+
+    /// One pricing window on `connection`: `served` requests at `served_us` of request path
+    /// each, and `refused` refusals at `refused_us` each. (The order within a window does not
+    /// move the price: a window is priced by its totals.)
+    async fn paper_window(
+        connection: &Arc<Connection>,
+        (served, served_us): (u64, u64),
+        (refused, refused_us): (u64, u64),
+    ) {
+        for _ in 0..served {
+            spend_on_paper(served_us);
+            connection.served();
+        }
+        for _ in 0..refused {
+            spend_on_paper(refused_us);
+            connection.charge(Charge::Shed);
+        }
+        tokio::time::sleep(PRICE_EVERY).await;
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_refusal_is_priced_at_its_own_cost_not_at_a_served_requests() {
         let pacer = Pacer::new(Config {
@@ -1151,13 +1174,10 @@ mod tests {
         });
         pacer.fake_serving_cpu(|| PAPER_CPU_NS.load(Ordering::Relaxed));
         let connection = pacer.connection();
-        let spend = |micros: u64| {
-            PAPER_CPU_NS.fetch_add(micros * 1_000, Ordering::Relaxed);
-        };
         // Start-up: seconds of CPU (a preload) while clients are told UNAVAILABLE. No answer
         // costs that much, so the window prices nothing.
         connection.served();
-        spend(5_000_000);
+        spend_on_paper(5_000_000);
         for _ in 0..40 {
             connection.charge(Charge::Cheap);
         }
@@ -1167,25 +1187,13 @@ mod tests {
         assert_eq!(pacer.stats().cheap_cpu_total, Duration::ZERO);
         // At capacity: served requests whose request path costs 130 us each, nothing refused.
         for _ in 0..8 {
-            for _ in 0..100 {
-                spend(130);
-                connection.served();
-            }
-            tokio::time::sleep(PRICE_EVERY).await;
+            paper_window(&connection, (100, 130), (0, 0)).await;
         }
         assert_eq!(pacer.stats().served_cpu, Duration::from_micros(130));
         // A flood: each served request comes with four refusals at 30 us each. Priced as a
         // blend of all answers, a refusal would be (130 + 4 x 30) / 5 = 50 us.
         for _ in 0..8 {
-            for _ in 0..100 {
-                spend(130);
-                connection.served();
-                for _ in 0..4 {
-                    spend(30);
-                    connection.charge(Charge::Shed);
-                }
-            }
-            tokio::time::sleep(PRICE_EVERY).await;
+            paper_window(&connection, (100, 130), (400, 30)).await;
         }
         let stats = pacer.stats();
         let price = stats.answer_cpu.as_secs_f64() * 1e6;
@@ -1197,15 +1205,7 @@ mod tests {
         // left over the old estimate (330 us a refusal) is not believed beyond the blend of
         // all answers, (100 x 250 + 40 x 30) / 140 = 187 us.
         for _ in 0..8 {
-            for _ in 0..100 {
-                spend(250);
-                connection.served();
-            }
-            for _ in 0..40 {
-                spend(30);
-                connection.charge(Charge::Shed);
-            }
-            tokio::time::sleep(PRICE_EVERY).await;
+            paper_window(&connection, (100, 250), (40, 30)).await;
         }
         let price = pacer.stats().answer_cpu.as_secs_f64() * 1e6;
         assert!((180.0..188.0).contains(&price), "{price} us");
