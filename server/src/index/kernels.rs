@@ -5,7 +5,8 @@
 //! one accumulator chain (`dot/haswell.h`, `dot/skylake.h`), so each distance waits on the FMA
 //! latency at every step. Ours keep f32 and four independent 8-lane accumulators (32 values per
 //! iteration), which keeps both FMA ports busy. The same kernels serve the exact scan, so the
-//! two search paths agree on distances.
+//! two search paths agree on distances. [`dot_f16`] and [`l2_squared_f16`] take the stored side
+//! at half width, widened with F16C as it is loaded: the graph walks f16 copies (see `graph`).
 //!
 //! Why this module holds `unsafe` (and the only place in the index that does): SIMD intrinsics
 //! load through raw pointers and may only run on a CPU that has the feature, and usearch calls
@@ -14,7 +15,7 @@
 //! pointers too. Each `unsafe` block says why it holds. Everything outside sees safe functions:
 //! [`dot`], [`l2_squared`], [`prefetch`], [`advise_huge_pages`], [`install`].
 //!
-//! Levels: AVX2+FMA when the CPU has both, else the portable code ([`dot_portable`],
+//! Levels: AVX2+FMA (and F16C) when the CPU has them, else the portable code ([`dot_portable`],
 //! [`l2_squared_portable`], safe Rust written so the compiler vectorises it for the baseline
 //! target). AVX-512 is not used: its intrinsics and target features are stable from Rust 1.89
 //! and the workspace's MSRV is 1.88; on the Zen 4 measured here, 512-bit FMAs are
@@ -24,6 +25,7 @@
 
 use std::sync::OnceLock;
 
+use half::f16;
 use usearch::Index;
 
 use super::Metric;
@@ -33,7 +35,7 @@ use super::Metric;
 pub enum Level {
     /// Plain Rust, vectorised by the compiler for the baseline target.
     Portable,
-    /// AVX2 with fused multiply-add, four independent accumulators.
+    /// AVX2 with fused multiply-add, four independent accumulators; F16C for half-width loads.
     Avx2Fma,
 }
 
@@ -55,7 +57,12 @@ pub fn level() -> Level {
 
 fn detect() -> Level {
     #[cfg(target_arch = "x86_64")]
-    if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+    // F16C (half-width loads for the graph's walk) came with the same CPUs as AVX2 and FMA
+    // (Intel Haswell, AMD Piledriver); asking for all three keeps one level for all kernels.
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
         return Level::Avx2Fma;
     }
     Level::Portable
@@ -83,11 +90,36 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     }
 }
 
+/// Dot product of an f32 query with a vector stored at half width (the graph's walk, see
+/// `graph`), over the shorter of the two, with the detected kernel.
+#[inline]
+pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `level()` is `Avx2Fma` only when the CPU reports AVX2, FMA and F16C.
+        Level::Avx2Fma => unsafe { x86::dot_f16(a, b) },
+        _ => dot_f16_portable(a, b),
+    }
+}
+
+/// Squared Euclidean distance from an f32 query to a vector stored at half width, as
+/// [`dot_f16`].
+#[inline]
+pub fn l2_squared_f16(a: &[f32], b: &[f16]) -> f32 {
+    match level() {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `level()` is `Avx2Fma` only when the CPU reports AVX2, FMA and F16C.
+        Level::Avx2Fma => unsafe { x86::l2_squared_f16(a, b) },
+        _ => l2_squared_f16_portable(a, b),
+    }
+}
+
 /// Asks the CPU to start loading the cache line holding the start of `data` into its caches,
 /// without waiting for it: the graph calls this for the vectors it is about to compare, so their
 /// loads overlap instead of each distance stalling on its own miss. The following lines of a
 /// vector are left to the hardware's stream prefetcher, which catches a sequential walk after
-/// its first line. A no-op on other architectures.
+/// its first line (the graph asks for every line of its f16 copies, see `graph`). A no-op on
+/// other architectures.
 #[inline(always)]
 pub fn prefetch<T>(data: &[T]) {
     #[cfg(target_arch = "x86_64")]
@@ -151,6 +183,46 @@ pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
     sum
 }
 
+/// [`dot_f16`] in plain Rust: each stored value widened to f32, then as [`dot_portable`].
+#[inline]
+pub fn dot_f16_portable(a: &[f32], b: &[f16]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks_a = a.chunks_exact(8);
+    let chunks_b = b.chunks_exact(8);
+    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i].to_f32();
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in rest_a.iter().zip(rest_b) {
+        sum += x * y.to_f32();
+    }
+    sum
+}
+
+/// [`l2_squared_f16`] in plain Rust, as [`dot_f16_portable`].
+#[inline]
+pub fn l2_squared_f16_portable(a: &[f32], b: &[f16]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks_a = a.chunks_exact(8);
+    let chunks_b = b.chunks_exact(8);
+    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for i in 0..8 {
+            let d = x[i] - y[i].to_f32();
+            acc[i] += d * d;
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in rest_a.iter().zip(rest_b) {
+        let d = x - y.to_f32();
+        sum += d * d;
+    }
+    sum
+}
+
 /// Squared Euclidean distance, written like [`dot_portable`].
 #[inline]
 pub fn l2_squared_portable(a: &[f32], b: &[f32]) -> f32 {
@@ -208,6 +280,8 @@ pub fn install(index: &mut Index, metric: Metric) {
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     use std::arch::x86_64::*;
+
+    use half::f16;
 
     use super::GraphMetric;
 
@@ -327,6 +401,96 @@ mod x86 {
             .sum();
         horizontal_sum(sum) + tail
     }
+
+    /// Eight stored f16 values from `p`, widened to f32.
+    ///
+    /// # Safety
+    /// The CPU must support F16C, and `p` must point at eight readable f16 values.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load_f16x8(p: *const f16) -> __m256 {
+        // SAFETY: the caller's; `f16` is `repr(transparent)` over `u16`, so eight of them are
+        // 16 bytes, and the load is unaligned.
+        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast::<__m128i>()) })
+    }
+
+    /// [`dot`] of an f32 query with a vector stored as f16, over `min(a.len(), b.len())`.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, lane) in acc.iter_mut().enumerate() {
+                // SAFETY: `i + 32 <= n`, so both loads read inside both slices.
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_ps(pa.add(i + 8 * j)),
+                        load_f16x8(pb.add(i + 8 * j)),
+                    )
+                };
+                *lane = _mm256_fmadd_ps(x, y, *lane);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            // SAFETY: `i + 8 <= n`, so both loads read inside both slices.
+            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), load_f16x8(pb.add(i))) };
+            acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let tail: f32 = a[i..n]
+            .iter()
+            .zip(&b[i..n])
+            .map(|(x, y)| x * y.to_f32())
+            .sum();
+        horizontal_sum(sum) + tail
+    }
+
+    /// [`l2_squared`] from an f32 query to a vector stored as f16.
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn l2_squared_f16(a: &[f32], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, lane) in acc.iter_mut().enumerate() {
+                // SAFETY: `i + 32 <= n`, so both loads read inside both slices.
+                let (x, y) = unsafe {
+                    (
+                        _mm256_loadu_ps(pa.add(i + 8 * j)),
+                        load_f16x8(pb.add(i + 8 * j)),
+                    )
+                };
+                let d = _mm256_sub_ps(x, y);
+                *lane = _mm256_fmadd_ps(d, d, *lane);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            // SAFETY: `i + 8 <= n`, so both loads read inside both slices.
+            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), load_f16x8(pb.add(i))) };
+            let d = _mm256_sub_ps(x, y);
+            acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
+            i += 8;
+        }
+        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let tail: f32 = a[i..n]
+            .iter()
+            .zip(&b[i..n])
+            .map(|(x, y)| (x - y.to_f32()) * (x - y.to_f32()))
+            .sum();
+        horizontal_sum(sum) + tail
+    }
 }
 
 #[cfg(test)]
@@ -359,6 +523,35 @@ mod tests {
                 close(dot(&a, &b), dot_portable(&a, &b), scale);
                 let scale: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
                 close(l2_squared(&a, &b), l2_squared_portable(&a, &b), scale);
+            }
+        }
+    }
+
+    #[test]
+    fn half_width_kernels_equal_the_portable_code_and_stay_near_the_f32_distance() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(18);
+        for n in LENGTHS {
+            for _ in 0..20 {
+                let (a, b) = (random(&mut rng, n), random(&mut rng, n));
+                let half: Vec<f16> = b.iter().map(|&x| f16::from_f32(x)).collect();
+                // The detected kernel and the portable one compute the same sums of the same
+                // widened values.
+                let scale: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
+                close(dot_f16(&a, &half), dot_f16_portable(&a, &half), scale);
+                let squares: f32 = a.iter().zip(&b).map(|(x, y)| (x - y) * (x - y)).sum();
+                close(
+                    l2_squared_f16(&a, &half),
+                    l2_squared_f16_portable(&a, &half),
+                    squares,
+                );
+                // Rounding to f16 moves each value by at most 2^-11 of itself, so a distance
+                // by at most about that share of the sum of its terms' sizes.
+                let bound = scale * 2f32.powi(-10) + 1e-5;
+                assert!((dot_f16(&a, &half) - dot(&a, &b)).abs() <= bound, "n {n}");
+                let magnitude: f32 = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).sum();
+                let bound = 2.0 * magnitude * 2f32.powi(-10) + 1e-5;
+                let (got, want) = (l2_squared_f16(&a, &half), l2_squared(&a, &b));
+                assert!((got - want).abs() <= bound, "n {n}: {got} vs {want}");
             }
         }
     }
