@@ -73,7 +73,7 @@ fn detect() -> Level {
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     match level() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `level()` is `Avx2Fma` only when the CPU reports AVX2 and FMA.
+        // SAFETY: `level()` is `Avx2Fma` only when the CPU reports AVX2, FMA and F16C.
         Level::Avx2Fma => unsafe { x86::dot(a, b) },
         _ => dot_portable(a, b),
     }
@@ -84,7 +84,7 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
     match level() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `level()` is `Avx2Fma` only when the CPU reports AVX2 and FMA.
+        // SAFETY: `level()` is `Avx2Fma` only when the CPU reports AVX2, FMA and F16C.
         Level::Avx2Fma => unsafe { x86::l2_squared(a, b) },
         _ => l2_squared_portable(a, b),
     }
@@ -97,7 +97,7 @@ pub fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
     match level() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `level()` is `Avx2Fma` only when the CPU reports AVX2, FMA and F16C.
-        Level::Avx2Fma => unsafe { x86::dot_f16(a, b) },
+        Level::Avx2Fma => unsafe { x86::dot(a, b) },
         _ => dot_f16_portable(a, b),
     }
 }
@@ -109,7 +109,7 @@ pub fn l2_squared_f16(a: &[f32], b: &[f16]) -> f32 {
     match level() {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: `level()` is `Avx2Fma` only when the CPU reports AVX2, FMA and F16C.
-        Level::Avx2Fma => unsafe { x86::l2_squared_f16(a, b) },
+        Level::Avx2Fma => unsafe { x86::l2_squared(a, b) },
         _ => l2_squared_f16_portable(a, b),
     }
 }
@@ -164,81 +164,86 @@ pub fn advise_huge_pages<T>(buffer: &Vec<T>) {
     let _ = buffer;
 }
 
+/// What the kernels read the stored side of a distance as: f32 vectors, or the graph's f16
+/// copies, widened to f32 value by value (see `graph`). One kernel serves both.
+pub trait Stored: Copy {
+    /// The value as f32.
+    fn widen(self) -> f32;
+}
+
+impl Stored for f32 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self
+    }
+}
+
+impl Stored for f16 {
+    #[inline(always)]
+    fn widen(self) -> f32 {
+        self.to_f32()
+    }
+}
+
 /// Dot product, written with independent accumulators so the compiler vectorises it.
 #[inline]
 pub fn dot_portable(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks_a = a.chunks_exact(8);
-    let chunks_b = b.chunks_exact(8);
-    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
-    for (x, y) in chunks_a.zip(chunks_b) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in rest_a.iter().zip(rest_b) {
-        sum += x * y;
-    }
-    sum
+    dot_widened(a, b)
 }
 
-/// [`dot_f16`] in plain Rust: each stored value widened to f32, then as [`dot_portable`].
+/// [`dot_f16`] in plain Rust.
 #[inline]
 pub fn dot_f16_portable(a: &[f32], b: &[f16]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks_a = a.chunks_exact(8);
-    let chunks_b = b.chunks_exact(8);
-    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
-    for (x, y) in chunks_a.zip(chunks_b) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i].to_f32();
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in rest_a.iter().zip(rest_b) {
-        sum += x * y.to_f32();
-    }
-    sum
-}
-
-/// [`l2_squared_f16`] in plain Rust, as [`dot_f16_portable`].
-#[inline]
-pub fn l2_squared_f16_portable(a: &[f32], b: &[f16]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let chunks_a = a.chunks_exact(8);
-    let chunks_b = b.chunks_exact(8);
-    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
-    for (x, y) in chunks_a.zip(chunks_b) {
-        for i in 0..8 {
-            let d = x[i] - y[i].to_f32();
-            acc[i] += d * d;
-        }
-    }
-    let mut sum: f32 = acc.iter().sum();
-    for (x, y) in rest_a.iter().zip(rest_b) {
-        let d = x - y.to_f32();
-        sum += d * d;
-    }
-    sum
+    dot_widened(a, b)
 }
 
 /// Squared Euclidean distance, written like [`dot_portable`].
 #[inline]
 pub fn l2_squared_portable(a: &[f32], b: &[f32]) -> f32 {
+    l2_squared_widened(a, b)
+}
+
+/// [`l2_squared_f16`] in plain Rust.
+#[inline]
+pub fn l2_squared_f16_portable(a: &[f32], b: &[f16]) -> f32 {
+    l2_squared_widened(a, b)
+}
+
+/// The portable dot product over any stored type: eight independent accumulators.
+#[inline]
+fn dot_widened<B: Stored>(a: &[f32], b: &[B]) -> f32 {
     let mut acc = [0.0f32; 8];
     let chunks_a = a.chunks_exact(8);
     let chunks_b = b.chunks_exact(8);
     let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
     for (x, y) in chunks_a.zip(chunks_b) {
         for i in 0..8 {
-            let d = x[i] - y[i];
+            acc[i] += x[i] * y[i].widen();
+        }
+    }
+    let mut sum: f32 = acc.iter().sum();
+    for (x, y) in rest_a.iter().zip(rest_b) {
+        sum += x * y.widen();
+    }
+    sum
+}
+
+/// The portable squared Euclidean distance over any stored type, as [`dot_widened`].
+#[inline]
+fn l2_squared_widened<B: Stored>(a: &[f32], b: &[B]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks_a = a.chunks_exact(8);
+    let chunks_b = b.chunks_exact(8);
+    let (rest_a, rest_b) = (chunks_a.remainder(), chunks_b.remainder());
+    for (x, y) in chunks_a.zip(chunks_b) {
+        for i in 0..8 {
+            let d = x[i] - y[i].widen();
             acc[i] += d * d;
         }
     }
     let mut sum: f32 = acc.iter().sum();
     for (x, y) in rest_a.iter().zip(rest_b) {
-        let d = x - y;
+        let d = x - y.widen();
         sum += d * d;
     }
     sum
@@ -255,7 +260,7 @@ pub fn install(index: &mut Index, metric: Metric) {
     let is_l2 = metric == Metric::L2;
     let closure: GraphMetric = match level() {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: `level()` is `Avx2Fma` only when the CPU reports AVX2 and FMA.
+        // SAFETY: `level()` is `Avx2Fma` only when the CPU reports AVX2, FMA and F16C.
         Level::Avx2Fma => unsafe { x86::graph_metric(dimensions, is_l2) },
         _ => Box::new(move |a, b| {
             // SAFETY: usearch calls the metric with two vectors of the index's scalar kind
@@ -283,19 +288,19 @@ mod x86 {
 
     use half::f16;
 
-    use super::GraphMetric;
+    use super::{GraphMetric, Stored};
 
     /// The graph's metric, built inside an AVX2 function so that the closure inherits its
     /// target features and the kernel inlines into it (one call less per distance).
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn graph_metric(dimensions: usize, is_l2: bool) -> GraphMetric {
         if is_l2 {
             Box::new(move |a, b| {
                 // SAFETY: as in `install`: two f32 vectors of the index's width; the closure
-                // exists only once AVX2 and FMA were detected.
+                // exists only once AVX2, FMA and F16C were detected.
                 unsafe {
                     let (a, b) = (
                         std::slice::from_raw_parts(a, dimensions),
@@ -327,12 +332,42 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
-    /// Dot product over `min(a.len(), b.len())` values.
+    /// A stored type the kernels load eight at a time as eight f32 lanes.
+    pub(super) trait Load8: Stored {
+        /// Eight values from `p`, as f32.
+        ///
+        /// # Safety
+        /// The CPU must support AVX2, FMA and F16C, and `p` must point at eight readable
+        /// values.
+        unsafe fn load8(p: *const Self) -> __m256;
+    }
+
+    impl Load8 for f32 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            // SAFETY: the caller's (eight readable f32); the load is unaligned.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+    }
+
+    impl Load8 for f16 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma,f16c")]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            // SAFETY: the caller's; `f16` is `repr(transparent)` over `u16`, so eight of them
+            // are 16 bytes, and the load is unaligned.
+            _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast::<__m128i>()) })
+        }
+    }
+
+    /// Dot product over `min(a.len(), b.len())` values, the stored side `b` widened as it is
+    /// loaded: four independent 8-lane accumulators.
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn dot(a: &[f32], b: &[f32]) -> f32 {
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dot<B: Load8>(a: &[f32], b: &[B]) -> f32 {
         let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -344,7 +379,7 @@ mod x86 {
                 let (x, y) = unsafe {
                     (
                         _mm256_loadu_ps(pa.add(i + 8 * j)),
-                        _mm256_loadu_ps(pb.add(i + 8 * j)),
+                        B::load8(pb.add(i + 8 * j)),
                     )
                 };
                 *lane = _mm256_fmadd_ps(x, y, *lane);
@@ -353,21 +388,25 @@ mod x86 {
         }
         while i + 8 <= n {
             // SAFETY: see above.
-            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i))) };
+            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), B::load8(pb.add(i))) };
             acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
             i += 8;
         }
         let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let tail: f32 = a[i..n].iter().zip(&b[i..n]).map(|(x, y)| x * y).sum();
+        let tail: f32 = a[i..n]
+            .iter()
+            .zip(&b[i..n])
+            .map(|(x, y)| x * y.widen())
+            .sum();
         horizontal_sum(sum) + tail
     }
 
-    /// Squared Euclidean distance over `min(a.len(), b.len())` values.
+    /// Squared Euclidean distance over `min(a.len(), b.len())` values, as [`dot`].
     ///
     /// # Safety
-    /// The CPU must support AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) unsafe fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn l2_squared<B: Load8>(a: &[f32], b: &[B]) -> f32 {
         let n = a.len().min(b.len());
         let (pa, pb) = (a.as_ptr(), b.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 4];
@@ -378,7 +417,7 @@ mod x86 {
                 let (x, y) = unsafe {
                     (
                         _mm256_loadu_ps(pa.add(i + 8 * j)),
-                        _mm256_loadu_ps(pb.add(i + 8 * j)),
+                        B::load8(pb.add(i + 8 * j)),
                     )
                 };
                 let d = _mm256_sub_ps(x, y);
@@ -388,7 +427,7 @@ mod x86 {
         }
         while i + 8 <= n {
             // SAFETY: `i + 8 <= n`, so both loads read inside both slices.
-            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i))) };
+            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), B::load8(pb.add(i))) };
             let d = _mm256_sub_ps(x, y);
             acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
             i += 8;
@@ -397,97 +436,7 @@ mod x86 {
         let tail: f32 = a[i..n]
             .iter()
             .zip(&b[i..n])
-            .map(|(x, y)| (x - y) * (x - y))
-            .sum();
-        horizontal_sum(sum) + tail
-    }
-
-    /// Eight stored f16 values from `p`, widened to f32.
-    ///
-    /// # Safety
-    /// The CPU must support F16C, and `p` must point at eight readable f16 values.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn load_f16x8(p: *const f16) -> __m256 {
-        // SAFETY: the caller's; `f16` is `repr(transparent)` over `u16`, so eight of them are
-        // 16 bytes, and the load is unaligned.
-        _mm256_cvtph_ps(unsafe { _mm_loadu_si128(p.cast::<__m128i>()) })
-    }
-
-    /// [`dot`] of an f32 query with a vector stored as f16, over `min(a.len(), b.len())`.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn dot_f16(a: &[f32], b: &[f16]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (j, lane) in acc.iter_mut().enumerate() {
-                // SAFETY: `i + 32 <= n`, so both loads read inside both slices.
-                let (x, y) = unsafe {
-                    (
-                        _mm256_loadu_ps(pa.add(i + 8 * j)),
-                        load_f16x8(pb.add(i + 8 * j)),
-                    )
-                };
-                *lane = _mm256_fmadd_ps(x, y, *lane);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            // SAFETY: `i + 8 <= n`, so both loads read inside both slices.
-            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), load_f16x8(pb.add(i))) };
-            acc[0] = _mm256_fmadd_ps(x, y, acc[0]);
-            i += 8;
-        }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let tail: f32 = a[i..n]
-            .iter()
-            .zip(&b[i..n])
-            .map(|(x, y)| x * y.to_f32())
-            .sum();
-        horizontal_sum(sum) + tail
-    }
-
-    /// [`l2_squared`] from an f32 query to a vector stored as f16.
-    ///
-    /// # Safety
-    /// The CPU must support AVX2, FMA and F16C.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn l2_squared_f16(a: &[f32], b: &[f16]) -> f32 {
-        let n = a.len().min(b.len());
-        let (pa, pb) = (a.as_ptr(), b.as_ptr());
-        let mut acc = [_mm256_setzero_ps(); 4];
-        let mut i = 0;
-        while i + 32 <= n {
-            for (j, lane) in acc.iter_mut().enumerate() {
-                // SAFETY: `i + 32 <= n`, so both loads read inside both slices.
-                let (x, y) = unsafe {
-                    (
-                        _mm256_loadu_ps(pa.add(i + 8 * j)),
-                        load_f16x8(pb.add(i + 8 * j)),
-                    )
-                };
-                let d = _mm256_sub_ps(x, y);
-                *lane = _mm256_fmadd_ps(d, d, *lane);
-            }
-            i += 32;
-        }
-        while i + 8 <= n {
-            // SAFETY: `i + 8 <= n`, so both loads read inside both slices.
-            let (x, y) = unsafe { (_mm256_loadu_ps(pa.add(i)), load_f16x8(pb.add(i))) };
-            let d = _mm256_sub_ps(x, y);
-            acc[0] = _mm256_fmadd_ps(d, d, acc[0]);
-            i += 8;
-        }
-        let sum = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-        let tail: f32 = a[i..n]
-            .iter()
-            .zip(&b[i..n])
-            .map(|(x, y)| (x - y.to_f32()) * (x - y.to_f32()))
+            .map(|(x, y)| (x - y.widen()) * (x - y.widen()))
             .sum();
         horizontal_sum(sum) + tail
     }
@@ -566,7 +515,7 @@ mod tests {
         for n in LENGTHS {
             let (a, b) = (random(&mut rng, n), random(&mut rng, n));
             let scale: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
-            // SAFETY: the level says the CPU has AVX2 and FMA.
+            // SAFETY: the level says the CPU has AVX2, FMA and F16C.
             let got = unsafe { x86::dot(&a, &b) };
             close(got, dot_portable(&a, &b), scale);
             // The graph's metric computes the same through usearch's pointers.
