@@ -69,22 +69,19 @@ fn main() {
         connectivity: 16,
         ef_construction: 200,
         search_threads: 2,
+        insert_threads: 2,
         engine: AnnEngine::Usearch,
     };
     let queries = Arc::new(queries);
     let measure_all = |ann: &Arc<dyn Ann>| -> Vec<Row> {
         EFS.iter()
             .map(|&ef| {
-                let mut found = 0;
-                for (q, t) in queries.iter().zip(&truth) {
-                    let hits = ann.search(q, k, ef).expect("search");
-                    found += hits.iter().filter(|h| t.contains(&h.id)).count();
-                }
+                let recall = recall_at(ann.as_ref(), &queries, &truth, k, ef);
                 let (qps1, cpu1) = measure(ann, &queries, k, ef, 1, Duration::from_secs(seconds));
                 let (qps2, cpu2) = measure(ann, &queries, k, ef, 2, Duration::from_secs(seconds));
                 Row {
                     ef,
-                    recall: found as f64 / (truth.len() * k) as f64,
+                    recall,
                     qps1,
                     qps2,
                     cpu1,
@@ -157,16 +154,60 @@ fn main() {
     print_rows(&mine);
     drop(graph);
 
+    // Two writers side by side (the server's indexers on this machine's two cores): build
+    // time, and recall at the smallest ef, to show that the links made side by side hold.
+    let two = GraphAnn::new(dims, Metric::Cosine, params).expect("graph");
+    let graph_build2 = build_parallel(&two, &vectors, 2);
+    let recall2 = recall_at(&two, &queries, &truth, k, EFS[0]);
+    println!(
+        "our graph build with 2 writers: {graph_build2:.2} s, {:.0} points/s, recall@{k} {recall2:.4} at ef {}",
+        points as f64 / graph_build2,
+        EFS[0]
+    );
+    drop(two);
+
     let mut engines = vec![
         ("graph", mine, graph_build),
         ("usearch", ours, usearch_build),
     ];
     if let Some(theirs) = run_hnswlib(dims, &vectors, &queries, &truth, seconds) {
+        println!(
+            "hnswlib build with 2 writers: {:.2} s, recall@{k} {:.4} at ef {}; ours/hnswlib build time with 2 writers: {:.2}",
+            theirs.build2_s,
+            theirs.build2_recall,
+            EFS[0],
+            graph_build2 / theirs.build2_s
+        );
         println!("hnswlib, same data, same process run:");
         print_rows(&theirs.rows);
         engines.push(("hnswlib", theirs.rows, theirs.build_s));
     }
     compare(&engines);
+}
+
+/// Inserts every vector from `writers` threads, each taking every `writers`-th; seconds taken.
+fn build_parallel(ann: &dyn Ann, vectors: &[Vec<f32>], writers: usize) -> f64 {
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for first in 0..writers {
+            scope.spawn(move || {
+                for i in (first..vectors.len()).step_by(writers) {
+                    ann.insert(i as u64, &vectors[i]).expect("insert");
+                }
+            });
+        }
+    });
+    started.elapsed().as_secs_f64()
+}
+
+/// Recall@k of `ann` at `ef` against `truth`.
+fn recall_at(ann: &dyn Ann, queries: &[Vec<f32>], truth: &[Vec<u64>], k: usize, ef: usize) -> f64 {
+    let mut found = 0;
+    for (q, t) in queries.iter().zip(truth) {
+        let hits = ann.search(q, k, ef).expect("search");
+        found += hits.iter().filter(|h| t.contains(&h.id)).count();
+    }
+    found as f64 / (truth.len() * k) as f64
 }
 
 /// Inserts every vector from one writer; seconds taken.
@@ -300,6 +341,9 @@ fn print_rows(rows: &[Row]) {
 
 struct Hnswlib {
     build_s: f64,
+    /// The same build with two writers, and its recall at the smallest ef.
+    build2_s: f64,
+    build2_recall: f64,
     rows: Vec<Row>,
 }
 
@@ -346,6 +390,8 @@ fn run_hnswlib(
     };
     let mut result = Hnswlib {
         build_s: 0.0,
+        build2_s: f64::NAN,
+        build2_recall: f64::NAN,
         rows: Vec::new(),
     };
     for line in String::from_utf8_lossy(&output.stdout).lines() {
@@ -354,6 +400,9 @@ fn run_hnswlib(
         };
         if let Some(b) = v["build_s"].as_f64() {
             result.build_s = b;
+        } else if let Some(b) = v["build2_s"].as_f64() {
+            result.build2_s = b;
+            result.build2_recall = v["build2_recall"].as_f64().unwrap_or(f64::NAN);
         } else {
             result.rows.push(Row {
                 ef: v["ef"].as_u64().unwrap_or(0) as usize,

@@ -29,6 +29,19 @@ def main() -> None:
     index.add_items(base, np.arange(len(base)))
     print(json.dumps({"build_s": time.perf_counter() - started}), flush=True)
 
+    # The same build with two writers, against ours with two (its own index, then dropped).
+    two = hnswlib.Index(space="cosine", dim=dims)
+    two.init_index(max_elements=len(base), M=16, ef_construction=200, random_seed=100)
+    two.set_num_threads(2)
+    started = time.perf_counter()
+    two.add_items(base, np.arange(len(base)))
+    build2_s = time.perf_counter() - started
+    two.set_ef(EFS[0])
+    labels, _ = two.knn_query(queries, k=K, num_threads=2)
+    found = sum(len(set(row) & set(t)) for row, t in zip(labels.tolist(), truth.tolist()))
+    print(json.dumps({"build2_s": build2_s, "build2_recall": found / (len(queries) * K)}), flush=True)
+    del two
+
     for ef in EFS:
         index.set_ef(ef)
         labels, _ = index.knn_query(queries, k=K, num_threads=1)

@@ -187,6 +187,10 @@ impl TryFrom<&Args> for Config {
             connectivity: args.index.connectivity.clamp(2, 256),
             ef_construction: args.index.ef_construction.max(1),
             engine: args.index.ann_engine,
+            insert_threads: match args.index.index_threads {
+                0 => crate::process::available_cpus(),
+                n => n,
+            },
             // The index's search threads bound concurrent searches below admission; they must
             // not be the tighter bound, or requests would queue invisibly inside the engine.
             search_threads: admission

@@ -6,16 +6,17 @@
 //! of *search slots* (the ANN index's thread slots). Writes arrive as logged [`Record`]s and are
 //! applied one at a time in sequence order (see `storage`) to the point store and the
 //! [`Tail`] together, which makes them searchable at once; the graph takes them from the tail in
-//! the background, on one indexer thread ([`Engine::run_indexer`]), which is also the only
-//! writer of the graph (the `Ann` contract). A search scans the tail exactly and merges it with
-//! the graph's answer, dropping graph hits whose point is gone or newer in the tail.
+//! the background, on indexer threads ([`Engine::run_indexer`], one per CPU where the graph
+//! takes inserts side by side, see `--index-threads`), which are the only writers of the graph
+//! (the `Ann` contract). A search scans the tail exactly and merges it with the graph's
+//! answer, dropping graph hits whose point is gone or newer in the tail.
 //!
-//! Lock order: `writer`, then `graph_writer`, then `store`, then `tail`; the indexer holds
-//! `graph_writer` for one point at a time, so a snapshot ([`Engine::freeze`]) waits for at
-//! most one insert.
+//! Lock order: `writer`, then `graph_writers`, then `store`, then `tail`; each indexer holds
+//! `graph_writers` (shared) for one point at a time, and removals and a snapshot
+//! ([`Engine::freeze`]) hold it alone, so a snapshot waits for at most one insert per indexer.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
@@ -56,6 +57,10 @@ pub struct Args {
     /// graph written by the other one is refused and rebuilt from the points at start.
     #[arg(long, env = "VECRIG_ANN_ENGINE", default_value = "graph")]
     pub ann_engine: AnnEngine,
+    /// Threads that move written points into the graph side by side (0: one per CPU this
+    /// process may use). usearch takes one at a time whatever is set here.
+    #[arg(long, env = "VECRIG_INDEX_THREADS", default_value_t = 0)]
+    pub index_threads: usize,
 }
 
 /// One write, as the engine prepares and applies it and the write-ahead log records it.
@@ -157,8 +162,9 @@ pub struct Engine {
     writer: Mutex<()>,
     /// Written points the graph has not taken yet (see `index::tail`).
     tail: RwLock<Tail>,
-    /// Held while the graph changes or is saved: one graph writer at a time.
-    graph_writer: Mutex<()>,
+    /// Held shared by each indexer's insert, alone by removals and snapshots: inserts of
+    /// distinct ids run side by side (the `Ann` contract), the rest alone.
+    graph_writers: RwLock<()>,
     /// Signalled when the tail gains work (wakes the indexer) or room (wakes the writer).
     tail_changed: Condvar,
     tail_signal: Mutex<()>,
@@ -217,7 +223,7 @@ impl Engine {
             embedder: Box::new(HashingEmbedder::new(shape.dimensions)),
             writer: Mutex::new(()),
             tail: RwLock::new(tail),
-            graph_writer: Mutex::new(()),
+            graph_writers: RwLock::new(()),
             tail_changed: Condvar::new(),
             tail_signal: Mutex::new(()),
             tail_limit: TAIL_LIMIT,
@@ -238,7 +244,10 @@ impl Engine {
     /// stored points that are not in the tail, each with its stored vector.
     pub fn freeze(&self) -> Result<Frozen<'_>, Error> {
         let writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let graph_writer = self.graph_writer.lock().unwrap_or_else(|p| p.into_inner());
+        let graph_writers = self
+            .graph_writers
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
         let removals = self.tail_write()?.take_removals();
         for id in removals {
             self.ann.remove(id)?;
@@ -246,11 +255,11 @@ impl Engine {
         Ok(Frozen {
             engine: self,
             _writer: writer,
-            _graph_writer: graph_writer,
+            _graph_writers: graph_writers,
         })
     }
 
-    fn tail_write(&self) -> Result<std::sync::RwLockWriteGuard<'_, Tail>, Error> {
+    fn tail_write(&self) -> Result<RwLockWriteGuard<'_, Tail>, Error> {
         self.tail
             .write()
             .map_err(|_| Error::Worker("tail lock poisoned".into()))
@@ -293,36 +302,77 @@ impl Engine {
         self.tail_changed.notify_all();
     }
 
-    /// Moves one point from the tail into the graph (after removing the graph entries of
-    /// deleted and replaced points); returns whether there was anything to do.
+    /// Moves one point from the tail into the graph, or removes the graph entries of deleted
+    /// and replaced points (first, and alone: no insert runs beside a removal, so a removal
+    /// never meets the newer write of its id); returns whether there was anything to do.
+    /// Up to [`Engine::indexers`] threads may call it at once, each inserting a distinct id.
     pub fn index_step(&self) -> Result<bool, Error> {
-        let _graph_writer = self.graph_writer.lock().unwrap_or_else(|p| p.into_inner());
-        let (removals, next) = {
-            let mut tail = self.tail_write()?;
-            (tail.take_removals(), tail.oldest())
-        };
-        let removed = !removals.is_empty();
-        for id in removals {
-            self.ann.remove(id)?;
+        if self.tail_read()?.removals() > 0 {
+            let _alone = self
+                .graph_writers
+                .write()
+                .unwrap_or_else(|p| p.into_inner());
+            let removals = self.tail_write()?.take_removals();
+            for id in &removals {
+                self.ann.remove(*id)?;
+            }
+            return Ok(!removals.is_empty());
         }
+        let _shared = self.graph_writers.read().unwrap_or_else(|p| p.into_inner());
+        let next = {
+            let mut tail = self.tail_write()?;
+            if tail.removals() > 0 {
+                // Arrived since the check above: removed first, on the next step.
+                return Ok(true);
+            }
+            tail.take_oldest()
+        };
         let Some(pending) = next else {
-            return Ok(removed);
+            return Ok(false);
         };
         // Inserted before it leaves the tail: a search that no longer finds it in the tail
         // finds it in the graph.
-        self.ann.insert(pending.id, &pending.vector)?;
+        if let Err(e) = self.ann.insert(pending.id, &pending.vector) {
+            self.tail_write()?.give_back(&pending);
+            return Err(e.into());
+        }
         if !self.tail_write()?.indexed(&pending) {
             // Replaced or deleted while it was inserted: the graph must not keep this vector.
-            self.ann.remove(pending.id)?;
+            // Its id stays taken until then, so no other indexer inserts the newer write first.
+            let removed = self.ann.remove(pending.id);
+            self.tail_write()?.released(&pending);
+            removed?;
         }
         self.signal_tail();
         Ok(true)
     }
 
-    /// Indexes everything in the tail now, on this thread (preload and tests).
+    /// How many indexer threads may run [`Engine::run_indexer`] at once: the graph's insert
+    /// threads (one for usearch).
+    pub fn indexers(&self) -> usize {
+        self.ann.insert_threads().max(1)
+    }
+
+    /// Indexes everything in the tail now, on this thread and [`Engine::indexers`] - 1 more
+    /// (preload and tests); returns once the tail is empty.
     pub fn index_all(&self) -> Result<(), Error> {
-        while self.index_step()? {}
-        Ok(())
+        let drain = || -> Result<(), Error> {
+            while self.index_step()? {}
+            Ok(())
+        };
+        std::thread::scope(|scope| {
+            let helpers: Vec<_> = (1..self.indexers()).map(|_| scope.spawn(drain)).collect();
+            let mine = drain();
+            helpers
+                .into_iter()
+                .map(|helper| {
+                    helper.join().unwrap_or_else(|_| {
+                        Err(Error::Worker("an indexing thread panicked".into()))
+                    })
+                })
+                .chain(std::iter::once(mine))
+                .collect()
+        })
     }
 
     /// The indexer: moves points from the tail into the graph until `stop` is set. Runs on
@@ -338,7 +388,11 @@ impl Engine {
                 Ok(true) => {}
                 Ok(false) => {
                     let signal = self.tail_signal.lock().unwrap_or_else(|p| p.into_inner());
-                    let idle = self.tail.read().map(|t| t.is_empty() && t.removals() == 0);
+                    // Points other indexers are inserting are not this one's work.
+                    let idle = self
+                        .tail
+                        .read()
+                        .map(|t| !t.has_queued() && t.removals() == 0);
                     if idle.unwrap_or(true) && !stop.load(Ordering::Acquire) {
                         let _ = self
                             .tail_changed
@@ -579,7 +633,7 @@ impl Engine {
 pub struct Frozen<'a> {
     engine: &'a Engine,
     _writer: MutexGuard<'a, ()>,
-    _graph_writer: MutexGuard<'a, ()>,
+    _graph_writers: RwLockWriteGuard<'a, ()>,
 }
 
 impl Frozen<'_> {
@@ -744,6 +798,70 @@ mod tests {
             "room was made before the writer went on"
         );
         assert!(indexer.join().expect("indexer"));
+    }
+
+    /// Indexers side by side while points are written, rewritten and deleted: once they
+    /// have caught up, the graph holds exactly the stored points, each at its current vector
+    /// (no stale write left behind by an insert that raced its own rewrite, none lost).
+    #[test]
+    fn indexers_side_by_side_leave_the_graph_equal_to_the_store() {
+        use rand::{Rng, SeedableRng};
+        let shape = Shape {
+            dimensions: 16,
+            metric: Metric::L2,
+        };
+        let hnsw = HnswParams {
+            insert_threads: 3,
+            ..HnswParams::default()
+        };
+        let engine = Arc::new(Engine::new(shape, hnsw, 64).expect("engine"));
+        assert_eq!(engine.indexers(), 3);
+        let stop = Arc::new(AtomicBool::new(false));
+        let indexers: Vec<_> = (0..engine.indexers())
+            .map(|_| {
+                let (engine, stop) = (Arc::clone(&engine), Arc::clone(&stop));
+                std::thread::spawn(move || engine.run_indexer(&stop))
+            })
+            .collect();
+        let mut rng = rand::rngs::StdRng::seed_from_u64(16);
+        // Few ids, so that a point is often written again while an indexer inserts it.
+        for sequence in 1..=20_000u64 {
+            let id = rng.random_range(0..50u64);
+            let record = if rng.random_bool(0.15) {
+                Record::Delete(vec![id])
+            } else {
+                let v = (0..16)
+                    .map(|_| rng.random_range(-100.0..100.0f32))
+                    .collect();
+                Record::Upsert(vec![(id, v, Payload::new())])
+            };
+            engine.apply(sequence, &record).expect("apply");
+            if sequence % 20 == 0 {
+                // Let the indexers take points while writes go on.
+                std::thread::sleep(std::time::Duration::from_micros(100));
+            }
+        }
+        stop.store(true, Ordering::Release);
+        for indexer in indexers {
+            indexer.join().expect("indexer");
+        }
+        engine.index_all().expect("index");
+        assert_eq!(engine.tail_len(), 0);
+        let frozen = engine.freeze().expect("freeze");
+        let store = engine.store_read().expect("store");
+        assert_eq!(
+            frozen.ann().len(),
+            store.len(),
+            "graph and store hold the same points"
+        );
+        for (id, vector, _) in store.iter() {
+            let hits = frozen.ann().search(vector, 1, 256).expect("search");
+            assert_eq!(
+                hits.first().map(|h| (h.id, h.distance)),
+                Some((id, 0.0)),
+                "point {id}"
+            );
+        }
     }
 
     mod merged {

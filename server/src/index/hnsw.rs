@@ -36,6 +36,9 @@ pub struct HnswParams {
     pub ef_construction: usize,
     /// Searches that may run at once.
     pub search_threads: usize,
+    /// Inserts that may run at once, where the implementation allows it (our graph does;
+    /// usearch's adds run one at a time, see [`UsearchAnn`]).
+    pub insert_threads: usize,
     /// Which implementation builds the graph (`--ann-engine`); the parameters above mean the
     /// same to both.
     pub engine: super::AnnEngine,
@@ -47,6 +50,7 @@ impl Default for HnswParams {
             connectivity: 16,
             ef_construction: 128,
             search_threads: 4,
+            insert_threads: 1,
             engine: super::AnnEngine::Graph,
         }
     }

@@ -134,9 +134,10 @@ pub enum IndexError {
 
 /// An approximate nearest-neighbour index over `(id, vector)` pairs.
 ///
-/// Concurrency contract, which callers must keep: `insert`, `remove`, `save` come from one
-/// writer at a time; `search` may run concurrently with them and with each other from at most
-/// [`Ann::search_threads`] threads at once.
+/// Concurrency contract, which callers must keep: `insert` of distinct ids may come from up to
+/// [`Ann::insert_threads`] threads at once; `remove` and `save` come from one writer at a
+/// time, with no insert running; `search` may run concurrently with all of them and with each
+/// other from at most [`Ann::search_threads`] threads at once.
 pub trait Ann: Send + Sync {
     /// Inserts `vector` under `id`, replacing any vector already stored under it.
     fn insert(&self, id: u64, vector: &[f32]) -> Result<(), IndexError>;
@@ -154,6 +155,10 @@ pub trait Ann: Send + Sync {
     }
     /// How many searches may run at once.
     fn search_threads(&self) -> usize;
+    /// How many inserts (of distinct ids) may run at once.
+    fn insert_threads(&self) -> usize {
+        1
+    }
     /// Writes the index to `path` (the caller makes it atomic).
     fn save(&self, path: &Path) -> Result<(), IndexError>;
 }

@@ -39,6 +39,8 @@ pub struct Tail {
     queue: VecDeque<u64>,
     /// Ids the graph holds that must leave it: deleted, or replaced by a tail point.
     removals: HashSet<u64>,
+    /// Ids an indexer has taken and not yet reported (see [`Tail::take_oldest`]).
+    in_flight: HashSet<u64>,
     next_generation: u64,
 }
 
@@ -50,6 +52,7 @@ impl Tail {
             generation: HashMap::new(),
             queue: VecDeque::new(),
             removals: HashSet::new(),
+            in_flight: HashSet::new(),
             next_generation: 0,
         }
     }
@@ -109,43 +112,66 @@ impl Tail {
         self.removals.drain().collect()
     }
 
-    /// The oldest point waiting, copied; it stays in the tail (and searchable) until
-    /// [`Tail::indexed`] says the graph has it.
-    pub fn oldest(&mut self) -> Option<Pending> {
-        while let Some(&id) = self.queue.front() {
-            match (self.generation.get(&id), self.points.vector(id)) {
-                (Some(&generation), Some(vector)) => {
-                    return Some(Pending {
-                        id,
-                        generation,
-                        vector: vector.to_vec(),
-                    });
-                }
-                // Deleted after it was queued.
-                _ => {
-                    self.queue.pop_front();
-                }
+    /// Whether any point waits to be taken by an indexer (points being indexed do not).
+    pub fn has_queued(&self) -> bool {
+        !self.queue.is_empty()
+    }
+
+    /// Takes the oldest point waiting, copied, for one indexer: it stays in the tail (and
+    /// searchable) until [`Tail::indexed`] or [`Tail::give_back`] reports on it, and no other
+    /// indexer is given the same id meanwhile (a point written again while it is indexed is
+    /// queued again by `indexed`), so indexers side by side always insert distinct ids.
+    pub fn take_oldest(&mut self) -> Option<Pending> {
+        while let Some(id) = self.queue.pop_front() {
+            if self.in_flight.contains(&id) {
+                // Written again while being indexed; `indexed` queues it again.
+                continue;
             }
+            if let (Some(&generation), Some(vector)) =
+                (self.generation.get(&id), self.points.vector(id))
+            {
+                self.in_flight.insert(id);
+                return Some(Pending {
+                    id,
+                    generation,
+                    vector: vector.to_vec(),
+                });
+            }
+            // Deleted after it was queued.
         }
         None
     }
 
+    /// Gives back a point taken by [`Tail::take_oldest`] that the graph could not take, to
+    /// be taken again first.
+    pub fn give_back(&mut self, pending: &Pending) {
+        self.in_flight.remove(&pending.id);
+        if self.points.contains(pending.id) {
+            self.queue.push_front(pending.id);
+        }
+    }
+
     /// The graph now holds `pending`. Returns `true` when that was still the point's newest
     /// write (it leaves the tail), `false` when it was replaced or deleted meanwhile: the
-    /// caller then removes it from the graph again (a replaced point stays queued).
+    /// caller then removes it from the graph again and calls [`Tail::released`]; until then
+    /// the id stays taken, so no other indexer inserts its newer write only to have it removed.
     pub fn indexed(&mut self, pending: &Pending) -> bool {
-        if self.queue.front() == Some(&pending.id) {
-            self.queue.pop_front();
-        }
         if self.generation.get(&pending.id) == Some(&pending.generation) {
+            self.in_flight.remove(&pending.id);
             self.generation.remove(&pending.id);
             self.points.remove(pending.id);
             true
         } else {
-            if self.points.contains(pending.id) {
-                self.queue.push_back(pending.id);
-            }
             false
+        }
+    }
+
+    /// The graph no longer holds the stale write `pending` ([`Tail::indexed`] said `false`):
+    /// its id is free for the indexers again, and queued again if a newer write waits.
+    pub fn released(&mut self, pending: &Pending) {
+        self.in_flight.remove(&pending.id);
+        if self.points.contains(pending.id) {
+            self.queue.push_back(pending.id);
         }
     }
 
@@ -179,19 +205,22 @@ mod tests {
         assert_eq!(tail.len(), 3);
         assert!(tail.shadows(2));
         assert_eq!(tail.take_removals(), vec![2]);
-        let first = tail.oldest().expect("1 waits");
+        let first = tail.take_oldest().expect("1 waits");
         assert_eq!(first.id, 1);
-        // Rewritten while being indexed: stays, queued again, with its new vector.
+        // Rewritten while being indexed: stays, and its id stays taken until the stale
+        // write has left the graph again.
         tail.upsert(1, &[10.0], false);
         assert!(!tail.indexed(&first));
         tail.delete(2, false);
-        let next = tail.oldest().expect("3 waits");
-        assert_eq!(next.id, 3, "2 was deleted");
+        let next = tail.take_oldest().expect("3 waits");
+        assert_eq!(next.id, 3, "2 was deleted, 1 is still taken");
         assert!(tail.indexed(&next));
-        let again = tail.oldest().expect("1 again");
+        assert!(tail.take_oldest().is_none());
+        tail.released(&first);
+        let again = tail.take_oldest().expect("1 again");
         assert_eq!((again.id, again.vector.as_slice()), (1, &[10.0][..]));
         assert!(tail.indexed(&again));
-        assert!(tail.oldest().is_none());
+        assert!(tail.take_oldest().is_none());
         assert!(tail.is_empty());
     }
 

@@ -8,7 +8,8 @@
 //! and only then answers, so an acknowledged write is durable and searchable (`wait` is kept
 //! for the wire: every write now waits). A delete reports how many of its ids existed. When
 //! the tail is full, the writer waits for the indexer before applying an upsert, and with it
-//! every writer behind it. The indexer thread, started here, moves the tail into the graph.
+//! every writer behind it. The indexer threads, started here (one per CPU for our graph), move
+//! the tail into the graph.
 //!
 //! Snapshots are taken by the same thread, between batches, once enough log has accumulated or
 //! enough time has passed, and on shutdown; log segments the snapshot covers are then removed,
@@ -110,9 +111,9 @@ pub struct Storage {
     durable: Arc<AtomicU64>,
     queue: Mutex<Option<mpsc::Sender<Pending>>>,
     writer: Mutex<Option<std::thread::JoinHandle<Wal>>>,
-    /// Set to stop the indexer (and a writer waiting for tail room) on close or drop.
+    /// Set to stop the indexers (and a writer waiting for tail room) on close or drop.
     stop: Arc<AtomicBool>,
-    indexer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    indexers: Mutex<Vec<std::thread::JoinHandle<()>>>,
     dir: PathBuf,
     _lock: Flock<File>,
 }
@@ -181,10 +182,11 @@ impl Storage {
             engine.sequence().max(wal.next_sequence() - 1),
         ));
         let stop = Arc::new(AtomicBool::new(false));
-        let indexer = {
+        let mut indexers = Vec::with_capacity(engine.indexers());
+        for n in 0..engine.indexers() {
             let (engine, stop) = (Arc::clone(&engine), Arc::clone(&stop));
-            std::thread::Builder::new()
-                .name("vecrig-indexer".into())
+            let indexer = std::thread::Builder::new()
+                .name(format!("vecrig-indexer-{n}"))
                 .spawn(move || {
                     crate::priority::as_index_work();
                     engine.run_indexer(&stop)
@@ -192,8 +194,9 @@ impl Storage {
                 .map_err(|source| OpenError::DataDir {
                     path: "indexer thread".into(),
                     source,
-                })?
-        };
+                })?;
+            indexers.push(indexer);
+        }
         let (queue, pending) = mpsc::channel();
         let writer = {
             let (engine, durable, dir) = (Arc::clone(&engine), Arc::clone(&durable), dir.clone());
@@ -215,7 +218,7 @@ impl Storage {
             queue: Mutex::new(Some(queue)),
             writer: Mutex::new(Some(writer)),
             stop,
-            indexer: Mutex::new(Some(indexer)),
+            indexers: Mutex::new(indexers),
             dir,
             _lock: lock,
         })
@@ -285,18 +288,15 @@ impl Storage {
 }
 
 impl Storage {
-    /// Stops the indexer thread and waits for it (it finishes the point it is inserting).
+    /// Stops the indexer threads and waits for them (each finishes the point it is inserting).
     fn stop_indexer(&self) {
         self.stop.store(true, Ordering::Release);
-        let indexer = self
-            .indexer
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
-        if let Some(indexer) = indexer
-            && indexer.join().is_err()
-        {
-            tracing::error!("the indexer thread panicked");
+        let indexers =
+            std::mem::take(&mut *self.indexers.lock().unwrap_or_else(|p| p.into_inner()));
+        for indexer in indexers {
+            if indexer.join().is_err() {
+                tracing::error!("an indexer thread panicked");
+            }
         }
     }
 }
