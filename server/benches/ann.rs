@@ -92,7 +92,7 @@ fn main() {
     };
 
     let usearch = UsearchAnn::new(dims, Metric::Cosine, params).expect("index");
-    let usearch_build = build(&usearch, &vectors);
+    let usearch_build = build(&usearch, &vectors, 1);
     println!(
         "usearch build (M=16, ef_construction=200, one writer): {:.2} s, {:.0} points/s",
         usearch_build,
@@ -142,7 +142,7 @@ fn main() {
     drop(usearch);
 
     let graph = GraphAnn::new(dims, Metric::Cosine, params).expect("graph");
-    let graph_build = build(&graph, &vectors);
+    let graph_build = build(&graph, &vectors, 1);
     println!(
         "our graph build (M=16, ef_construction=200, one writer): {:.2} s, {:.0} points/s",
         graph_build,
@@ -157,7 +157,7 @@ fn main() {
     // Two writers side by side (the server's indexers on this machine's two cores): build
     // time, and recall at the smallest ef, to show that the links made side by side hold.
     let two = GraphAnn::new(dims, Metric::Cosine, params).expect("graph");
-    let graph_build2 = build_parallel(&two, &vectors, 2);
+    let graph_build2 = build(&two, &vectors, 2);
     let recall2 = recall_at(&two, &queries, &truth, k, EFS[0]);
     println!(
         "our graph build with 2 writers: {graph_build2:.2} s, {:.0} points/s, recall@{k} {recall2:.4} at ef {}",
@@ -186,7 +186,7 @@ fn main() {
 }
 
 /// Inserts every vector from `writers` threads, each taking every `writers`-th; seconds taken.
-fn build_parallel(ann: &dyn Ann, vectors: &[Vec<f32>], writers: usize) -> f64 {
+fn build(ann: &dyn Ann, vectors: &[Vec<f32>], writers: usize) -> f64 {
     let started = Instant::now();
     std::thread::scope(|scope| {
         for first in 0..writers {
@@ -208,15 +208,6 @@ fn recall_at(ann: &dyn Ann, queries: &[Vec<f32>], truth: &[Vec<u64>], k: usize, 
         found += hits.iter().filter(|h| t.contains(&h.id)).count();
     }
     found as f64 / (truth.len() * k) as f64
-}
-
-/// Inserts every vector from one writer; seconds taken.
-fn build(ann: &dyn Ann, vectors: &[Vec<f32>]) -> f64 {
-    let started = Instant::now();
-    for (i, v) in vectors.iter().enumerate() {
-        ann.insert(i as u64, v).expect("insert");
-    }
-    started.elapsed().as_secs_f64()
 }
 
 /// Ratios between every pair of engines: build time, QPS at the same `ef`, and QPS at equal

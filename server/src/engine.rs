@@ -248,10 +248,7 @@ impl Engine {
             .graph_writers
             .write()
             .unwrap_or_else(|p| p.into_inner());
-        let removals = self.tail_write()?.take_removals();
-        for id in removals {
-            self.ann.remove(id)?;
-        }
+        self.remove_replaced()?;
         Ok(Frozen {
             engine: self,
             _writer: writer,
@@ -312,11 +309,7 @@ impl Engine {
                 .graph_writers
                 .write()
                 .unwrap_or_else(|p| p.into_inner());
-            let removals = self.tail_write()?.take_removals();
-            for id in &removals {
-                self.ann.remove(*id)?;
-            }
-            return Ok(!removals.is_empty());
+            return Ok(self.remove_replaced()? > 0);
         }
         let _shared = self.graph_writers.read().unwrap_or_else(|p| p.into_inner());
         let next = {
@@ -345,6 +338,16 @@ impl Engine {
         }
         self.signal_tail();
         Ok(true)
+    }
+
+    /// Removes the graph entries of deleted and replaced points; returns how many. The caller
+    /// holds `graph_writers` alone.
+    fn remove_replaced(&self) -> Result<usize, Error> {
+        let removals = self.tail_write()?.take_removals();
+        for &id in &removals {
+            self.ann.remove(id)?;
+        }
+        Ok(removals.len())
     }
 
     /// How many indexer threads may run [`Engine::run_indexer`] at once: the graph's insert

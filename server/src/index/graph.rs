@@ -578,7 +578,6 @@ impl Graph {
             };
             at = nearest;
             let chosen = self.select(&found, self.m, vector_of);
-            let capacity = self.capacity(l);
             for &neighbour in &chosen {
                 let theirs: Vec<u32> = repaired
                     .remove(&(neighbour, l))
@@ -586,25 +585,7 @@ impl Graph {
                     .into_iter()
                     .filter(|&n| n != new_slot)
                     .collect();
-                let list = if theirs.len() < capacity {
-                    let mut list = theirs;
-                    list.push(new_slot);
-                    list
-                } else {
-                    // Full: choose again among its neighbours and the new node.
-                    let base = self.vectors.get(neighbour);
-                    pool.clear();
-                    pool.extend(theirs.iter().map(|&n| Scored {
-                        distance: self.between(base, self.vectors.get(n)),
-                        slot: n,
-                    }));
-                    pool.push(Scored {
-                        distance: self.between(base, query),
-                        slot: new_slot,
-                    });
-                    pool.sort_unstable();
-                    self.select(&pool, capacity, vector_of)
-                };
+                let list = self.link_into(neighbour, theirs, new_slot, l, &vector_of, &mut pool);
                 linked.push(Update {
                     slot: neighbour,
                     level: l,
@@ -629,28 +610,49 @@ impl Graph {
         plan
     }
 
-    /// `neighbour`'s list at `level` with `new_slot` (already in the slab) linked into it,
-    /// made from the list as it is now: the heuristic chooses again when it is full.
+    /// `theirs` (`neighbour`'s list at `level`) with `new_slot` linked into it: appended while
+    /// there is room, else the heuristic chooses again among them and the new node.
+    /// `vector_of` resolves slots (the new node may not be in the slab yet); `pool` is scratch.
+    fn link_into<'a>(
+        &'a self,
+        neighbour: u32,
+        mut theirs: Vec<u32>,
+        new_slot: u32,
+        level: usize,
+        vector_of: &impl Fn(u32) -> &'a [f32],
+        pool: &mut Vec<Scored>,
+    ) -> Vec<u32> {
+        let capacity = self.capacity(level);
+        if theirs.len() < capacity {
+            theirs.push(new_slot);
+            return theirs;
+        }
+        let base = self.vectors.get(neighbour);
+        pool.clear();
+        pool.extend(theirs.iter().chain([&new_slot]).map(|&n| Scored {
+            distance: self.between(base, vector_of(n)),
+            slot: n,
+        }));
+        pool.sort_unstable();
+        self.select(pool, capacity, vector_of)
+    }
+
+    /// `neighbour`'s list at `level` as it is now, with `new_slot` (already in the slab)
+    /// linked into it: for a plan whose copy of the list another insert changed meanwhile.
     fn relink(&self, neighbour: u32, level: usize, new_slot: u32) -> Vec<u32> {
-        let mut list = self.links(neighbour, level).to_vec();
+        let list = self.links(neighbour, level).to_vec();
         if list.contains(&new_slot) || neighbour == new_slot {
             return list;
         }
-        if list.len() < self.capacity(level) {
-            list.push(new_slot);
-            return list;
-        }
-        let base = self.vectors.get(neighbour);
-        let mut pool: Vec<Scored> = list
-            .iter()
-            .chain(std::iter::once(&new_slot))
-            .map(|&n| Scored {
-                distance: self.between(base, self.vectors.get(n)),
-                slot: n,
-            })
-            .collect();
-        pool.sort_unstable();
-        self.select(&pool, self.capacity(level), |slot| self.vectors.get(slot))
+        let vector_of = |slot: u32| self.vectors.get(slot);
+        self.link_into(
+            neighbour,
+            list,
+            new_slot,
+            level,
+            &vector_of,
+            &mut Vec::new(),
+        )
     }
 
     /// Applies a plan. A plan that reuses a slot, or raises the top level, was made alone
@@ -784,7 +786,7 @@ pub struct GraphAnn {
     writers: RwLock<()>,
     /// The level generator.
     levels: Mutex<SmallRng>,
-    /// Plans made and waiting for the write lock (see [`GraphAnn::write_for_plan`]).
+    /// Plans made and waiting for the write lock (see [`GraphAnn::apply_in_step`]).
     applying: AtomicUsize,
     scratch: Mutex<Vec<Scratch>>,
     dimensions: usize,
@@ -890,25 +892,25 @@ impl GraphAnn {
         }
     }
 
-    /// The write lock for applying a plan: counted in `applying` (the caller decrements it
-    /// once applied) and tried without sleeping for up to [`APPLY_WAIT`], then waited for.
-    fn write_for_plan(&self) -> Result<RwLockWriteGuard<'_, Graph>, IndexError> {
+    /// Applies `plan` under the write lock, counted in `applying` meanwhile; the lock is tried
+    /// without sleeping for up to [`APPLY_WAIT`], then waited for.
+    fn apply_in_step(&self, plan: Plan) -> Result<(), IndexError> {
         self.applying.fetch_add(1, AtomicOrdering::AcqRel);
+        let applied = self.write_soon().map(|mut graph| graph.apply(plan));
+        self.applying.fetch_sub(1, AtomicOrdering::Release);
+        applied
+    }
+
+    fn write_soon(&self) -> Result<RwLockWriteGuard<'_, Graph>, IndexError> {
         let started = Instant::now();
         while started.elapsed() < APPLY_WAIT {
             match self.graph.try_write() {
                 Ok(graph) => return Ok(graph),
-                Err(std::sync::TryLockError::Poisoned(_)) => {
-                    self.applying.fetch_sub(1, AtomicOrdering::Release);
-                    return Err(poisoned());
-                }
+                Err(std::sync::TryLockError::Poisoned(_)) => return Err(poisoned()),
                 Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
             }
         }
-        self.graph.write().map_err(|_| {
-            self.applying.fetch_sub(1, AtomicOrdering::Release);
-            poisoned()
-        })
+        self.graph.write().map_err(|_| poisoned())
     }
 
     fn check_width(&self, vector: &[f32]) -> Result<(), IndexError> {
@@ -1016,9 +1018,7 @@ impl Ann for GraphAnn {
             graph.plan_insert(id, vector, level, reuse, &mut scratch)
         };
         self.return_scratch(scratch);
-        self.write_for_plan()?.apply(plan);
-        self.applying.fetch_sub(1, AtomicOrdering::Release);
-        Ok(())
+        self.apply_in_step(plan)
     }
 
     fn remove(&self, id: u64) -> Result<(), IndexError> {
