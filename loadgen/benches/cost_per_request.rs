@@ -10,12 +10,17 @@
 //!   on one thread as h2load's `-t 1`, and again with its default threads (one per CPU),
 //!   recall sampling off (h2load checks no answers),
 //! - and h2load again with 2 threads, for the highest rate it reaches,
+//! - `vecrig-loadgen` on one thread again, the same load sent to the server as a templated
+//!   target (descriptors by reflection, the built-in `vecrig.v1` template set: what a service
+//!   whose proto we did not design gets), so templated and native requests are priced side
+//!   by side,
 //!
 //! and takes each one's CPU time (user + system, from `getrusage(RUSAGE_CHILDREN)` around the
 //! child's whole life, start-up included) per 1000 requests answered. The figures of merit,
 //! all from the same run: loadgen / h2load at one thread each (goal <= 1), the loadgen's
 //! default threads / one thread (goal <= 1.1: more threads must not cost more per request),
-//! and the loadgen's highest rate / h2load's (goal >= 1).
+//! the loadgen's highest rate / h2load's (goal >= 1), and templated / native requests at one
+//! thread (goal <= 1: a templated target costs no more per request).
 //!
 //! Run: `cargo bench -p vecrig-loadgen --bench cost_per_request` (release; needs `h2load` and
 //! `nghttp` on PATH: `apt-get install nghttp2-client`; without them only the loadgen's own
@@ -203,21 +208,58 @@ fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path, thre
             .args(["--stages", &format!("{seconds}s:{users}")])
             .args(["--start", &users.to_string()]),
     );
+    Cost {
+        cpu_s,
+        user_s,
+        requests: successes_in(report),
+        wall_s,
+    }
+}
+
+/// A scenario file that sends the same load as [`loadgen_round`] to the server as a templated
+/// target: its descriptors from reflection, its requests from the built-in `vecrig.v1` set.
+fn templated_scenario_file(seconds: u64) -> String {
+    let users = CONNECTIONS * STREAMS_PER_CONNECTION;
+    format!(
+        "[target]\nbuiltin = \"vecrig.v1\"\ndimensions = {DIMENSIONS}\n\n\
+         [[scenario]]\nname = \"templated\"\nmodel = \"closed\"\n\
+         start = {users}\nstages = \"{seconds}s:{users}\"\n"
+    )
+}
+
+/// A loadgen run on one thread against the server as a templated target (`file`, from
+/// [`templated_scenario_file`]).
+fn loadgen_templated_round(loadgen: &Path, target: &str, file: &Path, report: &Path) -> Cost {
+    let ((cpu_s, user_s), wall_s, _) = run_measured(
+        Command::new(loadgen)
+            .args(["--target", target])
+            .args(["--connections", &CONNECTIONS.to_string()])
+            .args(["--threads", "1"])
+            .args(["--k", "1", "--max-attempts", "1", "--recall-sample", "0"])
+            .arg("--out")
+            .arg(report)
+            .arg("run")
+            .arg(file),
+    );
+    Cost {
+        cpu_s,
+        user_s,
+        requests: successes_in(report),
+        wall_s,
+    }
+}
+
+/// Requests answered OK, over every phase of the report at `report`.
+fn successes_in(report: &Path) -> u64 {
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(report).expect("read report")).expect("json");
-    let successes = json["scenarios"]
+    json["scenarios"]
         .as_array()
         .into_iter()
         .flatten()
         .flat_map(|s| s["phases"].as_array().into_iter().flatten())
         .map(|p| p["successes"].as_u64().unwrap_or(0))
-        .sum();
-    Cost {
-        cpu_s,
-        user_s,
-        requests: successes,
-        wall_s,
-    }
+        .sum()
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -237,6 +279,8 @@ fn main() {
     let frame_file = work.path().join("search.grpc");
     std::fs::write(&frame_file, grpc_search_frame()).expect("write frame");
     let report = work.path().join("report.json");
+    let templated_file = work.path().join("templated.toml");
+    std::fs::write(&templated_file, templated_scenario_file(seconds)).expect("write scenario");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -272,11 +316,13 @@ fn main() {
         CONNECTIONS * STREAMS_PER_CONNECTION
     );
     println!(
-        "{:>5}  {:>12}  {:>10}  {:>8}  {:>8}  {:>6}  {:>10}",
+        "{:>5}  {:>13}  {:>10}  {:>8}  {:>8}  {:>6}  {:>10}",
         "round", "tool", "requests", "req/s", "cpu s", "user", "cpu s/1000"
     );
-    // Totals: loadgen on one thread, on its default threads; h2load on one, on two.
+    // Totals: loadgen on one thread, on its default threads, templated on one thread; h2load
+    // on one, on two.
     let (mut ours, mut ours_all) = (Cost::default(), Cost::default());
+    let mut ours_templated = Cost::default();
     let (mut theirs, mut theirs_two) = (Cost::default(), Cost::default());
     let (mut our_best_rate, mut their_best_rate) = (0.0f64, 0.0f64);
     // The machine's load drifts (other work shares its cores), so the order alternates:
@@ -306,6 +352,9 @@ fn main() {
         let all = loadgen_round(&loadgen, &target, seconds, &report, 0);
         print_row(round, "loadgen", all);
         ours_all.add(all);
+        let templated = loadgen_templated_round(&loadgen, &target, &templated_file, &report);
+        print_row(round, "templated -t1", templated);
+        ours_templated.add(templated);
         our_best_rate = our_best_rate.max(one.rate()).max(all.rate());
         requests = one.requests;
         if loadgen_first {
@@ -328,6 +377,11 @@ fn main() {
         "ratio loadgen default threads / one thread: {:.2} (goal <= 1.1)",
         ours_all.cpu_per_1000() / ours.cpu_per_1000()
     );
+    summary("loadgen templated -t1:", ours_templated);
+    println!(
+        "ratio templated / native requests, one thread each: {:.2} (goal <= 1)",
+        ours_templated.cpu_per_1000() / ours.cpu_per_1000()
+    );
     if with_h2load {
         summary("h2load -t1:", theirs);
         summary("h2load -t2:", theirs_two);
@@ -345,7 +399,7 @@ fn main() {
 
 fn print_row(round: u64, tool: &str, cost: Cost) {
     println!(
-        "{round:>5}  {tool:>12}  {:>10}  {:>8.0}  {:>8.3}  {:>5.0}%  {:>10.4}",
+        "{round:>5}  {tool:>13}  {:>10}  {:>8.0}  {:>8.3}  {:>5.0}%  {:>10.4}",
         cost.requests,
         cost.requests as f64 / cost.wall_s,
         cost.cpu_s,

@@ -345,6 +345,57 @@ mod tests {
     const SEARCH: &str = r#"{"vector": {"values": "{{vector}}"}, "k": "{{k}}"}"#;
     const WRITE: &str = r#"{"points": [{"id": "{{id}}", "vector": {"values": "{{vector}}"}, "payload": {"note": "{{payload}}"}}], "wait": true}"#;
 
+    /// The fields that are the same in every request are encoded once: later requests, with
+    /// other vectors, ids and users, and one with another k, still decode to the message
+    /// `render` builds, for a search (fixed fields and an appended vector only) and for a
+    /// write (fixed, varying and per-point fields).
+    #[test]
+    fn fixed_fields_encoded_once_still_give_each_request_its_own_message() {
+        use prost::Message;
+        let search =
+            r#"{"vector": {"values": "{{vector}}"}, "k": "{{k}}", "ef": 64, "with_payload": true}"#;
+        let templates =
+            Templates::compile(&spec(search, "hits[].id", Some(WRITE)), &pool()).expect("fits");
+        let write = templates.write.as_ref().expect("write");
+        for (user, k, first) in [(1, 10, 0.5f32), (2, 10, -3.0), (3, 4, 7.0), (4, 10, 1.0)] {
+            let vector = [first, 1.0, 2.0, 3.0];
+            let points = [user, user + 100].map(|id| Point {
+                id,
+                vector: &vector,
+                text: "",
+            });
+            let fill = Fill {
+                points: &points[..1],
+                user,
+                iteration: user * 7,
+                k,
+            };
+            let search = &templates.search.template;
+            let encoded = search.encode(&fill);
+            let request =
+                vecrig::proto::SearchRequest::decode(encoded.as_slice()).expect("decodes");
+            let rendered = search.render(&fill).encode_to_vec();
+            let expected =
+                vecrig::proto::SearchRequest::decode(rendered.as_slice()).expect("decodes");
+            assert_eq!(request, expected, "search of user {user}, k {k}");
+            assert_eq!((request.k, request.ef, request.with_payload), (k, 64, true));
+
+            let fill = Fill {
+                points: &points,
+                ..fill
+            };
+            let encoded = write.template.encode(&fill);
+            let upsert = vecrig::proto::UpsertRequest::decode(encoded.as_slice()).expect("decodes");
+            let rendered = write.template.render(&fill).encode_to_vec();
+            let expected =
+                vecrig::proto::UpsertRequest::decode(rendered.as_slice()).expect("decodes");
+            assert_eq!(upsert, expected, "write of user {user}");
+            assert!(upsert.wait);
+            let ids: Vec<u64> = upsert.points.iter().map(|p| p.id).collect();
+            assert_eq!(ids, [user, user + 100]);
+        }
+    }
+
     #[test]
     fn a_template_renders_the_message_a_native_request_encodes_to() {
         use prost::Message;

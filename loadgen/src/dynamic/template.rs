@@ -22,6 +22,11 @@
 //! dynamic values but appended after the rest of the message as its packed bytes, wrapped in
 //! its enclosing message fields; protobuf merges a repeated occurrence of a singular message
 //! field into the first, so the target decodes the same message [`Template::render`] builds.
+//! Likewise the top-level fields that are the same in every request of a run (literals, and
+//! `{{k}}`) are encoded once and copied: a message's fields may come in any order, so the
+//! fixed ones, the varying ones and the appended vectors are simply written one after the
+//! other. A search whose only varying part is its vector (vecrig's own, and most) then builds
+//! no dynamic message at all per request: it costs what the native path's prost encoding does.
 //!
 //! Checking happens before any load: an unknown field, a value of the wrong type or a
 //! generator where it cannot go is a [`TemplateError`] naming the field's path, never a
@@ -138,8 +143,13 @@ enum Node {
 #[derive(Debug, Clone)]
 pub struct Template {
     root: (MessageDescriptor, Fields),
-    /// The root without the vectors that are appended as bytes.
-    lean: Fields,
+    /// The root's fields, without the vectors that are appended as bytes, that vary from
+    /// request to request (they mention a generator other than `{{k}}`).
+    varying: Fields,
+    /// The root's other fields: the same in every request of a run.
+    fixed: Fields,
+    /// `fixed` encoded, for the `k` it was encoded with (the first request's).
+    fixed_encoded: std::sync::OnceLock<(u32, Vec<u8>)>,
     /// Those vectors: where they are, and their width in bytes per value.
     appended: Vec<Appended>,
     uses: Vec<Generator>,
@@ -165,9 +175,12 @@ impl Template {
         let mut lean = root.1.clone();
         let mut appended = Vec::new();
         split_vectors(&mut lean, &mut Vec::new(), &mut appended);
+        let (varying, fixed) = lean.into_iter().partition(|(_, node)| varies(node));
         Ok(Self {
             root,
-            lean,
+            varying,
+            fixed,
+            fixed_encoded: std::sync::OnceLock::new(),
             appended,
             uses,
         })
@@ -188,11 +201,28 @@ impl Template {
     /// appendable vectors written as packed bytes after the rest.
     pub fn encode(&self, fill: &Fill<'_>) -> Vec<u8> {
         use prost::Message;
-        let message = render_message(&self.root.0, &self.lean, fill, 0);
+        let descriptor = &self.root.0;
+        let varying =
+            (!self.varying.is_empty()).then(|| render_message(descriptor, &self.varying, fill, 0));
+        // The first request's fixed part is kept for the run (a run asks for one k).
+        let render_fixed = || render_message(descriptor, &self.fixed, fill, 0).encode_to_vec();
+        let cached = self.fixed_encoded.get_or_init(|| (fill.k, render_fixed()));
+        let fresh;
+        let fixed: &[u8] = if cached.0 == fill.k {
+            &cached.1
+        } else {
+            fresh = render_fixed();
+            &fresh
+        };
         let vector = fill.points.first().map_or(&[][..], |p| p.vector);
-        let mut out = Vec::with_capacity(message.encoded_len() + 16 + vector.len() * 8);
-        // Cannot fail: a Vec grows as needed.
-        let _ = message.encode(&mut out);
+        let mut out = Vec::with_capacity(
+            fixed.len() + varying.as_ref().map_or(0, Message::encoded_len) + 16 + vector.len() * 8,
+        );
+        out.extend_from_slice(fixed);
+        if let Some(varying) = varying {
+            // Cannot fail: a Vec grows as needed.
+            let _ = varying.encode(&mut out);
+        }
         for appended in &self.appended {
             append_vector(&mut out, appended, vector);
         }
@@ -536,6 +566,19 @@ fn number(n: u64, kind: &Kind) -> Value {
         Kind::Uint32 | Kind::Fixed32 => Value::U32(n as u32),
         Kind::String => Value::String(n.to_string()),
         _ => Value::U64(n),
+    }
+}
+
+/// Whether what `node` renders differs from request to request of a run: it mentions a
+/// generator other than `{{k}}` (a run's k is fixed), or has an element per point.
+fn varies(node: &Node) -> bool {
+    match node {
+        Node::Message(_, fields) => fields.iter().any(|(_, child)| varies(child)),
+        Node::List(items) => items.iter().any(varies),
+        Node::PerPoint(_) => true,
+        Node::Map(entries) => entries.iter().any(|(_, child)| varies(child)),
+        Node::Literal(_) => false,
+        Node::Generate(generator, _) => *generator != Generator::K,
     }
 }
 
