@@ -2,10 +2,8 @@
 //! async code.
 //!
 //! Index work is CPU-bound and synchronous, so every search and write runs on tokio's blocking
-//! pool, never on the threads that drive the network, except on threads that exist for admitted
-//! work alone ([`run_searches_inline_on_this_thread`]), where an approximate search runs in
-//! place. Searches first take one of a fixed number of *search slots* (the ANN index's thread
-//! slots). Writes arrive as logged [`Record`]s and are
+//! pool, never on the threads that drive the network. Searches first take one of a fixed number
+//! of *search slots* (the ANN index's thread slots). Writes arrive as logged [`Record`]s and are
 //! applied one at a time in sequence order (see `storage`) to the point store and the
 //! [`Tail`] together, which makes them searchable at once; the graph takes them from the tail in
 //! the background, on indexer threads ([`Engine::run_indexer`], one per CPU where the graph
@@ -17,7 +15,6 @@
 //! `graph_writers` (shared) for one point at a time, and removals and a snapshot
 //! ([`Engine::freeze`]) hold it alone, so a snapshot waits for at most one insert per indexer.
 
-use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -30,49 +27,6 @@ use crate::index::store::{Payload, PointStore, StoredPoint};
 use crate::index::tail::{self, Tail};
 use crate::index::{Ann, AnnEngine, IndexError, Metric, Neighbor};
 use vecrig::embed::{Embedder, HashingEmbedder};
-
-thread_local! {
-    /// Whether this thread runs approximate searches in place ([`Engine::search`]).
-    static SEARCHES_INLINE: Cell<bool> = const { Cell::new(false) };
-}
-
-/// Marks the calling thread as one that runs approximate searches in place rather than
-/// handing them to the blocking pool: a worker of the runtime of admitted work, whose tasks
-/// are searches and the steps around them (`admission::work`).
-///
-/// Why: a hand-off to the blocking pool and back is two thread switches per search, on top
-/// of the two between the request path and the work runtime. On a server pinned to one CPU,
-/// measured with a closed-loop flood of 16 outstanding k=10, ef=512 searches over 20,000
-/// points of 64 dimensions, that was 5.5 context switches per search, and the request path
-/// cost 146 us of CPU per answer against some 240 us of index work. In place, a worker runs a
-/// search, releases its slot and starts the next admitted one without leaving the CPU.
-/// Exact scans still go to the pool: they can take long enough to hold up the runtime's other
-/// tasks and timers (queue waits, deadlines).
-///
-/// Only while nothing waits in the runtime's shared queue (tasks spawned or woken from other
-/// threads: requests just handed over by the request path): a search in place holds its worker
-/// for the whole search, and those tasks must first be polled to take their place in
-/// admission's fair queue. Under a flood, the queue refills faster than a busy worker polls it,
-/// and a polite client's request then waited behind the flood's (measured: p50 0.9 s in
-/// `tests/fairness.rs`); the search then goes to the blocking pool, and the worker goes on
-/// polling.
-///
-/// A search in place runs at the worker's priority, not index work's (`--index-nice`): the
-/// worker must keep its own for the steps around every request (the grant of a slot, the
-/// hand-off to the pool under a flood). Lowered, it let the request path crowd out those steps:
-/// with pacing off, a 64 x 64 flood left 0.05 of capacity instead of 0.33. In place, a search
-/// runs only while the request path has handed nothing over, so it holds up no request behind
-/// it for longer than itself.
-pub fn run_searches_inline_on_this_thread() {
-    SEARCHES_INLINE.with(|inline| inline.set(true));
-}
-
-/// Whether the current runtime's shared queue is empty (see
-/// [`run_searches_inline_on_this_thread`]).
-fn nothing_waits_on_this_runtime() -> bool {
-    tokio::runtime::Handle::try_current()
-        .is_ok_and(|runtime| runtime.metrics().global_queue_depth() == 0)
-}
 
 /// Points the tail holds at most before writers wait for the indexer: a search scans at most
 /// this many vectors besides the graph (about 0.5 ms at 128-d with the AVX2 kernels).
@@ -143,12 +97,6 @@ pub struct Search {
 }
 
 impl Search {
-    /// Whether [`Engine::search`] runs this search in place on the calling thread (see
-    /// [`run_searches_inline_on_this_thread`]) rather than on the blocking pool.
-    fn runs_in_place(&self) -> bool {
-        !self.exact && SEARCHES_INLINE.with(Cell::get) && nothing_waits_on_this_runtime()
-    }
-
     /// This search run at `breadth` of its `ef` (`default_ef` when it asked for none), never
     /// below its `k` nor 1: what a browning-out server runs (`crate::admission::brownout`).
     /// Exact scans and searches at full breadth are left as they are.
@@ -501,8 +449,7 @@ impl Engine {
             .ok_or(Error::NotFound { id })
     }
 
-    /// Runs a search within the search-slot limit: on the blocking pool, or in place on a
-    /// thread marked by [`run_searches_inline_on_this_thread`] (approximate searches only).
+    /// Runs a search on the blocking pool, within the search-slot limit.
     pub async fn search(self: &Arc<Self>, search: Search) -> Result<Vec<Hit>, Error> {
         let permit = self
             .search_slots
@@ -510,11 +457,6 @@ impl Engine {
             .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
-        if search.runs_in_place() {
-            let _permit = permit;
-            let _work = crate::cpu::IndexWork::in_place();
-            return self.search_blocking(&search);
-        }
         let engine = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -722,45 +664,6 @@ impl Frozen<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Approximate searches run in place only on a marked thread, and only while the runtime's
-    /// shared queue is empty; exact scans never do.
-    #[test]
-    fn searches_run_in_place_only_on_marked_threads_with_nothing_waiting() {
-        let search = |exact| Search {
-            query: Query::Vector(vec![0.0; 4]),
-            k: 1,
-            ef: None,
-            exact,
-            with_payload: false,
-        };
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .expect("runtime");
-        let handle = runtime.handle().clone();
-        // A fresh thread, so that the mark does not stay on a thread other tests run on.
-        std::thread::spawn(move || {
-            runtime.block_on(async {
-                assert!(!search(false).runs_in_place(), "an unmarked thread");
-                run_searches_inline_on_this_thread();
-                assert!(search(false).runs_in_place());
-                assert!(!search(true).runs_in_place(), "an exact scan");
-                // A task handed over from another thread waits in the shared queue until this
-                // runtime polls it: the search must not hold it up.
-                std::thread::spawn(move || drop(handle.spawn(async {})))
-                    .join()
-                    .expect("spawner");
-                assert!(!search(false).runs_in_place(), "a task waits to be polled");
-                tokio::task::yield_now().await;
-                assert!(
-                    search(false).runs_in_place(),
-                    "polled: nothing waits any more"
-                );
-            });
-        })
-        .join()
-        .expect("the checks pass");
-    }
 
     #[test]
     fn a_narrowed_search_keeps_at_least_k_and_leaves_exact_scans_whole() {

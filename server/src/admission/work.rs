@@ -16,10 +16,7 @@
 //! for a slot, decoding, the handler (whose searches go to this runtime's blocking pool),
 //! and releasing the slot to the next waiter. Its run queue holds admitted and queued work
 //! only, so slots turn over at once whatever the flood; the answer goes back to the request
-//! path's task, and is sent when that runtime gets to it (the slot is free by then). Its
-//! workers run approximate searches themselves
-//! ([`crate::engine::run_searches_inline_on_this_thread`]): one worker per CPU, as many as
-//! searches can run at once, and no thread switch between a search and the next.
+//! path's task, and is sent when that runtime gets to it (the slot is free by then).
 
 use std::future::Future;
 
@@ -38,9 +35,6 @@ impl WorkRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("vecrig-work")
-            // Its workers run approximate searches in place (the engine's reasons); its blocking
-            // pool, the exact scans.
-            .on_thread_start(crate::engine::run_searches_inline_on_this_thread)
             .enable_all()
             .build()?;
         Ok(Self {
