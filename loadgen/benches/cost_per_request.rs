@@ -188,15 +188,21 @@ fn h2load_round(target: &str, frame_file: &Path, requests: u64, threads: u32) ->
     }
 }
 
-/// A loadgen run on `threads` threads (0: its default, one per CPU).
-fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path, threads: u32) -> Cost {
-    let users = CONNECTIONS * STREAMS_PER_CONNECTION;
+/// A loadgen run on `threads` threads (0: its default, one per CPU): the flags every round
+/// shares, then `load` (what to send), measured as one child process.
+fn measured_loadgen(
+    loadgen: &Path,
+    target: &str,
+    threads: u32,
+    report: &Path,
+    load: &[String],
+) -> Cost {
     let ((cpu_s, user_s), wall_s, _) = run_measured(
         Command::new(loadgen)
             .args(["--target", target])
             .args(["--connections", &CONNECTIONS.to_string()])
             .args(["--threads", &threads.to_string()])
-            .args(["--workload", "vector", "--k", "1", "--max-attempts", "1"])
+            .args(["--k", "1", "--max-attempts", "1"])
             // No recall sampling (on by default): its searches go over tonic rather than the
             // path measured here, and checking them takes the exact answers at 250 a second
             // after the phase, two seconds of wall time (a fifth of a round) in which no load
@@ -204,9 +210,7 @@ fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path, thre
             .args(["--recall-sample", "0"])
             .arg("--out")
             .arg(report)
-            .args(["load", "--model", "closed"])
-            .args(["--stages", &format!("{seconds}s:{users}")])
-            .args(["--start", &users.to_string()]),
+            .args(load),
     );
     Cost {
         cpu_s,
@@ -214,6 +218,24 @@ fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path, thre
         requests: successes_in(report),
         wall_s,
     }
+}
+
+/// A native run (vector searches, closed model) on `threads` threads.
+fn loadgen_round(loadgen: &Path, target: &str, seconds: u64, report: &Path, threads: u32) -> Cost {
+    let users = (CONNECTIONS * STREAMS_PER_CONNECTION).to_string();
+    let load = [
+        "--workload",
+        "vector",
+        "load",
+        "--model",
+        "closed",
+        "--stages",
+    ]
+    .map(String::from)
+    .into_iter()
+    .chain([format!("{seconds}s:{users}"), "--start".into(), users])
+    .collect::<Vec<_>>();
+    measured_loadgen(loadgen, target, threads, report, &load)
 }
 
 /// A scenario file that sends the same load as [`loadgen_round`] to the server as a templated
@@ -227,26 +249,11 @@ fn templated_scenario_file(seconds: u64) -> String {
     )
 }
 
-/// A loadgen run on one thread against the server as a templated target (`file`, from
+/// A run on one thread against the server as a templated target (`file`, from
 /// [`templated_scenario_file`]).
 fn loadgen_templated_round(loadgen: &Path, target: &str, file: &Path, report: &Path) -> Cost {
-    let ((cpu_s, user_s), wall_s, _) = run_measured(
-        Command::new(loadgen)
-            .args(["--target", target])
-            .args(["--connections", &CONNECTIONS.to_string()])
-            .args(["--threads", "1"])
-            .args(["--k", "1", "--max-attempts", "1", "--recall-sample", "0"])
-            .arg("--out")
-            .arg(report)
-            .arg("run")
-            .arg(file),
-    );
-    Cost {
-        cpu_s,
-        user_s,
-        requests: successes_in(report),
-        wall_s,
-    }
+    let load = ["run".to_string(), file.display().to_string()];
+    measured_loadgen(loadgen, target, 1, report, &load)
 }
 
 /// Requests answered OK, over every phase of the report at `report`.
