@@ -30,6 +30,17 @@ impl IndexWork {
     /// Starts timing index work on this thread (and lowers its priority, once per thread).
     pub fn begin() -> Self {
         crate::priority::as_index_work();
+        Self::timed()
+    }
+
+    /// Starts timing index work on this thread at the thread's own priority: for work that
+    /// runs in place on a thread that must keep its priority for the rest of what it does
+    /// (see `crate::engine::run_searches_inline_on_this_thread`).
+    pub fn in_place() -> Self {
+        Self::timed()
+    }
+
+    fn timed() -> Self {
         Self {
             started: thread_cpu(),
         }

@@ -2,8 +2,10 @@
 //! async code.
 //!
 //! Index work is CPU-bound and synchronous, so every search and write runs on tokio's blocking
-//! pool, never on the threads that drive the network. Searches first take one of a fixed number
-//! of *search slots* (the ANN index's thread slots). Writes arrive as logged [`Record`]s and are
+//! pool, never on the threads that drive the network, except on threads that exist for admitted
+//! work alone ([`run_searches_inline_on_this_thread`]), where an approximate search runs in
+//! place. Searches first take one of a fixed number of *search slots* (the ANN index's thread
+//! slots). Writes arrive as logged [`Record`]s and are
 //! applied one at a time in sequence order (see `storage`) to the point store and the
 //! [`Tail`] together, which makes them searchable at once; the graph takes them from the tail in
 //! the background, on indexer threads ([`Engine::run_indexer`], one per CPU where the graph
@@ -15,6 +17,7 @@
 //! `graph_writers` (shared) for one point at a time, and removals and a snapshot
 //! ([`Engine::freeze`]) hold it alone, so a snapshot waits for at most one insert per indexer.
 
+use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
@@ -27,6 +30,40 @@ use crate::index::store::{Payload, PointStore, StoredPoint};
 use crate::index::tail::{self, Tail};
 use crate::index::{Ann, AnnEngine, IndexError, Metric, Neighbor};
 use vecrig::embed::{Embedder, HashingEmbedder};
+
+thread_local! {
+    /// Whether this thread runs approximate searches in place ([`Engine::search`]).
+    static SEARCHES_INLINE: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks the calling thread as one that runs approximate searches in place rather than
+/// handing them to the blocking pool: a worker of the runtime of admitted work, whose tasks
+/// are searches and the steps around them (`admission::work`).
+///
+/// Why: a hand-off to the blocking pool and back is two thread switches per search, on top
+/// of the two between the request path and the work runtime. On a server pinned to one CPU,
+/// measured with a closed-loop flood of 16 outstanding k=10, ef=512 searches over 20,000
+/// points of 64 dimensions, that was 5.5 context switches per search, and the request path
+/// cost 146 us of CPU per answer against some 240 us of index work. In place, a worker runs a
+/// search, releases its slot and starts the next admitted one without leaving the CPU.
+/// Exact scans still go to the pool: they can take long enough to hold up the runtime's other
+/// tasks and timers (queue waits, deadlines).
+///
+/// Every approximate search on such a thread runs in place: that runtime holds admitted work
+/// only (requests wait for their turn in admission's fair queue, and are started on it when
+/// granted: `admission::Launch`), so a search in place holds up no request that is still to
+/// take its place in the fair queue. (Before that was so, requests handed over by the request
+/// path waited in the runtime's shared queue to be polled into the fair queue, and a search
+/// in place had to go to the pool whenever one did: under an open-model flood the polite
+/// tenant's requests waited there in arrival order, p99 5.8-12.4 s; `docs/degradation.md`.)
+///
+/// A search in place runs at the worker's priority, not index work's (`--index-nice`): the
+/// worker must keep its own for the steps around every request (starting the next granted
+/// request, releasing slots). Lowered, it let the request path crowd out those steps: with
+/// pacing off, a 64 x 64 flood left 0.05 of capacity instead of 0.33.
+pub fn run_searches_inline_on_this_thread() {
+    SEARCHES_INLINE.with(|inline| inline.set(true));
+}
 
 /// Points the tail holds at most before writers wait for the indexer: a search scans at most
 /// this many vectors besides the graph (about 0.5 ms at 128-d with the AVX2 kernels).
@@ -97,6 +134,12 @@ pub struct Search {
 }
 
 impl Search {
+    /// Whether [`Engine::search`] runs this search in place on the calling thread (see
+    /// [`run_searches_inline_on_this_thread`]) rather than on the blocking pool.
+    fn runs_in_place(&self) -> bool {
+        !self.exact && SEARCHES_INLINE.with(Cell::get)
+    }
+
     /// This search run at `breadth` of its `ef` (`default_ef` when it asked for none), never
     /// below its `k` nor 1: what a browning-out server runs (`crate::admission::brownout`).
     /// Exact scans and searches at full breadth are left as they are.
@@ -449,7 +492,8 @@ impl Engine {
             .ok_or(Error::NotFound { id })
     }
 
-    /// Runs a search on the blocking pool, within the search-slot limit.
+    /// Runs a search within the search-slot limit: on the blocking pool, or in place on a
+    /// thread marked by [`run_searches_inline_on_this_thread`] (approximate searches only).
     pub async fn search(self: &Arc<Self>, search: Search) -> Result<Vec<Hit>, Error> {
         let permit = self
             .search_slots
@@ -457,6 +501,11 @@ impl Engine {
             .acquire_owned()
             .await
             .map_err(|_| Error::Unavailable("server is shutting down".into()))?;
+        if search.runs_in_place() {
+            let _permit = permit;
+            let _work = crate::cpu::IndexWork::in_place();
+            return self.search_blocking(&search);
+        }
         let engine = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
@@ -664,6 +713,27 @@ impl Frozen<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Approximate searches run in place only on a marked thread; exact scans never do.
+    #[test]
+    fn searches_run_in_place_only_on_marked_threads() {
+        let search = |exact| Search {
+            query: Query::Vector(vec![0.0; 4]),
+            k: 1,
+            ef: None,
+            exact,
+            with_payload: false,
+        };
+        // A fresh thread, so that the mark does not stay on a thread other tests run on.
+        std::thread::spawn(move || {
+            assert!(!search(false).runs_in_place(), "an unmarked thread");
+            run_searches_inline_on_this_thread();
+            assert!(search(false).runs_in_place());
+            assert!(!search(true).runs_in_place(), "an exact scan");
+        })
+        .join()
+        .expect("the checks pass");
+    }
 
     #[test]
     fn a_narrowed_search_keeps_at_least_k_and_leaves_exact_scans_whole() {

@@ -1,6 +1,8 @@
 //! [`AdmissionLayer`]: the tower layer that puts the VectorIndex service behind
-//! [`Admission`] (`Stats` bypasses it). Refusals at a glance are answered on the request
-//! path; everything else runs on the work runtime (see [`super::work`]).
+//! [`Admission`] (`Stats` bypasses it). Refusals and the place in the fair queue are decided
+//! on the request path; admitted requests run on the work runtime (see [`super::work`]),
+//! started there by whoever grants their units, and their answers come back to the request
+//! path to be sent.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,8 +16,10 @@ use tonic::codegen::http;
 use tonic::server::NamedService;
 use tower::{Layer, Service};
 
-use super::Admission;
-use super::work;
+use futures_util::FutureExt;
+use tokio::sync::oneshot;
+
+use super::{Admission, Admitted, Grant, Launch};
 use crate::method::Method;
 
 /// Puts a service behind [`Admission`].
@@ -100,26 +104,49 @@ where
             Ok(entered) => entered,
             Err(status) => return Box::pin(std::future::ready(Ok(status.into_http()))),
         };
-        let admitted = work::run_on(&self.work, async move {
-            match admission.admit(entered).await {
-                Ok((request, grant)) => {
-                    let response = inner.call(request).await;
-                    drop(grant);
-                    response
-                }
-                Err(status) => Ok(status.into_http()),
-            }
-        });
+        let work = self.work.clone();
         Box::pin(async move {
-            match admitted.await {
-                Ok(response) => response,
-                // A bug, not the caller's doing: said as such, and the server goes on.
-                Err(e) if e.is_panic() => {
-                    tracing::error!(error = %e, "a request's handler panicked");
-                    Ok(tonic::Status::internal("the server failed this request").into_http())
+            let (answer, answered) = oneshot::channel();
+            let launch: Launch = Box::new(move |decided| match decided {
+                Ok(Admitted { request, grant }) => {
+                    drop(work.spawn(serve(inner, request, grant, answer)));
                 }
-                Err(_) => Ok(tonic::Status::unavailable("server is shutting down").into_http()),
+                Err(status) => drop(answer.send(status.into_http())),
+            });
+            match admission.admit(entered, launch).await {
+                Ok(place) => Ok(place.answer(answered).await),
+                Err(status) => Ok(status.into_http()),
             }
         })
     }
+}
+
+/// Runs an admitted request on the work runtime and sends its answer back to the request
+/// path; stops early, freeing its slot, when nobody waits for the answer any more (the client
+/// went away). A handler that panics is a bug, not the caller's doing: it is answered
+/// `INTERNAL`, said as such in the log, and the server goes on.
+async fn serve<S>(
+    mut inner: S,
+    request: http::Request<Body>,
+    grant: Grant,
+    mut answer: oneshot::Sender<http::Response<Body>>,
+) where
+    S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
+{
+    let call = std::panic::AssertUnwindSafe(inner.call(request)).catch_unwind();
+    let answered = tokio::select! {
+        biased;
+        answered = call => answered,
+        () = answer.closed() => return,
+    };
+    drop(grant);
+    let response = match answered {
+        Ok(Ok(response)) => response,
+        Ok(Err(never)) => match never {},
+        Err(_) => {
+            tracing::error!("a request's handler panicked");
+            tonic::Status::internal("the server failed this request").into_http()
+        }
+    };
+    let _ = answer.send(response);
 }

@@ -5,8 +5,6 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::sync::oneshot;
-
 use super::cost::{Cost, UNITS_PER_SLOT};
 use super::fair::FairQueue;
 use crate::caller::{Caller, ClientKey};
@@ -34,12 +32,15 @@ pub(super) const GENTLE_SHEDS_SAVED: f32 = 4.0;
 /// Who runs next: free units, and two queues (cheap and expensive requests) that take turns
 /// by cost served, so neither class starves the other; within each, clients share fairly.
 /// Work-conserving: when one queue is empty, the other may use the whole limit.
+///
+/// `T` is what waits: the scheduler only orders it, and hands it back once granted or
+/// displaced; starting the work is the caller's, outside the scheduler's lock.
 #[derive(Debug)]
-pub(super) struct Scheduler {
+pub(super) struct Scheduler<T> {
     pub(super) limit_units: u32,
     pub(super) used_units: u32,
     pub(super) queued_units: u32,
-    pub(super) queues: [FairQueue<oneshot::Sender<Verdict>>; 2],
+    pub(super) queues: [FairQueue<T>; 2],
     /// Units granted to each class (start-time fair queueing's virtual clocks).
     pub(super) served: [u64; 2],
     pub(super) next_id: u64,
@@ -56,16 +57,7 @@ pub(super) struct Scheduler {
     pub(super) window_since: Instant,
 }
 
-/// What a waiting request is told.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Verdict {
-    /// Its units are granted: it runs.
-    Granted,
-    /// It gave its place up to a lighter client's request (the queue was full): shed.
-    Displaced,
-}
-
-impl Scheduler {
+impl<T> Scheduler<T> {
     pub(super) fn new(limit_units: u32) -> Self {
         Self {
             limit_units,
@@ -159,16 +151,9 @@ impl Scheduler {
     }
 
     /// Queues request `id` of `caller`, costing `units`, in its class's queue.
-    pub(super) fn push(
-        &mut self,
-        id: u64,
-        caller: &Caller,
-        units: u32,
-        heavy: bool,
-        grant: oneshot::Sender<Verdict>,
-    ) {
+    pub(super) fn push(&mut self, id: u64, caller: &Caller, units: u32, heavy: bool, waiter: T) {
         self.queued_units += units;
-        self.queues[usize::from(heavy)].push(id, caller, units, grant);
+        self.queues[usize::from(heavy)].push(id, caller, units, waiter);
     }
 
     /// Places held by each client with requests waiting, in both queues.
@@ -196,36 +181,32 @@ impl Scheduler {
     }
 
     /// The queue is full and a request of `client` arrives: if another client holds more
-    /// places, its newest request gives its place up (is shed) and the arrival may queue;
-    /// if `client` is the heaviest itself, the arrival is the one refused (false).
-    pub(super) fn displace_for(&mut self, client: &ClientKey) -> bool {
+    /// places, its newest request gives its place up (is returned, to be shed) and the arrival
+    /// may queue; if `client` is the heaviest itself, the arrival is the one refused (`None`).
+    pub(super) fn displace_for(&mut self, client: &ClientKey) -> Option<T> {
         let heaviest = [&self.queues[0], &self.queues[1]]
             .into_iter()
             .filter_map(|q| q.heaviest().map(|(key, _)| key.clone()))
             .max_by_key(|key| self.places_of(key));
-        let Some(heaviest) = heaviest else {
-            return false;
-        };
+        let heaviest = heaviest?;
         if self.places_of(&heaviest) <= self.places_of(client) {
-            return false;
+            return None;
         }
         // Its newest request, whichever queue it is in (ids grow with arrival).
         let newest = (0..2)
             .filter_map(|class| Some((self.queues[class].newest_of(&heaviest)?, class)))
             .max();
-        let Some((id, class)) = newest else {
-            return false;
-        };
-        let Some((units, grant)) = self.queues[class].remove(id) else {
-            return false;
-        };
+        let (id, class) = newest?;
+        let (units, waiter) = self.queues[class].remove(id)?;
         self.queued_units -= units;
-        let _ = grant.send(Verdict::Displaced);
-        true
+        Some(waiter)
     }
 
-    /// Grants units to waiting requests while they fit, in fair order.
-    pub(super) fn dispatch(&mut self) {
+    /// Grants units to waiting requests while they fit, in fair order: returns them, their
+    /// units taken, for the caller to start.
+    #[must_use = "granted requests hold units until they are started and finish"]
+    pub(super) fn dispatch(&mut self) -> Vec<T> {
+        let mut granted = Vec::new();
         loop {
             let class = match (self.queues[0].front(), self.queues[1].front()) {
                 (None, None) => break,
@@ -241,14 +222,13 @@ impl Scheduler {
             if self.used_units + units > self.limit_units && self.used_units > 0 {
                 break;
             }
-            let Some((_, units, grant)) = self.queues[class].pop_front() else {
+            let Some((_, units, waiter)) = self.queues[class].pop_front() else {
                 break;
             };
             self.queued_units -= units;
-            if grant.send(Verdict::Granted).is_ok() {
-                self.take(units);
-                self.served[class] += u64::from(units);
-            }
+            self.take(units);
+            self.served[class] += u64::from(units);
+            granted.push(waiter);
         }
         // A class that was idle must not bank credit for the time it had nothing to send.
         for class in 0..2 {
@@ -259,6 +239,7 @@ impl Scheduler {
         if self.queues.iter().all(FairQueue::is_empty) {
             self.nonempty_since = None;
         }
+        granted
     }
 
     /// A request was served: the gentle band earns [`GENTLE_SHEDS_PER_SERVED`] sheds (up to
@@ -267,20 +248,24 @@ impl Scheduler {
         self.gentle_sheds = (self.gentle_sheds + GENTLE_SHEDS_PER_SERVED).min(GENTLE_SHEDS_SAVED);
     }
 
-    pub(super) fn release(&mut self, units: u32) {
+    /// Gives `units` back; returns the requests granted in their place (see `dispatch`).
+    #[must_use = "granted requests hold units until they are started and finish"]
+    pub(super) fn release(&mut self, units: u32) -> Vec<T> {
         self.used_units = self.used_units.saturating_sub(units);
-        self.dispatch();
+        self.dispatch()
     }
 
-    pub(super) fn cancel(&mut self, id: u64) -> bool {
+    /// Takes request `id` out of the queue, if it still waits (its client went away, or it
+    /// waited too long); returns it, and the requests its leaving lets start.
+    #[must_use = "granted requests hold units until they are started and finish"]
+    pub(super) fn cancel(&mut self, id: u64) -> (Option<T>, Vec<T>) {
         for class in 0..2 {
-            if let Some((units, _)) = self.queues[class].remove(id) {
+            if let Some((units, waiter)) = self.queues[class].remove(id) {
                 self.queued_units -= units;
-                self.dispatch();
-                return true;
+                return (Some(waiter), self.dispatch());
             }
         }
-        false
+        (None, Vec::new())
     }
 }
 
@@ -296,53 +281,47 @@ mod tests {
         }
     }
 
-    fn waiter_of(
-        scheduler: &mut Scheduler,
-        who: &Caller,
-        units: u32,
-        heavy: bool,
-    ) -> oneshot::Receiver<Verdict> {
-        let (grant, receiver) = oneshot::channel();
+    /// Queues a request of `who`; what waits is its id.
+    fn waiter_of(scheduler: &mut Scheduler<u64>, who: &Caller, units: u32, heavy: bool) -> u64 {
         let id = scheduler.next_id;
         scheduler.next_id += 1;
-        scheduler.push(id, who, units, heavy, grant);
-        receiver
+        scheduler.push(id, who, units, heavy, id);
+        id
     }
 
-    fn waiter(scheduler: &mut Scheduler, units: u32, heavy: bool) -> oneshot::Receiver<Verdict> {
+    fn waiter(scheduler: &mut Scheduler<u64>, units: u32, heavy: bool) -> u64 {
         waiter_of(scheduler, &caller(1), units, heavy)
     }
 
     /// Limit 2 slots with 4 searches queued since `since`: an arrival waits 2 x `per_slot`.
-    fn four_queued_on_two_slots(since: Instant) -> (Scheduler, Vec<oneshot::Receiver<Verdict>>) {
+    fn four_queued_on_two_slots(since: Instant) -> Scheduler<u64> {
         let mut s = Scheduler::new(8);
-        let queued = (0..4).map(|_| waiter(&mut s, 4, false)).collect();
+        for _ in 0..4 {
+            waiter(&mut s, 4, false);
+        }
         s.nonempty_since = Some(since);
-        (s, queued)
+        s
     }
 
     #[test]
     fn a_full_queue_displaces_the_heaviest_clients_newest_never_a_light_ones() {
         let mut s = Scheduler::new(4);
         s.used_units = 4;
-        let mut flood: Vec<_> = (0..10)
+        let flood: Vec<_> = (0..10)
             .map(|_| waiter_of(&mut s, &caller(1), 4, false))
             .collect();
-        let mut polite = waiter_of(&mut s, &caller(2), 4, false);
-        // The queue is full; another polite request arrives: the flooder's newest goes.
-        assert!(s.displace_for(&caller(2).client));
-        assert_eq!(flood[9].try_recv(), Ok(Verdict::Displaced));
-        assert!(
-            flood[..9].iter_mut().all(|r| r.try_recv().is_err()),
-            "the rest still wait"
-        );
+        let polite = waiter_of(&mut s, &caller(2), 4, false);
+        // The queue is full; another polite request arrives: the flooder's newest goes, and
+        // the rest still wait.
+        assert_eq!(s.displace_for(&caller(2).client), Some(flood[9]));
+        assert_eq!(s.waiting(), 10);
         // The flooder itself gains nothing by arriving: it is the heaviest.
-        assert!(!s.displace_for(&caller(1).client));
+        assert_eq!(s.displace_for(&caller(1).client), None);
         // The polite client is served within the next two (the flooder's oldest came first,
         // and clients alternate from there).
-        s.release(4);
-        s.release(4);
-        assert_eq!(polite.try_recv(), Ok(Verdict::Granted));
+        let mut granted = s.release(4);
+        granted.extend(s.release(4));
+        assert_eq!(granted, vec![flood[0], polite]);
         assert_eq!(s.waiting(), 8);
     }
 
@@ -351,18 +330,14 @@ mod tests {
         // Limit 4 slots (16 units), all busy; 4 exact scans (8 units) and 8 searches (4) wait.
         let mut s = Scheduler::new(16);
         s.used_units = 16;
-        let mut heavy: Vec<_> = (0..4).map(|_| waiter(&mut s, 8, true)).collect();
-        let mut cheap: Vec<_> = (0..8).map(|_| waiter(&mut s, 4, false)).collect();
+        let heavy: Vec<_> = (0..4).map(|_| waiter(&mut s, 8, true)).collect();
+        let cheap: Vec<_> = (0..8).map(|_| waiter(&mut s, 4, false)).collect();
         // Everything finishes; who got in?
-        s.release(16);
-        let granted = |v: &mut Vec<oneshot::Receiver<Verdict>>| {
-            v.iter_mut()
-                .map(|r| r.try_recv())
-                .filter(Result::is_ok)
-                .count()
-        };
-        let (h, c) = (granted(&mut heavy), granted(&mut cheap));
+        let granted = s.release(16);
+        let of = |class: &[u64]| granted.iter().filter(|id| class.contains(id)).count();
+        let (h, c) = (of(&heavy), of(&cheap));
         assert_eq!(h * 8 + c * 4, 16, "the limit is filled exactly");
+        assert_eq!(s.used_units, 16);
         assert!(
             c >= 2,
             "cheap requests are not starved behind exact scans: {c}"
@@ -373,14 +348,8 @@ mod tests {
     #[test]
     fn an_idle_class_leaves_the_whole_limit_to_the_other() {
         let mut s = Scheduler::new(16);
-        let mut cheap: Vec<_> = (0..6).map(|_| waiter(&mut s, 4, false)).collect();
-        s.dispatch();
-        let granted = cheap
-            .iter_mut()
-            .map(|r| r.try_recv())
-            .filter(Result::is_ok)
-            .count();
-        assert_eq!(granted, 4);
+        let cheap: Vec<_> = (0..6).map(|_| waiter(&mut s, 4, false)).collect();
+        assert_eq!(s.dispatch(), cheap[..4].to_vec());
         assert_eq!(s.used_units, 16);
         assert_eq!(s.queued_units, 8);
     }
@@ -395,7 +364,7 @@ mod tests {
         let start = Instant::now();
         // At 4 ms per slot an arrival would wait 8 ms (at 6 ms per slot, 12 ms: past twice
         // the target, where every arrival is shed).
-        let (mut s, queued) = four_queued_on_two_slots(start);
+        let mut s = four_queued_on_two_slots(start);
         assert!(
             !s.too_long_a_wait(start + ms(50), ms(4), target, interval),
             "a queue younger than the interval is a burst, let in"
@@ -420,10 +389,9 @@ mod tests {
             !s.too_long_a_wait(at + ms(260), ms(4), target, interval),
             "after a whole interval without sheds, bursts are let in again"
         );
-        drop(queued);
 
         // Outside a standing queue, a burst may queue, but not past the interval.
-        let (mut s, queued) = four_queued_on_two_slots(start);
+        let mut s = four_queued_on_two_slots(start);
         let at = start + ms(10);
         assert!(
             !s.too_long_a_wait(at, ms(40), target, interval),
@@ -433,7 +401,6 @@ mod tests {
             s.too_long_a_wait(at, ms(60), target, interval),
             "120 ms: too long"
         );
-        drop(queued);
     }
 
     #[test]
@@ -445,7 +412,7 @@ mod tests {
         );
         let start = Instant::now();
         // A standing queue whose arrivals would wait 8 ms: in the gentle band.
-        let (mut s, queued) = four_queued_on_two_slots(start);
+        let mut s = four_queued_on_two_slots(start);
         let at = start + interval;
         assert!(
             !s.too_long_a_wait(at, ms(4), target, interval),
@@ -469,7 +436,6 @@ mod tests {
         assert_eq!(shed, GENTLE_SHEDS_SAVED as usize);
         // Past twice the target (12 ms), every arrival is shed, earned or not.
         assert!((0..20).all(|_| s.too_long_a_wait(at, ms(6), target, interval)));
-        drop(queued);
     }
 
     #[test]
@@ -477,11 +443,12 @@ mod tests {
         let mut s = Scheduler::new(4);
         s.used_units = 4;
         let first = waiter(&mut s, 4, false);
-        drop(first); // the client went away while waiting
-        let mut second = waiter(&mut s, 4, false);
-        s.release(4);
-        assert!(second.try_recv().is_ok(), "the next waiter runs");
+        // The client went away while waiting: it leaves, and nothing can start yet.
+        assert_eq!(s.cancel(first), (Some(first), vec![]));
+        let second = waiter(&mut s, 4, false);
+        assert_eq!(s.release(4), vec![second], "the next waiter runs");
         assert_eq!(s.used_units, 4, "the cancelled one holds nothing");
-        assert!(!s.cancel(999));
+        assert_eq!(s.cancel(999), (None, vec![]));
+        assert_eq!(s.cancel(second), (None, vec![]), "granted: no longer waits");
     }
 }

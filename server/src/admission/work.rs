@@ -11,14 +11,15 @@
 //! a second. Nice values cannot help there: the index threads were idle, waiting for the
 //! runtime to hand them work.
 //!
-//! So the request path only decides what can be decided at a glance (queue full, standing
-//! queue: [`super::Admission`]'s step 1) and sends everything else to this runtime: the wait
-//! for a slot, decoding, the handler (whose searches go to this runtime's blocking pool),
-//! and releasing the slot to the next waiter. Its run queue holds admitted and queued work
-//! only, so slots turn over at once whatever the flood; the answer goes back to the request
-//! path's task, and is sent when that runtime gets to it (the slot is free by then).
-
-use std::future::Future;
+//! So the request path only decides what can be decided at once (queue full, standing queue,
+//! the price of the request and its place in the fair queue: [`super::Admission::enter`] and
+//! [`super::Admission::admit`]), and this runtime runs admitted requests: decoding, the
+//! handler (whose approximate searches its workers run in place, one worker per CPU:
+//! [`crate::engine::run_searches_inline_on_this_thread`]), and releasing the slot, which
+//! starts the next waiter here at once (`super::Launch`). Its run queue holds admitted work
+//! only, so slots turn over at once whatever the flood, and in the fair queue's order; the
+//! answer goes back to the request path's task, and is sent when that runtime gets to it (the
+//! slot is free by then).
 
 use tokio::runtime::{Handle, Runtime};
 
@@ -35,6 +36,9 @@ impl WorkRuntime {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name("vecrig-work")
+            // Its workers run approximate searches in place (the engine's reasons); its blocking
+            // pool, the exact scans.
+            .on_thread_start(crate::engine::run_searches_inline_on_this_thread)
             .enable_all()
             .build()?;
         Ok(Self {
@@ -59,32 +63,5 @@ impl Drop for WorkRuntime {
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_background();
         }
-    }
-}
-
-/// Runs `work` on `handle`'s runtime; dropping the returned future cancels it there (a
-/// client that gives up, or a passed deadline, frees its queue place or slot at once). An
-/// error means the work did not finish: the runtime dropped it (shutting down), or it
-/// panicked.
-pub fn run_on<F>(
-    handle: &Handle,
-    work: F,
-) -> impl Future<Output = Result<F::Output, tokio::task::JoinError>> + Send + use<F>
-where
-    F: Future + Send + 'static,
-    F::Output: Send + 'static,
-{
-    let task = AbortOnDrop(handle.spawn(work));
-    async move {
-        let mut task = task;
-        (&mut task.0).await
-    }
-}
-
-struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
-
-impl<T> Drop for AbortOnDrop<T> {
-    fn drop(&mut self) {
-        self.0.abort();
     }
 }
