@@ -47,7 +47,7 @@ thread_local! {
 /// cost 146 us of CPU per answer against some 240 us of index work. In place, a worker runs a
 /// search, releases its slot and starts the next admitted one without leaving the CPU.
 /// Exact scans still go to the pool: they can take long enough to hold up the runtime's other
-/// tasks and timers (queue waits, deadlines).
+/// admitted requests (the start of the next granted one, the release of slots).
 ///
 /// Every approximate search on such a thread runs in place: that runtime holds admitted work
 /// only (requests wait for their turn in admission's fair queue, and are started on it when

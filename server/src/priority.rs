@@ -11,6 +11,9 @@
 //! request path is idle, index work still gets every core: nice weighs shares, it reserves
 //! nothing.
 //!
+//! One exception: an approximate search that the runtime of admitted work runs in place runs
+//! at that runtime's priority (`crate::engine::run_searches_inline_on_this_thread` says why).
+//!
 //! Only ever lowered: raising it back needs privileges a server should not have, so a thread
 //! of the blocking pool that ran index work once stays lowered (the pool runs little else:
 //! opening and closing the storage).

@@ -19,7 +19,7 @@ use tower::{Layer, Service};
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use super::{Admission, Admitted, Grant, Launch};
+use super::{Admission, Admitted, Answer, Grant, Launch};
 use crate::method::Method;
 
 /// Puts a service behind [`Admission`].
@@ -129,7 +129,7 @@ async fn serve<S>(
     mut inner: S,
     request: http::Request<Body>,
     grant: Grant,
-    mut answer: oneshot::Sender<http::Response<Body>>,
+    mut answer: oneshot::Sender<Answer>,
 ) where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
 {

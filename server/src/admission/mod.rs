@@ -329,9 +329,9 @@ impl Admission {
         )
     }
 
-    /// Requests holding a place in the queue. A waiter displaced by a lighter client's
-    /// arrival still counts until its answer is on its way, though its place is already
-    /// taken: hence the clamp.
+    /// Requests holding a place in the queue. A displaced waiter gives its place back before
+    /// the arrival that displaced it takes one, but a concurrent arrival may take it first
+    /// for a moment: hence the clamp.
     fn queued_now(&self) -> usize {
         self.queued
             .load(Ordering::Relaxed)
@@ -458,7 +458,7 @@ impl Admission {
 }
 
 /// Units held by a running request; released (and the next waiters started) on drop.
-pub(super) struct Grant {
+struct Grant {
     admission: Arc<Admission>,
     cost: Cost,
     started: Instant,
@@ -508,13 +508,13 @@ impl Drop for Grant {
 /// with searches run in place on the work runtime: the polite client's p99 went from 6.5-113
 /// ms to 5.8-12.4 s; `docs/degradation.md`). Started by the granting thread, the fair queue's
 /// order is the order work starts in.
-pub(super) type Launch = Box<dyn FnOnce(Result<Admitted, Status>) + Send>;
+type Launch = Box<dyn FnOnce(Result<Admitted, Status>) + Send>;
 
 /// An admitted request: with its whole body, and the grant that holds its units until it is
 /// dropped.
-pub(super) struct Admitted {
-    pub(super) request: http::Request<Body>,
-    pub(super) grant: Grant,
+struct Admitted {
+    request: http::Request<Body>,
+    grant: Grant,
 }
 
 /// A request read and priced (steps 2 and 3 of the module docs), ready to start.
@@ -531,7 +531,7 @@ struct Priced {
 }
 
 /// What waits in the scheduler: a priced request and how to start it.
-pub(super) struct Waiter {
+struct Waiter {
     priced: Priced,
     launch: Launch,
 }
@@ -549,7 +549,7 @@ impl std::fmt::Debug for Waiter {
 /// A request's place in the queue, from [`Admission::admit`] until its answer: dropped early
 /// (its client went away), it takes the request out of the queue. Once the request runs, its
 /// launch decides what dropping the answer's receiver means.
-pub(super) struct Place {
+struct Place {
     admission: Arc<Admission>,
     /// Its id in the scheduler while it may still wait there.
     waiting: Option<u64>,
@@ -559,14 +559,14 @@ pub(super) struct Place {
 }
 
 /// What a request is answered with.
-pub(super) type Answer = http::Response<Body>;
+type Answer = http::Response<Body>;
 
 impl Place {
     /// The answer the request's launch sends on `answered`: its handler's, or its refusal.
     /// A request still waiting when its wait runs out (`max_queue_wait`, or its deadline)
     /// leaves the queue and is refused; one granted meanwhile runs, and its answer is
     /// awaited.
-    pub(super) async fn answer(mut self, mut answered: oneshot::Receiver<Answer>) -> Answer {
+    async fn answer(mut self, mut answered: oneshot::Receiver<Answer>) -> Answer {
         if let Some(id) = self.waiting {
             let waited = tokio::time::timeout_at(self.give_up.into(), &mut answered).await;
             self.waiting = None;
@@ -640,7 +640,7 @@ fn deadline_of<B>(request: &http::Request<B>, arrived: Instant) -> Option<Instan
 }
 
 /// A request that passed step 1 and holds a place in the queue (see [`Admission::enter`]).
-pub(super) struct Entered<B> {
+struct Entered<B> {
     request: http::Request<B>,
     arrived: Instant,
     deadline: Option<Instant>,
@@ -652,10 +652,7 @@ impl Admission {
     /// Step 1 of the module docs, and the standing-queue rule: the refusals that need nothing
     /// but a look at the queue, decided at once on the thread that read the request. A
     /// request that passes holds a place in the queue until it starts or is answered.
-    pub(super) fn enter<B>(
-        self: &Arc<Self>,
-        request: http::Request<B>,
-    ) -> Result<Entered<B>, Status> {
+    fn enter<B>(self: &Arc<Self>, request: http::Request<B>) -> Result<Entered<B>, Status> {
         let arrived = Instant::now();
         let deadline = deadline_of(&request, arrived);
         let caller = if self.config.fair {
@@ -714,7 +711,7 @@ impl Admission {
     ///
     /// The body is whole by now (`crate::net` reads it first), so this finishes without
     /// waiting, on the request path: a request enters the fair queue as it arrives.
-    pub(super) async fn admit<B>(
+    async fn admit<B>(
         self: &Arc<Self>,
         entered: Entered<B>,
         launch: Launch,
