@@ -5,13 +5,13 @@
 //! A request is one stream on one connection, sent from the task that wants it: no buffer
 //! task between the caller and the connection (tonic's `Channel` is a `tower::Buffer`), no
 //! task per request (hyper's client spawns one), no lock shared with another thread. The
-//! connection's own task (h2's `Connection` future, with the keepalive pings) runs on the
-//! same thread. A connection keeps at most the server's `max_concurrent_streams` streams
-//! open; further requests wait here, before anything is sent, so a thread may have more
-//! requests outstanding than its connections take at once, and the request's deadline covers
-//! that wait too. Why here and not in h2's own queue of streams waiting to open: a request
-//! dropped there (its deadline passed) is still sent when a stream frees, as HEADERS and DATA
-//! followed at once by RST_STREAM. An overloaded server then reads work that nobody waits for,
+//! connection's own task ([`Session`], with the keepalive pings) runs on the same thread. A
+//! connection keeps at most the server's `max_concurrent_streams` streams open; further
+//! requests wait here, before anything is sent, so a thread may have more requests
+//! outstanding than its connections take at once, and the request's deadline covers that wait
+//! too. Why nothing queues below this wait (as the `h2` crate, which this client replaced,
+//! queues streams waiting to open): a request dropped there (its deadline passed) would still
+//! be sent when a stream frees, as HEADERS and DATA followed at once by RST_STREAM. An overloaded server then reads work that nobody waits for,
 //! and its rapid-reset guard (CVE-2023-44487: streams reset before the server accepted them)
 //! closes the whole connection: measured in an open-model run at 10x a one-CPU server's
 //! capacity, 31,655 of 59,078 requests ended UNAVAILABLE that way.
@@ -22,9 +22,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use h2::client::SendRequest;
 use http::header::HeaderMap;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::Notify;
 use tokio_rustls::TlsConnector;
@@ -34,13 +32,10 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore};
 use tonic::Code;
 use vecrig::client::{ConnectError, ConnectOptions, Metadata};
 
+use super::frame;
 use super::grpc::{self, Answer, Encoder, Rpc};
+use super::session::Session;
 use crate::workload::Op;
-
-/// Flow-control windows we offer the server: large enough that a search answer never waits
-/// for a window update, as hyper's defaults (2 MiB a stream, 5 MiB a connection).
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
 
 /// Where and how to connect, and what every request carries; built once for the run.
 #[derive(Clone)]
@@ -54,8 +49,12 @@ pub struct Target {
     tls: Option<(TlsConnector, ServerName<'static>)>,
     connect_timeout: Duration,
     keepalive: Duration,
-    search: http::Uri,
-    upsert: http::Uri,
+    https: bool,
+    /// `:authority`.
+    authority: String,
+    /// The `:path`s of the search and write methods.
+    search: String,
+    upsert: String,
     /// Content type, `te`, user agent and `--header`s; `grpc-timeout` is added per deadline.
     headers: HeaderMap,
 }
@@ -93,14 +92,6 @@ impl Target {
             .ok_or_else(|| invalid("no host".into()))?;
         let port = authority.port_u16().unwrap_or(if https { 443 } else { 80 });
         let address = format!("{}:{port}", authority.host());
-        let rpc_uri = |rpc: Rpc| {
-            http::Uri::builder()
-                .scheme(if https { "https" } else { "http" })
-                .authority(authority.clone())
-                .path_and_query(rpc.path())
-                .build()
-                .map_err(|e| invalid(e.to_string()))
-        };
         let tls = if https {
             let host = authority
                 .host()
@@ -119,8 +110,10 @@ impl Target {
             tls,
             connect_timeout: options.connect_timeout,
             keepalive: options.keepalive,
-            search: rpc_uri(Rpc::Search)?,
-            upsert: rpc_uri(Rpc::Upsert)?,
+            https,
+            authority: authority.to_string(),
+            search: Rpc::Search.path().to_string(),
+            upsert: Rpc::Upsert.path().to_string(),
             headers,
         })
     }
@@ -147,12 +140,15 @@ impl Target {
     /// The same target with other methods in place of vecrig's Search and Upsert: a
     /// templated target's `/package.Service/Method` paths.
     pub fn with_methods(mut self, search: &str, write: Option<&str>) -> Result<Self, String> {
-        let uri = |path: &str| {
-            let mut parts = self.search.clone().into_parts();
-            parts.path_and_query = Some(path.parse().map_err(|e| format!("method {path}: {e}"))?);
-            http::Uri::from_parts(parts).map_err(|e| format!("method {path}: {e}"))
+        let path = |path: &str| {
+            let valid: http::uri::PathAndQuery =
+                path.parse().map_err(|e| format!("method {path}: {e}"))?;
+            if !valid.as_str().starts_with('/') {
+                return Err(format!("method {path}: expected /package.Service/Method"));
+            }
+            Ok(valid.as_str().to_string())
         };
-        let (search, upsert) = (uri(search)?, write.map(uri).transpose()?);
+        let (search, upsert) = (path(search)?, write.map(path).transpose()?);
         self.search = search;
         if let Some(upsert) = upsert {
             self.upsert = upsert;
@@ -160,11 +156,19 @@ impl Target {
         Ok(self)
     }
 
-    fn uri(&self, rpc: Rpc) -> &http::Uri {
-        match rpc {
+    /// The header block of a request for `rpc`, telling the server `timeout`.
+    fn header_block(&self, rpc: Rpc, timeout: Duration) -> Bytes {
+        let path = match rpc {
             Rpc::Search => &self.search,
             Rpc::Upsert => &self.upsert,
-        }
+        };
+        frame::request_block(
+            self.https,
+            &self.authority,
+            path,
+            &self.headers,
+            Some(timeout),
+        )
     }
 }
 
@@ -250,7 +254,7 @@ enum State {
     Connecting,
     /// Up; `generation` tells this connection from its successors.
     Up {
-        sender: SendRequest<Bytes>,
+        session: Session,
         generation: u64,
     },
 }
@@ -299,13 +303,16 @@ impl Connection {
             connection: self,
             finished: false,
         };
-        let opened = tokio::time::timeout(self.target.connect_timeout, self.open(generation))
+        let opened = tokio::time::timeout(self.target.connect_timeout, self.open())
             .await
             .unwrap_or_else(|_| Err("connect timeout".into()));
         attempt.finished = true;
         let result = match opened {
-            Ok(sender) => {
-                *self.state.borrow_mut() = State::Up { sender, generation };
+            Ok(session) => {
+                *self.state.borrow_mut() = State::Up {
+                    session,
+                    generation,
+                };
                 Ok(generation)
             }
             Err(e) => {
@@ -317,115 +324,50 @@ impl Connection {
         result
     }
 
-    /// TCP (no Nagle delay), TLS if asked, the HTTP/2 handshake; the connection's task is
-    /// spawned on this thread.
-    async fn open(self: &Rc<Self>, generation: u64) -> Result<SendRequest<Bytes>, String> {
+    /// TCP (no Nagle delay), TLS if asked, HTTP/2 up to the server's first SETTINGS; the
+    /// connection's task is spawned on this thread.
+    async fn open(self: &Rc<Self>) -> Result<Session, String> {
         let tcp = connect(&self.target.address, self.target.bind)
             .await
             .map_err(|e| format!("connect {}: {e}", self.target.address))?;
         let _ = tcp.set_nodelay(true);
-        match &self.target.tls {
-            None => self.handshake(tcp, generation).await,
+        // When the connection stops taking streams (GOAWAY, lost), the requests waiting for a
+        // stream on it look again, and find it gone.
+        let this: Weak<Self> = Rc::downgrade(self);
+        let draining = Box::new(move || {
+            if let Some(this) = this.upgrade() {
+                this.stream_closed.notify_waiters();
+            }
+        });
+        let keepalive = self.target.keepalive;
+        let session = match &self.target.tls {
+            None => {
+                let (read, write) = tcp.into_split();
+                Session::start(read, write, keepalive, draining)
+            }
             Some((connector, name)) => {
                 let tls = connector
                     .connect(name.clone(), tcp)
                     .await
                     .map_err(|e| format!("TLS: {e}"))?;
-                self.handshake(tls, generation).await
+                let (read, write) = tokio::io::split(tls);
+                Session::start(read, write, keepalive, draining)
             }
-        }
-    }
-
-    async fn handshake<T>(
-        self: &Rc<Self>,
-        io: T,
-        generation: u64,
-    ) -> Result<SendRequest<Bytes>, String>
-    where
-        T: AsyncRead + AsyncWrite + Unpin + 'static,
-    {
-        let (sender, mut connection) = h2::client::Builder::new()
-            .initial_window_size(STREAM_WINDOW)
-            .initial_connection_window_size(CONNECTION_WINDOW)
-            .handshake::<T, Bytes>(io)
+        };
+        session
+            .settled()
             .await
             .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
-        let ping = connection.ping_pong();
-        let keepalive = self.target.keepalive;
-        let this: Weak<Self> = Rc::downgrade(self);
-        tokio::task::spawn_local(async move {
-            // Pings every `keepalive`; one unanswered within min(keepalive, 10 s) drops the
-            // connection, so a cut network is noticed and the next request reconnects.
-            let alive = async move {
-                let Some(mut ping) = ping else {
-                    return std::future::pending().await;
-                };
-                loop {
-                    tokio::time::sleep(keepalive).await;
-                    let wait = keepalive.min(Duration::from_secs(10));
-                    let pong = tokio::time::timeout(wait, ping.ping(h2::Ping::opaque())).await;
-                    if !matches!(pong, Ok(Ok(_))) {
-                        return;
-                    }
-                }
-            };
-            tokio::select! {
-                _ = &mut connection => {}
-                () = alive => {}
-            }
-            if let Some(this) = this.upgrade() {
-                this.lost(generation);
-            }
-        });
-        Ok(sender)
+        Ok(session)
     }
 
     /// Forgets connection `generation` (if it is still the current one): the next request
-    /// opens a new one.
+    /// opens a new one. The old one finishes the streams it has, then closes.
     fn lost(&self, generation: u64) {
         let mut state = self.state.borrow_mut();
         if matches!(&*state, State::Up { generation: g, .. } if *g == generation) {
             *state = State::Down;
         }
-    }
-
-    /// Opens a stream for `request` on connection `generation` (the one just returned by
-    /// [`stream_slot`](Self::stream_slot), with no await in between) and hands it the frame.
-    ///
-    /// The connection's own sender is used in place, rather than a clone per request: a
-    /// clone and its drop each lock the connection's stream store, for nothing. Requests
-    /// wait for a stream in [`stream_slot`](Self::stream_slot), so h2's own queue of streams
-    /// waiting to open is only met in the moment before the server's first SETTINGS say how
-    /// many it takes (h2 assumes no limit until then): a sender with a stream still queued
-    /// there is not ready, and this request then gets a clone of its own, queued behind it.
-    /// Nothing waits here for readiness (so no waker is lost).
-    fn open_stream(
-        &self,
-        generation: u64,
-        request: http::Request<()>,
-        frame: Bytes,
-    ) -> Result<h2::client::ResponseFuture, h2::Error> {
-        let mut state = self.state.borrow_mut();
-        let sender = match &mut *state {
-            State::Up {
-                sender,
-                generation: g,
-            } if *g == generation => sender,
-            // Cannot happen (the caller has not awaited since it learnt the generation), and
-            // would mean the connection is gone: UNAVAILABLE, as any lost connection.
-            _ => return Err(h2::Reason::NO_ERROR.into()),
-        };
-        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        let (response, mut body) = match sender.poll_ready(&mut cx) {
-            std::task::Poll::Ready(Ok(())) => sender.send_request(request, false)?,
-            std::task::Poll::Ready(Err(error)) => return Err(error),
-            std::task::Poll::Pending => sender.clone().send_request(request, false)?,
-        };
-        // The frame is already in memory (and shared with any retry), so it is handed over
-        // whole: h2 sends what the windows allow and the rest as they open, without a round
-        // of capacity requests through the connection task for every request.
-        body.send_data(frame, true)?;
-        Ok(response)
     }
 
     /// Waits, sending nothing, until the connection is up and has room for one more stream
@@ -443,9 +385,15 @@ impl Connection {
             let closed = self.stream_closed.notified();
             let generation = self.sender().await?;
             let limit = match &*self.state.borrow() {
-                State::Up { sender, .. } => sender.current_max_send_streams(),
+                State::Up { session, .. } if session.accepts() => Some(session.max_streams()),
+                State::Up { .. } => None,
                 // Cannot happen (nothing awaited since `sender` saw it up): as a lost one.
                 _ => return Err(Answer::code(Code::Unavailable, "connection lost")),
+            };
+            let Some(limit) = limit else {
+                // It went away (GOAWAY, or lost): the next turn opens a new one.
+                self.lost(generation);
+                continue;
             };
             if self.open_streams.get() < limit {
                 self.open_streams.set(self.open_streams.get() + 1);
@@ -464,11 +412,12 @@ impl Connection {
         }
     }
 
-    /// One call on this connection; the answer's message is appended to `keep` when given.
-    /// `asked` is when the caller asked for it, `expires` when its deadline passes.
+    /// One call on this connection with the header `block`; the answer's message is appended
+    /// to `keep` when given. `asked` is when the caller asked for it, `expires` when its
+    /// deadline passes.
     async fn call(
         self: &Rc<Self>,
-        mut request: http::Request<()>,
+        (rpc, block): (Rpc, Bytes),
         frame: Bytes,
         (asked, expires): (tokio::time::Instant, tokio::time::Instant),
         keep: Option<&mut BytesMut>,
@@ -478,29 +427,31 @@ impl Connection {
             Err(answer) => return answer,
         };
         let now = tokio::time::Instant::now();
-        if now.duration_since(asked) > Duration::from_millis(1) {
+        let block = if now.duration_since(asked) > Duration::from_millis(1) {
             // It waited for a connection or a stream: the server is told the time left, not
             // the whole deadline, so that it does not start work the client will not wait for.
-            request.headers_mut().insert(
-                "grpc-timeout",
-                grpc::timeout_header(expires.saturating_duration_since(now)),
-            );
-        }
-        let sent = self.open_stream(generation, request, frame);
-        let answer = match sent {
-            Ok(response) => exchange(response, keep).await,
-            Err(error) => Err(error),
+            self.target
+                .header_block(rpc, expires.saturating_duration_since(now))
+        } else {
+            block
         };
-        match answer {
-            Ok(answer) => answer,
-            Err(error) => {
-                // A reset concerns one stream; anything else (GOAWAY, I/O, a connection
-                // error) means this connection will take no more requests.
-                if !error.is_reset() {
-                    self.lost(generation);
+        let call = match &*self.state.borrow() {
+            State::Up {
+                session,
+                generation: g,
+            } if *g == generation => session.open(&block, frame, keep.is_some()),
+            // Cannot happen (nothing awaited since the slot was taken): as a lost one.
+            _ => Err(Answer::code(Code::Unavailable, "connection lost")),
+        };
+        match call {
+            Ok(call) => {
+                let (answer, body) = call.await;
+                if let (Some(keep), Some(body)) = (keep, body) {
+                    keep.extend_from_slice(&body);
                 }
-                Answer::from_h2(&error)
+                answer
             }
+            Err(answer) => answer,
         }
     }
 }
@@ -519,38 +470,6 @@ impl Drop for StreamSlot {
     }
 }
 
-/// Reads the answer to a request sent on a stream: its status; the answer's body (its gRPC
-/// frames) is kept in `keep` when given (a sampled search), else dropped unread.
-async fn exchange(
-    response: h2::client::ResponseFuture,
-    mut keep: Option<&mut BytesMut>,
-) -> Result<Answer, h2::Error> {
-    let (parts, mut body) = response.await?.into_parts();
-    if let Some(answer) = Answer::from_headers(&parts.headers) {
-        return Ok(answer); // trailers-only: an error, or OK with no message
-    }
-    let mut received = 0;
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk?;
-        received += chunk.len();
-        if let Some(keep) = keep.as_deref_mut() {
-            keep.extend_from_slice(&chunk);
-        }
-        // Hand the window back at once, or the server stalls once it has sent a window's worth.
-        let _ = body.flow_control().release_capacity(chunk.len());
-    }
-    Ok(match body.trailers().await? {
-        Some(trailers) => match Answer::from_headers(&trailers) {
-            Some(answer) if answer.code == Code::Ok && received == 0 => {
-                Answer::code(Code::Internal, "missing response message")
-            }
-            Some(answer) => answer,
-            None => Answer::from_http(parts.status),
-        },
-        None => Answer::from_http(parts.status),
-    })
-}
-
 /// One sending thread's connections to the target, taken in turn, and its encoder.
 #[derive(Debug)]
 pub struct Channel {
@@ -558,14 +477,14 @@ pub struct Channel {
     connections: Vec<Rc<Connection>>,
     next: Cell<usize>,
     encoder: RefCell<Encoder>,
-    /// The request headers for the last deadline used (scenarios may change it).
-    headers: RefCell<(Duration, HeaderMap)>,
+    /// The header blocks of Search and Upsert for the last deadline used (scenarios may
+    /// change it), encoded once.
+    blocks: RefCell<Option<(Duration, [Bytes; 2])>>,
 }
 
 impl Channel {
     /// `connections` connections (at least one) to `target`, none opened yet.
     pub fn new(target: Arc<Target>, connections: usize) -> Self {
-        let headers = target.headers.clone();
         Self {
             connections: (0..connections.max(1))
                 .map(|_| Connection::new(Arc::clone(&target)))
@@ -573,7 +492,7 @@ impl Channel {
             target,
             next: Cell::new(0),
             encoder: RefCell::default(),
-            headers: RefCell::new((Duration::MAX, headers)),
+            blocks: RefCell::new(None),
         }
     }
 
@@ -614,24 +533,21 @@ impl Channel {
         keep: Option<&mut BytesMut>,
     ) -> Answer {
         let asked = tokio::time::Instant::now();
-        let mut request = http::Request::new(());
-        *request.method_mut() = http::Method::POST;
-        *request.uri_mut() = self.target.uri(rpc).clone();
-        *request.headers_mut() = {
-            let mut headers = self.headers.borrow_mut();
-            if headers.0 != deadline {
-                headers
-                    .1
-                    .insert("grpc-timeout", grpc::timeout_header(deadline));
-                headers.0 = deadline;
-            }
-            headers.1.clone()
+        let block = {
+            let mut blocks = self.blocks.borrow_mut();
+            let current = match blocks.take() {
+                Some((told, current)) if told == deadline => current,
+                _ => [Rpc::Search, Rpc::Upsert].map(|rpc| self.target.header_block(rpc, deadline)),
+            };
+            let block = current[rpc as usize].clone();
+            *blocks = Some((deadline, current));
+            block
         };
         let i = self.next.get();
         self.next.set((i + 1) % self.connections.len());
         let connection = Rc::clone(&self.connections[i]);
         connection
-            .call(request, frame, (asked, asked + deadline), keep)
+            .call((rpc, block), frame, (asked, asked + deadline), keep)
             .await
     }
 }
@@ -679,6 +595,161 @@ mod tests {
             }
         });
         (address, accepted, timeouts)
+    }
+
+    /// A server that reads each request's whole body (returning flow-control capacity as it
+    /// goes, from the default 64 KiB windows) and answers with a message of its own, and a
+    /// trailer that tells how many bytes it read.
+    async fn echo_length_server() -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("test setup");
+        let address = format!("http://{}", listener.local_addr().expect("test setup"));
+        tokio::task::spawn_local(async move {
+            let (socket, _) = listener.accept().await.expect("test setup");
+            let mut connection = h2::server::handshake(socket).await.expect("test setup");
+            while let Some(Ok((request, mut respond))) = connection.accept().await {
+                tokio::task::spawn_local(async move {
+                    let mut body = request.into_body();
+                    let mut read = 0;
+                    while let Some(Ok(chunk)) = body.data().await {
+                        read += chunk.len();
+                        let _ = body.flow_control().release_capacity(chunk.len());
+                    }
+                    let response = http::Response::builder()
+                        .header("content-type", "application/grpc")
+                        .body(())
+                        .expect("test setup");
+                    let mut stream = respond.send_response(response, false).expect("test setup");
+                    let message = Bytes::from_static(&[0, 0, 0, 0, 3, 1, 2, 3]);
+                    stream.send_data(message, false).expect("test setup");
+                    let mut trailers = HeaderMap::new();
+                    trailers.insert("grpc-status", "0".parse().expect("test setup"));
+                    let told = format!("read%20{read}");
+                    trailers.insert("grpc-message", told.parse().expect("test setup"));
+                    stream.send_trailers(trailers).expect("test setup");
+                });
+            }
+        });
+        address
+    }
+
+    /// A request body far larger than the server's windows is sent as they open, split into
+    /// frames of the allowed size; the answer's message, status and percent-decoded message
+    /// are read back, and its body kept when asked.
+    #[test]
+    fn bodies_larger_than_the_windows_are_sent_as_they_open() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test setup");
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            let address = echo_length_server().await;
+            let target = Target::new(&address, &ConnectOptions::default(), &Metadata::default())
+                .expect("target");
+            let channel = Rc::new(Channel::new(Arc::new(target), 1));
+            let big = Bytes::from(vec![7u8; 300_000]);
+            let calls: Vec<_> = (0..3)
+                .map(|_| {
+                    let (channel, big) = (Rc::clone(&channel), big.clone());
+                    tokio::task::spawn_local(async move {
+                        let mut keep = BytesMut::new();
+                        let answer = channel
+                            .call_keeping(
+                                Rpc::Upsert,
+                                big,
+                                Duration::from_secs(10),
+                                Some(&mut keep),
+                            )
+                            .await;
+                        (answer, keep)
+                    })
+                })
+                .collect();
+            for call in calls {
+                let (answer, keep) = tokio::time::timeout(Duration::from_secs(10), call)
+                    .await
+                    .expect("answered in time")
+                    .expect("test setup");
+                assert_eq!(answer.code, Code::Ok, "{answer:?}");
+                assert_eq!(answer.message, "read 300000");
+                assert_eq!(&keep[..], &[0, 0, 0, 0, 3, 1, 2, 3]);
+            }
+            let small = channel
+                .call(Rpc::Search, Bytes::new(), Duration::from_secs(5))
+                .await;
+            assert_eq!((small.code, small.message.as_str()), (Code::Ok, "read 0"));
+        });
+    }
+
+    /// A server that, on each connection, answers the first `per_connection` requests after
+    /// `hold` and then goes away gracefully (GOAWAY); counts the connections it accepted.
+    async fn draining_server(per_connection: usize, hold: Duration) -> (String, Rc<Cell<usize>>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("test setup");
+        let address = format!("http://{}", listener.local_addr().expect("test setup"));
+        let connections = Rc::new(Cell::new(0));
+        let counted = Rc::clone(&connections);
+        tokio::task::spawn_local(async move {
+            while let Ok((socket, _)) = listener.accept().await {
+                counted.set(counted.get() + 1);
+                tokio::task::spawn_local(async move {
+                    let mut connection = h2::server::handshake(socket).await.expect("test setup");
+                    let mut taken = 0;
+                    while let Some(Ok((_, mut respond))) = connection.accept().await {
+                        taken += 1;
+                        if taken == per_connection {
+                            connection.graceful_shutdown();
+                        }
+                        tokio::task::spawn_local(async move {
+                            tokio::time::sleep(hold).await;
+                            let response = http::Response::builder()
+                                .header("content-type", "application/grpc")
+                                .header("grpc-status", "0")
+                                .body(())
+                                .expect("test setup");
+                            let _ = respond.send_response(response, true);
+                        });
+                    }
+                });
+            }
+        });
+        (address, connections)
+    }
+
+    /// A server that drains its connection with GOAWAY (a graceful restart) answers the
+    /// requests it took; the next requests go to a new connection, and none is lost.
+    #[test]
+    fn a_connection_drained_with_goaway_finishes_its_streams_and_is_replaced() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test setup");
+        tokio::task::LocalSet::new().block_on(&runtime, async {
+            let (address, connections) = draining_server(3, Duration::from_millis(200)).await;
+            let target = Target::new(&address, &ConnectOptions::default(), &Metadata::default())
+                .expect("target");
+            let channel = Rc::new(Channel::new(Arc::new(target), 1));
+            for round in 0..3 {
+                let calls: Vec<_> = (0..3)
+                    .map(|_| {
+                        let channel = Rc::clone(&channel);
+                        tokio::task::spawn_local(async move {
+                            channel
+                                .call(Rpc::Search, Bytes::new(), Duration::from_secs(5))
+                                .await
+                        })
+                    })
+                    .collect();
+                for call in calls {
+                    let answer = call.await.expect("test setup");
+                    // Trailers-only OK: no message, which is the server's business here.
+                    assert_eq!(answer.code, Code::Ok, "round {round}: {answer:?}");
+                }
+            }
+            assert_eq!(connections.get(), 3, "one connection per round");
+        });
     }
 
     /// Requests beyond the server's `max_concurrent_streams` wait unsent, and one whose

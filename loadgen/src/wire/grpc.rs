@@ -15,6 +15,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tonic::Code;
 
+use super::frame::reason;
 use crate::retry::Pushback;
 
 // The status headers by name, parsed once: looking a header up by `&str` parses the name on
@@ -28,9 +29,9 @@ const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-p
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rpc {
     /// `vecrig.v1.VectorIndex/Search`.
-    Search,
+    Search = 0,
     /// `vecrig.v1.VectorIndex/Upsert`.
-    Upsert,
+    Upsert = 1,
 }
 
 impl Rpc {
@@ -138,27 +139,19 @@ impl Answer {
     /// The status in `headers` (trailers, or a trailers-only response's headers), if they
     /// hold one.
     pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let status = headers.get(&GRPC_STATUS)?;
-        let code = std::str::from_utf8(status.as_bytes())
-            .ok()
-            .and_then(|s| s.trim().parse::<i32>().ok())
-            .map_or(Code::Unknown, Code::from);
-        let message = headers
-            .get(&GRPC_MESSAGE)
-            .map(|m| percent_decode(m.as_bytes()))
-            .unwrap_or_default();
-        let pushback =
-            Pushback::from_header(headers.get(&GRPC_RETRY_PUSHBACK_MS).map(|v| v.as_bytes()));
-        Some(Self {
-            code,
-            message,
-            pushback,
-        })
+        let mut fields = Fields::default();
+        for name in [&GRPC_STATUS, &GRPC_MESSAGE, &GRPC_RETRY_PUSHBACK_MS] {
+            if let Some(value) = headers.get(name) {
+                fields.take(name.as_str().as_bytes(), value.as_bytes());
+            }
+        }
+        fields.into_answer()
     }
 
-    /// A response without `grpc-status`, by its HTTP status (gRPC's mapping table).
-    pub fn from_http(status: http::StatusCode) -> Self {
-        let code = match status.as_u16() {
+    /// A response without `grpc-status`, by its HTTP status (gRPC's mapping table; 0: the
+    /// response had none).
+    pub fn from_http(status: u16) -> Self {
+        let code = match status {
             400 => Code::Internal,
             401 => Code::Unauthenticated,
             403 => Code::PermissionDenied,
@@ -170,20 +163,57 @@ impl Answer {
         Self::code(code, format!("HTTP {status} without grpc-status"))
     }
 
-    /// A call that failed in HTTP/2: a stream reset by its reason; anything that took the
-    /// connection away (I/O, GOAWAY, a connection error) is UNAVAILABLE.
-    pub fn from_h2(error: &h2::Error) -> Self {
-        let code = match error.reason() {
-            Some(reason) if error.is_reset() => match reason {
-                h2::Reason::REFUSED_STREAM => Code::Unavailable,
-                h2::Reason::CANCEL => Code::Cancelled,
-                h2::Reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
-                h2::Reason::INADEQUATE_SECURITY => Code::PermissionDenied,
-                _ => Code::Internal,
-            },
-            _ => Code::Unavailable,
+    /// A stream reset by the server, by its HTTP/2 error code (gRPC's table).
+    pub fn from_reset(code: u32) -> Self {
+        let grpc = match code {
+            reason::REFUSED_STREAM => Code::Unavailable,
+            reason::CANCEL => Code::Cancelled,
+            reason::ENHANCE_YOUR_CALM => Code::ResourceExhausted,
+            reason::INADEQUATE_SECURITY => Code::PermissionDenied,
+            _ => Code::Internal,
         };
-        Self::code(code, error.to_string())
+        let message = format!("stream reset by the server: {}", reason::name(code));
+        Self::code(grpc, message)
+    }
+}
+
+/// The fields of a header block that make a call's status, gathered one by one as the block
+/// is decoded: nothing is allocated unless there is a `grpc-message`.
+#[derive(Debug, Default)]
+pub struct Fields {
+    /// `:status`.
+    pub status: Option<u16>,
+    code: Option<Code>,
+    message: Option<String>,
+    pushback: Option<Pushback>,
+}
+
+impl Fields {
+    /// Notes one decoded field, if it is one of ours.
+    pub fn take(&mut self, name: &[u8], value: &[u8]) {
+        match name {
+            b":status" => {
+                self.status = std::str::from_utf8(value).ok().and_then(|s| s.parse().ok());
+            }
+            b"grpc-status" => {
+                let code = std::str::from_utf8(value)
+                    .ok()
+                    .and_then(|s| s.trim().parse::<i32>().ok());
+                self.code = Some(code.map_or(Code::Unknown, Code::from));
+            }
+            b"grpc-message" => self.message = Some(percent_decode(value)),
+            b"grpc-retry-pushback-ms" => self.pushback = Some(Pushback::from_header(Some(value))),
+            _ => {}
+        }
+    }
+
+    /// The call's status, if the block held `grpc-status`.
+    pub fn into_answer(self) -> Option<Answer> {
+        Some(Answer {
+            code: self.code?,
+            message: self.message.unwrap_or_default(),
+            pushback: self.pushback.unwrap_or(Pushback::None),
+        })
     }
 }
 
@@ -272,14 +302,20 @@ mod tests {
 
     #[test]
     fn transport_failures_map_as_grpc_says() {
-        let http = |s: u16| Answer::from_http(http::StatusCode::from_u16(s).expect("status")).code;
+        let http = |s: u16| Answer::from_http(s).code;
         assert_eq!(http(503), Code::Unavailable);
         assert_eq!(http(401), Code::Unauthenticated);
         assert_eq!(http(404), Code::Unimplemented);
         assert_eq!(http(500), Code::Unknown);
-        let h2 = |e: h2::Error| Answer::from_h2(&e).code;
-        // A reason that is not a stream's reset is the connection's: it is gone.
-        assert_eq!(h2(h2::Reason::INTERNAL_ERROR.into()), Code::Unavailable);
-        assert_eq!(h2(h2::Reason::REFUSED_STREAM.into()), Code::Unavailable);
+        assert_eq!(http(0), Code::Unknown);
+        let reset = |code: u32| Answer::from_reset(code).code;
+        assert_eq!(reset(reason::REFUSED_STREAM), Code::Unavailable);
+        assert_eq!(reset(reason::CANCEL), Code::Cancelled);
+        assert_eq!(reset(reason::ENHANCE_YOUR_CALM), Code::ResourceExhausted);
+        assert_eq!(reset(2), Code::Internal);
+        assert_eq!(
+            Answer::from_reset(7).message,
+            "stream reset by the server: REFUSED_STREAM"
+        );
     }
 }

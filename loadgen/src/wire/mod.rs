@@ -1,15 +1,19 @@
-//! The hot path's own gRPC client: Search and Upsert over HTTP/2 (the `h2` crate directly),
-//! one channel of connections per sending thread, requests encoded once.
+//! The hot path's own gRPC client: Search and Upsert over HTTP/2 (our own client side of the
+//! protocol), one channel of connections per sending thread, requests and their headers
+//! encoded once.
 //!
 //! Why not tonic here: measured against h2load on a trivial RPC, the tonic path cost 2-3x its
 //! CPU per request, spent in a buffer task and a task per request between the caller and the
 //! connection, two timers per request, an 8 KiB codec buffer and a re-encode per attempt.
 //! tonic stays for everything off the hot path (pre-flight, health, `Stats`, read-backs).
-//! [`grpc`] is the protocol (frames, headers, status as tonic reads it); [`connection`] the
-//! connections.
+//! [`grpc`] is gRPC's part (messages in frames, status as tonic reads it), [`frame`] HTTP/2's
+//! framing and request headers, [`session`] one HTTP/2 connection, [`connection`] a thread's
+//! connections, re-established when lost.
 
 pub mod connection;
+mod frame;
 pub mod grpc;
+mod session;
 
 pub use connection::{Channel, Target};
 pub use grpc::{Answer, Rpc};
