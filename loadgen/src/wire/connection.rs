@@ -381,8 +381,6 @@ impl Connection {
         expires: tokio::time::Instant,
     ) -> Result<(u64, StreamSlot), Answer> {
         loop {
-            // Registered before the check, so a stream closing in between is not missed.
-            let closed = self.stream_closed.notified();
             let generation = self.sender().await?;
             let limit = match &*self.state.borrow() {
                 State::Up { session, .. } if session.accepts() => Some(session.max_streams()),
@@ -402,7 +400,10 @@ impl Connection {
                 };
                 return Ok((generation, slot));
             }
-            closed.await;
+            // Full. Nothing can close a stream between the look above and this wait (both run
+            // in this task's turn on the connection's one thread), so waiting only now misses
+            // nothing, and the common case builds no waiter at all.
+            self.stream_closed.notified().await;
             if tokio::time::Instant::now() >= expires {
                 return Err(Answer::code(
                     Code::DeadlineExceeded,
