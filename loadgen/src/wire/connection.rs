@@ -162,13 +162,9 @@ impl Target {
             Rpc::Search => &self.search,
             Rpc::Upsert => &self.upsert,
         };
-        frame::request_block(
-            self.https,
-            &self.authority,
-            path,
-            &self.headers,
-            Some(timeout),
-        )
+        let mut headers = self.headers.clone();
+        headers.insert("grpc-timeout", grpc::timeout_header(timeout));
+        frame::request_block(self.https, &self.authority, path, &headers)
     }
 }
 

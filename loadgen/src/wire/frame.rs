@@ -8,8 +8,6 @@
 //! encoding per request, which was 13% of the loadgen's instructions with the `h2` crate.
 //! Responses are decoded with `loona-hpack`, which keeps the server's dynamic table.
 
-use std::time::Duration;
-
 use bytes::{BufMut, Bytes, BytesMut};
 use http::header::HeaderMap;
 
@@ -211,15 +209,9 @@ const PATH: usize = 4;
 const SCHEME_HTTP: u8 = 6;
 const SCHEME_HTTPS: u8 = 7;
 
-/// A request's header block: `POST`, the scheme, `authority` and `path`, every header in
-/// `headers` (content type, `te`, user agent, metadata), and `grpc-timeout` when given.
-pub fn request_block(
-    https: bool,
-    authority: &str,
-    path: &str,
-    headers: &HeaderMap,
-    timeout: Option<Duration>,
-) -> Bytes {
+/// A request's header block: `POST`, the scheme, `authority` and `path`, then every header
+/// in `headers` (content type, `te`, user agent, metadata, `grpc-timeout`).
+pub fn request_block(https: bool, authority: &str, path: &str, headers: &HeaderMap) -> Bytes {
     let mut out = BytesMut::with_capacity(128);
     // Indexed fields: the high bit and the static index.
     out.put_u8(0x80 | METHOD_POST);
@@ -228,10 +220,6 @@ pub fn request_block(
     literal_indexed_name(&mut out, AUTHORITY, authority.as_bytes());
     for (name, value) in headers {
         literal_new_name(&mut out, name.as_str().as_bytes(), value.as_bytes());
-    }
-    if let Some(timeout) = timeout {
-        let value = super::grpc::timeout_header(timeout);
-        literal_new_name(&mut out, b"grpc-timeout", value.as_bytes());
     }
     out.freeze()
 }
@@ -295,12 +283,12 @@ mod tests {
         headers.insert("te", "trailers".parse().expect("value"));
         let long = "x".repeat(300);
         headers.insert("authorization", long.parse().expect("value"));
+        headers.insert("grpc-timeout", "5000000u".parse().expect("value"));
         let block = request_block(
             true,
             "example.com:443",
             "/vecrig.v1.VectorIndex/Search",
             &headers,
-            Some(Duration::from_secs(5)),
         );
         let decoded = loona_hpack::Decoder::new()
             .decode(&block)

@@ -607,7 +607,7 @@ impl Inner {
         if head.flags & flag::ACK != 0 {
             return Ok(());
         }
-        if payload.len() % 6 != 0 {
+        if !payload.len().is_multiple_of(6) {
             return Err("FRAME_SIZE_ERROR: SETTINGS".into());
         }
         for entry in payload.chunks_exact(6) {
