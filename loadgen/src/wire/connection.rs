@@ -555,6 +555,26 @@ mod tests {
 
     use super::*;
 
+    /// Answers a request OK after `hold`, trailers-only.
+    async fn answer_ok_after(hold: Duration, mut respond: h2::server::SendResponse<Bytes>) {
+        tokio::time::sleep(hold).await;
+        let response = http::Response::builder()
+            .header("content-type", "application/grpc")
+            .header("grpc-status", "0")
+            .body(())
+            .expect("test setup");
+        let _ = respond.send_response(response, true);
+    }
+
+    /// Runs `test` on a current-thread runtime in a `LocalSet`, as a sending thread runs.
+    fn on_a_sending_thread(test: impl std::future::Future<Output = ()>) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("test setup");
+        tokio::task::LocalSet::new().block_on(&runtime, test);
+    }
+
     /// A server allowing one stream per connection, answering each request after `hold`;
     /// counts the streams it accepted.
     async fn one_stream_server(
@@ -575,20 +595,12 @@ mod tests {
                 .handshake::<_, Bytes>(socket)
                 .await
                 .expect("test setup");
-            while let Some(Ok((request, mut respond))) = connection.accept().await {
+            while let Some(Ok((request, respond))) = connection.accept().await {
                 counted.fetch_add(1, Ordering::SeqCst);
                 let timeout = request.headers().get("grpc-timeout");
                 seen.borrow_mut()
                     .push(timeout.map_or(String::new(), |t| t.to_str().unwrap_or_default().into()));
-                tokio::task::spawn_local(async move {
-                    tokio::time::sleep(hold).await;
-                    let response = http::Response::builder()
-                        .header("content-type", "application/grpc")
-                        .header("grpc-status", "0")
-                        .body(())
-                        .expect("test setup");
-                    let _ = respond.send_response(response, true);
-                });
+                tokio::task::spawn_local(answer_ok_after(hold, respond));
             }
         });
         (address, accepted, timeouts)
@@ -636,11 +648,7 @@ mod tests {
     /// are read back, and its body kept when asked.
     #[test]
     fn bodies_larger_than_the_windows_are_sent_as_they_open() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("test setup");
-        tokio::task::LocalSet::new().block_on(&runtime, async {
+        on_a_sending_thread(async {
             let address = echo_length_server().await;
             let target = Target::new(&address, &ConnectOptions::default(), &Metadata::default())
                 .expect("target");
@@ -694,20 +702,12 @@ mod tests {
                 tokio::task::spawn_local(async move {
                     let mut connection = h2::server::handshake(socket).await.expect("test setup");
                     let mut taken = 0;
-                    while let Some(Ok((_, mut respond))) = connection.accept().await {
+                    while let Some(Ok((_, respond))) = connection.accept().await {
                         taken += 1;
                         if taken == per_connection {
                             connection.graceful_shutdown();
                         }
-                        tokio::task::spawn_local(async move {
-                            tokio::time::sleep(hold).await;
-                            let response = http::Response::builder()
-                                .header("content-type", "application/grpc")
-                                .header("grpc-status", "0")
-                                .body(())
-                                .expect("test setup");
-                            let _ = respond.send_response(response, true);
-                        });
+                        tokio::task::spawn_local(answer_ok_after(hold, respond));
                     }
                 });
             }
@@ -719,11 +719,7 @@ mod tests {
     /// requests it took; the next requests go to a new connection, and none is lost.
     #[test]
     fn a_connection_drained_with_goaway_finishes_its_streams_and_is_replaced() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("test setup");
-        tokio::task::LocalSet::new().block_on(&runtime, async {
+        on_a_sending_thread(async {
             let (address, connections) = draining_server(3, Duration::from_millis(200)).await;
             let target = Target::new(&address, &ConnectOptions::default(), &Metadata::default())
                 .expect("target");
@@ -754,11 +750,7 @@ mod tests {
     /// opens, which an overloaded server reads as work and its rapid-reset guard as an attack.
     #[test]
     fn requests_that_expire_waiting_for_a_stream_are_never_sent() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("test setup");
-        tokio::task::LocalSet::new().block_on(&runtime, async {
+        on_a_sending_thread(async {
             let (address, accepted, timeouts) = one_stream_server(Duration::from_millis(300)).await;
             let target = Target::new(&address, &ConnectOptions::default(), &Metadata::default())
                 .expect("target");
