@@ -11,10 +11,11 @@
 //! outstanding than its connections take at once, and the request's deadline covers that wait
 //! too. Why nothing queues below this wait (as the `h2` crate, which this client replaced,
 //! queues streams waiting to open): a request dropped there (its deadline passed) would still
-//! be sent when a stream frees, as HEADERS and DATA followed at once by RST_STREAM. An overloaded server then reads work that nobody waits for,
-//! and its rapid-reset guard (CVE-2023-44487: streams reset before the server accepted them)
-//! closes the whole connection: measured in an open-model run at 10x a one-CPU server's
-//! capacity, 31,655 of 59,078 requests ended UNAVAILABLE that way.
+//! be sent when a stream frees, as HEADERS and DATA followed at once by RST_STREAM. An
+//! overloaded server then reads work that nobody waits for, and its rapid-reset guard
+//! (CVE-2023-44487: streams reset before the server accepted them) closes the whole
+//! connection: measured in an open-model run at 10x a one-CPU server's capacity, 31,655 of
+//! 59,078 requests ended UNAVAILABLE that way.
 
 use std::cell::{Cell, RefCell};
 use std::rc::{Rc, Weak};

@@ -18,12 +18,6 @@ use tonic::Code;
 use super::frame::reason;
 use crate::retry::Pushback;
 
-// The status headers by name, parsed once: looking a header up by `&str` parses the name on
-// every call, four times per request.
-const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
-const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
-const GRPC_RETRY_PUSHBACK_MS: HeaderName = HeaderName::from_static("grpc-retry-pushback-ms");
-
 /// The RPCs the hot path sends: vecrig's, or a templated target's search and write methods
 /// in their place ([`Target::with_methods`](super::Target::with_methods)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -134,18 +128,6 @@ impl Answer {
             message: message.into(),
             pushback: Pushback::None,
         }
-    }
-
-    /// The status in `headers` (trailers, or a trailers-only response's headers), if they
-    /// hold one.
-    pub fn from_headers(headers: &HeaderMap) -> Option<Self> {
-        let mut fields = Fields::default();
-        for name in [&GRPC_STATUS, &GRPC_MESSAGE, &GRPC_RETRY_PUSHBACK_MS] {
-            if let Some(value) = headers.get(name) {
-                fields.take(name.as_str().as_bytes(), value.as_bytes());
-            }
-        }
-        fields.into_answer()
     }
 
     /// A response without `grpc-status`, by its HTTP status (gRPC's mapping table; 0: the
@@ -275,26 +257,33 @@ mod tests {
         assert_eq!(t(Duration::from_secs(86_400 * 4000)), "5760000M");
     }
 
+    /// The status that a header block of these fields gives, decoded one by one as the
+    /// connection does.
+    fn status_of(fields: &[(&str, &str)]) -> Option<Answer> {
+        let mut status = Fields::default();
+        for (name, value) in fields {
+            status.take(name.as_bytes(), value.as_bytes());
+        }
+        status.into_answer()
+    }
+
     #[test]
     fn status_from_trailers_with_message_and_pushback() {
-        let mut trailers = HeaderMap::new();
-        trailers.insert("grpc-status", HeaderValue::from_static("8"));
-        trailers.insert(
-            "grpc-message",
-            HeaderValue::from_static("queue%20full%3A%20100%25"),
-        );
-        trailers.insert("grpc-retry-pushback-ms", HeaderValue::from_static("250"));
-        let answer = Answer::from_headers(&trailers).expect("a status");
+        let mut trailers = vec![
+            ("content-type", "application/grpc"),
+            ("grpc-status", "8"),
+            ("grpc-message", "queue%20full%3A%20100%25"),
+            ("grpc-retry-pushback-ms", "250"),
+        ];
+        let answer = status_of(&trailers).expect("a status");
         assert_eq!(answer.code, Code::ResourceExhausted);
         assert_eq!(answer.message, "queue full: 100%");
         assert_eq!(answer.pushback, Pushback::After(Duration::from_millis(250)));
-        trailers.insert("grpc-retry-pushback-ms", HeaderValue::from_static("-1"));
-        let answer = Answer::from_headers(&trailers).expect("a status");
+        trailers[3].1 = "-1";
+        let answer = status_of(&trailers).expect("a status");
         assert_eq!(answer.pushback, Pushback::DoNotRetry);
-        assert_eq!(Answer::from_headers(&HeaderMap::new()), None);
-        let mut odd = HeaderMap::new();
-        odd.insert("grpc-status", HeaderValue::from_static("x"));
-        let answer = Answer::from_headers(&odd).expect("a status");
+        assert_eq!(status_of(&[(":status", "200")]), None);
+        let answer = status_of(&[("grpc-status", "x")]).expect("a status");
         assert_eq!(answer.code, Code::Unknown);
         assert_eq!(percent_decode(b"100%"), "100%");
         assert_eq!(percent_decode(b"%e2%9c%93 ok"), "\u{2713} ok");

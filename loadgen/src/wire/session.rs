@@ -252,14 +252,6 @@ impl Session {
             done: false,
         })
     }
-
-    /// Sends a PING and waits up to `wait` for its acknowledgement.
-    async fn ping(inner: &Inner, wait: Duration) -> bool {
-        inner.write(|out| frame::put_ping(out, false, *b"vecrig\0\0"));
-        tokio::time::timeout(wait, inner.pong.notified())
-            .await
-            .is_ok()
-    }
 }
 
 impl Drop for Session {
@@ -765,7 +757,12 @@ async fn keep_alive(inner: &Inner, every: Duration) -> String {
     }
     loop {
         tokio::time::sleep(every).await;
-        if !Session::ping(inner, every.min(Duration::from_secs(10))).await {
+        inner.write(|out| frame::put_ping(out, false, *b"vecrig\0\0"));
+        let wait = every.min(Duration::from_secs(10));
+        if tokio::time::timeout(wait, inner.pong.notified())
+            .await
+            .is_err()
+        {
             return "keepalive PING unanswered".into();
         }
     }
