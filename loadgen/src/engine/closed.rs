@@ -56,7 +56,6 @@ pub(crate) async fn run(
         stagger,
     } = spec;
     let deadline = duration.map(|d| start + d);
-    let over = move || deadline.is_some_and(|d| Instant::now() >= d);
     let mut tasks = JoinSet::new();
     for user in (lane.index..users).step_by(lane.count.max(1) as usize) {
         let (ctx, lane, workload, recorder) = (
@@ -73,12 +72,17 @@ pub(crate) async fn run(
             }
             let mut requests = workload.generator(user, users);
             let mut i = 0;
-            while iterations.is_none_or(|n| i < n) && !ctx.stop.is_stopped() && !over() {
+            while iterations.is_none_or(|n| i < n) && !ctx.stop.is_stopped() {
+                // One clock read: the end of the phase, and the request's intended time.
+                let intended = Instant::now();
+                if deadline.is_some_and(|d| intended >= d) {
+                    break;
+                }
                 let op = requests.next(i);
                 if matches!(op, crate::workload::Op::Done) {
                     break;
                 }
-                ctx.execute(&lane, op, Instant::now(), &recorder).await;
+                ctx.execute(&lane, op, intended, &recorder).await;
                 i += 1;
                 if !think.is_zero() {
                     tokio::time::sleep(think).await;

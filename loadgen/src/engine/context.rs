@@ -123,12 +123,14 @@ impl Context {
     async fn send(
         &self,
         channel: Option<&Channel>,
-        op: &Op,
-        frame: Option<&(Rpc, Bytes)>,
+        (op, frame): (&Op, Option<&(Rpc, Bytes)>),
+        sent: Instant,
     ) -> (Code, Pushback) {
         if let (Some(channel), Some((rpc, frame))) = (channel, frame) {
-            let call = channel.call(*rpc, frame.clone(), self.timeout);
-            return match tokio::time::timeout(self.timeout, call).await {
+            // The clock read once for the attempt serves the channel and the timer alike.
+            let sent = tokio::time::Instant::from_std(sent);
+            let call = channel.call_keeping(*rpc, frame.clone(), (sent, self.timeout), None);
+            return match tokio::time::timeout_at(sent + self.timeout, call).await {
                 Ok(answer) => (answer.code, answer.pushback),
                 Err(_) => (Code::DeadlineExceeded, Pushback::None),
             };
@@ -185,8 +187,9 @@ impl Context {
         };
         let writes = self.recall.quiet_writes();
         let mut body = bytes::BytesMut::new();
-        let call = channel.call_keeping(*rpc, frame.clone(), self.timeout, Some(&mut body));
-        let answer = match tokio::time::timeout(self.timeout, call).await {
+        let sent = tokio::time::Instant::now();
+        let call = channel.call_keeping(*rpc, frame.clone(), (sent, self.timeout), Some(&mut body));
+        let answer = match tokio::time::timeout_at(sent + self.timeout, call).await {
             Ok(answer) => answer,
             Err(_) => return (Code::DeadlineExceeded, Pushback::None),
         };
@@ -259,7 +262,10 @@ impl Context {
                     self.send_sampled_call(channel.as_deref(), frame.as_ref(), query, k, templates)
                         .await
                 }
-                (None, None) => self.send(channel.as_deref(), &op, frame.as_ref()).await,
+                (None, None) => {
+                    self.send(channel.as_deref(), (&op, frame.as_ref()), sent)
+                        .await
+                }
             };
             let answered = Instant::now();
             let first_code = *first.get_or_insert(code);

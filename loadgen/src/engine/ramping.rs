@@ -61,12 +61,17 @@ pub(crate) async fn run(
             tasks.spawn_local(async move {
                 let mut requests = workload.generator(user, from.max(to));
                 let mut i = 0;
-                while running.load(Ordering::Acquire)
-                    && !ctx.stop.is_stopped()
-                    && start.elapsed() < duration
-                {
+                loop {
+                    // One clock read: the end of the stage, and the request's intended time.
+                    let intended = Instant::now();
+                    if !running.load(Ordering::Acquire)
+                        || ctx.stop.is_stopped()
+                        || intended.saturating_duration_since(start) >= duration
+                    {
+                        break;
+                    }
                     let op = requests.next(i);
-                    ctx.execute(&lane, op, Instant::now(), &recorder).await;
+                    ctx.execute(&lane, op, intended, &recorder).await;
                     i += 1;
                     if !think.is_zero() {
                         tokio::time::sleep(think).await;

@@ -271,7 +271,6 @@ impl Connection {
     /// The open connection's generation, after opening one if none is. Requests that arrive
     /// while it is being established wait for that one attempt and share its outcome.
     async fn sender(self: &Rc<Self>) -> Result<u64, Answer> {
-        let changed = self.changed.notified();
         let connect = {
             let mut state = self.state.borrow_mut();
             match &*state {
@@ -284,7 +283,9 @@ impl Connection {
             }
         };
         if !connect {
-            changed.await;
+            // Built only here, not on the common path above: nothing else runs on this thread
+            // between the look at the state and this wait, so the attempt's end is not missed.
+            self.changed.notified().await;
             return match &*self.state.borrow() {
                 State::Up { generation, .. } => Ok(*generation),
                 _ => Err(Answer::code(Code::Unavailable, "cannot connect")),
@@ -373,10 +374,13 @@ impl Connection {
     /// passes while it waits is answered DEADLINE_EXCEEDED here, unsent: the caller's own
     /// timer may fire in the same turn as the wake-up that frees its stream, and would then
     /// reset the stream just opened.
+    /// A stream under the server's limit on this connection (connecting first if it is not
+    /// up), with the connection's generation and whether the request had to wait for either.
     async fn stream_slot(
         self: &Rc<Self>,
         expires: tokio::time::Instant,
-    ) -> Result<(u64, StreamSlot), Answer> {
+    ) -> Result<(u64, StreamSlot, bool), Answer> {
+        let mut waited = !matches!(&*self.state.borrow(), State::Up { .. });
         loop {
             let generation = self.sender().await?;
             let limit = match &*self.state.borrow() {
@@ -395,12 +399,13 @@ impl Connection {
                 let slot = StreamSlot {
                     connection: Rc::clone(self),
                 };
-                return Ok((generation, slot));
+                return Ok((generation, slot, waited));
             }
             // Full. Nothing can close a stream between the look above and this wait (both run
             // in this task's turn on the connection's one thread), so waiting only now misses
             // nothing, and the common case builds no waiter at all.
             self.stream_closed.notified().await;
+            waited = true;
             if tokio::time::Instant::now() >= expires {
                 return Err(Answer::code(
                     Code::DeadlineExceeded,
@@ -420,18 +425,21 @@ impl Connection {
         (asked, expires): (tokio::time::Instant, tokio::time::Instant),
         keep: Option<&mut BytesMut>,
     ) -> Answer {
-        let (generation, _stream) = match self.stream_slot(expires).await {
+        let (generation, _stream, waited) = match self.stream_slot(expires).await {
             Ok(slot) => slot,
             Err(answer) => return answer,
         };
-        let now = tokio::time::Instant::now();
-        let block = if now.duration_since(asked) > Duration::from_millis(1) {
-            // It waited for a connection or a stream: the server is told the time left, not
-            // the whole deadline, so that it does not start work the client will not wait for.
-            self.target
-                .header_block(rpc, expires.saturating_duration_since(now))
-        } else {
-            block
+        // Read the clock only after a wait (the common case reads none here).
+        let now = waited.then(tokio::time::Instant::now);
+        let block = match now {
+            Some(now) if now.duration_since(asked) > Duration::from_millis(1) => {
+                // It waited for a connection or a stream: the server is told the time left,
+                // not the whole deadline, so that it does not start work the client will not
+                // wait for.
+                self.target
+                    .header_block(rpc, expires.saturating_duration_since(now))
+            }
+            _ => block,
         };
         let call = match &*self.state.borrow() {
             State::Up {
@@ -518,19 +526,20 @@ impl Channel {
     /// One attempt of `rpc` with `frame` on the next connection, telling the server the
     /// `deadline` (the caller enforces it).
     pub async fn call(&self, rpc: Rpc, frame: Bytes, deadline: Duration) -> Answer {
-        self.call_keeping(rpc, frame, deadline, None).await
+        let asked = tokio::time::Instant::now();
+        self.call_keeping(rpc, frame, (asked, deadline), None).await
     }
 
-    /// As [`call`](Self::call), keeping the answer's message (its gRPC frame's payload) in
-    /// `keep`: for the sampled searches of a templated target, whose ids are read from it.
+    /// As [`call`](Self::call), asked at `asked` (a clock the caller has already read), and
+    /// keeping the answer's message (its gRPC frame's payload) in `keep` when given: for the
+    /// sampled searches of a templated target, whose ids are read from it.
     pub async fn call_keeping(
         &self,
         rpc: Rpc,
         frame: Bytes,
-        deadline: Duration,
+        (asked, deadline): (tokio::time::Instant, Duration),
         keep: Option<&mut BytesMut>,
     ) -> Answer {
-        let asked = tokio::time::Instant::now();
         let block = {
             let mut blocks = self.blocks.borrow_mut();
             let current = match blocks.take() {
@@ -664,7 +673,7 @@ mod tests {
                             .call_keeping(
                                 Rpc::Upsert,
                                 big,
-                                Duration::from_secs(10),
+                                (tokio::time::Instant::now(), Duration::from_secs(10)),
                                 Some(&mut keep),
                             )
                             .await;
