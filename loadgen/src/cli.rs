@@ -66,7 +66,8 @@ pub struct Cli {
     /// Neighbours per search.
     #[arg(long, default_value_t = 10, global = true)]
     pub k: u32,
-    /// Replace the scenarios' own requests: spec, text, vector, exact or mixed.
+    /// Replace the scenarios' own requests: spec, text, vector, fixed (one vector search, the
+    /// same every time, as h2load sends), exact or mixed.
     #[arg(long, env = "VECRIG_WORKLOAD", global = true)]
     pub workload: Option<WorkloadKind>,
     /// Fraction of upserts in the mixed workload.

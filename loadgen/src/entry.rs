@@ -78,7 +78,7 @@ pub struct Entry {
     pub stages: Option<String>,
     /// Custom: outstanding requests allowed (open model).
     pub max_in_flight: Option<u64>,
-    /// The requests: spec, text, vector, exact or mixed.
+    /// The requests: spec, text, vector, fixed, exact or mixed.
     pub workload: Option<String>,
     /// Thresholds, added to a built-in's criteria.
     #[serde(default)]

@@ -15,7 +15,7 @@
 //! start = 0
 //! stages = "30s:100,1m:1000,30s:0"
 //! max_in_flight = 2000
-//! workload = "vector"              # spec, text, vector, exact or mixed
+//! workload = "vector"              # spec, text, vector, fixed, exact or mixed
 //! thresholds = ["p99<50ms", "dropped==0"]
 //! ```
 //!

@@ -5,6 +5,9 @@
 //! - `text`: realistic short texts in the vocabulary of the server's `--preload` data;
 //! - `vector`: vectors drawn from the same clustered distribution as the `--preload` data
 //!   (`exact`: the same, answered by brute-force scan);
+//! - `fixed`: one vector search, the same every time, as h2load or ghz send one request: for
+//!   comparing with such tools on the very same request, and the server's best case (a query
+//!   asked again and again walks the same part of the index, in warm caches);
 //! - `large-text`: ~150 KB texts (the memory-pressure scenario);
 //! - `mixed`: vector searches with a chosen fraction of upserts (batches of new points);
 //! - templated: searches rendered from a templated target's request template
@@ -36,6 +39,8 @@ pub enum WorkloadKind {
     /// Exact (brute-force) vector searches: expensive requests, so a server is overloaded
     /// with little client effort.
     ExactVector,
+    /// One vector search, [`fixed_query`], sent by every user every time.
+    FixedVector,
     /// Text searches of about `bytes` bytes: the template repeated, then `_iteration_{i}`.
     LargeText {
         /// Approximate size of each query.
@@ -81,6 +86,7 @@ impl std::str::FromStr for WorkloadKind {
             "text" => WorkloadKind::Text,
             "vector" => WorkloadKind::Vector,
             "exact" => WorkloadKind::ExactVector,
+            "fixed" => WorkloadKind::FixedVector,
             "mixed" => WorkloadKind::Mixed {
                 upsert_fraction: 0.1,
                 batch: 16,
@@ -88,7 +94,7 @@ impl std::str::FromStr for WorkloadKind {
             "spec" => WorkloadKind::Spec("stress_test_user_{user}_query_{i}".into()),
             other => {
                 return Err(format!(
-                    "unknown workload {other:?}: expected spec, text, vector, exact or mixed"
+                    "unknown workload {other:?}: expected spec, text, vector, fixed, exact or mixed"
                 ));
             }
         })
@@ -155,6 +161,8 @@ pub struct Workload {
     k: u32,
     data: Synthetic,
     large_text: String,
+    /// The `fixed` workload's one query (empty for every other kind).
+    fixed: Vec<f32>,
     /// Added to every user number, so the shards of a distributed run send different requests.
     user_offset: u64,
 }
@@ -174,12 +182,17 @@ impl Workload {
             }
             _ => String::new(),
         };
+        let fixed = match &kind {
+            WorkloadKind::FixedVector => fixed_query(dimensions, seed),
+            _ => Vec::new(),
+        };
         Arc::new(Self {
             kind,
             seed,
             k: k.max(1),
             data: Synthetic::new(dimensions, Synthetic::DEFAULT_CLUSTERS, seed),
             large_text,
+            fixed,
             user_offset: 0,
         })
     }
@@ -208,6 +221,14 @@ impl Workload {
             concurrency,
         }
     }
+}
+
+/// The one query of the `fixed` workload: the first vector query that the distribution of
+/// `seed` draws from a generator seeded with `seed` itself. Public so that a comparison with
+/// another tool can send the very same request.
+pub fn fixed_query(dimensions: usize, seed: u64) -> Vec<f32> {
+    Synthetic::new(dimensions, Synthetic::DEFAULT_CLUSTERS, seed)
+        .query_vector(&mut StdRng::seed_from_u64(seed))
 }
 
 /// Produces one user's requests.
@@ -242,6 +263,13 @@ impl Generator {
             WorkloadKind::LargeText { .. } => text(format!("{}_iteration_{i}", w.large_text)),
             WorkloadKind::Vector => self.vector_search(false),
             WorkloadKind::ExactVector => self.vector_search(true),
+            WorkloadKind::FixedVector => Op::Search(proto::SearchRequest {
+                query: Some(search_request::Query::Vector(proto::Vector {
+                    values: w.fixed.clone(),
+                })),
+                k: w.k,
+                ..Default::default()
+            }),
             WorkloadKind::Mixed {
                 upsert_fraction,
                 batch,
@@ -407,6 +435,23 @@ mod tests {
             }
             assert_ne!(a.generator(4, 10).next(0), a.generator(3, 10).next(0));
         }
+    }
+
+    #[test]
+    fn the_fixed_workload_sends_one_request_whoever_sends_it() {
+        let w = Workload::new(WorkloadKind::FixedVector, 8, 3, 1);
+        let first = w.generator(0, 2).next(0);
+        let Op::Search(request) = &first else {
+            panic!("search expected")
+        };
+        let query = Some(search_request::Query::Vector(proto::Vector {
+            values: fixed_query(8, 3),
+        }));
+        assert_eq!((&request.query, request.k), (&query, 1));
+        for (user, i) in [(0, 1), (1, 0), (1, 7)] {
+            assert_eq!(w.generator(user, 2).next(i), first);
+        }
+        assert_ne!(fixed_query(8, 3), fixed_query(8, 4));
     }
 
     #[test]
