@@ -182,15 +182,16 @@ impl Workload {
             }
             _ => String::new(),
         };
+        let data = Synthetic::new(dimensions, Synthetic::DEFAULT_CLUSTERS, seed);
         let fixed = match &kind {
-            WorkloadKind::FixedVector => fixed_query(dimensions, seed),
+            WorkloadKind::FixedVector => first_query(&data, seed),
             _ => Vec::new(),
         };
         Arc::new(Self {
             kind,
             seed,
             k: k.max(1),
-            data: Synthetic::new(dimensions, Synthetic::DEFAULT_CLUSTERS, seed),
+            data,
             large_text,
             fixed,
             user_offset: 0,
@@ -227,8 +228,15 @@ impl Workload {
 /// `seed` draws from a generator seeded with `seed` itself. Public so that a comparison with
 /// another tool can send the very same request.
 pub fn fixed_query(dimensions: usize, seed: u64) -> Vec<f32> {
-    Synthetic::new(dimensions, Synthetic::DEFAULT_CLUSTERS, seed)
-        .query_vector(&mut StdRng::seed_from_u64(seed))
+    first_query(
+        &Synthetic::new(dimensions, Synthetic::DEFAULT_CLUSTERS, seed),
+        seed,
+    )
+}
+
+/// The first query `data` draws from a generator seeded with `seed`: [`fixed_query`].
+fn first_query(data: &Synthetic, seed: u64) -> Vec<f32> {
+    data.query_vector(&mut StdRng::seed_from_u64(seed))
 }
 
 /// Produces one user's requests.
@@ -263,13 +271,7 @@ impl Generator {
             WorkloadKind::LargeText { .. } => text(format!("{}_iteration_{i}", w.large_text)),
             WorkloadKind::Vector => self.vector_search(false),
             WorkloadKind::ExactVector => self.vector_search(true),
-            WorkloadKind::FixedVector => Op::Search(proto::SearchRequest {
-                query: Some(search_request::Query::Vector(proto::Vector {
-                    values: w.fixed.clone(),
-                })),
-                k: w.k,
-                ..Default::default()
-            }),
+            WorkloadKind::FixedVector => self.search_for(w.fixed.clone(), false),
             WorkloadKind::Mixed {
                 upsert_fraction,
                 batch,
@@ -375,6 +377,11 @@ impl Generator {
 
     fn vector_search(&mut self, exact: bool) -> Op {
         let values = self.workload.data.query_vector(&mut self.rng);
+        self.search_for(values, exact)
+    }
+
+    /// A search for the `k` neighbours of `values`, exact (brute force) or approximate.
+    fn search_for(&self, values: Vec<f32>, exact: bool) -> Op {
         Op::Search(proto::SearchRequest {
             query: Some(search_request::Query::Vector(proto::Vector { values })),
             k: self.workload.k,

@@ -119,11 +119,12 @@ impl Context {
     /// Sends one attempt and returns its code: over the lane's own connections when it has
     /// them (`frame` is the request encoded once), else over tonic's pool. A deadline passing
     /// here counts as DEADLINE_EXCEEDED even when the server never answers (e.g. it is
-    /// frozen); this is the request's one timer.
+    /// frozen); this is the request's one timer, set from `sent`, when the attempt was made.
     async fn send(
         &self,
         channel: Option<&Channel>,
-        (op, frame): (&Op, Option<&(Rpc, Bytes)>),
+        op: &Op,
+        frame: Option<&(Rpc, Bytes)>,
         sent: Instant,
     ) -> (Code, Pushback) {
         if let (Some(channel), Some((rpc, frame))) = (channel, frame) {
@@ -263,7 +264,7 @@ impl Context {
                         .await
                 }
                 (None, None) => {
-                    self.send(channel.as_deref(), (&op, frame.as_ref()), sent)
+                    self.send(channel.as_deref(), &op, frame.as_ref(), sent)
                         .await
                 }
             };

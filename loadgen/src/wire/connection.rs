@@ -373,9 +373,8 @@ impl Connection {
     /// guard drops (the answer read, or the request given up). A request whose deadline
     /// passes while it waits is answered DEADLINE_EXCEEDED here, unsent: the caller's own
     /// timer may fire in the same turn as the wake-up that frees its stream, and would then
-    /// reset the stream just opened.
-    /// A stream under the server's limit on this connection (connecting first if it is not
-    /// up), with the connection's generation and whether the request had to wait for either.
+    /// reset the stream just opened. Returns the connection's generation, the slot, and
+    /// whether the request waited (for a connection or a stream) on its way.
     async fn stream_slot(
         self: &Rc<Self>,
         expires: tokio::time::Instant,
@@ -392,6 +391,7 @@ impl Connection {
             let Some(limit) = limit else {
                 // It went away (GOAWAY, or lost): the next turn opens a new one.
                 self.lost(generation);
+                waited = true;
                 continue;
             };
             if self.open_streams.get() < limit {
