@@ -454,9 +454,12 @@ impl Graph {
                     let found = Scored { distance, slot: n };
                     candidates.push(Reverse(found));
                     if !(skip_removed && self.removed[n as usize]) {
-                        results.push(found);
-                        if results.len() > ef {
-                            results.pop();
+                        // Once `ef` are kept, the newcomer takes the farthest one's place: one
+                        // sift down, where a push and a pop would sift twice.
+                        if results.len() < ef {
+                            results.push(found);
+                        } else if let Some(mut farthest) = results.peek_mut() {
+                            *farthest = found;
                         }
                         bound = results.peek().map_or(f32::INFINITY, |r| r.distance);
                     }
