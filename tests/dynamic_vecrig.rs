@@ -1,8 +1,9 @@
-//! The five scenarios (quick profile) against vecrig-server twice: natively (vector
-//! searches, the native client) and as a templated target (descriptors by reflection, the
-//! built-in `vecrig.v1` template set). Same seed, so the same query vectors: the verdicts
-//! must be the same, scenario by scenario and threshold by threshold, and the scenarios
-//! whose size is a count of requests must send the same count. The server is the real
+//! The five scenarios (quick profile) against vecrig-server twice, each with its own workload
+//! (the specification's texts, large texts, vectors): natively (the built-in `vecrig.v1`
+//! template set over the descriptors compiled into the loadgen) and as a templated target
+//! named by a scenario file (the same set over descriptors read by reflection). Same seed, so
+//! the same requests: the verdicts must be the same, scenario by scenario and threshold by
+//! threshold, and the scenarios whose size is a count of requests must send the same count. The server is the real
 //! binary in a process of its own, so the test process's CPU is the loadgen's: its CPU per
 //! request is printed for both (measured, not asserted: a timing on a shared machine).
 //! vecrig-server serves `grpc.reflection.v1` (the Python store of `dynamic_target.rs` only
@@ -18,7 +19,6 @@ use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::file::Planned;
 use vecrig_loadgen::scenario::Profile;
 use vecrig_loadgen::target::LocalServer;
-use vecrig_loadgen::workload::WorkloadKind;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 const DIMENSIONS: usize = 128;
@@ -59,8 +59,7 @@ async fn the_quick_suite_through_reflection_and_templates_gives_the_native_verdi
     )
     .await
     .expect("vecrig-server starts");
-    let mut plan = Plan::new(ScenarioSpec::suite(Profile::Quick));
-    plan.workload = Some(WorkloadKind::Vector);
+    let plan = Plan::new(ScenarioSpec::suite(Profile::Quick));
     let native = vecrig_loadgen::run(&options(server.target.clone()), &plan, &Stop::default())
         .await
         .expect("native pre-flight");

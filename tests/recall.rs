@@ -73,7 +73,10 @@ async fn index_recall(server: &TestServer, kind: WorkloadKind, n: u64) -> f64 {
     let mut figures = RecallFigures::default();
     let headers: vecrig::client::Metadata = Vec::new().into();
     for i in 0..n {
-        let Op::Search(request) = generator.next(i) else {
+        let Op::Call(call) = generator.next(i) else {
+            continue;
+        };
+        let Some(request) = call.search_request() else {
             continue;
         };
         let ids = |answer: tonic::Response<vecrig::proto::SearchResponse>| -> Vec<u64> {

@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use tonic::Code;
 use vecrig::client::{Metadata, Pool, request_with};
-use vecrig::proto::{GetRequest, UpsertRequest};
+use vecrig::proto::GetRequest;
 use vecrig::validation::fault::{AckCheck, MAX_LOST_IDS};
 
-/// The payload key holding the run's stamp.
+/// The payload key holding the run's stamp (the built-in write template, `ack = "{{stamp}}"`).
 pub const STAMP_KEY: &str = "ack";
 
 /// The acknowledged writes of one run. Cheap to clone; clones share the list.
@@ -64,9 +64,9 @@ impl Acks {
     }
 
     /// Records the points of an upsert the server answered OK.
-    pub fn record(&self, request: &UpsertRequest) {
+    pub fn record(&self, written: &[u64]) {
         let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
-        ids.extend(request.points.iter().map(|p| p.id));
+        ids.extend(written.iter().copied());
     }
 
     /// Points acknowledged so far.
@@ -172,21 +172,11 @@ async fn read_back(pool: &Pool, metadata: &Metadata, id: u64, stamp: &str) -> Fo
 #[cfg(test)]
 mod tests {
     use super::*;
-    use vecrig::proto::Point;
 
     #[test]
     fn records_ids_and_compares_by_list() {
         let acks = Acks::new("run-1");
-        let request = UpsertRequest {
-            points: (5..8)
-                .map(|id| Point {
-                    id,
-                    ..Default::default()
-                })
-                .collect(),
-            wait: false,
-        };
-        acks.clone().record(&request);
+        acks.clone().record(&[5, 6, 7]);
         assert_eq!(acks.len(), 3);
         assert_eq!(acks.stamp(), "run-1");
         assert_eq!(acks, acks.clone());

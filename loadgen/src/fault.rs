@@ -179,6 +179,7 @@ pub async fn run(
             seed: plan.seed,
             k: plan.k,
             workload: None,
+            templates: None,
         };
         let mut scenario = fault.build(&common, acks.clone());
         scenario.thresholds.extend(plan.thresholds.iter().cloned());
@@ -287,6 +288,7 @@ mod tests {
             seed: 1,
             k: 10,
             workload: None,
+            templates: None,
         };
         let acks = Acks::new("s");
         let mut scenario = FaultRun::new(FaultKind::Restart).build(&common, acks.clone());

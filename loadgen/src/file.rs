@@ -93,6 +93,26 @@ fn with_builtin_templates(table: &mut toml::Table) -> Result<(), FileError> {
     Ok(())
 }
 
+/// Why the workload named `workload` cannot run against `target`, if it cannot: it asks for a
+/// request the target's templates lack (the scenarios' own workloads fall back to vector
+/// searches; one the file names is taken at its word), or it writes points that the ground
+/// truth of an ingest would not hold.
+fn missing_method(workload: &str, target: &TargetSpec, ingest: bool) -> Option<String> {
+    let (needs, has) = match workload {
+        "text" | "spec" => ("text_search", target.text_search.is_some()),
+        "exact" => ("exact_search", target.exact_search.is_some()),
+        "mixed" if ingest => {
+            return Some(
+                "workload mixed writes points the ingest's ground truth does not hold: recall would be wrong"
+                    .into(),
+            );
+        }
+        "mixed" => ("write", target.write.is_some()),
+        _ => return None,
+    };
+    (!has).then(|| format!("workload {workload} needs [target].{needs}"))
+}
+
 /// A parsed file, ready to build: checks everything (names, durations, stages, thresholds,
 /// workloads) before any load is sent.
 #[derive(Debug)]
@@ -121,15 +141,15 @@ impl Planned {
         }
         for entry in &file.scenarios {
             let ctx = |e: &str| FileError(format!("scenario {:?}: {e}", entry.name));
+            if let (Some(target), Some(workload)) = (&file.target, entry.workload.as_deref())
+                && let Some(e) = missing_method(workload, target, ingests > 0)
+            {
+                return Err(ctx(&e));
+            }
             match (&file.target, &entry.ingest) {
                 (None, Some(_)) => return Err(ctx("ingest needs a [target] with a write method")),
                 (Some(t), Some(_)) if t.write.is_none() => {
                     return Err(ctx("ingest needs [target].write"));
-                }
-                (Some(_), _) if entry.workload.is_some() => {
-                    return Err(ctx(
-                        "workload: a [target]'s requests come from its templates",
-                    ));
                 }
                 (_, Some(i)) if i.points == 0 || i.batch == 0 || i.writers == 0 => {
                     return Err(ctx("ingest: points, batch and writers must be at least 1"));
@@ -231,22 +251,22 @@ impl Planned {
         truth: Option<&Arc<Truth>>,
     ) -> Vec<Scenario> {
         let dimensions = templates.dimensions;
-        let mut scenarios = self.build_with(
-            dimensions,
-            seed,
-            k,
-            Some(WorkloadKind::Templated(Arc::clone(templates))),
-        );
+        let mut scenarios = self.build_with(dimensions, seed, k, Some(templates));
         for ((entry, ..), scenario) in self.entries.iter().zip(&mut scenarios) {
             let (Some(ingest), Some(truth)) = (entry.ingest, truth) else {
                 continue;
             };
             let kind = WorkloadKind::Ingest {
-                templates: Arc::clone(templates),
                 truth: Arc::clone(truth),
                 writers: ingest.writers,
             };
-            let writes = Writes(Workload::new(kind, dimensions, seed, k));
+            let writes = Writes(Workload::on(
+                kind,
+                dimensions,
+                seed,
+                k,
+                Arc::clone(templates),
+            ));
             scenario.phases.insert(
                 0,
                 Phase {
@@ -285,7 +305,7 @@ impl Planned {
         dimensions: usize,
         seed: u64,
         k: u32,
-        every: Option<WorkloadKind>,
+        templates: Option<&Arc<Templates>>,
     ) -> Vec<Scenario> {
         self.entries
             .iter()
@@ -294,7 +314,8 @@ impl Planned {
                     dimensions,
                     seed,
                     k,
-                    workload: every.clone().or_else(|| workload.clone()),
+                    workload: workload.clone(),
+                    templates: templates.cloned(),
                 };
                 let mut scenario = spec.build(&common);
                 scenario.name = entry.name.clone();
@@ -404,8 +425,12 @@ thresholds = ["p99<50ms", "dropped==0"]
                 "ingest needs a [target]",
             ),
             (
-                "[target]\nbuiltin = \"vecrig.v1\"\ndimensions = 8\n[[scenario]]\nname = \"scale\"\nworkload = \"text\"\n",
-                "from its templates",
+                "[target]\ndimensions = 8\nsearch = { method = \"vecrig.v1.VectorIndex/Search\", request = { k = 1 }, ids = \"hits[].id\" }\n[[scenario]]\nname = \"scale\"\nworkload = \"text\"\n",
+                "workload text needs [target].text_search",
+            ),
+            (
+                "[target]\nbuiltin = \"vecrig.v1\"\ndimensions = 8\n[[scenario]]\nname = \"scale\"\nworkload = \"mixed\"\ningest = { points = 4 }\n",
+                "ground truth",
             ),
             (
                 "[target]\nbuiltin = \"vecrig.v2\"\ndimensions = 8\n[[scenario]]\nname = \"scale\"\n",

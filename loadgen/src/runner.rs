@@ -43,6 +43,7 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
             seed: plan.seed,
             k: plan.k,
             workload: plan.workload.clone(),
+            templates: None,
         };
         plan.scenarios
             .iter()
@@ -116,11 +117,6 @@ async fn run_templated(
 ) -> Result<Report, PreflightError> {
     let started_unix_ms = unix_ms();
     let meter = Meter::start();
-    if options.transport == Transport::Tonic {
-        return Err(PreflightError::Unsupported(
-            "a templated target's requests are sent by --transport h2 only".into(),
-        ));
-    }
     let headers: Metadata = options.headers.clone().into();
     let (pool, monitor) = target::connect_healthy(
         &options.target,
@@ -135,11 +131,12 @@ async fn run_templated(
     let templates = Arc::new(Templates::compile(spec, &descriptors)?);
     let truth = planned.truth(plan.seed);
     // The probes: what the first user would send, once, before any load.
-    let search = Workload::new(
-        WorkloadKind::Templated(Arc::clone(&templates)),
+    let search = Workload::on(
+        WorkloadKind::Vector,
         templates.dimensions,
         plan.seed,
         plan.k,
+        Arc::clone(&templates),
     )
     .generator(0, 1)
     .next(0);
@@ -149,13 +146,18 @@ async fn run_templated(
     }
     if let (Some(truth), Some(write)) = (&truth, &templates.write) {
         let kind = WorkloadKind::Ingest {
-            templates: Arc::clone(&templates),
             truth: Arc::clone(truth),
             writers: 1,
         };
-        let first = Workload::new(kind, templates.dimensions, plan.seed, plan.k)
-            .generator(0, 1)
-            .next(0);
+        let first = Workload::on(
+            kind,
+            templates.dimensions,
+            plan.seed,
+            plan.k,
+            Arc::clone(&templates),
+        )
+        .generator(0, 1)
+        .next(0);
         if let Op::Call(call) = first
             && dynamic::probe(
                 &monitor.channel(),

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use vecrig::validation::criteria;
 
+use crate::dynamic::Templates;
 use crate::engine::{Model, Phase, Scenario, Stage};
 use crate::workload::{Workload, WorkloadKind};
 
@@ -32,12 +33,15 @@ pub struct Common {
     pub k: u32,
     /// Replaces the scenario's own workload when set.
     pub workload: Option<WorkloadKind>,
+    /// What the requests are rendered from: a templated target's set; `None`, vecrig's own.
+    pub templates: Option<Arc<Templates>>,
 }
 
 impl Common {
     pub(crate) fn workload(&self, default: WorkloadKind) -> Arc<Workload> {
         let kind = self.workload.clone().unwrap_or(default);
-        Workload::new(kind, self.dimensions, self.seed, self.k)
+        let templates = self.templates.clone().unwrap_or_else(Templates::vecrig_v1);
+        Workload::on(kind, self.dimensions, self.seed, self.k, templates)
     }
 }
 

@@ -92,6 +92,7 @@ mod tests {
             seed: 1,
             k: 10,
             workload: None,
+            templates: None,
         };
         for profile in [scenario::Profile::Quick, scenario::Profile::Full] {
             let suite = ScenarioSpec::suite(profile);

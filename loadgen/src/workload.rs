@@ -10,22 +10,25 @@
 //!   asked again and again walks the same part of the index, in warm caches);
 //! - `large-text`: ~150 KB texts (the memory-pressure scenario);
 //! - `mixed`: vector searches with a chosen fraction of upserts (batches of new points);
-//! - templated: searches rendered from a templated target's request template
-//!   ([`crate::dynamic`]), vectors and texts from the same distribution;
 //! - ingest: the seeded data set of [`crate::dynamic::Truth`], batch by batch, through the
-//!   templated target's write method;
+//!   target's write method;
 //! - durable (fault runs only): as mixed, but every upserted point is stamped and its
 //!   acknowledgement recorded, so it can be read back after a fault ([`crate::acks`]).
+//!
+//! Every request is rendered from a template set ([`crate::dynamic::Templates`]): vecrig's own
+//! ([`Templates::vecrig_v1`], the default) or a templated target's, so a workload says what
+//! to ask and the target's templates say how. A target without a text search answers the
+//! text workloads' place with vector searches, one without an exact search the usual search,
+//! one without a write method the writes of `mixed` with searches.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use vecrig::proto::{self, point, search_request};
+use vecrig::proto::{self, search_request};
 use vecrig::synthetic::Synthetic;
 
-use crate::dynamic::{Fill, Generator as Fills, Point, Templates, Truth};
+use crate::dynamic::{Fill, Method, Point, Templates, Truth};
 
 /// Which requests to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,13 +68,9 @@ pub enum WorkloadKind {
         /// Where acknowledged points are recorded.
         acks: crate::acks::Acks,
     },
-    /// Searches rendered from a templated target's search template.
-    Templated(Arc<Templates>),
-    /// The data set of `truth` written through the templated target's write method, batch
+    /// The data set of `truth` written through the target's write method, batch
     /// `user + i * writers` by user `user` at its `i`-th request.
     Ingest {
-        /// The target's templates.
-        templates: Arc<Templates>,
         /// The data set, and what of it was acknowledged.
         truth: Arc<Truth>,
         /// Users writing at once.
@@ -104,38 +103,38 @@ impl std::str::FromStr for WorkloadKind {
 /// One request to send.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
-    /// A search.
-    Search(proto::SearchRequest),
-    /// An upsert.
-    Upsert(proto::UpsertRequest),
-    /// An upsert whose acknowledgement is recorded (its points are read back after a fault).
-    Durable(proto::UpsertRequest, crate::acks::Acks),
-    /// A request to a templated target.
+    /// A request rendered from the target's templates.
     Call(Box<Call>),
     /// Nothing left to send: the user is done (ingest, once the data set is written).
     Done,
 }
 
-/// A request to a templated target, encoded (not yet framed).
+/// A request, encoded (not yet framed), and what the run needs to know of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
     /// The request message's bytes.
     pub body: Vec<u8>,
     /// What it is.
     pub kind: CallKind,
+    /// The template set it was rendered from: the method's path, how to read its answer.
+    pub templates: Arc<Templates>,
 }
 
-/// What a templated request is, as far as the run cares.
+/// What a request is, as far as the run cares.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CallKind {
-    /// A search for `query`'s `k` neighbours; the templates read its answer's ids.
+    /// A search for `query`'s `k` neighbours.
     Search {
-        /// The query vector (for the recall check).
-        query: Vec<f32>,
+        /// What was asked (for the recall check).
+        query: Query,
         /// Neighbours asked for.
         k: u32,
-        /// Where the answer's ids are.
-        templates: Arc<Templates>,
+    },
+    /// A batch of new points; when stamped, its ids are recorded in the acknowledgements once
+    /// answered OK.
+    Write {
+        /// Where to record, and what.
+        acked: Option<(crate::acks::Acks, Vec<u64>)>,
     },
     /// Batch `batch` of the data set of `truth`, acknowledged there when answered OK.
     Ingest {
@@ -146,10 +145,38 @@ pub enum CallKind {
     },
 }
 
+/// What a search asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Query {
+    /// The neighbours of a vector.
+    Vector(Vec<f32>),
+    /// The neighbours of a text (embedded by the target).
+    Text(String),
+}
+
 impl Call {
     /// Whether it writes (else it searches).
     pub fn is_write(&self) -> bool {
-        matches!(self.kind, CallKind::Ingest { .. })
+        matches!(self.kind, CallKind::Write { .. } | CallKind::Ingest { .. })
+    }
+
+    /// A search as vecrig's own request, whatever the target: what the recall check keeps
+    /// and asks the exact answer of. `None` for a write.
+    pub fn search_request(&self) -> Option<proto::SearchRequest> {
+        let CallKind::Search { query, k } = &self.kind else {
+            return None;
+        };
+        let query = match query {
+            Query::Vector(values) => search_request::Query::Vector(proto::Vector {
+                values: values.clone(),
+            }),
+            Query::Text(text) => search_request::Query::Text(text.clone()),
+        };
+        Some(proto::SearchRequest {
+            query: Some(query),
+            k: *k,
+            ..Default::default()
+        })
     }
 }
 
@@ -165,6 +192,8 @@ pub struct Workload {
     fixed: Vec<f32>,
     /// Added to every user number, so the shards of a distributed run send different requests.
     user_offset: u64,
+    /// What the requests are rendered from.
+    templates: Arc<Templates>,
 }
 
 /// Ids of points written by the mixed workload start here, far above any preloaded id.
@@ -173,8 +202,20 @@ pub const WRITE_ID_BASE: u64 = 1 << 40;
 pub const DURABLE_ID_BASE: u64 = 1 << 60;
 
 impl Workload {
-    /// A workload over `dimensions`-wide data seeded by `seed` (the server's `--preload-seed`).
+    /// A workload over `dimensions`-wide data seeded by `seed` (the server's `--preload-seed`),
+    /// sent to vecrig's own API.
     pub fn new(kind: WorkloadKind, dimensions: usize, seed: u64, k: u32) -> Arc<Self> {
+        Self::on(kind, dimensions, seed, k, Templates::vecrig_v1())
+    }
+
+    /// As [`new`](Self::new), its requests rendered from `templates` (a templated target).
+    pub fn on(
+        kind: WorkloadKind,
+        dimensions: usize,
+        seed: u64,
+        k: u32,
+        templates: Arc<Templates>,
+    ) -> Arc<Self> {
         let large_text = match &kind {
             WorkloadKind::LargeText { bytes } => {
                 let unit = "large_test_data ";
@@ -195,6 +236,7 @@ impl Workload {
             large_text,
             fixed,
             user_offset: 0,
+            templates,
         })
     }
 
@@ -209,6 +251,11 @@ impl Workload {
     /// The kind of requests.
     pub fn kind(&self) -> &WorkloadKind {
         &self.kind
+    }
+
+    /// The template set the requests are rendered from.
+    pub fn templates(&self) -> &Arc<Templates> {
+        &self.templates
     }
 
     /// The generator for one user (or worker) of a phase with `concurrency` users.
@@ -251,35 +298,34 @@ pub struct Generator {
 impl Generator {
     /// The user's `i`-th request.
     pub fn next(&mut self, i: u64) -> Op {
-        // A handle of our own: the durable arm keeps `acks` while building its upsert.
+        // A handle of our own: the arms keep parts of the workload while the generator moves.
         let w = Arc::clone(&self.workload);
-        let text = |t: String| {
-            Op::Search(proto::SearchRequest {
-                query: Some(search_request::Query::Text(t)),
-                k: w.k,
-                ..Default::default()
-            })
-        };
         match &w.kind {
-            WorkloadKind::Spec(template) => text(
+            WorkloadKind::Spec(template) => self.text_search(
                 template
                     .replace("{user}", &self.user.to_string())
                     .replace("{i}", &i.to_string())
                     .replace("{c}", &self.concurrency.to_string()),
+                i,
             ),
-            WorkloadKind::Text => text(w.data.query_text(&mut self.rng)),
-            WorkloadKind::LargeText { .. } => text(format!("{}_iteration_{i}", w.large_text)),
-            WorkloadKind::Vector => self.vector_search(false),
-            WorkloadKind::ExactVector => self.vector_search(true),
-            WorkloadKind::FixedVector => self.search_for(w.fixed.clone(), false),
+            WorkloadKind::Text => {
+                let text = w.data.query_text(&mut self.rng);
+                self.text_search(text, i)
+            }
+            WorkloadKind::LargeText { .. } => {
+                self.text_search(format!("{}_iteration_{i}", w.large_text), i)
+            }
+            WorkloadKind::Vector => self.vector_search(false, i),
+            WorkloadKind::ExactVector => self.vector_search(true, i),
+            WorkloadKind::FixedVector => self.search_for(w.fixed.clone(), false, i),
             WorkloadKind::Mixed {
                 upsert_fraction,
                 batch,
             } => {
                 if self.rng.random_bool(upsert_fraction.clamp(0.0, 1.0)) {
-                    Op::Upsert(self.upsert(WRITE_ID_BASE, i, *batch, &[]))
+                    self.write(WRITE_ID_BASE, i, *batch, None, 0)
                 } else {
-                    self.vector_search(false)
+                    self.vector_search(false, i)
                 }
             }
             WorkloadKind::Durable {
@@ -289,64 +335,134 @@ impl Generator {
                 acks,
             } => {
                 if self.rng.random_bool(upsert_fraction.clamp(0.0, 1.0)) {
-                    let extra = [
-                        (crate::acks::STAMP_KEY, acks.stamp().to_string()),
-                        ("pad", "x".repeat(*pad_bytes)),
-                    ];
-                    let extra = if *pad_bytes == 0 {
-                        &extra[..1]
-                    } else {
-                        &extra[..]
-                    };
-                    Op::Durable(self.upsert(DURABLE_ID_BASE, i, *batch, extra), acks.clone())
+                    self.write(DURABLE_ID_BASE, i, *batch, Some(acks), *pad_bytes)
                 } else {
-                    self.vector_search(false)
+                    self.vector_search(false, i)
                 }
             }
-            WorkloadKind::Templated(templates) => self.templated_search(templates, i),
-            WorkloadKind::Ingest {
-                templates,
-                truth,
-                writers,
-            } => self.ingest(templates, truth, *writers, i),
+            WorkloadKind::Ingest { truth, writers } => self.ingest(truth, *writers, i),
         }
     }
 
-    /// A search rendered from the templated target's template.
-    fn templated_search(&mut self, templates: &Arc<Templates>, i: u64) -> Op {
-        let query = self.workload.data.query_vector(&mut self.rng);
-        let template = &templates.search.template;
-        let text = if template.uses(Fills::Text) {
+    /// A request of this user's, rendered by `method` from `points`.
+    fn call(&self, method: &Method, points: &[Point<'_>], i: u64, write: (&str, usize)) -> Vec<u8> {
+        let (stamp, pad) = write;
+        method.template.encode(&Fill {
+            points,
+            user: self.user,
+            iteration: i,
+            k: self.workload.k,
+            stamp,
+            pad,
+        })
+    }
+
+    /// A request id for a search: unique per (user, request).
+    fn search_id(&self, i: u64) -> u64 {
+        (self.user << 32) | (i & 0xffff_ffff)
+    }
+
+    /// A search for `text`, or a vector search where the target has no text search.
+    fn text_search(&mut self, text: String, i: u64) -> Op {
+        let templates = Arc::clone(&self.workload.templates);
+        let Some(method) = &templates.text_search else {
+            return self.vector_search(false, i);
+        };
+        let point = Point {
+            id: self.search_id(i),
+            vector: &[],
+            text: &text,
+        };
+        let body = self.call(method, &[point], i, ("", 0));
+        self.search_op(body, Query::Text(text), templates)
+    }
+
+    fn vector_search(&mut self, exact: bool, i: u64) -> Op {
+        let values = self.workload.data.query_vector(&mut self.rng);
+        self.search_for(values, exact, i)
+    }
+
+    /// A search for the `k` neighbours of `values`, exact (brute force, where the target has
+    /// such a search) or approximate. A template that also wants a text is given one.
+    fn search_for(&mut self, values: Vec<f32>, exact: bool, i: u64) -> Op {
+        let templates = Arc::clone(&self.workload.templates);
+        let method = match (&templates.exact_search, exact) {
+            (Some(exact), true) => exact,
+            _ => &templates.search,
+        };
+        let text = if method.template.uses(crate::dynamic::Generator::Text) {
             self.workload.data.query_text(&mut self.rng)
         } else {
             String::new()
         };
         let point = Point {
-            // A request id: unique per (user, request).
-            id: (self.user << 32) | (i & 0xffff_ffff),
-            vector: &query,
+            id: self.search_id(i),
+            vector: &values,
             text: &text,
         };
-        let body = template.encode(&Fill {
-            points: &[point],
-            user: self.user,
-            iteration: i,
-            k: self.workload.k,
-        });
+        let body = self.call(method, &[point], i, ("", 0));
+        self.search_op(body, Query::Vector(values), templates)
+    }
+
+    fn search_op(&self, body: Vec<u8>, query: Query, templates: Arc<Templates>) -> Op {
         Op::Call(Box::new(Call {
             body,
             kind: CallKind::Search {
                 query,
                 k: self.workload.k,
-                templates: Arc::clone(templates),
             },
+            templates,
+        }))
+    }
+
+    /// A batch of new points with ids from `base`, stamped for `acks` when given, each with
+    /// `pad` bytes of filler; a search where the target has no write method.
+    fn write(
+        &mut self,
+        base: u64,
+        i: u64,
+        batch: usize,
+        acks: Option<&crate::acks::Acks>,
+        pad: usize,
+    ) -> Op {
+        let templates = Arc::clone(&self.workload.templates);
+        let Some(method) = &templates.write else {
+            return self.vector_search(false, i);
+        };
+        let batch = batch.max(1) as u64;
+        // Unique per (user, request, point): writers never overwrite each other.
+        let ids: Vec<u64> = (0..batch)
+            .map(|j| base + (self.user << 24) + ((i * batch + j) & 0xff_ffff))
+            .collect();
+        let vectors: Vec<Vec<f32>> = ids
+            .iter()
+            .map(|_| self.workload.data.query_vector(&mut self.rng))
+            .collect();
+        let points: Vec<Point<'_>> = ids
+            .iter()
+            .zip(&vectors)
+            .map(|(&id, vector)| Point {
+                id,
+                vector,
+                text: "",
+            })
+            .collect();
+        let stamp = acks.map_or("", |a| a.stamp());
+        let body = self.call(method, &points, i, (stamp, pad));
+        Op::Call(Box::new(Call {
+            body,
+            kind: CallKind::Write {
+                acked: acks.map(|a| (a.clone(), ids)),
+            },
+            templates,
         }))
     }
 
     /// The user's next batch of the data set, or `Done` past its end.
-    fn ingest(&mut self, templates: &Templates, truth: &Arc<Truth>, writers: u64, i: u64) -> Op {
+    fn ingest(&mut self, truth: &Arc<Truth>, writers: u64, i: u64) -> Op {
         let batch = self.user.saturating_add(i.saturating_mul(writers.max(1)));
-        let Some(write) = &templates.write else {
+        let templates = Arc::clone(&self.workload.templates);
+        let Some(method) = &templates.write else {
             return Op::Done;
         };
         if batch >= truth.batches() as u64 {
@@ -360,63 +476,15 @@ impl Generator {
                 Point { id, vector, text }
             })
             .collect();
-        let body = write.template.encode(&Fill {
-            points: &points,
-            user: self.user,
-            iteration: i,
-            k: self.workload.k,
-        });
+        let body = self.call(method, &points, i, ("", 0));
         Op::Call(Box::new(Call {
             body,
             kind: CallKind::Ingest {
                 truth: Arc::clone(truth),
                 batch,
             },
+            templates,
         }))
-    }
-
-    fn vector_search(&mut self, exact: bool) -> Op {
-        let values = self.workload.data.query_vector(&mut self.rng);
-        self.search_for(values, exact)
-    }
-
-    /// A search for the `k` neighbours of `values`, exact (brute force) or approximate.
-    fn search_for(&self, values: Vec<f32>, exact: bool) -> Op {
-        Op::Search(proto::SearchRequest {
-            query: Some(search_request::Query::Vector(proto::Vector { values })),
-            k: self.workload.k,
-            exact,
-            ..Default::default()
-        })
-    }
-
-    /// A batch of new points with ids from `base`, each with `extra` payload entries.
-    fn upsert(
-        &mut self,
-        base: u64,
-        i: u64,
-        batch: usize,
-        extra: &[(&str, String)],
-    ) -> proto::UpsertRequest {
-        let points = (0..batch.max(1) as u64)
-            .map(|j| {
-                // Unique per (user, request, point): writers never overwrite each other.
-                let id = base + (self.user << 24) + ((i * batch as u64 + j) & 0xff_ffff);
-                let mut payload = HashMap::from([("writer".to_string(), self.user.to_string())]);
-                payload.extend(extra.iter().map(|(k, v)| (k.to_string(), v.clone())));
-                proto::Point {
-                    id,
-                    data: Some(point::Data::Vector(proto::Vector {
-                        values: self.workload.data.query_vector(&mut self.rng),
-                    })),
-                    payload,
-                }
-            })
-            .collect();
-        proto::UpsertRequest {
-            points,
-            wait: false,
-        }
     }
 }
 
@@ -444,41 +512,55 @@ mod tests {
         }
     }
 
+    /// The request `op` carries, decoded as vecrig's own.
+    fn search(op: &Op) -> proto::SearchRequest {
+        use prost::Message;
+        let Op::Call(call) = op else {
+            panic!("a request expected")
+        };
+        assert!(!call.is_write(), "a search expected");
+        proto::SearchRequest::decode(call.body.as_slice()).expect("decodes")
+    }
+
     #[test]
     fn the_fixed_workload_sends_one_request_whoever_sends_it() {
         let w = Workload::new(WorkloadKind::FixedVector, 8, 3, 1);
-        let first = w.generator(0, 2).next(0);
-        let Op::Search(request) = &first else {
-            panic!("search expected")
-        };
+        let first = search(&w.generator(0, 2).next(0));
         let query = Some(search_request::Query::Vector(proto::Vector {
             values: fixed_query(8, 3),
         }));
-        assert_eq!((&request.query, request.k), (&query, 1));
+        assert_eq!((&first.query, first.k), (&query, 1));
         for (user, i) in [(0, 1), (1, 0), (1, 7)] {
-            assert_eq!(w.generator(user, 2).next(i), first);
+            assert_eq!(search(&w.generator(user, 2).next(i)), first);
         }
         assert_ne!(fixed_query(8, 3), fixed_query(8, 4));
     }
 
     #[test]
-    fn spec_and_large_texts() {
+    fn spec_and_large_texts_and_exact_searches() {
         let w = Workload::new(WorkloadKind::Spec("u{user}_q{i}_c{c}".into()), 8, 1, 10);
-        let Op::Search(r) = w.generator(7, 500).next(3) else {
-            panic!("search expected")
-        };
+        let r = search(&w.generator(7, 500).next(3));
         assert_eq!(
             r.query,
             Some(search_request::Query::Text("u7_q3_c500".into()))
         );
         let w = Workload::new(WorkloadKind::LargeText { bytes: 160_000 }, 8, 1, 10);
-        let Op::Search(r) = w.generator(0, 1).next(9) else {
-            panic!("search expected")
-        };
-        let Some(search_request::Query::Text(t)) = r.query else {
+        let op = w.generator(0, 1).next(9);
+        let Some(search_request::Query::Text(t)) = search(&op).query else {
             panic!("text expected")
         };
         assert!(t.len() > 150_000 && t.ends_with("_iteration_9"));
+        let Op::Call(call) = &op else { unreachable!() };
+        assert_eq!(
+            call.search_request().and_then(|r| r.query),
+            Some(search_request::Query::Text(t))
+        );
+        let w = Workload::new(WorkloadKind::ExactVector, 8, 1, 10);
+        let r = search(&w.generator(0, 1).next(0));
+        assert!(
+            r.exact
+                && matches!(r.query, Some(search_request::Query::Vector(ref v)) if v.values.len() == 8)
+        );
     }
 
     #[test]
@@ -494,8 +576,58 @@ mod tests {
         );
         let mut g = w.generator(0, 1);
         let upserts = (0..5000)
-            .filter(|&i| matches!(g.next(i), Op::Upsert(_)))
+            .filter(|&i| matches!(g.next(i), Op::Call(c) if c.is_write()))
             .count();
         assert!((800..1200).contains(&upserts), "{upserts}");
+    }
+
+    /// Durable writes carry the run's stamp and their padding in every point's payload, and
+    /// keep the ids to record once acknowledged; mixed writes carry neither.
+    #[test]
+    fn durable_writes_are_stamped_and_padded() {
+        use prost::Message;
+        let acks = crate::acks::Acks::new("run-1");
+        let kind = WorkloadKind::Durable {
+            upsert_fraction: 1.0,
+            batch: 3,
+            pad_bytes: 5,
+            acks: acks.clone(),
+        };
+        let op = Workload::new(kind, 8, 5, 10).generator(2, 4).next(1);
+        let Op::Call(call) = op else {
+            panic!("a request expected")
+        };
+        let upsert = proto::UpsertRequest::decode(call.body.as_slice()).expect("decodes");
+        let CallKind::Write {
+            acked: Some((to, ids)),
+        } = &call.kind
+        else {
+            panic!("a stamped write expected")
+        };
+        assert!(*to == acks);
+        assert_eq!(upsert.points.iter().map(|p| p.id).collect::<Vec<_>>(), *ids);
+        for point in &upsert.points {
+            assert!(point.id >= DURABLE_ID_BASE);
+            assert_eq!(point.payload[crate::acks::STAMP_KEY], "run-1");
+            assert_eq!(point.payload["pad"], "xxxxx");
+            assert_eq!(point.payload["writer"], "2");
+        }
+        let kind = WorkloadKind::Mixed {
+            upsert_fraction: 1.0,
+            batch: 2,
+        };
+        let op = Workload::new(kind, 8, 5, 10).generator(2, 4).next(1);
+        let Op::Call(call) = op else {
+            panic!("a request expected")
+        };
+        let upsert = proto::UpsertRequest::decode(call.body.as_slice()).expect("decodes");
+        assert_eq!(upsert.points.len(), 2);
+        assert!(matches!(call.kind, CallKind::Write { acked: None }));
+        assert_eq!(
+            upsert.points[0].payload.len(),
+            1,
+            "{:?}",
+            upsert.points[0].payload
+        );
     }
 }

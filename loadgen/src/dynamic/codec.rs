@@ -1,7 +1,9 @@
-//! A tonic codec for dynamic messages, for the calls off the hot path to a templated target
-//! (the pre-flight probe): requests are encoded from their [`DynamicMessage`], answers decoded
-//! with the method's output descriptor.
+//! tonic codecs: [`DynamicCodec`] for dynamic messages, for the calls off the hot path to a
+//! templated target (the pre-flight probe): requests are encoded from their
+//! [`DynamicMessage`], answers decoded with the method's output descriptor; [`BytesCodec`]
+//! for requests encoded already.
 
+use bytes::{Buf, BufMut, Bytes};
 use prost::Message;
 use prost_reflect::{DynamicMessage, MessageDescriptor};
 use tonic::Status;
@@ -66,5 +68,45 @@ impl Decoder for DynamicDecoder {
                     self.0.full_name()
                 ))
             })
+    }
+}
+
+/// Sends requests already encoded and keeps answers as their bytes: for the load sent over
+/// tonic's connections (`--transport tonic`), whose requests are rendered from templates as
+/// every other request is.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BytesCodec;
+
+impl Codec for BytesCodec {
+    type Encode = Bytes;
+    type Decode = Bytes;
+    type Encoder = BytesCodec;
+    type Decoder = BytesCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        BytesCodec
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        BytesCodec
+    }
+}
+
+impl Encoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl Decoder for BytesCodec {
+    type Item = Bytes;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Bytes>, Status> {
+        Ok(Some(src.copy_to_bytes(src.remaining())))
     }
 }

@@ -34,18 +34,27 @@ pub use ids::IdsPath;
 pub use template::{Fill, Generator, Point, Template, TemplateError};
 pub use truth::{Metric, Truth};
 
-/// The built-in template set for vecrig's own API, `builtin = "vecrig.v1"` in `[target]`:
-/// the requests the native path sends, as templates (vector searches, batches of points with
-/// a payload). What the `[target]` table gives itself takes precedence.
+/// The built-in template set for vecrig's own API: every request the loadgen sends to
+/// `vecrig-server` is rendered from it (vector, text and exact searches; batches of points
+/// with a payload, stamped and padded when the scenario asks). A scenario file names it with
+/// `builtin = "vecrig.v1"` in `[target]`; what the table gives itself takes precedence.
 pub const VECRIG_V1: &str = r#"
 [search]
 method = "vecrig.v1.VectorIndex/Search"
 request = { vector = { values = "{{vector}}" }, k = "{{k}}" }
 ids = "hits[].id"
 
+[text_search]
+method = "vecrig.v1.VectorIndex/Search"
+request = { text = "{{text}}", k = "{{k}}" }
+
+[exact_search]
+method = "vecrig.v1.VectorIndex/Search"
+request = { vector = { values = "{{vector}}" }, k = "{{k}}", exact = true }
+
 [write]
 method = "vecrig.v1.VectorIndex/Upsert"
-request = { points = [{ id = "{{id}}", vector = { values = "{{vector}}" }, payload = { writer = "{{user}}" } }] }
+request = { points = [{ id = "{{id}}", vector = { values = "{{vector}}" }, payload = { writer = "{{user}}", ack = "{{stamp}}", pad = "{{pad}}" } }] }
 "#;
 
 /// The `[target]` table of a scenario file.
@@ -68,7 +77,13 @@ pub struct TargetSpec {
     pub first_id: u64,
     /// The search method.
     pub search: MethodSpec,
-    /// The write method (needed by ingest).
+    /// Searches by text (the `spec`, `text` and `large-text` workloads), on the search's
+    /// method; none: those workloads send vector searches instead.
+    pub text_search: Option<MethodSpec>,
+    /// Exact (brute-force) searches (the `exact` workload), on the search's method; none:
+    /// that workload sends the usual searches.
+    pub exact_search: Option<MethodSpec>,
+    /// The write method (needed by ingest, and by the writes of `mixed`).
     pub write: Option<MethodSpec>,
 }
 
@@ -200,6 +215,10 @@ pub struct Templates {
     pub search: Method,
     /// Where the ids are in its answer.
     pub ids: IdsPath,
+    /// Searches by text, on the search's method.
+    pub text_search: Option<Method>,
+    /// Exact searches, on the search's method.
+    pub exact_search: Option<Method>,
     /// The write method.
     pub write: Option<Method>,
     /// Vector width.
@@ -242,6 +261,33 @@ impl Templates {
                 spec.search.method
             )));
         }
+        // Another search is the same method with another request: its answers are read as
+        // the search's, and the wire sends both on one path.
+        let same_method = |other: &Option<MethodSpec>, name: &str, needs: Generator| {
+            let Some(other) = other else {
+                return Ok(None);
+            };
+            let method = Method::compile(other, pool)?;
+            if method.path != search.path {
+                return Err(DynamicError::Spec(format!(
+                    "{name} calls {}: it must be the search's method, {}",
+                    other.method, spec.search.method
+                )));
+            }
+            if !method.template.uses(needs) {
+                return Err(DynamicError::Spec(format!(
+                    "the {name} template does not use {{{{{}}}}}",
+                    if needs == Generator::Text {
+                        "text"
+                    } else {
+                        "vector"
+                    }
+                )));
+            }
+            Ok(Some(method))
+        };
+        let text_search = same_method(&spec.text_search, "text_search", Generator::Text)?;
+        let exact_search = same_method(&spec.exact_search, "exact_search", Generator::Vector)?;
         let write = spec
             .write
             .as_ref()
@@ -258,11 +304,35 @@ impl Templates {
         Ok(Self {
             search,
             ids,
+            text_search,
+            exact_search,
             write,
             dimensions: spec.dimensions,
             metric: spec.metric,
             first_id: spec.first_id,
         })
+    }
+
+    /// The built-in set, [`VECRIG_V1`], checked against vecrig's own descriptors (compiled
+    /// into the binary): what every request to `vecrig-server` is rendered from. Compiled
+    /// once per process.
+    pub fn vecrig_v1() -> std::sync::Arc<Self> {
+        static BUILTIN: std::sync::LazyLock<std::sync::Arc<Templates>> =
+            std::sync::LazyLock::new(|| {
+                let pool = DescriptorPool::decode(vecrig::proto::FILE_DESCRIPTOR_SET).expect(
+                    "the descriptors compiled into the binary decode (build.rs wrote them)",
+                );
+                let mut set: toml::Table =
+                    toml::from_str(VECRIG_V1).expect("the built-in template set parses");
+                // The width is the server's, told by its Stats; the templates do not need it.
+                set.insert("dimensions".into(), toml::Value::Integer(1));
+                let spec = TargetSpec::deserialize(set).expect("the built-in set is a [target]");
+                std::sync::Arc::new(
+                    Templates::compile(&spec, &pool)
+                        .expect("the built-in template set fits vecrig's own messages"),
+                )
+            });
+        std::sync::Arc::clone(&BUILTIN)
     }
 
     /// The neighbours' ids in an encoded answer of the search method (`None`: it does not
@@ -334,6 +404,8 @@ mod tests {
                 request: Json::String(search.into()),
                 ids: Some(ids.into()),
             },
+            text_search: None,
+            exact_search: None,
             write: write.map(|w| MethodSpec {
                 method: "vecrig.v1.VectorIndex/Upsert".into(),
                 request: Json::String(w.into()),
@@ -369,6 +441,8 @@ mod tests {
                 user,
                 iteration: user * 7,
                 k,
+                stamp: "",
+                pad: 0,
             };
             let search = &templates.search.template;
             let encoded = search.encode(&fill);
@@ -412,6 +486,8 @@ mod tests {
             user: 3,
             iteration: 4,
             k: 7,
+            stamp: "",
+            pad: 0,
         };
         let rendered = templates.search.template.render(&fill).encode_to_vec();
         let native = vecrig::proto::SearchRequest {

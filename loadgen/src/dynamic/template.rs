@@ -10,7 +10,13 @@
 //! - `{{id}}`: the point's id (a write), or the request's (a search): an integer or a string
 //!   field (decimal);
 //! - `{{user}}`, `{{iteration}}`: who sends the request and its number, integer or string;
-//! - `{{k}}`: neighbours asked for, integer.
+//! - `{{k}}`: neighbours asked for, integer;
+//! - `{{stamp}}`: the run's acknowledgement stamp, on writes whose acknowledgements are read
+//!   back after a fault ([`crate::acks`]), `string`;
+//! - `{{pad}}`: filler of the scenario's pad size (memory pressure), `string` or `bytes`.
+//!
+//! A map entry whose value is `{{stamp}}` or `{{pad}}` is left out of a request that has none
+//! (a write that is not stamped, a scenario without padding).
 //!
 //! Every other value is a literal of the field's type (numbers in range, enums by name, strings,
 //! nested objects for messages, objects for maps). In a write, a repeated field written as a
@@ -20,7 +26,7 @@
 //! On the hot path a request is encoded straight to bytes ([`Template::encode`]): a vector
 //! whose field sits in singular messages only (the usual search) is not built as a list of
 //! dynamic values but appended after the rest of the message as its packed bytes, wrapped in
-//! its enclosing message fields; protobuf merges a repeated occurrence of a singular message
+//! its enclosing message fields (a `{{text}}` there likewise, as its UTF-8 bytes); protobuf merges a repeated occurrence of a singular message
 //! field into the first, so the target decodes the same message [`Template::render`] builds.
 //! Likewise the top-level fields that are the same in every request of a run (literals, and
 //! `{{k}}`) are encoded once and copied: a message's fields may come in any order, so the
@@ -64,9 +70,13 @@ pub enum Generator {
     Iteration,
     /// `{{k}}`.
     K,
+    /// `{{stamp}}`.
+    Stamp,
+    /// `{{pad}}`.
+    Pad,
 }
 
-const GENERATORS: &str = "vector, text, payload, id, user, iteration, k";
+const GENERATORS: &str = "vector, text, payload, id, user, iteration, k, stamp, pad";
 
 impl Generator {
     /// The generator a JSON string names, if it is one: `Ok(None)` for a plain string, an
@@ -92,6 +102,8 @@ impl Generator {
             "user" => Self::User,
             "iteration" => Self::Iteration,
             "k" => Self::K,
+            "stamp" => Self::Stamp,
+            "pad" => Self::Pad,
             other => {
                 return Err(format!(
                     "unknown generator {{{{{other}}}}}: expected one of {GENERATORS}"
@@ -123,6 +135,10 @@ pub struct Fill<'a> {
     pub iteration: u64,
     /// Neighbours asked for.
     pub k: u32,
+    /// The acknowledgement stamp of a write that has one, else empty.
+    pub stamp: &'a str,
+    /// Bytes of filler per point.
+    pub pad: usize,
 }
 
 /// The fields a template sets in one message, each with what it is set to.
@@ -155,14 +171,21 @@ pub struct Template {
     uses: Vec<Generator>,
 }
 
-/// A vector appended after the rest of the message: the field numbers of its enclosing
-/// singular message fields, outermost first, its own field number, and whether it holds
-/// doubles (else floats).
+/// A vector or text appended after the rest of the message: the field numbers of its
+/// enclosing singular message fields, outermost first, its own field number, and what it holds.
 #[derive(Debug, Clone)]
 struct Appended {
     path: Vec<u32>,
     number: u32,
-    double: bool,
+    holds: Holds,
+}
+
+/// What an appended field holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Holds {
+    Floats,
+    Doubles,
+    Text,
 }
 
 impl Template {
@@ -214,9 +237,16 @@ impl Template {
             fresh = render_fixed();
             &fresh
         };
-        let vector = fill.points.first().map_or(&[][..], |p| p.vector);
+        let (vector, text) = fill
+            .points
+            .first()
+            .map_or((&[][..], ""), |p| (p.vector, p.text));
         let mut out = Vec::with_capacity(
-            fixed.len() + varying.as_ref().map_or(0, Message::encoded_len) + 16 + vector.len() * 8,
+            fixed.len()
+                + varying.as_ref().map_or(0, Message::encoded_len)
+                + 16
+                + vector.len() * 8
+                + text.len(),
         );
         out.extend_from_slice(fixed);
         if let Some(varying) = varying {
@@ -224,7 +254,7 @@ impl Template {
             let _ = varying.encode(&mut out);
         }
         for appended in &self.appended {
-            append_vector(&mut out, appended, vector);
+            append(&mut out, appended, vector, text);
         }
         out
     }
@@ -237,7 +267,19 @@ fn split_vectors(fields: &mut Fields, path: &mut Vec<u32>, out: &mut Vec<Appende
             out.push(Appended {
                 path: path.clone(),
                 number: field.number(),
-                double: matches!(kind, Kind::Double),
+                holds: if matches!(kind, Kind::Double) {
+                    Holds::Doubles
+                } else {
+                    Holds::Floats
+                },
+            });
+            false
+        }
+        Node::Generate(Generator::Text, _) => {
+            out.push(Appended {
+                path: path.clone(),
+                number: field.number(),
+                holds: Holds::Text,
             });
             false
         }
@@ -251,12 +293,16 @@ fn split_vectors(fields: &mut Fields, path: &mut Vec<u32>, out: &mut Vec<Appende
     });
 }
 
-/// Appends `vector` as the packed field `appended.number`, inside its enclosing message
-/// fields: their lengths are counted first, innermost out, so every byte is written once.
-fn append_vector(out: &mut Vec<u8>, appended: &Appended, vector: &[f32]) {
+/// Appends `vector` as the packed field `appended.number` (or `text` as the string field),
+/// inside its enclosing message fields: their lengths are counted first, innermost out, so
+/// every byte is written once.
+fn append(out: &mut Vec<u8>, appended: &Appended, vector: &[f32], text: &str) {
     use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-    let width = if appended.double { 8 } else { 4 };
-    let payload = vector.len() * width;
+    let payload = match appended.holds {
+        Holds::Floats => vector.len() * 4,
+        Holds::Doubles => vector.len() * 8,
+        Holds::Text => text.len(),
+    };
     // The length of what each enclosing field holds, innermost first.
     let mut lengths = Vec::with_capacity(appended.path.len());
     let mut length = key_len(appended.number) + encoded_len_varint(payload as u64) + payload;
@@ -271,12 +317,14 @@ fn append_vector(out: &mut Vec<u8>, appended: &Appended, vector: &[f32]) {
     }
     encode_key(appended.number, WireType::LengthDelimited, out);
     encode_varint(payload as u64, out);
-    for &x in vector {
-        if appended.double {
-            out.extend_from_slice(&f64::from(x).to_le_bytes());
-        } else {
-            out.extend_from_slice(&x.to_le_bytes());
-        }
+    match appended.holds {
+        Holds::Floats => vector
+            .iter()
+            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
+        Holds::Doubles => vector
+            .iter()
+            .for_each(|&x| out.extend_from_slice(&f64::from(x).to_le_bytes())),
+        Holds::Text => out.extend_from_slice(text.as_bytes()),
     }
 }
 
@@ -443,12 +491,15 @@ fn value_node(
                 integer || matches!(kind, Kind::String)
             }
             Generator::K => integer,
+            Generator::Stamp => matches!(kind, Kind::String),
+            Generator::Pad => matches!(kind, Kind::String | Kind::Bytes),
         };
         if !fits {
             let wants = match generator {
                 Generator::Vector => "a repeated float or double field",
                 Generator::Text => "a string field",
-                Generator::Payload => "a string or bytes field",
+                Generator::Payload | Generator::Pad => "a string or bytes field",
+                Generator::Stamp => "a string field",
                 Generator::K => "an integer field",
                 _ => "an integer or string field",
             };
@@ -615,6 +666,7 @@ fn render(node: &Node, fill: &Fill<'_>, point: usize) -> Value {
         Node::Map(entries) => Value::Map(
             entries
                 .iter()
+                .filter(|(_, n)| !absent(n, fill))
                 .map(|(k, n)| (k.clone(), render(n, fill, point)))
                 .collect(),
         ),
@@ -636,6 +688,24 @@ fn render(node: &Node, fill: &Fill<'_>, point: usize) -> Value {
             Generator::User => number(fill.user, kind),
             Generator::Iteration => number(fill.iteration, kind),
             Generator::K => number(fill.k.into(), kind),
+            Generator::Stamp => Value::String(fill.stamp.to_string()),
+            Generator::Pad => {
+                let pad = "x".repeat(fill.pad);
+                match kind {
+                    Kind::Bytes => Value::Bytes(pad.into_bytes().into()),
+                    _ => Value::String(pad),
+                }
+            }
         },
+    }
+}
+
+/// Whether a map entry rendered from `node` is left out of this request: a stamp or a pad
+/// that it does not have.
+fn absent(node: &Node, fill: &Fill<'_>) -> bool {
+    match node {
+        Node::Generate(Generator::Stamp, _) => fill.stamp.is_empty(),
+        Node::Generate(Generator::Pad, _) => fill.pad == 0,
+        _ => false,
     }
 }

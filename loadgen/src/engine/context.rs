@@ -7,18 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::watch;
 use tonic::Code;
 use vecrig::client::{Metadata, Pool, request_with};
 
 use super::lanes::{Lane, Lanes};
+use crate::dynamic::codec::BytesCodec;
 use crate::progress::Progress;
 use crate::recall::Recall;
 use crate::retry::{Pushback, RetryBudget, RetryPolicy};
 use crate::stats::{Outcome, Recorder};
 use crate::wire::{Channel, Rpc};
-use crate::workload::{CallKind, Op};
+use crate::workload::{Call, CallKind, Op};
 
 /// Tells every task to stop sending new requests (Ctrl-C, or a failed threshold with abort).
 #[derive(Debug, Clone)]
@@ -116,56 +117,50 @@ impl Context {
         request_with(message, self.timeout, &self.headers)
     }
 
-    /// Sends one attempt and returns its code: over the lane's own connections when it has
-    /// them (`frame` is the request encoded once), else over tonic's pool. A deadline passing
-    /// here counts as DEADLINE_EXCEEDED even when the server never answers (e.g. it is
-    /// frozen); this is the request's one timer, set from `sent`, when the attempt was made.
+    /// Sends one attempt of `call` and returns its code: over the lane's own connections when
+    /// it has them (`frame` is the request framed once), else over tonic's pool. A deadline
+    /// passing here counts as DEADLINE_EXCEEDED even when the server never answers (e.g. it
+    /// is frozen); this is the request's one timer, set from `sent`, when the attempt was
+    /// made. With `keep`, the answer's message is kept there (a sampled search's).
     async fn send(
         &self,
         channel: Option<&Channel>,
-        op: &Op,
+        call: &Call,
         frame: Option<&(Rpc, Bytes)>,
         sent: Instant,
+        keep: Option<&mut BytesMut>,
     ) -> (Code, Pushback) {
+        let sent = tokio::time::Instant::from_std(sent);
         if let (Some(channel), Some((rpc, frame))) = (channel, frame) {
             // The clock read once for the attempt serves the channel and the timer alike.
-            let sent = tokio::time::Instant::from_std(sent);
-            let call = channel.call_keeping(*rpc, frame.clone(), (sent, self.timeout), None);
+            let call = channel.call_keeping(*rpc, frame.clone(), (sent, self.timeout), keep);
             return match tokio::time::timeout_at(sent + self.timeout, call).await {
                 Ok(answer) => (answer.code, answer.pushback),
                 Err(_) => (Code::DeadlineExceeded, Pushback::None),
             };
         }
-        let mut client = self.pool.client();
-        let call = async {
-            match op {
-                Op::Search(r) => client.search(self.request(r.clone())).await.map(drop),
-                Op::Upsert(r) | Op::Durable(r, _) => {
-                    client.upsert(self.request(r.clone())).await.map(drop)
-                }
-                // A templated target is refused with `--transport tonic` before the run.
-                Op::Call(_) | Op::Done => Err(tonic::Status::unimplemented(
-                    "templated requests go over --transport h2",
-                )),
-            }
+        let templates = &call.templates;
+        let method = match (&templates.write, call.is_write()) {
+            (Some(write), true) => write,
+            _ => &templates.search,
         };
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(())) => (Code::Ok, Pushback::None),
-            Ok(Err(status)) => (status.code(), Pushback::of(&status)),
-            Err(_) => (Code::DeadlineExceeded, Pushback::None),
-        }
-    }
-
-    /// Sends one attempt of a sampled search over tonic and keeps its answer's ids for the
-    /// recall check, with the loadgen's write count when it was sent.
-    async fn send_sampled(&self, request: &vecrig::proto::SearchRequest) -> (Code, Pushback) {
-        let writes = self.recall.quiet_writes();
-        let mut client = self.pool.client();
-        let call = client.search(self.request(request.clone()));
-        match tokio::time::timeout(self.timeout, call).await {
+        let answer = async {
+            let mut grpc = tonic::client::Grpc::new(self.pool.channel());
+            grpc.ready()
+                .await
+                .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+            let path = method
+                .path
+                .parse()
+                .map_err(|e| tonic::Status::internal(format!("path {}: {e}", method.path)))?;
+            let request = self.request(Bytes::copy_from_slice(&call.body));
+            grpc.unary(request, path, BytesCodec).await
+        };
+        match tokio::time::timeout_at(sent + self.timeout, answer).await {
             Ok(Ok(answer)) => {
-                let ids = answer.into_inner().hits.iter().map(|h| h.id).collect();
-                self.recall.keep(request, ids, writes);
+                if let Some(keep) = keep {
+                    keep.extend_from_slice(answer.get_ref());
+                }
                 (Code::Ok, Pushback::None)
             }
             Ok(Err(status)) => (status.code(), Pushback::of(&status)),
@@ -173,82 +168,48 @@ impl Context {
         }
     }
 
-    /// Sends one attempt of a sampled templated search over the lane's channel, keeping the
-    /// answer, and keeps its ids for the recall check (the loadgen's own exact answer).
-    async fn send_sampled_call(
+    /// Sends one attempt of a sampled search, keeping its answer, and keeps the ids read from
+    /// it for the recall check, with the loadgen's write count when it was sent.
+    async fn send_sampled(
         &self,
         channel: Option<&Channel>,
+        call: &Call,
         frame: Option<&(Rpc, Bytes)>,
-        query: &[f32],
-        k: u32,
-        templates: &crate::dynamic::Templates,
     ) -> (Code, Pushback) {
-        let (Some(channel), Some((rpc, frame))) = (channel, frame) else {
-            return (Code::Unimplemented, Pushback::None);
-        };
         let writes = self.recall.quiet_writes();
-        let mut body = bytes::BytesMut::new();
-        let sent = tokio::time::Instant::now();
-        let call = channel.call_keeping(*rpc, frame.clone(), (sent, self.timeout), Some(&mut body));
-        let answer = match tokio::time::timeout_at(sent + self.timeout, call).await {
-            Ok(answer) => answer,
-            Err(_) => return (Code::DeadlineExceeded, Pushback::None),
-        };
-        if answer.code == Code::Ok {
-            // One uncompressed frame: a flag byte, a length, the message.
-            let ids = body.get(5..).and_then(|message| templates.ids_in(message));
-            let request = vecrig::proto::SearchRequest {
-                query: Some(vecrig::proto::search_request::Query::Vector(
-                    vecrig::proto::Vector {
-                        values: query.to_vec(),
-                    },
-                )),
-                k,
-                ..Default::default()
+        let mut body = BytesMut::new();
+        let (code, pushback) = self
+            .send(channel, call, frame, Instant::now(), Some(&mut body))
+            .await;
+        if code == Code::Ok
+            && let Some(request) = call.search_request()
+        {
+            // Over our own connections the answer is its gRPC frame: a flag byte, a length,
+            // the message; over tonic's, the message.
+            let message = if channel.is_some() {
+                body.get(5..)
+            } else {
+                Some(&body[..])
             };
+            let ids = message.and_then(|message| call.templates.ids_in(message));
             // An answer that does not decode cannot be scored: kept as a search sent while
             // writes were in flight is, counted as skipped.
             let writes = if ids.is_some() { writes } else { None };
             self.recall.keep(&request, ids.unwrap_or_default(), writes);
         }
-        (answer.code, answer.pushback)
+        (code, pushback)
     }
 
     /// Sends `op` (retrying as the policy and budget allow) and records its outcome in
     /// `lane`'s batch for `recorder`, with latency measured from `intended`.
     pub async fn execute(&self, lane: &Lane, op: Op, intended: Instant, recorder: &Recorder) {
-        if matches!(op, Op::Done) {
+        let Op::Call(call) = &op else {
             return;
-        }
+        };
         self.budget.deposit();
-        // A sampled search goes over tonic, whose answer is decoded: its ids are needed.
-        let sampled = match &op {
-            Op::Search(request) if lane.sample_search(self.recall.every) => Some(request),
-            _ => None,
-        };
-        // A sampled templated search keeps its answer (read after, off the request's timing).
-        let sampled_call = match &op {
-            Op::Call(call) if !call.is_write() && lane.sample_search(self.recall.every) => {
-                match &call.kind {
-                    CallKind::Search {
-                        query,
-                        k,
-                        templates,
-                    } => Some((query, *k, templates)),
-                    CallKind::Ingest { .. } => None,
-                }
-            }
-            _ => None,
-        };
-        let _write = match &op {
-            Op::Upsert(_) | Op::Durable(..) if self.recall.is_on() => {
-                Some(self.recall.write_started())
-            }
-            Op::Call(call) if call.is_write() && self.recall.is_on() => {
-                Some(self.recall.write_started())
-            }
-            _ => None,
-        };
+        // A sampled search keeps its answer (its ids read after, off the request's timing).
+        let sampled = !call.is_write() && lane.sample_search(self.recall.every);
+        let _write = (call.is_write() && self.recall.is_on()).then(|| self.recall.write_started());
         let channel = lane.channel_for(self.client.as_ref());
         let frame = channel.as_ref().map(|channel| channel.encode(&op));
         let mut attempts = 0u32;
@@ -257,16 +218,12 @@ impl Context {
         loop {
             attempts += 1;
             let sent = Instant::now();
-            let (code, pushback) = match (sampled, sampled_call) {
-                (Some(request), _) => self.send_sampled(request).await,
-                (None, Some((query, k, templates))) => {
-                    self.send_sampled_call(channel.as_deref(), frame.as_ref(), query, k, templates)
-                        .await
-                }
-                (None, None) => {
-                    self.send(channel.as_deref(), &op, frame.as_ref(), sent)
-                        .await
-                }
+            let (code, pushback) = if sampled {
+                self.send_sampled(channel.as_deref(), call, frame.as_ref())
+                    .await
+            } else {
+                self.send(channel.as_deref(), call, frame.as_ref(), sent, None)
+                    .await
             };
             let answered = Instant::now();
             let first_code = *first.get_or_insert(code);
@@ -292,13 +249,14 @@ impl Context {
                 service_time: answered - sent,
             };
             lane.record(&outcome, recorder, answered);
-            match (code, &op) {
-                (Code::Ok, Op::Durable(request, acks)) => acks.record(request),
-                (Code::Ok, Op::Call(call)) => {
-                    if let CallKind::Ingest { truth, batch } = &call.kind {
-                        truth.acknowledge(*batch);
-                    }
-                }
+            match (code, &call.kind) {
+                (
+                    Code::Ok,
+                    CallKind::Write {
+                        acked: Some((acks, ids)),
+                    },
+                ) => acks.record(ids),
+                (Code::Ok, CallKind::Ingest { truth, batch }) => truth.acknowledge(*batch),
                 _ => {}
             }
             return;

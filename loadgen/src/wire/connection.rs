@@ -514,8 +514,6 @@ impl Channel {
     pub fn encode(&self, op: &Op) -> (Rpc, Bytes) {
         let mut encoder = self.encoder.borrow_mut();
         match op {
-            Op::Search(request) => (Rpc::Search, encoder.frame(request)),
-            Op::Upsert(request) | Op::Durable(request, _) => (Rpc::Upsert, encoder.frame(request)),
             Op::Call(call) if call.is_write() => (Rpc::Upsert, encoder.frame_encoded(&call.body)),
             Op::Call(call) => (Rpc::Search, encoder.frame_encoded(&call.body)),
             // Never sent: the engine stops a user at `Done`.
