@@ -141,7 +141,7 @@ async fn run_templated(
     .generator(0, 1)
     .next(0);
     if let Op::Call(call) = search {
-        let request = decoded(&templates.search, &call.body)?;
+        let request = decoded(&templates.search, call.message())?;
         dynamic::probe(&monitor.channel(), &headers, &templates.search, request).await?;
     }
     if let (Some(truth), Some(write)) = (&truth, &templates.write) {
@@ -163,7 +163,7 @@ async fn run_templated(
                 &monitor.channel(),
                 &headers,
                 write,
-                decoded(write, &call.body)?,
+                decoded(write, call.message())?,
             )
             .await?
             .is_some()
@@ -307,6 +307,8 @@ async fn run_scenarios(
         client: None,
         recall,
         server_stats,
+        // Each phase sets its workload's; the scenarios of one run share one target.
+        templates: crate::dynamic::Templates::vecrig_v1(),
     };
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get() as f64)

@@ -104,20 +104,21 @@ impl std::str::FromStr for WorkloadKind {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Op {
     /// A request rendered from the target's templates.
-    Call(Box<Call>),
+    Call(Call),
     /// Nothing left to send: the user is done (ingest, once the data set is written).
     Done,
 }
 
-/// A request, encoded (not yet framed), and what the run needs to know of it.
+/// A request, encoded, and what the run needs to know of it. Which template set it was
+/// rendered from is the phase's ([`Workload::templates`]): the method's path and how to read
+/// its answer are found there.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Call {
-    /// The request message's bytes.
-    pub body: Vec<u8>,
+    /// The request as a gRPC frame: a flag byte (uncompressed), the message's length, the
+    /// message. Shared by every attempt, and sent as it is.
+    pub frame: bytes::Bytes,
     /// What it is.
     pub kind: CallKind,
-    /// The template set it was rendered from: the method's path, how to read its answer.
-    pub templates: Arc<Templates>,
 }
 
 /// What a request is, as far as the run cares.
@@ -155,6 +156,11 @@ pub enum Query {
 }
 
 impl Call {
+    /// The request message (the frame without its prefix).
+    pub fn message(&self) -> &[u8] {
+        self.frame.get(5..).unwrap_or_default()
+    }
+
     /// Whether it writes (else it searches).
     pub fn is_write(&self) -> bool {
         matches!(self.kind, CallKind::Write { .. } | CallKind::Ingest { .. })
@@ -344,10 +350,16 @@ impl Generator {
         }
     }
 
-    /// A request of this user's, rendered by `method` from `points`.
-    fn call(&self, method: &Method, points: &[Point<'_>], i: u64, write: (&str, usize)) -> Vec<u8> {
+    /// A request of this user's, rendered by `method` from `points`, framed.
+    fn call(
+        &self,
+        method: &Method,
+        points: &[Point<'_>],
+        i: u64,
+        write: (&str, usize),
+    ) -> bytes::Bytes {
         let (stamp, pad) = write;
-        method.template.encode(&Fill {
+        method.template.frame(&Fill {
             points,
             user: self.user,
             iteration: i,
@@ -364,8 +376,8 @@ impl Generator {
 
     /// A search for `text`, or a vector search where the target has no text search.
     fn text_search(&mut self, text: String, i: u64) -> Op {
-        let templates = Arc::clone(&self.workload.templates);
-        let Some(method) = &templates.text_search else {
+        let w = Arc::clone(&self.workload);
+        let Some(method) = &w.templates.text_search else {
             return self.vector_search(false, i);
         };
         let point = Point {
@@ -373,8 +385,8 @@ impl Generator {
             vector: &[],
             text: &text,
         };
-        let body = self.call(method, &[point], i, ("", 0));
-        self.search_op(body, Query::Text(text), templates)
+        let frame = self.call(method, &[point], i, ("", 0));
+        self.search_op(frame, Query::Text(text))
     }
 
     fn vector_search(&mut self, exact: bool, i: u64) -> Op {
@@ -385,10 +397,10 @@ impl Generator {
     /// A search for the `k` neighbours of `values`, exact (brute force, where the target has
     /// such a search) or approximate. A template that also wants a text is given one.
     fn search_for(&mut self, values: Vec<f32>, exact: bool, i: u64) -> Op {
-        let templates = Arc::clone(&self.workload.templates);
-        let method = match (&templates.exact_search, exact) {
+        let w = Arc::clone(&self.workload);
+        let method = match (&w.templates.exact_search, exact) {
             (Some(exact), true) => exact,
-            _ => &templates.search,
+            _ => &w.templates.search,
         };
         let text = if method.template.uses(crate::dynamic::Generator::Text) {
             self.workload.data.query_text(&mut self.rng)
@@ -400,19 +412,18 @@ impl Generator {
             vector: &values,
             text: &text,
         };
-        let body = self.call(method, &[point], i, ("", 0));
-        self.search_op(body, Query::Vector(values), templates)
+        let frame = self.call(method, &[point], i, ("", 0));
+        self.search_op(frame, Query::Vector(values))
     }
 
-    fn search_op(&self, body: Vec<u8>, query: Query, templates: Arc<Templates>) -> Op {
-        Op::Call(Box::new(Call {
-            body,
+    fn search_op(&self, frame: bytes::Bytes, query: Query) -> Op {
+        Op::Call(Call {
+            frame,
             kind: CallKind::Search {
                 query,
                 k: self.workload.k,
             },
-            templates,
-        }))
+        })
     }
 
     /// A batch of new points with ids from `base`, stamped for `acks` when given, each with
@@ -425,8 +436,8 @@ impl Generator {
         acks: Option<&crate::acks::Acks>,
         pad: usize,
     ) -> Op {
-        let templates = Arc::clone(&self.workload.templates);
-        let Some(method) = &templates.write else {
+        let w = Arc::clone(&self.workload);
+        let Some(method) = &w.templates.write else {
             return self.vector_search(false, i);
         };
         let batch = batch.max(1) as u64;
@@ -448,21 +459,20 @@ impl Generator {
             })
             .collect();
         let stamp = acks.map_or("", |a| a.stamp());
-        let body = self.call(method, &points, i, (stamp, pad));
-        Op::Call(Box::new(Call {
-            body,
+        let frame = self.call(method, &points, i, (stamp, pad));
+        Op::Call(Call {
+            frame,
             kind: CallKind::Write {
                 acked: acks.map(|a| (a.clone(), ids)),
             },
-            templates,
-        }))
+        })
     }
 
     /// The user's next batch of the data set, or `Done` past its end.
     fn ingest(&mut self, truth: &Arc<Truth>, writers: u64, i: u64) -> Op {
         let batch = self.user.saturating_add(i.saturating_mul(writers.max(1)));
-        let templates = Arc::clone(&self.workload.templates);
-        let Some(method) = &templates.write else {
+        let w = Arc::clone(&self.workload);
+        let Some(method) = &w.templates.write else {
             return Op::Done;
         };
         if batch >= truth.batches() as u64 {
@@ -476,15 +486,14 @@ impl Generator {
                 Point { id, vector, text }
             })
             .collect();
-        let body = self.call(method, &points, i, ("", 0));
-        Op::Call(Box::new(Call {
-            body,
+        let frame = self.call(method, &points, i, ("", 0));
+        Op::Call(Call {
+            frame,
             kind: CallKind::Ingest {
                 truth: Arc::clone(truth),
                 batch,
             },
-            templates,
-        }))
+        })
     }
 }
 
@@ -519,7 +528,7 @@ mod tests {
             panic!("a request expected")
         };
         assert!(!call.is_write(), "a search expected");
-        proto::SearchRequest::decode(call.body.as_slice()).expect("decodes")
+        proto::SearchRequest::decode(call.message()).expect("decodes")
     }
 
     #[test]
@@ -597,7 +606,7 @@ mod tests {
         let Op::Call(call) = op else {
             panic!("a request expected")
         };
-        let upsert = proto::UpsertRequest::decode(call.body.as_slice()).expect("decodes");
+        let upsert = proto::UpsertRequest::decode(call.message()).expect("decodes");
         let CallKind::Write {
             acked: Some((to, ids)),
         } = &call.kind
@@ -620,7 +629,7 @@ mod tests {
         let Op::Call(call) = op else {
             panic!("a request expected")
         };
-        let upsert = proto::UpsertRequest::decode(call.body.as_slice()).expect("decodes");
+        let upsert = proto::UpsertRequest::decode(call.message()).expect("decodes");
         assert_eq!(upsert.points.len(), 2);
         assert!(matches!(call.kind, CallKind::Write { acked: None }));
         assert_eq!(

@@ -510,6 +510,11 @@ mod tests {
             vecrig::proto::SearchRequest::decode(encoded.as_slice()).expect("decodes"),
             native
         );
+        // Its gRPC frame: a flag byte (uncompressed), the length, the same message.
+        let frame = templates.search.template.frame(&fill);
+        assert_eq!(frame[0], 0);
+        let length = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
+        assert_eq!((length, &frame[5..]), (encoded.len(), encoded.as_slice()));
         let points = [
             Point {
                 id: 1,

@@ -223,6 +223,20 @@ impl Template {
     /// The request for `fill`, encoded: the message [`render`](Self::render) builds, with its
     /// appendable vectors written as packed bytes after the rest.
     pub fn encode(&self, fill: &Fill<'_>) -> Vec<u8> {
+        self.encode_after(fill, 0)
+    }
+
+    /// The request for `fill` as a gRPC frame, ready to send: a flag byte (uncompressed), the
+    /// message's length, the message [`encode`](Self::encode) gives, in one allocation.
+    pub fn frame(&self, fill: &Fill<'_>) -> bytes::Bytes {
+        let mut frame = self.encode_after(fill, 5);
+        let length = (frame.len() - 5) as u32;
+        frame[1..5].copy_from_slice(&length.to_be_bytes());
+        frame.into()
+    }
+
+    /// [`encode`](Self::encode), after `headroom` zero bytes.
+    fn encode_after(&self, fill: &Fill<'_>, headroom: usize) -> Vec<u8> {
         use prost::Message;
         let descriptor = &self.root.0;
         let varying =
@@ -242,12 +256,14 @@ impl Template {
             .first()
             .map_or((&[][..], ""), |p| (p.vector, p.text));
         let mut out = Vec::with_capacity(
-            fixed.len()
+            headroom
+                + fixed.len()
                 + varying.as_ref().map_or(0, Message::encoded_len)
                 + 16
                 + vector.len() * 8
                 + text.len(),
         );
+        out.resize(headroom, 0);
         out.extend_from_slice(fixed);
         if let Some(varying) = varying {
             // Cannot fail: a Vec grows as needed.

@@ -13,6 +13,7 @@ use tonic::Code;
 use vecrig::client::{Metadata, Pool, request_with};
 
 use super::lanes::{Lane, Lanes};
+use crate::dynamic::Templates;
 use crate::dynamic::codec::BytesCodec;
 use crate::progress::Progress;
 use crate::recall::Recall;
@@ -110,6 +111,9 @@ pub struct Context {
     /// Whether the target answers vecrig's `Stats` (a vecrig server; not a templated target):
     /// else nothing samples it.
     pub server_stats: bool,
+    /// The template set the requests are rendered from (the phase's workload's): the methods'
+    /// paths for tonic's connections, and where a search's answer holds its ids.
+    pub templates: Arc<Templates>,
 }
 
 impl Context {
@@ -139,7 +143,7 @@ impl Context {
                 Err(_) => (Code::DeadlineExceeded, Pushback::None),
             };
         }
-        let templates = &call.templates;
+        let templates = &self.templates;
         let method = match (&templates.write, call.is_write()) {
             (Some(write), true) => write,
             _ => &templates.search,
@@ -153,7 +157,7 @@ impl Context {
                 .path
                 .parse()
                 .map_err(|e| tonic::Status::internal(format!("path {}: {e}", method.path)))?;
-            let request = self.request(Bytes::copy_from_slice(&call.body));
+            let request = self.request(call.frame.slice(5..));
             grpc.unary(request, path, BytesCodec).await
         };
         match tokio::time::timeout_at(sent + self.timeout, answer).await {
@@ -191,7 +195,7 @@ impl Context {
             } else {
                 Some(&body[..])
             };
-            let ids = message.and_then(|message| call.templates.ids_in(message));
+            let ids = message.and_then(|message| self.templates.ids_in(message));
             // An answer that does not decode cannot be scored: kept as a search sent while
             // writes were in flight is, counted as skipped.
             let writes = if ids.is_some() { writes } else { None };

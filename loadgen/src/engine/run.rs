@@ -349,6 +349,7 @@ async fn run_phase(
     let (model, start) = (phase.model.clone(), Instant::now());
     let shared = Context {
         recall: ctx.recall.for_phase(),
+        templates: Arc::clone(workload.templates()),
         ..ctx.clone()
     };
     let recall = shared.recall.clone();

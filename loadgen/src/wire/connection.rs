@@ -34,7 +34,7 @@ use tonic::Code;
 use vecrig::client::{ConnectError, ConnectOptions, Metadata};
 
 use super::frame;
-use super::grpc::{self, Answer, Encoder, Rpc};
+use super::grpc::{self, Answer, Rpc};
 use super::session::Session;
 use crate::workload::Op;
 
@@ -476,13 +476,12 @@ impl Drop for StreamSlot {
     }
 }
 
-/// One sending thread's connections to the target, taken in turn, and its encoder.
+/// One sending thread's connections to the target, taken in turn.
 #[derive(Debug)]
 pub struct Channel {
     target: Arc<Target>,
     connections: Vec<Rc<Connection>>,
     next: Cell<usize>,
-    encoder: RefCell<Encoder>,
     /// The header blocks of Search and Upsert for the last deadline used (scenarios may
     /// change it), encoded once.
     blocks: RefCell<Option<(Duration, [Bytes; 2])>>,
@@ -497,7 +496,6 @@ impl Channel {
                 .collect(),
             target,
             next: Cell::new(0),
-            encoder: RefCell::default(),
             blocks: RefCell::new(None),
         }
     }
@@ -512,10 +510,9 @@ impl Channel {
 
     /// The request's RPC and frame, encoded once for all its attempts.
     pub fn encode(&self, op: &Op) -> (Rpc, Bytes) {
-        let mut encoder = self.encoder.borrow_mut();
         match op {
-            Op::Call(call) if call.is_write() => (Rpc::Upsert, encoder.frame_encoded(&call.body)),
-            Op::Call(call) => (Rpc::Search, encoder.frame_encoded(&call.body)),
+            Op::Call(call) if call.is_write() => (Rpc::Upsert, call.frame.clone()),
+            Op::Call(call) => (Rpc::Search, call.frame.clone()),
             // Never sent: the engine stops a user at `Done`.
             Op::Done => (Rpc::Search, Bytes::new()),
         }

@@ -1,5 +1,6 @@
-//! gRPC over HTTP/2 as the hot path speaks it: a request encoded once into its wire frame,
-//! the request headers, and the answer read back from the response as tonic reads it.
+//! gRPC over HTTP/2 as the hot path speaks it: the request headers, and the answer read back
+//! from the response as tonic reads it. The request's frame itself is made once, by the
+//! template it is rendered from ([`crate::dynamic::Template::frame`]).
 //!
 //! The status of a call is `grpc-status` from the trailers, or from the headers of a
 //! trailers-only response; `grpc-message` is percent-decoded; `grpc-retry-pushback-ms` is the
@@ -11,7 +12,6 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tonic::Code;
 
@@ -35,35 +35,6 @@ impl Rpc {
             Rpc::Search => "/vecrig.v1.VectorIndex/Search",
             Rpc::Upsert => "/vecrig.v1.VectorIndex/Upsert",
         }
-    }
-}
-
-/// Encodes messages into gRPC frames (a flag byte, a 4-byte length, the message), reusing
-/// one buffer: each frame is split off as `Bytes`, shared by every attempt of its request.
-#[derive(Debug, Default)]
-pub struct Encoder {
-    buf: BytesMut,
-}
-
-impl Encoder {
-    /// The frame of `message`, uncompressed.
-    pub fn frame(&mut self, message: &impl prost::Message) -> Bytes {
-        let len = message.encoded_len();
-        self.buf.reserve(5 + len);
-        self.buf.put_u8(0);
-        self.buf.put_u32(len as u32);
-        // Cannot fail: the buffer was just reserved for the whole message.
-        let _ = message.encode(&mut self.buf);
-        self.buf.split().freeze()
-    }
-
-    /// The frame of a message already encoded (a templated target's request).
-    pub fn frame_encoded(&mut self, message: &[u8]) -> Bytes {
-        self.buf.reserve(5 + message.len());
-        self.buf.put_u8(0);
-        self.buf.put_u32(message.len() as u32);
-        self.buf.extend_from_slice(message);
-        self.buf.split().freeze()
     }
 }
 
@@ -226,26 +197,6 @@ fn percent_decode(bytes: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use prost::Message;
-    use vecrig::proto::SearchRequest;
-
-    #[test]
-    fn a_frame_is_flag_length_message() {
-        let request = SearchRequest {
-            k: 7,
-            ..Default::default()
-        };
-        let mut encoder = Encoder::default();
-        let frame = encoder.frame(&request);
-        assert_eq!(frame[0], 0);
-        let len = u32::from_be_bytes([frame[1], frame[2], frame[3], frame[4]]) as usize;
-        assert_eq!(len, frame.len() - 5);
-        assert_eq!(SearchRequest::decode(&frame[5..]).expect("decode"), request);
-        // The next frame does not disturb the first.
-        let second = encoder.frame(&SearchRequest::default());
-        assert_eq!(second.len(), 5);
-        assert_eq!(SearchRequest::decode(&frame[5..]).expect("decode").k, 7);
-    }
 
     #[test]
     fn timeouts_fit_in_eight_digits() {
