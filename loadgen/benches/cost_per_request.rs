@@ -16,9 +16,10 @@
 //!   of the client gathers fewer answers; this row shows what that costs the client,
 //! - and h2load again with 2 threads, for the highest rate it reaches,
 //! - `vecrig-loadgen` on one thread again, the same load sent to the server as a templated
-//!   target (descriptors by reflection, the built-in `vecrig.v1` template set: what a service
-//!   whose proto we did not design gets), so templated and native requests are priced side
-//!   by side,
+//!   target named by a scenario file (descriptors by reflection, what a service whose proto
+//!   we did not design gets; every request is rendered from a template set either way, the
+//!   built-in `vecrig.v1` one over compiled-in descriptors otherwise), so the two are priced
+//!   side by side,
 //!
 //! and takes each one's CPU time (user + system, from `getrusage(RUSAGE_CHILDREN)` around the
 //! child's whole life, start-up included) per 1000 requests answered. The figures of merit,

@@ -192,7 +192,7 @@ async fn run_templated(
         None => Recall::new(0.0),
     };
     // A target that also answers vecrig's Stats (vecrig-server through templates) is sampled
-    // as the native path samples it; any other has no server figures.
+    // as a run against vecrig without a [target] samples it; any other has no server figures.
     let stats = monitor
         .client()
         .stats(request_with(

@@ -9,9 +9,11 @@
 //! (INVALID_ARGUMENT for a vector of the wrong width, say) stops the run there, instead of
 //! failing every request of it.
 //!
-//! On the hot path a templated request is a [`prost_reflect::DynamicMessage`], rendered by
-//! the sending user and encoded once into its gRPC frame by the lane's channel, as a native
-//! request is; only sampled searches have their answers decoded.
+//! Every request the loadgen sends is rendered from a template set: vecrig's own
+//! ([`VECRIG_V1`], [`Templates::vecrig_v1`]) unless a `[target]` names another. On the hot path
+//! a request is encoded by its template straight into its gRPC frame ([`Template::frame`]),
+//! once for all its attempts; only sampled searches have their answers decoded, through the
+//! set's ids path.
 
 pub mod codec;
 pub mod describe;

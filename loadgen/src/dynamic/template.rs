@@ -32,7 +32,7 @@
 //! `{{k}}`) are encoded once and copied: a message's fields may come in any order, so the
 //! fixed ones, the varying ones and the appended vectors are simply written one after the
 //! other. A search whose only varying part is its vector (vecrig's own, and most) then builds
-//! no dynamic message at all per request: it costs what the native path's prost encoding does.
+//! no dynamic message at all per request: it costs what a prost encoding of the message does.
 //!
 //! Checking happens before any load: an unknown field, a value of the wrong type or a
 //! generator where it cannot go is a [`TemplateError`] naming the field's path, never a
