@@ -131,25 +131,8 @@ async fn run_templated(
     let templates = Arc::new(Templates::compile(spec, &descriptors)?);
     let truth = planned.truth(plan.seed);
     // The probes: what the first user would send, once, before any load.
-    let search = Workload::on(
-        WorkloadKind::Vector,
-        templates.dimensions,
-        plan.seed,
-        plan.k,
-        Arc::clone(&templates),
-    )
-    .generator(0, 1)
-    .next(0);
-    if let Op::Call(call) = search {
-        let request = decoded(&templates.search, call.message())?;
-        dynamic::probe(&monitor.channel(), &headers, &templates.search, request).await?;
-    }
-    if let (Some(truth), Some(write)) = (&truth, &templates.write) {
-        let kind = WorkloadKind::Ingest {
-            truth: Arc::clone(truth),
-            writers: 1,
-        };
-        let first = Workload::on(
+    let first_request = |kind| {
+        Workload::on(
             kind,
             templates.dimensions,
             plan.seed,
@@ -157,7 +140,17 @@ async fn run_templated(
             Arc::clone(&templates),
         )
         .generator(0, 1)
-        .next(0);
+        .next(0)
+    };
+    if let Op::Call(call) = first_request(WorkloadKind::Vector) {
+        let request = decoded(&templates.search, call.message())?;
+        dynamic::probe(&monitor.channel(), &headers, &templates.search, request).await?;
+    }
+    if let (Some(truth), Some(write)) = (&truth, &templates.write) {
+        let first = first_request(WorkloadKind::Ingest {
+            truth: Arc::clone(truth),
+            writers: 1,
+        });
         if let Op::Call(call) = first
             && dynamic::probe(
                 &monitor.channel(),
