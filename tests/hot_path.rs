@@ -1,6 +1,7 @@
 //! The loadgen's own HTTP/2 request path against a real server: a graceful restart mid-run
 //! loses no request from the counts and is seen as UNAVAILABLE (never UNKNOWN), the loadgen
-//! reconnects by itself, and the same seed sends the same requests with one or two threads.
+//! reconnects by itself, and the same seed sends the same requests with one or two threads,
+//! or over tonic's connections.
 
 mod common;
 
@@ -11,6 +12,7 @@ use common::TestServer;
 use tokio::sync::oneshot;
 use vecrig::proto::GetRequest;
 use vecrig_loadgen::engine::{Model, Phase, Scenario, Stop};
+use vecrig_loadgen::wire::Transport;
 use vecrig_loadgen::workload::{WRITE_ID_BASE, Workload, WorkloadKind};
 use vecrig_loadgen::{RunOptions, run_with};
 
@@ -135,15 +137,22 @@ fn candidate_ids() -> impl Iterator<Item = u64> {
     (0..60u64).flat_map(|user| (0..20u64).map(move |j| WRITE_ID_BASE + (user << 24) + j))
 }
 
+/// One thread, two, and tonic's connections in place of the loadgen's own: every request is
+/// rendered from the same templates, so each writes the very same points.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_same_seed_sends_the_same_requests_with_one_or_two_threads() {
+async fn the_same_seed_sends_the_same_requests_with_one_or_two_threads_or_over_tonic() {
     let mut written = Vec::new();
-    for threads in [1, 2] {
+    for (threads, transport) in [
+        (1, Transport::H2),
+        (2, Transport::H2),
+        (1, Transport::Tonic),
+    ] {
         let (config, temp) = TestServer::config(8);
         let server = TestServer::start_in(config, temp).await;
         let mut options = RunOptions::new(server.target());
         options.timeout = Duration::from_secs(10);
         options.threads = threads;
+        options.transport = transport;
         options.retry.max_attempts = 1;
         let kind = WorkloadKind::Mixed {
             upsert_fraction: 1.0,
@@ -180,7 +189,11 @@ async fn the_same_seed_sends_the_same_requests_with_one_or_two_threads() {
             .expect("pre-flight");
         let phases = &report.scenarios[0].phases;
         let sent: Vec<u64> = phases.iter().map(|p| p.successes).collect();
-        assert_eq!(sent, [12, 40, 30], "{threads} threads: {phases:?}");
+        assert_eq!(
+            sent,
+            [12, 40, 30],
+            "{threads} threads, {transport:?}: {phases:?}"
+        );
         // Read back everything that may have been written, as the server holds it.
         let mut client = server.client().await;
         let mut points = BTreeMap::new();
@@ -196,4 +209,8 @@ async fn the_same_seed_sends_the_same_requests_with_one_or_two_threads() {
     }
     assert!(written[0].len() >= 80, "{} points", written[0].len());
     assert_eq!(written[0], written[1], "one thread vs two");
+    assert_eq!(
+        written[0], written[2],
+        "the loadgen's own HTTP/2 vs tonic's"
+    );
 }
