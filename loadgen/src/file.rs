@@ -21,9 +21,10 @@
 //!
 //! A `[target]` table makes the target any gRPC vector service (see [`crate::dynamic`]): its
 //! methods, request templates and where the ids are in its answers. Every scenario then
-//! sends searches rendered from the template, and a scenario may start with an `ingest`
-//! phase that writes the seeded data set through the write template, so the loadgen computes
-//! recall itself:
+//! sends its own workload rendered from those templates (`text_search` and `exact_search`
+//! are optional: without them, vector searches take their place), and a scenario may start
+//! with an `ingest` phase that writes the seeded data set through the write template, so the
+//! loadgen computes recall itself:
 //!
 //! ```toml
 //! [target]
@@ -32,6 +33,7 @@
 //! # protos = ["store.proto"]        # else: the target's server reflection
 //! search = { method = "store.Store/Nearest", ids = "matches[].key", request = '''
 //!   {"embedding": "{{vector}}", "limit": "{{k}}"} ''' }
+//! # text_search = { method = "store.Store/Nearest", request = '{"text": "{{text}}", "limit": "{{k}}"}' }
 //! write = { method = "store.Store/Put", request = '''
 //!   {"items": [{"key": "{{id}}", "embedding": "{{vector}}"}]} ''' }
 //!
