@@ -168,7 +168,7 @@ async fn run_templated(
     finish_plan(&mut scenarios, plan);
     let wire = Target::new(&options.target, &options.connect, &headers)?
         .with_methods(
-            &templates.search.path,
+            templates.search.path.as_str(),
             templates.write.as_ref().map(|w| w.path.as_str()),
         )
         .map_err(PreflightError::Unsupported)?;

@@ -28,6 +28,7 @@ use rand::{Rng, SeedableRng};
 use vecrig::proto::{self, search_request};
 use vecrig::synthetic::Synthetic;
 
+use crate::dynamic::template::GRPC_PREFIX;
 use crate::dynamic::{Fill, Method, Point, Templates, Truth};
 
 /// Which requests to send.
@@ -158,7 +159,12 @@ pub enum Query {
 impl Call {
     /// The request message (the frame without its prefix).
     pub fn message(&self) -> &[u8] {
-        self.frame.get(5..).unwrap_or_default()
+        self.frame.get(GRPC_PREFIX..).unwrap_or_default()
+    }
+
+    /// [`message`](Self::message), sharing the frame's buffer.
+    pub fn message_bytes(&self) -> bytes::Bytes {
+        self.frame.slice(GRPC_PREFIX.min(self.frame.len())..)
     }
 
     /// Whether it writes (else it searches).
@@ -376,7 +382,7 @@ impl Generator {
 
     /// A search for `text`, or a vector search where the target has no text search.
     fn text_search(&mut self, text: String, i: u64) -> Op {
-        let w = Arc::clone(&self.workload);
+        let w = &self.workload;
         let Some(method) = &w.templates.text_search else {
             return self.vector_search(false, i);
         };
@@ -397,7 +403,7 @@ impl Generator {
     /// A search for the `k` neighbours of `values`, exact (brute force, where the target has
     /// such a search) or approximate. A template that also wants a text is given one.
     fn search_for(&mut self, values: Vec<f32>, exact: bool, i: u64) -> Op {
-        let w = Arc::clone(&self.workload);
+        let w = &self.workload;
         let method = match (&w.templates.exact_search, exact) {
             (Some(exact), true) => exact,
             _ => &w.templates.search,
@@ -436,7 +442,7 @@ impl Generator {
         acks: Option<&crate::acks::Acks>,
         pad: usize,
     ) -> Op {
-        let w = Arc::clone(&self.workload);
+        let w = &self.workload;
         let Some(method) = &w.templates.write else {
             return self.vector_search(false, i);
         };
@@ -471,7 +477,7 @@ impl Generator {
     /// The user's next batch of the data set, or `Done` past its end.
     fn ingest(&mut self, truth: &Arc<Truth>, writers: u64, i: u64) -> Op {
         let batch = self.user.saturating_add(i.saturating_mul(writers.max(1)));
-        let w = Arc::clone(&self.workload);
+        let w = &self.workload;
         let Some(method) = &w.templates.write else {
             return Op::Done;
         };

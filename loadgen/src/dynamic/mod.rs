@@ -175,8 +175,8 @@ pub enum DynamicError {
 /// One checked method: its HTTP/2 path, template and descriptor.
 #[derive(Debug, Clone)]
 pub struct Method {
-    /// `/package.Service/Method`.
-    pub path: String,
+    /// `/package.Service/Method`, parsed once (tonic's connections take it per request).
+    pub path: http::uri::PathAndQuery,
     /// The request template.
     pub template: Template,
     /// The method's descriptor.
@@ -198,12 +198,16 @@ impl Method {
                 error,
             }
         })?;
+        let path = format!(
+            "/{}/{}",
+            descriptor.parent_service().full_name(),
+            descriptor.name()
+        );
+        let path = path.parse().map_err(|e| {
+            DynamicError::Spec(format!("{}: not an HTTP/2 path ({path}): {e}", spec.method))
+        })?;
         Ok(Self {
-            path: format!(
-                "/{}/{}",
-                descriptor.parent_service().full_name(),
-                descriptor.name()
-            ),
+            path,
             template,
             descriptor,
         })
@@ -368,10 +372,7 @@ pub async fn probe(
     grpc.ready()
         .await
         .map_err(|e| refused(Code::Unavailable, e.to_string()))?;
-    let path = method
-        .path
-        .parse()
-        .map_err(|e| refused(Code::Internal, format!("path {}: {e}", method.path)))?;
+    let path = method.path.clone();
     let codec = codec::DynamicCodec::new(method.descriptor.output());
     let request = request_with(request, Duration::from_secs(10), metadata);
     match grpc.unary(request, path, codec).await {

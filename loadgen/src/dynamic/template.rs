@@ -43,6 +43,10 @@ use prost_reflect::{
 };
 use serde_json::Value as Json;
 
+/// Bytes ahead of a gRPC message in its frame: a flag byte (compressed or not) and the
+/// message's length, 4 bytes big-endian.
+pub const GRPC_PREFIX: usize = 5;
+
 /// A template that does not fit its message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("template field `{path}`: {reason}")]
@@ -229,9 +233,9 @@ impl Template {
     /// The request for `fill` as a gRPC frame, ready to send: a flag byte (uncompressed), the
     /// message's length, the message [`encode`](Self::encode) gives, in one allocation.
     pub fn frame(&self, fill: &Fill<'_>) -> bytes::Bytes {
-        let mut frame = self.encode_after(fill, 5);
-        let length = (frame.len() - 5) as u32;
-        frame[1..5].copy_from_slice(&length.to_be_bytes());
+        let mut frame = self.encode_after(fill, GRPC_PREFIX);
+        let length = (frame.len() - GRPC_PREFIX) as u32;
+        frame[1..GRPC_PREFIX].copy_from_slice(&length.to_be_bytes());
         frame.into()
     }
 

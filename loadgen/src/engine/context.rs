@@ -15,6 +15,7 @@ use vecrig::client::{Metadata, Pool, request_with};
 use super::lanes::{Lane, Lanes};
 use crate::dynamic::Templates;
 use crate::dynamic::codec::BytesCodec;
+use crate::dynamic::template::GRPC_PREFIX;
 use crate::progress::Progress;
 use crate::recall::Recall;
 use crate::retry::{Pushback, RetryBudget, RetryPolicy};
@@ -153,12 +154,8 @@ impl Context {
             grpc.ready()
                 .await
                 .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-            let path = method
-                .path
-                .parse()
-                .map_err(|e| tonic::Status::internal(format!("path {}: {e}", method.path)))?;
-            let request = self.request(call.frame.slice(5..));
-            grpc.unary(request, path, BytesCodec).await
+            let request = self.request(call.message_bytes());
+            grpc.unary(request, method.path.clone(), BytesCodec).await
         };
         match tokio::time::timeout_at(sent + self.timeout, answer).await {
             Ok(Ok(answer)) => {
@@ -191,7 +188,7 @@ impl Context {
             // Over our own connections the answer is its gRPC frame: a flag byte, a length,
             // the message; over tonic's, the message.
             let message = if channel.is_some() {
-                body.get(5..)
+                body.get(GRPC_PREFIX..)
             } else {
                 Some(&body[..])
             };
