@@ -98,37 +98,36 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
         "the polite client is served: {:?}",
         polite.codes
     );
-    // Its latency near its unloaded latency: the median within 3x its unloaded p99 plus one
-    // service time (its unloaded p50), and the tail far below the flooder's median (it is not
-    // queued behind the flood). The issue's goal puts the p99 within that first bound; on a
-    // one-CPU server whose request path also reads the flood, and a machine shared with
-    // other work, the tail measured 11-17 ms against a 4-6 ms bound, so the tail is held to
-    // a bound that still tells fair from FIFO (FIFO puts it behind 2,048 queued searches).
-    // Never below 10 ms. Since admitted work moved to its own runtime (admission/work.rs),
-    // the polite median under this flood is 3.9-5.4 ms against an unloaded p99 of 0.6-0.7 ms
-    // (a bound of 2.4 ms): the hand-off to the work runtime competes with the flood's request
-    // path on the one CPU. That is open in the fairness issue; 10 ms still tells fair from
-    // FIFO by two orders of magnitude (the flooder's median is about 1 s).
-    let bound = (3.0 * unloaded.ok_ms(0.99) + unloaded.ok_ms(0.5)).max(10.0);
+    // Its latency near its unloaded latency. The issue's bound is 3x its unloaded p99 plus one
+    // service time (its unloaded p50): 2.3-3.0 ms here. Since each client address has its own
+    // request-path lane (`server/src/net/lanes.rs`), the polite median under this flood
+    // measured 0.77-1.08 ms and the p99 2.8-4.6 ms (ten runs on 2026-12-03; with one lane for
+    // everybody, `VECRIG_REQUEST_LANES=1`, the p99 was 3.7-8.1 ms). So the median is held to
+    // the issue's bound (never below 3 ms on this shared machine), and the tail, which still
+    // misses that bound by up to 2 ms (the polite lane waits for the CPU behind the flood's
+    // lane and the index, open in the fairness issue), to 20 ms and a tenth of the flooder's
+    // median: that still tells fair from FIFO by two orders of magnitude (FIFO puts it behind
+    // 2,048 queued searches; the flooder's median is about 1 s).
+    let bound = 3.0 * unloaded.ok_ms(0.99) + unloaded.ok_ms(0.5);
+    println!("the issue's bound for the polite client: {bound:.2} ms");
     assert!(
-        polite.ok_ms(0.5) <= bound,
+        polite.ok_ms(0.5) <= bound.max(3.0),
         "polite p50 {:.2} ms within {bound:.2} ms",
         polite.ok_ms(0.5)
     );
-    // The tail: under 100 ms and a tenth of the flooder's median. It measured 33-66 ms since
-    // the work runtime (11-17 ms before it): open in the fairness issue.
     assert!(
-        polite.ok_ms(0.99) <= 100.0 && polite.ok_ms(0.99) * 10.0 < flooded.ok_ms(0.5),
+        polite.ok_ms(0.99) <= 20.0 && polite.ok_ms(0.99) * 10.0 < flooded.ok_ms(0.5),
         "polite p99 {:.2} ms: not queued behind the flood (flooder p50 {:.2} ms)",
         polite.ok_ms(0.99),
         flooded.ok_ms(0.5)
     );
     // Nothing wasted: what the two clients got together, against the capacity. The issue asks
-    // the flooder for 0.8; under a 64 x 64 flood the one CPU also reads and refuses, and the
-    // flooder measured 0.34-0.58 of capacity here on 2026-12-01 (the polite client took a
-    // further 0.11-0.20, which is its share, not waste): the open part of the no-collapse
-    // issue, not of fairness. The sum tells a server that keeps its slots busy from one that
-    // spends the CPU refusing (0.01 before pacing).
+    // the flooder for 0.8, but this polite client is closed-loop: served in about 1 ms, it
+    // sends about 1,000 searches a second, a third of the capacity, which is its share and
+    // not waste. On 2026-12-03 the flooder got 0.56-0.65 of capacity and the two together
+    // 0.85-0.97 (one CPU also reads and refuses the flood: the open part of the no-collapse
+    // issue). The sum tells a server that keeps its slots busy from one that spends the CPU
+    // refusing (0.01 before pacing).
     let together = flooded.goodput() + polite.goodput();
     assert!(
         together >= 0.35 * capacity.goodput(),

@@ -54,6 +54,7 @@ use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::transport::Server;
 use tonic::transport::server::Router;
 use tonic_health::ServingStatus;
@@ -233,8 +234,13 @@ pub async fn serve(
             Arc::clone(&pacer).tend_room(move || admission.has_room()),
         ))
     };
-    let incoming = net::incoming(listener, &config.connection_limits, Arc::clone(&pacer));
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = net::incoming(listener, &config.connection_limits);
+    // Each client address's connections are served on one lane (`net::lanes`); the lanes
+    // outlive the server below, and are shut down when this function returns.
+    let limits = &config.connection_limits;
+    let (_lanes, dispatch, lanes) =
+        net::lanes::start(limits.request_lanes, limits, &pacer).map_err(ServeError::Runtime)?;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let router = router(
         &config,
         health_service,
@@ -248,9 +254,7 @@ pub async fn serve(
     )?;
     // tonic's server applies each request's `grpc-timeout` itself: a request whose deadline
     // passes while it waits in the admission queue is dropped from the queue unserved.
-    let mut server = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
-        let _ = stop_rx.await;
-    }));
+    let mut server = tokio::spawn(serve_lanes(router, incoming, dispatch, lanes, stop_rx));
 
     let options = storage::Options::from(&config);
     let policy = config.snapshots;
@@ -260,7 +264,7 @@ pub async fn serve(
         opened = opening => Arc::new(opened??),
         () = &mut shutdown => {
             tracing::info!("shutdown requested while starting");
-            let _ = stop_tx.send(());
+            let _ = stop_tx.send(true);
             let _ = tokio::time::timeout(config.grace, server).await;
             return Ok(());
         }
@@ -283,7 +287,7 @@ pub async fn serve(
 
     tracing::info!("draining");
     set_health(&health, ServingStatus::NotServing).await;
-    let _ = stop_tx.send(());
+    let _ = stop_tx.send(true);
     match tokio::time::timeout(config.grace, &mut server).await {
         Ok(finished) => finished??,
         Err(_) => {
@@ -304,6 +308,49 @@ pub async fn serve(
         sequence = storage.durable_sequence(),
         "saved; stopped"
     );
+    Ok(())
+}
+
+/// Serves `router` on every lane and gives each accepted connection to its client's lane,
+/// until `stop` turns true; then stops accepting (the listener closes at once) and returns
+/// once every lane's connections have finished.
+async fn serve_lanes(
+    router: Router<ServerLayers>,
+    incoming: net::Incoming,
+    dispatch: net::Dispatch,
+    lanes: Vec<net::Lane>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), ServeError> {
+    let stopped = |mut stop: tokio::sync::watch::Receiver<bool>| async move {
+        // An error means the sender is gone, which is a stop too.
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    let servers: Vec<_> = lanes
+        .into_iter()
+        .map(|lane| {
+            let serving = router
+                .clone()
+                .serve_with_incoming_shutdown(lane.sockets, stopped(stop.clone()));
+            lane.handle.spawn(serving)
+        })
+        .collect();
+    {
+        let mut incoming = std::pin::pin!(incoming);
+        let mut stopping = std::pin::pin!(stopped(stop));
+        loop {
+            tokio::select! {
+                () = &mut stopping => break,
+                accepted = incoming.next() => match accepted {
+                    Some(Ok(accepted)) => dispatch.give(accepted),
+                    Some(Err(error)) => tracing::debug!(%error, "accept failed"),
+                    None => break,
+                },
+            }
+        }
+    }
+    for server in servers {
+        server.await??;
+    }
     Ok(())
 }
 

@@ -1,5 +1,6 @@
 //! The accept loop: each accepted connection takes a place under the [`Gate`]'s cap (or is
-//! closed at once) and becomes a [`GuardedSocket`]; accept errors back off instead of spinning.
+//! closed at once) and is handed on as [`Accepted`], for [`super::lanes`] to give to its
+//! client's lane; accept errors back off instead of spinning.
 
 use std::io;
 use std::pin::Pin;
@@ -13,12 +14,11 @@ use tokio_stream::Stream;
 use tonic::transport::server::TcpIncoming;
 
 use super::gate::Gate;
+use super::lanes::Accepted;
 use super::limits::ConnectionLimits;
-use super::pacing::Pacer;
-use super::socket::GuardedSocket;
 
-/// The listener's accepted connections, capped and guarded by `limits`, paced by `pacer`.
-pub fn incoming(listener: TcpListener, limits: &ConnectionLimits, pacer: Arc<Pacer>) -> Incoming {
+/// The listener's accepted connections, capped by `limits`.
+pub fn incoming(listener: TcpListener, limits: &ConnectionLimits) -> Incoming {
     let inner = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
         // TCP keepalive finds peers that vanished without a FIN even when HTTP/2 pings are off.
@@ -26,8 +26,6 @@ pub fn incoming(listener: TcpListener, limits: &ConnectionLimits, pacer: Arc<Pac
     Incoming {
         inner,
         gate: Gate::new(limits.max_connections),
-        limits: *limits,
-        pacer,
         backoff: None,
     }
 }
@@ -36,12 +34,10 @@ pub fn incoming(listener: TcpListener, limits: &ConnectionLimits, pacer: Arc<Pac
 /// before accepting again keeps the accept loop from spinning on them.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Accepted connections under the cap, each a [`GuardedSocket`] socket.
+/// Accepted connections under the cap.
 pub struct Incoming {
     inner: TcpIncoming,
     gate: Arc<Gate>,
-    limits: ConnectionLimits,
-    pacer: Arc<Pacer>,
     backoff: Option<Pin<Box<Sleep>>>,
 }
 
@@ -53,7 +49,7 @@ impl Incoming {
 }
 
 impl Stream for Incoming {
-    type Item = Result<GuardedSocket, io::Error>;
+    type Item = Result<Accepted, io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -81,14 +77,11 @@ impl Stream for Incoming {
                     // Refused at the cap, the socket is dropped (closed) at once: the client
                     // learns right away instead of waiting in the backlog.
                     if let Some((place, evicted)) = this.gate.enter() {
-                        let guarded = GuardedSocket::new(
+                        return Poll::Ready(Some(Ok(Accepted {
                             stream,
                             place,
                             evicted,
-                            &this.limits,
-                            this.pacer.connection(),
-                        );
-                        return Poll::Ready(Some(Ok(guarded)));
+                        })));
                     }
                 }
             }

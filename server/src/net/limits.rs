@@ -62,6 +62,12 @@ pub struct Args {
     /// Largest HTTP/2 frame accepted, in bytes (16 KiB ..= 16 MiB - 1).
     #[arg(long, env = "VECRIG_MAX_FRAME_BYTES", default_value_t = 16 * 1024)]
     pub max_frame_bytes: u32,
+    // Four lanes keep a polite client apart from up to three flooding addresses; an idle lane
+    // costs parked threads only.
+    /// Request-path runtimes that connections are spread over, all of one client address's
+    /// connections on the same one (1: one runtime for everybody).
+    #[arg(long, env = "VECRIG_REQUEST_LANES", default_value_t = 4)]
+    pub request_lanes: usize,
     /// Interval of HTTP/2 keepalive pings.
     #[arg(long, env = "VECRIG_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
     pub keepalive_interval: Duration,
@@ -112,6 +118,8 @@ pub struct ConnectionLimits {
     /// A connection with no request open for this long is closed (`None`: never). Closing
     /// it is safe: nothing is in flight on it, and gRPC clients reconnect on their next call.
     pub max_connection_idle: Option<Duration>,
+    /// Request-path runtimes connections are spread over, by client address (at least one).
+    pub request_lanes: usize,
 }
 
 impl Default for ConnectionLimits {
@@ -156,6 +164,7 @@ impl TryFrom<&Args> for ConnectionLimits {
             keepalive_timeout: args.keepalive_timeout,
             // 0 turns it off.
             max_connection_idle: Some(args.max_connection_idle).filter(|d| !d.is_zero()),
+            request_lanes: args.request_lanes.max(1),
         })
     }
 }

@@ -14,6 +14,9 @@
 //!   open request (a peer that completed HTTP/2 and answers pings, but never asks for
 //!   anything, is still idle: gRPC's `MAX_CONNECTION_IDLE`). Requests are counted per
 //!   connection through its [`PeerInfo`], which tonic puts in every request's extensions.
+//! - [`lanes`]: each accepted connection is served on one of several request-path runtimes,
+//!   all of one client's connections on the same one, so that a flooding client's reads and
+//!   refusals queue on its own lane's threads and not in front of everybody else's requests.
 //! - [`http2`]: HTTP/2 limits on tonic's server builder (streams per connection, header list
 //!   size, reset-stream guards, windows, frame size, keepalive pings that find peers which stopped
 //!   answering).
@@ -37,6 +40,7 @@
 pub mod accept;
 pub mod gate;
 pub mod http2;
+pub mod lanes;
 pub mod limits;
 pub mod pacing;
 pub mod socket;
@@ -44,6 +48,7 @@ pub mod whole_request;
 
 pub use accept::{Incoming, incoming};
 pub use gate::{Gate, Place};
+pub use lanes::{Dispatch, Lane, Lanes};
 pub use limits::{Args, ConnectionLimits};
 pub use pacing::{Pacer, PacingLayer};
 pub use socket::{Activity, GuardedSocket, PeerInfo};

@@ -19,6 +19,7 @@ use tonic::codegen::http;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::gate::Place;
+use super::lanes::Seat;
 use super::limits::ConnectionLimits;
 use super::pacing::{self, PACED_READ_BYTES, ReadGate};
 
@@ -45,6 +46,8 @@ pub struct GuardedSocket {
     pacing: Arc<pacing::Connection>,
     /// Fires at the end of a pacing pause.
     pause: Pin<Box<Sleep>>,
+    /// Its seat in its client's request-path lane, given up as it closes.
+    _seat: Seat,
 }
 
 /// The requests open on one connection, and since when it has had none.
@@ -142,6 +145,7 @@ impl GuardedSocket {
         evicted: oneshot::Receiver<()>,
         limits: &ConnectionLimits,
         pacing: Arc<pacing::Connection>,
+        seat: Seat,
     ) -> Self {
         let now = Instant::now();
         Self {
@@ -160,6 +164,7 @@ impl GuardedSocket {
             )),
             pacing,
             pause: Box::pin(tokio::time::sleep_until(now)),
+            _seat: seat,
         }
     }
 
