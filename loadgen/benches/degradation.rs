@@ -33,8 +33,9 @@
 //!
 //! Then two tenants (issue 13): a polite client (from 127.0.0.2, a tenth of capacity on
 //! schedule) beside an open-model flood from 127.0.0.1 at 1x, 2x, 5x and 10x of capacity, on
-//! the default limit and queue, with fair admission (the default) and with `--fifo-admission`
-//! (one first-come-first-served queue, as before fairness). Per point: the polite client's
+//! the default limit and queue, with fair admission (the default), with fair admission on one
+//! request-path lane (`--request-lanes 1`, as before lanes) and with `--fifo-admission` (one
+//! first-come-first-served queue, as before fairness). Per point: the polite client's
 //! goodput and p99 against what it got with no flood, and the flood's goodput.
 //!
 //! Run: `cargo bench -p vecrig-loadgen --bench degradation` (release). It prints markdown
@@ -812,6 +813,11 @@ async fn two_tenants(binary: &Path, data: &Path, seconds: u64, out: &Path) {
     let mut tables = Vec::new();
     for (label, slug, extra) in [
         ("fair admission (default)", "tenants-fair", vec![]),
+        (
+            "fair, one request-path lane (`--request-lanes 1`)",
+            "tenants-fair-one-lane",
+            vec!["--request-lanes".to_string(), "1".to_string()],
+        ),
         (
             "FIFO (`--fifo-admission`)",
             "tenants-fifo",
