@@ -36,8 +36,8 @@ fn searches(server: &PinnedServer, from: IpAddr, shape: (usize, usize), secs: u6
     }
 }
 
-/// `vecrig_client_requests_total{client,outcome}` from the metrics endpoint.
-async fn client_requests(metrics_port: u16, client: &str, outcome: &str) -> u64 {
+/// The metrics endpoint's text.
+async fn scrape(metrics_port: u16) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
         .await
@@ -48,12 +48,32 @@ async fn client_requests(metrics_port: u16, client: &str, outcome: &str) -> u64 
         .expect("request");
     let mut text = String::new();
     stream.read_to_string(&mut text).await.expect("response");
-    let wanted =
-        format!("vecrig_client_requests_total{{client=\"{client}\",outcome=\"{outcome}\"}}");
+    text
+}
+
+/// The value of one series (name and labels, as written) in the metrics text; 0 if absent.
+fn series(text: &str, wanted: &str) -> u64 {
     text.lines()
-        .find_map(|line| line.strip_prefix(&wanted))
+        .find_map(|line| line.strip_prefix(wanted))
         .and_then(|rest| rest.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// `vecrig_client_requests_total{client,outcome}` from the metrics endpoint.
+async fn client_requests(metrics_port: u16, client: &str, outcome: &str) -> u64 {
+    let wanted =
+        format!("vecrig_client_requests_total{{client=\"{client}\",outcome=\"{outcome}\"}}");
+    series(&scrape(metrics_port).await, &wanted)
+}
+
+/// `vecrig_lane_connections{lane}` for every lane, in lane order.
+async fn lane_connections(metrics_port: u16) -> Vec<u64> {
+    let text = scrape(metrics_port).await;
+    (0..)
+        .map(|lane| format!("vecrig_lane_connections{{lane=\"{lane}\"}}"))
+        .take_while(|wanted| text.contains(wanted.as_str()))
+        .map(|wanted| series(&text, &wanted))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,6 +104,16 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
     // The flood, and the polite client in the middle of it.
     let flooding = flood::run(searches(&server, FLOODER, (64, 64), 6), Some(load_cpu));
     tokio::time::sleep(Duration::from_secs(1)).await;
+    // All the flood's connections share one request-path lane (one address), leaving the
+    // others to everybody else.
+    let lanes = lane_connections(metrics_port).await;
+    println!("connections per request-path lane during the flood: {lanes:?}");
+    assert!(
+        lanes.len() >= 2
+            && lanes.iter().filter(|&&open| open > 0).count() == 1
+            && lanes.iter().any(|&open| open >= 64),
+        "the flood's 64 connections in one lane: {lanes:?}"
+    );
     let polite = flood::run(searches(&server, POLITE, (1, 1), 4), Some(load_cpu))
         .join()
         .expect("polite");

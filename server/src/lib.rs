@@ -94,8 +94,8 @@ pub enum ServeError {
     /// The metrics address could not be bound.
     #[error("metrics listener: {0}")]
     Metrics(std::io::Error),
-    /// The runtime for admitted work could not be started.
-    #[error("work runtime: {0}")]
+    /// A runtime (admitted work's, or a request-path lane's) could not be started.
+    #[error("runtime: {0}")]
     Runtime(std::io::Error),
 }
 
@@ -187,18 +187,24 @@ pub async fn serve(
     let memory = MemoryGuard::new(&config.memory);
     tracing::info!(limit_bytes = memory.limit(), "memory guard");
     let pacer = Pacer::new(config.pacing);
+    // Each client address's connections are served on one lane (`net::lanes`); the lanes
+    // outlive the server below, and are shut down when this function returns.
+    let limits = &config.connection_limits;
+    let (_lanes, dispatch, lanes) =
+        net::lanes::start(limits.request_lanes, limits, &pacer).map_err(ServeError::Runtime)?;
     let metrics_task = match config.metrics_listen {
         Some(addr) => {
             let listener = layers::metrics::bind(addr)
                 .await
                 .map_err(ServeError::Metrics)?;
             tracing::info!(addr = %listener.local_addr().map_err(ServeError::Metrics)?, "metrics at /metrics");
-            let (metrics, admission, storage, dir, pacer) = (
+            let (metrics, admission, storage, dir, pacer, dispatch) = (
                 Arc::clone(&metrics),
                 Arc::clone(&admission),
                 Arc::clone(&storage_slot),
                 config.data_dir.clone(),
                 Arc::clone(&pacer),
+                dispatch.clone(),
             );
             let render = Arc::new(move || {
                 let paced = pacer.stats();
@@ -211,7 +217,7 @@ pub async fn serve(
                     served_cpu: paced.served_cpu,
                     cheap_cpu_total: paced.cheap_cpu_total,
                 };
-                metrics.render(&admission, &storage, &dir, pacing)
+                metrics.render(&admission, &storage, &dir, pacing, &dispatch.connections())
             });
             Some(AbortOnDrop(tokio::spawn(layers::metrics::serve_metrics(
                 listener, render,
@@ -235,11 +241,6 @@ pub async fn serve(
         ))
     };
     let incoming = net::incoming(listener, &config.connection_limits);
-    // Each client address's connections are served on one lane (`net::lanes`); the lanes
-    // outlive the server below, and are shut down when this function returns.
-    let limits = &config.connection_limits;
-    let (_lanes, dispatch, lanes) =
-        net::lanes::start(limits.request_lanes, limits, &pacer).map_err(ServeError::Runtime)?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let router = router(
         &config,

@@ -28,6 +28,8 @@
 //!   at), `vecrig_served_request_path_cpu_seconds` (the same per served request), and
 //!   `vecrig_cheap_answer_cpu_seconds_total` (CPU spent on cheap answers: its rate over the
 //!   CPUs is the share of CPU spent refusing).
+//! - `vecrig_lane_connections{lane}`: open connections per request-path lane (see
+//!   `net::lanes`); a flooding address's connections are all in one lane.
 //!
 //! The endpoint is plain HTTP/1.1 (hyper), on its own listener, so a scrape never competes with
 //! gRPC admission and a firewall can keep it private.
@@ -98,6 +100,11 @@ struct ClientLabel {
     client: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LaneLabel {
+    lane: String,
+}
+
 /// Clients with metric labels of their own; the rest are `other` (bounded cardinality).
 pub const CLIENT_LABELS: usize = 16;
 
@@ -133,6 +140,7 @@ pub struct Metrics {
     connection_pauses: Counter<u64>,
     room_wakes: Counter<u64>,
     paused_connections: Gauge,
+    lane_connections: Family<LaneLabel, Gauge>,
     answer_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
     served_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
     cheap_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
@@ -206,6 +214,12 @@ impl Metrics {
             "vecrig_client_queued_requests",
             "Requests waiting for admission now, by client (the heaviest, then other)",
             client_queued.clone(),
+        );
+        let lane_connections = Family::<LaneLabel, Gauge>::default();
+        registry.register(
+            "vecrig_lane_connections",
+            "Open connections per request-path lane (each client address's in one lane)",
+            lane_connections.clone(),
         );
         let client_in_flight = Family::<ClientLabel, Gauge>::default();
         registry.register(
@@ -341,6 +355,7 @@ impl Metrics {
             connection_pauses,
             room_wakes,
             paused_connections,
+            lane_connections,
             answer_cpu,
             served_cpu,
             cheap_cpu,
@@ -378,6 +393,7 @@ impl Metrics {
         storage: &StorageSlot,
         data_dir: &std::path::Path,
         pacing: PacingFigures,
+        lanes: &[usize],
     ) -> String {
         let stats = admission.stats();
         self.in_flight.set(stats.in_flight as i64);
@@ -414,6 +430,13 @@ impl Metrics {
         catch_up(&self.connection_pauses, pacing.pauses);
         catch_up(&self.room_wakes, pacing.woken_for_room);
         self.paused_connections.set(pacing.paused as i64);
+        for (lane, connections) in lanes.iter().enumerate() {
+            self.lane_connections
+                .get_or_create(&LaneLabel {
+                    lane: lane.to_string(),
+                })
+                .set(*connections as i64);
+        }
         self.answer_cpu.set(pacing.answer_cpu.as_secs_f64());
         self.served_cpu.set(pacing.served_cpu.as_secs_f64());
         self.cheap_cpu
