@@ -2,9 +2,10 @@
 //!
 //! Layout, in the order a request meets it (each folder's `mod.rs` says what lives in it; no
 //! module imports one that imports it back, checked by `scripts/module-cycles.py`):
-//! - [`net`]: the accept gate (connection cap), the guarded socket (handshake, idle and
-//!   no-request timeouts), HTTP/2 limits, and whole-request reads that keep an abusive peer
-//!   from taking the server away from normal clients;
+//! - [`net`]: the accept gate (connection cap), the request-path lanes (each client address's
+//!   connections served on a runtime of their own, [`net::lanes`]), the guarded socket
+//!   (handshake, idle and no-request timeouts), HTTP/2 limits, and whole-request reads that
+//!   keep an abusive peer from taking the server away from normal clients;
 //! - [`layers`]: the tower layers in front of admission, outermost first: [`layers::metrics`]
 //!   (counts every VectorIndex call; Prometheus text on `--metrics-listen`),
 //!   [`layers::auth`] (the bearer token, so strangers take no queue places) and
