@@ -29,11 +29,10 @@
 //! A single client (the seed's scenarios, one load generator) has all its connections in one
 //! lane, served as they were on a single runtime.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::runtime::{Handle, Runtime};
@@ -43,6 +42,7 @@ use tokio_stream::Stream;
 use super::gate::Place;
 use super::limits::ConnectionLimits;
 use super::pacing::Pacer;
+use super::seating::{Seat, Seats};
 use super::socket::GuardedSocket;
 
 /// A connection accepted under the cap, on its way to its lane.
@@ -84,7 +84,7 @@ pub struct Lane {
 #[derive(Debug, Clone)]
 pub struct Dispatch {
     senders: Vec<mpsc::UnboundedSender<Handed>>,
-    seating: Arc<Mutex<Seating>>,
+    seats: Seats,
 }
 
 /// Starts `count` lanes (at least one), each with one worker thread per CPU this process may
@@ -119,7 +119,7 @@ pub fn start(
     }
     let dispatch = Dispatch {
         senders,
-        seating: Arc::new(Mutex::new(Seating::new(count))),
+        seats: Seats::new(count),
     };
     Ok((Lanes { runtimes }, dispatch, lanes))
 }
@@ -145,11 +145,7 @@ impl Dispatch {
         let Ok(stream) = accepted.stream.into_std() else {
             return;
         };
-        let lane = self.seating().seat(client);
-        let seat = Seat {
-            client,
-            seating: Arc::clone(&self.seating),
-        };
+        let (lane, seat) = self.seats.take(client);
         // A send fails only once the lane's server has stopped: the socket is then dropped.
         let _ = self.senders[lane].send(Handed {
             stream,
@@ -161,76 +157,7 @@ impl Dispatch {
 
     /// Open connections per lane, in lane order.
     pub fn connections(&self) -> Vec<usize> {
-        self.seating().per_lane.clone()
-    }
-
-    fn seating(&self) -> MutexGuard<'_, Seating> {
-        self.seating.lock().unwrap_or_else(|p| p.into_inner())
-    }
-}
-
-/// Which lane each client's connections are in.
-///
-/// Bounded by the connection cap: a client is in the table only while it has a connection
-/// open.
-#[derive(Debug)]
-struct Seating {
-    /// Each client with open connections: its lane, and how many.
-    clients: HashMap<IpAddr, (usize, usize)>,
-    /// Open connections per lane.
-    per_lane: Vec<usize>,
-}
-
-impl Seating {
-    fn new(lanes: usize) -> Self {
-        Self {
-            clients: HashMap::new(),
-            per_lane: vec![0; lanes],
-        }
-    }
-
-    /// The lane for one more connection of `client`.
-    fn seat(&mut self, client: IpAddr) -> usize {
-        let per_lane = &self.per_lane;
-        let (lane, open) = self.clients.entry(client).or_insert_with(|| {
-            // The emptiest lane; the first of equals, so one client is always in lane 0.
-            let emptiest = (0..per_lane.len())
-                .min_by_key(|&lane| per_lane[lane])
-                .unwrap_or(0);
-            (emptiest, 0)
-        });
-        *open += 1;
-        let lane = *lane;
-        self.per_lane[lane] += 1;
-        lane
-    }
-
-    /// One connection of `client` closed.
-    fn leave(&mut self, client: IpAddr) {
-        if let Some((lane, open)) = self.clients.get_mut(&client) {
-            let lane = *lane;
-            *open -= 1;
-            if *open == 0 {
-                self.clients.remove(&client);
-            }
-            self.per_lane[lane] = self.per_lane[lane].saturating_sub(1);
-        }
-    }
-}
-
-/// A connection's seat in its client's lane, given up when the connection closes.
-#[derive(Debug)]
-pub struct Seat {
-    client: IpAddr,
-    seating: Arc<Mutex<Seating>>,
-}
-
-impl Drop for Seat {
-    fn drop(&mut self) {
-        self.seating
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .leave(self.client);
+        self.seats.per_lane()
     }
 }
 
@@ -264,43 +191,5 @@ impl Stream for LaneSockets {
             this.pacer.connection(),
             handed.seat,
         ))))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::from([127, 0, 0, last])
-    }
-
-    #[test]
-    fn a_client_keeps_its_lane_and_new_clients_take_the_emptiest() {
-        let mut seating = Seating::new(2);
-        // One client alone is always in lane 0, however many connections it opens.
-        for _ in 0..64 {
-            assert_eq!(seating.seat(ip(1)), 0);
-        }
-        // The next client gets the empty lane, and so does the one after (63 < 64 is not
-        // true of lane 0).
-        assert_eq!(seating.seat(ip(2)), 1);
-        assert_eq!(seating.seat(ip(3)), 1);
-        assert_eq!(seating.per_lane, vec![64, 2]);
-        // Once a client's last connection closes it is forgotten, and seated afresh.
-        for _ in 0..64 {
-            seating.leave(ip(1));
-        }
-        assert!(!seating.clients.contains_key(&ip(1)));
-        assert_eq!(seating.seat(ip(1)), 0);
-        assert_eq!(seating.per_lane, vec![1, 2]);
-    }
-
-    #[test]
-    fn a_client_unknown_to_the_table_leaves_nothing() {
-        let mut seating = Seating::new(3);
-        seating.leave(ip(9));
-        assert_eq!(seating.per_lane, vec![0, 0, 0]);
-        assert!(seating.clients.is_empty());
     }
 }

@@ -16,7 +16,8 @@
 //!   connection through its [`PeerInfo`], which tonic puts in every request's extensions.
 //! - [`lanes`]: each accepted connection is served on one of several request-path runtimes,
 //!   all of one client's connections on the same one, so that a flooding client's reads and
-//!   refusals queue on its own lane's threads and not in front of everybody else's requests.
+//!   refusals queue on its own lane's threads and not in front of everybody else's requests
+//!   ([`seating`]: which lane each client's connections are in).
 //! - [`http2`]: HTTP/2 limits on tonic's server builder (streams per connection, header list
 //!   size, reset-stream guards, windows, frame size, keepalive pings that find peers which stopped
 //!   answering).
@@ -43,6 +44,7 @@ pub mod http2;
 pub mod lanes;
 pub mod limits;
 pub mod pacing;
+pub mod seating;
 pub mod socket;
 pub mod whole_request;
 

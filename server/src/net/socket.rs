@@ -19,9 +19,9 @@ use tonic::codegen::http;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::gate::Place;
-use super::lanes::Seat;
 use super::limits::ConnectionLimits;
 use super::pacing::{self, PACED_READ_BYTES, ReadGate};
+use super::seating::Seat;
 
 /// An accepted socket that fails (and so is closed by hyper) when its peer is too slow to
 /// start or falls silent. It holds its place under the cap until dropped.
