@@ -36,27 +36,16 @@ fn searches(server: &PinnedServer, from: IpAddr, shape: (usize, usize), secs: u6
     }
 }
 
-/// The metrics endpoint's text.
+/// The server's metrics text (its endpoint listens on 127.0.0.1).
 async fn scrape(metrics_port: u16) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", metrics_port))
+    flood::scrape(std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port)))
         .await
-        .expect("metrics endpoint");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("request");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("response");
-    text
+        .expect("metrics endpoint")
 }
 
-/// The value of one series (name and labels, as written) in the metrics text; 0 if absent.
+/// The value of one series as a count; 0 if absent.
 fn series(text: &str, wanted: &str) -> u64 {
-    text.lines()
-        .find_map(|line| line.strip_prefix(wanted))
-        .and_then(|rest| rest.trim().parse().ok())
-        .unwrap_or(0)
+    flood::series(text, wanted).map_or(0, |value| value as u64)
 }
 
 /// `vecrig_client_requests_total{client,outcome}` from the metrics endpoint.

@@ -434,19 +434,12 @@ impl PinnedServer {
     /// The server's own CPU split so far, `(index, serving)` in seconds
     /// (`vecrig_cpu_seconds_total{part}`), if its metrics endpoint is on.
     pub async fn cpu_split(&self) -> Option<(f64, f64)> {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut stream = tokio::net::TcpStream::connect(self.metrics?).await.ok()?;
-        stream
-            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            .await
-            .ok()?;
-        let mut text = String::new();
-        stream.read_to_string(&mut text).await.ok()?;
+        let text = scrape(self.metrics?).await?;
         let part = |name: &str| {
-            let wanted = format!("vecrig_cpu_seconds_total{{part=\"{name}\"}}");
-            text.lines()
-                .find_map(|line| line.strip_prefix(&wanted))
-                .and_then(|rest| rest.trim().parse::<f64>().ok())
+            series(
+                &text,
+                &format!("vecrig_cpu_seconds_total{{part=\"{name}\"}}"),
+            )
         };
         Some((part("index")?, part("serving")?))
     }
@@ -560,4 +553,24 @@ pub async fn fixture(dimensions: usize, points: u64) -> PathBuf {
         .await
         .path()
         .to_path_buf()
+}
+
+/// The text of a metrics endpoint (`GET /metrics` over plain HTTP/1.1), headers included.
+pub async fn scrape(addr: SocketAddr) -> Option<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    Some(text)
+}
+
+/// The value of one series (its name and labels, as the endpoint writes them) in `text`.
+pub fn series(text: &str, wanted: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|line| line.strip_prefix(wanted))
+        .and_then(|rest| rest.trim().parse().ok())
 }

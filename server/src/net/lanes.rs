@@ -95,7 +95,7 @@ pub fn start(
     pacer: &Arc<Pacer>,
 ) -> io::Result<(Lanes, Dispatch, Vec<Lane>)> {
     let count = count.max(1);
-    let workers = std::thread::available_parallelism().map_or(1, usize::from);
+    let workers = crate::process::available_cpus();
     let mut runtimes = Vec::with_capacity(count);
     let mut senders = Vec::with_capacity(count);
     let mut lanes = Vec::with_capacity(count);
