@@ -58,6 +58,7 @@ fn searches(server: &PinnedServer, connections: usize, streams: usize, secs: u64
         headers: Vec::new(),
         duration: Duration::from_secs(secs),
         bind: None,
+        send_every: None,
     }
 }
 
@@ -342,6 +343,7 @@ async fn bypass_flood(
             headers: bearer(token),
             duration: Duration::from_secs(5),
             bind: None,
+            send_every: None,
         };
         let cpu_before = server.cpu_time();
         let flooding = flood::run(flood, Some(load_cpu));

@@ -42,6 +42,10 @@ pub struct Flood {
     pub duration: Duration,
     /// A local address to connect from (such as 127.0.0.2), to be another client.
     pub bind: Option<std::net::IpAddr>,
+    /// Each stream's think time: with `Some(interval)` a stream sends its next request
+    /// `interval` after it sent the last one (or at once, if the answer took longer), the way
+    /// a polite client does; with `None` it sends again as soon as it has the answer.
+    pub send_every: Option<Duration>,
 }
 
 /// What a flood got back.
@@ -233,7 +237,8 @@ async fn run_here(flood: Flood) -> Outcome {
     outcome
 }
 
-/// One stream's closed loop: send, wait for the status, send again, until `until`.
+/// One stream's closed loop: send, wait for the status, send again (after the think time, if
+/// paced), until `until`.
 /// The request head is parsed once: building it per request would make the flood slower
 /// than the refusals it is meant to provoke.
 async fn stream_loop(
@@ -283,6 +288,9 @@ async fn stream_loop(
                 let _ = h.record(sent.elapsed().as_micros().max(1) as u64);
             }
             *codes.entry(code).or_default() += 1;
+            if let Some(interval) = flood.send_every {
+                tokio::time::sleep_until(tokio::time::Instant::from_std(sent + interval)).await;
+            }
         }
     };
     // Answers still outstanding a few seconds after the end are abandoned (their streams
