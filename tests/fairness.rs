@@ -2,7 +2,7 @@
 //!
 //! A raw HTTP/2 flood (64 connections x 64 streams, closed-loop) from 127.0.0.1 runs far past
 //! the capacity of a server alone on one CPU, while a polite client on another address
-//! (127.0.0.2) sends one search at a time, a hundred a second. As the issue asks, the polite
+//! (127.0.0.2) sends one search at a time, every 10 ms. As the issue asks, the polite
 //! client is served (>= 95% OK) with a p99 within 3x its unloaded p99 plus one service time,
 //! and the server's per-client Prometheus counts agree with what both clients saw. The flooder
 //! keeps at least half of the capacity (nothing much wasted); the issue's 0.8 is still open.
@@ -12,7 +12,7 @@
 
 mod common;
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use common::flood::{self, Flood, Outcome, PinnedServer};
@@ -22,8 +22,8 @@ const POINTS: u64 = 20_000;
 const SEARCH: &str = "/vecrig.v1.VectorIndex/Search";
 const FLOODER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const POLITE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
-/// The polite client sends its next search this long after the last: a hundred a second,
-/// 0.03-0.07 of this server's capacity. Polite is what makes "the flooder keeps 0.8 of the
+/// The polite client sends its next search this long after the last: about 90 a second
+/// (tokio's timer rounds each sleep up), 0.02-0.03 of this server's capacity. Polite is what makes "the flooder keeps 0.8 of the
 /// capacity" possible beside it: a client that sends again the moment it is answered is
 /// served about 1,000 times a second under this flood, a third of the capacity (its fair
 /// share, measured on 2026-12-03), and the flooder can then keep at most two thirds.
@@ -55,11 +55,9 @@ fn polite(server: &PinnedServer, secs: u64) -> Flood {
     }
 }
 
-/// The server's metrics text (its endpoint listens on 127.0.0.1).
-async fn scrape(metrics_port: u16) -> String {
-    flood::scrape(std::net::SocketAddr::from(([127, 0, 0, 1], metrics_port)))
-        .await
-        .expect("metrics endpoint")
+/// The server's metrics text.
+async fn scrape(metrics: SocketAddr) -> String {
+    flood::scrape(metrics).await.expect("metrics endpoint")
 }
 
 /// The value of one series as a count; 0 if absent.
@@ -68,15 +66,15 @@ fn series(text: &str, wanted: &str) -> u64 {
 }
 
 /// `vecrig_client_requests_total{client,outcome}` from the metrics endpoint.
-async fn client_requests(metrics_port: u16, client: &str, outcome: &str) -> u64 {
+async fn client_requests(metrics: SocketAddr, client: &str, outcome: &str) -> u64 {
     let wanted =
         format!("vecrig_client_requests_total{{client=\"{client}\",outcome=\"{outcome}\"}}");
-    series(&scrape(metrics_port).await, &wanted)
+    series(&scrape(metrics).await, &wanted)
 }
 
 /// `vecrig_lane_connections{lane}` for every lane, in lane order.
-async fn lane_connections(metrics_port: u16) -> Vec<u64> {
-    let text = scrape(metrics_port).await;
+async fn lane_connections(metrics: SocketAddr) -> Vec<u64> {
+    let text = scrape(metrics).await;
     (0..)
         .map(|lane| format!("vecrig_lane_connections{{lane=\"{lane}\"}}"))
         .take_while(|wanted| text.contains(wanted.as_str()))
@@ -84,25 +82,21 @@ async fn lane_connections(metrics_port: u16) -> Vec<u64> {
         .collect()
 }
 
-/// What one flood with the polite client in the middle of it gave each of them.
-struct Attempt {
-    flooded: Outcome,
-    polite: Outcome,
-}
-
 /// The flood from 127.0.0.1, the polite client from 127.0.0.2 in the middle of it; checks
 /// that the flood shares one lane and that the server's per-client counts agree with both
-/// clients' (these hold on every attempt: they are not timing).
-async fn flood_with_polite(server: &PinnedServer, metrics_port: u16, load_cpu: usize) -> Attempt {
-    let polite_before = client_requests(metrics_port, "127.0.0.2", "admitted").await;
-    let flooder_before = client_requests(metrics_port, "127.0.0.1", "admitted").await;
-    let flooder_shed_before = client_requests(metrics_port, "127.0.0.1", "shed").await;
+/// clients' (these hold on every attempt: they are not timing). Returns what the flooder and
+/// the polite client got.
+async fn flood_with_polite(server: &PinnedServer, load_cpu: usize) -> (Outcome, Outcome) {
+    let metrics = server.metrics.expect("the metrics endpoint is on");
+    let polite_before = client_requests(metrics, "127.0.0.2", "admitted").await;
+    let flooder_before = client_requests(metrics, "127.0.0.1", "admitted").await;
+    let flooder_shed_before = client_requests(metrics, "127.0.0.1", "shed").await;
 
     let flooding = flood::run(searches(server, FLOODER, (64, 64), 7), Some(load_cpu));
     tokio::time::sleep(Duration::from_secs(1)).await;
     // All the flood's connections share one request-path lane (one address), leaving the
     // others to everybody else.
-    let lanes = lane_connections(metrics_port).await;
+    let lanes = lane_connections(metrics).await;
     println!("connections per request-path lane during the flood: {lanes:?}");
     assert!(
         lanes.len() >= 2
@@ -120,12 +114,9 @@ async fn flood_with_polite(server: &PinnedServer, metrics_port: u16, load_cpu: u
     // Each client counts the answers within its window; the server also counts those
     // answered after it, at most one per stream that was open at the end.
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let polite_admitted =
-        client_requests(metrics_port, "127.0.0.2", "admitted").await - polite_before;
-    let flooder_admitted =
-        client_requests(metrics_port, "127.0.0.1", "admitted").await - flooder_before;
-    let flooder_shed =
-        client_requests(metrics_port, "127.0.0.1", "shed").await - flooder_shed_before;
+    let polite_admitted = client_requests(metrics, "127.0.0.2", "admitted").await - polite_before;
+    let flooder_admitted = client_requests(metrics, "127.0.0.1", "admitted").await - flooder_before;
+    let flooder_shed = client_requests(metrics, "127.0.0.1", "shed").await - flooder_shed_before;
     println!(
         "server counts: polite admitted {polite_admitted}; flooder admitted {flooder_admitted}, \
          shed {flooder_shed}"
@@ -154,7 +145,7 @@ async fn flood_with_polite(server: &PinnedServer, metrics_port: u16, load_cpu: u
         "the polite client is served: {:?}",
         polite.codes
     );
-    Attempt { flooded, polite }
+    (flooded, polite)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -163,10 +154,7 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
         return;
     };
     let fixture = flood::fixture(DIMS, POINTS).await;
-    let metrics_port = flood::free_port();
-    let metrics = format!("127.0.0.1:{metrics_port}");
-    let server =
-        PinnedServer::start(&fixture, DIMS, server_cpu, &["--metrics-listen", &metrics]).await;
+    let server = PinnedServer::start_with_metrics(&fixture, DIMS, server_cpu, &[]).await;
 
     // Unloaded: the polite client alone, then the capacity (2 x 2 from the flooder's address).
     let unloaded = flood::run(polite(&server, 3), Some(load_cpu))
@@ -187,40 +175,34 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
     // a server that queues the polite client behind the flood fails both, and a passing burst
     // on this shared machine (capacity moved between 2,700 and 3,800 a second within the hour
     // on 2026-12-03) rarely spoils both.
-    let mut attempts = Vec::new();
+    // Per attempt: the polite p99 (ms) and the flooder's share of the capacity.
+    let mut attempts: Vec<(f64, f64)> = Vec::new();
     for attempt in 1..=ATTEMPTS {
         println!("attempt {attempt}:");
-        let this = flood_with_polite(&server, metrics_port, load_cpu).await;
-        let share = this.flooded.goodput() / capacity.goodput();
-        let p99 = this.polite.ok_ms(0.99);
+        let (flooded, polite) = flood_with_polite(&server, load_cpu).await;
+        let (p99, share) = (polite.ok_ms(0.99), flooded.goodput() / capacity.goodput());
         println!("  polite p99 {p99:.2} ms (bound {bound:.2} ms), flooder {share:.2} of capacity");
-        attempts.push(this);
+        attempts.push((p99, share));
         if p99 <= bound && share >= FLOODER_FLOOR {
             break;
         }
     }
     // Near its unloaded latency, as the issue asks: measured 2026-12-03, 3.5-8.6 ms against
     // bounds of 5.2-10.8 ms (one run of 18 over, by 0.05 ms).
-    let best_p99 = attempts
-        .iter()
-        .map(|a| a.polite.ok_ms(0.99))
-        .fold(f64::INFINITY, f64::min);
+    let best_p99 = attempts.iter().map(|a| a.0).fold(f64::INFINITY, f64::min);
     assert!(
         best_p99 <= bound,
         "polite p99 {best_p99:.2} ms within {bound:.2} ms (not queued behind the flood)"
     );
     // Nothing wasted: the flooder keeps what the polite client leaves. The issue asks 0.8;
     // on 2026-12-03 the default server gave the flooder 0.61-0.95 of the capacity (14 of 18
-    // runs below 0.8), the rest going to reading and refusing its excess, which pacing allows up to
-    // `--pace-cpu-share` (0.15) of the CPU. With `--pace-cpu-share 0.05` it got 0.80-0.95, but
+    // runs below 0.8), the rest going to reading and refusing its excess, which pacing allows
+    // up to `--pace-cpu-share` (0.15) of the CPU. With `--pace-cpu-share 0.05` it got 0.80-0.95, but
     // a 3x open-model overload is then paced and its refusals come seconds late (see
     // docs/degradation.md, "A polite client that paces itself"). So the floor here tells a
     // server that keeps its slots busy (0.61 and more) from one that spends its CPU refusing
     // (0.01 before pacing), and the issue's 0.8 stays open.
-    let best_share = attempts
-        .iter()
-        .map(|a| a.flooded.goodput() / capacity.goodput())
-        .fold(0.0, f64::max);
+    let best_share = attempts.iter().map(|a| a.1).fold(0.0, f64::max);
     assert!(
         best_share >= FLOODER_FLOOR,
         "the flooder still gets {FLOODER_FLOOR} of the capacity: {best_share:.2}"
