@@ -21,8 +21,9 @@
 //!   ([`Config::excess_rate`]). While that budget lasts nothing is paused, so a moderate
 //!   overload (a few times capacity) is shed at full speed. Once it is spent, a connection that
 //!   draws on it is not read again until the budget has refilled for its charge (at most
-//!   [`Config::max_pause`]), and its reads are then limited to [`PACED_READ_BYTES`], so it
-//!   brings a handful of requests at a time rather than everything it has buffered. The total
+//!   [`Config::max_pause`]), and its reads are then limited ([`SHED_READ_BYTES`] after a
+//!   refusal of work, [`PACED_READ_BYTES`] after other cheap answers), so it brings a handful
+//!   of requests at a time rather than everything it has buffered. The total
 //!   rate of excess answers is so held near `excess_rate`, however many connections flood.
 //! - Every answer that is admitted work earns the budget [`Config::shed_per_served`] more
 //!   excess refusals of work (RESOURCE_EXHAUSTED; other cheap answers, such as health checks
@@ -66,19 +67,40 @@ use tower::{Layer, Service};
 use crate::caller::{Caller, ClientKey};
 use crate::method::Method;
 
-/// Bytes a paced connection may read per wake-up: about one search's frames, or a few health
-/// checks'. Small, because a connection whose debt is deeper than [`Config::max_pause`] is
-/// read again after that pause whatever the shared budget says, so the connections of one
-/// flood together still get `connections x requests per read / max_pause` answers a second:
-/// with 1 KiB reads and 500 ms pauses, 64 connections got 3,400 health checks a second
-/// (about 29 in each 1 KiB) against a budget of 2,200.
+/// Bytes a paced connection may read per wake-up when its last charge was a cheap answer that
+/// is not a refusal of work (health, `Stats`, reflection, errors): a few such calls. Small,
+/// because a connection whose debt is deeper than [`Config::max_pause`] is read again after
+/// that pause whatever the shared budget says, so the connections of one flood together
+/// still get `connections x requests per read / max_pause` answers a second: with 1 KiB reads
+/// and 500 ms pauses, 64 connections got 3,400 health checks a second (about 29 in each
+/// 1 KiB) against a budget of 2,200.
 pub const PACED_READ_BYTES: usize = 256;
+
+/// Bytes a paced connection may read per wake-up when its last charge was a refusal of work
+/// (RESOURCE_EXHAUSTED): about ten searches of 64 dimensions. A refusal's cost is mostly per
+/// wake-up (the pause's timer, the read, the task wake-ups, a write of its own), not per
+/// request, so a paced flood of searches read a few at a time is refused at a fraction of
+/// the cost of reading less than one search per wake-up, which [`PACED_READ_BYTES`] did
+/// (measured 2026-12-03, `tests/fairness.rs`, 4 runs each interleaved: the 64 x 64 flood
+/// kept 0.68-0.73 of capacity with 256-byte reads, 0.75-0.79 with 4 KiB). The floor above is
+/// no concern here: searches are large, and refusals of work are also held by admission's
+/// room signal.
+pub const SHED_READ_BYTES: usize = 4096;
 
 /// Bytes a connection woken for room ([`Pacer::room`]) may read at once: a handful of
 /// searches, so that one wake-up refills the queue's room. With [`PACED_READ_BYTES`] (less
 /// than one search's frames) a wake-up brought part of a request, and under CoDel settings
 /// the queue ran dry between wake-ups: a 128 x 100 flood left the one CPU 70% idle.
 pub const ROOM_READ_BYTES: usize = 4096;
+
+/// The most any limited read takes (the socket's read buffer for them).
+pub const MAX_LIMITED_READ_BYTES: usize = 4096;
+
+const _: () = assert!(
+    PACED_READ_BYTES <= MAX_LIMITED_READ_BYTES
+        && SHED_READ_BYTES <= MAX_LIMITED_READ_BYTES
+        && ROOM_READ_BYTES <= MAX_LIMITED_READ_BYTES
+);
 
 /// How often, while connections are paused with work waiting, the pacer asks admission
 /// whether it has room ([`Pacer::tend_room`]); also how long a wake-up may go unread before
@@ -610,7 +632,7 @@ struct ConnectionState {
     refilled: Instant,
     /// Not read until then.
     paused_until: Option<Instant>,
-    /// Reads limited to [`PACED_READ_BYTES`] until then.
+    /// Reads limited ([`PACED_READ_BYTES`] or [`SHED_READ_BYTES`]) until then.
     paced_until: Option<Instant>,
     /// The socket's reader, woken when the pause is lifted early.
     waker: Option<Waker>,
@@ -718,6 +740,7 @@ impl Connection {
         }
         match state.paced_until {
             Some(_) if woken_for_room => ReadGate::Limited(ROOM_READ_BYTES),
+            Some(until) if until > now && state.wants_room => ReadGate::Limited(SHED_READ_BYTES),
             Some(until) if until > now => ReadGate::Limited(PACED_READ_BYTES),
             Some(_) => {
                 state.paced_until = None;
@@ -906,7 +929,7 @@ mod tests {
         tokio::time::advance(pause + Duration::from_millis(1)).await;
         assert_eq!(
             flooder.gate(&noop_waker()),
-            ReadGate::Limited(PACED_READ_BYTES)
+            ReadGate::Limited(SHED_READ_BYTES)
         );
         // And once it stops asking, fully.
         tokio::time::advance(PACED_FOR).await;
@@ -931,7 +954,7 @@ mod tests {
         tokio::time::advance(Duration::from_millis(1_700)).await;
         assert_eq!(
             flooder.gate(&noop_waker()),
-            ReadGate::Limited(PACED_READ_BYTES)
+            ReadGate::Limited(SHED_READ_BYTES)
         );
         for _ in 0..3 {
             flooder.charge(Charge::Shed);
@@ -946,6 +969,31 @@ mod tests {
             polite.charge(Charge::Cheap);
         }
         assert_eq!(polite.gate(&noop_waker()), ReadGate::Open);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_paced_flood_of_refused_searches_is_read_in_larger_pieces_than_other_calls() {
+        // 50 free answers a second per connection, 10 a second shared.
+        let pacer = pacer(50.0, 10.0);
+        let searches = pacer.connection();
+        let probes = pacer.connection();
+        for _ in 0..70 {
+            searches.charge(Charge::Shed);
+            probes.charge(Charge::Cheap);
+        }
+        // Both paused on the spent budgets; after the longest pause (2 s), both still paced.
+        tokio::time::advance(Duration::from_millis(2_100)).await;
+        // Refused searches are large and their cost is per wake-up: several per read.
+        assert_eq!(
+            searches.gate(&noop_waker()),
+            ReadGate::Limited(SHED_READ_BYTES)
+        );
+        // Health checks and the like are tiny: a few per read, or the pause's floor would
+        // let a flood of them through.
+        assert_eq!(
+            probes.gate(&noop_waker()),
+            ReadGate::Limited(PACED_READ_BYTES)
+        );
     }
 
     #[tokio::test(start_paused = true)]

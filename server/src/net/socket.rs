@@ -20,7 +20,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 
 use super::gate::Place;
 use super::limits::ConnectionLimits;
-use super::pacing::{self, PACED_READ_BYTES, ReadGate};
+use super::pacing::{self, MAX_LIMITED_READ_BYTES, ReadGate};
 use super::seating::Seat;
 
 /// An accepted socket that fails (and so is closed by hyper) when its peer is too slow to
@@ -230,22 +230,24 @@ impl AsyncRead for GuardedSocket {
         // noticed when they pass (the timers wake this task).
         this.check_deadlines(cx)?;
         let before = buf.filled().len();
-        let limit = match this.pacing.gate(cx.waker()) {
-            ReadGate::Open => None,
-            ReadGate::Limited(bytes) => Some(bytes),
-            ReadGate::PausedUntil(until) => {
-                // Not reading is what makes a flood cost its sender: its requests wait in its
-                // own buffers. The timer (or admission's room signal) wakes this read.
-                this.pause.as_mut().reset(until);
-                ready!(this.pause.as_mut().poll(cx));
-                Some(PACED_READ_BYTES)
+        let limit = loop {
+            match this.pacing.gate(cx.waker()) {
+                ReadGate::Open => break None,
+                ReadGate::Limited(bytes) => break Some(bytes),
+                ReadGate::PausedUntil(until) => {
+                    // Not reading is what makes a flood cost its sender: its requests wait in
+                    // its own buffers. The timer (or admission's room signal) wakes this read,
+                    // and the gate then says how much it may take.
+                    this.pause.as_mut().reset(until);
+                    ready!(this.pause.as_mut().poll(cx));
+                }
             }
         };
         match limit {
             Some(bytes) => {
                 // A paced connection brings a few requests at a time, not all it buffered.
-                let mut small = [0u8; PACED_READ_BYTES];
-                let bytes = bytes.min(PACED_READ_BYTES).min(buf.remaining());
+                let mut small = [0u8; MAX_LIMITED_READ_BYTES];
+                let bytes = bytes.min(MAX_LIMITED_READ_BYTES).min(buf.remaining());
                 let mut small = ReadBuf::new(&mut small[..bytes]);
                 ready!(Pin::new(&mut this.stream).poll_read(cx, &mut small))?;
                 buf.put_slice(small.filled());
