@@ -112,6 +112,8 @@ pub struct Config {
     pub grace: Duration,
     /// Nice increment of index work (see `priority`).
     pub index_nice: i32,
+    /// Time slice of the request path's threads (see `priority`; zero: the kernel's).
+    pub request_slice: Duration,
     /// When to take snapshots.
     pub snapshots: SnapshotPolicy,
     /// TLS identity, when serving https.
@@ -227,6 +229,7 @@ impl TryFrom<&Args> for Config {
             preload_seed: args.storage.preload_seed,
             grace: args.grace,
             index_nice: args.priority.index_nice.clamp(0, 19),
+            request_slice: args.priority.request_slice,
             snapshots: SnapshotPolicy::from(&args.storage),
             tls,
             auth_token,

@@ -158,6 +158,7 @@ pub async fn serve(
     set_health(&health, ServingStatus::NotServing).await;
 
     crate::priority::set_index_nice(config.index_nice);
+    crate::priority::set_request_slice(config.request_slice);
     let metrics = Arc::new(Metrics::new());
     let admission = Admission::new(config.admission, Arc::clone(&metrics) as _);
     let _adaptive = match config.admission.adaptive {

@@ -24,7 +24,9 @@
 //!   readiness is reported by the lane's own threads), where it becomes a [`GuardedSocket`]
 //!   and tonic serves it.
 //! - Each lane has as many worker threads as the server has CPUs, so one client alone can
-//!   still use all of them. A lane with no connections costs idle threads only.
+//!   still use all of them. A lane with no connections costs idle threads only. They ask the
+//!   kernel for short time slices (`crate::priority::as_request_path`), so a polite client's
+//!   lane waits less for the flood's to end its turn.
 //!
 //! A single client (the seed's scenarios, one load generator) has all its connections in one
 //! lane, served as they were on a single runtime.
@@ -103,6 +105,7 @@ pub fn start(
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
             .thread_name(format!("vecrig-lane-{index}"))
+            .on_thread_start(crate::priority::as_request_path)
             .enable_all()
             .build()?;
         let (sender, receiver) = mpsc::unbounded_channel();
