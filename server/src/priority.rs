@@ -26,9 +26,10 @@
 //! turn, and the polite client's request waited for up to two of them, once to be read and
 //! once for its search: a polite p99 of 2.9-3.7 ms against an unloaded 0.7-1.0 ms. A thread
 //! with a short slice is also picked sooner when it wakes; with 100 us, the polite p99 was
-//! 2.1-2.3 ms, and the flood kept the same share of the capacity (measured 2026-12-03,
-//! `tests/fairness.rs`). Nothing is reserved: a short slice is a shorter turn, not a larger
-//! share of the CPU.
+//! 1.7-2.1 ms (measured 2026-12-03, `tests/fairness.rs`). Nothing is reserved: a short slice
+//! is a shorter turn, not a larger share of the CPU. But turns cost thread switches: one
+//! client saturating the CPU got 5-8% fewer searches a second (`tests/collapse.rs`), so a
+//! server that only ever has one client is better off with `--request-slice 0s`.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -61,12 +62,17 @@ const SLICE_RANGE: std::ops::RangeInclusive<Duration> =
 /// Sets the slice that request-path threads started from now on ask for (zero: none; others
 /// are brought into the range the kernel accepts).
 pub fn set_request_slice(slice: Duration) {
-    let slice = if slice.is_zero() {
-        slice
-    } else {
-        slice.clamp(*SLICE_RANGE.start(), *SLICE_RANGE.end())
-    };
-    REQUEST_SLICE_NS.store(slice.as_nanos() as u64, Ordering::Relaxed);
+    REQUEST_SLICE_NS.store(slice_ns(slice), Ordering::Relaxed);
+}
+
+/// `slice` in nanoseconds, brought into [`SLICE_RANGE`] (zero stays zero: none asked for).
+fn slice_ns(slice: Duration) -> u64 {
+    if slice.is_zero() {
+        return 0;
+    }
+    slice
+        .clamp(*SLICE_RANGE.start(), *SLICE_RANGE.end())
+        .as_nanos() as u64
 }
 
 /// Asks for the request path's slice for the calling thread (see the module docs).
@@ -191,12 +197,11 @@ mod tests {
 
     #[test]
     fn request_slices_are_brought_into_the_kernels_range() {
-        set_request_slice(Duration::from_micros(10));
-        assert_eq!(REQUEST_SLICE_NS.load(Ordering::Relaxed), 100_000);
-        set_request_slice(Duration::from_secs(1));
-        assert_eq!(REQUEST_SLICE_NS.load(Ordering::Relaxed), 100_000_000);
-        set_request_slice(Duration::ZERO);
-        assert_eq!(REQUEST_SLICE_NS.load(Ordering::Relaxed), 0);
+        // A pure function: other tests of this process start servers, which set the slice.
+        assert_eq!(slice_ns(Duration::from_micros(10)), 100_000);
+        assert_eq!(slice_ns(Duration::from_micros(250)), 250_000);
+        assert_eq!(slice_ns(Duration::from_secs(1)), 100_000_000);
+        assert_eq!(slice_ns(Duration::ZERO), 0);
     }
 
     #[test]
