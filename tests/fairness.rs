@@ -23,8 +23,8 @@ const SEARCH: &str = "/vecrig.v1.VectorIndex/Search";
 const FLOODER: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1));
 const POLITE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
 /// The polite client sends its next search this long after the last: about 90 a second
-/// (tokio's timer rounds each sleep up), 0.02-0.03 of this server's capacity. Polite is what makes "the flooder keeps 0.8 of the
-/// capacity" possible beside it: a client that sends again the moment it is answered is
+/// (tokio's timer rounds each sleep up), 0.02-0.03 of this server's capacity. Polite is what
+/// makes "the flooder keeps 0.8 of the capacity" possible beside it: a client that sends again the moment it is answered is
 /// served about 1,000 times a second under this flood, a third of the capacity (its fair
 /// share, measured on 2026-12-03), and the flooder can then keep at most two thirds.
 const POLITE_EVERY: Duration = Duration::from_millis(10);
