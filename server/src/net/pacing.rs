@@ -252,13 +252,24 @@ struct Shared {
 /// about 130 us against 30-80 us). Pricing every answer alike, as a first version did,
 /// charged each refusal under a flood at about 100 us, so the CPU ceiling paused connections
 /// at a fraction of the refusals it was set to allow. The served part is learned where few
-/// answers are cheap (at capacity, before a flood), and taken out where many are.
+/// answers are cheap and the server is busy (at capacity, before a flood), and taken out where
+/// many are cheap.
+///
+/// Why busy: on a server that is mostly idle, the serving CPU of a sample is mostly what the
+/// process spends whatever it serves (timers, wake-ups from idle, scrapes), shared out over
+/// the few requests of the sample. A polite client's 90 searches a second priced the served
+/// part at some 300 us against 100-120 us at capacity, and under the flood that followed, the
+/// refusals' share of the serving CPU came out negative: each refusal was priced at the 5 us
+/// floor where it cost about 22 us, and the CPU ceiling let through four times what it was
+/// set to (measured 2026-12-03, `tests/fairness.rs`: `vecrig_answer_cpu_seconds` 5-17 us,
+/// about 6,000 refusals a second at `--pace-cpu-share 0.05`).
 #[derive(Debug)]
 struct AnswerPrice {
     /// The last sample: when (`None` until the first charge or served request), the serving
-    /// CPU then, and the cheap answers and served requests counted then.
+    /// and the whole process's CPU then, and the cheap answers and served requests counted then.
     at: Option<Instant>,
     serving_ns: u64,
+    process_ns: u64,
     cheap: u64,
     served: u64,
     /// Request-path nanoseconds per served request, smoothed; `None` until a sample with few
@@ -269,8 +280,11 @@ struct AnswerPrice {
     ns: f64,
     /// Estimated CPU spent on cheap answers since start (price x answers, sample by sample).
     spent_on_cheap_ns: f64,
-    /// Where the serving CPU is read from (tests: a clock they move themselves).
-    serving_cpu: fn() -> u64,
+    /// Where the serving and the process's CPU are read from (tests: clocks they move
+    /// themselves).
+    cpu: fn() -> ProcessCpu,
+    /// The CPUs the process may run on (what "busy" is a share of).
+    cpus: f64,
     /// Set by tests: never re-measured.
     fixed: bool,
 }
@@ -295,17 +309,29 @@ const PRICE_MIN_ANSWERS: u64 = 32;
 /// A sample measures the served part when at most this share of its answers were cheap.
 const SERVED_SAMPLE_CHEAP_SHARE: f64 = 0.1;
 
+/// ...and when the process was busy for at least this share of its CPUs (see [`AnswerPrice`]).
+const SERVED_SAMPLE_BUSY_SHARE: f64 = 0.5;
+
+/// The serving CPU (outside index work) and the whole process's, in nanoseconds since start.
+#[derive(Debug, Clone, Copy)]
+struct ProcessCpu {
+    serving_ns: u64,
+    process_ns: u64,
+}
+
 impl AnswerPrice {
     fn new() -> Self {
         Self {
             at: None,
             serving_ns: 0,
+            process_ns: 0,
             cheap: 0,
             served: 0,
             served_ns: None,
             ns: FIRST_PRICE.as_nanos() as f64,
             spent_on_cheap_ns: 0.0,
-            serving_cpu: serving_cpu_ns,
+            cpu: process_cpu,
+            cpus: crate::process::available_cpus() as f64,
             fixed: false,
         }
     }
@@ -317,10 +343,11 @@ impl AnswerPrice {
             return;
         }
         let Some(at) = self.at else {
-            self.restart(now, (self.serving_cpu)(), cheap, served);
+            self.restart(now, (self.cpu)(), cheap, served);
             return;
         };
-        if now.saturating_duration_since(at) < PRICE_EVERY {
+        let elapsed = now.saturating_duration_since(at);
+        if elapsed < PRICE_EVERY {
             return;
         }
         let new_cheap = cheap.saturating_sub(self.cheap);
@@ -328,20 +355,23 @@ impl AnswerPrice {
         if new_cheap + new_served < PRICE_MIN_ANSWERS {
             return;
         }
-        let serving = (self.serving_cpu)();
-        let spent = serving.saturating_sub(self.serving_ns) as f64;
+        let cpu = (self.cpu)();
+        let spent = cpu.serving_ns.saturating_sub(self.serving_ns) as f64;
+        let busy = cpu.process_ns.saturating_sub(self.process_ns) as f64
+            / (elapsed.as_nanos() as f64 * self.cpus);
         let (c, s) = (new_cheap as f64, new_served as f64);
         let max = MAX_PRICE.as_nanos() as f64;
         if spent > max * (c + s) {
             // More CPU than any answer costs: the window measured something else the process
             // did (start-up's preload, a snapshot), so it prices nothing.
-            self.restart(now, serving, cheap, served);
+            self.restart(now, cpu, cheap, served);
             return;
         }
         // Half the weight to the newest sample: a flood's price settles within a second.
         let smooth = |old: f64, new: f64| 0.5 * old + 0.5 * new;
-        if c <= SERVED_SAMPLE_CHEAP_SHARE * (c + s) {
-            // Mostly served: what a served request costs, less the few cheap answers.
+        if c <= SERVED_SAMPLE_CHEAP_SHARE * (c + s) && busy >= SERVED_SAMPLE_BUSY_SHARE {
+            // Mostly served, on a busy server: what a served request costs, less the few
+            // cheap answers.
             let sampled = ((spent - c * self.ns).max(0.0) / s).min(max);
             self.served_ns = Some(self.served_ns.map_or(sampled, |old| smooth(old, sampled)));
         }
@@ -359,21 +389,26 @@ impl AnswerPrice {
             self.ns = smooth(self.ns, sampled);
         }
         self.spent_on_cheap_ns += c * self.ns;
-        self.restart(now, serving, cheap, served);
+        self.restart(now, cpu, cheap, served);
     }
 
     /// The next sample starts here.
-    fn restart(&mut self, now: Instant, serving_ns: u64, cheap: u64, served: u64) {
+    fn restart(&mut self, now: Instant, cpu: ProcessCpu, cheap: u64, served: u64) {
         self.at = Some(now);
-        self.serving_ns = serving_ns;
+        self.serving_ns = cpu.serving_ns;
+        self.process_ns = cpu.process_ns;
         self.cheap = cheap;
         self.served = served;
     }
 }
 
-/// The process's CPU outside index work, in nanoseconds since start.
-fn serving_cpu_ns() -> u64 {
-    (crate::cpu::split().serving_s * 1e9) as u64
+/// The process's CPU outside index work and in all, in nanoseconds since start.
+fn process_cpu() -> ProcessCpu {
+    let split = crate::cpu::split();
+    ProcessCpu {
+        serving_ns: (split.serving_s * 1e9) as u64,
+        process_ns: ((split.serving_s + split.index_s) * 1e9) as u64,
+    }
 }
 
 /// Pacing figures since start.
@@ -449,11 +484,13 @@ impl Pacer {
         shared.price.fixed = true;
     }
 
-    /// Reads the serving CPU from `clock` instead of the process (tests: CPU they spend on
-    /// paper, so that other tests running beside them do not move it).
+    /// Reads the CPU from `clock` instead of the process, as if on one CPU (tests: CPU they
+    /// spend on paper, so that other tests running beside them do not move it).
     #[cfg(test)]
-    fn fake_serving_cpu(&self, clock: fn() -> u64) {
-        self.lock().price.serving_cpu = clock;
+    fn fake_cpu(&self, clock: fn() -> ProcessCpu) {
+        let mut shared = self.lock();
+        shared.price.cpu = clock;
+        shared.price.cpus = 1.0;
     }
 
     /// Current figures.
@@ -1186,12 +1223,24 @@ mod tests {
         );
     }
 
-    /// Serving CPU spent on paper, for [`Pacer::fake_serving_cpu`].
-    static PAPER_CPU_NS: AtomicU64 = AtomicU64::new(0);
+    /// Serving and index CPU spent on paper, for [`Pacer::fake_cpu`].
+    static PAPER_SERVING_NS: AtomicU64 = AtomicU64::new(0);
+    static PAPER_INDEX_NS: AtomicU64 = AtomicU64::new(0);
 
     fn spend_on_paper(micros: u64) {
-        PAPER_CPU_NS.fetch_add(micros * 1_000, Ordering::Relaxed);
+        PAPER_SERVING_NS.fetch_add(micros * 1_000, Ordering::Relaxed);
     }
+
+    fn paper_cpu() -> ProcessCpu {
+        let serving_ns = PAPER_SERVING_NS.load(Ordering::Relaxed);
+        ProcessCpu {
+            serving_ns,
+            process_ns: serving_ns + PAPER_INDEX_NS.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Index CPU of each search served on paper: 100 of them fill most of a pricing window.
+    const PAPER_SEARCH_US: u64 = 2_000;
 
     /// One pricing window on `connection`: `served` requests at `served_us` of request path
     /// each, and `refused` refusals at `refused_us` each. (The order within a window does not
@@ -1203,6 +1252,7 @@ mod tests {
     ) {
         for _ in 0..served {
             spend_on_paper(served_us);
+            PAPER_INDEX_NS.fetch_add(PAPER_SEARCH_US * 1_000, Ordering::Relaxed);
             connection.served();
         }
         for _ in 0..refused {
@@ -1221,7 +1271,7 @@ mod tests {
             excess_cpu: 1.0,
             max_pause: Duration::from_secs(2),
         });
-        pacer.fake_serving_cpu(|| PAPER_CPU_NS.load(Ordering::Relaxed));
+        pacer.fake_cpu(paper_cpu);
         let connection = pacer.connection();
         // Start-up: seconds of CPU (a preload) while clients are told UNAVAILABLE. No answer
         // costs that much, so the window prices nothing.
@@ -1239,6 +1289,16 @@ mod tests {
             paper_window(&connection, (100, 130), (0, 0)).await;
         }
         assert_eq!(pacer.stats().served_cpu, Duration::from_micros(130));
+        // A light load: 40 searches in a window, the server busy for a third of it. Their
+        // share of what the process spends whatever it serves (timers, wake-ups) makes each
+        // look like 330 us of request path; not learned, or a flood after it would find its
+        // refusals' share of the serving CPU below nothing.
+        // (A window is closed by the first answer after it, whose CPU it counts: the last
+        // window at capacity by the first light one, at 330 us, hence about 130 us.)
+        paper_window(&connection, (40, 330), (0, 0)).await;
+        connection.served();
+        let served = pacer.stats().served_cpu.as_secs_f64() * 1e6;
+        assert!((129.0..133.0).contains(&served), "{served} us");
         // A flood: each served request comes with four refusals at 30 us each. Priced as a
         // blend of all answers, a refusal would be (130 + 4 x 30) / 5 = 50 us.
         for _ in 0..8 {
