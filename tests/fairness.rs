@@ -4,8 +4,10 @@
 //! the capacity of a server alone on one CPU, while a polite client on another address
 //! (127.0.0.2) sends one search at a time, every 10 ms. As the issue asks, the polite
 //! client is served (>= 95% OK) with a p99 within 3x its unloaded p99 plus one service time,
-//! and the server's per-client Prometheus counts agree with what both clients saw. The flooder
-//! keeps at least half of the capacity (nothing much wasted); the issue's 0.8 is still open.
+//! and the server's per-client Prometheus counts agree with what both clients saw. Nothing
+//! much is wasted: index work keeps at least 0.75 of the CPU it gets at capacity, and the
+//! flooder at least half of the capacity's goodput (the issue asks 0.8 of it: still open, see
+//! the test).
 //!
 //! Linux only (CPU affinity); without two CPUs and `taskset` it says SKIPPED (and fails under
 //! `CI=true`).
@@ -32,6 +34,8 @@ const POLITE_EVERY: Duration = Duration::from_millis(10);
 const ATTEMPTS: usize = 3;
 /// The least share of the capacity the flooder must keep (see the test).
 const FLOODER_FLOOR: f64 = 0.5;
+/// The least share of its CPU at capacity that index work must keep during the flood.
+const INDEX_CPU_FLOOR: f64 = 0.75;
 
 fn searches(server: &PinnedServer, from: IpAddr, shape: (usize, usize), secs: u64) -> Flood {
     Flood {
@@ -72,6 +76,17 @@ async fn client_requests(metrics: SocketAddr, client: &str, outcome: &str) -> u6
     series(&scrape(metrics).await, &wanted)
 }
 
+/// Runs `run` and returns its result with the server's index-work CPU per second meanwhile
+/// (`vecrig_cpu_seconds_total{part="index"}`): a figure that the machine's speed, which moves
+/// goodput by a tenth and more between runs a minute apart here, hardly moves.
+async fn with_index_cpu<T>(server: &PinnedServer, run: impl AsyncFnOnce() -> T) -> (T, f64) {
+    let index = async || server.cpu_split().await.expect("metrics endpoint").0;
+    let (before, started) = (index().await, std::time::Instant::now());
+    let result = run().await;
+    let rate = (index().await - before) / started.elapsed().as_secs_f64();
+    (result, rate)
+}
+
 /// `vecrig_lane_connections{lane}` for every lane, in lane order.
 async fn lane_connections(metrics: SocketAddr) -> Vec<u64> {
     let text = scrape(metrics).await;
@@ -85,14 +100,16 @@ async fn lane_connections(metrics: SocketAddr) -> Vec<u64> {
 /// The flood from 127.0.0.1, the polite client from 127.0.0.2 in the middle of it; checks
 /// that the flood shares one lane and that the server's per-client counts agree with both
 /// clients' (these hold on every attempt: they are not timing). Returns what the flooder and
-/// the polite client got.
-async fn flood_with_polite(server: &PinnedServer, load_cpu: usize) -> (Outcome, Outcome) {
+/// the polite client got, and the server's index-work CPU per second during the flood.
+async fn flood_with_polite(server: &PinnedServer, load_cpu: usize) -> (Outcome, Outcome, f64) {
     let metrics = server.metrics.expect("the metrics endpoint is on");
     let polite_before = client_requests(metrics, "127.0.0.2", "admitted").await;
     let flooder_before = client_requests(metrics, "127.0.0.1", "admitted").await;
     let flooder_shed_before = client_requests(metrics, "127.0.0.1", "shed").await;
 
     let flooding = flood::run(searches(server, FLOODER, (64, 64), 7), Some(load_cpu));
+    let index_before = server.cpu_split().await.expect("metrics endpoint").0;
+    let flood_started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     // All the flood's connections share one request-path lane (one address), leaving the
     // others to everybody else.
@@ -108,6 +125,8 @@ async fn flood_with_polite(server: &PinnedServer, load_cpu: usize) -> (Outcome, 
         .join()
         .expect("polite");
     let flooded = flooding.join().expect("flood");
+    let index_cpu = (server.cpu_split().await.expect("metrics endpoint").0 - index_before)
+        / flood_started.elapsed().as_secs_f64();
     println!("{}", flooded.describe("flooder (64 x 64)"));
     println!("{}", polite.describe("polite, during the flood"));
 
@@ -145,7 +164,7 @@ async fn flood_with_polite(server: &PinnedServer, load_cpu: usize) -> (Outcome, 
         "the polite client is served: {:?}",
         polite.codes
     );
-    (flooded, polite)
+    (flooded, polite, index_cpu)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,13 +175,6 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
     let fixture = flood::fixture(DIMS, POINTS).await;
     let server = PinnedServer::start_with_metrics(&fixture, DIMS, server_cpu, &[]).await;
 
-    // The capacity (2 x 2 from the flooder's address), once.
-    let capacity = flood::run(searches(&server, FLOODER, (2, 2), 3), Some(load_cpu))
-        .join()
-        .expect("capacity");
-    println!("{}", capacity.describe("capacity (2 x 2)"));
-    assert!(capacity.ok() > 100, "searches are served: {capacity:?}");
-
     // The timing criteria are judged on the best of up to three attempts, as in
     // `tests/collapse.rs`: a server that queues the polite client behind the flood fails
     // them all, and a passing burst on this shared machine (capacity moved between 2,700 and
@@ -171,10 +183,20 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
     // is their third slowest, and one quiet measurement set a bound that every attempt after
     // it missed (on 2026-12-03, bounds of 2.6-2.8 ms against polite p99s of 2.6-3.5 ms, where
     // other runs of the hour had bounds of 3.2-4.4 ms).
-    // Per attempt: the polite p99 (ms), its bound (ms), and the flooder's share of capacity.
-    let mut attempts: Vec<(f64, f64, f64)> = Vec::new();
+    // Per attempt: the polite p99 (ms), its bound (ms), the flooder's share of capacity, and
+    // index work's CPU during the flood as a share of its CPU at capacity.
+    let mut attempts: Vec<(f64, f64, f64, f64)> = Vec::new();
     for attempt in 1..=ATTEMPTS {
         println!("attempt {attempt}:");
+        // The capacity (2 x 2 from the flooder's address), just before this attempt's flood.
+        let (capacity, capacity_index_cpu) = with_index_cpu(&server, async || {
+            flood::run(searches(&server, FLOODER, (2, 2), 3), Some(load_cpu))
+                .join()
+                .expect("capacity")
+        })
+        .await;
+        println!("{}", capacity.describe("capacity (2 x 2)"));
+        assert!(capacity.ok() > 100, "searches are served: {capacity:?}");
         let unloaded = flood::run(polite(&server, 3), Some(load_cpu))
             .join()
             .expect("unloaded");
@@ -182,11 +204,16 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
         // The issue's bound on the polite p99: 3x its unloaded p99 plus one service time (its
         // unloaded median).
         let bound = 3.0 * unloaded.ok_ms(0.99) + unloaded.ok_ms(0.5);
-        let (flooded, polite) = flood_with_polite(&server, load_cpu).await;
+        let (flooded, polite, flood_index_cpu) = flood_with_polite(&server, load_cpu).await;
         let (p99, share) = (polite.ok_ms(0.99), flooded.goodput() / capacity.goodput());
         println!("  polite p99 {p99:.2} ms (bound {bound:.2} ms), flooder {share:.2} of capacity");
-        attempts.push((p99, bound, share));
-        if p99 <= bound && share >= FLOODER_FLOOR {
+        let index_share = flood_index_cpu / capacity_index_cpu;
+        println!(
+            "  index work: {capacity_index_cpu:.2} CPU at capacity, {flood_index_cpu:.2} during \
+             the flood ({index_share:.2} of it)"
+        );
+        attempts.push((p99, bound, share, index_share));
+        if p99 <= bound && share >= FLOODER_FLOOR && index_share >= INDEX_CPU_FLOOR {
             break;
         }
     }
@@ -195,19 +222,30 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
     // request path's short time slices (`--request-slice`), 2.9-3.7 ms without them, when
     // first attempts missed their bound in half the runs.
     assert!(
-        attempts.iter().any(|&(p99, bound, _)| p99 <= bound),
+        attempts.iter().any(|&(p99, bound, _, _)| p99 <= bound),
         "polite p99 within its bound in one attempt (not queued behind the flood): \
-         (p99 ms, bound ms, flooder share) {attempts:.2?}"
+         (p99 ms, bound ms, flooder share, index CPU share) {attempts:.2?}"
     );
-    // Nothing wasted: the flooder keeps what the polite client leaves. The issue asks 0.8;
-    // on 2026-12-03 the default server gave the flooder 0.61-0.95 of the capacity (14 of 18
-    // runs below 0.8), and 0.73-0.82 once a paced flood was read 4 KiB at a time (most runs
-    // below 0.8), the rest going to reading and refusing its excess, which pacing allows
-    // up to `--pace-cpu-share` (0.15) of the CPU. With `--pace-cpu-share 0.05` it got 0.80-0.95, but
-    // a 3x open-model overload is then paced and its refusals come seconds late (see
-    // docs/degradation.md, "A polite client that paces itself"). So the floor here tells a
-    // server that keeps its slots busy (0.61 and more) from one that spends its CPU refusing
-    // (0.01 before pacing), and the issue's 0.8 stays open.
+    // Nothing wasted, in the CPU: index work keeps most of what it gets at capacity, the
+    // rest going to reading and refusing the flood's excess. Measured 2026-12-03: 0.81-0.93
+    // over 8 attempts (the server's own `vecrig_cpu_seconds_total{part="index"}`, which the
+    // machine's speed hardly moves; the flood's side was 0.55-0.58 CPU, the capacity's
+    // 0.60-0.69). A server that spends its CPU refusing fails it: unpaced, index work kept
+    // about three quarters of its CPU (`tests/collapse.rs`, 26,000 refusals a second), and
+    // before pacing next to none.
+    let best_index_share = attempts.iter().map(|a| a.3).fold(0.0, f64::max);
+    assert!(
+        best_index_share >= INDEX_CPU_FLOOR,
+        "index work keeps {INDEX_CPU_FLOOR} of its CPU at capacity: {attempts:.2?}"
+    );
+    // Nothing wasted, in goodput: the flooder keeps what the polite client leaves. The issue
+    // asks 0.8. Measured later on 2026-12-03, with the capacity measured just before each
+    // flood: 0.74-0.89 (and 0.59-1.31 over the hour's 72 attempts, trial settings among
+    // them, while the machine's speed moved capacity between 1,200 and 3,200 a second). It is
+    // below index work's CPU share because a search costs about a tenth more CPU under the flood (the flood's lane interrupts it
+    // thousands of times a second: thread switches, cold caches), and the polite client takes
+    // 0.03. So the floor here tells a server that keeps its slots busy from one that spends
+    // its CPU refusing (0.01 before pacing), and the issue's 0.8 stays open.
     let best_share = attempts.iter().map(|a| a.2).fold(0.0, f64::max);
     assert!(
         best_share >= FLOODER_FLOOR,
