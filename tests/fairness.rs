@@ -76,15 +76,11 @@ async fn client_requests(metrics: SocketAddr, client: &str, outcome: &str) -> u6
     series(&scrape(metrics).await, &wanted)
 }
 
-/// Runs `run` and returns its result with the server's index-work CPU per second meanwhile
-/// (`vecrig_cpu_seconds_total{part="index"}`): a figure that the machine's speed, which moves
-/// goodput by a tenth and more between runs a minute apart here, hardly moves.
-async fn with_index_cpu<T>(server: &PinnedServer, run: impl AsyncFnOnce() -> T) -> (T, f64) {
-    let index = async || server.cpu_split().await.expect("metrics endpoint").0;
-    let (before, started) = (index().await, std::time::Instant::now());
-    let result = run().await;
-    let rate = (index().await - before) / started.elapsed().as_secs_f64();
-    (result, rate)
+/// The server's index-work CPU seconds so far (`vecrig_cpu_seconds_total{part="index"}`): a
+/// figure that the machine's speed, which moves goodput by a tenth and more between runs a
+/// minute apart here, hardly moves.
+async fn index_cpu_s(server: &PinnedServer) -> f64 {
+    server.cpu_split().await.expect("metrics endpoint").0
 }
 
 /// `vecrig_lane_connections{lane}` for every lane, in lane order.
@@ -108,7 +104,7 @@ async fn flood_with_polite(server: &PinnedServer, load_cpu: usize) -> (Outcome, 
     let flooder_shed_before = client_requests(metrics, "127.0.0.1", "shed").await;
 
     let flooding = flood::run(searches(server, FLOODER, (64, 64), 7), Some(load_cpu));
-    let index_before = server.cpu_split().await.expect("metrics endpoint").0;
+    let index_before = index_cpu_s(server).await;
     let flood_started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
     // All the flood's connections share one request-path lane (one address), leaving the
@@ -125,8 +121,8 @@ async fn flood_with_polite(server: &PinnedServer, load_cpu: usize) -> (Outcome, 
         .join()
         .expect("polite");
     let flooded = flooding.join().expect("flood");
-    let index_cpu = (server.cpu_split().await.expect("metrics endpoint").0 - index_before)
-        / flood_started.elapsed().as_secs_f64();
+    let index_cpu =
+        (index_cpu_s(server).await - index_before) / flood_started.elapsed().as_secs_f64();
     println!("{}", flooded.describe("flooder (64 x 64)"));
     println!("{}", polite.describe("polite, during the flood"));
 
@@ -189,12 +185,12 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
     for attempt in 1..=ATTEMPTS {
         println!("attempt {attempt}:");
         // The capacity (2 x 2 from the flooder's address), just before this attempt's flood.
-        let (capacity, capacity_index_cpu) = with_index_cpu(&server, async || {
-            flood::run(searches(&server, FLOODER, (2, 2), 3), Some(load_cpu))
-                .join()
-                .expect("capacity")
-        })
-        .await;
+        let (index_before, started) = (index_cpu_s(&server).await, std::time::Instant::now());
+        let capacity = flood::run(searches(&server, FLOODER, (2, 2), 3), Some(load_cpu))
+            .join()
+            .expect("capacity");
+        let capacity_index_cpu =
+            (index_cpu_s(&server).await - index_before) / started.elapsed().as_secs_f64();
         println!("{}", capacity.describe("capacity (2 x 2)"));
         assert!(capacity.ok() > 100, "searches are served: {capacity:?}");
         let unloaded = flood::run(polite(&server, 3), Some(load_cpu))

@@ -65,6 +65,7 @@ use tonic::codegen::http;
 use tower::{Layer, Service};
 
 use crate::caller::{Caller, ClientKey};
+use crate::cpu::CpuSplit;
 use crate::method::Method;
 
 /// Bytes a paced connection may read per wake-up when its last charge was a cheap answer that
@@ -265,11 +266,10 @@ struct Shared {
 /// about 6,000 refusals a second at `--pace-cpu-share 0.05`).
 #[derive(Debug)]
 struct AnswerPrice {
-    /// The last sample: when (`None` until the first charge or served request), the serving
-    /// and the whole process's CPU then, and the cheap answers and served requests counted then.
+    /// The last sample: when (`None` until the first charge or served request), the process's
+    /// CPU then, and the cheap answers and served requests counted then.
     at: Option<Instant>,
-    serving_ns: u64,
-    process_ns: u64,
+    cpu_then: CpuSplit,
     cheap: u64,
     served: u64,
     /// Request-path nanoseconds per served request, smoothed; `None` until a sample with few
@@ -280,9 +280,8 @@ struct AnswerPrice {
     ns: f64,
     /// Estimated CPU spent on cheap answers since start (price x answers, sample by sample).
     spent_on_cheap_ns: f64,
-    /// Where the serving and the process's CPU are read from (tests: clocks they move
-    /// themselves).
-    cpu: fn() -> ProcessCpu,
+    /// Where the process's CPU is read from (tests: clocks they move themselves).
+    cpu: fn() -> CpuSplit,
     /// The CPUs the process may run on (what "busy" is a share of).
     cpus: f64,
     /// Set by tests: never re-measured.
@@ -312,25 +311,20 @@ const SERVED_SAMPLE_CHEAP_SHARE: f64 = 0.1;
 /// ...and when the process was busy for at least this share of its CPUs (see [`AnswerPrice`]).
 const SERVED_SAMPLE_BUSY_SHARE: f64 = 0.5;
 
-/// The serving CPU (outside index work) and the whole process's, in nanoseconds since start.
-#[derive(Debug, Clone, Copy)]
-struct ProcessCpu {
-    serving_ns: u64,
-    process_ns: u64,
-}
-
 impl AnswerPrice {
     fn new() -> Self {
         Self {
             at: None,
-            serving_ns: 0,
-            process_ns: 0,
+            cpu_then: CpuSplit {
+                index_s: 0.0,
+                serving_s: 0.0,
+            },
             cheap: 0,
             served: 0,
             served_ns: None,
             ns: FIRST_PRICE.as_nanos() as f64,
             spent_on_cheap_ns: 0.0,
-            cpu: process_cpu,
+            cpu: crate::cpu::split,
             cpus: crate::process::available_cpus() as f64,
             fixed: false,
         }
@@ -356,9 +350,11 @@ impl AnswerPrice {
             return;
         }
         let cpu = (self.cpu)();
-        let spent = cpu.serving_ns.saturating_sub(self.serving_ns) as f64;
-        let busy = cpu.process_ns.saturating_sub(self.process_ns) as f64
-            / (elapsed.as_nanos() as f64 * self.cpus);
+        let then = self.cpu_then;
+        // Whole nanoseconds, as the clocks count them.
+        let spent = ((cpu.serving_s - then.serving_s).max(0.0) * 1e9).round();
+        let busy = (cpu.serving_s + cpu.index_s - then.serving_s - then.index_s).max(0.0)
+            / (elapsed.as_secs_f64() * self.cpus);
         let (c, s) = (new_cheap as f64, new_served as f64);
         let max = MAX_PRICE.as_nanos() as f64;
         if spent > max * (c + s) {
@@ -393,21 +389,11 @@ impl AnswerPrice {
     }
 
     /// The next sample starts here.
-    fn restart(&mut self, now: Instant, cpu: ProcessCpu, cheap: u64, served: u64) {
+    fn restart(&mut self, now: Instant, cpu: CpuSplit, cheap: u64, served: u64) {
         self.at = Some(now);
-        self.serving_ns = cpu.serving_ns;
-        self.process_ns = cpu.process_ns;
+        self.cpu_then = cpu;
         self.cheap = cheap;
         self.served = served;
-    }
-}
-
-/// The process's CPU outside index work and in all, in nanoseconds since start.
-fn process_cpu() -> ProcessCpu {
-    let split = crate::cpu::split();
-    ProcessCpu {
-        serving_ns: (split.serving_s * 1e9) as u64,
-        process_ns: ((split.serving_s + split.index_s) * 1e9) as u64,
     }
 }
 
@@ -487,7 +473,7 @@ impl Pacer {
     /// Reads the CPU from `clock` instead of the process, as if on one CPU (tests: CPU they
     /// spend on paper, so that other tests running beside them do not move it).
     #[cfg(test)]
-    fn fake_cpu(&self, clock: fn() -> ProcessCpu) {
+    fn fake_cpu(&self, clock: fn() -> CpuSplit) {
         let mut shared = self.lock();
         shared.price.cpu = clock;
         shared.price.cpus = 1.0;
@@ -1231,11 +1217,11 @@ mod tests {
         PAPER_SERVING_NS.fetch_add(micros * 1_000, Ordering::Relaxed);
     }
 
-    fn paper_cpu() -> ProcessCpu {
-        let serving_ns = PAPER_SERVING_NS.load(Ordering::Relaxed);
-        ProcessCpu {
-            serving_ns,
-            process_ns: serving_ns + PAPER_INDEX_NS.load(Ordering::Relaxed),
+    fn paper_cpu() -> CpuSplit {
+        let seconds = |ns: &AtomicU64| ns.load(Ordering::Relaxed) as f64 / 1e9;
+        CpuSplit {
+            index_s: seconds(&PAPER_INDEX_NS),
+            serving_s: seconds(&PAPER_SERVING_NS),
         }
     }
 
