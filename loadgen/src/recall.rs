@@ -19,6 +19,9 @@
 //!   answers are computed by the loadgen over the data set it wrote ([`Truth::exact`]), on a
 //!   blocking thread after the phase, at most [`CAPACITY`] scans of the data set a phase,
 //!   instead of being asked of the target.
+//! - **A target that stops answering**: after [`GIVE_UP_AFTER`] exact answers in a row fail
+//!   for want of the target (deadline passed, unavailable), the rest are skipped: else a
+//!   frozen target would hold the report back one deadline per sample (500 of them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -37,6 +40,9 @@ use crate::dynamic::Truth;
 pub const CAPACITY: usize = 500;
 /// Exact answers asked per second at most after a phase.
 pub const EXACT_RATE: f64 = 250.0;
+/// Exact answers failing in a row (deadline passed, or unavailable) after which the rest of
+/// a phase's check is skipped.
+pub const GIVE_UP_AFTER: u32 = 3;
 
 /// One sampled search: the request, the ids it was answered with, and the loadgen's write
 /// counts when it was sent.
@@ -186,8 +192,9 @@ impl Recall {
         let mut figures = RecallFigures::default();
         let mut pace = tokio::time::interval(Duration::from_secs_f64(1.0 / EXACT_RATE));
         pace.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut unanswered = 0;
         for sample in samples {
-            if sample.writes_started != writes_now || stopped() {
+            if sample.writes_started != writes_now || stopped() || unanswered >= GIVE_UP_AFTER {
                 figures.skipped += 1;
                 continue;
             }
@@ -203,8 +210,17 @@ impl Recall {
                     let expected: Vec<u64> =
                         answer.into_inner().hits.iter().map(|h| h.id).collect();
                     figures.add(hits(&sample.ids, &expected), expected.len() as u64);
+                    unanswered = 0;
                 }
-                Err(_) => figures.skipped += 1,
+                Err(status) => {
+                    figures.skipped += 1;
+                    if matches!(
+                        status.code(),
+                        tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
+                    ) {
+                        unanswered += 1;
+                    }
+                }
             }
         }
         Some(figures)

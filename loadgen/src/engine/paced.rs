@@ -2,6 +2,12 @@
 //! each waiting for its answer before the next; latency runs from each request's intended
 //! time, so a stall shows in full instead of being hidden by senders waiting. Worker `w` is
 //! sent by lane `w % lanes`.
+//!
+//! A worker still behind its schedule when the phase's time is up sends nothing more: the
+//! requests it had not sent yet are counted as *dropped*, as the open model counts arrivals
+//! it could not send on time. Else a server that stops answering (frozen, or a partition
+//! that keeps the sockets open) would make each worker wait out one deadline per request
+//! still due, and the phase would run on for `requests x deadline` past its end.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -48,6 +54,7 @@ pub(crate) async fn run(
 ) {
     let workers = pacing.workers.max(1);
     let start = tokio::time::Instant::from_std(start);
+    let end = start + pacing.duration;
     let mut tasks = JoinSet::new();
     for worker in (lane.index..workers).step_by(lane.count.max(1) as usize) {
         let (ctx, lane, workload, recorder) = (
@@ -63,6 +70,12 @@ pub(crate) async fn run(
                     break;
                 };
                 if ctx.stop.is_stopped() {
+                    break;
+                }
+                if tokio::time::Instant::now() >= end {
+                    // Bounded by the schedule: at most rate x duration / workers.
+                    let left = (n..).map_while(|m| pacing.offset(worker, m)).count();
+                    (0..left).for_each(|_| lane.drop_arrival(&recorder));
                     break;
                 }
                 let intended = start + offset;
