@@ -270,6 +270,11 @@ pub enum Command {
         /// Import paths for `--proto` (repeat for several).
         #[arg(long = "proto-path", env = "VECRIG_PROTO_PATH", value_delimiter = ',')]
         proto_path: Vec<PathBuf>,
+        /// Check the file (scenarios, descriptors, templates, answer checks, setup calls)
+        /// and exit: no load is sent (reflection is asked for descriptors where the file
+        /// names no files).
+        #[arg(long, env = "VECRIG_CHECK")]
+        check: bool,
     },
     /// Combine the JSON reports of the shards of a distributed run (histograms merged, not
     /// percentiles averaged) and judge the thresholds on the result.

@@ -73,8 +73,8 @@ pub struct File {
 #[error("scenario file: {0}")]
 pub struct FileError(String);
 
-/// `[target] builtin = "vecrig.v1"`: the built-in template set fills in the methods the
-/// table does not give itself.
+/// `[target] builtin = "NAME"`: a built-in template set ([`crate::dynamic::builtin`]) fills in
+/// what the table does not give itself, key by key (and `vars` entry by entry).
 fn with_builtin_templates(table: &mut toml::Table) -> Result<(), FileError> {
     let Some(toml::Value::Table(target)) = table.get_mut("target") else {
         return Ok(());
@@ -82,15 +82,26 @@ fn with_builtin_templates(table: &mut toml::Table) -> Result<(), FileError> {
     let Some(builtin) = target.remove("builtin") else {
         return Ok(());
     };
-    if builtin.as_str() != Some("vecrig.v1") {
+    let Some(text) = builtin.as_str().and_then(crate::dynamic::builtin::named) else {
         return Err(FileError(format!(
-            "[target] builtin = {builtin}: the built-in template set is \"vecrig.v1\""
+            "[target] builtin = {builtin}: the built-in template sets are {}",
+            crate::dynamic::builtin::NAMES
         )));
-    }
-    let set: toml::Table = toml::from_str(crate::dynamic::VECRIG_V1)
-        .map_err(|e| FileError(format!("the built-in template set: {e}")))?;
+    };
+    let set: toml::Table = toml::from_str(text)
+        .map_err(|e| FileError(format!("the built-in template set {builtin}: {e}")))?;
     for (key, value) in set {
-        target.entry(key).or_insert(value);
+        match (target.get_mut(&key), value) {
+            (Some(toml::Value::Table(own)), toml::Value::Table(defaults)) if key == "vars" => {
+                for (name, value) in defaults {
+                    own.entry(name).or_insert(value);
+                }
+            }
+            (Some(_), _) => {}
+            (None, value) => {
+                target.insert(key, value);
+            }
+        }
     }
     Ok(())
 }

@@ -46,5 +46,5 @@ pub mod wire;
 pub mod workload;
 
 pub use plan::{Plan, RunOptions};
-pub use runner::{run, run_file, run_with};
+pub use runner::{check_file, run, run_file, run_with};
 pub use spec::ScenarioSpec;

@@ -107,6 +107,7 @@ async fn run(mut cli: Cli) -> i32 {
             file,
             protos,
             proto_path,
+            check,
         } => {
             let planned = std::fs::read_to_string(file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))
@@ -117,6 +118,19 @@ async fn run(mut cli: Cli) -> i32 {
                         .map_err(|e| e.to_string())
                 });
             match planned {
+                Ok(planned) if *check => {
+                    return match vecrig_loadgen::check_file(&options, &planned, &cli.plan()).await
+                    {
+                        Ok(summary) => {
+                            println!("{summary}");
+                            0
+                        }
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            cli::EXIT_ERROR
+                        }
+                    };
+                }
                 Ok(planned) => {
                     vecrig_loadgen::run_file(&options, &planned, &cli.plan(), &stop).await
                 }

@@ -92,6 +92,30 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
             t.success_rate() * 100.0
         );
     }
+    if !t.answer_errors.is_empty() {
+        let mut reasons: Vec<(&String, &u64)> = t.answer_errors.iter().collect();
+        reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
+        let shown: Vec<String> = reasons
+            .iter()
+            .take(3)
+            .map(|(reason, n)| format!("{n}x {reason}"))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  answer errors: {} OK answers said they failed ({})",
+            t.code(vecrig::validation::report::ANSWER_ERROR),
+            shown.join("; ")
+        );
+    }
+    for phase in &s.phases {
+        if let Some(written) = phase.written {
+            let _ = writeln!(
+                out,
+                "  {}: {written} points written (acknowledged by answers that passed)",
+                phase.name
+            );
+        }
+    }
     for phase in s.phases.iter().chain(std::iter::once(&s.total)) {
         if let Some(r) = &phase.recall
             && (phase.name != "total" || s.phases.len() > 1)

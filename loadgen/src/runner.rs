@@ -130,6 +130,11 @@ async fn run_templated(
         .map_err(DynamicError::from)?;
     let templates = Arc::new(Templates::compile(spec, &descriptors)?);
     let truth = planned.truth(plan.seed);
+    for call in &templates.setup {
+        call.make("setup", &monitor.channel(), &headers, plan.k, CALL_DEADLINE)
+            .await?;
+    }
+    let mut warnings = Vec::new();
     // The probes: what the first user would send, once, before any load.
     let first_request = |kind| {
         Workload::on(
@@ -142,26 +147,37 @@ async fn run_templated(
         .generator(0, 1)
         .next(0)
     };
+    // An answer that fails its check is not a refusal: the run goes on and counts such
+    // answers as failures (the report says why), but the user is told before the load.
+    let failed_check = |what: &str, check: Option<&dynamic::AnswerCheck>, answer: &DynamicMessage| {
+        let reason = check?.verdict(&prost::Message::encode_to_vec(answer)).err()?;
+        Some(format!(
+            "the probe {what}'s answer failed the target's answer check: {reason}"
+        ))
+    };
     if let Op::Call(call) = first_request(WorkloadKind::Vector) {
         let request = decoded(&templates.search, call.message())?;
-        dynamic::probe(&monitor.channel(), &headers, &templates.search, request).await?;
+        let answer =
+            dynamic::probe(&monitor.channel(), &headers, &templates.search, request).await?;
+        if let Some(answer) = answer {
+            warnings.extend(failed_check("search", templates.search_check.as_ref(), &answer));
+        }
     }
     if let (Some(truth), Some(write)) = (&truth, &templates.write) {
         let first = first_request(WorkloadKind::Ingest {
             truth: Arc::clone(truth),
             writers: 1,
         });
-        if let Op::Call(call) = first
-            && dynamic::probe(
-                &monitor.channel(),
-                &headers,
-                write,
-                decoded(write, call.message())?,
-            )
-            .await?
-            .is_some()
-        {
-            truth.acknowledge(0);
+        if let Op::Call(call) = first {
+            let request = decoded(write, call.message())?;
+            let answer = dynamic::probe(&monitor.channel(), &headers, write, request).await?;
+            if let Some(answer) = answer {
+                match failed_check("write", templates.write_check.as_ref(), &answer) {
+                    Some(warning) => warnings.push(warning),
+                    // The probe's batch is the ingest's first: it is not written again.
+                    None => truth.acknowledge_probe(),
+                }
+            }
         }
     }
     let mut scenarios = planned.build_templated(plan.seed, plan.k, &templates, truth.as_ref());
@@ -172,7 +188,6 @@ async fn run_templated(
             templates.write.as_ref().map(|w| w.path.as_str()),
         )
         .map_err(PreflightError::Unsupported)?;
-    let mut warnings = Vec::new();
     let recall = match &truth {
         Some(_) => Recall::new(options.recall_sample).with_truth(truth.clone()),
         None if options.recall_sample > 0.0 => {
@@ -215,8 +230,91 @@ async fn run_templated(
         ),
     )
     .await?;
+    for call in &templates.teardown {
+        if let Err(e) = call
+            .make("teardown", &checked.monitor.channel(), &headers, plan.k, CALL_DEADLINE)
+            .await
+        {
+            warnings.push(e.to_string());
+        }
+    }
     report.warnings.extend(warnings);
     Ok(report)
+}
+
+/// How long a setup or teardown call may take (creating an index over a collection that
+/// already holds data can take a while).
+const CALL_DEADLINE: Duration = Duration::from_secs(120);
+
+/// `run --check`: checks a scenario file as a run would before its load (the scenarios, the
+/// templated target's descriptors, templates, answer checks and setup calls) without sending
+/// a request but the reflection lookup where the descriptors come from the target. Returns a
+/// summary of what a run would do.
+pub async fn check_file(
+    options: &RunOptions,
+    planned: &file::Planned,
+    plan: &Plan,
+) -> Result<String, PreflightError> {
+    let Some(spec) = planned.target() else {
+        let scenarios = planned.build(1, plan.seed, plan.k);
+        return Ok(format!(
+            "the file checks out: {} scenarios against a vecrig server",
+            scenarios.len()
+        ));
+    };
+    let headers: Metadata = options.headers.clone().into();
+    let source = spec.source(planned.base());
+    let descriptors = match source {
+        dynamic::Source::Reflection => {
+            let (_, monitor) = target::connect_healthy(
+                &options.target,
+                &preflight_connect(options),
+                options.wait_healthy,
+            )
+            .await?;
+            describe(&source, &monitor.channel(), &headers, &spec.services()).await
+        }
+        // Files need no connection: a lazy channel that is never used.
+        _ => {
+            let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+            describe(&source, &channel, &headers, &spec.services()).await
+        }
+    }
+    .map_err(DynamicError::from)?;
+    let templates = Arc::new(Templates::compile(spec, &descriptors)?);
+    let truth = planned.truth(plan.seed);
+    let scenarios = planned.build_templated(plan.seed, plan.k, &templates, truth.as_ref());
+    let mut lines = vec![format!(
+        "the file checks out: {} scenarios; {} dimensions",
+        scenarios.len(),
+        templates.dimensions
+    )];
+    let mut method = |what: &str, m: &dynamic::Method, check: Option<&dynamic::AnswerCheck>| {
+        lines.push(format!(
+            "  {what:<12} {}{}",
+            m.descriptor.full_name(),
+            if check.is_some() { " (answer checked)" } else { "" }
+        ));
+    };
+    for call in &templates.setup {
+        method("setup", &call.method, call.check.as_ref());
+    }
+    method("search", &templates.search, templates.search_check.as_ref());
+    for (what, m) in [
+        ("text_search", &templates.text_search),
+        ("exact_search", &templates.exact_search),
+    ] {
+        if let Some(m) = m {
+            method(what, m, templates.search_check.as_ref());
+        }
+    }
+    if let Some(write) = &templates.write {
+        method("write", write, templates.write_check.as_ref());
+    }
+    for call in &templates.teardown {
+        method("teardown", &call.method, call.check.as_ref());
+    }
+    Ok(lines.join("\n"))
 }
 
 /// A request as the hot path encodes it, read back as `method`'s input: the probe sends what

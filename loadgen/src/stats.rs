@@ -16,7 +16,8 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use tonic::Code;
 use vecrig::validation::report::{
-    Histograms, LatencySummary, PhaseReport, RecallFigures, ServerFigures, code_name,
+    ANSWER_ERROR, Histograms, LatencySummary, PhaseReport, RecallFigures, ServerFigures,
+    code_name,
 };
 
 /// Largest latency recorded exactly: one hour, in microseconds. Larger values saturate.
@@ -30,8 +31,27 @@ fn micros(d: Duration) -> u64 {
     (d.as_micros() as u64).clamp(1, MAX_MICROS)
 }
 
-/// All codes, indexable by `Code as usize`.
-const CODES: usize = 17;
+/// All outcomes, indexable by `Code as usize` for the 17 gRPC codes, then [`ANSWER_FAILED`].
+const CODES: usize = 18;
+
+/// The outcome of an OK answer whose own status said it failed (see
+/// [`crate::dynamic::check`]).
+const ANSWER_FAILED: usize = 17;
+
+/// Distinct failure reasons a phase keeps; the rest are counted under [`OTHER_REASONS`].
+const MAX_REASONS: usize = 10;
+
+/// Where the reasons past [`MAX_REASONS`] are counted.
+const OTHER_REASONS: &str = "(other reasons)";
+
+/// The report's name of outcome `i`: a gRPC code's canonical name, or [`ANSWER_ERROR`].
+fn outcome_name(i: usize) -> &'static str {
+    if i == ANSWER_FAILED {
+        ANSWER_ERROR
+    } else {
+        code_name(Code::from(i as i32))
+    }
+}
 
 /// The outcomes of one phase so far.
 #[derive(Debug, Clone)]
@@ -52,6 +72,8 @@ pub struct Outcomes {
     retries: u64,
     retries_denied: u64,
     dropped: u64,
+    /// Why answers failed their checks: reason text -> count.
+    reasons: BTreeMap<String, u64>,
     /// Recall@k of the sampled searches, once checked against the exact answers.
     pub recall: Option<RecallFigures>,
 }
@@ -70,6 +92,7 @@ impl Default for Outcomes {
             retries: 0,
             retries_denied: 0,
             dropped: 0,
+            reasons: BTreeMap::new(),
             recall: None,
         }
     }
@@ -90,6 +113,30 @@ pub struct Outcome {
     pub latency: Duration,
     /// From the final attempt's send to its answer.
     pub service_time: Duration,
+    /// The final answer was OK but failed the target's answer check: counted as
+    /// [`ANSWER_ERROR`], not OK (and as the first attempt's outcome too when it was the only
+    /// one: such answers are not retried).
+    pub answer_failed: bool,
+}
+
+impl Outcome {
+    /// Index of the final outcome.
+    fn last_index(&self) -> usize {
+        if self.answer_failed {
+            ANSWER_FAILED
+        } else {
+            self.last as usize
+        }
+    }
+
+    /// Index of the first attempt's outcome.
+    fn first_index(&self) -> usize {
+        if self.answer_failed && self.attempts <= 1 {
+            ANSWER_FAILED
+        } else {
+            self.first as usize
+        }
+    }
 }
 
 impl Outcomes {
@@ -98,17 +145,17 @@ impl Outcomes {
         let latency = micros(o.latency);
         self.latency.saturating_record(latency);
         match o.last {
-            Code::Ok => self.success_latency.saturating_record(latency),
+            Code::Ok if !o.answer_failed => self.success_latency.saturating_record(latency),
             Code::ResourceExhausted => self.shed_latency.saturating_record(latency),
             _ => {}
         }
         self.service_time.saturating_record(micros(o.service_time));
         self.by_code
-            .entry(o.last as usize)
+            .entry(o.last_index())
             .or_insert_with(histogram)
             .saturating_record(latency);
-        self.codes[o.last as usize] += 1;
-        self.first_codes[o.first as usize] += 1;
+        self.codes[o.last_index()] += 1;
+        self.first_codes[o.first_index()] += 1;
         self.attempts += u64::from(o.attempts);
         self.retries += u64::from(o.attempts.saturating_sub(1));
         self.retries_denied += u64::from(o.retries_denied);
@@ -132,6 +179,9 @@ impl Outcomes {
         self.retries += other.retries;
         self.retries_denied += other.retries_denied;
         self.dropped += other.dropped;
+        for (reason, n) in &other.reasons {
+            self.note_reasons(reason, *n);
+        }
         if let Some(theirs) = &other.recall {
             self.recall
                 .get_or_insert_with(Default::default)
@@ -153,7 +203,20 @@ impl Outcomes {
         self.retries = 0;
         self.retries_denied = 0;
         self.dropped = 0;
+        self.reasons.clear();
         self.recall = None;
+    }
+
+    /// Counts `n` failed answers that gave `reason`; past [`MAX_REASONS`] distinct texts,
+    /// under [`OTHER_REASONS`].
+    pub fn note_reasons(&mut self, reason: &str, n: u64) {
+        if let Some(count) = self.reasons.get_mut(reason) {
+            *count += n;
+        } else if self.reasons.len() < MAX_REASONS {
+            self.reasons.insert(reason.to_string(), n);
+        } else {
+            *self.reasons.entry(OTHER_REASONS.to_string()).or_default() += n;
+        }
     }
 
     /// Counts an arrival of the open model that could not be sent on time.
@@ -202,7 +265,7 @@ impl Outcomes {
                 .iter()
                 .map(|(code, h)| {
                     (
-                        code_name(Code::from(*code as i32)).to_string(),
+                        outcome_name(*code).to_string(),
                         summarize(h),
                     )
                 })
@@ -216,11 +279,13 @@ impl Outcomes {
                 by_code: self
                     .by_code
                     .iter()
-                    .map(|(code, h)| (code_name(Code::from(*code as i32)).to_string(), encode(h)))
+                    .map(|(code, h)| (outcome_name(*code).to_string(), encode(h)))
                     .collect(),
             },
             recall: self.recall.clone(),
             server_counts: Default::default(),
+            answer_errors: self.reasons.clone(),
+            written: None,
         }
     }
 
@@ -236,6 +301,7 @@ impl Outcomes {
             retries_denied: report.retries_denied,
             dropped: report.dropped,
             recall: report.recall.clone(),
+            reasons: report.answer_errors.clone(),
             ..Outcomes::default()
         };
         for (name, n) in &report.codes {
@@ -261,7 +327,7 @@ impl Outcomes {
 
 fn code_index(name: &str) -> Result<usize, String> {
     (0..CODES)
-        .find(|&i| code_name(Code::from(i as i32)) == name)
+        .find(|&i| outcome_name(i) == name)
         .ok_or_else(|| format!("unknown gRPC code {name:?}"))
 }
 
@@ -296,7 +362,7 @@ fn by_name(counts: &[u64; CODES]) -> BTreeMap<String, u64> {
         .iter()
         .enumerate()
         .filter(|(_, n)| **n > 0)
-        .map(|(i, n)| (code_name(Code::from(i as i32)).to_string(), *n))
+        .map(|(i, n)| (outcome_name(i).to_string(), *n))
         .collect()
 }
 
@@ -475,13 +541,18 @@ impl Batch {
         }
         if let Some((_, s)) = self.seconds.last_mut() {
             s.latency.saturating_record(micros(outcome.latency));
-            s.codes[outcome.last as usize] += 1;
+            s.codes[outcome.last_index()] += 1;
         }
     }
 
     /// Counts an arrival of the open model that could not be sent on time.
     pub fn drop_arrival(&mut self) {
         self.outcomes.drop_arrival();
+    }
+
+    /// Counts one failed answer's reason.
+    pub fn note_reason(&mut self, reason: &str) {
+        self.outcomes.note_reasons(reason, 1);
     }
 
     /// The outcomes recorded since the last hand-over.
@@ -548,6 +619,7 @@ mod tests {
             retries_denied: 0,
             latency: Duration::from_millis(ms),
             service_time: Duration::from_millis(ms / 2),
+            answer_failed: false,
         }
     }
 

@@ -214,6 +214,14 @@ pub const WRITE_ID_BASE: u64 = 1 << 40;
 pub const DURABLE_ID_BASE: u64 = 1 << 60;
 
 impl Workload {
+    /// The data set an ingest workload writes.
+    pub fn ingest_truth(&self) -> Option<&Arc<Truth>> {
+        match &self.kind {
+            WorkloadKind::Ingest { truth, .. } => Some(truth),
+            _ => None,
+        }
+    }
+
     /// A workload over `dimensions`-wide data seeded by `seed` (the server's `--preload-seed`),
     /// sent to vecrig's own API.
     pub fn new(kind: WorkloadKind, dimensions: usize, seed: u64, k: u32) -> Arc<Self> {
@@ -476,7 +484,10 @@ impl Generator {
 
     /// The user's next batch of the data set, or `Done` past its end.
     fn ingest(&mut self, truth: &Arc<Truth>, writers: u64, i: u64) -> Op {
-        let batch = self.user.saturating_add(i.saturating_mul(writers.max(1)));
+        let batch = truth
+            .first_batch()
+            .saturating_add(self.user)
+            .saturating_add(i.saturating_mul(writers.max(1)));
         let w = &self.workload;
         let Some(method) = &w.templates.write else {
             return Op::Done;

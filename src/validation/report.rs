@@ -195,6 +195,13 @@ pub struct PhaseReport {
     /// reason, CPU seconds by part. Absent without a metrics URL.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub server_counts: BTreeMap<String, f64>,
+    /// Why answers that failed the target's answer check (outcome [`ANSWER_ERROR`]) failed:
+    /// their reasons' texts, at most ten, with how many gave each.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub answer_errors: BTreeMap<String, u64>,
+    /// An ingest phase: the points the target acknowledged writing (answers that passed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub written: Option<u64>,
 }
 
 /// Recall@k of sampled searches: how many of the exact answer's neighbours each sampled
@@ -451,6 +458,10 @@ pub struct ThresholdResult {
     /// Whether it held.
     pub passed: bool,
 }
+
+/// The outcome of an answer that was gRPC OK but whose own status (the target's answer
+/// check) said it failed: counted beside the gRPC codes, never as OK.
+pub const ANSWER_ERROR: &str = "ANSWER_ERROR";
 
 /// The canonical upper-case name of a gRPC code, as used for keys in reports.
 pub fn code_name(code: tonic::Code) -> &'static str {

@@ -15,12 +15,15 @@
 //! once for all its attempts; only sampled searches have their answers decoded, through the
 //! set's ids path.
 
+pub mod builtin;
+pub mod check;
 pub mod codec;
 pub mod describe;
 pub mod ids;
 pub mod template;
 pub mod truth;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,6 +34,7 @@ use tonic::Code;
 use tonic::transport::Channel;
 use vecrig::client::{Metadata, request_with};
 
+pub use check::{AnswerCheck, CheckSpec};
 pub use describe::{DescribeError, Source};
 pub use ids::IdsPath;
 pub use template::{Fill, Generator, Point, Template, TemplateError};
@@ -87,6 +91,39 @@ pub struct TargetSpec {
     pub exact_search: Option<MethodSpec>,
     /// The write method (needed by ingest, and by the writes of `mixed`).
     pub write: Option<MethodSpec>,
+    /// Where answers say whether they succeeded, for every call whose answer has those
+    /// fields (a call's own `check` takes precedence).
+    pub check: Option<CheckSpec>,
+    /// Calls made once, in order, before the probes and the load (create a collection, an
+    /// index, load it); a failure stops the run naming the call.
+    #[serde(default)]
+    pub setup: Vec<CallSpec>,
+    /// Calls made once, in order, after the run.
+    #[serde(default)]
+    pub teardown: Vec<CallSpec>,
+    /// The collection (or index, or table) the templates name as `{{collection}}`.
+    pub collection: Option<String>,
+    /// The index type the templates name as `{{index}}`.
+    pub index: Option<String>,
+    /// More values the templates name as `{{name}}` (see [`TargetSpec::vars`]).
+    #[serde(default)]
+    pub vars: BTreeMap<String, Json>,
+}
+
+/// One call of `setup` or `teardown`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallSpec {
+    /// `package.Service/Method`.
+    pub method: String,
+    /// The request: a table, or a string of JSON.
+    pub request: Json,
+    /// Where its answer says whether it succeeded (default: `[target].check` where it fits).
+    pub check: Option<CheckSpec>,
+    /// Failures that are not failures here: a gRPC code's name (`ALREADY_EXISTS`) or text
+    /// that the answer's reason or message contains (`already exist`).
+    #[serde(default)]
+    pub tolerate: Vec<String>,
 }
 
 /// One templated method.
@@ -99,6 +136,8 @@ pub struct MethodSpec {
     pub request: Json,
     /// Searches: where the neighbours' ids are in the answer (`result[].id`).
     pub ids: Option<String>,
+    /// Where its answer says whether it succeeded (default: `[target].check` where it fits).
+    pub check: Option<CheckSpec>,
 }
 
 impl TargetSpec {
@@ -126,10 +165,105 @@ impl TargetSpec {
         let mut services: Vec<&str> = [Some(&self.search), self.write.as_ref()]
             .into_iter()
             .flatten()
-            .filter_map(|m| describe::split_method(&m.method).ok().map(|(s, _)| s))
+            .map(|m| m.method.as_str())
+            .chain(self.setup.iter().map(|c| c.method.as_str()))
+            .chain(self.teardown.iter().map(|c| c.method.as_str()))
+            .filter_map(|m| describe::split_method(m).ok().map(|(s, _)| s))
             .collect();
+        services.sort_unstable();
         services.dedup();
         services
+    }
+
+    /// The values templates name as `{{name}}`, substituted before they are checked:
+    /// `dimensions` (a number), `metric` as vector databases spell it (`L2`, `IP`, `COSINE`),
+    /// `collection` and `index` where given, and every entry of `vars`.
+    pub fn vars(&self) -> Result<BTreeMap<String, Json>, DynamicError> {
+        let mut vars = BTreeMap::new();
+        vars.insert("dimensions".to_string(), Json::from(self.dimensions));
+        let metric = match self.metric {
+            Metric::Cosine => "COSINE",
+            Metric::L2 => "L2",
+            Metric::Ip => "IP",
+        };
+        vars.insert("metric".to_string(), Json::from(metric));
+        for (name, value) in [("collection", &self.collection), ("index", &self.index)] {
+            if let Some(value) = value {
+                vars.insert(name.to_string(), Json::from(value.as_str()));
+            }
+        }
+        for (name, value) in &self.vars {
+            if GENERATOR_NAMES.contains(&name.as_str()) {
+                return Err(DynamicError::Spec(format!(
+                    "vars.{name}: {{{{{name}}}}} is a generator; choose another name"
+                )));
+            }
+            vars.insert(name.clone(), value.clone());
+        }
+        Ok(vars)
+    }
+}
+
+/// Names a var may not take: the template's generators.
+const GENERATOR_NAMES: &[&str] = &[
+    "vector",
+    "vector_f16",
+    "vector_bf16",
+    "vectors",
+    "text",
+    "payload",
+    "id",
+    "ids",
+    "batch_size",
+    "user",
+    "iteration",
+    "k",
+    "stamp",
+    "pad",
+];
+
+/// `json` with every `{{name}}` of `vars` replaced: a string that is exactly one becomes its
+/// value (a number stays a number), a longer string gets its text. Other `{{...}}` are left
+/// for the template (generators).
+fn substitute(json: &Json, vars: &BTreeMap<String, Json>) -> Json {
+    match json {
+        Json::String(text) if text.contains("{{") => {
+            let trimmed = text.trim();
+            if let Some(name) = trimmed
+                .strip_prefix("{{")
+                .and_then(|t| t.strip_suffix("}}"))
+                .map(str::trim)
+                && let Some(value) = vars.get(name)
+            {
+                return value.clone();
+            }
+            let mut out = text.clone();
+            for (name, value) in vars {
+                let shown = match value {
+                    Json::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                out = out.replace(&format!("{{{{{name}}}}}"), &shown);
+            }
+            Json::String(out)
+        }
+        Json::Array(items) => Json::Array(items.iter().map(|i| substitute(i, vars)).collect()),
+        Json::Object(fields) => Json::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), substitute(v, vars)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
+}
+
+/// A request given as a table or as a string of JSON, as JSON.
+fn request_json(method: &str, request: &Json) -> Result<Json, DynamicError> {
+    match request {
+        Json::String(text) => serde_json::from_str(text)
+            .map_err(|e| DynamicError::Spec(format!("{method} request: not JSON: {e}"))),
+        other => Ok(other.clone()),
     }
 }
 
@@ -158,6 +292,16 @@ pub enum DynamicError {
     /// Something else in `[target]`.
     #[error("[target]: {0}")]
     Spec(String),
+    /// A setup or teardown call failed.
+    #[error("{phase} call {method}: {reason}")]
+    Call {
+        /// `setup` or `teardown`.
+        phase: &'static str,
+        /// The method.
+        method: String,
+        /// Its answer.
+        reason: String,
+    },
     /// The target refused the probe request.
     #[error(
         "the target refused a request rendered from the {method} template ({code:?}: {message}): fix the template (or --dimensions) before running load"
@@ -184,17 +328,17 @@ pub struct Method {
 }
 
 impl Method {
-    fn compile(spec: &MethodSpec, pool: &DescriptorPool) -> Result<Self, DynamicError> {
-        let descriptor = describe::find_method(pool, &spec.method)?;
-        let json = match &spec.request {
-            Json::String(text) => serde_json::from_str(text).map_err(|e| {
-                DynamicError::Spec(format!("{} request: not JSON: {e}", spec.method))
-            })?,
-            other => other.clone(),
-        };
+    fn compile(
+        name: &str,
+        request: &Json,
+        pool: &DescriptorPool,
+        vars: &BTreeMap<String, Json>,
+    ) -> Result<Self, DynamicError> {
+        let descriptor = describe::find_method(pool, name)?;
+        let json = substitute(&request_json(name, request)?, vars);
         let template = Template::compile(&json, &descriptor.input()).map_err(|error| {
             DynamicError::Template {
-                method: spec.method.clone(),
+                method: name.to_string(),
                 error,
             }
         })?;
@@ -204,13 +348,122 @@ impl Method {
             descriptor.name()
         );
         let path = path.parse().map_err(|e| {
-            DynamicError::Spec(format!("{}: not an HTTP/2 path ({path}): {e}", spec.method))
+            DynamicError::Spec(format!("{name}: not an HTTP/2 path ({path}): {e}"))
         })?;
         Ok(Self {
             path,
             template,
             descriptor,
         })
+    }
+}
+
+/// The answer check for a call of `method`: its own, else the target's where the answer has
+/// its fields.
+fn compile_check(
+    method: &Method,
+    own: Option<&CheckSpec>,
+    target: Option<&CheckSpec>,
+) -> Result<Option<AnswerCheck>, DynamicError> {
+    let answer = method.descriptor.output();
+    let fail = |reason: String| {
+        DynamicError::Spec(format!("{}: {reason}", method.descriptor.full_name()))
+    };
+    match (own, target) {
+        (Some(own), _) => AnswerCheck::compile(own, &answer).map(Some).map_err(fail),
+        (None, Some(target)) => Ok(AnswerCheck::compile(target, &answer).ok()),
+        (None, None) => Ok(None),
+    }
+}
+
+/// One checked setup or teardown call.
+#[derive(Debug, Clone)]
+pub struct Call {
+    /// The method and its request.
+    pub method: Method,
+    /// Where its answer says whether it succeeded.
+    pub check: Option<AnswerCheck>,
+    /// Failures that are not failures here.
+    pub tolerate: Vec<String>,
+}
+
+impl Call {
+    fn compile(
+        spec: &CallSpec,
+        pool: &DescriptorPool,
+        vars: &BTreeMap<String, Json>,
+        target: Option<&CheckSpec>,
+    ) -> Result<Self, DynamicError> {
+        let method = Method::compile(&spec.method, &spec.request, pool, vars)?;
+        let check = compile_check(&method, spec.check.as_ref(), target)?;
+        Ok(Self {
+            method,
+            check,
+            tolerate: spec.tolerate.clone(),
+        })
+    }
+
+    /// Whether a failure with this code name and reason is tolerated.
+    fn tolerates(&self, code: &str, reason: &str) -> bool {
+        let reason = reason.to_lowercase();
+        self.tolerate
+            .iter()
+            .any(|t| t == code || reason.contains(&t.to_lowercase()))
+    }
+
+    /// Makes the call once (off the hot path) with its request rendered for `k`: `Ok` when
+    /// it succeeded or failed in a tolerated way, else why not.
+    pub async fn make(
+        &self,
+        phase: &'static str,
+        channel: &Channel,
+        metadata: &Metadata,
+        k: u32,
+        deadline: Duration,
+    ) -> Result<(), DynamicError> {
+        let fail = |reason: String| DynamicError::Call {
+            phase,
+            method: self.method.descriptor.full_name().to_string(),
+            reason,
+        };
+        let request = self.method.template.render(&template::Fill {
+            points: &[],
+            user: 0,
+            iteration: 0,
+            k,
+            stamp: "",
+            pad: 0,
+        });
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        grpc.ready()
+            .await
+            .map_err(|e| fail(format!("UNAVAILABLE: {e}")))?;
+        let path = self.method.path.clone();
+        let request = request_with(
+            bytes::Bytes::from(prost::Message::encode_to_vec(&request)),
+            deadline,
+            metadata,
+        );
+        match grpc.unary(request, path, codec::BytesCodec).await {
+            Ok(answer) => {
+                let Some(check) = &self.check else {
+                    return Ok(());
+                };
+                match check.verdict(answer.get_ref()) {
+                    Ok(()) => Ok(()),
+                    Err(reason) if self.tolerates(check::ANSWER_ERROR, &reason) => Ok(()),
+                    Err(reason) => Err(fail(format!("the answer says it failed: {reason}"))),
+                }
+            }
+            Err(status) => {
+                let code = vecrig::validation::report::code_name(status.code());
+                if self.tolerates(code, status.message()) {
+                    Ok(())
+                } else {
+                    Err(fail(format!("{code}: {}", status.message())))
+                }
+            }
+        }
     }
 }
 
@@ -233,6 +486,14 @@ pub struct Templates {
     pub metric: Metric,
     /// First id ingest writes.
     pub first_id: u64,
+    /// Where a search's answer says whether it succeeded.
+    pub search_check: Option<AnswerCheck>,
+    /// Where a write's answer says whether it succeeded.
+    pub write_check: Option<AnswerCheck>,
+    /// Calls made once before the probes.
+    pub setup: Vec<Call>,
+    /// Calls made once after the run.
+    pub teardown: Vec<Call>,
 }
 
 /// A run's templated target shares one `Templates`: equal when the same.
@@ -248,7 +509,9 @@ impl Templates {
         if spec.dimensions == 0 {
             return Err(DynamicError::Spec("dimensions must be at least 1".into()));
         }
-        let search = Method::compile(&spec.search, pool)?;
+        let vars = spec.vars()?;
+        let compile = |m: &MethodSpec| Method::compile(&m.method, &m.request, pool, &vars);
+        let search = compile(&spec.search)?;
         let path = spec.search.ids.as_deref().ok_or_else(|| {
             DynamicError::Spec(format!(
                 "search needs `ids`: where the neighbours' ids are in a {} (e.g. \"result[].id\")",
@@ -261,7 +524,7 @@ impl Templates {
                 error,
             }
         })?;
-        if !search.template.uses(Generator::Vector) && !search.template.uses(Generator::Text) {
+        if !search.template.uses_vector() && !search.template.uses(Generator::Text) {
             return Err(DynamicError::Spec(format!(
                 "the {} template uses neither {{{{vector}}}} nor {{{{text}}}}: every search would be the same",
                 spec.search.method
@@ -273,14 +536,18 @@ impl Templates {
             let Some(other) = other else {
                 return Ok(None);
             };
-            let method = Method::compile(other, pool)?;
+            let method = compile(other)?;
             if method.path != search.path {
                 return Err(DynamicError::Spec(format!(
                     "{name} calls {}: it must be the search's method, {}",
                     other.method, spec.search.method
                 )));
             }
-            if !method.template.uses(needs) {
+            let uses = match needs {
+                Generator::Text => method.template.uses(needs),
+                _ => method.template.uses_vector(),
+            };
+            if !uses {
                 return Err(DynamicError::Spec(format!(
                     "the {name} template does not use {{{{{}}}}}",
                     if needs == Generator::Text {
@@ -297,16 +564,31 @@ impl Templates {
         let write = spec
             .write
             .as_ref()
-            .map(|w| Method::compile(w, pool))
+            .map(compile)
             .transpose()?;
         if let Some(write) = &write
             && !write.template.uses(Generator::Id)
+            && !write.template.uses(Generator::Ids)
         {
             return Err(DynamicError::Spec(format!(
-                "the write template ({}) does not use {{{{id}}}}: the loadgen could not tell which points the target holds",
+                "the write template ({}) does not use {{{{id}}}} (or {{{{ids}}}}): the loadgen could not tell which points the target holds",
                 write.descriptor.full_name()
             )));
         }
+        let target_check = spec.check.as_ref();
+        let search_check = compile_check(&search, spec.search.check.as_ref(), target_check)?;
+        let write_check = match (&write, &spec.write) {
+            (Some(method), Some(spec)) => {
+                compile_check(method, spec.check.as_ref(), target_check)?
+            }
+            _ => None,
+        };
+        let calls = |specs: &[CallSpec]| {
+            specs
+                .iter()
+                .map(|c| Call::compile(c, pool, &vars, target_check))
+                .collect::<Result<Vec<_>, _>>()
+        };
         Ok(Self {
             search,
             ids,
@@ -316,6 +598,10 @@ impl Templates {
             dimensions: spec.dimensions,
             metric: spec.metric,
             first_id: spec.first_id,
+            search_check,
+            write_check,
+            setup: calls(&spec.setup)?,
+            teardown: calls(&spec.teardown)?,
         })
     }
 
@@ -346,6 +632,15 @@ impl Templates {
     pub fn ids_in(&self, body: &[u8]) -> Option<Vec<u64>> {
         let answer = DynamicMessage::decode(self.search.descriptor.output(), body).ok()?;
         Some(self.ids.read(&answer))
+    }
+
+    /// The answer check of a write's method (`write`) or a search's.
+    pub fn check_for(&self, write: bool) -> Option<&AnswerCheck> {
+        if write {
+            self.write_check.as_ref()
+        } else {
+            self.search_check.as_ref()
+        }
     }
 
     /// The search's answer type.
@@ -406,6 +701,7 @@ mod tests {
                 method: "vecrig.v1.VectorIndex/Search".into(),
                 request: Json::String(search.into()),
                 ids: Some(ids.into()),
+                check: None,
             },
             text_search: None,
             exact_search: None,
@@ -413,7 +709,14 @@ mod tests {
                 method: "vecrig.v1.VectorIndex/Upsert".into(),
                 request: Json::String(w.into()),
                 ids: None,
+                check: None,
             }),
+            check: None,
+            setup: Vec::new(),
+            teardown: Vec::new(),
+            collection: None,
+            index: None,
+            vars: BTreeMap::new(),
         }
     }
 
@@ -594,10 +897,10 @@ mod tests {
                 "`text`: {{vector}} needs a repeated float",
             ),
             (
-                r#"{"vector": {"values": "{{vectors}}"}}"#,
+                r#"{"vector": {"values": "{{vectr}}"}}"#,
                 "hits[].id",
                 None,
-                "unknown generator {{vectors}}",
+                "unknown generator {{vectr}}",
             ),
             (
                 SEARCH,
@@ -615,8 +918,8 @@ mod tests {
             (
                 SEARCH,
                 "hits[].id",
-                Some(r#"{"points": [{"id": "{{id}}", "payload": {"n": 3}}]}"#),
-                "`points[].payload[\"n\"]`: expected string, got 3",
+                Some(r#"{"points": [{"id": "{{id}}", "payload": {"n": true}}]}"#),
+                "`points[].payload[\"n\"]`: expected string, got true",
             ),
         ] {
             let e = Templates::compile(&spec(search, ids, write), &pool)

@@ -36,6 +36,8 @@ pub struct Truth {
     vectors: Vec<f32>,
     texts: Vec<String>,
     acked: Vec<AtomicBool>,
+    /// Whether the probe wrote batch 0.
+    probed: AtomicBool,
 }
 
 /// A run's data set is one `Truth`, shared: equal when the same.
@@ -75,6 +77,7 @@ impl Truth {
             acked: (0..points.div_ceil(batch))
                 .map(|_| AtomicBool::new(false))
                 .collect(),
+            probed: AtomicBool::new(false),
         }
     }
 
@@ -107,6 +110,19 @@ impl Truth {
             &self.vectors[j * d..(j + 1) * d],
             &self.texts[j],
         )
+    }
+
+    /// Marks batch 0 written by the pre-flight probe: ingest then starts at batch 1, so the
+    /// target is never sent the same points twice (a store that keeps duplicate keys would
+    /// hold them twice).
+    pub fn acknowledge_probe(&self) {
+        self.acknowledge(0);
+        self.probed.store(true, Ordering::Release);
+    }
+
+    /// The first batch ingest writes: 1 when the probe wrote batch 0, else 0.
+    pub fn first_batch(&self) -> u64 {
+        u64::from(self.probed.load(Ordering::Acquire))
     }
 
     /// Marks batch `b` acknowledged by the target.

@@ -14,6 +14,7 @@ use vecrig::client::{Metadata, Pool, request_with};
 
 use super::lanes::{Lane, Lanes};
 use crate::dynamic::Templates;
+use crate::dynamic::check::AnswerCheck;
 use crate::dynamic::codec::BytesCodec;
 use crate::dynamic::template::GRPC_PREFIX;
 use crate::progress::Progress;
@@ -169,36 +170,50 @@ impl Context {
         }
     }
 
-    /// Sends one attempt of a sampled search, keeping its answer, and keeps the ids read from
-    /// it for the recall check, with the loadgen's write count when it was sent.
-    async fn send_sampled(
+    /// Sends one attempt whose answer is read: a sampled search (its ids kept for the recall
+    /// check, with the loadgen's write count when it was sent) or an answer the target's
+    /// answer check must pass. Returns the code and, for an OK answer that failed its check,
+    /// the reason.
+    async fn send_read(
         &self,
         channel: Option<&Channel>,
         call: &Call,
         frame: Option<&(Rpc, Bytes)>,
-    ) -> (Code, Pushback) {
-        let writes = self.recall.quiet_writes();
+        (sampled, check): (bool, Option<&AnswerCheck>),
+    ) -> (Code, Pushback, Option<String>) {
+        let writes = sampled.then(|| self.recall.quiet_writes()).flatten();
         let mut body = BytesMut::new();
         let (code, pushback) = self
             .send(channel, call, frame, Instant::now(), Some(&mut body))
             .await;
-        if code == Code::Ok
+        if code != Code::Ok {
+            return (code, pushback, None);
+        }
+        // Over our own connections the answer is its gRPC frame: a flag byte, a length,
+        // the message; over tonic's, the message.
+        let message = if channel.is_some() {
+            match body.first() {
+                Some(0) => body.get(GRPC_PREFIX..),
+                _ => None,
+            }
+        } else {
+            Some(&body[..])
+        };
+        let failed = check.and_then(|check| match message {
+            Some(message) => check.verdict(message).err(),
+            None => Some("the answer is compressed or empty: it cannot be checked".into()),
+        });
+        if sampled
+            && failed.is_none()
             && let Some(request) = call.search_request()
         {
-            // Over our own connections the answer is its gRPC frame: a flag byte, a length,
-            // the message; over tonic's, the message.
-            let message = if channel.is_some() {
-                body.get(GRPC_PREFIX..)
-            } else {
-                Some(&body[..])
-            };
             let ids = message.and_then(|message| self.templates.ids_in(message));
             // An answer that does not decode cannot be scored: kept as a search sent while
             // writes were in flight is, counted as skipped.
             let writes = if ids.is_some() { writes } else { None };
             self.recall.keep(&request, ids.unwrap_or_default(), writes);
         }
-        (code, pushback)
+        (code, pushback, failed)
     }
 
     /// Sends `op` (retrying as the policy and budget allow) and records its outcome in
@@ -210,6 +225,7 @@ impl Context {
         self.budget.deposit();
         // A sampled search keeps its answer (its ids read after, off the request's timing).
         let sampled = !call.is_write() && lane.sample_search(self.recall.every);
+        let check = self.templates.check_for(call.is_write());
         let _write = (call.is_write() && self.recall.is_on()).then(|| self.recall.write_started());
         let channel = lane.channel_for(self.client.as_ref());
         let frame = channel.as_ref().map(|channel| channel.encode(&op));
@@ -219,12 +235,15 @@ impl Context {
         loop {
             attempts += 1;
             let sent = Instant::now();
-            let (code, pushback) = if sampled {
-                self.send_sampled(channel.as_deref(), call, frame.as_ref())
+            let (code, pushback, failed) = if sampled || check.is_some() {
+                let read = (sampled, check);
+                self.send_read(channel.as_deref(), call, frame.as_ref(), read)
                     .await
             } else {
-                self.send(channel.as_deref(), call, frame.as_ref(), sent, None)
-                    .await
+                let (code, pushback) = self
+                    .send(channel.as_deref(), call, frame.as_ref(), sent, None)
+                    .await;
+                (code, pushback, None)
             };
             let answered = Instant::now();
             let first_code = *first.get_or_insert(code);
@@ -248,8 +267,13 @@ impl Context {
                 retries_denied,
                 latency: answered.saturating_duration_since(intended),
                 service_time: answered - sent,
+                answer_failed: failed.is_some(),
             };
             lane.record(&outcome, recorder, answered);
+            if let Some(reason) = &failed {
+                lane.note_reason(recorder, reason);
+                return;
+            }
             match (code, &call.kind) {
                 (
                     Code::Ok,

@@ -105,6 +105,7 @@ mod tests {
             retries_denied: 0,
             latency: Duration::from_millis(p_ms),
             service_time: Duration::from_millis(p_ms),
+            answer_failed: false,
         });
         o.report(name, 1, Duration::from_secs(1), ServerFigures::default())
     }

@@ -205,6 +205,11 @@ impl Lane {
         self.with_batch(recorder, |batch| batch.record(outcome, timeline, at));
     }
 
+    /// Counts, for `recorder`, the reason an answer failed its check.
+    pub fn note_reason(&self, recorder: &Recorder, reason: &str) {
+        self.with_batch(recorder, |batch| batch.note_reason(reason));
+    }
+
     /// Counts an arrival for `recorder` that could not be sent on time.
     pub fn drop_arrival(&self, recorder: &Recorder) {
         self.with_batch(recorder, Batch::drop_arrival);

@@ -154,6 +154,9 @@ pub async fn run_scenario(
         if let (Some(before), Some(after)) = (&counters_before, &counters_after) {
             report.server_counts = crate::scrape::counted_between(before, after);
         }
+        if let Model::Ingest { writes, .. } = &phase.model {
+            report.written = writes.0.ingest_truth().map(|truth| truth.held() as u64);
+        }
         let failure = mid_run_failure.or_else(|| {
             ctx.abort_on_fail?;
             failed_at_phase_end(&scenario.thresholds, &report)
