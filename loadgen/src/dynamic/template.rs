@@ -2,50 +2,69 @@
 //! values, checked once against the message's descriptor and rendered per request into a
 //! [`DynamicMessage`].
 //!
-//! A generator is a JSON string that is exactly `{{name}}`:
-//! - `{{vector}}`: the request's vector (the query, or the point written), in a repeated
-//!   `float` or `double` field;
+//! A generator is `{{name}}` in a JSON string. Alone (the field's whole value) it fills:
+//! - `{{vector}}`: the request's vector (the query, or the point written): a repeated `float`
+//!   or `double` field, or `bytes` (little-endian f32, as Milvus's placeholders want);
+//!   `{{vector_f16}}`, `{{vector_bf16}}`: the same as IEEE half or bfloat16, into `bytes`;
+//! - `{{vectors}}` (`_f16`, `_bf16`): every vector of the batch one after another, the same
+//!   fields (a column-wise write: Milvus's `float_vector.data`);
+//! - `{{ids}}`: every id of the batch, in order, in a repeated integer or string field;
 //! - `{{text}}`: the query's text, or the point's, in the synthetic vocabulary (`string`);
 //! - `{{payload}}`: a short payload of the point, `{"id":ID,"user":USER}` (`string` or `bytes`);
-//! - `{{id}}`: the point's id (a write), or the request's (a search): an integer or a string
-//!   field (decimal);
-//! - `{{user}}`, `{{iteration}}`: who sends the request and its number, integer or string;
-//! - `{{k}}`: neighbours asked for, integer;
+//! - numbers, into an integer, `float`, `double` or `string` field (decimal): `{{id}}` (the
+//!   point's id, or the search's), `{{user}}` and `{{iteration}}` (who sends the request, its
+//!   number), `{{k}}` (neighbours asked for), `{{batch_size}}` (the request's points);
 //! - `{{stamp}}`: the run's acknowledgement stamp, on writes whose acknowledgements are read
 //!   back after a fault ([`crate::acks`]), `string`;
 //! - `{{pad}}`: filler of the scenario's pad size (memory pressure), `string` or `bytes`.
 //!
-//! A map entry whose value is `{{stamp}}` or `{{pad}}` is left out of a request that has none
-//! (a write that is not stamped, a scenario without padding).
+//! Inside a longer string (`"{\"ef\": {{k}}}"`, into `string` or `bytes`) the numbers and
+//! `{{stamp}}` are written out; the others have no text form and are refused there. A map
+//! entry whose value is `{{stamp}}` or `{{pad}}` alone is left out of a request that has none.
 //!
 //! Every other value is a literal of the field's type (numbers in range, enums by name, strings,
-//! nested objects for messages, objects for maps). In a write, a repeated field written as a
-//! list of one element that mentions `{{id}}` is that element once per point of the batch:
-//! `"points": [{"id": "{{id}}", "values": "{{vector}}"}]`.
+//! nested objects for messages, objects for maps). A `bytes` field may hold a message of its
+//! own, encoded (Milvus's `placeholder_group`): an object whose `"@encode"` names the type, its
+//! other keys that type's fields, templated like any other. In a write, a repeated field
+//! written as a list of one element that mentions `{{id}}` is that element once per point of
+//! the batch: `"points": [{"id": "{{id}}", "values": "{{vector}}"}]`.
 //!
 //! On the hot path a request is encoded straight to bytes ([`Template::encode`]): a vector
 //! whose field sits in singular messages only (the usual search) is not built as a list of
-//! dynamic values but appended after the rest of the message as its packed bytes, wrapped in
-//! its enclosing message fields (a `{{text}}` there likewise, as its UTF-8 bytes); protobuf merges a repeated occurrence of a singular message
-//! field into the first, so the target decodes the same message [`Template::render`] builds.
-//! Likewise the top-level fields that are the same in every request of a run (literals, and
-//! `{{k}}`) are encoded once and copied: a message's fields may come in any order, so the
-//! fixed ones, the varying ones and the appended vectors are simply written one after the
-//! other. A search whose only varying part is its vector (vecrig's own, and most) then builds
-//! no dynamic message at all per request: it costs what a prost encoding of the message does.
+//! dynamic values but appended after the rest of the message as its packed bytes (a `bytes`
+//! field's value is the same bytes), wrapped in its enclosing message fields (a `{{text}}`
+//! there likewise, as its UTF-8 bytes); protobuf merges a repeated occurrence of a singular
+//! message field into the first, so the target decodes the same message [`Template::render`]
+//! builds. Likewise the top-level fields that are the same in every request of a run
+//! (literals, and `{{k}}`, encoded messages of those included) are encoded once and copied: a
+//! message's fields may come in any order, so the fixed ones, the varying ones and the
+//! appended vectors are simply written one after the other. A search whose only varying part
+//! is its vector (vecrig's own, and most) then builds no dynamic message at all per request.
 //!
 //! Checking happens before any load: an unknown field, a value of the wrong type or a
 //! generator where it cannot go is a [`TemplateError`] naming the field's path, never a
 //! request full of INVALID_ARGUMENT. Rendering cannot fail.
 
+mod generator;
+mod render;
+#[cfg(test)]
+mod tests;
+
 use prost_reflect::{
-    DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MapKey, MessageDescriptor, Value,
+    DescriptorPool, DynamicMessage, EnumDescriptor, FieldDescriptor, Kind, MapKey,
+    MessageDescriptor, Value,
 };
 use serde_json::Value as Json;
+
+pub use generator::Generator;
+use generator::{Encoding, Parsed, Piece, parse};
 
 /// Bytes ahead of a gRPC message in its frame: a flag byte (compressed or not) and the
 /// message's length, 4 bytes big-endian.
 pub const GRPC_PREFIX: usize = 5;
+
+/// The key of an object that is a message encoded into a `bytes` field.
+const ENCODE: &str = "@encode";
 
 /// A template that does not fit its message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -55,66 +74,6 @@ pub struct TemplateError {
     pub path: String,
     /// What is wrong.
     pub reason: String,
-}
-
-/// The generators a template may use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Generator {
-    /// `{{vector}}`.
-    Vector,
-    /// `{{text}}`.
-    Text,
-    /// `{{payload}}`.
-    Payload,
-    /// `{{id}}`.
-    Id,
-    /// `{{user}}`.
-    User,
-    /// `{{iteration}}`.
-    Iteration,
-    /// `{{k}}`.
-    K,
-    /// `{{stamp}}`.
-    Stamp,
-    /// `{{pad}}`.
-    Pad,
-}
-
-const GENERATORS: &str = "vector, text, payload, id, user, iteration, k, stamp, pad";
-
-impl Generator {
-    /// The generator a JSON string names, if it is one: `Ok(None)` for a plain string, an
-    /// error for `{{...}}` naming none.
-    fn parse(text: &str) -> Result<Option<Self>, String> {
-        let Some(inner) = text
-            .trim()
-            .strip_prefix("{{")
-            .and_then(|t| t.strip_suffix("}}"))
-        else {
-            if text.contains("{{") {
-                return Err(format!(
-                    "{text:?}: a generator must be the whole value, `{{{{name}}}}` alone"
-                ));
-            }
-            return Ok(None);
-        };
-        Ok(Some(match inner.trim() {
-            "vector" => Self::Vector,
-            "text" => Self::Text,
-            "payload" => Self::Payload,
-            "id" => Self::Id,
-            "user" => Self::User,
-            "iteration" => Self::Iteration,
-            "k" => Self::K,
-            "stamp" => Self::Stamp,
-            "pad" => Self::Pad,
-            other => {
-                return Err(format!(
-                    "unknown generator {{{{{other}}}}}: expected one of {GENERATORS}"
-                ));
-            }
-        }))
-    }
 }
 
 /// One point of a request: the query of a search, or a point written.
@@ -151,12 +110,17 @@ type Fields = Vec<(FieldDescriptor, Node)>;
 #[derive(Debug, Clone)]
 enum Node {
     Message(MessageDescriptor, Fields),
+    /// A message whose encoding is the value of a `bytes` field.
+    Encoded(MessageDescriptor, Fields),
     List(Vec<Node>),
     /// One element per point of the request.
     PerPoint(Box<Node>),
     Map(Vec<(MapKey, Node)>),
     Literal(Value),
+    /// A generator alone; the kind is the field's (its elements' for a repeated field).
     Generate(Generator, Kind),
+    /// A `string` or `bytes` field's text with generators inside it.
+    Interpolate(Vec<Piece>, Kind),
 }
 
 /// A checked template of one message.
@@ -170,7 +134,7 @@ pub struct Template {
     fixed: Fields,
     /// `fixed` encoded, for the `k` it was encoded with (the first request's).
     fixed_encoded: std::sync::OnceLock<(u32, Vec<u8>)>,
-    /// Those vectors: where they are, and their width in bytes per value.
+    /// Those vectors: where they are, and how they are written.
     appended: Vec<Appended>,
     uses: Vec<Generator>,
 }
@@ -182,22 +146,30 @@ struct Appended {
     path: Vec<u32>,
     number: u32,
     holds: Holds,
+    /// Whether the field is written when empty (it has presence: a oneof's member), as
+    /// protobuf writes it.
+    presence: bool,
 }
 
 /// What an appended field holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Holds {
-    Floats,
-    Doubles,
+    /// The first point's vector (`false`) or every point's, one after another.
+    Vectors(Encoding, bool),
     Text,
 }
 
 impl Template {
-    /// Checks `json` against `message`; `name` prefixes the paths in errors.
+    /// Checks `json` against `message`; a message named by `"@encode"` is looked up in
+    /// `message`'s pool.
     pub fn compile(json: &Json, message: &MessageDescriptor) -> Result<Self, TemplateError> {
-        let mut uses = Vec::new();
-        let root = (message.clone(), fields(json, message, "", &mut uses)?);
-        uses.sort_by_key(|g| *g as u8);
+        let mut check = Check {
+            pool: message.parent_pool().clone(),
+            uses: Vec::new(),
+        };
+        let root = (message.clone(), check.fields(json, message, "")?);
+        let mut uses = check.uses;
+        uses.sort();
         uses.dedup();
         let mut lean = root.1.clone();
         let mut appended = Vec::new();
@@ -218,10 +190,16 @@ impl Template {
         self.uses.contains(&generator)
     }
 
+    /// Whether the template uses any generator of vectors (`{{vector}}`, `{{vectors}}`, in
+    /// any encoding).
+    pub fn uses_vector(&self) -> bool {
+        self.uses.iter().any(|g| g.vector().is_some())
+    }
+
     /// The request for `fill`, as a message.
     pub fn render(&self, fill: &Fill<'_>) -> DynamicMessage {
         let (descriptor, fields) = &self.root;
-        render_message(descriptor, fields, fill, 0)
+        render::message(descriptor, fields, fill, 0)
     }
 
     /// The request for `fill`, encoded: the message [`render`](Self::render) builds, with its
@@ -244,9 +222,9 @@ impl Template {
         use prost::Message;
         let descriptor = &self.root.0;
         let varying =
-            (!self.varying.is_empty()).then(|| render_message(descriptor, &self.varying, fill, 0));
+            (!self.varying.is_empty()).then(|| render::message(descriptor, &self.varying, fill, 0));
         // The first request's fixed part is kept for the run (a run asks for one k).
-        let render_fixed = || render_message(descriptor, &self.fixed, fill, 0).encode_to_vec();
+        let render_fixed = || render::message(descriptor, &self.fixed, fill, 0).encode_to_vec();
         let cached = self.fixed_encoded.get_or_init(|| (fill.k, render_fixed()));
         let fresh;
         let fixed: &[u8] = if cached.0 == fill.k {
@@ -255,17 +233,13 @@ impl Template {
             fresh = render_fixed();
             &fresh
         };
-        let (vector, text) = fill
-            .points
-            .first()
-            .map_or((&[][..], ""), |p| (p.vector, p.text));
+        let appended: usize = self
+            .appended
+            .iter()
+            .map(|a| render::appended_len(a, fill))
+            .sum();
         let mut out = Vec::with_capacity(
-            headroom
-                + fixed.len()
-                + varying.as_ref().map_or(0, Message::encoded_len)
-                + 16
-                + vector.len() * 8
-                + text.len(),
+            headroom + fixed.len() + varying.as_ref().map_or(0, Message::encoded_len) + appended,
         );
         out.resize(headroom, 0);
         out.extend_from_slice(fixed);
@@ -274,7 +248,7 @@ impl Template {
             let _ = varying.encode(&mut out);
         }
         for appended in &self.appended {
-            append(&mut out, appended, vector, text);
+            render::append(&mut out, appended, fill);
         }
         out
     }
@@ -283,16 +257,15 @@ impl Template {
 /// Moves the vectors of `fields` that sit in singular messages only out to `out`.
 fn split_vectors(fields: &mut Fields, path: &mut Vec<u32>, out: &mut Vec<Appended>) {
     fields.retain_mut(|(field, node)| match node {
-        Node::Generate(Generator::Vector, kind) => {
-            out.push(Appended {
-                path: path.clone(),
-                number: field.number(),
-                holds: if matches!(kind, Kind::Double) {
-                    Holds::Doubles
-                } else {
-                    Holds::Floats
-                },
-            });
+        Node::Generate(generator, kind) if generator.vector().is_some() => {
+            if let Some((encoding, all)) = generator.encoding_in(kind) {
+                out.push(Appended {
+                    path: path.clone(),
+                    number: field.number(),
+                    holds: Holds::Vectors(encoding, all),
+                    presence: field.supports_presence(),
+                });
+            }
             false
         }
         Node::Generate(Generator::Text, _) => {
@@ -300,6 +273,7 @@ fn split_vectors(fields: &mut Fields, path: &mut Vec<u32>, out: &mut Vec<Appende
                 path: path.clone(),
                 number: field.number(),
                 holds: Holds::Text,
+                presence: field.supports_presence(),
             });
             false
         }
@@ -313,38 +287,21 @@ fn split_vectors(fields: &mut Fields, path: &mut Vec<u32>, out: &mut Vec<Appende
     });
 }
 
-/// Appends `vector` as the packed field `appended.number` (or `text` as the string field),
-/// inside its enclosing message fields: their lengths are counted first, innermost out, so
-/// every byte is written once.
-fn append(out: &mut Vec<u8>, appended: &Appended, vector: &[f32], text: &str) {
-    use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint, key_len};
-    let payload = match appended.holds {
-        Holds::Floats => vector.len() * 4,
-        Holds::Doubles => vector.len() * 8,
-        Holds::Text => text.len(),
-    };
-    // The length of what each enclosing field holds, innermost first.
-    let mut lengths = Vec::with_capacity(appended.path.len());
-    let mut length = key_len(appended.number) + encoded_len_varint(payload as u64) + payload;
-    for &number in appended.path.iter().rev() {
-        lengths.push(length);
-        length += key_len(number) + encoded_len_varint(length as u64);
-    }
-    out.reserve(length);
-    for (&number, &holds) in appended.path.iter().zip(lengths.iter().rev()) {
-        encode_key(number, WireType::LengthDelimited, out);
-        encode_varint(holds as u64, out);
-    }
-    encode_key(appended.number, WireType::LengthDelimited, out);
-    encode_varint(payload as u64, out);
-    match appended.holds {
-        Holds::Floats => vector
+/// Whether what `node` renders differs from request to request of a run: it mentions a
+/// generator other than `{{k}}` (a run's k is fixed), or has an element per point.
+fn varies(node: &Node) -> bool {
+    match node {
+        Node::Message(_, fields) | Node::Encoded(_, fields) => {
+            fields.iter().any(|(_, child)| varies(child))
+        }
+        Node::List(items) => items.iter().any(varies),
+        Node::PerPoint(_) => true,
+        Node::Map(entries) => entries.iter().any(|(_, child)| varies(child)),
+        Node::Literal(_) => false,
+        Node::Generate(generator, _) => *generator != Generator::K,
+        Node::Interpolate(pieces, _) => pieces
             .iter()
-            .for_each(|x| out.extend_from_slice(&x.to_le_bytes())),
-        Holds::Doubles => vector
-            .iter()
-            .for_each(|&x| out.extend_from_slice(&f64::from(x).to_le_bytes())),
-        Holds::Text => out.extend_from_slice(text.as_bytes()),
+            .any(|p| matches!(p, Piece::Generate(g) if *g != Generator::K)),
     }
 }
 
@@ -375,170 +332,6 @@ fn kind_name(kind: &Kind) -> String {
     }
 }
 
-fn message_node(
-    json: &Json,
-    message: &MessageDescriptor,
-    path: &str,
-    uses: &mut Vec<Generator>,
-) -> Result<Node, TemplateError> {
-    Ok(Node::Message(
-        message.clone(),
-        fields(json, message, path, uses)?,
-    ))
-}
-
-fn fields(
-    json: &Json,
-    message: &MessageDescriptor,
-    path: &str,
-    uses: &mut Vec<Generator>,
-) -> Result<Fields, TemplateError> {
-    let Json::Object(fields) = json else {
-        return Err(err(
-            path,
-            format!("expected an object for message {}", message.full_name()),
-        ));
-    };
-    let mut nodes = Vec::with_capacity(fields.len());
-    for (name, value) in fields {
-        let field_path = join(path, name);
-        let field = message
-            .get_field_by_name(name)
-            .or_else(|| message.get_field_by_json_name(name))
-            .ok_or_else(|| {
-                let known: Vec<String> = message.fields().map(|f| f.name().to_string()).collect();
-                err(
-                    &field_path,
-                    format!(
-                        "no such field in message {} (its fields: {})",
-                        message.full_name(),
-                        known.join(", ")
-                    ),
-                )
-            })?;
-        nodes.push((field.clone(), field_node(value, &field, &field_path, uses)?));
-    }
-    Ok(nodes)
-}
-
-fn mentions_id(json: &Json) -> bool {
-    match json {
-        Json::String(s) => matches!(Generator::parse(s), Ok(Some(Generator::Id))),
-        Json::Array(items) => items.iter().any(mentions_id),
-        Json::Object(fields) => fields.values().any(mentions_id),
-        _ => false,
-    }
-}
-
-fn field_node(
-    json: &Json,
-    field: &FieldDescriptor,
-    path: &str,
-    uses: &mut Vec<Generator>,
-) -> Result<Node, TemplateError> {
-    let kind = field.kind();
-    if field.is_map() {
-        let Kind::Message(entry) = &kind else {
-            return Err(err(path, "a map without an entry message"));
-        };
-        let Json::Object(entries) = json else {
-            return Err(err(path, "expected an object for a map field"));
-        };
-        let (key_field, value_field) = (entry.map_entry_key_field(), entry.map_entry_value_field());
-        let mut nodes = Vec::with_capacity(entries.len());
-        for (key, value) in entries {
-            let entry_path = format!("{path}[{key:?}]");
-            let key = map_key(key, &key_field.kind()).map_err(|r| err(&entry_path, r))?;
-            let value = value_node(value, &value_field.kind(), &entry_path, uses)?;
-            nodes.push((key, value));
-        }
-        return Ok(Node::Map(nodes));
-    }
-    if field.is_list() {
-        if let Json::String(text) = json {
-            return match Generator::parse(text).map_err(|r| err(path, r))? {
-                Some(Generator::Vector) if matches!(kind, Kind::Float | Kind::Double) => {
-                    uses.push(Generator::Vector);
-                    Ok(Node::Generate(Generator::Vector, kind))
-                }
-                Some(Generator::Vector) => Err(err(
-                    path,
-                    format!(
-                        "{{{{vector}}}} needs a repeated float or double field; this one is repeated {}",
-                        kind_name(&kind)
-                    ),
-                )),
-                _ => Err(err(
-                    path,
-                    "a repeated field: expected a list (or {{vector}})",
-                )),
-            };
-        }
-        let Json::Array(items) = json else {
-            return Err(err(path, "a repeated field: expected a list"));
-        };
-        if let [item] = items.as_slice()
-            && mentions_id(item)
-        {
-            let element = value_node(item, &kind, &format!("{path}[]"), uses)?;
-            return Ok(Node::PerPoint(Box::new(element)));
-        }
-        let elements = items
-            .iter()
-            .enumerate()
-            .map(|(i, item)| value_node(item, &kind, &format!("{path}[{i}]"), uses))
-            .collect::<Result<Vec<_>, _>>()?;
-        return Ok(Node::List(elements));
-    }
-    value_node(json, &kind, path, uses)
-}
-
-fn value_node(
-    json: &Json,
-    kind: &Kind,
-    path: &str,
-    uses: &mut Vec<Generator>,
-) -> Result<Node, TemplateError> {
-    if let Json::String(text) = json
-        && let Some(generator) = Generator::parse(text).map_err(|r| err(path, r))?
-    {
-        let integer = is_integer(kind);
-        let fits = match generator {
-            Generator::Vector => false,
-            Generator::Text => matches!(kind, Kind::String),
-            Generator::Payload => matches!(kind, Kind::String | Kind::Bytes),
-            Generator::Id | Generator::User | Generator::Iteration => {
-                integer || matches!(kind, Kind::String)
-            }
-            Generator::K => integer,
-            Generator::Stamp => matches!(kind, Kind::String),
-            Generator::Pad => matches!(kind, Kind::String | Kind::Bytes),
-        };
-        if !fits {
-            let wants = match generator {
-                Generator::Vector => "a repeated float or double field",
-                Generator::Text => "a string field",
-                Generator::Payload | Generator::Pad => "a string or bytes field",
-                Generator::Stamp => "a string field",
-                Generator::K => "an integer field",
-                _ => "an integer or string field",
-            };
-            return Err(err(
-                path,
-                format!("{text} needs {wants}; this one is {}", kind_name(kind)),
-            ));
-        }
-        uses.push(generator);
-        return Ok(Node::Generate(generator, kind.clone()));
-    }
-    if let Kind::Message(message) = kind {
-        return message_node(json, message, path, uses);
-    }
-    literal(json, kind)
-        .map(Node::Literal)
-        .map_err(|reason| err(path, reason))
-}
-
 fn is_integer(kind: &Kind) -> bool {
     matches!(
         kind,
@@ -553,6 +346,290 @@ fn is_integer(kind: &Kind) -> bool {
             | Kind::Sfixed32
             | Kind::Sfixed64
     )
+}
+
+/// Whether a string mentions `{{id}}`, alone or inside text.
+fn mentions_id(json: &Json) -> bool {
+    match json {
+        Json::String(s) => parse(s).is_ok_and(|p| p.mentions(Generator::Id)),
+        Json::Array(items) => items.iter().any(mentions_id),
+        Json::Object(fields) => fields.values().any(mentions_id),
+        _ => false,
+    }
+}
+
+/// A template being checked: where `"@encode"` types are looked up, and the generators seen.
+struct Check {
+    pool: DescriptorPool,
+    uses: Vec<Generator>,
+}
+
+impl Check {
+    fn fields(
+        &mut self,
+        json: &Json,
+        message: &MessageDescriptor,
+        path: &str,
+    ) -> Result<Fields, TemplateError> {
+        let Json::Object(fields) = json else {
+            return Err(err(
+                path,
+                format!("expected an object for message {}", message.full_name()),
+            ));
+        };
+        let mut nodes = Vec::with_capacity(fields.len());
+        for (name, value) in fields {
+            let field_path = join(path, name);
+            let field = message
+                .get_field_by_name(name)
+                .or_else(|| message.get_field_by_json_name(name))
+                .ok_or_else(|| {
+                    let known: Vec<String> =
+                        message.fields().map(|f| f.name().to_string()).collect();
+                    err(
+                        &field_path,
+                        format!(
+                            "no such field in message {} (its fields: {})",
+                            message.full_name(),
+                            known.join(", ")
+                        ),
+                    )
+                })?;
+            let node = self.field(value, &field, &field_path)?;
+            nodes.push((field, node));
+        }
+        Ok(nodes)
+    }
+
+    fn field(
+        &mut self,
+        json: &Json,
+        field: &FieldDescriptor,
+        path: &str,
+    ) -> Result<Node, TemplateError> {
+        let kind = field.kind();
+        if field.is_map() {
+            let Kind::Message(entry) = &kind else {
+                return Err(err(path, "a map without an entry message"));
+            };
+            let Json::Object(entries) = json else {
+                return Err(err(path, "expected an object for a map field"));
+            };
+            let (key_field, value_field) =
+                (entry.map_entry_key_field(), entry.map_entry_value_field());
+            let mut nodes = Vec::with_capacity(entries.len());
+            for (key, value) in entries {
+                let entry_path = format!("{path}[{key:?}]");
+                let key = map_key(key, &key_field.kind()).map_err(|r| err(&entry_path, r))?;
+                let value = self.value(value, &value_field.kind(), &entry_path)?;
+                nodes.push((key, value));
+            }
+            return Ok(Node::Map(nodes));
+        }
+        if field.is_list() {
+            if let Json::String(text) = json {
+                return self.list_generator(text, kind, path);
+            }
+            let Json::Array(items) = json else {
+                return Err(err(path, "a repeated field: expected a list"));
+            };
+            if let [item] = items.as_slice()
+                && mentions_id(item)
+            {
+                let element = self.value(item, &kind, &format!("{path}[]"))?;
+                return Ok(Node::PerPoint(Box::new(element)));
+            }
+            let elements = items
+                .iter()
+                .enumerate()
+                .map(|(i, item)| self.value(item, &kind, &format!("{path}[{i}]")))
+                .collect::<Result<Vec<_>, _>>()?;
+            return Ok(Node::List(elements));
+        }
+        self.value(json, &kind, path)
+    }
+
+    /// A repeated field of `kind` elements given a string: a generator of lists.
+    fn list_generator(
+        &mut self,
+        text: &str,
+        kind: Kind,
+        path: &str,
+    ) -> Result<Node, TemplateError> {
+        let Parsed::Whole(generator) = parse(text).map_err(|r| err(path, r))? else {
+            return Err(err(
+                path,
+                "a repeated field: expected a list (or {{vector}}, {{vectors}}, {{ids}})",
+            ));
+        };
+        let floats = matches!(kind, Kind::Float | Kind::Double);
+        let fits = match generator {
+            Generator::Vector | Generator::Vectors => floats,
+            Generator::Ids => is_integer(&kind) || matches!(kind, Kind::String),
+            _ => false,
+        };
+        if fits {
+            self.uses.push(generator);
+            return Ok(Node::Generate(generator, kind));
+        }
+        let name = generator.name();
+        let reason = match generator {
+            _ if generator.vector().is_some() && matches!(kind, Kind::Bytes) => format!(
+                "{{{{{name}}}}} in a repeated bytes field is one element: write [\"{{{{{name}}}}}\"]"
+            ),
+            Generator::Vector | Generator::Vectors => format!(
+                "{{{{{name}}}}} needs a repeated float or double field, or a bytes field; this one is repeated {}",
+                kind_name(&kind)
+            ),
+            _ if generator.vector().is_some() => format!(
+                "{{{{{name}}}}} needs a bytes field; this one is repeated {}",
+                kind_name(&kind)
+            ),
+            Generator::Ids => format!(
+                "{{{{ids}}}} needs a repeated integer or string field; this one is repeated {}",
+                kind_name(&kind)
+            ),
+            _ => format!(
+                "a repeated field: expected a list ({{{{{name}}}}} is one value: write [\"{{{{{name}}}}}\"])"
+            ),
+        };
+        Err(err(path, reason))
+    }
+
+    /// A singular value of `kind` (a field, an element of a list, a map entry's value).
+    fn value(&mut self, json: &Json, kind: &Kind, path: &str) -> Result<Node, TemplateError> {
+        match json {
+            Json::String(text) => match parse(text).map_err(|r| err(path, r))? {
+                Parsed::Whole(generator) => return self.generator(generator, kind, path),
+                Parsed::Pieces(pieces) => return self.interpolate(pieces, kind, path),
+                Parsed::Plain => {}
+            },
+            Json::Object(object) if object.contains_key(ENCODE) => {
+                if !matches!(kind, Kind::Bytes) {
+                    return Err(err(
+                        path,
+                        format!(
+                            "\"{ENCODE}\" needs a bytes field (it writes the message's encoding); this one is {}",
+                            kind_name(kind)
+                        ),
+                    ));
+                }
+                return self.encoded(object, path);
+            }
+            _ => {}
+        }
+        if let Kind::Message(message) = kind {
+            return Ok(Node::Message(
+                message.clone(),
+                self.fields(json, message, path)?,
+            ));
+        }
+        literal(json, kind)
+            .map(Node::Literal)
+            .map_err(|reason| err(path, reason))
+    }
+
+    /// `generator` alone as a singular value of `kind`.
+    fn generator(
+        &mut self,
+        generator: Generator,
+        kind: &Kind,
+        path: &str,
+    ) -> Result<Node, TemplateError> {
+        let (fits, wants) = match generator {
+            Generator::Vector | Generator::Vectors => (
+                matches!(kind, Kind::Bytes),
+                "a repeated float or double field, or a bytes field",
+            ),
+            Generator::VectorF16
+            | Generator::VectorBf16
+            | Generator::VectorsF16
+            | Generator::VectorsBf16 => (matches!(kind, Kind::Bytes), "a bytes field"),
+            Generator::Ids => (false, "a repeated integer or string field"),
+            Generator::Text | Generator::Stamp => (matches!(kind, Kind::String), "a string field"),
+            Generator::Payload | Generator::Pad => (
+                matches!(kind, Kind::String | Kind::Bytes),
+                "a string or bytes field",
+            ),
+            Generator::Id
+            | Generator::User
+            | Generator::Iteration
+            | Generator::K
+            | Generator::BatchSize => (
+                is_integer(kind) || matches!(kind, Kind::Float | Kind::Double | Kind::String),
+                "an integer, float, double or string field",
+            ),
+        };
+        if !fits {
+            return Err(err(
+                path,
+                format!(
+                    "{{{{{}}}}} needs {wants}; this one is {}",
+                    generator.name(),
+                    kind_name(kind)
+                ),
+            ));
+        }
+        self.uses.push(generator);
+        Ok(Node::Generate(generator, kind.clone()))
+    }
+
+    /// Text with generators inside it, as a value of `kind`.
+    fn interpolate(
+        &mut self,
+        pieces: Vec<Piece>,
+        kind: &Kind,
+        path: &str,
+    ) -> Result<Node, TemplateError> {
+        if !matches!(kind, Kind::String | Kind::Bytes) {
+            return Err(err(
+                path,
+                format!(
+                    "text with generators inside it needs a string or bytes field; this one is {} (a number generator alone, \"{{{{k}}}}\", fills a number)",
+                    kind_name(kind)
+                ),
+            ));
+        }
+        for piece in &pieces {
+            if let Piece::Generate(generator) = piece {
+                if !generator.interpolates() {
+                    return Err(err(
+                        path,
+                        format!(
+                            "{{{{{}}}}} cannot be inside a longer string (only k, id, user, iteration, batch_size and stamp can): give it a field of its own",
+                            generator.name()
+                        ),
+                    ));
+                }
+                self.uses.push(*generator);
+            }
+        }
+        Ok(Node::Interpolate(pieces, kind.clone()))
+    }
+
+    /// An object with `"@encode"`: the named message, encoded into a `bytes` field.
+    fn encoded(
+        &mut self,
+        object: &serde_json::Map<String, Json>,
+        path: &str,
+    ) -> Result<Node, TemplateError> {
+        let Some(Json::String(name)) = object.get(ENCODE) else {
+            return Err(err(
+                path,
+                format!("\"{ENCODE}\" names a message type: a string, e.g. \"package.Message\""),
+            ));
+        };
+        let Some(message) = self.pool.get_message_by_name(name.trim_start_matches('.')) else {
+            return Err(err(
+                path,
+                format!("\"{ENCODE}\": no message type {name} in the descriptors"),
+            ));
+        };
+        let mut rest = object.clone();
+        rest.remove(ENCODE);
+        let fields = self.fields(&Json::Object(rest), &message, path)?;
+        Ok(Node::Encoded(message, fields))
+    }
 }
 
 fn literal(json: &Json, kind: &Kind) -> Result<Value, String> {
@@ -580,8 +657,23 @@ fn literal(json: &Json, kind: &Kind) -> Result<Value, String> {
         Kind::Uint32 | Kind::Fixed32 => Value::U32(int(0, u32::MAX.into())? as u32),
         Kind::Uint64 | Kind::Fixed64 => Value::U64(int(0, u64::MAX.into())? as u64),
         Kind::Bool => Value::Bool(json.as_bool().ok_or_else(wrong)?),
-        Kind::String => Value::String(json.as_str().ok_or_else(wrong)?.to_string()),
-        Kind::Bytes => Value::Bytes(json.as_str().ok_or_else(wrong)?.as_bytes().to_vec().into()),
+        // A number where text is wanted is its decimal text (`"dim": {{dimensions}}` in a
+        // key-value list of strings).
+        Kind::String => Value::String(match json {
+            Json::Number(n) => n.to_string(),
+            other => other.as_str().ok_or_else(wrong)?.to_string(),
+        }),
+        Kind::Bytes => Value::Bytes(
+            json.as_str()
+                .ok_or_else(|| {
+                    format!(
+                        "expected bytes (a string, or an object whose \"{ENCODE}\" names a message type), got {json}"
+                    )
+                })?
+                .as_bytes()
+                .to_vec()
+                .into(),
+        ),
         Kind::Enum(e) => Value::EnumNumber(enum_number(json, e)?),
         Kind::Message(_) => return Err(wrong()),
     })
@@ -606,7 +698,6 @@ fn enum_number(json: &Json, e: &EnumDescriptor) -> Result<i32, String> {
         .ok_or_else(|| format!("expected a name of enum {}, got {json}", e.full_name()))?;
     i32::try_from(n).map_err(|_| format!("{n} is out of range for enum {}", e.full_name()))
 }
-
 fn map_key(key: &str, kind: &Kind) -> Result<MapKey, String> {
     let bad = |e: String| format!("map key {key:?}: {e}");
     Ok(match kind {
@@ -627,105 +718,4 @@ fn map_key(key: &str, kind: &Kind) -> Result<MapKey, String> {
             )));
         }
     })
-}
-
-/// `n` as a value of the integer or string `kind` (checked at compile time to be one).
-fn number(n: u64, kind: &Kind) -> Value {
-    match kind {
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Value::I32(n as i32),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Value::I64(n as i64),
-        Kind::Uint32 | Kind::Fixed32 => Value::U32(n as u32),
-        Kind::String => Value::String(n.to_string()),
-        _ => Value::U64(n),
-    }
-}
-
-/// Whether what `node` renders differs from request to request of a run: it mentions a
-/// generator other than `{{k}}` (a run's k is fixed), or has an element per point.
-fn varies(node: &Node) -> bool {
-    match node {
-        Node::Message(_, fields) => fields.iter().any(|(_, child)| varies(child)),
-        Node::List(items) => items.iter().any(varies),
-        Node::PerPoint(_) => true,
-        Node::Map(entries) => entries.iter().any(|(_, child)| varies(child)),
-        Node::Literal(_) => false,
-        Node::Generate(generator, _) => *generator != Generator::K,
-    }
-}
-
-fn render_message(
-    descriptor: &MessageDescriptor,
-    fields: &Fields,
-    fill: &Fill<'_>,
-    point: usize,
-) -> DynamicMessage {
-    let mut message = DynamicMessage::new(descriptor.clone());
-    for (field, child) in fields {
-        message.set_field(field, render(child, fill, point));
-    }
-    message
-}
-
-fn render(node: &Node, fill: &Fill<'_>, point: usize) -> Value {
-    let empty = Point {
-        id: 0,
-        vector: &[],
-        text: "",
-    };
-    let at = fill.points.get(point).copied().unwrap_or(empty);
-    match node {
-        Node::Message(descriptor, fields) => {
-            Value::Message(render_message(descriptor, fields, fill, point))
-        }
-        Node::List(items) => Value::List(items.iter().map(|n| render(n, fill, point)).collect()),
-        Node::PerPoint(item) => Value::List(
-            (0..fill.points.len())
-                .map(|i| render(item, fill, i))
-                .collect(),
-        ),
-        Node::Map(entries) => Value::Map(
-            entries
-                .iter()
-                .filter(|(_, n)| !absent(n, fill))
-                .map(|(k, n)| (k.clone(), render(n, fill, point)))
-                .collect(),
-        ),
-        Node::Literal(value) => value.clone(),
-        Node::Generate(generator, kind) => match generator {
-            Generator::Vector => Value::List(match kind {
-                Kind::Double => at.vector.iter().map(|&x| Value::F64(x.into())).collect(),
-                _ => at.vector.iter().map(|&x| Value::F32(x)).collect(),
-            }),
-            Generator::Text => Value::String(at.text.to_string()),
-            Generator::Payload => {
-                let payload = format!("{{\"id\":{},\"user\":{}}}", at.id, fill.user);
-                match kind {
-                    Kind::Bytes => Value::Bytes(payload.into_bytes().into()),
-                    _ => Value::String(payload),
-                }
-            }
-            Generator::Id => number(at.id, kind),
-            Generator::User => number(fill.user, kind),
-            Generator::Iteration => number(fill.iteration, kind),
-            Generator::K => number(fill.k.into(), kind),
-            Generator::Stamp => Value::String(fill.stamp.to_string()),
-            Generator::Pad => {
-                let pad = "x".repeat(fill.pad);
-                match kind {
-                    Kind::Bytes => Value::Bytes(pad.into_bytes().into()),
-                    _ => Value::String(pad),
-                }
-            }
-        },
-    }
-}
-
-/// Whether a map entry rendered from `node` is left out of this request: a stamp or a pad
-/// that it does not have.
-fn absent(node: &Node, fill: &Fill<'_>) -> bool {
-    match node {
-        Node::Generate(Generator::Stamp, _) => fill.stamp.is_empty(),
-        Node::Generate(Generator::Pad, _) => fill.pad == 0,
-        _ => false,
-    }
 }
