@@ -26,7 +26,8 @@ pub enum OneOrMany {
 }
 
 impl OneOrMany {
-    fn paths(&self) -> Vec<&str> {
+    /// The paths given.
+    pub fn paths(&self) -> Vec<&str> {
         match self {
             Self::One(path) => vec![path.as_str()],
             Self::Many(paths) => paths.iter().map(String::as_str).collect(),

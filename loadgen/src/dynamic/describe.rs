@@ -1,6 +1,9 @@
 //! A target's message descriptors: from its server reflection (`grpc.reflection.v1`, then
-//! `v1alpha` for servers that only have the older one), or from `.proto` files compiled
-//! in-process by protox (as `build.rs` compiles ours: no `protoc` on the machine).
+//! `v1alpha` for servers that only have the older one), from `.proto` files compiled
+//! in-process by protox (as `build.rs` compiles ours: no `protoc` on the machine), or from
+//! descriptor sets (a serialized `google.protobuf.FileDescriptorSet`, as `protoc
+//! --descriptor_set_out --include_imports` writes and grpcurl and ghz read as `-protoset`):
+//! what a service without reflection whose client ships only compiled descriptors offers.
 //!
 //! Reflection is asked for the file that defines each service, then for every file it imports
 //! that the server did not send along (some servers send the whole closure, some one file).
@@ -10,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use prost::Message;
-use prost_reflect::prost_types::FileDescriptorProto;
+use prost_reflect::prost_types::{FileDescriptorProto, FileDescriptorSet};
 use prost_reflect::{DescriptorPool, MethodDescriptor};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -28,6 +31,8 @@ pub enum Source {
         /// Import paths.
         includes: Vec<PathBuf>,
     },
+    /// Descriptor sets (`FileDescriptorSet`), merged.
+    DescriptorSets(Vec<PathBuf>),
 }
 
 /// Why the descriptors or a method could not be had.
@@ -39,6 +44,14 @@ pub enum DescribeError {
     /// The `.proto` files did not compile.
     #[error("proto files: {0}")]
     Protos(String),
+    /// A descriptor set could not be read, or the sets do not hold every file they need.
+    #[error("descriptor set {}: {reason}", file.display())]
+    DescriptorSet {
+        /// The set (the sets, when they do not fit together).
+        file: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
     /// The descriptors do not hold the method.
     #[error("method {method}: {reason}")]
     Method {
@@ -100,6 +113,7 @@ pub async fn describe(
 ) -> Result<DescriptorPool, DescribeError> {
     let files = match source {
         Source::Protos { files, includes } => return compile(files, includes),
+        Source::DescriptorSets(sets) => return read_sets(sets),
         Source::Reflection => match reflect_v1(channel.clone(), metadata, services).await {
             Err(status) if status.code() == Code::Unimplemented => {
                 reflect_v1alpha(channel.clone(), metadata, services).await
@@ -108,7 +122,7 @@ pub async fn describe(
         }
         .map_err(|s| {
             DescribeError::Reflection(format!(
-                "{:?}: {} (without reflection, give the service's .proto files: [target] protos, or --proto)",
+                "{:?}: {} (without reflection, give the service's .proto files: [target] protos, or --proto; or a descriptor set: [target] protoset)",
                 s.code(),
                 s.message()
             ))
@@ -117,6 +131,44 @@ pub async fn describe(
     let mut pool = DescriptorPool::new();
     pool.add_file_descriptor_protos(files)
         .map_err(|e| DescribeError::Reflection(format!("the descriptors it sent: {e}")))?;
+    Ok(pool)
+}
+
+/// The descriptors of every set, merged: each file once (sets often repeat their common
+/// imports), in one pool so that a set may import what another holds.
+pub(crate) fn read_sets(sets: &[PathBuf]) -> Result<DescriptorPool, DescribeError> {
+    let mut files = Vec::new();
+    let mut known = HashSet::new();
+    for path in sets {
+        let fail = |reason: String| DescribeError::DescriptorSet {
+            file: path.clone(),
+            reason,
+        };
+        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read it: {e}")))?;
+        let set = FileDescriptorSet::decode(bytes.as_slice()).map_err(|e| {
+            fail(format!(
+                "not a serialized google.protobuf.FileDescriptorSet ({e}); protoc --include_imports --descriptor_set_out=FILE writes one"
+            ))
+        })?;
+        if set.file.is_empty() {
+            return Err(fail(
+                "holds no files (not a serialized google.protobuf.FileDescriptorSet?)".into(),
+            ));
+        }
+        for file in set.file {
+            if known.insert(file.name().to_string()) {
+                files.push(file);
+            }
+        }
+    }
+    let mut pool = DescriptorPool::new();
+    pool.add_file_descriptor_protos(files)
+        .map_err(|e| DescribeError::DescriptorSet {
+            file: sets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ").into(),
+            reason: format!(
+                "its files do not fit together: {e} (a set needs the files it imports: protoc --include_imports)"
+            ),
+        })?;
     Ok(pool)
 }
 
@@ -238,5 +290,61 @@ mod tests {
         assert!(e.to_string().contains("no method Serch"), "{e}");
         let e = find_method(&pool, "vecrig.v2.VectorIndex/Search").expect_err("no service");
         assert!(e.to_string().contains("vecrig.v1.VectorIndex"), "{e}");
+    }
+
+    /// A descriptor set as `protoc --include_imports --descriptor_set_out` writes it gives the
+    /// services it holds; two sets that repeat a file are merged; a file that is not a set,
+    /// or a set without its imports, is refused naming the file.
+    #[test]
+    fn descriptor_sets_are_read_merged_and_refused_naming_the_file() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let protos = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/protos/milvus");
+        let set = protox::compile(["milvus.proto"], [protos]).expect("the shapes compile");
+        let whole = dir.path().join("milvus.protoset");
+        std::fs::write(&whole, set.encode_to_vec()).expect("written");
+        let pool = read_sets(std::slice::from_ref(&whole)).expect("a set");
+        let search = find_method(&pool, "milvus.proto.milvus.MilvusService/Search").expect("found");
+        assert_eq!(
+            search.input().full_name(),
+            "milvus.proto.milvus.SearchRequest"
+        );
+        assert!(
+            pool.get_message_by_name("milvus.proto.common.PlaceholderGroup")
+                .is_some()
+        );
+
+        // Its imports in a set of their own, and the set repeated: merged.
+        let (imports, own): (Vec<_>, Vec<_>) = set
+            .file
+            .iter()
+            .cloned()
+            .partition(|f| f.name() != "milvus.proto");
+        let write = |name: &str, file: Vec<FileDescriptorProto>| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, FileDescriptorSet { file }.encode_to_vec()).expect("written");
+            path
+        };
+        let own = write("own.protoset", own);
+        let imports = write("imports.protoset", imports);
+        let pool = read_sets(&[own.clone(), imports, whole]).expect("merged");
+        assert!(find_method(&pool, "milvus.proto.milvus.MilvusService/Insert").is_ok());
+
+        let e = read_sets(std::slice::from_ref(&own)).expect_err("imports missing");
+        assert!(
+            matches!(&e, DescribeError::DescriptorSet { file, reason } if file == &own && reason.contains("--include_imports")),
+            "{e}"
+        );
+        let text = dir.path().join("milvus.proto");
+        std::fs::copy(format!("{protos}/milvus.proto"), &text).expect("copied");
+        let empty = write("empty.protoset", Vec::new());
+        for bad in [text, empty, dir.path().join("missing.protoset")] {
+            let e = read_sets(std::slice::from_ref(&bad))
+                .expect_err("not a set")
+                .to_string();
+            assert!(
+                e.starts_with(&format!("descriptor set {}: ", bad.display())),
+                "{e}"
+            );
+        }
     }
 }

@@ -73,6 +73,8 @@ pub struct TargetSpec {
     /// Import paths for `protos`.
     #[serde(default)]
     pub proto_path: Vec<PathBuf>,
+    /// Descriptor sets (`FileDescriptorSet`) to read the descriptors from: one path or several.
+    pub protoset: Option<check::OneOrMany>,
     /// Width of the vectors `{{vector}}` generates.
     pub dimensions: usize,
     /// How the target ranks neighbours (for the loadgen's own exact answers).
@@ -144,9 +146,6 @@ impl TargetSpec {
     /// Where the descriptors come from; relative proto paths are taken from `base` (the
     /// scenario file's directory).
     pub fn source(&self, base: &std::path::Path) -> Source {
-        if self.protos.is_empty() {
-            return Source::Reflection;
-        }
         let at = |p: &PathBuf| {
             if p.is_absolute() {
                 p.clone()
@@ -154,6 +153,14 @@ impl TargetSpec {
                 base.join(p)
             }
         };
+        if let Some(sets) = &self.protoset {
+            return Source::DescriptorSets(
+                sets.paths().iter().map(|p| at(&PathBuf::from(p))).collect(),
+            );
+        }
+        if self.protos.is_empty() {
+            return Source::Reflection;
+        }
         Source::Protos {
             files: self.protos.iter().map(at).collect(),
             includes: self.proto_path.iter().map(at).collect(),
@@ -177,7 +184,7 @@ impl TargetSpec {
 
     /// The values templates name as `{{name}}`, substituted before they are checked:
     /// `dimensions` (a number), `metric` as vector databases spell it (`L2`, `IP`, `COSINE`),
-    /// `collection` and `index` where given, and every entry of `vars`.
+    /// every entry of `vars`, and `collection` and `index` where given (over `vars`).
     pub fn vars(&self) -> Result<BTreeMap<String, Json>, DynamicError> {
         let mut vars = BTreeMap::new();
         vars.insert("dimensions".to_string(), Json::from(self.dimensions));
@@ -187,11 +194,6 @@ impl TargetSpec {
             Metric::Ip => "IP",
         };
         vars.insert("metric".to_string(), Json::from(metric));
-        for (name, value) in [("collection", &self.collection), ("index", &self.index)] {
-            if let Some(value) = value {
-                vars.insert(name.to_string(), Json::from(value.as_str()));
-            }
-        }
         for (name, value) in &self.vars {
             if GENERATOR_NAMES.contains(&name.as_str()) {
                 return Err(DynamicError::Spec(format!(
@@ -199,6 +201,12 @@ impl TargetSpec {
                 )));
             }
             vars.insert(name.clone(), value.clone());
+        }
+        // Named in [target] itself: over a built-in set's defaults in `vars`.
+        for (name, value) in [("collection", &self.collection), ("index", &self.index)] {
+            if let Some(value) = value {
+                vars.insert(name.to_string(), Json::from(value.as_str()));
+            }
         }
         Ok(vars)
     }
@@ -509,6 +517,11 @@ impl Templates {
         if spec.dimensions == 0 {
             return Err(DynamicError::Spec("dimensions must be at least 1".into()));
         }
+        if spec.protoset.is_some() && !spec.protos.is_empty() {
+            return Err(DynamicError::Spec(
+                "protos and protoset both given: the descriptors come from one or the other".into(),
+            ));
+        }
         let vars = spec.vars()?;
         let compile = |m: &MethodSpec| Method::compile(&m.method, &m.request, pool, &vars);
         let search = compile(&spec.search)?;
@@ -694,6 +707,7 @@ mod tests {
         TargetSpec {
             protos: Vec::new(),
             proto_path: Vec::new(),
+            protoset: None,
             dimensions: 4,
             metric: Metric::Cosine,
             first_id: 0,
