@@ -162,13 +162,15 @@ pub(crate) fn read_sets(sets: &[PathBuf]) -> Result<DescriptorPool, DescribeErro
         }
     }
     let mut pool = DescriptorPool::new();
-    pool.add_file_descriptor_protos(files)
-        .map_err(|e| DescribeError::DescriptorSet {
-            file: sets.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(", ").into(),
+    pool.add_file_descriptor_protos(files).map_err(|e| {
+        let names: Vec<String> = sets.iter().map(|p| p.display().to_string()).collect();
+        DescribeError::DescriptorSet {
+            file: names.join(", ").into(),
             reason: format!(
                 "its files do not fit together: {e} (a set needs the files it imports: protoc --include_imports)"
             ),
-        })?;
+        }
+    })?;
     Ok(pool)
 }
 
@@ -330,10 +332,10 @@ mod tests {
         assert!(find_method(&pool, "milvus.proto.milvus.MilvusService/Insert").is_ok());
 
         let e = read_sets(std::slice::from_ref(&own)).expect_err("imports missing");
-        assert!(
-            matches!(&e, DescribeError::DescriptorSet { file, reason } if file == &own && reason.contains("--include_imports")),
-            "{e}"
-        );
+        let DescribeError::DescriptorSet { file, reason } = &e else {
+            panic!("{e}");
+        };
+        assert!(file == &own && reason.contains("--include_imports"), "{e}");
         let text = dir.path().join("milvus.proto");
         std::fs::copy(format!("{protos}/milvus.proto"), &text).expect("copied");
         let empty = write("empty.protoset", Vec::new());
