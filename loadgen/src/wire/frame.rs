@@ -24,41 +24,82 @@ pub const DEFAULT_MAX_FRAME: usize = 16_384;
 /// The initial flow-control window of a stream and a connection until SETTINGS say otherwise.
 pub const DEFAULT_WINDOW: i64 = 65_535;
 
-/// Frame types.
+/// Frame types (RFC 9113 §6).
 pub mod kind {
+    /// A stream's body.
     pub const DATA: u8 = 0x0;
+    /// A header block's first frame.
     pub const HEADERS: u8 = 0x1;
+    /// A stream ended early.
     pub const RST_STREAM: u8 = 0x3;
+    /// An endpoint's settings, or their acknowledgement.
     pub const SETTINGS: u8 = 0x4;
+    /// A stream the server would push (refused by this client).
     pub const PUSH_PROMISE: u8 = 0x5;
+    /// A ping, or its answer.
     pub const PING: u8 = 0x6;
+    /// The connection goes away.
     pub const GOAWAY: u8 = 0x7;
+    /// A flow-control window grows.
     pub const WINDOW_UPDATE: u8 = 0x8;
+    /// The rest of a header block.
     pub const CONTINUATION: u8 = 0x9;
 }
 
 /// Frame flags.
 pub mod flag {
+    /// DATA, HEADERS: the sender's last frame on the stream.
     pub const END_STREAM: u8 = 0x1;
+    /// SETTINGS, PING: an acknowledgement.
     pub const ACK: u8 = 0x1;
+    /// HEADERS, CONTINUATION: the header block is whole.
     pub const END_HEADERS: u8 = 0x4;
+    /// DATA, HEADERS: the payload is padded.
     pub const PADDED: u8 = 0x8;
+    /// HEADERS: the payload starts with priority fields.
     pub const PRIORITY: u8 = 0x20;
 }
 
 /// SETTINGS identifiers.
 pub mod setting {
+    /// The HPACK dynamic table's largest size.
+    pub const HEADER_TABLE_SIZE: u16 = 0x1;
+    /// Whether the server may push.
     pub const ENABLE_PUSH: u16 = 0x2;
+    /// Streams the peer may have open at once.
     pub const MAX_CONCURRENT_STREAMS: u16 = 0x3;
+    /// A new stream's send window.
     pub const INITIAL_WINDOW_SIZE: u16 = 0x4;
+    /// The largest frame payload the sender accepts.
     pub const MAX_FRAME_SIZE: u16 = 0x5;
+    /// The largest header list (decoded, 32 bytes a field more) the sender accepts.
+    pub const MAX_HEADER_LIST_SIZE: u16 = 0x6;
 }
 
-/// Error codes (RFC 9113 §7) that a stream reset maps from.
+/// The largest flow-control window (RFC 9113 §6.9.1).
+pub const MAX_WINDOW: i64 = 0x7fff_ffff;
+
+/// Error codes (RFC 9113 §7).
 pub mod reason {
+    /// Graceful.
+    pub const NO_ERROR: u32 = 0x0;
+    /// The peer broke the protocol.
+    pub const PROTOCOL_ERROR: u32 = 0x1;
+    /// The peer broke flow control.
+    pub const FLOW_CONTROL_ERROR: u32 = 0x3;
+    /// A frame on a stream already closed.
+    pub const STREAM_CLOSED: u32 = 0x5;
+    /// A frame of the wrong size.
+    pub const FRAME_SIZE_ERROR: u32 = 0x6;
+    /// The stream was not processed: safe to retry.
     pub const REFUSED_STREAM: u32 = 0x7;
+    /// The stream is no longer wanted.
     pub const CANCEL: u32 = 0x8;
+    /// A header block that cannot be decoded.
+    pub const COMPRESSION_ERROR: u32 = 0x9;
+    /// The peer asks too much (a flood).
     pub const ENHANCE_YOUR_CALM: u32 = 0xb;
+    /// The transport's security is not enough.
     pub const INADEQUATE_SECURITY: u32 = 0xc;
 
     /// The code's name, for messages.
@@ -89,9 +130,13 @@ pub mod reason {
 /// A frame's header: its payload's length, type, flags and stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Head {
+    /// The payload's length.
     pub len: usize,
+    /// The frame's type ([`kind`]).
     pub kind: u8,
+    /// Its flags ([`flag`]).
     pub flags: u8,
+    /// Its stream (0: the connection), the reserved bit cleared.
     pub stream: u32,
 }
 
@@ -146,6 +191,13 @@ pub fn put_ping(out: &mut BytesMut, ack: bool, payload: [u8; 8]) {
 /// Appends a RST_STREAM of `stream` with `code`.
 pub fn put_reset(out: &mut BytesMut, stream: u32, code: u32) {
     head(kind::RST_STREAM, 0, stream, 4).put(out);
+    out.put_u32(code);
+}
+
+/// Appends a GOAWAY telling the server the last stream processed and why (an error code).
+pub fn put_goaway(out: &mut BytesMut, last: u32, code: u32) {
+    head(kind::GOAWAY, 0, 0, 8).put(out);
+    out.put_u32(last & 0x7fff_ffff);
     out.put_u32(code);
 }
 

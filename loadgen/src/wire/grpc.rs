@@ -139,6 +139,8 @@ pub struct Fields {
     code: Option<Code>,
     message: Option<String>,
     pushback: Option<Pushback>,
+    /// Why `grpc-status` could not be read, which then stands for the message.
+    malformed: Option<String>,
 }
 
 impl Fields {
@@ -151,8 +153,16 @@ impl Fields {
             b"grpc-status" => {
                 let code = std::str::from_utf8(value)
                     .ok()
-                    .and_then(|s| s.trim().parse::<i32>().ok());
-                self.code = Some(code.map_or(Code::Unknown, Code::from));
+                    .and_then(|s| s.parse::<i32>().ok());
+                // A number gRPC does not define is UNKNOWN, as tonic reads it; something that
+                // is no number at all breaks the protocol.
+                self.code = Some(code.map_or(Code::Internal, Code::from));
+                self.malformed = code.is_none().then(|| {
+                    format!(
+                        "grpc-status is not a number: {:?}",
+                        String::from_utf8_lossy(&value[..value.len().min(32)])
+                    )
+                });
             }
             b"grpc-message" => self.message = Some(percent_decode(value)),
             b"grpc-retry-pushback-ms" => self.pushback = Some(Pushback::from_header(Some(value))),
@@ -164,9 +174,119 @@ impl Fields {
     pub fn into_answer(self) -> Option<Answer> {
         Some(Answer {
             code: self.code?,
-            message: self.message.unwrap_or_default(),
+            message: self.malformed.or(self.message).unwrap_or_default(),
             pushback: self.pushback.unwrap_or(Pushback::None),
         })
+    }
+}
+
+/// The largest answer message accepted (its length prefix); a larger one ends its call
+/// RESOURCE_EXHAUSTED, as gRPC says of a message over the receiver's limit, before any of it
+/// is kept.
+pub const MAX_MESSAGE: usize = 64 * 1024 * 1024;
+
+/// A response body read as gRPC messages (a flag byte, a 4-byte length, the message) as its
+/// DATA arrives, without keeping it: how many whole messages it held, and whether it ended
+/// inside one. Nothing is buffered but a message's 5-byte prefix.
+#[derive(Debug, Default, Clone)]
+pub struct Messages {
+    /// The prefix of the message being read, and how much of it has arrived.
+    prefix: [u8; 5],
+    prefix_len: usize,
+    /// Bytes of the current message still to come (after its prefix).
+    remaining: usize,
+    /// Whole messages read.
+    count: u32,
+}
+
+impl Messages {
+    /// Reads the next part of the body; an error is the answer the call ends with.
+    pub fn feed(&mut self, mut data: &[u8]) -> Result<(), Answer> {
+        while !data.is_empty() {
+            if self.prefix_len < self.prefix.len() {
+                let take = (self.prefix.len() - self.prefix_len).min(data.len());
+                self.prefix[self.prefix_len..self.prefix_len + take].copy_from_slice(&data[..take]);
+                self.prefix_len += take;
+                data = &data[take..];
+                if self.prefix_len < self.prefix.len() {
+                    break;
+                }
+                let [flag, a, b, c, d] = self.prefix;
+                match flag {
+                    0 => {}
+                    // The request offered no compression (no grpc-accept-encoding), so
+                    // whatever encoding the server names, it is not one the client took.
+                    1 => {
+                        return Err(Answer::code(
+                            Code::Internal,
+                            "a compressed message, and the request accepted no compression",
+                        ));
+                    }
+                    _ => {
+                        return Err(Answer::code(
+                            Code::Internal,
+                            format!("a message with flags {flag:#04x}"),
+                        ));
+                    }
+                }
+                let len = u32::from_be_bytes([a, b, c, d]) as usize;
+                if len > MAX_MESSAGE {
+                    return Err(Answer::code(
+                        Code::ResourceExhausted,
+                        format!("a message of {len} bytes, over the {MAX_MESSAGE} accepted"),
+                    ));
+                }
+                self.remaining = len;
+            }
+            let take = self.remaining.min(data.len());
+            self.remaining -= take;
+            data = &data[take..];
+            if self.remaining == 0 {
+                self.prefix_len = 0;
+                self.count += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Whole messages read so far.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The body has ended: an error if it ended inside a message (a length prefix that
+    /// promised more than came, or bytes past a message that are no whole message).
+    pub fn finish(&self) -> Result<(), Answer> {
+        if self.prefix_len == 0 {
+            return Ok(());
+        }
+        Err(Answer::code(
+            Code::Internal,
+            format!(
+                "the body ended inside a message ({} of its bytes missing)",
+                if self.prefix_len < self.prefix.len() {
+                    "prefix".to_string()
+                } else {
+                    self.remaining.to_string()
+                }
+            ),
+        ))
+    }
+}
+
+/// The answer of a unary call whose trailers said `answer`, its body having been `body`:
+/// an OK status stands only on exactly one whole message.
+pub fn checked(answer: Answer, body: &Messages) -> Answer {
+    if answer.code != Code::Ok {
+        return answer;
+    }
+    if let Err(broken) = body.finish() {
+        return broken;
+    }
+    match body.count() {
+        1 => answer,
+        0 => Answer::code(Code::Internal, "missing response message"),
+        n => Answer::code(Code::Internal, format!("{n} messages in a unary answer")),
     }
 }
 
@@ -234,10 +354,57 @@ mod tests {
         let answer = status_of(&trailers).expect("a status");
         assert_eq!(answer.pushback, Pushback::DoNotRetry);
         assert_eq!(status_of(&[(":status", "200")]), None);
-        let answer = status_of(&[("grpc-status", "x")]).expect("a status");
+        let answer = status_of(&[("grpc-status", "x"), ("grpc-message", "hidden")]);
+        let answer = answer.expect("a status");
+        assert_eq!(answer.code, Code::Internal);
+        assert_eq!(answer.message, "grpc-status is not a number: \"x\"");
+        let answer = status_of(&[("grpc-status", "99")]).expect("a status");
         assert_eq!(answer.code, Code::Unknown);
         assert_eq!(percent_decode(b"100%"), "100%");
         assert_eq!(percent_decode(b"%e2%9c%93 ok"), "\u{2713} ok");
+    }
+
+    /// The body's messages read in pieces of `cut` bytes.
+    fn read(body: &[u8], cut: usize) -> Result<Messages, Answer> {
+        let mut messages = Messages::default();
+        for piece in body.chunks(cut.max(1)) {
+            messages.feed(piece)?;
+        }
+        Ok(messages)
+    }
+
+    #[test]
+    fn bodies_are_read_as_whole_messages_however_they_are_cut() {
+        let ok = Answer::code(Code::Ok, "");
+        let one = [0, 0, 0, 0, 3, 7, 8, 9];
+        for cut in 1..=one.len() {
+            let body = read(&one, cut).expect("one message");
+            assert_eq!(body.count(), 1);
+            assert_eq!(checked(ok.clone(), &body).code, Code::Ok);
+        }
+        let empty = read(&[0, 0, 0, 0, 0], 2).expect("an empty message");
+        assert_eq!(checked(ok.clone(), &empty).code, Code::Ok);
+        // A body longer than its prefix says: the rest is no whole message.
+        let long = read(&[0, 0, 0, 0, 1, 7, 8, 9], 3).expect("no bad flag yet");
+        assert_eq!(checked(ok.clone(), &long).code, Code::Internal);
+        // Shorter than it says.
+        let short = read(&[0, 0, 0, 0, 9, 1], 8).expect("so far so good");
+        assert!(short.finish().is_err());
+        assert_eq!(checked(ok.clone(), &short).code, Code::Internal);
+        // Two messages, none, compressed, a bad flag, too large.
+        let two = read(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0], 4).expect("two messages");
+        assert_eq!(checked(ok.clone(), &two).code, Code::Internal);
+        let none = Messages::default();
+        assert_eq!(checked(ok.clone(), &none).code, Code::Internal);
+        let status = Answer::code(Code::NotFound, "gone");
+        assert_eq!(checked(status, &none).code, Code::NotFound);
+        let code = |body: &[u8]| read(body, 64).map(|_| ()).map_err(|a| a.code);
+        assert_eq!(code(&[1, 0, 0, 0, 1, 0]), Err(Code::Internal));
+        assert_eq!(code(&[2, 0, 0, 0, 0]), Err(Code::Internal));
+        assert_eq!(
+            code(&[0, 0xff, 0xff, 0xff, 0xff]),
+            Err(Code::ResourceExhausted)
+        );
     }
 
     #[test]

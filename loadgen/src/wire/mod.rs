@@ -11,7 +11,7 @@
 //! connections, re-established when lost.
 
 pub mod connection;
-mod frame;
+pub mod frame;
 pub mod grpc;
 mod session;
 
