@@ -154,8 +154,9 @@ async fn run(milvus: &Milvus, file: &str) -> Report {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn milvus_is_set_up_ingested_and_searched_with_counts_that_match_what_it_holds() {
-    if !milvus_or_skip("milvus_is_set_up_ingested_and_searched_with_counts_that_match_what_it_holds")
-    {
+    if !milvus_or_skip(
+        "milvus_is_set_up_ingested_and_searched_with_counts_that_match_what_it_holds",
+    ) {
         return;
     }
     let milvus = Milvus::start().await;
@@ -186,13 +187,21 @@ thresholds = ["recall>=0.99", "error_rate==0"]
         "the points the loadgen counts as written are the rows Milvus holds: {held}"
     );
     assert_eq!(rows, POINTS, "every point written once: {held}");
-    assert_eq!(held["distinct_ids"].as_u64(), Some(POINTS), "no duplicate keys");
+    assert_eq!(
+        held["distinct_ids"].as_u64(),
+        Some(POINTS),
+        "no duplicate keys"
+    );
     assert_eq!(
         ingest.successes * BATCH + BATCH,
         POINTS,
         "the ingest phase's OK batches, and the probe's, are the data set"
     );
-    assert!(search.successes >= 100, "searches served: {}", search.successes);
+    assert!(
+        search.successes >= 100,
+        "searches served: {}",
+        search.successes
+    );
     assert_eq!(search.code(ANSWER_ERROR), 0, "{:?}", search.answer_errors);
     let recall = search.recall.as_ref().expect("recall measured");
     assert!(recall.queries >= 20, "sampled searches: {}", recall.queries);
@@ -255,7 +264,8 @@ thresholds = ["error_rate<=0.01"]
     assert_eq!(milvus.count("vecrig_test")["rows"].as_u64(), Some(0));
 
     // Searches of a collection that is not there.
-    let file = target_table("") + r#"
+    let file = target_table("")
+        + r#"
 [target.search]
 method = "milvus.proto.milvus.MilvusService/Search"
 ids = "results.ids.int_id.data[]"
@@ -294,10 +304,7 @@ thresholds = ["error_rate<=0.01"]
     );
     assert!(!report.passed);
     assert!(
-        report
-            .warnings
-            .iter()
-            .any(|w| w.contains("answer check")),
+        report.warnings.iter().any(|w| w.contains("answer check")),
         "the probe's failed answer is said before the load: {:?}",
         report.warnings
     );

@@ -20,6 +20,10 @@
 //!   we did not design gets; every request is rendered from a template set either way, the
 //!   built-in `vecrig.v1` one over compiled-in descriptors otherwise), so the two are priced
 //!   side by side,
+//! - and that templated load again with the query vector also written, as little-endian f32
+//!   bytes, inside a message of its own encoded into a `bytes` field (Milvus's
+//!   `placeholder_group`), through a `.proto` of vecrig's `Search` with that field added (the
+//!   server skips it as an unknown field): what building a nested message per request costs,
 //!
 //! and takes each one's CPU time (user + system, from `getrusage(RUSAGE_CHILDREN)` around the
 //! child's whole life, start-up included) per 1000 requests answered. The figures of merit,
@@ -27,7 +31,7 @@
 //! the loadgen's default threads / one thread (goal <= 1.1: more threads must not cost more
 //! per request), the loadgen's highest rate / h2load's on the same request (goal >= 1), and
 //! templated / native requests at one thread, both with varied queries (goal <= 1: a
-//! templated target costs no more per request).
+//! templated target costs no more per request), and nested / templated (goal <= 1.2).
 //!
 //! Run: `cargo bench -p vecrig-loadgen --bench cost_per_request` (release; needs `h2load` and
 //! `nghttp` on PATH: `apt-get install nghttp2-client`; without them only the loadgen's own
@@ -261,6 +265,46 @@ fn templated_scenario_file(seconds: u64) -> String {
     )
 }
 
+/// vecrig's `Search` with a `bytes` field (100) holding a message that carries the query
+/// vector as bytes, as Milvus's `placeholder_group` does.
+const NESTED_PROTO: &str = r#"
+syntax = "proto3";
+package vecrig.v1;
+service VectorIndex { rpc Search(SearchRequest) returns (SearchResponse); }
+message Vector { repeated float values = 1; }
+message SearchRequest {
+  oneof query { Vector vector = 1; string text = 2; }
+  uint32 k = 3;
+  bytes placeholder_group = 100;
+}
+message PlaceholderValue { string tag = 1; int32 type = 2; repeated bytes values = 3; }
+message PlaceholderGroup { repeated PlaceholderValue placeholders = 1; }
+message Hit { uint64 id = 1; float score = 2; }
+message SearchResponse { repeated Hit hits = 1; }
+"#;
+
+/// The templated load of [`templated_scenario_file`] with the nested message of
+/// [`NESTED_PROTO`] in every request.
+fn nested_scenario_file(seconds: u64) -> String {
+    let users = CONNECTIONS * STREAMS_PER_CONNECTION;
+    format!(
+        "[target]
+protos = [\"nested.proto\"]
+dimensions = {DIMENSIONS}
+         [target.search]
+method = \"vecrig.v1.VectorIndex/Search\"
+ids = \"hits[].id\"
+         request = '{{\"vector\": {{\"values\": \"{{{{vector}}}}\"}}, \"k\": \"{{{{k}}}}\",          \"placeholder_group\": {{\"@encode\": \"vecrig.v1.PlaceholderGroup\", \"placeholders\":          [{{\"tag\": \"$0\", \"type\": 101, \"values\": [\"{{{{vector}}}}\"]}}]}}}}'
+
+         [[scenario]]
+name = \"nested\"
+model = \"closed\"
+         start = {users}
+stages = \"{seconds}s:{users}\"
+"
+    )
+}
+
 /// A run on one thread against the server as a templated target (`file`, from
 /// [`templated_scenario_file`]).
 fn loadgen_templated_round(loadgen: &Path, target: &str, file: &Path, report: &Path) -> Cost {
@@ -300,6 +344,9 @@ fn main() {
     let report = work.path().join("report.json");
     let templated_file = work.path().join("templated.toml");
     std::fs::write(&templated_file, templated_scenario_file(seconds)).expect("write scenario");
+    let nested_file = work.path().join("nested.toml");
+    std::fs::write(&nested_file, nested_scenario_file(seconds)).expect("write scenario");
+    std::fs::write(work.path().join("nested.proto"), NESTED_PROTO).expect("write proto");
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -342,6 +389,7 @@ fn main() {
     // queries and templated on one thread; h2load on one, on two.
     let (mut ours, mut ours_all) = (Cost::default(), Cost::default());
     let (mut ours_varied, mut ours_templated) = (Cost::default(), Cost::default());
+    let mut ours_nested = Cost::default();
     let (mut theirs, mut theirs_two) = (Cost::default(), Cost::default());
     let (mut our_best_rate, mut their_best_rate) = (0.0f64, 0.0f64);
     // The machine's load drifts (other work shares its cores), so the order alternates:
@@ -377,6 +425,9 @@ fn main() {
         let templated = loadgen_templated_round(&loadgen, &target, &templated_file, &report);
         print_row(round, "templated -t1", templated);
         ours_templated.add(templated);
+        let nested = loadgen_templated_round(&loadgen, &target, &nested_file, &report);
+        print_row(round, "nested -t1", nested);
+        ours_nested.add(nested);
         our_best_rate = our_best_rate.max(one.rate()).max(all.rate());
         requests = one.requests;
         if loadgen_first {
@@ -404,6 +455,11 @@ fn main() {
     println!(
         "ratio templated / native requests, varied queries, one thread each: {:.2} (goal <= 1)",
         ours_templated.cpu_per_1000() / ours_varied.cpu_per_1000()
+    );
+    summary("loadgen nested -t1:", ours_nested);
+    println!(
+        "ratio nested bytes message / templated, one thread each: {:.2} (goal <= 1.2)",
+        ours_nested.cpu_per_1000() / ours_templated.cpu_per_1000()
     );
     if with_h2load {
         summary("h2load -t1:", theirs);

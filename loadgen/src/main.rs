@@ -119,8 +119,7 @@ async fn run(mut cli: Cli) -> i32 {
                 });
             match planned {
                 Ok(planned) if *check => {
-                    return match vecrig_loadgen::check_file(&options, &planned, &cli.plan()).await
-                    {
+                    return match vecrig_loadgen::check_file(&options, &planned, &cli.plan()).await {
                         Ok(summary) => {
                             println!("{summary}");
                             0

@@ -149,18 +149,25 @@ async fn run_templated(
     };
     // An answer that fails its check is not a refusal: the run goes on and counts such
     // answers as failures (the report says why), but the user is told before the load.
-    let failed_check = |what: &str, check: Option<&dynamic::AnswerCheck>, answer: &DynamicMessage| {
-        let reason = check?.verdict(&prost::Message::encode_to_vec(answer)).err()?;
-        Some(format!(
-            "the probe {what}'s answer failed the target's answer check: {reason}"
-        ))
-    };
+    let failed_check =
+        |what: &str, check: Option<&dynamic::AnswerCheck>, answer: &DynamicMessage| {
+            let reason = check?
+                .verdict(&prost::Message::encode_to_vec(answer))
+                .err()?;
+            Some(format!(
+                "the probe {what}'s answer failed the target's answer check: {reason}"
+            ))
+        };
     if let Op::Call(call) = first_request(WorkloadKind::Vector) {
         let request = decoded(&templates.search, call.message())?;
         let answer =
             dynamic::probe(&monitor.channel(), &headers, &templates.search, request).await?;
         if let Some(answer) = answer {
-            warnings.extend(failed_check("search", templates.search_check.as_ref(), &answer));
+            warnings.extend(failed_check(
+                "search",
+                templates.search_check.as_ref(),
+                &answer,
+            ));
         }
     }
     if let (Some(truth), Some(write)) = (&truth, &templates.write) {
@@ -232,7 +239,13 @@ async fn run_templated(
     .await?;
     for call in &templates.teardown {
         if let Err(e) = call
-            .make("teardown", &checked.monitor.channel(), &headers, plan.k, CALL_DEADLINE)
+            .make(
+                "teardown",
+                &checked.monitor.channel(),
+                &headers,
+                plan.k,
+                CALL_DEADLINE,
+            )
             .await
         {
             warnings.push(e.to_string());
@@ -276,7 +289,8 @@ pub async fn check_file(
         }
         // Files need no connection: a lazy channel that is never used.
         _ => {
-            let channel = tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
+            let channel =
+                tonic::transport::Endpoint::from_static("http://127.0.0.1:1").connect_lazy();
             describe(&source, &channel, &headers, &spec.services()).await
         }
     }
@@ -293,7 +307,11 @@ pub async fn check_file(
         lines.push(format!(
             "  {what:<12} {}{}",
             m.descriptor.full_name(),
-            if check.is_some() { " (answer checked)" } else { "" }
+            if check.is_some() {
+                " (answer checked)"
+            } else {
+                ""
+            }
         ));
     };
     for call in &templates.setup {

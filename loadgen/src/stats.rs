@@ -16,8 +16,7 @@ use hdrhistogram::Histogram;
 use hdrhistogram::serialization::{Deserializer, Serializer, V2DeflateSerializer};
 use tonic::Code;
 use vecrig::validation::report::{
-    ANSWER_ERROR, Histograms, LatencySummary, PhaseReport, RecallFigures, ServerFigures,
-    code_name,
+    ANSWER_ERROR, Histograms, LatencySummary, PhaseReport, RecallFigures, ServerFigures, code_name,
 };
 
 /// Largest latency recorded exactly: one hour, in microseconds. Larger values saturate.
@@ -263,12 +262,7 @@ impl Outcomes {
             latency_by_code: self
                 .by_code
                 .iter()
-                .map(|(code, h)| {
-                    (
-                        outcome_name(*code).to_string(),
-                        summarize(h),
-                    )
-                })
+                .map(|(code, h)| (outcome_name(*code).to_string(), summarize(h)))
                 .collect(),
             server,
             histograms: Histograms {

@@ -226,9 +226,7 @@ fn read_string(message: &DynamicMessage, steps: &[FieldDescriptor]) -> Option<St
 /// occurrence winning as protobuf merges them; 0 where a field is absent. `None` when the
 /// bytes are not a protobuf encoding.
 fn read_last(mut buf: &[u8], numbers: &[u32]) -> Option<u64> {
-    let Some((&number, rest)) = numbers.split_first() else {
-        return None;
-    };
+    let (&number, rest) = numbers.split_first()?;
     let mut found = 0u64;
     while !buf.is_empty() {
         let key = varint(&mut buf)?;
@@ -416,10 +414,7 @@ mod tests {
             "a negative int32 is a ten-byte varint"
         );
         assert!(check.verdict(&[0x0a, 0x05, 0x18]).is_err(), "truncated");
-        let framed: Vec<u8> = [0u8, 0, 0, 0, 2]
-            .into_iter()
-            .chain([0x0a, 0x00])
-            .collect();
+        let framed: Vec<u8> = [0u8, 0, 0, 0, 2].into_iter().chain([0x0a, 0x00]).collect();
         assert_eq!(check.verdict_of_frame(&framed), Ok(()));
         assert!(check.verdict_of_frame(&[1, 0, 0, 0, 0]).is_err());
     }
@@ -444,12 +439,20 @@ mod tests {
     #[test]
     fn checks_that_do_not_fit_name_the_field() {
         for (status, reason, mentions) in [
-            (&["status.cod"][..], None, "no field `cod` in message check.test.Status"),
+            (
+                &["status.cod"][..],
+                None,
+                "no field `cod` in message check.test.Status",
+            ),
             (&["status"][..], None, "must be an integer or enum field"),
             (&["ids"][..], None, "`ids` is repeated"),
             (&["score"][..], None, "must be an integer or enum field"),
             (&["status.code.x"][..], None, "is not a message"),
-            (&["status.code"][..], Some("status.code"), "must be a string field"),
+            (
+                &["status.code"][..],
+                Some("status.code"),
+                "must be a string field",
+            ),
         ] {
             let e = check(status, &[0], reason).expect_err("does not fit");
             assert!(e.contains(mentions), "{status:?}: {e}");
