@@ -17,6 +17,8 @@ mod session;
 
 pub use connection::{Channel, Target};
 pub use grpc::{Answer, Rpc};
+#[doc(hidden)]
+pub use session::answers_to;
 
 /// Which client sends the load's requests.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

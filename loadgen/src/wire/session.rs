@@ -227,46 +227,7 @@ impl Session {
         R: AsyncRead + Unpin + 'static,
         W: AsyncWrite + Unpin + 'static,
     {
-        let mut out = BytesMut::with_capacity(64 * 1024);
-        out.extend_from_slice(frame::PREFACE);
-        frame::put_settings(
-            &mut out,
-            &[
-                (setting::ENABLE_PUSH, 0),
-                (setting::INITIAL_WINDOW_SIZE, STREAM_WINDOW),
-                (setting::MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST as u32),
-            ],
-        );
-        frame::put_window_update(
-            &mut out,
-            0,
-            CONNECTION_WINDOW - frame::DEFAULT_WINDOW as u32,
-        );
-        let inner = Rc::new(Inner {
-            out: RefCell::new(out),
-            writer: Notify::new(),
-            streams: RefCell::default(),
-            blocked: RefCell::default(),
-            next_id: Cell::new(1),
-            phase: Cell::new(Phase::Open),
-            why: RefCell::default(),
-            owner_gone: Cell::new(false),
-            // No limit until the server says (RFC 9113 §6.5.2); the caller waits for its
-            // SETTINGS before the first request.
-            max_streams: Cell::new(usize::MAX),
-            max_frame: Cell::new(frame::DEFAULT_MAX_FRAME),
-            initial_window: Cell::new(frame::DEFAULT_WINDOW),
-            window: Cell::new(frame::DEFAULT_WINDOW),
-            unacked: Cell::new(0),
-            last_opened: Cell::new(0),
-            replies: Cell::new(0),
-            decoder: RefCell::new(decoder()),
-            partial: RefCell::default(),
-            settings_seen: Cell::new(false),
-            settled: Notify::new(),
-            pong: Notify::new(),
-            on_draining,
-        });
+        let inner = Inner::new(on_draining);
         inner.writer.notify_one();
         tokio::task::spawn_local(drive(Rc::clone(&inner), read, write, keepalive));
         Self { inner }
@@ -392,6 +353,51 @@ impl Drop for Call {
 }
 
 impl Inner {
+    /// A connection's state before anything is read, its output holding the preface, our
+    /// SETTINGS and the connection window's growth.
+    fn new(on_draining: Box<dyn Fn()>) -> Rc<Self> {
+        let mut out = BytesMut::with_capacity(64 * 1024);
+        out.extend_from_slice(frame::PREFACE);
+        frame::put_settings(
+            &mut out,
+            &[
+                (setting::ENABLE_PUSH, 0),
+                (setting::INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+                (setting::MAX_HEADER_LIST_SIZE, MAX_HEADER_LIST as u32),
+            ],
+        );
+        frame::put_window_update(
+            &mut out,
+            0,
+            CONNECTION_WINDOW - frame::DEFAULT_WINDOW as u32,
+        );
+        Rc::new(Inner {
+            out: RefCell::new(out),
+            writer: Notify::new(),
+            streams: RefCell::default(),
+            blocked: RefCell::default(),
+            next_id: Cell::new(1),
+            phase: Cell::new(Phase::Open),
+            why: RefCell::default(),
+            owner_gone: Cell::new(false),
+            // No limit until the server says (RFC 9113 §6.5.2); the caller waits for its
+            // SETTINGS before the first request.
+            max_streams: Cell::new(usize::MAX),
+            max_frame: Cell::new(frame::DEFAULT_MAX_FRAME),
+            initial_window: Cell::new(frame::DEFAULT_WINDOW),
+            window: Cell::new(frame::DEFAULT_WINDOW),
+            unacked: Cell::new(0),
+            last_opened: Cell::new(0),
+            replies: Cell::new(0),
+            decoder: RefCell::new(decoder()),
+            partial: RefCell::default(),
+            settings_seen: Cell::new(false),
+            settled: Notify::new(),
+            pong: Notify::new(),
+            on_draining,
+        })
+    }
+
     /// Appends frames to the output, waking the writer if it was idle.
     fn write(&self, put: impl FnOnce(&mut BytesMut)) {
         let mut out = self.out.borrow_mut();
@@ -876,6 +882,55 @@ impl Inner {
     }
 }
 
+/// What a server's bytes come to on a connection with `streams` requests open (every other
+/// one keeping its answer, as a sampled search does), read `cut` bytes at a time (frames cut
+/// across reads), the writer keeping up; the connection then ends as the input does. Each
+/// request's answer and kept body, `None` for a request left without one (which must never
+/// happen). The decoding paths of the network's input, with no socket and no runtime: for the
+/// fuzz target `wire_decode` and the unit tests.
+#[doc(hidden)]
+pub fn answers_to(
+    input: &[u8],
+    streams: usize,
+    cut: usize,
+) -> Vec<Option<(Answer, Option<BytesMut>)>> {
+    let inner = Inner::new(Box::new(|| {}));
+    let session = Session {
+        inner: Rc::clone(&inner),
+    };
+    let request = Bytes::from_static(&[0, 0, 0, 0, 0]);
+    let mut calls: Vec<Result<Call, Answer>> = (0..streams)
+        .map(|i| session.open(b"", request.clone(), i % 2 == 0))
+        .collect();
+    let mut buf = BytesMut::new();
+    let mut ended = None;
+    for piece in input.chunks(cut.max(1)) {
+        buf.extend_from_slice(piece);
+        if let Err(why) = dispatch(&inner, &mut buf) {
+            ended = Some(why);
+            break;
+        }
+        inner.out.borrow_mut().clear();
+        inner.replies.set(0);
+    }
+    let ended = ended.unwrap_or_else(|| match buf.is_empty() {
+        true => Ended::Lost("connection closed by the server".into()),
+        false => Ended::Lost("connection closed by the server inside a frame".into()),
+    });
+    inner.close(ended);
+    let mut cx = Context::from_waker(Waker::noop());
+    calls
+        .iter_mut()
+        .map(|call| match call {
+            Ok(call) => match Pin::new(call).poll(&mut cx) {
+                Poll::Ready(answer) => Some(answer),
+                Poll::Pending => None,
+            },
+            Err(answer) => Some((answer.clone(), None)),
+        })
+        .collect()
+}
+
 /// Hashes a stream id with one multiplication (Fibonacci hashing): ids are ours, unique and
 /// not chosen by anyone hostile, and SipHash, the default, was 1.8% of the loadgen's
 /// instructions per request.
@@ -1091,3 +1146,6 @@ async fn keep_alive(inner: &Inner, every: Duration) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
