@@ -205,7 +205,14 @@ impl Recall {
                 with_payload: false,
                 ..sample.request.clone()
             };
-            match client.search(request_with(exact, timeout, headers)).await {
+            // tonic's own deadline covers the wait for the answer's headers, not its body.
+            let answer = tokio::time::timeout(
+                timeout,
+                client.search(request_with(exact, timeout, headers)),
+            )
+            .await
+            .unwrap_or_else(|_| Err(tonic::Status::deadline_exceeded("exact answer")));
+            match answer {
                 Ok(answer) => {
                     let expected: Vec<u64> =
                         answer.into_inner().hits.iter().map(|h| h.id).collect();
