@@ -93,14 +93,50 @@ fields_data = [
 ]
 "#;
 
+/// Qdrant, over its gRPC API (`qdrant.Points`, `qdrant.Collections`; port 6334 by default).
+/// Qdrant has server reflection on recent versions; otherwise give a descriptor set made from
+/// the `qdrant-client` package or Qdrant's `.proto` files.
+///
+/// Setup deletes the collection (a clean one each run; deleting a missing one answers
+/// `result: false`, not an error) and creates it with one unnamed dense vector of the run's
+/// dimensions and distance. Writes wait until applied (`wait = true`) and their `result.status`
+/// must say so (Acknowledged or Completed); Qdrant refuses other failures with gRPC codes.
+pub const QDRANT: &str = r#"
+metric_names = { cosine = "Cosine", l2 = "Euclid", ip = "Dot" }
+
+[vars]
+collection = "vecrig"
+
+[[setup]]
+method = "qdrant.Collections/Delete"
+request = { collection_name = "{{collection}}" }
+tolerate = ["NOT_FOUND", "not found", "doesn't exist"]
+
+[[setup]]
+method = "qdrant.Collections/Create"
+request = { collection_name = "{{collection}}", vectors_config = { params = { size = "{{dimensions}}", distance = "{{metric}}" } } }
+check = { status = "result", ok = [1] }
+
+[search]
+method = "qdrant.Points/Search"
+ids = "result[].id.num"
+request = { collection_name = "{{collection}}", vector = "{{vector}}", limit = "{{k}}" }
+
+[write]
+method = "qdrant.Points/Upsert"
+check = { status = "result.status", ok = [1, 2] }
+request = { collection_name = "{{collection}}", wait = true, points = [{ id = { num = "{{id}}" }, vectors = { vector = { data = "{{vector}}" } } }] }
+"#;
+
 /// The built-in set called `name`, as TOML, if there is one.
 pub fn named(name: &str) -> Option<&'static str> {
     match name {
         "vecrig.v1" => Some(super::VECRIG_V1),
         "milvus" => Some(MILVUS),
+        "qdrant" => Some(QDRANT),
         _ => None,
     }
 }
 
 /// The names [`named`] knows.
-pub const NAMES: &str = "\"vecrig.v1\", \"milvus\"";
+pub const NAMES: &str = "\"vecrig.v1\", \"milvus\", \"qdrant\"";

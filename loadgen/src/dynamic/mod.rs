@@ -110,6 +110,10 @@ pub struct TargetSpec {
     /// More values the templates name as `{{name}}` (see [`TargetSpec::vars`]).
     #[serde(default)]
     pub vars: BTreeMap<String, Json>,
+    /// How the target spells each metric in `{{metric}}` (`l2 = "Euclid"`); default `L2`,
+    /// `IP`, `COSINE`.
+    #[serde(default)]
+    pub metric_names: BTreeMap<String, String>,
 }
 
 /// One call of `setup` or `teardown`.
@@ -188,11 +192,12 @@ impl TargetSpec {
     pub fn vars(&self) -> Result<BTreeMap<String, Json>, DynamicError> {
         let mut vars = BTreeMap::new();
         vars.insert("dimensions".to_string(), Json::from(self.dimensions));
-        let metric = match self.metric {
-            Metric::Cosine => "COSINE",
-            Metric::L2 => "L2",
-            Metric::Ip => "IP",
+        let (key, metric) = match self.metric {
+            Metric::Cosine => ("cosine", "COSINE"),
+            Metric::L2 => ("l2", "L2"),
+            Metric::Ip => ("ip", "IP"),
         };
+        let metric = self.metric_names.get(key).map_or(metric, String::as_str);
         vars.insert("metric".to_string(), Json::from(metric));
         for (name, value) in &self.vars {
             if GENERATOR_NAMES.contains(&name.as_str()) {
@@ -355,9 +360,9 @@ impl Method {
             descriptor.parent_service().full_name(),
             descriptor.name()
         );
-        let path = path.parse().map_err(|e| {
-            DynamicError::Spec(format!("{name}: not an HTTP/2 path ({path}): {e}"))
-        })?;
+        let path = path
+            .parse()
+            .map_err(|e| DynamicError::Spec(format!("{name}: not an HTTP/2 path ({path}): {e}")))?;
         Ok(Self {
             path,
             template,
@@ -374,9 +379,8 @@ fn compile_check(
     target: Option<&CheckSpec>,
 ) -> Result<Option<AnswerCheck>, DynamicError> {
     let answer = method.descriptor.output();
-    let fail = |reason: String| {
-        DynamicError::Spec(format!("{}: {reason}", method.descriptor.full_name()))
-    };
+    let fail =
+        |reason: String| DynamicError::Spec(format!("{}: {reason}", method.descriptor.full_name()));
     match (own, target) {
         (Some(own), _) => AnswerCheck::compile(own, &answer).map(Some).map_err(fail),
         (None, Some(target)) => Ok(AnswerCheck::compile(target, &answer).ok()),
@@ -574,11 +578,7 @@ impl Templates {
         };
         let text_search = same_method(&spec.text_search, "text_search", Generator::Text)?;
         let exact_search = same_method(&spec.exact_search, "exact_search", Generator::Vector)?;
-        let write = spec
-            .write
-            .as_ref()
-            .map(compile)
-            .transpose()?;
+        let write = spec.write.as_ref().map(compile).transpose()?;
         if let Some(write) = &write
             && !write.template.uses(Generator::Id)
             && !write.template.uses(Generator::Ids)
@@ -591,9 +591,7 @@ impl Templates {
         let target_check = spec.check.as_ref();
         let search_check = compile_check(&search, spec.search.check.as_ref(), target_check)?;
         let write_check = match (&write, &spec.write) {
-            (Some(method), Some(spec)) => {
-                compile_check(method, spec.check.as_ref(), target_check)?
-            }
+            (Some(method), Some(spec)) => compile_check(method, spec.check.as_ref(), target_check)?,
             _ => None,
         };
         let calls = |specs: &[CallSpec]| {
@@ -731,6 +729,7 @@ mod tests {
             collection: None,
             index: None,
             vars: BTreeMap::new(),
+            metric_names: BTreeMap::new(),
         }
     }
 
