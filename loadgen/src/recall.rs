@@ -20,8 +20,8 @@
 //!   blocking thread after the phase, at most [`CAPACITY`] scans of the data set a phase,
 //!   instead of being asked of the target.
 //! - **A target that stops answering**: after [`GIVE_UP_AFTER`] exact answers in a row fail
-//!   for want of the target (deadline passed, unavailable), the rest are skipped: else a
-//!   frozen target would hold the report back one deadline per sample (500 of them).
+//!   for want of the target (deadline passed, cancelled, unavailable), the rest are skipped:
+//!   else a frozen target would hold the report back one deadline per sample (500 of them).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -40,8 +40,8 @@ use crate::dynamic::Truth;
 pub const CAPACITY: usize = 500;
 /// Exact answers asked per second at most after a phase.
 pub const EXACT_RATE: f64 = 250.0;
-/// Exact answers failing in a row (deadline passed, or unavailable) after which the rest of
-/// a phase's check is skipped.
+/// Exact answers failing in a row (deadline passed, cancelled, or unavailable) after which the
+/// rest of a phase's check is skipped.
 pub const GIVE_UP_AFTER: u32 = 3;
 
 /// One sampled search: the request, the ids it was answered with, and the loadgen's write
@@ -221,9 +221,12 @@ impl Recall {
                 }
                 Err(status) => {
                     figures.skipped += 1;
+                    // tonic's client reports its own deadline passing as CANCELLED.
                     if matches!(
                         status.code(),
-                        tonic::Code::DeadlineExceeded | tonic::Code::Unavailable
+                        tonic::Code::DeadlineExceeded
+                            | tonic::Code::Cancelled
+                            | tonic::Code::Unavailable
                     ) {
                         unanswered += 1;
                     }
