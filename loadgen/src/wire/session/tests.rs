@@ -249,7 +249,7 @@ fn connection_errors_end_every_open_request_internal() {
                 kind::HEADERS,
                 flag::END_HEADERS,
                 1,
-                &hpack_bomb_size,
+                &size_update_alone,
             );
             v
         }),
