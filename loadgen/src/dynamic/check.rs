@@ -36,13 +36,19 @@ impl OneOrMany {
 }
 
 /// `check = { status = "status.code", ok = [0], reason = "status.reason" }` in a scenario
-/// file: where an answer says whether it succeeded.
+/// file: where an answer says whether it succeeded. A service that lists its failures
+/// instead (Weaviate's batch `errors`) is checked with `empty = "errors"` and
+/// `reason = "errors[].error"` (the first element's).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckSpec {
     /// Integer or enum fields (dotted paths through singular messages) that must each hold
     /// one of `ok`.
-    pub status: OneOrMany,
+    #[serde(default)]
+    pub status: Option<OneOrMany>,
+    /// Repeated fields (through singular messages) that must be empty.
+    #[serde(default)]
+    pub empty: Option<OneOrMany>,
     /// The values that mean success (default: 0).
     #[serde(default = "CheckSpec::default_ok")]
     pub ok: Vec<i64>,
@@ -80,15 +86,38 @@ struct StatusField {
 pub struct AnswerCheck {
     answer: MessageDescriptor,
     status: Vec<StatusField>,
+    /// Lists that must be empty: their text and field numbers.
+    empty: Vec<(String, Vec<u32>)>,
     ok: Vec<i64>,
     reason: Option<Vec<FieldDescriptor>>,
 }
 
-/// The singular fields along a dotted path, or why it does not fit.
-fn walk(path: &str, message: &MessageDescriptor) -> Result<Vec<FieldDescriptor>, String> {
+/// What a path may pass through besides singular fields.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lists {
+    /// None: a status.
+    None,
+    /// Only as its last field: a list that must be empty.
+    Last,
+    /// `name[]` anywhere, read as its first element: a reason.
+    First,
+}
+
+/// The fields along a dotted path, or why it does not fit.
+fn walk(
+    path: &str,
+    message: &MessageDescriptor,
+    lists: Lists,
+) -> Result<Vec<FieldDescriptor>, String> {
     let mut within = Some(message.clone());
     let mut steps = Vec::new();
-    for name in path.split('.') {
+    let names: Vec<&str> = path.split('.').collect();
+    for (i, name) in names.iter().enumerate() {
+        let last = i + 1 == names.len();
+        let (name, first) = match name.strip_suffix("[]") {
+            Some(name) if lists == Lists::First => (name, true),
+            _ => (*name, false),
+        };
         let Some(message) = within else {
             return Err(format!(
                 "`{path}`: `{}` is not a message",
@@ -107,10 +136,31 @@ fn walk(path: &str, message: &MessageDescriptor) -> Result<Vec<FieldDescriptor>,
                 known.join(", ")
             )
         })?;
-        if field.is_list() || field.is_map() {
+        let allowed = match lists {
+            Lists::None => false,
+            Lists::Last => last,
+            Lists::First => first,
+        };
+        if field.is_map() || (field.is_list() && !allowed) {
+            return Err(match lists {
+                Lists::None => {
+                    format!("`{path}`: `{name}` is repeated; a status is a single field")
+                }
+                Lists::Last => {
+                    format!("`{path}`: `{name}` is repeated; only the last field may be")
+                }
+                Lists::First => {
+                    format!("`{path}`: `{name}` is repeated: write `{name}[]` (its first element)")
+                }
+            });
+        }
+        if lists == Lists::Last && last && !field.is_list() {
             return Err(format!(
-                "`{path}`: `{name}` is repeated; a status is a single field"
+                "`{path}`: `{name}` is not repeated: nothing to be empty"
             ));
+        }
+        if first && !field.is_list() {
+            return Err(format!("`{path}`: `{name}` is not repeated: drop `[]`"));
         }
         within = match field.kind() {
             Kind::Message(m) => Some(m),
@@ -124,16 +174,25 @@ fn walk(path: &str, message: &MessageDescriptor) -> Result<Vec<FieldDescriptor>,
 impl AnswerCheck {
     /// Checks `spec` against the answer type `answer`.
     pub fn compile(spec: &CheckSpec, answer: &MessageDescriptor) -> Result<Self, String> {
-        let paths = spec.status.paths();
-        if paths.is_empty() {
-            return Err("check: `status` names no field".into());
+        let paths = spec
+            .status
+            .as_ref()
+            .map(OneOrMany::paths)
+            .unwrap_or_default();
+        let lists = spec
+            .empty
+            .as_ref()
+            .map(OneOrMany::paths)
+            .unwrap_or_default();
+        if paths.is_empty() && lists.is_empty() {
+            return Err("check: neither `status` nor `empty` names a field".into());
         }
         if spec.ok.is_empty() {
             return Err("check: `ok` lists no value".into());
         }
         let mut status = Vec::new();
         for path in paths {
-            let steps = walk(path, answer).map_err(|e| format!("check status {e}"))?;
+            let steps = walk(path, answer, Lists::None).map_err(|e| format!("check status {e}"))?;
             let last = steps.last().map(FieldDescriptor::kind);
             let encoding = match last {
                 Some(Kind::Int32 | Kind::Int64 | Kind::Enum(_) | Kind::Bool) => Encoding::Signed,
@@ -151,11 +210,20 @@ impl AnswerCheck {
                 encoding,
             });
         }
+        let mut empty = Vec::new();
+        for path in lists {
+            let steps = walk(path, answer, Lists::Last).map_err(|e| format!("check empty {e}"))?;
+            empty.push((
+                path.to_string(),
+                steps.iter().map(FieldDescriptor::number).collect(),
+            ));
+        }
         let reason = spec
             .reason
             .as_deref()
             .map(|path| {
-                let steps = walk(path, answer).map_err(|e| format!("check reason {e}"))?;
+                let steps =
+                    walk(path, answer, Lists::First).map_err(|e| format!("check reason {e}"))?;
                 match steps.last().map(FieldDescriptor::kind) {
                     Some(Kind::String) => Ok(steps),
                     other => Err(format!(
@@ -167,6 +235,7 @@ impl AnswerCheck {
         Ok(Self {
             answer: answer.clone(),
             status,
+            empty,
             ok: spec.ok.clone(),
             reason,
         })
@@ -184,7 +253,14 @@ impl AnswerCheck {
                 Encoding::Zigzag => ((raw >> 1) as i64) ^ -((raw & 1) as i64),
             };
             if !self.ok.contains(&value) {
-                return Err(self.reason_of(message, &field.text, value));
+                return Err(self.reason_of(message, &format!("{}={value}", field.text)));
+            }
+        }
+        for (text, numbers) in &self.empty {
+            match count(message, numbers) {
+                None => return Err("the answer does not decode".into()),
+                Some(0) => {}
+                Some(n) => return Err(self.reason_of(message, &format!("{text}: {n}"))),
             }
         }
         Ok(())
@@ -200,26 +276,71 @@ impl AnswerCheck {
         }
     }
 
-    /// The reason a failing answer gives: its reason field, or the status value.
-    fn reason_of(&self, message: &[u8], status: &str, value: i64) -> String {
+    /// The reason a failing answer gives: what failed (`found`), and its reason field.
+    fn reason_of(&self, message: &[u8], found: &str) -> String {
         let text = self.reason.as_ref().and_then(|steps| {
             let answer = DynamicMessage::decode(self.answer.clone(), message).ok()?;
             read_string(&answer, steps)
         });
         match text {
-            Some(text) if !text.is_empty() => format!("{status}={value}: {text}"),
-            _ => format!("{status}={value}"),
+            Some(text) if !text.is_empty() => format!("{found}: {text}"),
+            _ => found.to_string(),
         }
     }
 }
 
+/// The string at `steps`, through the first element of any list on the way.
 fn read_string(message: &DynamicMessage, steps: &[FieldDescriptor]) -> Option<String> {
     let (step, rest) = steps.split_first()?;
-    match &*message.get_field(step) {
-        Value::Message(inner) => read_string(inner, rest),
-        Value::String(text) if rest.is_empty() => Some(text.clone()),
+    let value = message.get_field(step);
+    let value = match &*value {
+        Value::List(items) => items.first()?.clone(),
+        other => other.clone(),
+    };
+    match value {
+        Value::Message(inner) => read_string(&inner, rest),
+        Value::String(text) if rest.is_empty() => Some(text),
         _ => None,
     }
+}
+
+/// How many times the last field of `numbers` occurs (through the singular messages before
+/// it, all their occurrences): the elements of a list of messages or strings. `None` when
+/// the bytes are not a protobuf encoding.
+fn count(mut buf: &[u8], numbers: &[u32]) -> Option<u64> {
+    let (&number, rest) = numbers.split_first()?;
+    let mut found = 0u64;
+    while !buf.is_empty() {
+        let key = varint(&mut buf)?;
+        let (field, wire) = ((key >> 3) as u32, key & 7);
+        let hit = field == number;
+        match wire {
+            0 => {
+                varint(&mut buf)?;
+                found += u64::from(hit && rest.is_empty());
+            }
+            1 => {
+                buf = buf.get(8..)?;
+                found += u64::from(hit && rest.is_empty());
+            }
+            2 => {
+                let len = usize::try_from(varint(&mut buf)?).ok()?;
+                let inner = buf.get(..len)?;
+                buf = &buf[len..];
+                if hit && rest.is_empty() {
+                    found += 1;
+                } else if hit {
+                    found += count(inner, rest)?;
+                }
+            }
+            5 => {
+                buf = buf.get(4..)?;
+                found += u64::from(hit && rest.is_empty());
+            }
+            _ => return None,
+        }
+    }
+    Some(found)
 }
 
 /// The varint at field path `numbers` (singular messages, then a varint field), the last
@@ -330,7 +451,17 @@ mod tests {
         enum ErrorCode { Success = 0; UnexpectedError = 1; CollectionNotExists = 4; }
         message Status { ErrorCode error_code = 1; string reason = 2; int32 code = 3; sint32 zig = 4; }
         message Results { Status status = 1; repeated int64 ids = 2; double score = 3; }
+        message BatchError { int32 index = 1; string error = 2; }
+        message BatchReply { float took = 1; repeated BatchError errors = 2; }
     "#;
+
+    fn message_type(name: &str) -> MessageDescriptor {
+        let dir = tempfile::tempdir().expect("temp dir");
+        std::fs::write(dir.path().join("check.proto"), PROTO).expect("write proto");
+        let set = protox::compile(["check.proto"], [dir.path()]).expect("compiles");
+        let pool = DescriptorPool::from_file_descriptor_set(set).expect("pool");
+        pool.get_message_by_name(name).expect("message")
+    }
 
     fn answer_type() -> MessageDescriptor {
         let dir = tempfile::tempdir().expect("temp dir");
@@ -374,7 +505,10 @@ mod tests {
 
     fn check(status: &[&str], ok: &[i64], reason: Option<&str>) -> Result<AnswerCheck, String> {
         let spec = CheckSpec {
-            status: OneOrMany::Many(status.iter().map(|s| s.to_string()).collect()),
+            status: Some(OneOrMany::Many(
+                status.iter().map(|s| s.to_string()).collect(),
+            )),
+            empty: None,
             ok: ok.to_vec(),
             reason: reason.map(str::to_string),
         };
@@ -434,6 +568,47 @@ mod tests {
             check.verdict(&[0x0a, 0x02, 0x20, 1]),
             Err("status.zig=-1".into())
         );
+    }
+
+    /// A batch answer that lists its failures (Weaviate's `errors`): the list must be empty,
+    /// and the reason is its first element's.
+    #[test]
+    fn a_list_of_failures_must_be_empty() {
+        let spec = CheckSpec {
+            status: None,
+            empty: Some(OneOrMany::One("errors".into())),
+            ok: vec![0],
+            reason: Some("errors[].error".into()),
+        };
+        let check =
+            AnswerCheck::compile(&spec, &message_type("check.test.BatchReply")).expect("fits");
+        // took: 1.5, no errors.
+        let took = [0x0d, 0x00, 0x00, 0xc0, 0x3f];
+        assert_eq!(check.verdict(&took), Ok(()));
+        // errors { index: 3, error: "no such class" } errors { index: 4 }.
+        let mut failed = took.to_vec();
+        failed.extend([0x12, 0x11, 0x08, 0x03, 0x12, 0x0d]);
+        failed.extend(b"no such class");
+        failed.extend([0x12, 0x02, 0x08, 0x04]);
+        assert_eq!(
+            check.verdict(&failed),
+            Err("errors: 2: no such class".into())
+        );
+        for (empty, reason, mentions) in [
+            ("took", None, "is not repeated"),
+            ("errors", Some("errors.error"), "write `errors[]`"),
+            ("errors", Some("took[]"), "drop `[]`"),
+        ] {
+            let spec = CheckSpec {
+                status: None,
+                empty: Some(OneOrMany::One(empty.into())),
+                ok: vec![0],
+                reason: reason.map(str::to_string),
+            };
+            let e = AnswerCheck::compile(&spec, &message_type("check.test.BatchReply"))
+                .expect_err("does not fit");
+            assert!(e.contains(mentions), "{empty} / {reason:?}: {e}");
+        }
     }
 
     #[test]

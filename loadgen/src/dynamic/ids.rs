@@ -128,7 +128,41 @@ fn id_of(value: &Value) -> u64 {
         Value::I64(n) => u64::try_from(*n).unwrap_or(u64::MAX),
         Value::U32(n) => (*n).into(),
         Value::U64(n) => *n,
-        Value::String(s) => s.trim().parse().unwrap_or(u64::MAX),
+        Value::String(s) => string_id(s.trim()).unwrap_or(u64::MAX),
         _ => u64::MAX,
+    }
+}
+
+/// A decimal id, or a UUID (`{{uuid}}` writes the id in a UUID's low 64 bits, for services
+/// whose keys must be UUIDs): its low 64 bits.
+fn string_id(text: &str) -> Option<u64> {
+    if let Ok(n) = text.parse() {
+        return Some(n);
+    }
+    let hex: String = text.chars().filter(|&c| c != '-').collect();
+    if hex.len() != 32 || text.len() != 36 {
+        return None;
+    }
+    u64::from_str_radix(&hex[16..], 16).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::string_id;
+
+    #[test]
+    fn string_ids_are_decimal_or_the_low_bits_of_a_uuid() {
+        assert_eq!(string_id("42"), Some(42));
+        assert_eq!(string_id("00000000-0000-0000-0000-00000000002a"), Some(42));
+        assert_eq!(
+            string_id("9e107d9d-372b-4a1b-8000-0123456789ab"),
+            Some(0x8000_0123_4567_89ab)
+        );
+        assert_eq!(string_id("not-a-number"), None);
+        assert_eq!(
+            string_id("00000000000000000000000000000042"),
+            None,
+            "no dashes"
+        );
     }
 }
