@@ -160,7 +160,7 @@ mod tests {
         );
         assert_eq!(string_id("not-a-number"), None);
         assert_eq!(
-            string_id("00000000000000000000000000000042"),
+            string_id("0000000000000000000000000000002a"),
             None,
             "no dashes"
         );
