@@ -29,22 +29,23 @@
 //! written as a list of one element that mentions `{{id}}` is that element once per point of
 //! the batch: `"points": [{"id": "{{id}}", "values": "{{vector}}"}]`.
 //!
-//! On the hot path a request is encoded straight to bytes ([`Template::encode`]): a vector
-//! whose field sits in singular messages only (the usual search) is not built as a list of
-//! dynamic values but appended after the rest of the message as its packed bytes (a `bytes`
-//! field's value is the same bytes), wrapped in its enclosing message fields (a `{{text}}`
-//! there likewise, as its UTF-8 bytes); protobuf merges a repeated occurrence of a singular
-//! message field into the first, so the target decodes the same message [`Template::render`]
-//! builds. Likewise the top-level fields that are the same in every request of a run
-//! (literals, and `{{k}}`, encoded messages of those included) are encoded once and copied: a
-//! message's fields may come in any order, so the fixed ones, the varying ones and the
-//! appended vectors are simply written one after the other. A search whose only varying part
-//! is its vector (vecrig's own, and most) then builds no dynamic message at all per request.
+//! On the hot path a request is encoded straight to bytes ([`Template::encode`]), without a
+//! [`DynamicMessage`] (maps and lists of numbers with generators in them aside): the top-level
+//! fields that are the same in every request of a run (literals, and `{{k}}`) are encoded once
+//! and copied; the varying ones are written field by field (`template/encode.rs`: a message
+//! encoded into `bytes` has the wire bytes of a message field, a vector is its packed
+//! floats); a vector whose field sits in singular messages only (the usual search) is
+//! appended after the rest as its packed bytes, wrapped in its enclosing message fields (a
+//! `{{text}}` there likewise), since protobuf merges a repeated occurrence of a singular
+//! message field into the first. A message's fields may come in any order, so the three are
+//! written one after the other, and the target decodes the message [`Template::render`]
+//! builds.
 //!
 //! Checking happens before any load: an unknown field, a value of the wrong type or a
 //! generator where it cannot go is a [`TemplateError`] naming the field's path, never a
 //! request full of INVALID_ARGUMENT. Rendering cannot fail.
 
+mod encode;
 mod generator;
 mod render;
 #[cfg(test)]
@@ -128,8 +129,8 @@ enum Node {
 pub struct Template {
     root: (MessageDescriptor, Fields),
     /// The root's fields, without the vectors that are appended as bytes, that vary from
-    /// request to request (they mention a generator other than `{{k}}`).
-    varying: Fields,
+    /// request to request (they mention a generator other than `{{k}}`), as their writers.
+    varying: Vec<encode::Part>,
     /// The root's other fields: the same in every request of a run.
     fixed: Fields,
     /// `fixed` encoded, for the `k` it was encoded with (the first request's).
@@ -174,10 +175,11 @@ impl Template {
         let mut lean = root.1.clone();
         let mut appended = Vec::new();
         split_vectors(&mut lean, &mut Vec::new(), &mut appended);
-        let (varying, fixed) = lean.into_iter().partition(|(_, node)| varies(node));
+        let (varying, fixed): (Fields, Fields) =
+            lean.into_iter().partition(|(_, node)| varies(node));
         Ok(Self {
             root,
-            varying,
+            varying: encode::plan(&varying),
             fixed,
             fixed_encoded: std::sync::OnceLock::new(),
             appended,
@@ -221,8 +223,6 @@ impl Template {
     fn encode_after(&self, fill: &Fill<'_>, headroom: usize) -> Vec<u8> {
         use prost::Message;
         let descriptor = &self.root.0;
-        let varying =
-            (!self.varying.is_empty()).then(|| render::message(descriptor, &self.varying, fill, 0));
         // The first request's fixed part is kept for the run (a run asks for one k).
         let render_fixed = || render::message(descriptor, &self.fixed, fill, 0).encode_to_vec();
         let cached = self.fixed_encoded.get_or_init(|| (fill.k, render_fixed()));
@@ -238,15 +238,17 @@ impl Template {
             .iter()
             .map(|a| render::appended_len(a, fill))
             .sum();
-        let mut out = Vec::with_capacity(
-            headroom + fixed.len() + varying.as_ref().map_or(0, Message::encoded_len) + appended,
-        );
+        // A guess of the varying part: the batch's vectors as f32 and a little more per point.
+        let varying = if self.varying.is_empty() {
+            0
+        } else {
+            let values: usize = fill.points.iter().map(|p| p.vector.len()).sum();
+            64 + values * 4 + fill.points.len() * 32
+        };
+        let mut out = Vec::with_capacity(headroom + fixed.len() + varying + appended);
         out.resize(headroom, 0);
         out.extend_from_slice(fixed);
-        if let Some(varying) = varying {
-            // Cannot fail: a Vec grows as needed.
-            let _ = varying.encode(&mut out);
-        }
+        encode::write(&self.varying, fill, 0, &mut out);
         for appended in &self.appended {
             render::append(&mut out, appended, fill);
         }

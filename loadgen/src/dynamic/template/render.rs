@@ -20,13 +20,13 @@ pub(super) fn message(
     message
 }
 
-const NO_POINT: Point<'static> = Point {
+pub(super) const NO_POINT: Point<'static> = Point {
     id: 0,
     vector: &[],
     text: "",
 };
 
-fn render(node: &Node, fill: &Fill<'_>, point: usize) -> Value {
+pub(super) fn render(node: &Node, fill: &Fill<'_>, point: usize) -> Value {
     match node {
         Node::Message(descriptor, fields) => {
             Value::Message(message(descriptor, fields, fill, point))
@@ -53,14 +53,7 @@ fn render(node: &Node, fill: &Fill<'_>, point: usize) -> Value {
         Node::Generate(generator, kind) => generate(*generator, kind, fill, point),
         Node::Interpolate(pieces, kind) => {
             let at = fill.points.get(point).copied().unwrap_or(NO_POINT);
-            let mut text = String::new();
-            for piece in pieces {
-                match piece {
-                    Piece::Text(t) => text.push_str(t),
-                    Piece::Generate(Generator::Stamp) => text.push_str(fill.stamp),
-                    Piece::Generate(g) => text.push_str(&number_of(*g, fill, &at).to_string()),
-                }
-            }
+            let text = interpolate(pieces, fill, &at);
             match kind {
                 Kind::Bytes => Value::Bytes(text.into_bytes().into()),
                 _ => Value::String(text),
@@ -69,8 +62,21 @@ fn render(node: &Node, fill: &Fill<'_>, point: usize) -> Value {
     }
 }
 
+/// The text of `pieces` for point `at`: the numbers in decimal, the stamp as it is.
+pub(super) fn interpolate(pieces: &[Piece], fill: &Fill<'_>, at: &Point<'_>) -> String {
+    let mut text = String::new();
+    for piece in pieces {
+        match piece {
+            Piece::Text(t) => text.push_str(t),
+            Piece::Generate(Generator::Stamp) => text.push_str(fill.stamp),
+            Piece::Generate(g) => text.push_str(&number_of(*g, fill, at).to_string()),
+        }
+    }
+    text
+}
+
 /// The number a number generator gives (0 for any other).
-fn number_of(generator: Generator, fill: &Fill<'_>, at: &Point<'_>) -> u64 {
+pub(super) fn number_of(generator: Generator, fill: &Fill<'_>, at: &Point<'_>) -> u64 {
     match generator {
         Generator::Id => at.id,
         Generator::User => fill.user,

@@ -380,9 +380,12 @@ fn a_message_encoded_into_bytes_is_its_own_encoding_templated() {
     assert_renders(&template, &fill, &expected);
 }
 
-/// The hot path (fixed fields encoded once, vectors appended as packed bytes) gives every
-/// request its own message with the new generators too: other points, users, batch sizes and
-/// a k other than the first request's.
+/// The hot path (fixed fields encoded once, the varying ones written straight to the wire,
+/// vectors appended as packed bytes) gives every request its own message with the new
+/// generators too: other points, users, batch sizes, a k other than the first request's,
+/// zeros and empty texts (left out as protobuf leaves out defaults, but kept as elements of a
+/// list and in a oneof), fields of every integer encoding, and the fields it leaves to
+/// prost-reflect (maps, lists of numbers).
 #[test]
 fn the_hot_path_encodes_what_render_builds_with_every_new_generator() {
     let pool = shapes();
@@ -394,31 +397,53 @@ fn the_hot_path_encodes_what_render_builds_with_every_new_generator() {
             "blob": "{{vector}}",
             "weight": "{{k}}",
             "rows": "{{batch_size}}",
+            "count": "{{user}}",
             "ids": "{{ids}}",
+            "keys": ["{{stamp}}", "x{{id}}", "{{id}}", "fixed"],
             "doubles": "{{vectors}}",
             "mode": "MODE_FAST",
+            "delta": "{{iteration}}",
+            "word": "{{user}}",
+            "when": "{{batch_size}}",
+            "hashes": ["{{id}}", 5],
+            "chosen": "{{stamp}}",
             "inner": {"tag": "u{{user}}", "blob": "{{vector_bf16}}", "floats": "{{vectors}}", "rows": "{{k}}"},
+            "inners": [{"tag": "{{id}}", "blobs": ["{{vector}}"], "rows": "{{iteration}}"}],
             "nested": {"@encode": "shapes.v1.Inner", "blobs": ["{{vector_f16}}"], "tag": "{{k}}"},
-            "params": {"ef": "{{k}}", "at": "{{iteration}}"},
+            "nesteds": [{"@encode": "shapes.v1.Inner", "tag": "{{stamp}}"}, {"@encode": "shapes.v1.Inner", "rows": 3}],
+            "params": {"ef": "{{k}}", "at": "{{iteration}}", "stamp": "{{stamp}}"},
         }),
     );
+    let zero = [Point {
+        id: 0,
+        vector: &[],
+        text: "",
+    }];
     let points = points();
-    for (n, k, user) in [(1, 10, 1), (3, 10, 2), (2, 4, 3), (3, 10, 4), (0, 10, 5)] {
+    let descriptor = message(&pool, "shapes.v1.Shapes");
+    let decode = |b: &[u8]| DynamicMessage::decode(descriptor.clone(), b).expect("decodes");
+    for (batch, k, user, stamp) in [
+        (&points[..1], 10, 1, "s1"),
+        (&points[..], 10, 2, ""),
+        (&points[..2], 4, 3, "s2"),
+        (&points[..], 10, 0, ""),
+        (&zero[..], 10, 0, ""),
+        (&points[..0], 10, 5, "s3"),
+    ] {
         let fill = Fill {
-            points: &points[..n],
+            points: batch,
             user,
             iteration: user * 7,
             k,
-            stamp: "",
+            stamp,
             pad: 0,
         };
         let rendered = template.render(&fill).encode_to_vec();
-        let descriptor = message(&pool, "shapes.v1.Shapes");
-        let decode = |b: &[u8]| DynamicMessage::decode(descriptor.clone(), b).expect("decodes");
         assert_eq!(
             decode(&template.encode(&fill)),
             decode(&rendered),
-            "{n} points, k {k}, user {user}"
+            "{} points, k {k}, user {user}, stamp {stamp:?}",
+            batch.len()
         );
     }
 }
