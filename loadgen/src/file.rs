@@ -201,7 +201,7 @@ impl Planned {
 
     /// The same plan with its templated target's descriptors from these `.proto` files
     /// (given on the command line: relative to the working directory), in place of the
-    /// file's own or reflection. Nothing to do when none are given.
+    /// file's own (`protos` or `protoset`) or reflection. Nothing to do when none are given.
     pub fn with_protos(
         mut self,
         protos: &[PathBuf],
@@ -225,6 +225,8 @@ impl Planned {
         };
         if !protos.is_empty() {
             target.protos = protos.iter().map(absolute).collect();
+            // The files on the command line stand in for the file's descriptor set too.
+            target.protoset = None;
         }
         target.proto_path = includes.iter().map(absolute).collect();
         Ok(self)
@@ -413,7 +415,7 @@ thresholds = ["p99<50ms", "dropped==0"]
 
     #[test]
     fn a_templated_target_with_the_built_in_set_and_its_mistakes() {
-        let file = "[target]\nbuiltin = \"vecrig.v1\"\ndimensions = 8\n\n[[scenario]]\nname = \"scale\"\ningest = { points = 10 }\n";
+        let file = "[target]\nbuiltin = \"vecrig.v1\"\ndimensions = 8\nprotoset = \"v1.protoset\"\n\n[[scenario]]\nname = \"scale\"\ningest = { points = 10 }\n";
         let planned = Planned::parse(file, Profile::Quick).expect("parse");
         let target = planned.target().expect("a target");
         assert_eq!(target.search.method, "vecrig.v1.VectorIndex/Search");
@@ -426,6 +428,10 @@ thresholds = ["p99<50ms", "dropped==0"]
             .expect("a target takes --proto");
         let protos = &planned.target().expect("a target").protos;
         assert!(protos[0].is_absolute() && protos[0].ends_with("a/b.proto"));
+        assert!(
+            planned.target().expect("a target").protoset.is_none(),
+            "--proto stands in for the file's protoset"
+        );
         let native =
             Planned::parse("[[scenario]]\nname = \"scale\"\n", Profile::Quick).expect("parse");
         let e = native
