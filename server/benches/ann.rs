@@ -1,10 +1,12 @@
 //! ANN benchmark: build time, search QPS and recall@10 of the HNSW indexes at several `ef`, on
-//! 1 and 2 threads, against our exact scan as ground truth, on seeded clustered data: usearch
-//! (what the server uses), our own graph (`index::graph`) and hnswlib, side by side on the same
-//! data, queries and ground truth, with the ratios between them at the same `ef` and at equal
-//! recall (interpolated between the measured `ef`s).
+//! 1 and 2 threads, against our exact scan as ground truth, on seeded clustered data: our own
+//! graph (`index::graph`, the server's default), usearch (`--ann-engine usearch`) and hnswlib,
+//! side by side on the same data, queries and ground truth, with the ratios between them at
+//! the same `ef` and at equal recall (interpolated between the measured `ef`s).
 //!
-//! Run: `cargo bench -p vecrig-server --bench ann` (release). Options via environment:
+//! Run: `cargo bench -p vecrig-server --bench ann` (release). usearch is measured only in a
+//! build with it: `cargo bench -p vecrig-server --features usearch --bench ann` (`numkong` too
+//! for its built-in kernels at full speed). Options via environment:
 //! `VECRIG_BENCH_POINTS` (default 100000), `VECRIG_BENCH_DIMS` (128), `VECRIG_BENCH_QUERIES`
 //! (1000), `VECRIG_BENCH_SECONDS` per measurement (2). When python3 can import hnswlib and
 //! numpy, the same data, queries and ground truth are handed to `hnswlib_bench.py` (M=16,
@@ -20,9 +22,10 @@ use std::time::{Duration, Instant};
 use rand::SeedableRng;
 use vecrig::synthetic::Synthetic;
 use vecrig_server::index::graph::GraphAnn;
-use vecrig_server::index::hnsw::{HnswParams, UsearchAnn};
 use vecrig_server::index::store::{Payload, PointStore};
-use vecrig_server::index::{Ann, AnnEngine, Metric};
+#[cfg(feature = "usearch")]
+use vecrig_server::index::usearch::UsearchAnn;
+use vecrig_server::index::{Ann, HnswParams, Metric};
 
 fn env_or(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -42,11 +45,14 @@ fn main() {
         "# ann bench: {points} x {dims}-d clustered (seed {}), {n_queries} queries, k={k}, cosine",
         Synthetic::DEFAULT_SEED
     );
+    #[cfg(feature = "usearch")]
     println!(
         "# usearch {} (simd: {})",
         usearch::version(),
         usearch::hardware_acceleration_compiled()
     );
+    #[cfg(not(feature = "usearch"))]
+    println!("# usearch skipped: this build has no usearch (`--features usearch` to add it)");
 
     let vectors: Vec<Vec<f32>> = (0..points as u64).map(|i| data.point(i).vector).collect();
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
@@ -64,13 +70,17 @@ fn main() {
         .map(|q| store.exact_search(q, k).iter().map(|n| n.id).collect())
         .collect();
     let exact_qps = n_queries as f64 / started.elapsed().as_secs_f64();
+    println!(
+        "exact scan ({} kernels): {exact_qps:.0} QPS on 1 thread",
+        vecrig_server::index::kernels::level().name()
+    );
 
     let params = HnswParams {
         connectivity: 16,
         ef_construction: 200,
         search_threads: 2,
         insert_threads: 2,
-        engine: AnnEngine::Usearch,
+        ..HnswParams::default()
     };
     let queries = Arc::new(queries);
     let measure_all = |ann: &Arc<dyn Ann>| -> Vec<Row> {
@@ -91,55 +101,59 @@ fn main() {
             .collect()
     };
 
-    let usearch = UsearchAnn::new(dims, Metric::Cosine, params).expect("index");
-    let usearch_build = build(&usearch, &vectors, 1);
-    println!(
-        "usearch build (M=16, ef_construction=200, one writer): {:.2} s, {:.0} points/s",
-        usearch_build,
-        points as f64 / usearch_build
-    );
-    let usearch = Arc::new(usearch);
-    let usearch_dyn: Arc<dyn Ann> = usearch.clone();
-    let ours = measure_all(&usearch_dyn);
-    println!(
-        "usearch with our kernels ({}), exact scan {exact_qps:.0} QPS on 1 thread:",
-        vecrig_server::index::kernels::level().name()
-    );
-    print_rows(&ours);
-    if std::env::var("VECRIG_BENCH_BUILTIN").as_deref() != Ok("0") {
-        // The same graph with usearch's own kernels: the difference is the cost per distance.
-        usearch.use_builtin_metric().expect("builtin metric");
-        let builtin: Vec<Row> = ours
-            .iter()
-            .map(|r| {
-                let d = Duration::from_secs(seconds);
-                let (qps1, cpu1) = measure(&usearch_dyn, &queries, k, r.ef, 1, d);
-                let (qps2, cpu2) = measure(&usearch_dyn, &queries, k, r.ef, 2, d);
-                Row {
-                    ef: r.ef,
-                    recall: r.recall,
-                    qps1,
-                    qps2,
-                    cpu1,
-                    cpu2,
-                }
-            })
-            .collect();
-        println!("the same graph with usearch's built-in kernels (recall as above):");
-        print_rows(&builtin);
-        println!("| ef | QPS ratio ours/built-in 1t | 2t |");
-        println!("|---:|---:|---:|");
-        for (a, b) in ours.iter().zip(&builtin) {
-            println!(
-                "| {} | {:.2} | {:.2} |",
-                a.ef,
-                a.qps1 / b.qps1,
-                a.qps2 / b.qps2
-            );
+    #[cfg(feature = "usearch")]
+    let usearch_rows = {
+        let usearch = UsearchAnn::new(dims, Metric::Cosine, params).expect("index");
+        let usearch_build = build(&usearch, &vectors, 1);
+        println!(
+            "usearch build (M=16, ef_construction=200, one writer): {:.2} s, {:.0} points/s",
+            usearch_build,
+            points as f64 / usearch_build
+        );
+        let usearch = Arc::new(usearch);
+        let usearch_dyn: Arc<dyn Ann> = usearch.clone();
+        let ours = measure_all(&usearch_dyn);
+        println!(
+            "usearch with our kernels ({}):",
+            vecrig_server::index::kernels::level().name()
+        );
+        print_rows(&ours);
+        if std::env::var("VECRIG_BENCH_BUILTIN").as_deref() != Ok("0") {
+            // The same graph with usearch's own kernels: the difference is the cost per distance.
+            usearch.use_builtin_metric().expect("builtin metric");
+            let builtin: Vec<Row> = ours
+                .iter()
+                .map(|r| {
+                    let d = Duration::from_secs(seconds);
+                    let (qps1, cpu1) = measure(&usearch_dyn, &queries, k, r.ef, 1, d);
+                    let (qps2, cpu2) = measure(&usearch_dyn, &queries, k, r.ef, 2, d);
+                    Row {
+                        ef: r.ef,
+                        recall: r.recall,
+                        qps1,
+                        qps2,
+                        cpu1,
+                        cpu2,
+                    }
+                })
+                .collect();
+            println!("the same graph with usearch's built-in kernels (recall as above):");
+            print_rows(&builtin);
+            println!("| ef | QPS ratio ours/built-in 1t | 2t |");
+            println!("|---:|---:|---:|");
+            for (a, b) in ours.iter().zip(&builtin) {
+                println!(
+                    "| {} | {:.2} | {:.2} |",
+                    a.ef,
+                    a.qps1 / b.qps1,
+                    a.qps2 / b.qps2
+                );
+            }
         }
-    }
-    drop(usearch_dyn);
-    drop(usearch);
+        drop(usearch_dyn);
+        drop(usearch);
+        (ours, usearch_build)
+    };
 
     let graph = GraphAnn::new(dims, Metric::Cosine, params).expect("graph");
     let graph_build = build(&graph, &vectors, 1);
@@ -166,10 +180,9 @@ fn main() {
     );
     drop(two);
 
-    let mut engines = vec![
-        ("graph", mine, graph_build),
-        ("usearch", ours, usearch_build),
-    ];
+    let mut engines = vec![("graph", mine, graph_build)];
+    #[cfg(feature = "usearch")]
+    engines.push(("usearch", usearch_rows.0, usearch_rows.1));
     if let Some(theirs) = run_hnswlib(dims, &vectors, &queries, &truth, seconds) {
         println!(
             "hnswlib build with 2 writers: {:.2} s, recall@{k} {:.4} at ef {}; ours/hnswlib build time with 2 writers: {:.2}",

@@ -14,8 +14,7 @@ use clap::Parser;
 
 use crate::admission;
 use crate::engine::{self, Shape};
-use crate::index::Metric;
-use crate::index::hnsw::HnswParams;
+use crate::index::{HnswParams, Metric};
 use crate::layers::{auth, memory, metrics};
 use crate::net;
 use crate::priority;

@@ -25,10 +25,9 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::error::Error;
-use crate::index::hnsw::HnswParams;
 use crate::index::store::{Payload, PointStore, StoredPoint};
 use crate::index::tail::{self, Tail};
-use crate::index::{Ann, AnnEngine, IndexError, Metric, Neighbor};
+use crate::index::{Ann, AnnEngine, HnswParams, IndexError, Metric, Neighbor};
 use vecrig::embed::{Embedder, HashingEmbedder};
 
 thread_local! {
@@ -90,8 +89,9 @@ pub struct Args {
     /// HNSW candidates explored per insert (ef_construction).
     #[arg(long, env = "VECRIG_EF_CONSTRUCTION", default_value_t = 128)]
     pub ef_construction: usize,
-    /// Which HNSW implementation: graph (our own, `index::graph`), or usearch. A snapshot's
-    /// graph written by the other one is refused and rebuilt from the points at start.
+    /// Which HNSW implementation: graph (our own, `index::graph`), or usearch (only in a build
+    /// with the `usearch` feature). A snapshot's graph written by the other one is refused and
+    /// rebuilt from the points at start.
     #[arg(long, env = "VECRIG_ANN_ENGINE", default_value = "graph")]
     pub ann_engine: AnnEngine,
     /// Threads that move written points into the graph side by side (0: one per CPU this
@@ -787,8 +787,14 @@ mod tests {
         assert_eq!(engine.sequence(), 0);
     }
 
+    /// On usearch where the build has it (these tests were written against it), else on
+    /// our graph.
     fn l2_engine(dimensions: usize) -> Engine {
-        l2_engine_of(dimensions, AnnEngine::Usearch)
+        #[cfg(feature = "usearch")]
+        let ann = AnnEngine::Usearch;
+        #[cfg(not(feature = "usearch"))]
+        let ann = AnnEngine::Graph;
+        l2_engine_of(dimensions, ann)
     }
 
     fn l2_engine_of(dimensions: usize, engine: AnnEngine) -> Engine {
@@ -959,9 +965,16 @@ mod tests {
                 .prop_map(move |ops| ops.into_iter().enumerate().collect())
         }
 
-        /// Either graph implementation (`--ann-engine`).
+        /// Either graph implementation (`--ann-engine`) this build has.
+        #[cfg(feature = "usearch")]
         fn ann_engine() -> impl Strategy<Value = AnnEngine> {
             prop_oneof![Just(AnnEngine::Usearch), Just(AnnEngine::Graph)]
+        }
+
+        /// The one graph implementation a build without usearch has.
+        #[cfg(not(feature = "usearch"))]
+        fn ann_engine() -> impl Strategy<Value = AnnEngine> {
+            Just(AnnEngine::Graph)
         }
 
         /// Applies `ops` (a fresh id per upsert unless `rewrites`); returns the engine.

@@ -649,9 +649,8 @@ mod tests {
     mod properties {
         use super::*;
         use crate::engine::Engine;
-        use crate::index::Metric;
-        use crate::index::hnsw::HnswParams;
         use crate::index::store::Payload;
+        use crate::index::{HnswParams, Metric};
         use crate::storage::wal::Record;
         use proptest::prelude::*;
         use prost::Message;

@@ -4,8 +4,9 @@
 //! `*_portable` versions (there too) are the fallback and the reference they are tested
 //! against.
 //!
-//! They must agree with the ANN index's own metrics (usearch's `Cos`, `L2sq`, `IP`), so that
-//! an exact and an approximate search for the same query report the same distances.
+//! They must agree with the ANN indexes' own metrics (our graph's, and usearch's `Cos`, `L2sq`,
+//! `IP`), so that an exact and an approximate search for the same query report the same
+//! distances.
 
 use super::Metric;
 pub use super::kernels::{dot_portable, l2_squared_portable};
@@ -26,6 +27,17 @@ pub fn l2_squared(a: &[f32], b: &[f32]) -> f32 {
 #[inline]
 pub fn norm(a: &[f32]) -> f32 {
     dot(a, a).sqrt()
+}
+
+/// `v / |v|`, or `v` itself when it has no length (its distance to anything is then 1, as in
+/// the exact scan): cosine served as `1 - a·b` of unit vectors, by either graph.
+pub fn unit(v: &[f32]) -> std::borrow::Cow<'_, [f32]> {
+    let norm = norm(v);
+    if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
+        std::borrow::Cow::Owned(v.iter().map(|x| x / norm).collect())
+    } else {
+        std::borrow::Cow::Borrowed(v)
+    }
 }
 
 /// Distance from a query to a stored vector, given both norms (only cosine uses them).

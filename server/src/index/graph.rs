@@ -8,7 +8,7 @@
 //! - vectors live inline in one contiguous slab (`Slab`), each starting on a cache line, on
 //!   huge pages where Linux gives them (`kernels::advise_huge_pages`: fewer TLB misses),
 //!   addressed by an internal `u32` slot; cosine vectors are normalised on the way in, so every
-//!   cosine distance is `1 - a·b` (as in `hnsw`: one dot product, no norms);
+//!   cosine distance is `1 - a·b` (`distance::unit`: one dot product, no norms);
 //! - a search walks the graph with a second copy of the vectors at half width (f16: half the
 //!   bytes to wait for, and 100k x 128-d then fits the L3 cache), and ranks the best `ef` it
 //!   found again with the f32 vectors, so its answers and distances are exact; inserts link by
@@ -63,8 +63,8 @@ use half::f16;
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
-use super::hnsw::{HnswParams, unit};
-use super::{Ann, IndexError, Metric, Neighbor, kernels};
+use super::distance::unit;
+use super::{Ann, HnswParams, IndexError, Metric, Neighbor, kernels};
 
 /// "No slot": the entry point of an empty graph.
 const NONE: u32 = u32::MAX;

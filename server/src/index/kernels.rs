@@ -1,5 +1,6 @@
-//! Our own distance kernels, chosen once by CPU feature detection and installed into the
-//! usearch graph through its custom-metric hook.
+//! Our own distance kernels, chosen once by CPU feature detection: for the exact scan, our
+//! graph, and (in a build with the `usearch` feature) the usearch graph, through its
+//! custom-metric hook ([`install`]).
 //!
 //! Why they exist: usearch's built-in f32 kernels (numkong) widen every product to f64 and run
 //! one accumulator chain (`dot/haswell.h`, `dot/skylake.h`), so each distance waits on the FMA
@@ -10,10 +11,10 @@
 //!
 //! Why this module holds `unsafe` (and the only place in the index that does): SIMD intrinsics
 //! load through raw pointers and may only run on a CPU that has the feature, and usearch calls
-//! the metric with two raw pointers to `dimensions` f32 values; the prefetch hint the graph
+//! its metric with two raw pointers to `dimensions` f32 values; the prefetch hint the graph
 //! uses ([`prefetch`]) and the huge-page advice for its memory ([`advise_huge_pages`]) take raw
 //! pointers too. Each `unsafe` block says why it holds. Everything outside sees safe functions:
-//! [`dot`], [`l2_squared`], [`prefetch`], [`advise_huge_pages`], [`install`].
+//! [`dot`], [`l2_squared`], [`prefetch`], [`advise_huge_pages`], and `install`.
 //!
 //! Levels: AVX2+FMA (and F16C) when the CPU has them, else the portable code ([`dot_portable`],
 //! [`l2_squared_portable`], safe Rust written so the compiler vectorises it for the baseline
@@ -25,9 +26,11 @@
 
 use std::sync::OnceLock;
 
+#[cfg(feature = "usearch")]
+use ::usearch::Index;
 use half::f16;
-use usearch::Index;
 
+#[cfg(feature = "usearch")]
 use super::Metric;
 
 /// Which kernels this CPU runs.
@@ -250,11 +253,13 @@ fn l2_squared_widened<B: Stored>(a: &[f32], b: &[B]) -> f32 {
 }
 
 /// The metric closure usearch stores: two pointers to `dimensions` f32 values each.
+#[cfg(feature = "usearch")]
 type GraphMetric = Box<dyn Fn(*const f32, *const f32) -> f32 + Send + Sync>;
 
 /// Replaces `index`'s metric with ours for `metric` (inner product for cosine: the graph holds
-/// unit vectors, see `hnsw`). Must be called again after every `load`, which restores the
-/// built-in metric named in the file's header.
+/// unit vectors, see `super::usearch`). Must be called again after every `load`, which
+/// restores the built-in metric named in the file's header.
+#[cfg(feature = "usearch")]
 pub fn install(index: &mut Index, metric: Metric) {
     let dimensions = index.dimensions();
     let is_l2 = metric == Metric::L2;
@@ -264,7 +269,7 @@ pub fn install(index: &mut Index, metric: Metric) {
         Level::Avx2Fma => unsafe { x86::graph_metric(dimensions, is_l2) },
         _ => Box::new(move |a, b| {
             // SAFETY: usearch calls the metric with two vectors of the index's scalar kind
-            // (f32, set in `hnsw`) and its `dimensions`: the stored ones and the query, which
+            // (f32, set in `super::usearch`) and its `dimensions`: the stored ones and the query, which
             // it checks to be that wide before searching.
             let (a, b) = unsafe {
                 (
@@ -288,13 +293,16 @@ mod x86 {
 
     use half::f16;
 
-    use super::{GraphMetric, Stored};
+    #[cfg(feature = "usearch")]
+    use super::GraphMetric;
+    use super::Stored;
 
     /// The graph's metric, built inside an AVX2 function so that the closure inherits its
     /// target features and the kernel inlines into it (one call less per distance).
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
+    #[cfg(feature = "usearch")]
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn graph_metric(dimensions: usize, is_l2: bool) -> GraphMetric {
         if is_l2 {
@@ -518,8 +526,21 @@ mod tests {
             // SAFETY: the level says the CPU has AVX2, FMA and F16C.
             let got = unsafe { x86::dot(&a, &b) };
             close(got, dot_portable(&a, &b), scale);
-            // The graph's metric computes the same through usearch's pointers.
-            // SAFETY: as above.
+        }
+    }
+
+    /// The metric installed into usearch computes the same through usearch's pointers.
+    #[cfg(all(target_arch = "x86_64", feature = "usearch"))]
+    #[test]
+    fn usearch_metric_equals_the_portable_code_when_the_cpu_has_avx2() {
+        if level() != Level::Avx2Fma {
+            return;
+        }
+        let mut rng = rand::rngs::StdRng::seed_from_u64(17);
+        for n in LENGTHS {
+            let (a, b) = (random(&mut rng, n), random(&mut rng, n));
+            let scale: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
+            // SAFETY: the level says the CPU has AVX2, FMA and F16C.
             let metric = unsafe { x86::graph_metric(n, false) };
             close(
                 metric(a.as_ptr(), b.as_ptr()),

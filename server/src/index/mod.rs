@@ -3,8 +3,9 @@
 //! Nothing here knows about tonic or tokio: every call is synchronous and may block for as long
 //! as the work takes, so callers run it on a blocking pool (see `engine`). The pieces:
 //! - [`store::PointStore`] owns every point (vector, payload) and answers exact scans;
-//! - [`Ann`] is our narrow view of an approximate index; [`hnsw::UsearchAnn`] implements it
-//!   with usearch, [`graph::GraphAnn`] with our own HNSW graph;
+//! - [`Ann`] is our narrow view of an approximate index; [`graph::GraphAnn`] implements it
+//!   with our own HNSW graph, and `usearch::UsearchAnn` with usearch's (only in a build with
+//!   the `usearch` cargo feature: usearch is C++);
 //! - [`distance`] defines what "near" means for each [`Metric`], identically for both;
 //! - [`tail::Tail`] holds written points the graph has not taken yet, scanned exactly;
 //! - [`open`] creates or loads the [`AnnEngine`] the server runs;
@@ -13,11 +14,12 @@
 
 pub mod distance;
 pub mod graph;
-pub mod hnsw;
 pub mod kernels;
 pub mod open;
 pub mod store;
 pub mod tail;
+#[cfg(feature = "usearch")]
+pub mod usearch;
 
 use std::fmt;
 use std::path::Path;
@@ -69,7 +71,8 @@ impl FromStr for Metric {
 /// Which implementation of [`Ann`] the server runs (`--ann-engine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AnnEngine {
-    /// usearch's HNSW ([`hnsw::UsearchAnn`]).
+    /// usearch's HNSW (`usearch::UsearchAnn`), in a build with the `usearch` feature only.
+    #[cfg(feature = "usearch")]
     Usearch,
     /// Our own HNSW graph ([`graph::GraphAnn`]): the default, faster to search and to build,
     /// and searches stay fast while it indexes (see README's `--ann-engine`).
@@ -77,10 +80,16 @@ pub enum AnnEngine {
     Graph,
 }
 
+/// What `--ann-engine usearch` answers in a build without usearch: how to get one.
+pub const NO_USEARCH: &str = "this vecrig-server was built without usearch (a C++ library, \
+    behind the cargo feature `usearch`); build it with \
+    `cargo build --release --features vecrig-server/usearch`, or use --ann-engine graph";
+
 impl AnnEngine {
     /// The name used on the command line and in logs.
     pub fn as_str(self) -> &'static str {
         match self {
+            #[cfg(feature = "usearch")]
             AnnEngine::Usearch => "usearch",
             AnnEngine::Graph => "graph",
         }
@@ -97,11 +106,42 @@ impl FromStr for AnnEngine {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
+            #[cfg(feature = "usearch")]
             "usearch" => Ok(AnnEngine::Usearch),
+            #[cfg(not(feature = "usearch"))]
+            "usearch" => Err(NO_USEARCH.to_string()),
             "graph" => Ok(AnnEngine::Graph),
             other => Err(format!(
-                "unknown ann engine {other:?}: expected usearch or graph"
+                "unknown ann engine {other:?}: expected graph or usearch"
             )),
+        }
+    }
+}
+
+/// Graph parameters of the HNSW index, which mean the same to either engine.
+#[derive(Debug, Clone, Copy)]
+pub struct HnswParams {
+    /// Links per node (HNSW `M`).
+    pub connectivity: usize,
+    /// Candidates explored while inserting (`ef_construction`).
+    pub ef_construction: usize,
+    /// Searches that may run at once.
+    pub search_threads: usize,
+    /// Inserts that may run at once, where the implementation allows it (our graph does;
+    /// usearch's adds run one at a time).
+    pub insert_threads: usize,
+    /// Which implementation builds the graph (`--ann-engine`).
+    pub engine: AnnEngine,
+}
+
+impl Default for HnswParams {
+    fn default() -> Self {
+        Self {
+            connectivity: 16,
+            ef_construction: 128,
+            search_threads: 4,
+            insert_threads: 1,
+            engine: AnnEngine::Graph,
         }
     }
 }

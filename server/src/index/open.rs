@@ -6,8 +6,9 @@
 
 use std::path::Path;
 
-use super::hnsw::{HnswParams, UsearchAnn};
-use super::{Ann, AnnEngine, IndexError, Metric, graph};
+#[cfg(feature = "usearch")]
+use super::usearch::UsearchAnn;
+use super::{Ann, AnnEngine, HnswParams, IndexError, Metric, graph};
 
 /// An empty index of `engine`.
 pub fn create(
@@ -17,6 +18,7 @@ pub fn create(
     params: HnswParams,
 ) -> Result<Box<dyn Ann>, IndexError> {
     Ok(match engine {
+        #[cfg(feature = "usearch")]
         AnnEngine::Usearch => Box::new(UsearchAnn::new(dimensions, metric, params)?),
         AnnEngine::Graph => Box::new(graph::GraphAnn::new(dimensions, metric, params)?),
     })
@@ -39,13 +41,15 @@ pub fn load(
         ))
     };
     Ok(match (engine, graph::is_graph_file(path)?) {
+        #[cfg(feature = "usearch")]
         (AnnEngine::Usearch, false) => {
             Box::new(UsearchAnn::load(path, dimensions, metric, params)?)
         }
+        #[cfg(feature = "usearch")]
+        (AnnEngine::Usearch, true) => return Err(refused("written by --ann-engine graph")),
         (AnnEngine::Graph, true) => {
             Box::new(graph::GraphAnn::load(path, dimensions, metric, params)?)
         }
-        (AnnEngine::Usearch, true) => return Err(refused("written by --ann-engine graph")),
         (AnnEngine::Graph, false) => {
             return Err(refused(
                 "not written by --ann-engine graph (usearch's, or damaged)",

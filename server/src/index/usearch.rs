@@ -1,4 +1,6 @@
-//! The approximate index: usearch's HNSW behind our [`Ann`] trait.
+//! usearch's HNSW behind our [`Ann`] trait (`--ann-engine usearch`), the alternative to our
+//! own graph ([`super::graph`]). Compiled only with the `usearch` cargo feature: usearch is
+//! C++, and a default build needs no C++ compiler.
 //!
 //! usearch's rules, which this type exists to keep so that no client ever sees them:
 //! - every add and search locks one of a fixed number of *thread slots* and fails outright when
@@ -10,8 +12,7 @@
 //! - concurrent adds can leave nodes unreachable (an open upstream bug), so writes are applied
 //!   by one writer at a time (the `Ann` contract);
 //! - the search breadth is a global setting, so a per-request `ef` is expressed as the number of
-//!   candidates asked for (usearch explores `max(expansion, wanted)`), then cut to `k`.
-//!
+//!   candidates asked for (usearch explores `max(expansion, wanted)`), then cut to `k`;
 //! - distances are computed by our kernels ([`super::kernels`]), installed through usearch's
 //!   custom-metric hook when the index is made and again after every load (a load restores
 //!   the built-in metric named in the file).
@@ -23,38 +24,10 @@
 use std::path::Path;
 use std::sync::RwLock;
 
-use usearch::{Index, IndexOptions, MetricKind, ScalarKind};
+use ::usearch::{Index, IndexOptions, MetricKind, ScalarKind};
 
-use super::{Ann, IndexError, Metric, Neighbor};
-
-/// Graph parameters of the HNSW index.
-#[derive(Debug, Clone, Copy)]
-pub struct HnswParams {
-    /// Links per node (HNSW `M`).
-    pub connectivity: usize,
-    /// Candidates explored while inserting (`ef_construction`).
-    pub ef_construction: usize,
-    /// Searches that may run at once.
-    pub search_threads: usize,
-    /// Inserts that may run at once, where the implementation allows it (our graph does;
-    /// usearch's adds run one at a time, see [`UsearchAnn`]).
-    pub insert_threads: usize,
-    /// Which implementation builds the graph (`--ann-engine`); the parameters above mean the
-    /// same to both.
-    pub engine: super::AnnEngine,
-}
-
-impl Default for HnswParams {
-    fn default() -> Self {
-        Self {
-            connectivity: 16,
-            ef_construction: 128,
-            search_threads: 4,
-            insert_threads: 1,
-            engine: super::AnnEngine::Graph,
-        }
-    }
-}
+use super::distance::unit;
+use super::{Ann, HnswParams, IndexError, Metric, Neighbor};
 
 /// usearch's HNSW index.
 pub struct UsearchAnn {
@@ -162,17 +135,6 @@ impl UsearchAnn {
         index
             .reserve_capacity_and_threads(wanted, self.search_threads + 1)
             .map_err(ann_err)
-    }
-}
-
-/// `v / |v|`, or `v` itself when it has no length (its distance to anything is then 1, as in
-/// the exact scan).
-pub(super) fn unit(v: &[f32]) -> std::borrow::Cow<'_, [f32]> {
-    let norm = super::distance::norm(v);
-    if norm > 0.0 && (norm - 1.0).abs() > 1e-6 {
-        std::borrow::Cow::Owned(v.iter().map(|x| x / norm).collect())
-    } else {
-        std::borrow::Cow::Borrowed(v)
     }
 }
 

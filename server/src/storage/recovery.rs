@@ -14,8 +14,7 @@ use super::snapshot::{self, SnapshotError};
 use super::wal::WalError;
 use crate::engine::{Engine, Shape};
 use crate::error::Error;
-use crate::index::IndexError;
-use crate::index::hnsw::HnswParams;
+use crate::index::{HnswParams, IndexError};
 
 /// What [`Storage::open`] needs: where, the index's shape and parameters, and what to preload.
 #[derive(Debug, Clone)]
@@ -148,69 +147,90 @@ mod tests {
 
     /// A snapshot's graph written by one engine, opened by the other: refused (never handed
     /// to the other's loader) and rebuilt from the points, which are all found again.
+    #[cfg(feature = "usearch")]
     #[test]
     fn a_graph_file_of_the_other_engine_is_rebuilt_from_the_points() {
-        let shape = Shape {
-            dimensions: 8,
-            metric: Metric::Cosine,
-        };
         for (first, second) in [
             (AnnEngine::Usearch, AnnEngine::Graph),
             (AnnEngine::Graph, AnnEngine::Usearch),
             (AnnEngine::Graph, AnnEngine::Graph),
         ] {
-            let dir = tempfile::tempdir().expect("tempdir");
-            let options = |engine| Options {
-                data_dir: dir.path().to_path_buf(),
-                shape,
-                hnsw: HnswParams {
-                    engine,
-                    ..HnswParams::default()
-                },
-                ef_search: 64,
-                preload: 300,
-                preload_seed: 1,
-            };
-            let storage = Storage::open(options(first), SnapshotPolicy::default()).expect("open");
-            storage.close().expect("close");
-            drop(storage);
-            let graph = snapshot::read_points(dir.path(), 8, Metric::Cosine)
-                .expect("snapshot")
-                .and_then(|s| s.graph)
-                .expect("a graph file");
-            assert_eq!(
-                is_graph_file(&graph).expect("read"),
-                first == AnnEngine::Graph
-            );
-            if first != second {
-                let err = crate::index::open::load(
-                    second,
-                    &graph,
-                    8,
-                    Metric::Cosine,
-                    HnswParams::default(),
-                )
-                .err()
-                .expect("refused");
-                assert!(err.to_string().contains(first.as_str()), "{err}");
-            }
+            reopen(first, second, None);
+        }
+    }
 
-            let engine = open_engine(&options(second)).expect("reopen");
-            assert_eq!(engine.len(), 300, "{first} -> {second}");
-            assert_eq!(engine.freeze().expect("freeze").ann().len(), 300);
-            for id in 0..300 {
-                let vector = engine.get(id).expect("stored").vector;
-                let hits = engine
-                    .search_blocking(&Search {
-                        query: Query::Vector(vector),
-                        k: 1,
-                        ef: Some(64),
-                        exact: false,
-                        with_payload: false,
-                    })
-                    .expect("search");
-                assert_eq!(hits[0].id, id, "{first} -> {second}");
-            }
+    /// A snapshot's graph file that is not ours (usearch's, which a build without usearch
+    /// cannot read, or a damaged one): refused by name and rebuilt from the points.
+    #[test]
+    fn a_graph_file_not_of_ours_is_rebuilt_from_the_points() {
+        reopen(
+            AnnEngine::Graph,
+            AnnEngine::Graph,
+            Some(b"usearch, probably"),
+        );
+    }
+
+    /// Writes a snapshot of 300 points with `first`, replaces its graph file by `foreign`
+    /// bytes if given, and opens it with `second`: every point is found again.
+    fn reopen(first: AnnEngine, second: AnnEngine, foreign: Option<&[u8]>) {
+        let shape = Shape {
+            dimensions: 8,
+            metric: Metric::Cosine,
+        };
+        let dir = tempfile::tempdir().expect("tempdir");
+        let options = |engine| Options {
+            data_dir: dir.path().to_path_buf(),
+            shape,
+            hnsw: HnswParams {
+                engine,
+                ..HnswParams::default()
+            },
+            ef_search: 64,
+            preload: 300,
+            preload_seed: 1,
+        };
+        let storage = Storage::open(options(first), SnapshotPolicy::default()).expect("open");
+        storage.close().expect("close");
+        drop(storage);
+        let graph = snapshot::read_points(dir.path(), 8, Metric::Cosine)
+            .expect("snapshot")
+            .and_then(|s| s.graph)
+            .expect("a graph file");
+        assert_eq!(
+            is_graph_file(&graph).expect("read"),
+            first == AnnEngine::Graph
+        );
+        if let Some(bytes) = foreign {
+            std::fs::write(&graph, bytes).expect("replace the graph file");
+        }
+        let load = || {
+            crate::index::open::load(second, &graph, 8, Metric::Cosine, HnswParams::default())
+                .err()
+                .expect("refused")
+        };
+        if foreign.is_some() {
+            let err = load();
+            assert!(err.to_string().contains("not written by"), "{err}");
+        } else if first != second {
+            let err = load();
+            assert!(err.to_string().contains(first.as_str()), "{err}");
+        }
+
+        let engine = open_engine(&options(second)).expect("reopen");
+        assert_eq!(engine.len(), 300, "{first} -> {second}");
+        assert_eq!(engine.freeze().expect("freeze").ann().len(), 300);
+        for id in 0..300 {
+            let vector = engine.get(id).expect("stored").vector;
+            let hits = engine
+                .search_blocking(&Search {
+                    query: Query::Vector(vector),
+                    k: 1,
+                    ef: Some(64),
+                    exact: false,
+                    with_payload: false,
+                })
+                .expect("search");
+            assert_eq!(hits[0].id, id, "{first} -> {second}");
         }
     }
 }
