@@ -80,13 +80,14 @@ impl IdsPath {
                 | Kind::Fixed64
                 | Kind::Sfixed32
                 | Kind::Sfixed64
-                | Kind::String,
+                | Kind::String
+                | Kind::Bytes,
             ) => Ok(Self {
                 text: text.to_string(),
                 steps,
             }),
             Some(other) => Err(fail(format!(
-                "ids must be integers or strings; the last field holds {other:?}"
+                "ids must be integers, strings or bytes; the last field holds {other:?}"
             ))),
             None => Err(fail("empty".into())),
         }
@@ -129,6 +130,7 @@ fn id_of(value: &Value) -> u64 {
         Value::U32(n) => (*n).into(),
         Value::U64(n) => *n,
         Value::String(s) => string_id(s.trim()).unwrap_or(u64::MAX),
+        Value::Bytes(b) => bytes_id(b).unwrap_or(u64::MAX),
         _ => u64::MAX,
     }
 }
@@ -146,9 +148,30 @@ fn string_id(text: &str) -> Option<u64> {
     u64::from_str_radix(&hex[16..], 16).ok()
 }
 
+/// An id as bytes: a UUID's 16 (Weaviate's `id_as_bytes`), big-endian, read as its low 64
+/// bits (as [`string_id`] reads its text), or a big-endian integer of at most 8.
+fn bytes_id(bytes: &[u8]) -> Option<u64> {
+    let low = match bytes.len() {
+        16 => &bytes[8..],
+        0..=8 => bytes,
+        _ => return None,
+    };
+    Some(low.iter().fold(0u64, |n, &b| n << 8 | u64::from(b)))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::string_id;
+    use super::{bytes_id, string_id};
+
+    #[test]
+    fn byte_ids_are_a_uuid_or_a_big_endian_integer() {
+        let mut uuid = [0u8; 16];
+        uuid[15] = 42;
+        uuid[0] = 0x9e;
+        assert_eq!(bytes_id(&uuid), Some(42));
+        assert_eq!(bytes_id(&[1, 0]), Some(256));
+        assert_eq!(bytes_id(&[0; 12]), None);
+    }
 
     #[test]
     fn string_ids_are_decimal_or_the_low_bits_of_a_uuid() {
