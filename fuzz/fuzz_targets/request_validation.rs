@@ -7,8 +7,8 @@
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use vecrig::proto;
-use vecrig_server::config::Limits;
 use vecrig_server::error::Error;
+use vecrig_server::service::Limits;
 use vecrig_server::service::{ids_from_proto, points_from_proto, search_from_proto};
 
 fuzz_target!(|data: &[u8]| {

@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use vecrig_server::wal::{Decoded, Record, decode, encode};
+use vecrig_server::storage::wal::{Decoded, Record, decode, encode};
 
 fuzz_target!(|data: &[u8]| {
     // As a segment: decode records until the end or the first damage.
