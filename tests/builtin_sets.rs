@@ -4,8 +4,10 @@
 //! enum name, answer check and setup call of the set must fit the client's API, as
 //! `vecrig-loadgen run FILE --check` checks it, without a server.
 //!
-//! Needs python3 with `qdrant-client` and `pymilvus` (`.ci/run` installs them). Without them
-//! the tests print SKIPPED, except under `CI=true`, where they fail.
+//! Needs python3 with `qdrant-client` and `pymilvus`, and `weaviate-client` (whose pins clash
+//! with grpcio-tools': `.ci/run` installs it in a virtual environment of its own,
+//! `target/venv-weaviate`, which the Weaviate test prefers). Without them the tests print
+//! SKIPPED, except under `CI=true`, where they fail.
 
 use std::path::Path;
 
@@ -15,8 +17,13 @@ use vecrig_loadgen::{Plan, RunOptions};
 
 /// Writes the descriptor set of `modules` to `out`, or says why the test cannot run.
 fn protoset_or_skip(test: &str, out: &Path, modules: &[&str]) -> bool {
+    protoset_with("python3", test, out, modules)
+}
+
+/// [`protoset_or_skip`] with the interpreter `python`.
+fn protoset_with(python: &str, test: &str, out: &Path, modules: &[&str]) -> bool {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/targets/protoset.py");
-    let written = std::process::Command::new("python3")
+    let written = std::process::Command::new(python)
         .arg(script)
         .arg(out)
         .args(modules)
@@ -117,4 +124,29 @@ async fn the_milvus_set_fits_the_api_of_the_official_milvus_client() {
         .await
         .expect_err("no Milvus service");
     assert!(e.contains("milvus.proto.milvus.MilvusService"), "{e}");
+}
+
+#[tokio::test]
+async fn the_weaviate_set_fits_the_api_of_the_official_weaviate_client() {
+    let test = "the_weaviate_set_fits_the_api_of_the_official_weaviate_client";
+    let dir = tempfile::tempdir().expect("temp dir");
+    let protoset = dir.path().join("weaviate.protoset");
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/venv-weaviate/bin/python3");
+    let python = if venv.exists() {
+        venv.display().to_string()
+    } else {
+        "python3".to_string()
+    };
+    // The client ships the API of several server versions: the newest.
+    let modules = ["weaviate.proto.v1.*.v1.weaviate_pb2"];
+    if !protoset_with(&python, test, &protoset, &modules) {
+        return;
+    }
+    let summary = check("weaviate", &protoset).await.expect("the set fits");
+    for method in [
+        "weaviate.v1.Weaviate.Search",
+        "weaviate.v1.Weaviate.BatchObjects (answer checked)",
+    ] {
+        assert!(summary.contains(method), "{method} in:\n{summary}");
+    }
 }

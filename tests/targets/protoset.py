@@ -5,13 +5,27 @@ whose client ships no .proto files.
 
 Usage: protoset.py OUT MODULE [MODULE...]
   MODULE: a generated *_pb2 module, e.g. pymilvus.grpc_gen.milvus_pb2,
-  qdrant_client.grpc.points_service_pb2
+  qdrant_client.grpc.points_service_pb2; a `*` stands for the newest of the versions a client
+  ships side by side (weaviate.proto.v1.*.v1.weaviate_pb2)
 """
 
 import importlib
+import pkgutil
+import re
 import sys
 
 from google.protobuf import descriptor_pb2
+
+
+def newest(module: str) -> str:
+    """`module` with its `*` replaced by the newest version its package holds."""
+    if "*" not in module:
+        return module
+    parent, rest = module.split(".*.", 1)
+    package = importlib.import_module(parent)
+    versions = [m.name for m in pkgutil.iter_modules(package.__path__) if m.ispkg]
+    number = lambda name: [int(n) for n in re.findall(r"\d+", name)]
+    return f"{parent}.{max(versions, key=number)}.{rest}"
 
 
 def main() -> None:
@@ -30,7 +44,7 @@ def main() -> None:
         files.file.append(proto)
 
     for module in modules:
-        add(importlib.import_module(module).DESCRIPTOR)
+        add(importlib.import_module(newest(module)).DESCRIPTOR)
     with open(out, "wb") as sink:
         sink.write(files.SerializeToString())
 

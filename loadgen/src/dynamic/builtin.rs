@@ -128,15 +128,38 @@ check = { status = "result.status", ok = [1, 2] }
 request = { collection_name = "{{collection}}", wait = true, points = [{ id = { num = "{{id}}" }, vectors = { vector = { data = "{{vector}}" } } }] }
 "#;
 
+/// Weaviate, over its gRPC API (`weaviate.v1.Weaviate`, port 50051). Searches send the query
+/// as `near_vector.vector_bytes` (little-endian f32) and read each result's UUID
+/// (`metadata.id_as_bytes`); writes are `BatchObjects`, one object per point, its id as a
+/// UUID (`{{uuid}}`), its vector as bytes, and a batch answer's `errors` must be empty.
+///
+/// Weaviate creates collections over its REST API only, which this rig does not speak: create
+/// the collection (`vectorizer: none`, the run's distance) before the run. There is no setup.
+pub const WEAVIATE: &str = r#"
+[vars]
+collection = "Vecrig"
+
+[search]
+method = "weaviate.v1.Weaviate/Search"
+ids = "results[].metadata.id_as_bytes"
+request = { collection = "{{collection}}", limit = "{{k}}", uses_123_api = true, uses_125_api = true, uses_127_api = true, metadata = { uuid = true }, near_vector = { vector_bytes = "{{vector}}" } }
+
+[write]
+method = "weaviate.v1.Weaviate/BatchObjects"
+check = { empty = "errors", reason = "errors[].error" }
+request = { objects = [{ uuid = "{{uuid}}", collection = "{{collection}}", vector_bytes = "{{vector}}" }] }
+"#;
+
 /// The built-in set called `name`, as TOML, if there is one.
 pub fn named(name: &str) -> Option<&'static str> {
     match name {
         "vecrig.v1" => Some(super::VECRIG_V1),
         "milvus" => Some(MILVUS),
         "qdrant" => Some(QDRANT),
+        "weaviate" => Some(WEAVIATE),
         _ => None,
     }
 }
 
 /// The names [`named`] knows.
-pub const NAMES: &str = "\"vecrig.v1\", \"milvus\", \"qdrant\"";
+pub const NAMES: &str = "\"vecrig.v1\", \"milvus\", \"qdrant\", \"weaviate\"";

@@ -163,6 +163,21 @@ fn bytes_id(bytes: &[u8]) -> Option<u64> {
 mod tests {
     use super::{bytes_id, string_id};
 
+    /// What `{{uuid}}` writes reads back as the id, as text and as the 16 bytes of the UUID.
+    #[test]
+    fn a_uuid_written_for_an_id_reads_back_as_that_id() {
+        for id in [0u64, 42, 1 << 40, u64::MAX - 1] {
+            let text = crate::dynamic::template::uuid_of(id);
+            assert_eq!(text.len(), 36, "{text}");
+            assert_eq!(string_id(&text), Some(id), "{text}");
+            let hex: String = text.chars().filter(|&c| c != '-').collect();
+            let bytes: Vec<u8> = (0..16)
+                .map(|i| u8::from_str_radix(&hex[2 * i..2 * i + 2], 16).expect("hex"))
+                .collect();
+            assert_eq!(bytes_id(&bytes), Some(id), "{text}");
+        }
+    }
+
     #[test]
     fn byte_ids_are_a_uuid_or_a_big_endian_integer() {
         let mut uuid = [0u8; 16];

@@ -233,6 +233,7 @@ const GENERATOR_NAMES: &[&str] = &[
     "k",
     "stamp",
     "pad",
+    "uuid",
 ];
 
 /// `json` with every `{{name}}` of `vars` replaced: a string that is exactly one becomes its
@@ -582,6 +583,7 @@ impl Templates {
         if let Some(write) = &write
             && !write.template.uses(Generator::Id)
             && !write.template.uses(Generator::Ids)
+            && !write.template.uses(Generator::Uuid)
         {
             return Err(DynamicError::Spec(format!(
                 "the write template ({}) does not use {{{{id}}}} (or {{{{ids}}}}): the loadgen could not tell which points the target holds",

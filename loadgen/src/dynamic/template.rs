@@ -14,6 +14,8 @@
 //! - numbers, into an integer, `float`, `double` or `string` field (decimal): `{{id}}` (the
 //!   point's id, or the search's), `{{user}}` and `{{iteration}}` (who sends the request, its
 //!   number), `{{k}}` (neighbours asked for), `{{batch_size}}` (the request's points);
+//! - `{{uuid}}`: the point's id as a UUID (its low 64 bits), for services whose keys must be
+//!   UUIDs (`string`);
 //! - `{{stamp}}`: the run's acknowledgement stamp, on writes whose acknowledgements are read
 //!   back after a fault ([`crate::acks`]), `string`;
 //! - `{{pad}}`: filler of the scenario's pad size (memory pressure), `string` or `bytes`.
@@ -58,6 +60,11 @@ use prost_reflect::{
 use serde_json::Value as Json;
 
 pub use generator::Generator;
+
+/// `id` as the UUID `{{uuid}}` writes for it.
+pub fn uuid_of(id: u64) -> String {
+    generator::uuid(id)
+}
 use generator::{Encoding, Parsed, Piece, parse};
 
 /// Bytes ahead of a gRPC message in its frame: a flag byte (compressed or not) and the
@@ -353,7 +360,9 @@ fn is_integer(kind: &Kind) -> bool {
 /// Whether a string mentions `{{id}}`, alone or inside text.
 fn mentions_id(json: &Json) -> bool {
     match json {
-        Json::String(s) => parse(s).is_ok_and(|p| p.mentions(Generator::Id)),
+        Json::String(s) => {
+            parse(s).is_ok_and(|p| p.mentions(Generator::Id) || p.mentions(Generator::Uuid))
+        }
         Json::Array(items) => items.iter().any(mentions_id),
         Json::Object(fields) => fields.values().any(mentions_id),
         _ => false,
@@ -548,7 +557,9 @@ impl Check {
             | Generator::VectorsF16
             | Generator::VectorsBf16 => (matches!(kind, Kind::Bytes), "a bytes field"),
             Generator::Ids => (false, "a repeated integer or string field"),
-            Generator::Text | Generator::Stamp => (matches!(kind, Kind::String), "a string field"),
+            Generator::Text | Generator::Stamp | Generator::Uuid => {
+                (matches!(kind, Kind::String), "a string field")
+            }
             Generator::Payload | Generator::Pad => (
                 matches!(kind, Kind::String | Kind::Bytes),
                 "a string or bytes field",

@@ -290,6 +290,7 @@ fn text<'a>(node: &Node, fill: &Fill<'a>, at: &Point<'a>) -> Cow<'a, str> {
     match node {
         Node::Generate(Generator::Text, _) => Cow::Borrowed(at.text),
         Node::Generate(Generator::Stamp, _) => Cow::Borrowed(fill.stamp),
+        Node::Generate(Generator::Uuid, _) => Cow::Owned(super::generator::uuid(at.id)),
         Node::Generate(Generator::Pad, _) => Cow::Owned("x".repeat(fill.pad)),
         Node::Generate(Generator::Payload, _) => {
             Cow::Owned(format!("{{\"id\":{},\"user\":{}}}", at.id, fill.user))

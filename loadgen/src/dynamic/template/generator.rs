@@ -34,12 +34,15 @@ pub enum Generator {
     K,
     /// `{{stamp}}`.
     Stamp,
+    /// `{{uuid}}`: the point's id as a UUID (its low 64 bits), for services whose keys must
+    /// be UUIDs.
+    Uuid,
     /// `{{pad}}`.
     Pad,
 }
 
 /// Every generator with its name, in the order errors list them.
-const NAMED: [(&str, Generator); 16] = [
+const NAMED: [(&str, Generator); 17] = [
     ("vector", Generator::Vector),
     ("vector_f16", Generator::VectorF16),
     ("vector_bf16", Generator::VectorBf16),
@@ -55,6 +58,7 @@ const NAMED: [(&str, Generator); 16] = [
     ("iteration", Generator::Iteration),
     ("k", Generator::K),
     ("stamp", Generator::Stamp),
+    ("uuid", Generator::Uuid),
     ("pad", Generator::Pad),
 ];
 
@@ -145,6 +149,16 @@ impl Generator {
     pub(super) fn interpolates(self) -> bool {
         self.is_number() || self == Self::Stamp
     }
+}
+
+/// `id` as a UUID: its low 64 bits, the rest zero (what [`crate::dynamic::IdsPath`] reads
+/// back from a UUID, as text or as 16 bytes).
+pub(super) fn uuid(id: u64) -> String {
+    format!(
+        "00000000-0000-0000-{:04x}-{:012x}",
+        id >> 48,
+        id & 0xffff_ffff_ffff
+    )
 }
 
 /// A part of a string with generators inside it.

@@ -129,6 +129,7 @@ fn generate(generator: Generator, kind: &Kind, fill: &Fill<'_>, point: usize) ->
         }
         Generator::Ids => Value::List(fill.points.iter().map(|p| number(p.id, kind)).collect()),
         Generator::Stamp => Value::String(fill.stamp.to_string()),
+        Generator::Uuid => Value::String(super::generator::uuid(at.id)),
         Generator::Pad => {
             let pad = "x".repeat(fill.pad);
             match kind {
