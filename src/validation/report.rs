@@ -195,10 +195,12 @@ pub struct PhaseReport {
     /// reason, CPU seconds by part. Absent without a metrics URL.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub server_counts: BTreeMap<String, f64>,
-    /// Why answers that failed the target's answer check (outcome [`ANSWER_ERROR`]) failed:
-    /// their reasons' texts, at most ten, with how many gave each.
+    /// What failed requests came with: the texts of their final answers (a `grpc-message`,
+    /// what the client saw of a broken connection, an answer check's reason), each after its
+    /// outcome's name (`INTERNAL: ...`, `ANSWER_ERROR: status.code=100: ...`); at most ten
+    /// texts, with how many gave each.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub answer_errors: BTreeMap<String, u64>,
+    pub failures: BTreeMap<String, u64>,
     /// An ingest phase: the points the target acknowledged writing (answers that passed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub written: Option<u64>,

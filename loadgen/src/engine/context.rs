@@ -23,6 +23,10 @@ use crate::retry::{Pushback, RetryBudget, RetryPolicy};
 use crate::stats::{Outcome, Recorder};
 use crate::wire::{Channel, Rpc};
 use crate::workload::{Call, CallKind, Op};
+use vecrig::validation::report::{ANSWER_ERROR, code_name};
+
+/// What a request that the loadgen's own timer ended came with.
+const NO_ANSWER_IN_TIME: &str = "no answer within the deadline";
 
 /// Tells every task to stop sending new requests (Ctrl-C, or a failed threshold with abort).
 #[derive(Debug, Clone)]
@@ -127,7 +131,9 @@ impl Context {
     /// it has them (`frame` is the request framed once), else over tonic's pool. A deadline
     /// passing here counts as DEADLINE_EXCEEDED even when the server never answers (e.g. it
     /// is frozen); this is the request's one timer, set from `sent`, when the attempt was
-    /// made. With `keep`, the answer's message is kept there (a sampled search's).
+    /// made. With `keep`, the answer's message is kept there (a sampled search's). Returns
+    /// the code, the server's retry advice and the text a failure came with (`grpc-message`,
+    /// or what the client saw), empty for OK.
     async fn send(
         &self,
         channel: Option<&Channel>,
@@ -135,14 +141,21 @@ impl Context {
         frame: Option<&(Rpc, Bytes)>,
         sent: Instant,
         keep: Option<&mut BytesMut>,
-    ) -> (Code, Pushback) {
+    ) -> (Code, Pushback, String) {
         let sent = tokio::time::Instant::from_std(sent);
+        let too_late = || {
+            (
+                Code::DeadlineExceeded,
+                Pushback::None,
+                NO_ANSWER_IN_TIME.to_string(),
+            )
+        };
         if let (Some(channel), Some((rpc, frame))) = (channel, frame) {
             // The clock read once for the attempt serves the channel and the timer alike.
             let call = channel.call_keeping(*rpc, frame.clone(), (sent, self.timeout), keep);
             return match tokio::time::timeout_at(sent + self.timeout, call).await {
-                Ok(answer) => (answer.code, answer.pushback),
-                Err(_) => (Code::DeadlineExceeded, Pushback::None),
+                Ok(answer) => (answer.code, answer.pushback, answer.message),
+                Err(_) => too_late(),
             };
         }
         let templates = &self.templates;
@@ -163,31 +176,35 @@ impl Context {
                 if let Some(keep) = keep {
                     keep.extend_from_slice(answer.get_ref());
                 }
-                (Code::Ok, Pushback::None)
+                (Code::Ok, Pushback::None, String::new())
             }
-            Ok(Err(status)) => (status.code(), Pushback::of(&status)),
-            Err(_) => (Code::DeadlineExceeded, Pushback::None),
+            Ok(Err(status)) => (
+                status.code(),
+                Pushback::of(&status),
+                status.message().to_string(),
+            ),
+            Err(_) => too_late(),
         }
     }
 
     /// Sends one attempt whose answer is read: a sampled search (its ids kept for the recall
     /// check, with the loadgen's write count when it was sent) or an answer the target's
-    /// answer check must pass. Returns the code and, for an OK answer that failed its check,
-    /// the reason.
+    /// answer check must pass. Returns what [`send`](Self::send) does, the text being the
+    /// check's reason for an OK answer that failed it (then `true`).
     async fn send_read(
         &self,
         channel: Option<&Channel>,
         call: &Call,
         frame: Option<&(Rpc, Bytes)>,
         (sampled, check): (bool, Option<&AnswerCheck>),
-    ) -> (Code, Pushback, Option<String>) {
+    ) -> (Code, Pushback, String, bool) {
         let writes = sampled.then(|| self.recall.quiet_writes()).flatten();
         let mut body = BytesMut::new();
-        let (code, pushback) = self
+        let (code, pushback, text) = self
             .send(channel, call, frame, Instant::now(), Some(&mut body))
             .await;
         if code != Code::Ok {
-            return (code, pushback, None);
+            return (code, pushback, text, false);
         }
         // Over our own connections the answer is its gRPC frame: a flag byte, a length,
         // the message; over tonic's, the message.
@@ -213,7 +230,10 @@ impl Context {
             let writes = if ids.is_some() { writes } else { None };
             self.recall.keep(&request, ids.unwrap_or_default(), writes);
         }
-        (code, pushback, failed)
+        match failed {
+            Some(reason) => (code, pushback, reason, true),
+            None => (code, pushback, String::new(), false),
+        }
     }
 
     /// Sends `op` (retrying as the policy and budget allow) and records its outcome in
@@ -235,15 +255,15 @@ impl Context {
         loop {
             attempts += 1;
             let sent = Instant::now();
-            let (code, pushback, failed) = if sampled || check.is_some() {
+            let (code, pushback, text, answer_failed) = if sampled || check.is_some() {
                 let read = (sampled, check);
                 self.send_read(channel.as_deref(), call, frame.as_ref(), read)
                     .await
             } else {
-                let (code, pushback) = self
+                let (code, pushback, text) = self
                     .send(channel.as_deref(), call, frame.as_ref(), sent, None)
                     .await;
-                (code, pushback, None)
+                (code, pushback, text, false)
             };
             let answered = Instant::now();
             let first_code = *first.get_or_insert(code);
@@ -267,12 +287,15 @@ impl Context {
                 retries_denied,
                 latency: answered.saturating_duration_since(intended),
                 service_time: answered - sent,
-                answer_failed: failed.is_some(),
+                answer_failed,
             };
             lane.record(&outcome, recorder, answered);
-            if let Some(reason) = &failed {
-                lane.note_reason(recorder, reason);
+            if answer_failed {
+                lane.note_reason(recorder, &format!("{ANSWER_ERROR}: {text}"));
                 return;
+            }
+            if code != Code::Ok && !text.is_empty() {
+                lane.note_reason(recorder, &format!("{}: {text}", code_name(code)));
             }
             match (code, &call.kind) {
                 (
