@@ -373,8 +373,8 @@ async fn run_against(target: &str) -> Run {
     let took = started.elapsed();
     let phase = report.phases.into_iter().next().expect("one phase");
     println!(
-        "{target}: {took:?}, {} sent, {} dropped, {:?}",
-        phase.requests, phase.dropped, phase.codes
+        "{target}: {took:?}, {} sent, {} dropped, {:?}, {:?}",
+        phase.requests, phase.dropped, phase.codes, phase.failures
     );
     assert!(
         took <= DURATION + DEADLINE + SLACK,
@@ -436,6 +436,17 @@ fn check_codes(run: &Run, allowed: &[&str], seen: &[&str]) {
             "expected some {code}: {:?}",
             run.phase.codes
         );
+        // The report says what happened: each failure's text after its code.
+        if *code != "OK" {
+            assert!(
+                run.phase
+                    .failures
+                    .keys()
+                    .any(|text| text.starts_with(&format!("{code}: "))),
+                "the report says why requests ended {code}: {:?}",
+                run.phase.failures
+            );
+        }
     }
 }
 
