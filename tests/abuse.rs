@@ -10,9 +10,7 @@
 //! Traffic goes only to 127.0.0.1. Every abuse loop is bounded in count and in time. The tests
 //! take turns ([`SERIAL`]): run side by side they would measure each other, not the server.
 
-mod common;
-
-use common::flood::{grpc_frame, grpc_status};
+use crate::common::flood::{grpc_frame, grpc_status};
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -32,7 +30,7 @@ use vecrig::client::with_deadline;
 use vecrig::proto;
 use vecrig::proto::vector_index_client::VectorIndexClient;
 
-use common::TestServer;
+use crate::common::TestServer;
 
 const DIMS: usize = 32;
 const POINTS: u64 = 2_000;
@@ -91,7 +89,7 @@ async fn turn() -> Turn {
 }
 
 async fn start(tune: impl FnOnce(&mut vecrig_server::config::Config)) -> TestServer {
-    common::start_preloaded(DIMS, POINTS, tune).await
+    crate::common::start_preloaded(DIMS, POINTS, tune).await
 }
 
 fn random_query(rng: &mut SmallRng) -> proto::SearchRequest {
@@ -304,6 +302,7 @@ async fn h2_connect(
 /// once; the handshake timeout closes the rest; the normal client, already connected, is
 /// served, and a new client connecting at the cap gets in by evicting a silent socket.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy tier: a flood (scripts/test --heavy)"]
 async fn thousands_of_idle_connections_are_capped_and_timed_out() {
     const IDLE: usize = 3_000;
     const CAP: usize = 1_000;
@@ -598,6 +597,7 @@ async fn slowloris_connections_and_streams_are_cut_off() {
 /// Rapid reset (CVE-2023-44487): streams opened and reset at once, as fast as the client can,
 /// on a few connections, reconnecting whenever the server sends them away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy tier: a flood (scripts/test --heavy)"]
 async fn a_rapid_reset_flood_does_not_starve_normal_clients() {
     const CONNECTIONS: usize = 4;
     const MAX_STREAMS: u64 = 500_000;

@@ -12,13 +12,11 @@
 //! Linux only (CPU affinity); without two CPUs and `taskset` they say SKIPPED (and fail under
 //! `CI=true`).
 
-mod common;
-
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::flood::{self, Flood, Outcome, PinnedServer};
+use crate::common::flood::{self, Flood, Outcome, PinnedServer};
 
 const DIMS: usize = 64;
 const POINTS: u64 = 20_000;
@@ -214,11 +212,13 @@ async fn no_collapse_at(label: &str, flags: &[&str], levels: &[(usize, usize, f6
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy tier: a flood on a CPU of its own (scripts/test --heavy)"]
 async fn a_search_flood_does_not_collapse_default_admission() {
     no_collapse_with("default admission", &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy tier: a flood on a CPU of its own (scripts/test --heavy)"]
 async fn a_search_flood_does_not_collapse_codel_admission() {
     no_collapse_with(
         "CoDel admission",
@@ -248,6 +248,7 @@ async fn a_search_flood_does_not_collapse_codel_admission() {
 const UNPACED_FLOOR: f64 = 0.05;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy tier: a flood on a CPU of its own (scripts/test --heavy)"]
 async fn a_search_flood_without_pacing_still_keeps_the_slots_busy() {
     no_collapse_at(
         "pacing off",
@@ -394,6 +395,7 @@ async fn bypass_flood(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy tier: a flood on a CPU of its own (scripts/test --heavy)"]
 async fn a_flood_of_health_checks_does_not_starve_searches() {
     bypass_flood(
         "health",
@@ -406,6 +408,7 @@ async fn a_flood_of_health_checks_does_not_starve_searches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy tier: a flood on a CPU of its own (scripts/test --heavy)"]
 async fn a_flood_of_stats_calls_does_not_starve_searches() {
     bypass_flood(
         "Stats",
@@ -418,6 +421,7 @@ async fn a_flood_of_stats_calls_does_not_starve_searches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy tier: a flood on a CPU of its own (scripts/test --heavy)"]
 async fn a_flood_of_reflection_requests_does_not_starve_searches() {
     bypass_flood(
         "reflection",
@@ -430,6 +434,7 @@ async fn a_flood_of_reflection_requests_does_not_starve_searches() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy tier: a flood on a CPU of its own (scripts/test --heavy)"]
 async fn a_flood_with_a_wrong_token_does_not_starve_searches() {
     bypass_flood(
         "wrong token",

@@ -7,10 +7,8 @@
 //!
 //! Containers, networks, volumes and the test's images are removed when the test ends, passed
 //! or failed ([`Environment`]'s `Drop`). Where no Docker engine or no Compose answers, the test
-//! says it skipped and passes. It needs `target/release` built first (`cargo build --release
-//! --workspace`, as README's test command and CI do). It takes about three minutes.
-
-mod common;
+//! says it skipped and passes. It needs `target/release` built first, as README's test command
+//! (`scripts/test`) does. It takes about three minutes.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -341,22 +339,29 @@ fn run_fault(env: &Environment, kind: FaultKind, extra: &[(&str, &str)]) -> (Rep
 }
 
 #[test]
+#[ignore = "heavy tier: builds images and runs Compose (scripts/test --heavy)"]
 fn compose_environment_runs_a_suite_and_survives_faults() {
     if let Err(reason) = docker_answers() {
-        eprintln!("skipped: no Docker engine answers ({reason})");
+        crate::common::report_skip(
+            "compose_environment_runs_a_suite_and_survives_faults",
+            &format!("no Docker engine answers ({reason})"),
+        );
         return;
     }
     let Some(program) = compose_program() else {
-        eprintln!("skipped: neither `docker compose` nor `docker-compose` answers");
+        crate::common::report_skip(
+            "compose_environment_runs_a_suite_and_survives_faults",
+            "neither `docker compose` nor `docker-compose` answers",
+        );
         return;
     };
-    let bin_dir: PathBuf = common::server_binary()
+    let bin_dir: PathBuf = crate::common::process::server_binary()
         .parent()
         .map(Path::to_path_buf)
         .expect("target dir");
     assert!(
         bin_dir.join("vecrig-loadgen").exists(),
-        "build first: cargo build --release --workspace"
+        "build first: README's test command (`scripts/test`) builds it"
     );
     let env = Environment::new(program);
 

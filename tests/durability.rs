@@ -2,24 +2,21 @@
 //! open the same data directory, and a full disk fails writes with UNAVAILABLE (searches keep
 //! working) until space comes back.
 //!
-//! The crash test drives the real `vecrig-server` binary (built by `cargo test --workspace`
-//! next to this test's binary). `VECRIG_STRESS_PROFILE=full` runs more kill/restart rounds.
-
-mod common;
+//! The crash test drives the real `vecrig-server` binary (which `scripts/test` builds before
+//! the tests). `VECRIG_STRESS_PROFILE=full` runs more kill/restart rounds.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::{Rng, SeedableRng};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 use tonic::Code;
 use vecrig::client::{ConnectOptions, with_deadline};
 use vecrig::proto::{self, point};
-use vecrig::validation::StressTester;
+
+use crate::common::process;
 
 const DIMS: usize = 8;
 const CLIENTS: u64 = 4;
@@ -30,42 +27,16 @@ struct Process {
 }
 
 async fn start(data_dir: &Path) -> Process {
-    let mut child = Command::new(common::server_binary())
-        .args(["--listen", "127.0.0.1:0", "--dimensions", &DIMS.to_string()])
+    let mut command = process::server_command();
+    command
+        .args(["--dimensions", &DIMS.to_string()])
         .arg("--data-dir")
         .arg(data_dir)
         // Small thresholds, so snapshots and log-segment removal happen during the test.
-        .args(["--snapshot-wal-bytes", "1048576", "--log", "warn"])
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn vecrig-server");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("server prints its address")
-        .expect("read")
-        .expect("a line");
-    let addr = line.strip_prefix("listening on ").expect("listening line");
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .args(["--snapshot-wal-bytes", "1048576"]);
+    let (child, addr) = process::spawn(command).await;
     let target = format!("http://{addr}");
-    let started = Instant::now();
-    loop {
-        if let Ok(tester) = StressTester::connect(&target, &ConnectOptions::default()).await
-            && matches!(
-                tester.health().await,
-                Ok(tonic_health::pb::health_check_response::ServingStatus::Serving)
-            )
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(60),
-            "server never became SERVING"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    process::wait_serving(&target, Duration::from_secs(60), Duration::from_millis(20)).await;
     Process { child, target }
 }
 
@@ -265,8 +236,8 @@ async fn kill_9_loses_no_acknowledged_write() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_server_on_the_same_directory_refuses_to_start() {
-    let (config, temp) = common::TestServer::config(DIMS);
-    let first = common::TestServer::start(config.clone()).await;
+    let (config, temp) = crate::common::TestServer::config(DIMS);
+    let first = crate::common::TestServer::start(config.clone()).await;
     let second = tokio::task::spawn_blocking(move || {
         vecrig_server::storage::Storage::open(&config, Default::default()).map(drop)
     })
@@ -337,12 +308,15 @@ fn vector_point(id: u64) -> proto::Point {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_fails_writes_with_unavailable_and_writing_resumes() {
     let Some(disk) = SmallDisk::mount(16 << 20) else {
-        eprintln!("SKIPPED: mounting a tmpfs needs root with CAP_SYS_ADMIN; this machine refused");
+        crate::common::report_skip(
+            "a_full_disk_fails_writes_with_unavailable_and_writing_resumes",
+            "mounting a tmpfs needs root with CAP_SYS_ADMIN; this machine refused",
+        );
         return;
     };
     let mut config = vecrig_server::config::Config::new(disk.path().join("data"), DIMS);
     config.preload = 0;
-    let server = common::TestServer::start(config.clone()).await;
+    let server = crate::common::TestServer::start(config.clone()).await;
     let mut client = server.client().await;
     let upsert = |ids: std::ops::Range<u64>| proto::UpsertRequest {
         points: ids.map(vector_point).collect(),
@@ -391,7 +365,7 @@ async fn a_full_disk_fails_writes_with_unavailable_and_writing_resumes() {
     server.stop().await.expect("clean stop with space again");
 
     // Everything acknowledged is there; the refused batch is not.
-    let server = common::TestServer::start(config).await;
+    let server = crate::common::TestServer::start(config).await;
     let mut client = server.client().await;
     for id in 0..20 {
         assert_eq!(
@@ -417,8 +391,8 @@ async fn a_full_disk_fails_writes_with_unavailable_and_writing_resumes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_data_directory_fails_writes_until_it_is_back() {
-    let (config, temp) = common::TestServer::config(DIMS);
-    let server = common::TestServer::start(config.clone()).await;
+    let (config, temp) = crate::common::TestServer::config(DIMS);
+    let server = crate::common::TestServer::start(config.clone()).await;
     let mut client = server.client().await;
     let upsert = |ids: std::ops::Range<u64>| proto::UpsertRequest {
         points: ids.map(vector_point).collect(),
@@ -449,7 +423,7 @@ async fn a_removed_data_directory_fails_writes_until_it_is_back() {
     server.stop().await.expect("clean stop");
 
     // The snapshot taken once writing resumed holds everything acknowledged.
-    let server = common::TestServer::start(config).await;
+    let server = crate::common::TestServer::start(config).await;
     let mut client = server.client().await;
     for id in 0..20 {
         assert_eq!(

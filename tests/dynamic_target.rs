@@ -5,8 +5,8 @@
 //! search template, computes recall itself (1.0 against an exact service) and judges the
 //! thresholds; templates that do not fit are refused before any load, naming the field.
 //!
-//! Needs python3 with `grpcio grpcio-tools grpcio-health-checking grpcio-reflection numpy`
-//! (CI installs them). Without them the tests print SKIPPED, except under `CI=true`, where
+//! Needs Python with `grpcio grpcio-tools grpcio-health-checking grpcio-reflection numpy`
+//! (`scripts/test` installs them in the project's own virtual environment). Without them the tests print SKIPPED, except under `CI=true`, where
 //! they fail: CI must not pass by skipping.
 
 use std::path::{Path, PathBuf};
@@ -27,26 +27,15 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/dynamic")
 }
 
-/// Whether python3 has what the fixture needs; without it the test is skipped (and fails
+/// Whether Python has what the fixture needs; without it the test is skipped (and fails
 /// under CI=true).
 fn python_or_skip(test: &str) -> bool {
-    let probe = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import grpc, grpc_tools, grpc_health.v1, grpc_reflection.v1alpha, numpy",
-        ])
-        .output();
-    if matches!(probe, Ok(ref o) if o.status.success()) {
-        return true;
-    }
-    let why = "python3 with grpcio, grpcio-tools, grpcio-health-checking, grpcio-reflection \
-               and numpy is needed (pip install them to run this test)";
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: {why}; under CI=true this is a failure, not a skip"
-    );
-    eprintln!("SKIPPED {test}: {why}");
-    false
+    crate::common::python_or_skip(
+        test,
+        "grpc, grpc_tools, grpc_health.v1, grpc_reflection.v1alpha, numpy",
+        "python with grpcio, grpcio-tools, grpcio-health-checking, grpcio-reflection and numpy \
+         is needed (`scripts/test` installs them in target/pyenv)",
+    )
 }
 
 /// The Python store, serving until dropped (its stdin closes; `kill_on_drop` too).
@@ -57,7 +46,7 @@ struct Store {
 
 impl Store {
     async fn start() -> Self {
-        let mut child = Command::new("python3")
+        let mut child = Command::new(crate::common::python())
             .arg(fixture_dir().join("store_server.py"))
             .arg(fixture_dir())
             .arg(DIMENSIONS.to_string())
@@ -66,7 +55,7 @@ impl Store {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("start python3");
+            .expect("start python");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())

@@ -9,8 +9,6 @@
 //! vecrig-server serves `grpc.reflection.v1` (the Python store of `dynamic_target.rs` only
 //! `v1alpha`, so the two tests cover both).
 
-mod common;
-
 use std::time::Duration;
 
 use vecrig::client::ConnectOptions;
@@ -48,11 +46,11 @@ fn cpu_per_request(report: &Report) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_quick_suite_through_reflection_and_templates_gives_the_native_verdicts() {
-    let fixture = common::preloaded_fixture(DIMENSIONS, 10_000).await;
+    let fixture = crate::common::preloaded_fixture(DIMENSIONS, 10_000).await;
     let data = tempfile::tempdir().expect("tempdir");
-    common::copy_dir(&fixture, data.path());
+    crate::common::copy_dir(&fixture, data.path());
     let server = LocalServer::spawn(
-        &common::server_binary(),
+        &crate::common::process::server_binary(),
         0,
         Some(data.path()),
         &["--dimensions".into(), DIMENSIONS.to_string()],

@@ -12,12 +12,11 @@
 //! Linux only (CPU affinity); without two CPUs and `taskset` it says SKIPPED (and fails under
 //! `CI=true`).
 
-mod common;
-
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
-use common::flood::{self, Flood, Outcome, PinnedServer};
+use crate::common::flood::{self, Flood, Outcome, PinnedServer};
+use crate::common::metrics;
 
 const DIMS: usize = 64;
 const POINTS: u64 = 20_000;
@@ -61,12 +60,12 @@ fn polite(server: &PinnedServer, secs: u64) -> Flood {
 
 /// The server's metrics text.
 async fn scrape(metrics: SocketAddr) -> String {
-    flood::scrape(metrics).await.expect("metrics endpoint")
+    metrics::scrape(metrics).await.expect("metrics endpoint")
 }
 
 /// The value of one series as a count; 0 if absent.
 fn series(text: &str, wanted: &str) -> u64 {
-    flood::series(text, wanted).map_or(0, |value| value as u64)
+    metrics::series(text, wanted).map_or(0, |value| value as u64)
 }
 
 /// `vecrig_client_requests_total{client,outcome}` from the metrics endpoint.
@@ -164,6 +163,7 @@ async fn flood_with_polite(server: &PinnedServer, load_cpu: usize) -> (Outcome, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "heavy tier: floods on a CPU of their own (scripts/test --heavy)"]
 async fn a_greedy_client_does_not_starve_a_polite_one() {
     let Some((server_cpu, load_cpu)) = flood::two_cpus_or_skip("fairness") else {
         return;

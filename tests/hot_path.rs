@@ -3,12 +3,10 @@
 //! reconnects by itself, and the same seed sends the same requests with one or two threads,
 //! or over tonic's connections.
 
-mod common;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use tokio::sync::oneshot;
 use vecrig::proto::GetRequest;
 use vecrig_loadgen::engine::{Model, Phase, Scenario, Stop};

@@ -1,11 +1,9 @@
 //! The open and ramping models against a real server: arrivals on schedule are all accounted
 //! for (sent, or dropped and counted), and ramps reach their targets.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use vecrig_loadgen::engine::{Stage, Stop};
 use vecrig_loadgen::scenario::{Load, LoadModel};
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};

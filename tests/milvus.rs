@@ -10,7 +10,7 @@
 //! search of a missing collection must be counted as failures (ANSWER_ERROR) with their
 //! reasons, fail an error_rate threshold, and ingest must report nothing written.
 //!
-//! Needs python3 with `milvus-lite` and `pymilvus` (`.ci/run` installs them). Without them
+//! Needs Python with `milvus-lite` and `pymilvus` (`scripts/test` installs them). Without them
 //! the tests print SKIPPED, except under `CI=true`, where they fail.
 
 use std::path::{Path, PathBuf};
@@ -33,22 +33,15 @@ fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/milvus")
 }
 
-/// Whether python3 has Milvus Lite and pymilvus; without them the test is skipped (and
+/// Whether Python has Milvus Lite and pymilvus; without them the test is skipped (and
 /// fails under CI=true).
 fn milvus_or_skip(test: &str) -> bool {
-    let probe = std::process::Command::new("python3")
-        .args(["-c", "import milvus_lite.adapter.grpc.server, pymilvus"])
-        .output();
-    if matches!(probe, Ok(ref o) if o.status.success()) {
-        return true;
-    }
-    let why = "python3 with milvus-lite and pymilvus is needed (pip install milvus-lite pymilvus)";
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: {why}; under CI=true this is a failure, not a skip"
-    );
-    eprintln!("SKIPPED {test}: {why}");
-    false
+    crate::common::python_or_skip(
+        test,
+        "milvus_lite.adapter.grpc.server, pymilvus",
+        "python with milvus-lite and pymilvus is needed (`scripts/test` installs them in \
+         target/pyenv)",
+    )
 }
 
 /// Milvus Lite serving from a data directory of its own until dropped (its stdin closes;
@@ -62,7 +55,7 @@ struct Milvus {
 impl Milvus {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new("python3")
+        let mut child = Command::new(crate::common::python())
             .arg(fixture_dir().join("serve.py"))
             .arg(dir.path().join("data"))
             .arg(dir.path().join("milvus.protoset"))
@@ -71,7 +64,7 @@ impl Milvus {
             .stderr(Stdio::inherit())
             .kill_on_drop(true)
             .spawn()
-            .expect("start python3");
+            .expect("start python");
         let stdout = child.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
@@ -96,7 +89,7 @@ impl Milvus {
 
     /// What the server holds in `collection`, asked with pymilvus.
     fn count(&self, collection: &str) -> serde_json::Value {
-        let out = std::process::Command::new("python3")
+        let out = std::process::Command::new(crate::common::python())
             .arg(fixture_dir().join("count.py"))
             .arg(&self.address)
             .arg(collection)

@@ -4,11 +4,9 @@
 //! (The server is FIFO today; whether the polite client is served fairly is for the
 //! fairness tests.)
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use vecrig::validation::report::ScenarioReport;
 use vecrig_loadgen::engine::{Identity, Stop};
 use vecrig_loadgen::neighbours::NoisyNeighbour;

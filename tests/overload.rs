@@ -3,13 +3,10 @@
 //! refused before any work, queue wait bounded in time, shed answers carrying
 //! `grpc-retry-pushback-ms`, and the Prometheus endpoint counting all of it.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::TestServer;
+use crate::common::{TestServer, metrics};
 use hdrhistogram::Histogram;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use vecrig::client::{ConnectOptions, Pool, with_deadline};
 use vecrig::proto::{self, search_request};
@@ -42,36 +39,9 @@ async fn pool_of(server: &TestServer) -> Pool {
     .expect("pool")
 }
 
-fn free_port() -> std::net::SocketAddr {
-    let socket = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    socket.local_addr().expect("addr")
-}
-
-/// `GET /metrics` over plain HTTP/1.1, returning the body.
+/// The body of the server's metrics endpoint.
 async fn scrape(addr: std::net::SocketAddr) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: vecrig\r\nConnection: close\r\n\r\n")
-        .await
-        .expect("send");
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.expect("read");
-    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
-    text.split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default()
-}
-
-/// The value of the sample `series` (name with labels, exactly as exposed).
-fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines().find_map(|line| {
-        line.strip_prefix(series)?
-            .strip_prefix(' ')?
-            .split(' ')
-            .next()?
-            .parse()
-            .ok()
-    })
+    metrics::scrape(addr).await.expect("metrics endpoint answers 200")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -139,7 +109,7 @@ async fn auth_refuses_calls_without_the_token_and_leaves_health_open() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn exact_scans_cannot_starve_cheap_searches() {
     // Limit 4 slots; an exact scan is priced at half of it, and waits in its own queue.
-    let server = common::start_preloaded(DIMS, 20_000, |c| {
+    let server = crate::common::start_preloaded(DIMS, 20_000, |c| {
         c.admission.concurrency_limit = 4;
         c.admission.queue_depth = 1000;
     })
@@ -216,7 +186,7 @@ async fn exact_scans_cannot_starve_cheap_searches() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deadline_that_cannot_be_met_is_refused_without_running() {
-    let server = common::start_preloaded(DIMS, 20_000, |c| {
+    let server = crate::common::start_preloaded(DIMS, 20_000, |c| {
         c.admission.concurrency_limit = 1;
         c.admission.queue_depth = 5000;
     })
@@ -305,8 +275,8 @@ async fn a_deadline_that_cannot_be_met_is_refused_without_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
-    let metrics = free_port();
-    let server = common::start_preloaded(DIMS, 20_000, |c| {
+    let metrics = metrics::free_addr();
+    let server = crate::common::start_preloaded(DIMS, 20_000, |c| {
         c.admission.concurrency_limit = 1;
         c.admission.queue_depth = 8;
         c.admission.max_queue_wait = Duration::from_millis(50);
@@ -366,7 +336,7 @@ async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
 
     let text = scrape(metrics).await;
     let shed_metric = |reason: &str| {
-        sample(
+        metrics::series(
             &text,
             &format!("vecrig_shed_requests_total{{reason=\"{reason}\"}}"),
         )
@@ -375,7 +345,7 @@ async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
     assert_eq!(shed_metric("queue_full"), full as f64, "{text}");
     assert_eq!(shed_metric("queue_timeout"), waited_out as f64, "{text}");
     assert_eq!(
-        sample(
+        metrics::series(
             &text,
             "vecrig_grpc_requests_total{method=\"Search\",code=\"OK\"}"
         ),
@@ -383,7 +353,7 @@ async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
         "{text}"
     );
     assert_eq!(
-        sample(
+        metrics::series(
             &text,
             "vecrig_grpc_requests_total{method=\"Search\",code=\"RESOURCE_EXHAUSTED\"}"
         ),
@@ -391,14 +361,14 @@ async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
         "{text}"
     );
     assert_eq!(
-        sample(&text, "vecrig_index_points"),
+        metrics::series(&text, "vecrig_index_points"),
         Some(20_000.0),
         "{text}"
     );
-    assert_eq!(sample(&text, "vecrig_concurrency_limit"), Some(1.0));
-    assert_eq!(sample(&text, "vecrig_in_flight_requests"), Some(0.0));
-    assert!(sample(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
-    assert!(sample(&text, "vecrig_snapshot_age_seconds").is_some());
+    assert_eq!(metrics::series(&text, "vecrig_concurrency_limit"), Some(1.0));
+    assert_eq!(metrics::series(&text, "vecrig_in_flight_requests"), Some(0.0));
+    assert!(metrics::series(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
+    assert!(metrics::series(&text, "vecrig_snapshot_age_seconds").is_some());
     assert!(
         text.contains("vecrig_service_time_seconds_bucket{le="),
         "{text}"
@@ -409,7 +379,7 @@ async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loadgen_scrapes_the_servers_metrics_into_its_report() {
-    let metrics = free_port();
+    let metrics = metrics::free_addr();
     let (mut config, temp) = TestServer::config(16);
     config.preload = 300;
     config.metrics_listen = Some(metrics);
@@ -510,8 +480,8 @@ async fn served_and_shed(users: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_adaptive_limit_follows_service_time() {
     const MAX: f64 = 64.0;
-    let metrics = free_port();
-    let server = common::start_preloaded(DIMS, 20_000, |c| {
+    let metrics = metrics::free_addr();
+    let server = crate::common::start_preloaded(DIMS, 20_000, |c| {
         c.admission.concurrency_limit = 4;
         c.admission.queue_depth = 1000;
         c.admission.adaptive = Some(vecrig_server::admission::adaptive::AdaptiveConfig {
@@ -525,7 +495,7 @@ async fn the_adaptive_limit_follows_service_time() {
     })
     .await;
     let limit =
-        async || sample(&scrape(metrics).await, "vecrig_concurrency_limit").expect("limit exposed");
+        async || metrics::series(&scrape(metrics).await, "vecrig_concurrency_limit").expect("limit exposed");
     // Idle: held at one slot, waiting for requests to measure.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(limit().await, 1.0, "held at one slot to measure min_rtt");
@@ -572,8 +542,8 @@ async fn the_adaptive_limit_follows_service_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brownout_narrows_searches_under_a_standing_queue_and_widens_them_after() {
     const FLOOR: f64 = 0.25;
-    let metrics = free_port();
-    let server = common::start_preloaded(DIMS, 20_000, |c| {
+    let metrics = metrics::free_addr();
+    let server = crate::common::start_preloaded(DIMS, 20_000, |c| {
         c.admission.concurrency_limit = 2;
         c.admission.queue_depth = 1000;
         c.admission.brownout = Some(vecrig_server::admission::BrownoutConfig::with_floor(FLOOR));
@@ -607,7 +577,7 @@ async fn brownout_narrows_searches_under_a_standing_queue_and_widens_them_after(
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(200)).await;
         seen.push(breadth().await);
-        exposed.push(sample(&scrape(metrics).await, "vecrig_search_breadth").expect("exposed"));
+        exposed.push(metrics::series(&scrape(metrics).await, "vecrig_search_breadth").expect("exposed"));
     }
     let (served, shed) = served_and_shed(users).await;
     println!(

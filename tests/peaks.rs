@@ -2,11 +2,9 @@
 //! shows in `peak_in_flight` (and in the loadgen's server line), and each call starts the
 //! next period afresh.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use vecrig::proto::{SearchRequest, StatsRequest, Vector, search_request};
 use vecrig_loadgen::engine::{Stage, Stop};
 use vecrig_loadgen::scenario::{Load, LoadModel};

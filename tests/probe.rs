@@ -1,11 +1,10 @@
 //! `vecrig-server --probe`, the container health check, run as the real binary against a
 //! server on a free port: exit 0 while it serves, 1 with a reason once it is gone.
 
-mod common;
-
 use std::process::Command;
 
-use common::{TestServer, server_binary};
+use crate::common::TestServer;
+use crate::common::process::server_binary;
 
 fn probe(addr: std::net::SocketAddr) -> std::process::Output {
     Command::new(server_binary())

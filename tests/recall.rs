@@ -4,12 +4,9 @@
 //! exit code 99; shards' recall merges to the sum of their counts; a point written into a
 //! preloaded index is found by a paraphrase of its text at the default `ef`.
 
-mod common;
-
-use std::path::PathBuf;
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use vecrig::client::request_with;
 use vecrig::validation::report::{RecallFigures, Report};
 use vecrig_loadgen::engine::{Stage, Stop};
@@ -22,7 +19,7 @@ const DIMENSIONS: usize = 128;
 const POINTS: u64 = 10_000;
 
 async fn server(ef: Option<usize>) -> TestServer {
-    common::start_preloaded(DIMENSIONS, POINTS, |config| {
+    crate::common::start_preloaded(DIMENSIONS, POINTS, |config| {
         if let Some(ef) = ef {
             config.ef_search = ef;
         }
@@ -150,11 +147,6 @@ async fn shards_recall_merges_to_the_sum_of_their_counts() {
     server.stop().await.expect("clean stop");
 }
 
-/// The real `vecrig-loadgen` binary, beside the server's.
-fn loadgen_binary() -> PathBuf {
-    common::server_binary().with_file_name("vecrig-loadgen")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ef_one_reports_low_recall_and_fails_the_threshold_with_exit_99() {
     let server = server(Some(1)).await;
@@ -163,7 +155,7 @@ async fn ef_one_reports_low_recall_and_fails_the_threshold_with_exit_99() {
     let target = server.target();
     let json_arg = json.clone();
     let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(loadgen_binary())
+        std::process::Command::new(crate::common::process::loadgen_binary())
             .args([
                 "--target",
                 &target,

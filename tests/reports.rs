@@ -1,12 +1,10 @@
 //! The JSON report: its schema (names a consumer relies on), a lossless round trip, and the
 //! merge of shard reports, which must count exactly what one unsharded run counts.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use vecrig::validation::report::{Report, SCHEMA};
 use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::scenario::ExtremeConcurrency;

@@ -1,12 +1,10 @@
 //! The server over a real socket: health, reflection, every RPC, every bad input's status
 //! code, shedding under a burst, and data surviving a restart.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use tokio_stream::StreamExt;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;

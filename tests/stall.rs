@@ -7,14 +7,10 @@
 //! server is frozen the workers' next sends fall behind schedule, and a naive load tool that
 //! timed from the actual send would report that second as fast requests.
 
-mod common;
-
-use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use vecrig::client::ConnectOptions;
 use vecrig_loadgen::engine::{Model, Phase, Scenario, Stop};
 use vecrig_loadgen::workload::{Workload, WorkloadKind};
@@ -26,26 +22,13 @@ const SECONDS: u64 = 6;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_one_second_stall_shows_in_latency_from_intended_send_time() {
     let data = tempfile::tempdir().expect("tempdir");
-    let mut server = tokio::process::Command::new(common::server_binary())
-        .args([
-            "--listen",
-            "127.0.0.1:0",
-            "--dimensions",
-            "32",
-            "--preload",
-            "2000",
-        ])
-        .args(["--log", "warn"])
+    let mut command = crate::common::process::server_command();
+    command
+        .args(["--dimensions", "32", "--preload", "2000"])
         .arg("--data-dir")
-        .arg(data.path())
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn vecrig-server");
-    let mut lines = BufReader::new(server.stdout.take().expect("stdout")).lines();
-    let line = lines.next_line().await.expect("read").expect("line");
-    let target = format!("http://{}", line.trim_start_matches("listening on "));
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        .arg(data.path());
+    let (mut server, addr) = crate::common::process::spawn(command).await;
+    let target = format!("http://{addr}");
     let pid = Pid::from_raw(server.id().expect("pid") as i32);
 
     let mut options = RunOptions::new(target);

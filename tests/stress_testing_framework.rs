@@ -8,11 +8,9 @@
 //! 5-minute sustained load, ...); the default quick profile scales durations down.
 //! The tests take turns: they measure one server each on a shared 2-core machine.
 
-mod common;
-
 use std::time::Duration;
 
-use common::TestServer;
+use crate::common::TestServer;
 use tonic_health::pb::health_check_response::ServingStatus;
 use vecrig::client::ConnectOptions;
 use vecrig::validation::StressTester;
@@ -41,7 +39,7 @@ fn full() -> bool {
 
 async fn boot() -> TestServer {
     let points = if full() { 100_000 } else { 10_000 };
-    common::start_preloaded(DIMS, points, |_| {}).await
+    crate::common::start_preloaded(DIMS, points, |_| {}).await
 }
 
 /// Runs one scenario against `server` and checks what every stress run must keep.

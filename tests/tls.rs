@@ -2,8 +2,6 @@
 //! a test certificate it is told to trust, and a bearer token (`--header authorization`) that
 //! the server requires.
 
-mod common;
-
 use std::time::Duration;
 
 use vecrig::client::ConnectOptions;

@@ -10,18 +10,18 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use prost::Message;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
 use tonic::codegen::Bytes;
 use tonic::codegen::http;
+
+use super::{metrics, process};
 
 /// What to send, how hard, and for how long.
 #[derive(Clone)]
@@ -125,15 +125,11 @@ pub fn two_cpus_or_skip(test: &str) -> Option<(usize, usize)> {
         return Some((cpus[0], cpus[1]));
     }
     let why = format!(
-        "{test}: SKIPPED: needs two CPUs and taskset to keep the server and the flood apart \
+        "needs two CPUs and taskset to keep the server and the flood apart \
          (allowed CPUs {cpus:?}, taskset {})",
         if taskset { "found" } else { "missing" }
     );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{why} (CI=true)"
-    );
-    eprintln!("{why}");
+    super::skip(test, &why);
     None
 }
 
@@ -357,14 +353,6 @@ pub async fn probe_health(
     (probes, worst)
 }
 
-/// A free port on loopback, for a metrics listener.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// A `vecrig-server` process pinned to one CPU (so it sizes itself to one CPU), killed on drop.
 pub struct PinnedServer {
     pub child: Child,
@@ -388,31 +376,16 @@ impl PinnedServer {
         extra: &[&str],
         limit: Duration,
     ) -> Self {
-        let mut child = Command::new("taskset")
+        let mut command = Command::new("taskset");
+        command
             .args(["-c", &cpu.to_string()])
-            .arg(super::server_binary())
+            .arg(process::server_binary())
             .args(["--listen", "127.0.0.1:0", "--log", "warn"])
             .args(["--dimensions", &dimensions.to_string()])
             .arg("--data-dir")
             .arg(data.path())
-            .args(extra)
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("spawn taskset vecrig-server");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("server prints its address")
-            .expect("read")
-            .expect("a line");
-        let addr: SocketAddr = line
-            .strip_prefix("listening on ")
-            .expect("listening line")
-            .parse()
-            .expect("address");
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            .args(extra);
+        let (child, addr) = process::spawn(command).await;
         let server = Self {
             child,
             addr,
@@ -430,7 +403,7 @@ impl PinnedServer {
         cpu: usize,
         extra: &[&str],
     ) -> Self {
-        let metrics = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let metrics = metrics::free_addr();
         let listen = metrics.to_string();
         let mut flags = vec!["--metrics-listen", listen.as_str()];
         flags.extend_from_slice(extra);
@@ -442,9 +415,9 @@ impl PinnedServer {
     /// The server's own CPU split so far, `(index, serving)` in seconds
     /// (`vecrig_cpu_seconds_total{part}`), if its metrics endpoint is on.
     pub async fn cpu_split(&self) -> Option<(f64, f64)> {
-        let text = scrape(self.metrics?).await?;
+        let text = metrics::scrape(self.metrics?).await?;
         let part = |name: &str| {
-            series(
+            metrics::series(
                 &text,
                 &format!("vecrig_cpu_seconds_total{{part=\"{name}\"}}"),
             )
@@ -458,26 +431,7 @@ impl PinnedServer {
     }
 
     async fn wait_serving(&self, limit: Duration) {
-        let started = Instant::now();
-        loop {
-            if let Ok(tester) = vecrig::validation::StressTester::connect(
-                &self.target(),
-                &vecrig::client::ConnectOptions::default(),
-            )
-            .await
-                && matches!(
-                    tester.health().await,
-                    Ok(tonic_health::pb::health_check_response::ServingStatus::Serving)
-                )
-            {
-                return;
-            }
-            assert!(
-                started.elapsed() < limit,
-                "server never became SERVING within {limit:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        process::wait_serving(&self.target(), limit, Duration::from_millis(50)).await;
     }
 
     /// Resident memory of the server process, in bytes (Linux).
@@ -509,76 +463,41 @@ impl PinnedServer {
     }
 }
 
-/// A data directory with `points` preloaded points of `dimensions`, built once per test
-/// binary by the real server (on any CPU), then copied for each server.
+/// A data directory with `points` preloaded points of `dimensions`, built once per shape for
+/// the whole test binary by the real server (on any CPU), then copied for each server.
 pub async fn fixture(dimensions: usize, points: u64) -> PathBuf {
-    static FIXTURE: tokio::sync::OnceCell<tempfile::TempDir> = tokio::sync::OnceCell::const_new();
-    FIXTURE
-        .get_or_init(|| async {
-            let data = tempfile::tempdir().expect("tempdir");
-            let mut child = Command::new(super::server_binary())
-                .args(["--listen", "127.0.0.1:0", "--log", "warn"])
-                .args(["--dimensions", &dimensions.to_string()])
-                .args(["--preload", &points.to_string()])
-                .arg("--data-dir")
-                .arg(data.path())
-                .stdout(Stdio::piped())
-                .kill_on_drop(true)
-                .spawn()
-                .expect("spawn vecrig-server");
-            let stdout = child.stdout.take().expect("stdout");
-            let mut lines = BufReader::new(stdout).lines();
-            let line = lines.next_line().await.expect("read").expect("a line");
-            let addr = line.strip_prefix("listening on ").expect("listening line");
-            let target = format!("http://{addr}");
-            let started = Instant::now();
-            loop {
-                if let Ok(tester) = vecrig::validation::StressTester::connect(
-                    &target,
-                    &vecrig::client::ConnectOptions::default(),
-                )
-                .await
-                    && matches!(
-                        tester.health().await,
-                        Ok(tonic_health::pb::health_check_response::ServingStatus::Serving)
-                    )
-                {
-                    break;
-                }
-                assert!(started.elapsed() < Duration::from_secs(300), "preload");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            // SIGTERM: a graceful stop saves a snapshot, which the copies load at once.
-            let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
-            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
-            let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
-                .await
-                .expect("stops")
-                .expect("wait");
-            assert!(status.success(), "fixture server stopped cleanly: {status}");
-            data
-        })
-        .await
-        .path()
-        .to_path_buf()
-}
-
-/// The text of a metrics endpoint (`GET /metrics` over plain HTTP/1.1), headers included.
-pub async fn scrape(addr: SocketAddr) -> Option<String> {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await.ok()?;
-    Some(text)
-}
-
-/// The value of one series (its name and labels, as the endpoint writes them) in `text`.
-pub fn series(text: &str, wanted: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|line| line.strip_prefix(wanted))
-        .and_then(|rest| rest.trim().parse().ok())
+    type Cell = Arc<tokio::sync::OnceCell<tempfile::TempDir>>;
+    static FIXTURES: Mutex<BTreeMap<(usize, u64), Cell>> = Mutex::new(BTreeMap::new());
+    let cell = Arc::clone(
+        FIXTURES
+            .lock()
+            .expect("fixtures")
+            .entry((dimensions, points))
+            .or_default(),
+    );
+    cell.get_or_init(|| async {
+        let data = tempfile::tempdir().expect("tempdir");
+        let mut command = process::server_command();
+        command
+            .args(["--dimensions", &dimensions.to_string()])
+            .args(["--preload", &points.to_string()])
+            .arg("--data-dir")
+            .arg(data.path());
+        let (mut child, addr) = process::spawn(command).await;
+        let target = format!("http://{addr}");
+        process::wait_serving(&target, Duration::from_secs(300), Duration::from_millis(100))
+            .await;
+        // SIGTERM: a graceful stop saves a snapshot, which the copies load at once.
+        let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+        let status = tokio::time::timeout(Duration::from_secs(120), child.wait())
+            .await
+            .expect("stops")
+            .expect("wait");
+        assert!(status.success(), "fixture server stopped cleanly: {status}");
+        data
+    })
+    .await
+    .path()
+    .to_path_buf()
 }

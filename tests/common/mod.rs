@@ -1,11 +1,17 @@
-//! Boots a real vecrig server on 127.0.0.1:0 with a temporary data directory, in-process.
-
-#![allow(dead_code)]
+//! What the integration tests share: a real vecrig server booted in-process on 127.0.0.1:0
+//! with a temporary data directory ([`TestServer`]), the real binaries as processes
+//! ([`process`]), the metrics endpoint's text ([`metrics`]), the Python the tests run, and
+//! the one way a test says it skipped ([`skip`]).
 
 pub mod flood;
+pub mod metrics;
+pub mod process;
 
+use std::collections::BTreeMap;
+use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tempfile::TempDir;
@@ -22,7 +28,6 @@ use vecrig_server::config::Config;
 /// A server running in this process, stopped (gracefully) by [`TestServer::stop`] or on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
-    pub data_dir: PathBuf,
     _temp: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), vecrig_server::ServeError>>>,
@@ -55,14 +60,12 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let data_dir = config.data_dir.clone();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(vecrig_server::serve(listener, config, async {
             let _ = stopped.await;
         }));
         let server = Self {
             addr,
-            data_dir,
             _temp: temp,
             stop: Some(stop),
             task: Some(task),
@@ -136,10 +139,6 @@ impl TestServer {
         let task = self.task.take().expect("running");
         task.await.expect("server task")
     }
-
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
 }
 
 impl Drop for TestServer {
@@ -162,28 +161,30 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// A data directory holding a snapshot of `points` preloaded synthetic points of
-/// `dimensions`, built once per test binary (by a real server: preload, then a graceful stop,
-/// which saves) and copied for each test, so tests do not each spend seconds building the
-/// same HNSW graph.
+/// `dimensions`, built once per shape for the whole test binary (by a real server: preload,
+/// then a graceful stop, which saves) and copied for each test, so tests do not each spend
+/// seconds building the same HNSW graph.
 pub async fn preloaded_fixture(dimensions: usize, points: u64) -> PathBuf {
-    static FIXTURE: tokio::sync::OnceCell<(TempDir, usize, u64)> =
-        tokio::sync::OnceCell::const_new();
-    let (dir, dims, count) = FIXTURE
-        .get_or_init(|| async {
-            let temp = tempfile::tempdir().expect("tempdir");
-            let mut config = Config::new(temp.path(), dimensions);
-            config.preload = points;
-            let server = TestServer::start(config).await;
-            server.stop().await.expect("fixture server stops cleanly");
-            (temp, dimensions, points)
-        })
-        .await;
-    assert_eq!(
-        (*dims, *count),
-        (dimensions, points),
-        "one fixture per test binary"
+    type Cell = Arc<tokio::sync::OnceCell<TempDir>>;
+    static FIXTURES: Mutex<BTreeMap<(usize, u64), Cell>> = Mutex::new(BTreeMap::new());
+    let cell = Arc::clone(
+        FIXTURES
+            .lock()
+            .expect("fixtures")
+            .entry((dimensions, points))
+            .or_default(),
     );
-    dir.path().to_path_buf()
+    cell.get_or_init(|| async {
+        let temp = tempfile::tempdir().expect("tempdir");
+        let mut config = Config::new(temp.path(), dimensions);
+        config.preload = points;
+        let server = TestServer::start(config).await;
+        server.stop().await.expect("fixture server stops cleanly");
+        temp
+    })
+    .await
+    .path()
+    .to_path_buf()
 }
 
 /// Starts a server on a private copy of the preloaded fixture.
@@ -200,19 +201,59 @@ pub async fn start_preloaded(
     TestServer::start_in(config, temp).await
 }
 
-/// The real `vecrig-server` binary, next to the test binaries' directory
-/// (target/<profile>/deps/x -> target/<profile>/vecrig-server).
-pub fn server_binary() -> PathBuf {
+/// The target directory the test binary was built in (target/<profile>/deps/x -> target).
+pub fn target_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
-    let path = exe
-        .parent()
-        .and_then(Path::parent)
-        .map(|dir| dir.join("vecrig-server"))
-        .expect("target dir");
+    exe.ancestors()
+        .nth(3)
+        .map(Path::to_path_buf)
+        .expect("target dir")
+}
+
+/// The Python the tests run: the project's own virtual environment (`target/pyenv`, which
+/// `scripts/test` makes and fills) where it exists, else `python3` from PATH.
+pub fn python() -> PathBuf {
+    let venv = target_dir().join("pyenv/bin/python");
+    if venv.exists() {
+        venv
+    } else {
+        PathBuf::from("python3")
+    }
+}
+
+/// Whether [`python`] can import `modules` (a comma-separated import list); if not, the test
+/// is skipped with `why` (see [`skip`]).
+pub fn python_or_skip(test: &str, modules: &str, why: &str) -> bool {
+    let probe = std::process::Command::new(python())
+        .args(["-c", &format!("import {modules}")])
+        .output();
+    if matches!(probe, Ok(ref o) if o.status.success()) {
+        return true;
+    }
+    skip(test, why);
+    false
+}
+
+/// Says that `test` did not run and why. Under `CI=true` that is a failure: CI must not pass
+/// on a test that did not run.
+pub fn skip(test: &str, why: &str) {
     assert!(
-        path.exists(),
-        "{} is missing: build it first (`cargo build --release --workspace`), as README's test command does",
-        path.display()
+        std::env::var("CI").as_deref() != Ok("true"),
+        "SKIPPED {test}: {why}; under CI=true this is a failure, not a skip"
     );
-    path
+    report_skip(test, why);
+}
+
+/// Says that `test` did not run and why, where the machine rather than the setup lacks what
+/// it needs (a Docker engine, the right to mount), so CI passes too. The line goes straight to
+/// stderr, past the harness's capture of a passing test's output, and into
+/// `target/test-skips.txt`, which `scripts/test` prints after the summary.
+pub fn report_skip(test: &str, why: &str) {
+    let line = format!("SKIPPED {test}: {why}");
+    let _ = writeln!(std::io::stderr(), "{line}");
+    let _ = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(target_dir().join("test-skips.txt"))
+        .and_then(|mut file| writeln!(file, "{line}"));
 }

@@ -1,0 +1,41 @@
+//! The server's Prometheus endpoint, read the way a scraper does.
+
+use std::net::SocketAddr;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A loopback address for a server's metrics endpoint. The server binds that endpoint itself
+/// from an address in its config and prints only the gRPC one, so this port is picked by
+/// binding and dropping: another process may take it in between (rare on loopback).
+pub fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("free port")
+}
+
+/// The body of `GET /metrics` (plain HTTP/1.1); None if the endpoint does not answer 200.
+pub async fn scrape(addr: SocketAddr) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: vecrig\r\nConnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).await.ok()?;
+    if !text.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+}
+
+/// The value of the sample `series` (its name and labels, exactly as exposed) in `text`.
+pub fn series(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|line| {
+        line.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .split(' ')
+            .next()?
+            .parse()
+            .ok()
+    })
+}
