@@ -136,7 +136,7 @@ async fn run(milvus: &Milvus, file: &str) -> Report {
     let planned = Planned::parse(file, Profile::Quick)
         .expect("the file parses")
         .relative_to(milvus.dir.path());
-    let mut options = RunOptions::new(&milvus.target());
+    let mut options = RunOptions::new(milvus.target());
     options.recall_sample = 0.25;
     options.threads = 1;
     options.wait_healthy = Duration::from_secs(10);
