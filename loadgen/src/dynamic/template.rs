@@ -49,6 +49,7 @@
 
 mod encode;
 mod generator;
+mod node;
 mod render;
 #[cfg(test)]
 mod tests;
@@ -60,12 +61,14 @@ use prost_reflect::{
 use serde_json::Value as Json;
 
 pub use generator::Generator;
+use node::{Appended, Fields, Holds, Node};
+pub use node::{Fill, Point};
 
 /// `id` as the UUID `{{uuid}}` writes for it.
 pub fn uuid_of(id: u64) -> String {
     generator::uuid(id)
 }
-use generator::{Encoding, Parsed, Piece, parse};
+use generator::{Parsed, Piece, parse};
 
 /// Bytes ahead of a gRPC message in its frame: a flag byte (compressed or not) and the
 /// message's length, 4 bytes big-endian.
@@ -84,53 +87,6 @@ pub struct TemplateError {
     pub reason: String,
 }
 
-/// One point of a request: the query of a search, or a point written.
-#[derive(Debug, Clone, Copy)]
-pub struct Point<'a> {
-    /// Its id.
-    pub id: u64,
-    /// Its vector.
-    pub vector: &'a [f32],
-    /// Its text.
-    pub text: &'a str,
-}
-
-/// What one request is rendered from.
-#[derive(Debug, Clone, Copy)]
-pub struct Fill<'a> {
-    /// The points (one for a search).
-    pub points: &'a [Point<'a>],
-    /// The sending user.
-    pub user: u64,
-    /// The user's request number.
-    pub iteration: u64,
-    /// Neighbours asked for.
-    pub k: u32,
-    /// The acknowledgement stamp of a write that has one, else empty.
-    pub stamp: &'a str,
-    /// Bytes of filler per point.
-    pub pad: usize,
-}
-
-/// The fields a template sets in one message, each with what it is set to.
-type Fields = Vec<(FieldDescriptor, Node)>;
-
-#[derive(Debug, Clone)]
-enum Node {
-    Message(MessageDescriptor, Fields),
-    /// A message whose encoding is the value of a `bytes` field.
-    Encoded(MessageDescriptor, Fields),
-    List(Vec<Node>),
-    /// One element per point of the request.
-    PerPoint(Box<Node>),
-    Map(Vec<(MapKey, Node)>),
-    Literal(Value),
-    /// A generator alone; the kind is the field's (its elements' for a repeated field).
-    Generate(Generator, Kind),
-    /// A `string` or `bytes` field's text with generators inside it.
-    Interpolate(Vec<Piece>, Kind),
-}
-
 /// A checked template of one message.
 #[derive(Debug, Clone)]
 pub struct Template {
@@ -145,26 +101,6 @@ pub struct Template {
     /// Those vectors: where they are, and how they are written.
     appended: Vec<Appended>,
     uses: Vec<Generator>,
-}
-
-/// A vector or text appended after the rest of the message: the field numbers of its
-/// enclosing singular message fields, outermost first, its own field number, and what it holds.
-#[derive(Debug, Clone)]
-struct Appended {
-    path: Vec<u32>,
-    number: u32,
-    holds: Holds,
-    /// Whether the field is written when empty (it has presence: a oneof's member), as
-    /// protobuf writes it.
-    presence: bool,
-}
-
-/// What an appended field holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Holds {
-    /// The first point's vector (`false`) or every point's, one after another.
-    Vectors(Encoding, bool),
-    Text,
 }
 
 impl Template {

@@ -25,9 +25,7 @@
 //! in [`receive`], which reads and judges what the server sends.
 
 use std::cell::{Cell, RefCell};
-use std::collections::{HashMap, VecDeque};
 use std::future::Future;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
@@ -42,16 +40,12 @@ use super::frame::{self, reason, setting};
 use super::grpc::{Answer, Messages};
 
 mod receive;
+mod state;
 
 #[cfg(test)]
 use receive::MAX_QUEUED_REPLIES;
 use receive::{Ended, MAX_HEADER_LIST, decoder, dispatch};
-
-/// Flow-control windows we offer the server: large enough that a search answer never waits
-/// for a window update (hyper's defaults: 2 MiB a stream, 5 MiB a connection). Received bytes
-/// are given back once half a window's worth has gathered.
-const STREAM_WINDOW: u32 = 2 * 1024 * 1024;
-const CONNECTION_WINDOW: u32 = 5 * 1024 * 1024;
+use state::{CONNECTION_WINDOW, Inner, Phase, STREAM_WINDOW, Stream};
 
 /// The largest stream id a client may use; past it, a new connection is needed.
 const LAST_STREAM_ID: u32 = 0x7fff_ffff;
@@ -70,86 +64,6 @@ pub struct Call {
     inner: Rc<Inner>,
     id: u32,
     done: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Phase {
-    /// Takes new streams.
-    Open,
-    /// GOAWAY received, out of stream ids, or the owner gone: the open streams finish, no
-    /// new one starts.
-    Draining,
-    /// Gone: every stream has been answered.
-    Closed,
-}
-
-struct Inner {
-    /// Frames waiting to be written, in order.
-    out: RefCell<BytesMut>,
-    /// Wakes the writer when `out` fills from empty or the connection ends.
-    writer: Notify,
-    streams: RefCell<HashMap<u32, Stream, BuildHasherDefault<StreamIdHasher>>>,
-    /// Streams with request data waiting for a window, in the order they blocked.
-    blocked: RefCell<VecDeque<u32>>,
-    next_id: Cell<u32>,
-    phase: Cell<Phase>,
-    /// Why the connection closed (or is draining), for the answers it gives.
-    why: RefCell<String>,
-    owner_gone: Cell<bool>,
-    /// The server's SETTINGS.
-    max_streams: Cell<usize>,
-    max_frame: Cell<usize>,
-    initial_window: Cell<i64>,
-    /// Our send window on the connection.
-    window: Cell<i64>,
-    /// Bytes received on the connection not yet given back with a WINDOW_UPDATE.
-    unacked: Cell<u32>,
-    /// The highest stream id opened (0: none); frames for streams above it are for streams
-    /// never opened.
-    last_opened: Cell<u32>,
-    /// Bytes of answers to the server's PINGs and SETTINGS queued since the writer last took
-    /// the output.
-    replies: Cell<usize>,
-    decoder: RefCell<loona_hpack::Decoder<'static>>,
-    /// A header block waiting for its CONTINUATION frames: stream, HEADERS flags, fragments.
-    partial: RefCell<Option<(u32, u8, BytesMut)>>,
-    /// Set when the server's first SETTINGS arrive (or the connection ends).
-    settings_seen: Cell<bool>,
-    settled: Notify,
-    pong: Notify,
-    /// Called when the connection stops taking streams, so waiters look again.
-    on_draining: Box<dyn Fn()>,
-}
-
-impl std::fmt::Debug for Inner {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inner")
-            .field("phase", &self.phase.get())
-            .field("streams", &self.streams.borrow().len())
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Debug)]
-struct Stream {
-    /// Our send window on the stream.
-    window: i64,
-    /// Request data not yet sent for want of a window.
-    pending: Option<Bytes>,
-    /// We have not sent END_STREAM yet.
-    local_open: bool,
-    /// The server has not sent END_STREAM (or a reset) yet.
-    remote_open: bool,
-    /// The response's `:status`, once its headers arrived.
-    status: Option<u16>,
-    /// The body, read as gRPC messages.
-    body: Messages,
-    /// The body, when the caller keeps it.
-    keep: Option<BytesMut>,
-    /// Bytes received on the stream not yet given back.
-    unacked: u32,
-    outcome: Option<Answer>,
-    waker: Option<Waker>,
 }
 
 impl Session {
@@ -512,28 +426,6 @@ pub fn answers_to(
             Err(answer) => Some((answer.clone(), None)),
         })
         .collect()
-}
-
-/// Hashes a stream id with one multiplication (Fibonacci hashing): ids are ours, unique and
-/// not chosen by anyone hostile, and SipHash, the default, was 1.8% of the loadgen's
-/// instructions per request.
-#[derive(Default)]
-struct StreamIdHasher(u64);
-
-impl Hasher for StreamIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        }
-    }
-
-    fn write_u32(&mut self, id: u32) {
-        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
 }
 
 /// The connection's task: reads and dispatches frames, writes what gathers, pings; ends when

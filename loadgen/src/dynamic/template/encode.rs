@@ -15,7 +15,8 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind};
 
 use super::generator::{Encoding, Generator};
-use super::{Fields, Fill, Node, Point, render};
+use super::node::{Fields, Fill, Node, Point};
+use super::render;
 
 /// How one field (or one element of a repeated field) is written.
 #[derive(Debug, Clone)]

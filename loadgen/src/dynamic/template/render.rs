@@ -5,7 +5,7 @@ use prost::Message;
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, Value};
 
 use super::generator::{Generator, Piece};
-use super::{Appended, Fields, Fill, Holds, Node, Point};
+use super::node::{Appended, Fields, Fill, Holds, Node, Point};
 
 pub(super) fn message(
     descriptor: &MessageDescriptor,

@@ -27,7 +27,7 @@ use tonic::Code;
 
 use super::super::frame::{self, Head, flag, kind, reason, setting};
 use super::super::grpc::{self, Answer, Fields};
-use super::{CONNECTION_WINDOW, Inner, STREAM_WINDOW, Stream};
+use super::state::{CONNECTION_WINDOW, Inner, STREAM_WINDOW, Stream};
 
 /// The largest header list we accept (RFC 9113 §6.5.2: names, values and 32 bytes a field),
 /// advertised in our SETTINGS; also the most a header block may hold, compressed, before it
