@@ -17,7 +17,12 @@ use vecrig_loadgen::{Plan, RunOptions};
 
 /// Writes the descriptor set of `modules` to `out`, or says why the test cannot run.
 fn protoset_or_skip(test: &str, out: &Path, modules: &[&str]) -> bool {
-    protoset_with(&crate::common::python().to_string_lossy(), test, out, modules)
+    protoset_with(
+        &crate::common::python().to_string_lossy(),
+        test,
+        out,
+        modules,
+    )
 }
 
 /// [`protoset_or_skip`] with the interpreter `python`.

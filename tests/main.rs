@@ -46,5 +46,8 @@ fn every_test_file_is_a_module_of_this_binary() {
         .filter_map(|name| Some(name.strip_suffix(".rs")?.to_string()))
         .filter(|name| name != "main" && !main.contains(&format!("\nmod {name};\n")))
         .collect();
-    assert!(missing.is_empty(), "tests/ files not in tests/main.rs: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "tests/ files not in tests/main.rs: {missing:?}"
+    );
 }

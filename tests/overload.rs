@@ -41,7 +41,9 @@ async fn pool_of(server: &TestServer) -> Pool {
 
 /// The body of the server's metrics endpoint.
 async fn scrape(addr: std::net::SocketAddr) -> String {
-    metrics::scrape(addr).await.expect("metrics endpoint answers 200")
+    metrics::scrape(addr)
+        .await
+        .expect("metrics endpoint answers 200")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -365,8 +367,14 @@ async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
         Some(20_000.0),
         "{text}"
     );
-    assert_eq!(metrics::series(&text, "vecrig_concurrency_limit"), Some(1.0));
-    assert_eq!(metrics::series(&text, "vecrig_in_flight_requests"), Some(0.0));
+    assert_eq!(
+        metrics::series(&text, "vecrig_concurrency_limit"),
+        Some(1.0)
+    );
+    assert_eq!(
+        metrics::series(&text, "vecrig_in_flight_requests"),
+        Some(0.0)
+    );
     assert!(metrics::series(&text, "process_resident_memory_bytes").unwrap_or(0.0) > 1e6);
     assert!(metrics::series(&text, "vecrig_snapshot_age_seconds").is_some());
     assert!(
@@ -494,8 +502,9 @@ async fn the_adaptive_limit_follows_service_time() {
         c.metrics_listen = Some(metrics);
     })
     .await;
-    let limit =
-        async || metrics::series(&scrape(metrics).await, "vecrig_concurrency_limit").expect("limit exposed");
+    let limit = async || {
+        metrics::series(&scrape(metrics).await, "vecrig_concurrency_limit").expect("limit exposed")
+    };
     // Idle: held at one slot, waiting for requests to measure.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(limit().await, 1.0, "held at one slot to measure min_rtt");
@@ -577,7 +586,9 @@ async fn brownout_narrows_searches_under_a_standing_queue_and_widens_them_after(
     while Instant::now() < until {
         tokio::time::sleep(Duration::from_millis(200)).await;
         seen.push(breadth().await);
-        exposed.push(metrics::series(&scrape(metrics).await, "vecrig_search_breadth").expect("exposed"));
+        exposed.push(
+            metrics::series(&scrape(metrics).await, "vecrig_search_breadth").expect("exposed"),
+        );
     }
     let (served, shed) = served_and_shed(users).await;
     println!(

@@ -10,8 +10,8 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -485,8 +485,12 @@ pub async fn fixture(dimensions: usize, points: u64) -> PathBuf {
             .arg(data.path());
         let (mut child, addr) = process::spawn(command).await;
         let target = format!("http://{addr}");
-        process::wait_serving(&target, Duration::from_secs(300), Duration::from_millis(100))
-            .await;
+        process::wait_serving(
+            &target,
+            Duration::from_secs(300),
+            Duration::from_millis(100),
+        )
+        .await;
         // SIGTERM: a graceful stop saves a snapshot, which the copies load at once.
         let pid = nix::unistd::Pid::from_raw(child.id().expect("pid") as i32);
         nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");

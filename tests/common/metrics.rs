@@ -25,7 +25,8 @@ pub async fn scrape(addr: SocketAddr) -> Option<String> {
     if !text.starts_with("HTTP/1.1 200") {
         return None;
     }
-    text.split_once("\r\n\r\n").map(|(_, body)| body.to_string())
+    text.split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
 }
 
 /// The value of the sample `series` (its name and labels, exactly as exposed) in `text`.
