@@ -10,11 +10,8 @@
 //! they fail: CI must not pass by skipping.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::file::Planned;
 use vecrig_loadgen::scenario::Profile;
@@ -38,49 +35,15 @@ fn python_or_skip(test: &str) -> bool {
     )
 }
 
-/// The Python store, serving until dropped (its stdin closes; `kill_on_drop` too).
-struct Store {
-    child: Child,
-    target: String,
-}
-
-impl Store {
-    async fn start() -> Self {
-        let mut child = Command::new(crate::common::python())
-            .arg(fixture_dir().join("store_server.py"))
-            .arg(fixture_dir())
-            .arg(DIMENSIONS.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start python");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("the store prints its address within 60 s")
-            .expect("read")
-            .expect("the store exited before serving");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        Self {
-            target: format!("http://{addr}"),
-            child,
-        }
-    }
-
-    async fn stop(mut self) {
-        drop(self.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
-    }
+/// The Python store, serving until dropped.
+async fn start_store() -> crate::common::PythonServer {
+    let dir = fixture_dir();
+    let dimensions = DIMENSIONS.to_string();
+    crate::common::PythonServer::start(
+        &dir.join("store_server.py"),
+        &[dir.as_os_str(), dimensions.as_ref()],
+    )
+    .await
 }
 
 const SEARCH: &str = r#"search = { method = "fixture.store.v2.EmbeddingStore/Nearest", ids = "result[].key", request = '''
@@ -131,12 +94,12 @@ async fn a_service_we_did_not_design_is_ingested_searched_and_judged_by_our_own_
     ) {
         return;
     }
-    let store = Store::start().await;
+    let store = start_store().await;
     let file = format!(
         "{}{SCENARIO}",
         target_table(DIMENSIONS, SEARCH, WRITE, false)
     );
-    let report = run(&store.target, &file, 0.5)
+    let report = run(&format!("http://{}", store.address), &file, 0.5)
         .await
         .expect("the run starts");
     let mut out = String::new();
@@ -181,7 +144,7 @@ async fn templates_that_do_not_fit_are_refused_before_any_load_naming_the_field(
     if !python_or_skip("templates_that_do_not_fit_are_refused_before_any_load_naming_the_field") {
         return;
     }
-    let store = Store::start().await;
+    let store = start_store().await;
     let swap = |from: &str, to: &str| SEARCH.replace(from, to);
     let cases = [
         // A method the service does not have (descriptors from the .proto file this time).
@@ -225,7 +188,7 @@ async fn templates_that_do_not_fit_are_refused_before_any_load_naming_the_field(
     ];
     for (table, mentions) in cases {
         let file = format!("{table}{SCENARIO}");
-        let error = run(&store.target, &file, 0.5)
+        let error = run(&format!("http://{}", store.address), &file, 0.5)
             .await
             .expect_err("refused before any load");
         let text = error.to_string();

@@ -14,11 +14,8 @@
 //! the tests print SKIPPED, except under `CI=true`, where they fail.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::process::{Child, Command};
 use vecrig::validation::report::{ANSWER_ERROR, Report};
 use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::file::Planned;
@@ -47,51 +44,32 @@ fn milvus_or_skip(test: &str) -> bool {
 /// Milvus Lite serving from a data directory of its own until dropped (its stdin closes;
 /// `kill_on_drop` too), and the descriptor set of its API beside it.
 struct Milvus {
-    child: Child,
-    address: String,
+    server: crate::common::PythonServer,
     dir: tempfile::TempDir,
 }
 
 impl Milvus {
     async fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut child = Command::new(crate::common::python())
-            .arg(fixture_dir().join("serve.py"))
-            .arg(dir.path().join("data"))
-            .arg(dir.path().join("milvus.protoset"))
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start python");
-        let stdout = child.stdout.take().expect("stdout");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
-            .await
-            .expect("Milvus Lite prints its address within 60 s")
-            .expect("read")
-            .expect("Milvus Lite exited before serving");
-        let address = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_string();
-        Self {
-            child,
-            address,
-            dir,
-        }
+        let data = dir.path().join("data");
+        let protoset = dir.path().join("milvus.protoset");
+        let server = crate::common::PythonServer::start(
+            &fixture_dir().join("serve.py"),
+            &[data.as_os_str(), protoset.as_os_str()],
+        )
+        .await;
+        Self { server, dir }
     }
 
     fn target(&self) -> String {
-        format!("http://{}", self.address)
+        format!("http://{}", self.server.address)
     }
 
     /// What the server holds in `collection`, asked with pymilvus.
     fn count(&self, collection: &str) -> serde_json::Value {
         let out = std::process::Command::new(crate::common::python())
             .arg(fixture_dir().join("count.py"))
-            .arg(&self.address)
+            .arg(&self.server.address)
             .arg(collection)
             .output()
             .expect("run count.py");
@@ -103,14 +81,8 @@ impl Milvus {
         serde_json::from_slice(&out.stdout).expect("count.py prints JSON")
     }
 
-    async fn stop(mut self) {
-        drop(self.child.stdin.take());
-        if tokio::time::timeout(Duration::from_secs(10), self.child.wait())
-            .await
-            .is_err()
-        {
-            let _ = self.child.kill().await;
-        }
+    async fn stop(self) {
+        self.server.stop().await;
     }
 }
 

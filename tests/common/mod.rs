@@ -257,3 +257,50 @@ pub fn report_skip(test: &str, why: &str) {
         .open(target_dir().join("test-skips.txt"))
         .and_then(|mut file| writeln!(file, "{line}"));
 }
+
+/// A Python fixture server (a script that prints `listening on HOST:PORT` once it serves, and
+/// serves until its stdin closes), run with [`python()`]; killed when dropped.
+pub struct PythonServer {
+    child: tokio::process::Child,
+    /// `HOST:PORT`, from its first line.
+    pub address: String,
+}
+
+impl PythonServer {
+    /// Runs `script` with `args` and waits (at most a minute) for its address.
+    pub async fn start(script: &std::path::Path, args: &[&std::ffi::OsStr]) -> Self {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+        let mut child = tokio::process::Command::new(python())
+            .arg(script)
+            .args(args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start python");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(std::time::Duration::from_secs(60), lines.next_line())
+            .await
+            .unwrap_or_else(|_| panic!("{} prints its address within 60 s", script.display()))
+            .expect("read")
+            .unwrap_or_else(|| panic!("{} exited before serving", script.display()));
+        let address = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_string();
+        Self { child, address }
+    }
+
+    /// Closes its stdin and waits for it to end (killing it after ten seconds).
+    pub async fn stop(mut self) {
+        drop(self.child.stdin.take());
+        if tokio::time::timeout(std::time::Duration::from_secs(10), self.child.wait())
+            .await
+            .is_err()
+        {
+            let _ = self.child.kill().await;
+        }
+    }
+}

@@ -28,8 +28,9 @@ def newest(module: str) -> str:
     return f"{parent}.{max(versions, key=number)}.{rest}"
 
 
-def main() -> None:
-    out, modules = sys.argv[1], sys.argv[2:]
+def descriptor_set(roots) -> bytes:
+    """The files of `roots` (file descriptors) and every file they import, dependencies first,
+    as a serialized FileDescriptorSet."""
     files = descriptor_pb2.FileDescriptorSet()
     seen = set()
 
@@ -43,10 +44,16 @@ def main() -> None:
         file.CopyToProto(proto)
         files.file.append(proto)
 
-    for module in modules:
-        add(importlib.import_module(newest(module)).DESCRIPTOR)
+    for root in roots:
+        add(root)
+    return files.SerializeToString()
+
+
+def main() -> None:
+    out, modules = sys.argv[1], sys.argv[2:]
+    roots = [importlib.import_module(newest(module)).DESCRIPTOR for module in modules]
     with open(out, "wb") as sink:
-        sink.write(files.SerializeToString())
+        sink.write(descriptor_set(roots))
 
 
 if __name__ == "__main__":
