@@ -23,21 +23,10 @@ const POINTS: u64 = 20_000;
 /// Goodput under a light flood (16 outstanding), as a share of capacity, that the server
 /// must keep.
 const FLOOR: f64 = 0.8;
-/// The same under the heavy floods (4,096 and 12,800 outstanding). The goal is 0.8.
-/// Measured on 2026-11-30, on this machine while another engineer's build ran on both cores
-/// (load average 6-8): 0.46-1.15 of capacity over 20 heavy levels, median 0.81 (before
-/// pacing: 0.01; with the first pacing defaults: 0.45-0.79); later that day 0.56-1.21.
-/// On 2026-12-01, on a quiet machine, three runs of these tests with the same server code:
-/// default admission 0.51-0.69 at 4,096 outstanding and 0.66-0.96 at 12,800; CoDel settings
-/// 0.53-0.70 and 0.25-0.46 (the best of three attempts 0.38 and 0.46). Later that day, with
-/// pacing's CPU ceiling and the room tender, two runs: default admission 0.56-0.60 at 4,096
-/// and 0.74-0.79 at 12,800; CoDel settings 0.83-0.97 and 0.89-0.90 (capacity itself moved by
-/// 1.5x between levels of one run). On 2026-12-01, session 28, with our HNSW graph as the
-/// default engine (capacity about 3x) and refusals priced at their own cost: five runs (the
-/// last two with the final defaults), first attempts 0.62-0.99 over the 20 heavy levels, the
-/// final defaults 0.81-0.99. 0.5 tells a paced server from a collapsing one (0.00-0.01, and
-/// 0.24-0.57 with pacing off) with room for the noise of a shared machine, where capacity
-/// itself moves by a quarter between levels; the 0.8 is the median, not yet every run.
+/// The same under the heavy floods (4,096 and 12,800 outstanding). The goal is 0.8,
+/// which is the median here, not yet every run: on a shared machine capacity itself moves by
+/// a quarter between levels. 0.5 tells a paced server from a collapsing one (near 0, and
+/// about a quarter to a half with pacing off). Current figures: `docs/overload.md`.
 const HEAVY_FLOOR: f64 = 0.5;
 const SEARCH: &str = "/vecrig.v1.VectorIndex/Search";
 
@@ -237,14 +226,9 @@ async fn a_search_flood_does_not_collapse_codel_admission() {
 /// Goodput that a flood must leave with pacing off. Pacing keeps a flood from costing the
 /// server its CPU; this is about the slots: admitted work runs on a runtime of its own
 /// (`admission::work`), so the slots turn over while the request path refuses as fast as it
-/// can. Before that, the admitted requests waited behind the flood's refusals for every step
-/// and this flood kept 0.02 of capacity (0.00 at 128 x 100), with the index idle; measured
-/// after it, with another engineer's benches on the machine: 0.26-0.71 over six runs, and
-/// 0.07 once while a build took both cores (2026-11-30; the index threads, nicer by
-/// `--index-nice`, then compete with a request path that refuses flat out). On 2026-12-01,
-/// on a quiet machine, with the same server code: 0.06-0.12 over seven attempts (the index
-/// got 2.2-3.0 s of the server's 9.0-9.9 s of CPU). A twentieth still tells slots that turn
-/// over (at least 2.5 times that) from slots that sit idle (0.00-0.02).
+/// can. Unpaced, the index threads (nicer by `--index-nice`) compete with a request path that
+/// refuses flat out, so the share is small; a twentieth still tells slots that turn over from
+/// slots that sit idle behind the refusals (0.00-0.02).
 const UNPACED_FLOOR: f64 = 0.05;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,14 +255,11 @@ fn list_services_frame() -> tonic::codegen::Bytes {
 const TOKEN: &str = "collapse-test-token";
 
 /// Searches' goodput beside a flood of calls outside admission, as a share of their
-/// capacity: the 0.8. Measured 0.83-0.99 over three runs of the four floods
-/// (2026-11-30, another engineer's build on the machine).
+/// capacity: the 0.8.
 const BYPASS_FLOOR: f64 = 0.8;
 
-/// Attempts at a floor before a flood test fails: the best counts. On 2026-12-01, on a quiet
-/// machine, the server's capacity (2 x 2) measured 880-2,321 searches a second within one
-/// run of these tests, and the reflection flood kept 0.67 and 0.77 in two attempts where
-/// other runs kept 0.91 or more: a shared machine's bursts sink single attempts, while a
+/// Attempts at a floor before a flood test fails: the best counts. A shared machine's bursts
+/// (the server's capacity can move by 2x within one run) sink single attempts, while a
 /// server that lets the flood starve its searches fails every one.
 const ATTEMPTS: usize = 3;
 
@@ -319,10 +300,10 @@ async fn bypass_flood(
         Duration::from_secs(1),
         Arc::clone(&stop),
     ));
-    // Best of two attempts, each with its own capacity measured right before: a server that
-    // lets the flood starve its searches fails both; a shared machine's passing burst (a
-    // build starting on the flood's CPU, or the server's, during one attempt) rarely hits
-    // both.
+    // Best of ATTEMPTS attempts, each with its own capacity measured right before: a server
+    // that lets the flood starve its searches fails them all; a shared machine's passing
+    // burst (a build starting on the flood's CPU, or the server's, during one attempt) rarely
+    // hits all.
     let mut kept = Vec::new();
     for attempt in 1..=ATTEMPTS {
         let capacity = flood::run(polite(3), Some(load_cpu))

@@ -25,12 +25,9 @@ const POINTS: u64 = 20_000;
 const OVERLOAD: f64 = 3.0;
 /// Goodput at ten times capacity, as a share of capacity, that the server must keep. The
 /// loadgen shares this process and both cores with the server, and at 10x it sends some
-/// 30,000 requests a second, so the figure is the machine's as much as the server's: 0.85 in
-/// the first run (2026-11-30, capacity 1,530/s), then 0.47-0.74 over seven runs on faster moments
-/// of the same machine (capacity 3,000-3,700/s, so 10x asked twice as much of the loadgen)
-/// while another engineer's builds ran. The degradation bench, loadgen pinned away from the
-/// server, is where 10x is measured for the 0.8; this floor catches a collapse (the
-/// bench's 10x point before pacing: 0.23).
+/// 30,000 requests a second, so the figure is the machine's as much as the server's. The
+/// degradation bench, loadgen pinned away from the server, is where 10x is measured against
+/// the 0.8 (`docs/overload.md`); this floor catches a collapse.
 const TEN_X_FLOOR: f64 = 0.35;
 
 fn scenario(name: &str, model: Model, workload: &Arc<Workload>) -> Scenario {
@@ -82,12 +79,9 @@ async fn overload_is_shed_gracefully_and_the_server_recovers() {
         c.admission.queue_depth = 16;
         // 4 refusals of work earned per request served, not the default 3: the loadgen shares
         // this process and both cores, so the server serves less than the capacity measured
-        // before, and 3x (2 refusals per request served at capacity, more below it) then sits
-        // at the edge of pacing; once paced, the loadgen's requests wait in its sockets, fewer
-        // are served, fewer refusals are earned, and the pacing feeds on itself (measured
-        // 2026-11-30 with 3, while other builds ran: 2 runs of 5 paced, shed answers at p99
-        // 6.7-10 s; with 4, 2 of 2 not paced, shed p99 5 ms). That spiral is the server's
-        // open problem (docs/degradation.md); what this test asserts is clean shedding at 3x.
+        // before, and 3x then sits at the edge of pacing; once paced, the loadgen's requests
+        // wait in its sockets, fewer are served, fewer refusals are earned, and pacing feeds on
+        // itself (`docs/overload.md`). What this test asserts is clean shedding at 3x.
         c.pacing.shed_per_served = 4.0;
     })
     .await;
@@ -266,10 +260,9 @@ async fn overload_is_shed_gracefully_and_the_server_recovers() {
 
     // Goodput: what is admitted is served; capacity is not lost to the overload. The loadgen
     // shares this process and both cores with the server, and receives every shed answer,
-    // so goodput under overload depends on the machine: on 2026-11-27 one commit passed a
-    // 0.8 floor in CI, then measured 0.61-0.74 of capacity in runs an hour later on the same
-    // machine, nothing else running. Half still catches a server whose cores go to the work
-    // it refuses; that it sheds, and what its admitted requests wait, are asserted above.
+    // so goodput under overload depends on the machine. Half still catches a server whose
+    // cores go to the work it refuses; that it sheds, and what its admitted requests wait,
+    // are asserted above.
     let capacity_again = run_one(&options, saturate("capacity-again")).await;
     let capacity_mean = (capacity_qps + capacity_again.qps) / 2.0;
     println!(
