@@ -23,12 +23,14 @@ use rand::{Rng, SeedableRng};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
+use bytes::BytesMut;
 use tonic::codegen::{Bytes, http};
 use tonic::transport::Channel;
 use tonic_health::pb::health_check_response::ServingStatus;
 use vecrig::client::with_deadline;
 use vecrig::proto;
 use vecrig::proto::vector_index_client::VectorIndexClient;
+use vecrig_loadgen::wire::frame::{HEAD_LEN, Head, PREFACE, flag, kind, put_settings};
 
 use crate::common::TestServer;
 
@@ -191,20 +193,26 @@ async fn baseline(client: &VectorIndexClient<Channel>) -> Histogram<u64> {
 
 // ---- raw HTTP/2 bits, for abusers no well-behaved client library would be ----
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-const FRAME_HEADERS: u8 = 0x1;
-const FRAME_SETTINGS: u8 = 0x4;
-const FRAME_GOAWAY: u8 = 0x7;
-const FRAME_CONTINUATION: u8 = 0x9;
-const FLAG_END_HEADERS: u8 = 0x4;
-
+/// One frame: its header (the loadgen's `wire::frame`), then `payload`. The abusers below send
+/// frames no well-behaved client would, so they are laid out here, frame by frame.
 fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len() as u32;
-    let mut out = len.to_be_bytes()[1..].to_vec();
-    out.extend([kind, flags]);
-    out.extend(stream.to_be_bytes());
-    out.extend(payload);
-    out
+    let mut out = BytesMut::new();
+    Head {
+        len: payload.len(),
+        kind,
+        flags,
+        stream,
+    }
+    .put(&mut out);
+    out.extend_from_slice(payload);
+    out.to_vec()
+}
+
+/// The client preface, then an empty SETTINGS frame.
+fn preface_and_settings() -> Vec<u8> {
+    let mut out = BytesMut::from(PREFACE);
+    put_settings(&mut out, &[]);
+    out.to_vec()
 }
 
 /// HPACK integer with a 7-bit prefix (RFC 7541 5.1).
@@ -234,18 +242,18 @@ async fn watch_for_goaway(stream: &mut TcpStream, limit: Duration) -> Seen {
     let mut seen = Seen::default();
     let _ = tokio::time::timeout(limit, async {
         loop {
-            let mut head = [0u8; 9];
+            let mut head = [0u8; HEAD_LEN];
             if stream.read_exact(&mut head).await.is_err() {
                 seen.closed = true;
                 return;
             }
-            let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
-            let mut payload = vec![0u8; len];
+            let head = Head::parse(&head).expect("a whole frame header");
+            let mut payload = vec![0u8; head.len];
             if stream.read_exact(&mut payload).await.is_err() {
                 seen.closed = true;
                 return;
             }
-            if head[3] == FRAME_GOAWAY && len >= 8 {
+            if head.kind == kind::GOAWAY && head.len >= 8 {
                 seen.goaway = Some(u32::from_be_bytes([
                     payload[4], payload[5], payload[6], payload[7],
                 ]));
@@ -473,9 +481,8 @@ async fn slowloris_connections_and_streams_are_cut_off() {
     let mut partial_frame = Vec::new();
     for _ in 0..SOCKETS {
         let mut s = TcpStream::connect(addr).await.expect("connect");
-        let mut bytes = PREFACE.to_vec();
-        bytes.extend(frame(FRAME_SETTINGS, 0, 0, &[]));
-        bytes.extend(&frame(FRAME_HEADERS, 0, 1, &[0; 16])[..5]);
+        let mut bytes = preface_and_settings();
+        bytes.extend(&frame(kind::HEADERS, 0, 1, &[0; 16])[..5]);
         s.write_all(&bytes).await.expect("write");
         partial_frame.push(tokio::spawn(closed_within(s, Duration::from_secs(10))));
     }
@@ -716,13 +723,12 @@ async fn oversized_headers_are_refused_cleanly() {
                     hpack_int(5, &mut block);
                     block.extend(b"x-pad");
                     hpack_int(1 << 20, &mut block);
-                    let mut bytes = PREFACE.to_vec();
-                    bytes.extend(frame(FRAME_SETTINGS, 0, 0, &[]));
-                    bytes.extend(frame(FRAME_HEADERS, 0, 1, &block));
+                    let mut bytes = preface_and_settings();
+                    bytes.extend(frame(kind::HEADERS, 0, 1, &block));
                     let chunk = vec![b'x'; 16 * 1024 - 9];
                     for i in 0..64 {
-                        let flags = if i == 63 { FLAG_END_HEADERS } else { 0 };
-                        bytes.extend(frame(FRAME_CONTINUATION, flags, 1, &chunk));
+                        let flags = if i == 63 { flag::END_HEADERS } else { 0 };
+                        bytes.extend(frame(kind::CONTINUATION, flags, 1, &chunk));
                     }
                     // The server may close while this is still being written.
                     let _ = s.write_all(&bytes).await;
