@@ -44,34 +44,49 @@ pub struct Cli {
         default_value = "http://127.0.0.1:50051",
         global = true
     )]
+    #[arg(help_heading = "Target and connection")]
     pub target: String,
     /// HTTP/2 connections to open (one connection caps concurrency at the server's stream limit).
     #[arg(long, env = "VECRIG_CONNECTIONS", default_value_t = 4, global = true)]
+    #[arg(help_heading = "Target and connection")]
     pub connections: usize,
     /// Per-request deadline, sent as grpc-timeout.
     #[arg(long, env = "VECRIG_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(help_heading = "Target and connection")]
     pub timeout: Duration,
     /// For https targets: trust this PEM CA certificate instead of the system's roots.
     #[arg(long, env = "VECRIG_CA_CERT", global = true)]
+    #[arg(help_heading = "Target and connection")]
     pub ca_cert: Option<PathBuf>,
     /// For https targets: verify the server's certificate for this name instead of the host's.
     #[arg(long, env = "VECRIG_TLS_DOMAIN", global = true)]
+    #[arg(help_heading = "Target and connection")]
     pub tls_domain: Option<String>,
     /// Metadata sent with every request, as 'name: value' (repeatable).
-    #[arg(long = "header", value_parser = parse_header, global = true)]
+    #[arg(long = "header", env = "VECRIG_HEADER", value_parser = parse_header, global = true)]
+    #[arg(help_heading = "Target and connection")]
     pub headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
     /// Seed of the request generators; match the server's --preload-seed for vector queries.
     #[arg(long, env = "VECRIG_SEED", default_value_t = vecrig::synthetic::Synthetic::DEFAULT_SEED, global = true)]
+    #[arg(help_heading = "Load")]
     pub seed: u64,
     /// Neighbours per search.
-    #[arg(long, default_value_t = 10, global = true)]
+    #[arg(long, env = "VECRIG_K", default_value_t = 10, global = true)]
+    #[arg(help_heading = "Load")]
     pub k: u32,
     /// Replace the scenarios' own requests: spec, text, vector, fixed (one vector search, the
     /// same every time, as h2load sends), exact or mixed.
     #[arg(long, env = "VECRIG_WORKLOAD", global = true)]
+    #[arg(help_heading = "Load")]
     pub workload: Option<WorkloadKind>,
     /// Fraction of upserts in the mixed workload.
-    #[arg(long, default_value_t = 0.1, global = true)]
+    #[arg(
+        long,
+        env = "VECRIG_UPSERT_FRACTION",
+        default_value_t = 0.1,
+        global = true
+    )]
+    #[arg(help_heading = "Load")]
     pub upsert_fraction: f64,
     /// Sizes and durations: full (the specification's) or quick (scaled down in time).
     #[arg(
@@ -81,35 +96,50 @@ pub struct Cli {
         default_value = "full",
         global = true
     )]
+    #[arg(help_heading = "Load")]
     pub profile: Profile,
     /// Extra pass/fail threshold, e.g. 'p99<50ms' or 'error_rate<=0.01@*' (repeatable).
-    #[arg(long = "threshold", global = true)]
+    #[arg(long = "threshold", env = "VECRIG_THRESHOLD", global = true)]
+    #[arg(help_heading = "Thresholds")]
     pub thresholds: Vec<Threshold>,
     /// Drop the specification's default thresholds (keep only --threshold ones).
-    #[arg(long, global = true)]
+    #[arg(long, env = "VECRIG_NO_DEFAULT_THRESHOLDS", global = true)]
+    #[arg(help_heading = "Thresholds")]
     pub no_default_thresholds: bool,
     /// Attempts per request, first one included (1 disables retries).
-    #[arg(long, default_value_t = 3, global = true)]
+    #[arg(long, env = "VECRIG_MAX_ATTEMPTS", default_value_t = 3, global = true)]
+    #[arg(help_heading = "Load")]
     pub max_attempts: u32,
     /// Retries allowed per request on average (0.1 = 10%).
-    #[arg(long, default_value_t = 0.1, global = true)]
+    #[arg(
+        long,
+        env = "VECRIG_RETRY_BUDGET",
+        default_value_t = 0.1,
+        global = true
+    )]
+    #[arg(help_heading = "Load")]
     pub retry_budget: f64,
     /// Write the JSON report here.
     #[arg(long, env = "VECRIG_OUT", global = true)]
+    #[arg(help_heading = "Measurement and reports")]
     pub out: Option<PathBuf>,
     /// Also write the report as one HTML page with charts.
     #[arg(long, env = "VECRIG_HTML", global = true)]
+    #[arg(help_heading = "Measurement and reports")]
     pub html: Option<PathBuf>,
     /// Also write every phase's histograms as an HdrHistogram interval log (.hlog), readable by
     /// HdrHistogram's own tools (HistogramLogProcessor, HdrHistogramVisualizer, ...).
     #[arg(long, env = "VECRIG_HDR_LOG", global = true)]
+    #[arg(help_heading = "Measurement and reports")]
     pub hdr_log: Option<PathBuf>,
     /// No live progress line.
-    #[arg(long, global = true)]
+    #[arg(long, env = "VECRIG_NO_PROGRESS", global = true)]
+    #[arg(help_heading = "Measurement and reports")]
     pub no_progress: bool,
     /// Threads sending the load, each with its share of the users and arrivals [default 0:
     /// one per CPU]. Fewer cost less CPU per request but cap the rate one loadgen can send.
     #[arg(long, env = "VECRIG_THREADS", default_value_t = 0, global = true)]
+    #[arg(help_heading = "Load")]
     pub threads: usize,
     /// Which client sends the load: h2 (our own, one per sending thread) or tonic (the
     /// channel pool, for comparison).
@@ -120,6 +150,7 @@ pub struct Cli {
         default_value = "h2",
         global = true
     )]
+    #[arg(help_heading = "Target and connection", hide = true)]
     pub transport: crate::wire::Transport,
     /// Fraction of searches whose answers are checked against the target's exact answer
     /// after each phase (recall@k in the report; threshold `recall>=0.95`); 0: off.
@@ -129,37 +160,51 @@ pub struct Cli {
         default_value_t = 0.01,
         global = true
     )]
+    #[arg(help_heading = "Measurement and reports")]
     pub recall_sample: f64,
     /// Stop the whole run at the first failed threshold (exit 99), instead of running every
     /// scenario to the end: upper bounds (`p99<50ms`, `error_rate<0.01`) are judged every
     /// second on the phase so far, everything else when its phase or scenario ends.
     #[arg(long, env = "VECRIG_ABORT_ON_FAIL", global = true)]
+    #[arg(help_heading = "Thresholds")]
     pub abort_on_fail: bool,
     /// With --abort-on-fail: how long a phase runs before its figures are judged mid-run, so a
     /// cold start does not abort it.
-    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "VECRIG_ABORT_GRACE", default_value = "10s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(help_heading = "Thresholds")]
     pub abort_grace: Duration,
     /// The server's Prometheus endpoint (vecrig-server --metrics-listen), e.g.
     /// http://host:9090/metrics: scraped into each scenario's report.
     #[arg(long, env = "VECRIG_METRICS_URL", global = true)]
+    #[arg(help_heading = "Measurement and reports")]
     pub metrics_url: Option<String>,
     /// How long to wait for the target to become SERVING.
-    #[arg(long, default_value = "120s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(long, env = "VECRIG_WAIT_HEALTHY", default_value = "120s", value_parser = humantime::parse_duration, global = true)]
+    #[arg(help_heading = "Target and connection")]
     pub wait_healthy: Duration,
     /// Which shard of a distributed run this loadgen sends (`--shard`, `--shard-peers`).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Distributed runs")]
     pub sharding: crate::distributed::Args,
     /// Start a local vecrig-server (preloaded, on a free port) for this run and target it.
-    #[arg(long, global = true)]
+    #[arg(long, env = "VECRIG_SPAWN_SERVER", global = true)]
+    #[arg(help_heading = "Target and connection")]
     pub spawn_server: bool,
     /// The vecrig-server binary that --spawn-server starts [default: the one next to this one].
     #[arg(long, env = "VECRIG_SERVER_BINARY", global = true)]
+    #[arg(help_heading = "Target and connection")]
     pub server_binary: Option<PathBuf>,
     /// Synthetic points the spawned server preloads.
-    #[arg(long, default_value_t = 10_000, global = true)]
+    #[arg(
+        long,
+        env = "VECRIG_SPAWN_PRELOAD",
+        default_value_t = 10_000,
+        global = true
+    )]
+    #[arg(help_heading = "Target and connection")]
     pub spawn_preload: u64,
     /// Data directory of the spawned server (default: a temporary one).
-    #[arg(long, global = true)]
+    #[arg(long, env = "VECRIG_SPAWN_DATA_DIR", global = true)]
+    #[arg(help_heading = "Target and connection")]
     pub spawn_data_dir: Option<PathBuf>,
     /// The scenario to run.
     #[command(subcommand)]
@@ -177,71 +222,71 @@ pub enum Command {
     /// Many concurrent users, each sending a few queries [1000 x 10].
     ExtremeConcurrency {
         /// Concurrent users.
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_USERS")]
         users: Option<u64>,
         /// Queries per user.
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_QUERIES_PER_USER")]
         queries_per_user: Option<u64>,
         /// Pause after each answer.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_THINK", value_parser = humantime::parse_duration)]
         think: Option<Duration>,
     },
     /// Tasks sending ~150 KB queries; judged on the server's memory [50 tasks, 30s].
     MemoryPressure {
         /// Concurrent tasks.
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_TASKS")]
         tasks: Option<u64>,
         /// How long.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_DURATION", value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
         /// Approximate size of each query, bytes.
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_QUERY_BYTES")]
         query_bytes: Option<usize>,
     },
     /// A steady rate, on schedule, for a long time [10 workers, 100 QPS, 5m].
     Sustained {
         /// Concurrent workers.
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_WORKERS")]
         workers: Option<u64>,
         /// Total queries per second.
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_RATE")]
         rate: Option<f64>,
         /// How long.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_DURATION", value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
         /// How often to print a monitor line.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_MONITOR_EVERY", value_parser = humantime::parse_duration)]
         monitor_every: Option<Duration>,
     },
     /// Far more concurrent requests than the server can take at once [2000, 30s deadline].
     ResourceExhaustion {
         /// Concurrent one-shot requests.
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_REQUESTS")]
         requests: Option<u64>,
         /// Each request's deadline.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
         request_timeout: Option<Duration>,
     },
     /// Workers stepped up and down [10:30s,500:1m,1000:30s,100:30s,10:30s].
     Scale {
         /// Steps as WORKERS:DURATION,...
-        #[arg(long, value_parser = parse_scale_phases)]
+        #[arg(long, env = "VECRIG_PHASES", value_parser = parse_scale_phases)]
         phases: Option<ScalePhases>,
         /// Pause after each answer.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_PAUSE", value_parser = humantime::parse_duration)]
         pause: Option<Duration>,
     },
     /// A flood and a polite client side by side, each a client of its own to the server,
     /// each reported apart (phases `flood` and `polite`) [200 users vs 20/s, 30s].
     NoisyNeighbour {
         /// The flood's users (closed, no think time).
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_FLOOD_USERS")]
         flood_users: Option<u64>,
         /// The polite client's requests per second, on schedule.
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_POLITE_RATE")]
         polite_rate: Option<f64>,
         /// How long both run.
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_DURATION", value_parser = humantime::parse_duration)]
         duration: Option<Duration>,
         /// The flood's source address (e.g. 127.0.0.1); default: the system's.
         #[arg(long, env = "VECRIG_FLOOD_BIND")]
@@ -299,50 +344,50 @@ pub enum Command {
         #[arg(long, env = "VECRIG_RATE")]
         rate: Option<f64>,
         /// Paced workers [20; memory 10].
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_WORKERS")]
         workers: Option<u64>,
         /// Share of upserts [0.2; memory 0.5].
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_WRITE_FRACTION")]
         write_fraction: Option<f64>,
         /// Points per upsert [16; memory 64].
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_BATCH")]
         batch: Option<usize>,
         /// Extra payload bytes per point [0; memory 8192].
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_PAD_BYTES")]
         pad_bytes: Option<usize>,
         /// Each request's deadline [2s; memory 10s].
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_REQUEST_TIMEOUT", value_parser = humantime::parse_duration)]
         request_timeout: Option<Duration>,
         /// HTTP/2 keepalive: how soon a vanished peer is noticed [2s].
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_KEEPALIVE", value_parser = humantime::parse_duration)]
         keepalive: Option<Duration>,
         /// Throughput must be back within this long after the outage [10s].
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_RECOVER_WITHIN", value_parser = humantime::parse_duration)]
         recover_within: Option<Duration>,
         /// ... to this fraction of the throughput before it [0.8].
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_RECOVERED_FRACTION")]
         recovered_fraction: Option<f64>,
         /// Longest outage that passes [2m].
-        #[arg(long, value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_MAX_OUTAGE", value_parser = humantime::parse_duration)]
         max_outage: Option<Duration>,
     },
     /// A custom load in stages, closed (users) or open (arrival rate), as k6's ramping executors.
     Load {
         /// closed: users wait for their answers; open: arrivals on schedule whatever the answers.
-        #[arg(long, value_enum, default_value = "open")]
+        #[arg(long, env = "VECRIG_MODEL", value_enum, default_value = "open")]
         model: LoadModel,
         /// Stages as DURATION:TARGET,... (requests/s for open, users for closed), e.g.
         /// 30s:100,1m:1000,30s:0.
-        #[arg(long, value_parser = parse_stages_arg, default_value = "30s:100")]
+        #[arg(long, env = "VECRIG_STAGES", value_parser = parse_stages_arg, default_value = "30s:100")]
         stages: StagesArg,
         /// Rate or users at the start [default: the first stage's target, a constant stage].
-        #[arg(long)]
+        #[arg(long, env = "VECRIG_START")]
         start: Option<f64>,
         /// Open model: requests outstanding at once; arrivals beyond are dropped and counted.
-        #[arg(long, default_value_t = 1000)]
+        #[arg(long, env = "VECRIG_MAX_IN_FLIGHT", default_value_t = 1000)]
         max_in_flight: u64,
         /// Closed model: pause after each answer.
-        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        #[arg(long, env = "VECRIG_THINK", default_value = "0s", value_parser = humantime::parse_duration)]
         think: Duration,
     },
 }
