@@ -20,13 +20,14 @@ use tokio::net::{TcpListener, TcpStream};
 use vecrig::client::{ConnectOptions, Metadata, Pool};
 use vecrig::validation::report::PhaseReport;
 use vecrig_loadgen::dynamic::Templates;
-use vecrig_loadgen::engine::{Context, Lanes, Model, Phase, Scenario, Stop, run_scenario};
-use vecrig_loadgen::progress::Progress;
-use vecrig_loadgen::recall::Recall;
-use vecrig_loadgen::retry::{RetryBudget, RetryPolicy};
+use vecrig_loadgen::engine::retry::{RetryBudget, RetryPolicy};
+use vecrig_loadgen::engine::{Context, Lanes, Stop, run_scenario};
+use vecrig_loadgen::measure::recall::Recall;
+use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
+use vecrig_loadgen::plan::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::report::progress::Progress;
 use vecrig_loadgen::wire::Target;
 use vecrig_loadgen::wire::frame::{self, Head, flag, kind, reason, setting};
-use vecrig_loadgen::workload::{Workload, WorkloadKind};
 
 /// The run every case sends: 4 paced workers, 40 requests a second for 1 s, each with a
 /// 400 ms deadline; connections given 300 ms to be set up.

@@ -13,17 +13,18 @@ use vecrig::validation::report::{Report, SCHEMA};
 
 use crate::dynamic::describe::describe;
 use crate::dynamic::{self, DynamicError, TargetSpec, Templates};
-use crate::engine::{self, Context, Lanes, Scenario, Stop};
-use crate::file;
+use crate::engine::retry::RetryBudget;
+use crate::engine::{self, Context, Lanes, Stop};
+use crate::measure::process::Meter;
+use crate::measure::recall::Recall;
+use crate::plan::file;
+use crate::plan::scenario::Scenario;
+use crate::plan::suite::Common;
+use crate::plan::workload::{Op, Workload, WorkloadKind};
 use crate::plan::{Plan, RunOptions};
-use crate::process::Meter;
-use crate::progress::Progress;
-use crate::recall::Recall;
-use crate::retry::RetryBudget;
-use crate::scenario::Common;
+use crate::report::progress::Progress;
 use crate::target::{self, Checked, PreflightError};
 use crate::wire::{Target, Transport};
-use crate::workload::{Op, Workload, WorkloadKind};
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -63,7 +64,7 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
     .await
 }
 
-/// Runs the scenarios of a scenario file (see [`crate::file`]): against a vecrig server, or
+/// Runs the scenarios of a scenario file (see [`crate::plan::file`]): against a vecrig server, or
 /// the templated target of its `[target]` table.
 pub async fn run_file(
     options: &RunOptions,

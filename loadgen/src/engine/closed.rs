@@ -12,8 +12,8 @@ use tokio::task::JoinSet;
 
 use super::context::Context;
 use super::lanes::Lane;
-use crate::stats::Recorder;
-use crate::workload::Workload;
+use crate::measure::stats::Recorder;
+use crate::plan::workload::Workload;
 
 /// The users and how long they run.
 #[derive(Debug, Clone, Copy)]
@@ -79,7 +79,7 @@ pub(crate) async fn run(
                     break;
                 }
                 let op = requests.next(i);
-                if matches!(op, crate::workload::Op::Done) {
+                if matches!(op, crate::plan::workload::Op::Done) {
                     break;
                 }
                 ctx.execute(&lane, op, intended, &recorder).await;

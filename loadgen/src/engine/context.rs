@@ -17,12 +17,12 @@ use crate::dynamic::Templates;
 use crate::dynamic::check::AnswerCheck;
 use crate::dynamic::codec::BytesCodec;
 use crate::dynamic::template::GRPC_PREFIX;
-use crate::progress::Progress;
-use crate::recall::Recall;
-use crate::retry::{Pushback, RetryBudget, RetryPolicy};
-use crate::stats::{Outcome, Recorder};
+use crate::engine::retry::{Pushback, RetryBudget, RetryPolicy};
+use crate::measure::recall::Recall;
+use crate::measure::stats::{Outcome, Recorder};
+use crate::plan::workload::{Call, CallKind, Op};
+use crate::report::progress::Progress;
 use crate::wire::{Channel, Rpc};
-use crate::workload::{Call, CallKind, Op};
 use vecrig::validation::report::{ANSWER_ERROR, code_name};
 
 /// What a request that the loadgen's own timer ended came with.

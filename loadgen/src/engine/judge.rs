@@ -10,7 +10,7 @@ use vecrig::validation::report::{PhaseReport, ThresholdResult};
 use vecrig::validation::threshold::{self, Scope, Threshold};
 
 use super::context::Stop;
-use crate::stats::{Outcomes, Recorder};
+use crate::measure::stats::{Outcomes, Recorder};
 
 /// Watches a running phase for a failed threshold when `--abort-on-fail` is on.
 pub(crate) struct AbortWatch {
@@ -92,7 +92,7 @@ pub(crate) fn failed_at_phase_end(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::Outcome;
+    use crate::measure::stats::Outcome;
     use tonic::Code;
     use vecrig::validation::report::ServerFigures;
 

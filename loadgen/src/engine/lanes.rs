@@ -23,9 +23,9 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::LocalSet;
 
-use super::model::share;
-use crate::progress::Progress;
-use crate::stats::{Batch, Outcome, Recorder};
+use crate::measure::stats::{Batch, Outcome, Recorder};
+use crate::plan::scenario::share;
+use crate::report::progress::Progress;
 use crate::wire::{Channel, Target};
 
 /// Work for one lane: called on the lane's thread with the lane.

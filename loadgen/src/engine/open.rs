@@ -11,9 +11,9 @@ use tokio::task::JoinSet;
 
 use super::context::Context;
 use super::lanes::Lane;
-use super::model::share;
-use crate::stats::Recorder;
-use crate::workload::{Generator, Workload};
+use crate::measure::stats::Recorder;
+use crate::plan::scenario::share;
+use crate::plan::workload::{Generator, Workload};
 
 /// A linear ramp of arrivals per second from `from` to `to` over `duration`.
 #[derive(Debug, Clone, Copy)]

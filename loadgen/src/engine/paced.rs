@@ -17,8 +17,8 @@ use tokio::task::JoinSet;
 
 use super::context::Context;
 use super::lanes::Lane;
-use crate::stats::Recorder;
-use crate::workload::Workload;
+use crate::measure::stats::Recorder;
+use crate::plan::workload::Workload;
 
 /// Workers sending `rate` requests per second in total for `duration`.
 #[derive(Debug, Clone, Copy)]

@@ -12,9 +12,9 @@ use tokio::task::JoinSet;
 
 use super::context::Context;
 use super::lanes::Lane;
-use super::model::{ramp, share};
-use crate::stats::Recorder;
-use crate::workload::Workload;
+use crate::measure::stats::Recorder;
+use crate::plan::scenario::{ramp, share};
+use crate::plan::workload::Workload;
 
 /// How often the controller follows the ramp.
 const STEP: Duration = Duration::from_millis(100);

@@ -14,15 +14,15 @@ use vecrig::validation::threshold;
 use super::context::Context;
 use super::judge::{AbortWatch, failed_at_phase_end};
 use super::lanes::Lane;
-use super::model::{Model, Phase, Scenario};
 use super::open::Arrivals;
 use super::paced::Pacing;
 use super::{closed, open, paced, ramping};
-use crate::monitor::Monitor;
-use crate::progress::Progress;
-use crate::recall::Sample;
-use crate::stats::{Outcomes, Recorder, Timeline};
-use crate::workload::Workload;
+use crate::measure::monitor::Monitor;
+use crate::measure::recall::Sample;
+use crate::measure::stats::{Outcomes, Recorder, Timeline};
+use crate::plan::scenario::{Model, Phase, Scenario};
+use crate::plan::workload::Workload;
+use crate::report::progress::Progress;
 
 /// Runs one scenario to the end (or until stopped) and judges it.
 pub async fn run_scenario(
@@ -99,7 +99,7 @@ pub async fn run_scenario(
         let recorder = Arc::new(Recorder::with_timeline(Arc::clone(&timeline)));
         // The server's counters before and after, for what it counted in this phase alone.
         let counters_before = match &ctx.metrics_url {
-            Some(url) => crate::scrape::scrape(url).await.ok(),
+            Some(url) => crate::measure::scrape::scrape(url).await.ok(),
             None => None,
         };
         let phase_started = Instant::now();
@@ -137,7 +137,7 @@ pub async fn run_scenario(
         };
         monitor.sample_now().await;
         let counters_after = match (&ctx.metrics_url, &counters_before) {
-            (Some(url), Some(_)) => crate::scrape::scrape(url).await.ok(),
+            (Some(url), Some(_)) => crate::measure::scrape::scrape(url).await.ok(),
             _ => None,
         };
         let mut outcomes = recorder.snapshot();
@@ -152,7 +152,7 @@ pub async fn run_scenario(
             monitor.figures(Some(index)),
         );
         if let (Some(before), Some(after)) = (&counters_before, &counters_after) {
-            report.server_counts = crate::scrape::counted_between(before, after);
+            report.server_counts = crate::measure::scrape::counted_between(before, after);
         }
         if let Model::Ingest { writes, .. } = &phase.model {
             report.written = writes.0.ingest_truth().map(|truth| truth.held() as u64);
@@ -196,7 +196,7 @@ pub async fn run_scenario(
         warnings,
         passed: false,
         timeline: timeline.points(),
-        fine_timeline: if duration < crate::stats::FINE_SPAN {
+        fine_timeline: if duration < crate::measure::stats::FINE_SPAN {
             timeline.fine_points()
         } else {
             Vec::new()
@@ -216,7 +216,7 @@ pub async fn run_scenario(
         fault: None,
     };
     if let Some(url) = &ctx.metrics_url {
-        match crate::scrape::scrape(url).await {
+        match crate::measure::scrape::scrape(url).await {
             Ok(samples) => report.server_metrics = samples,
             Err(e) => report
                 .warnings

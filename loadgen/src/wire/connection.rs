@@ -36,7 +36,7 @@ use vecrig::client::{ConnectError, ConnectOptions, Metadata};
 use super::frame;
 use super::grpc::{self, Answer, Rpc};
 use super::session::Session;
-use crate::workload::Op;
+use crate::plan::workload::Op;
 
 /// Where and how to connect, and what every request carries; built once for the run.
 #[derive(Clone)]
