@@ -182,7 +182,7 @@ async fn json_schema_round_trip_and_lossless_merge() {
         if let Ok(hdrhistogram::serialization::interval_log::LogEntry::Interval(h)) = entry {
             let tag = h.tag().map(|t| t.as_str().to_string()).unwrap_or_default();
             let decoded =
-                vecrig_loadgen::measure::stats::decode(h.encoded_histogram()).expect("decode");
+                vecrig_loadgen::measure::histogram::decode(h.encoded_histogram()).expect("decode");
             if tag.ends_with("/latency") {
                 assert_eq!(decoded.len(), 100, "{tag}");
             }

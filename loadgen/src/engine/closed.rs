@@ -12,7 +12,7 @@ use tokio::task::JoinSet;
 
 use super::context::Context;
 use super::lanes::Lane;
-use crate::measure::stats::Recorder;
+use crate::measure::recorder::Recorder;
 use crate::plan::workload::Workload;
 
 /// The users and how long they run.

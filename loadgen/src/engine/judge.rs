@@ -10,7 +10,8 @@ use vecrig::validation::report::{PhaseReport, ThresholdResult};
 use vecrig::validation::threshold::{self, Scope, Threshold};
 
 use super::context::Stop;
-use crate::measure::stats::{Outcomes, Recorder};
+use crate::measure::outcomes::Outcomes;
+use crate::measure::recorder::Recorder;
 
 /// Watches a running phase for a failed threshold when `--abort-on-fail` is on.
 pub(crate) struct AbortWatch {
@@ -92,7 +93,7 @@ pub(crate) fn failed_at_phase_end(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::measure::stats::Outcome;
+    use crate::measure::outcomes::Outcome;
     use tonic::Code;
     use vecrig::validation::report::ServerFigures;
 

@@ -23,7 +23,8 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::LocalSet;
 
-use crate::measure::stats::{Batch, Outcome, Recorder};
+use crate::measure::outcomes::Outcome;
+use crate::measure::recorder::{Batch, Recorder};
 use crate::plan::scenario::share;
 use crate::report::progress::Progress;
 use crate::wire::{Channel, Target};

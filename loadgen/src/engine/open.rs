@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 
 use super::context::Context;
 use super::lanes::Lane;
-use crate::measure::stats::Recorder;
+use crate::measure::recorder::Recorder;
 use crate::plan::scenario::share;
 use crate::plan::workload::{Generator, Workload};
 

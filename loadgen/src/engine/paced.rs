@@ -17,7 +17,7 @@ use tokio::task::JoinSet;
 
 use super::context::Context;
 use super::lanes::Lane;
-use crate::measure::stats::Recorder;
+use crate::measure::recorder::Recorder;
 use crate::plan::workload::Workload;
 
 /// Workers sending `rate` requests per second in total for `duration`.

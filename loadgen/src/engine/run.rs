@@ -18,8 +18,10 @@ use super::open::Arrivals;
 use super::paced::Pacing;
 use super::{closed, open, paced, ramping};
 use crate::measure::monitor::Monitor;
+use crate::measure::outcomes::Outcomes;
 use crate::measure::recall::Sample;
-use crate::measure::stats::{Outcomes, Recorder, Timeline};
+use crate::measure::recorder::Recorder;
+use crate::measure::timeline::Timeline;
 use crate::plan::scenario::{Model, Phase, Scenario};
 use crate::plan::workload::Workload;
 use crate::report::progress::Progress;
@@ -196,7 +198,7 @@ pub async fn run_scenario(
         warnings,
         passed: false,
         timeline: timeline.points(),
-        fine_timeline: if duration < crate::measure::stats::FINE_SPAN {
+        fine_timeline: if duration < crate::measure::timeline::FINE_SPAN {
             timeline.fine_points()
         } else {
             Vec::new()
