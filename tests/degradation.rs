@@ -14,10 +14,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use vecrig::client::ConnectOptions;
 use vecrig::validation::StressTester;
 use vecrig::validation::report::PhaseReport;
-use vecrig_loadgen::engine::Stop;
-use vecrig_loadgen::engine::retry::RetryPolicy;
 use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
 use vecrig_loadgen::plan::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
+use vecrig_loadgen::scheduler::retry::RetryPolicy;
 use vecrig_loadgen::{RunOptions, run_with};
 
 const DIMS: usize = 128;

@@ -12,9 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::file::Planned;
 use vecrig_loadgen::plan::suite::Profile;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::PreflightError;
 use vecrig_loadgen::{Plan, RunOptions};
 

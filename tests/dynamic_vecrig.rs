@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use vecrig::client::ConnectOptions;
 use vecrig::validation::report::Report;
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::file::Planned;
 use vecrig_loadgen::plan::suite::Profile;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::LocalServer;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 

@@ -9,9 +9,9 @@ use std::time::Duration;
 use crate::common::TestServer;
 use tokio::sync::oneshot;
 use vecrig::proto::GetRequest;
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
 use vecrig_loadgen::plan::workload::{WRITE_ID_BASE, Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::wire::Transport;
 use vecrig_loadgen::{RunOptions, run_with};
 

@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use crate::common::TestServer;
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::scenario::Stage;
 use vecrig_loadgen::plan::suite::{Load, LoadModel};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 async fn run(server: &TestServer, load: Load) -> Vec<vecrig::validation::report::PhaseReport> {

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use crate::common::TestServer;
 use vecrig::validation::report::ScenarioReport;
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::noisy_neighbour::NoisyNeighbour;
 use vecrig_loadgen::plan::scenario::Identity;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 fn neighbours(flood: Identity, polite: Identity) -> Plan {

@@ -11,9 +11,9 @@ use tonic::Code;
 use vecrig::client::{ConnectOptions, Pool, with_deadline};
 use vecrig::proto::{self, search_request};
 use vecrig::synthetic::Synthetic;
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::scenario::Stage;
 use vecrig_loadgen::plan::suite::{Load, LoadModel};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 const DIMS: usize = 64;

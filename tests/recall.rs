@@ -9,10 +9,10 @@ use std::time::Duration;
 use crate::common::TestServer;
 use vecrig::client::request_with;
 use vecrig::validation::report::{RecallFigures, Report};
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::scenario::Stage;
 use vecrig_loadgen::plan::suite::{Load, LoadModel};
 use vecrig_loadgen::plan::workload::{Op, Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 // The specification's width, and enough points that a narrow search misses neighbours.

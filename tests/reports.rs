@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::common::TestServer;
 use vecrig::validation::report::{Report, SCHEMA};
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::suite::ExtremeConcurrency;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 fn plan(shard: Option<(u64, u64)>) -> Plan {

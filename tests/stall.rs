@@ -12,9 +12,9 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use vecrig::client::ConnectOptions;
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
 use vecrig_loadgen::plan::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{RunOptions, run_with};
 
 const RATE: f64 = 300.0;

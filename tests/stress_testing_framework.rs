@@ -16,10 +16,10 @@ use vecrig::client::ConnectOptions;
 use vecrig::validation::StressTester;
 use vecrig::validation::criteria;
 use vecrig::validation::report::ScenarioReport;
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::suite::{
     ExtremeConcurrency, MemoryPressure, Profile, ResourceExhaustion, Scale, Sustained,
 };
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 const DIMS: usize = 128;

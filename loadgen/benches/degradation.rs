@@ -51,9 +51,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vecrig::validation::report::{PhaseReport, Report};
-use vecrig_loadgen::engine::Stop;
 use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
 use vecrig_loadgen::plan::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::LocalServer;
 use vecrig_loadgen::{RunOptions, run_with};
 

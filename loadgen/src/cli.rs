@@ -10,7 +10,6 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
 use vecrig::validation::threshold::Threshold;
 
-use crate::engine::retry::RetryPolicy;
 use crate::plan::noisy_neighbour::NoisyNeighbour;
 use crate::plan::scenario::Identity;
 use crate::plan::scenario::{Stage, parse_stages};
@@ -21,6 +20,7 @@ use crate::plan::suite::{
 };
 use crate::plan::workload::WorkloadKind;
 use crate::plan::{Plan, RunOptions};
+use crate::scheduler::retry::RetryPolicy;
 
 /// Exit code: every threshold held.
 pub const EXIT_PASSED: i32 = 0;

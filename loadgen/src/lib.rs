@@ -6,7 +6,7 @@
 //!    scenarios, a custom staged load, the noisy neighbour, or a scenario file's entries),
 //!    each built into a [`plan::scenario::Scenario`] of phases and load models.
 //! 2. [`target`]: is the target there, healthy, and a vecrig server ([`target::preflight`])?
-//! 3. [`engine`]: how it is scheduled and sent: load models, sending threads, deadlines,
+//! 3. [`scheduler`]: how it is scheduled and sent: load models, sending threads, deadlines,
 //!    retries under a budget.
 //! 4. [`wire`]: the request path's own HTTP/2 client, one per sending thread.
 //! 5. [`measure`]: what is measured: HdrHistograms and counts by gRPC code per phase, recall,
@@ -27,12 +27,12 @@
 pub mod cli;
 pub mod distributed;
 pub mod dynamic;
-pub mod engine;
 pub mod fault;
 pub mod measure;
 pub mod plan;
 pub mod report;
 pub mod runner;
+pub mod scheduler;
 pub mod target;
 pub mod wire;
 

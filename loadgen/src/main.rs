@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use vecrig_loadgen::cli::{self, Cli};
-use vecrig_loadgen::engine::Stop;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::{LocalServer, sibling_server_binary};
 
 fn main() -> ExitCode {
@@ -20,7 +20,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // The load is sent by threads of its own (engine::lanes, --threads); this runtime runs
+    // The load is sent by threads of its own (scheduler::senders, --threads); this runtime runs
     // pre-flight, the Stats monitor and progress, for which one thread is plenty. With
     // `--transport tonic` the connections live here, so it gets the threads instead.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

@@ -33,5 +33,5 @@ pub use error::DynamicError;
 pub use ids::IdsPath;
 pub use target_spec::{CallSpec, MethodSpec, TargetSpec, VECRIG_V1};
 pub use template::{Fill, Generator, Point, Template, TemplateError};
-pub use templates::{Call, Method, Templates, probe};
+pub use templates::{Call, TemplatedMethod, Templates, probe};
 pub use truth::{Metric, Truth};

@@ -21,7 +21,7 @@ use super::truth::Metric;
 
 /// One checked method: its HTTP/2 path, template and descriptor.
 #[derive(Debug, Clone)]
-pub struct Method {
+pub struct TemplatedMethod {
     /// `/package.Service/Method`, parsed once (tonic's connections take it per request).
     pub path: http::uri::PathAndQuery,
     /// The request template.
@@ -30,7 +30,7 @@ pub struct Method {
     pub descriptor: MethodDescriptor,
 }
 
-impl Method {
+impl TemplatedMethod {
     fn compile(
         name: &str,
         request: &Json,
@@ -64,7 +64,7 @@ impl Method {
 /// The answer check for a call of `method`: its own, else the target's where the answer has
 /// its fields.
 fn compile_check(
-    method: &Method,
+    method: &TemplatedMethod,
     own: Option<&CheckSpec>,
     target: Option<&CheckSpec>,
 ) -> Result<Option<AnswerCheck>, DynamicError> {
@@ -82,7 +82,7 @@ fn compile_check(
 #[derive(Debug, Clone)]
 pub struct Call {
     /// The method and its request.
-    pub method: Method,
+    pub method: TemplatedMethod,
     /// Where its answer says whether it succeeded.
     pub check: Option<AnswerCheck>,
     /// Failures that are not failures here.
@@ -96,7 +96,7 @@ impl Call {
         vars: &BTreeMap<String, Json>,
         target: Option<&CheckSpec>,
     ) -> Result<Self, DynamicError> {
-        let method = Method::compile(&spec.method, &spec.request, pool, vars)?;
+        let method = TemplatedMethod::compile(&spec.method, &spec.request, pool, vars)?;
         let check = compile_check(&method, spec.check.as_ref(), target)?;
         Ok(Self {
             method,
@@ -173,15 +173,15 @@ impl Call {
 #[derive(Debug)]
 pub struct Templates {
     /// The search method.
-    pub search: Method,
+    pub search: TemplatedMethod,
     /// Where the ids are in its answer.
     pub ids: IdsPath,
     /// Searches by text, on the search's method.
-    pub text_search: Option<Method>,
+    pub text_search: Option<TemplatedMethod>,
     /// Exact searches, on the search's method.
-    pub exact_search: Option<Method>,
+    pub exact_search: Option<TemplatedMethod>,
     /// The write method.
-    pub write: Option<Method>,
+    pub write: Option<TemplatedMethod>,
     /// Vector width.
     pub dimensions: usize,
     /// The target's ranking.
@@ -217,7 +217,7 @@ impl Templates {
             ));
         }
         let vars = spec.vars()?;
-        let compile = |m: &MethodSpec| Method::compile(&m.method, &m.request, pool, &vars);
+        let compile = |m: &MethodSpec| TemplatedMethod::compile(&m.method, &m.request, pool, &vars);
         let search = compile(&spec.search)?;
         let path = spec.search.ids.as_deref().ok_or_else(|| {
             DynamicError::Spec(format!(
@@ -357,7 +357,7 @@ impl Templates {
 pub async fn probe(
     channel: &Channel,
     metadata: &Metadata,
-    method: &Method,
+    method: &TemplatedMethod,
     request: DynamicMessage,
 ) -> Result<Option<DynamicMessage>, DynamicError> {
     let mut grpc = tonic::client::Grpc::new(channel.clone());

@@ -1,7 +1,7 @@
 //! Recording outcomes while a phase runs.
 //!
 //! Nothing on the request path takes a shared lock: each sending thread records into its own
-//! [`Batch`] (plain fields, no atomics), and hands it to the phase's shared [`Recorder`] every
+//! [`Batch`] (plain fields, no atomics), and hands it to the phase's shared [`PhaseRecorder`] every
 //! second and when the phase ends. Live progress, the monitor line and `--abort-on-fail` read
 //! that merged view, which is therefore at most a second old.
 
@@ -60,12 +60,12 @@ impl Batch {
 /// A phase's outcomes merged from every sending thread's [`Batch`]: the view that reports,
 /// progress and mid-run judging read.
 #[derive(Debug, Default)]
-pub struct Recorder {
+pub struct PhaseRecorder {
     outcomes: Mutex<Outcomes>,
     timeline: Option<std::sync::Arc<Timeline>>,
 }
 
-impl Recorder {
+impl PhaseRecorder {
     /// A recorder that also feeds the scenario's `timeline`.
     pub fn with_timeline(timeline: std::sync::Arc<Timeline>) -> Self {
         Self {
@@ -129,7 +129,7 @@ mod tests {
     #[test]
     fn batches_flushed_from_threads_add_up() {
         let timeline = std::sync::Arc::new(Timeline::new());
-        let recorder = std::sync::Arc::new(Recorder::with_timeline(timeline.clone()));
+        let recorder = std::sync::Arc::new(PhaseRecorder::with_timeline(timeline.clone()));
         std::thread::scope(|scope| {
             for thread in 0..3u64 {
                 let recorder = &recorder;

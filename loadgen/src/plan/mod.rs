@@ -6,7 +6,7 @@
 //! `[[scenario]]` of it an [`entry`]) gives the same, with a `[target]` of its own. Each spec
 //! is built, against the target's dimensions and a request generator ([`workload`]), into
 //! a [`scenario::Scenario`]: phases, each with its load model, that the
-//! [`engine`](crate::engine) runs.
+//! [`scheduler`](crate::scheduler) runs.
 
 pub mod entry;
 pub mod file;
@@ -22,9 +22,9 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
 use vecrig::validation::threshold::Threshold;
 
-use crate::engine::retry::RetryPolicy;
 use crate::plan::spec::ScenarioSpec;
 use crate::plan::workload::WorkloadKind;
+use crate::scheduler::retry::RetryPolicy;
 use crate::wire::Transport;
 
 /// What to run.
@@ -79,7 +79,7 @@ pub struct RunOptions {
     /// How long pre-flight waits for the target to become SERVING.
     pub wait_healthy: Duration,
     /// Abort the run on the first failed threshold, judging upper bounds mid-phase after
-    /// this grace (see [`crate::engine::Context::abort_on_fail`]).
+    /// this grace (see [`crate::scheduler::Context::abort_on_fail`]).
     pub abort_on_fail: Option<Duration>,
     /// The server's Prometheus endpoint, scraped into each scenario's report when set.
     pub metrics_url: Option<String>,

@@ -1,5 +1,5 @@
 //! [`ScenarioSpec`]: one scenario to run, named and with its parameters, before it is built
-//! against the target's dimensions into an [`engine::Scenario`](crate::plan::scenario::Scenario).
+//! against the target's dimensions into an [`Scenario`](crate::plan::scenario::Scenario).
 
 use crate::plan::noisy_neighbour::NoisyNeighbour;
 use crate::plan::scenario::Scenario;

@@ -29,7 +29,7 @@ use vecrig::proto::{self, search_request};
 use vecrig::synthetic::Synthetic;
 
 use crate::dynamic::template::GRPC_PREFIX;
-use crate::dynamic::{Fill, Method, Point, Templates, Truth};
+use crate::dynamic::{Fill, Point, TemplatedMethod, Templates, Truth};
 
 /// Which requests to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -367,7 +367,7 @@ impl Generator {
     /// A request of this user's, rendered by `method` from `points`, framed.
     fn call(
         &self,
-        method: &Method,
+        method: &TemplatedMethod,
         points: &[Point<'_>],
         i: u64,
         write: (&str, usize),

@@ -11,7 +11,7 @@ use vecrig::validation::threshold::{self, Scope, Threshold};
 
 use super::context::Stop;
 use crate::measure::outcomes::Outcomes;
-use crate::measure::recorder::Recorder;
+use crate::measure::recorder::PhaseRecorder;
 
 /// Watches a running phase for a failed threshold when `--abort-on-fail` is on.
 pub(crate) struct AbortWatch {
@@ -21,7 +21,7 @@ pub(crate) struct AbortWatch {
     pub thresholds: Vec<Threshold>,
     /// The scenario's outcomes before this phase, for thresholds on the totals.
     pub total_before: Outcomes,
-    pub recorder: Arc<Recorder>,
+    pub recorder: Arc<PhaseRecorder>,
     pub stop: Stop,
 }
 
