@@ -11,8 +11,9 @@ use tonic::Code;
 use vecrig::client::{ConnectOptions, Pool, with_deadline};
 use vecrig::proto::{self, search_request};
 use vecrig::synthetic::Synthetic;
-use vecrig_loadgen::engine::{Stage, Stop};
-use vecrig_loadgen::scenario::{Load, LoadModel};
+use vecrig_loadgen::plan::scenario::Stage;
+use vecrig_loadgen::plan::suite::{Load, LoadModel};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 const DIMS: usize = 64;

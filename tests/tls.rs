@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use vecrig::client::ConnectOptions;
-use vecrig_loadgen::engine::Stop;
-use vecrig_loadgen::scenario::ExtremeConcurrency;
+use vecrig_loadgen::plan::suite::ExtremeConcurrency;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 use vecrig_server::config::{Config, Tls};
 

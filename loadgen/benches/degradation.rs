@@ -51,9 +51,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vecrig::validation::report::{PhaseReport, Report};
-use vecrig_loadgen::engine::{Model, Phase, Scenario, Stop};
+use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
+use vecrig_loadgen::plan::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::LocalServer;
-use vecrig_loadgen::workload::{Workload, WorkloadKind};
 use vecrig_loadgen::{RunOptions, run_with};
 
 const POINTS: u64 = 20_000;
@@ -411,7 +412,7 @@ fn write(dir: &Path, name: &str, report: &Report) {
     std::fs::write(dir.join(format!("{name}.json")), json).expect("write json");
     std::fs::write(
         dir.join(format!("{name}.html")),
-        vecrig_loadgen::html::render(report),
+        vecrig_loadgen::report::html::render(report),
     )
     .expect("write html");
 }
@@ -801,11 +802,11 @@ struct TenantPoint {
 
 /// The two-tenant comparison (the module docs' last part): fair admission against FIFO.
 async fn two_tenants(binary: &Path, data: &Path, seconds: u64, out: &Path) {
-    let flood = vecrig_loadgen::engine::Identity {
+    let flood = vecrig_loadgen::plan::scenario::Identity {
         bind: Some(std::net::Ipv4Addr::new(127, 0, 0, 1).into()),
         token: None,
     };
-    let polite = vecrig_loadgen::engine::Identity {
+    let polite = vecrig_loadgen::plan::scenario::Identity {
         bind: Some(std::net::Ipv4Addr::new(127, 0, 0, 2).into()),
         token: None,
     };

@@ -10,17 +10,17 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
 use vecrig::validation::threshold::Threshold;
 
-use crate::engine::Identity;
-use crate::engine::{Stage, parse_stages};
-use crate::neighbours::NoisyNeighbour;
-use crate::plan::{Plan, RunOptions};
-use crate::retry::RetryPolicy;
-use crate::scenario::{
+use crate::plan::noisy_neighbour::NoisyNeighbour;
+use crate::plan::scenario::Identity;
+use crate::plan::scenario::{Stage, parse_stages};
+use crate::plan::spec::ScenarioSpec;
+use crate::plan::suite::{
     ExtremeConcurrency, Load, LoadModel, MemoryPressure, Profile, ResourceExhaustion, Scale,
     Sustained,
 };
-use crate::spec::ScenarioSpec;
-use crate::workload::WorkloadKind;
+use crate::plan::workload::WorkloadKind;
+use crate::plan::{Plan, RunOptions};
+use crate::scheduler::retry::RetryPolicy;
 
 /// Exit code: every threshold held.
 pub const EXIT_PASSED: i32 = 0;

@@ -1,5 +1,20 @@
-//! What a run is asked to do ([`Plan`]: scenarios, seed, thresholds, shard) and how it
-//! reaches the target ([`RunOptions`]). The CLI fills them from flags; tests build them.
+//! What to run. A run is asked for a [`Plan`] (scenarios, seed, thresholds, shard) and told
+//! how to reach the target ([`RunOptions`]); the CLI fills both from flags, tests build them.
+//!
+//! A plan names its scenarios as [`spec::ScenarioSpec`]s: the specification's five and a
+//! custom staged load ([`suite`]), or [`noisy_neighbour`]; a scenario file ([`file`], one
+//! `[[scenario]]` of it an [`entry`]) gives the same, with a `[target]` of its own. Each spec
+//! is built, against the target's dimensions and a request generator ([`workload`]), into
+//! a [`scenario::Scenario`]: phases, each with its load model, that the
+//! [`scheduler`](crate::scheduler) runs.
+
+pub mod entry;
+pub mod file;
+pub mod noisy_neighbour;
+pub mod scenario;
+pub mod spec;
+pub mod suite;
+pub mod workload;
 
 use std::time::Duration;
 
@@ -7,10 +22,10 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
 use vecrig::validation::threshold::Threshold;
 
-use crate::retry::RetryPolicy;
-use crate::spec::ScenarioSpec;
+use crate::plan::spec::ScenarioSpec;
+use crate::plan::workload::WorkloadKind;
+use crate::scheduler::retry::RetryPolicy;
 use crate::wire::Transport;
-use crate::workload::WorkloadKind;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -64,7 +79,7 @@ pub struct RunOptions {
     /// How long pre-flight waits for the target to become SERVING.
     pub wait_healthy: Duration,
     /// Abort the run on the first failed threshold, judging upper bounds mid-phase after
-    /// this grace (see [`crate::engine::Context::abort_on_fail`]).
+    /// this grace (see [`crate::scheduler::Context::abort_on_fail`]).
     pub abort_on_fail: Option<Duration>,
     /// The server's Prometheus endpoint, scraped into each scenario's report when set.
     pub metrics_url: Option<String>,

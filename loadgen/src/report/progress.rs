@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::stats::Outcomes;
+use crate::measure::outcomes::Outcomes;
 
 /// Shared handle on the progress display. Cheap to clone.
 #[derive(Debug, Clone)]

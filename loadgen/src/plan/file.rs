@@ -50,12 +50,12 @@ use serde::Deserialize;
 use vecrig::validation::threshold::Threshold;
 
 use crate::dynamic::{TargetSpec, Templates, Truth};
-use crate::engine::model::Writes;
-use crate::engine::{Model, Phase, Scenario};
-pub use crate::entry::{Entry, IngestSpec};
-use crate::scenario::{Common, Profile};
-use crate::spec::ScenarioSpec;
-use crate::workload::{Workload, WorkloadKind};
+pub use crate::plan::entry::{Entry, IngestSpec};
+use crate::plan::scenario::Writes;
+use crate::plan::scenario::{Model, Phase, Scenario};
+use crate::plan::spec::ScenarioSpec;
+use crate::plan::suite::{Common, Profile};
+use crate::plan::workload::{Workload, WorkloadKind};
 
 /// A scenario file.
 #[derive(Debug, Deserialize)]

@@ -10,7 +10,8 @@ use vecrig::validation::report::{PhaseReport, ThresholdResult};
 use vecrig::validation::threshold::{self, Scope, Threshold};
 
 use super::context::Stop;
-use crate::stats::{Outcomes, Recorder};
+use crate::measure::outcomes::Outcomes;
+use crate::measure::recorder::PhaseRecorder;
 
 /// Watches a running phase for a failed threshold when `--abort-on-fail` is on.
 pub(crate) struct AbortWatch {
@@ -20,7 +21,7 @@ pub(crate) struct AbortWatch {
     pub thresholds: Vec<Threshold>,
     /// The scenario's outcomes before this phase, for thresholds on the totals.
     pub total_before: Outcomes,
-    pub recorder: Arc<Recorder>,
+    pub recorder: Arc<PhaseRecorder>,
     pub stop: Stop,
 }
 
@@ -92,7 +93,7 @@ pub(crate) fn failed_at_phase_end(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stats::Outcome;
+    use crate::measure::outcomes::Outcome;
     use tonic::Code;
     use vecrig::validation::report::ServerFigures;
 

@@ -1,4 +1,4 @@
-//! The engine: schedules a scenario's requests, sends them with deadlines and retries, and
+//! The scheduler: schedules a scenario's requests, sends them with deadlines and retries, and
 //! records every outcome. A scenario says *what* load; this module says *how* it is sent.
 //!
 //! Load models, in k6's vocabulary, one module each:
@@ -15,22 +15,23 @@
 //! server stall shows in full in the percentiles instead of being hidden by senders waiting
 //! (coordinated omission). The service time from the actual send is recorded beside it.
 //!
-//! The rooms: [`model`] (what load: scenarios, phases, models, sharding), [`context`] (what
-//! every request shares, and the one `execute` that owns retries), the models, `judge`
-//! (thresholds judged while the run goes on), [`run`] (a scenario, phase by phase) and
-//! [`lanes`] (the threads that send: each runs its share of every phase).
+//! The rooms: the scenario it runs comes from [`crate::plan::scenario`] (what load: phases,
+//! models, sharding); [`context`] (what every request shares, and the one `execute` that owns
+//! retries), [`retry`] (which failures are retried, and the budget that keeps retries from
+//! becoming a storm), the models, `judge` (thresholds judged while the run goes on), [`run`]
+//! (a scenario, phase by phase) and [`senders`] (the threads that send: each runs its share of
+//! every phase).
 
 mod closed;
 pub mod context;
 mod judge;
-pub mod lanes;
-pub mod model;
 mod open;
 mod paced;
 mod ramping;
+pub mod retry;
 pub mod run;
+pub mod senders;
 
 pub use context::{Context, Stop};
-pub use lanes::Lanes;
-pub use model::{Identity, Model, Phase, Scenario, Stage, parse_stages, share};
 pub use run::run_scenario;
+pub use senders::Senders;

@@ -1,8 +1,8 @@
 //! The closed model with a fixed number of users: each user sends its next request when the
 //! previous one answered (plus an optional think time), so throughput is whatever the server
 //! allows. Users may be started in groups (`stagger`), as a crowd arriving. User `u` is sent
-//! by lane `u % lanes`, with its own request generator, so the requests do not depend on the
-//! number of lanes.
+//! by sender `u % senders`, with its own request generator, so the requests do not depend on the
+//! number of senders.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::context::Context;
-use super::lanes::Lane;
-use crate::stats::Recorder;
-use crate::workload::Workload;
+use super::senders::Sender;
+use crate::measure::recorder::PhaseRecorder;
+use crate::plan::workload::Workload;
 
 /// The users and how long they run.
 #[derive(Debug, Clone, Copy)]
@@ -38,15 +38,15 @@ fn start_of(user: u64, stagger: Option<(u64, Duration)>) -> Duration {
     }
 }
 
-/// Runs this lane's users (`lane.index`, `lane.index + lane.count`, ...) of the phase that
+/// Runs this sender's users (`sender.index`, `sender.index + sender.count`, ...) of the phase that
 /// started at `start`.
 pub(crate) async fn run(
     ctx: &Context,
-    lane: &Rc<Lane>,
+    sender: &Rc<Sender>,
     spec: Users,
     start: Instant,
     workload: &Arc<Workload>,
-    recorder: &Arc<Recorder>,
+    recorder: &Arc<PhaseRecorder>,
 ) {
     let Users {
         users,
@@ -57,10 +57,10 @@ pub(crate) async fn run(
     } = spec;
     let deadline = duration.map(|d| start + d);
     let mut tasks = JoinSet::new();
-    for user in (lane.index..users).step_by(lane.count.max(1) as usize) {
-        let (ctx, lane, workload, recorder) = (
+    for user in (sender.index..users).step_by(sender.count.max(1) as usize) {
+        let (ctx, sender, workload, recorder) = (
             ctx.clone(),
-            Rc::clone(lane),
+            Rc::clone(sender),
             Arc::clone(workload),
             Arc::clone(recorder),
         );
@@ -79,10 +79,10 @@ pub(crate) async fn run(
                     break;
                 }
                 let op = requests.next(i);
-                if matches!(op, crate::workload::Op::Done) {
+                if matches!(op, crate::plan::workload::Op::Done) {
                     break;
                 }
-                ctx.execute(&lane, op, intended, &recorder).await;
+                ctx.execute(&sender, op, intended, &recorder).await;
                 i += 1;
                 if !think.is_zero() {
                     tokio::time::sleep(think).await;

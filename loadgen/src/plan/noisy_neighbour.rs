@@ -9,9 +9,9 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use crate::engine::{Identity, Model, Phase, Scenario};
-use crate::scenario::{Common, human, params};
-use crate::workload::WorkloadKind;
+use crate::plan::scenario::{Identity, Model, Phase, Scenario};
+use crate::plan::suite::{Common, human, params};
+use crate::plan::workload::WorkloadKind;
 
 /// `noisy-neighbour`'s parameters.
 #[derive(Debug, Clone, PartialEq)]

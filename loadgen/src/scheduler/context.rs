@@ -12,17 +12,18 @@ use tokio::sync::watch;
 use tonic::Code;
 use vecrig::client::{Metadata, Pool, request_with};
 
-use super::lanes::{Lane, Lanes};
+use super::senders::{Sender, Senders};
 use crate::dynamic::Templates;
 use crate::dynamic::check::AnswerCheck;
 use crate::dynamic::codec::BytesCodec;
 use crate::dynamic::template::GRPC_PREFIX;
-use crate::progress::Progress;
-use crate::recall::Recall;
-use crate::retry::{Pushback, RetryBudget, RetryPolicy};
-use crate::stats::{Outcome, Recorder};
+use crate::measure::outcomes::Outcome;
+use crate::measure::recall::Recall;
+use crate::measure::recorder::PhaseRecorder;
+use crate::plan::workload::{Call, CallKind, Op};
+use crate::report::progress::Progress;
+use crate::scheduler::retry::{Pushback, RetryBudget, RetryPolicy};
 use crate::wire::{Channel, Rpc};
-use crate::workload::{Call, CallKind, Op};
 use vecrig::validation::report::{ANSWER_ERROR, code_name};
 
 /// What a request that the loadgen's own timer ended came with.
@@ -86,7 +87,7 @@ impl Stop {
 /// Everything the request tasks share.
 #[derive(Debug, Clone)]
 pub struct Context {
-    /// tonic's connections to the target, used when the lanes have none of their own
+    /// tonic's connections to the target, used when the senders have none of their own
     /// (`--transport tonic`).
     pub pool: Pool,
     /// Per-request deadline (sent as `grpc-timeout`, and enforced here too).
@@ -102,7 +103,7 @@ pub struct Context {
     /// Live progress.
     pub progress: Progress,
     /// The threads that send the load.
-    pub lanes: Arc<Lanes>,
+    pub senders: Arc<Senders>,
     /// Abort the whole run as soon as a threshold fails (k6's `abortOnFail`); upper bounds
     /// are checked every second once this grace has passed in a phase (k6's
     /// `delayAbortEval`), every threshold at the end of the phase it applies to.
@@ -127,7 +128,7 @@ impl Context {
         request_with(message, self.timeout, &self.headers)
     }
 
-    /// Sends one attempt of `call` and returns its code: over the lane's own connections when
+    /// Sends one attempt of `call` and returns its code: over the sender's own connections when
     /// it has them (`frame` is the request framed once), else over tonic's pool. A deadline
     /// passing here counts as DEADLINE_EXCEEDED even when the server never answers (e.g. it
     /// is frozen); this is the request's one timer, set from `sent`, when the attempt was
@@ -237,17 +238,23 @@ impl Context {
     }
 
     /// Sends `op` (retrying as the policy and budget allow) and records its outcome in
-    /// `lane`'s batch for `recorder`, with latency measured from `intended`.
-    pub async fn execute(&self, lane: &Lane, op: Op, intended: Instant, recorder: &Recorder) {
+    /// `sender`'s batch for `recorder`, with latency measured from `intended`.
+    pub async fn execute(
+        &self,
+        sender: &Sender,
+        op: Op,
+        intended: Instant,
+        recorder: &PhaseRecorder,
+    ) {
         let Op::Call(call) = &op else {
             return;
         };
         self.budget.deposit();
         // A sampled search keeps its answer (its ids read after, off the request's timing).
-        let sampled = !call.is_write() && lane.sample_search(self.recall.every);
+        let sampled = !call.is_write() && sender.sample_search(self.recall.every);
         let check = self.templates.check_for(call.is_write());
         let _write = (call.is_write() && self.recall.is_on()).then(|| self.recall.write_started());
-        let channel = lane.channel_for(self.client.as_ref());
+        let channel = sender.channel_for(self.client.as_ref());
         let frame = channel.as_ref().map(|channel| channel.encode(&op));
         let mut attempts = 0u32;
         let mut retries_denied = 0u32;
@@ -289,13 +296,13 @@ impl Context {
                 service_time: answered - sent,
                 answer_failed,
             };
-            lane.record(&outcome, recorder, answered);
+            sender.record(&outcome, recorder, answered);
             if answer_failed {
-                lane.note_reason(recorder, &format!("{ANSWER_ERROR}: {text}"));
+                sender.note_reason(recorder, &format!("{ANSWER_ERROR}: {text}"));
                 return;
             }
             if code != Code::Ok && !text.is_empty() {
-                lane.note_reason(recorder, &format!("{}: {text}", code_name(code)));
+                sender.note_reason(recorder, &format!("{}: {text}", code_name(code)));
             }
             match (code, &call.kind) {
                 (

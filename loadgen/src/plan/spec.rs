@@ -1,9 +1,9 @@
 //! [`ScenarioSpec`]: one scenario to run, named and with its parameters, before it is built
-//! against the target's dimensions into an [`engine::Scenario`](crate::engine::Scenario).
+//! against the target's dimensions into an [`Scenario`](crate::plan::scenario::Scenario).
 
-use crate::engine::Scenario;
-use crate::neighbours::NoisyNeighbour;
-use crate::scenario::{
+use crate::plan::noisy_neighbour::NoisyNeighbour;
+use crate::plan::scenario::Scenario;
+use crate::plan::suite::{
     self, Common, ExtremeConcurrency, MemoryPressure, ResourceExhaustion, Scale, Sustained,
 };
 
@@ -20,8 +20,8 @@ pub enum ScenarioSpec {
     ResourceExhaustion(ResourceExhaustion),
     /// See [`Scale`].
     Scale(Scale),
-    /// See [`scenario::Load`].
-    Load(scenario::Load),
+    /// See [`suite::Load`].
+    Load(suite::Load),
     /// See [`NoisyNeighbour`].
     NoisyNeighbour(NoisyNeighbour),
 }
@@ -40,8 +40,8 @@ impl ScenarioSpec {
     }
 
     /// The five scenarios of the specification, in its order, at a profile's sizes.
-    pub fn suite(profile: scenario::Profile) -> Vec<ScenarioSpec> {
-        let full = profile == scenario::Profile::Full;
+    pub fn suite(profile: suite::Profile) -> Vec<ScenarioSpec> {
+        let full = profile == suite::Profile::Full;
         vec![
             ScenarioSpec::ExtremeConcurrency(if full {
                 ExtremeConcurrency::full()
@@ -94,7 +94,7 @@ mod tests {
             workload: None,
             templates: None,
         };
-        for profile in [scenario::Profile::Quick, scenario::Profile::Full] {
+        for profile in [suite::Profile::Quick, suite::Profile::Full] {
             let suite = ScenarioSpec::suite(profile);
             let names: Vec<&str> = suite.iter().map(ScenarioSpec::name).collect();
             assert_eq!(

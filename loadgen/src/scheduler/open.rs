@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::context::Context;
-use super::lanes::Lane;
-use super::model::share;
-use crate::stats::Recorder;
-use crate::workload::{Generator, Workload};
+use super::senders::Sender;
+use crate::measure::recorder::PhaseRecorder;
+use crate::plan::scenario::share;
+use crate::plan::workload::{Generator, Workload};
 
 /// A linear ramp of arrivals per second from `from` to `to` over `duration`.
 #[derive(Debug, Clone, Copy)]
@@ -50,28 +50,28 @@ impl Arrivals {
 }
 
 /// Arrival `n` draws its request from stream `n % STREAMS` (the stream's `n / STREAMS`-th
-/// request), and stream `s` is sent by lane `s % lanes`: each lane sends every lanes-th
-/// arrival of the one schedule (so its rate is the lanes-th part, timed by the same
-/// integral), and which request an arrival is does not depend on the number of lanes.
-/// 60 divides evenly among 1 to 6 lanes.
+/// request), and stream `s` is sent by sender `s % senders`: each sender sends every senders-th
+/// arrival of the one schedule (so its rate is the senders-th part, timed by the same
+/// integral), and which request an arrival is does not depend on the number of senders.
+/// 60 divides evenly among 1 to 6 senders.
 const STREAMS: u64 = 60;
 
-/// The lane that sends arrival `n` when there are `lanes` lanes.
-fn lane_of(n: u64, lanes: u64) -> u64 {
-    (n % STREAMS) % lanes.max(1)
+/// The sender that sends arrival `n` when there are `senders` senders.
+fn sender_of(n: u64, senders: u64) -> u64 {
+    (n % STREAMS) % senders.max(1)
 }
 
-/// Runs this lane's arrivals of the stage that started at `start`, with its share of
+/// Runs this sender's arrivals of the stage that started at `start`, with its share of
 /// `max_in_flight`.
 pub(crate) async fn run(
     ctx: &Context,
-    lane: &Rc<Lane>,
+    sender: &Rc<Sender>,
     arrivals: Arrivals,
     (start, max_in_flight): (Instant, u64),
     workload: &Arc<Workload>,
-    recorder: &Arc<Recorder>,
+    recorder: &Arc<PhaseRecorder>,
 ) {
-    let max_in_flight = share(max_in_flight, lane.index, lane.count).max(1);
+    let max_in_flight = share(max_in_flight, sender.index, sender.count).max(1);
     let slots = Arc::new(tokio::sync::Semaphore::new(max_in_flight as usize));
     let start = tokio::time::Instant::from_std(start);
     let mut streams: Vec<Option<Generator>> = (0..STREAMS).map(|_| None).collect();
@@ -80,7 +80,7 @@ pub(crate) async fn run(
         let Some(offset) = arrivals.offset(n) else {
             break;
         };
-        if lane_of(n, lane.count) != lane.index {
+        if sender_of(n, sender.count) != sender.index {
             continue;
         }
         if ctx.stop.is_stopped() {
@@ -97,14 +97,15 @@ pub(crate) async fn run(
             .next(n / STREAMS);
         match Arc::clone(&slots).try_acquire_owned() {
             Ok(slot) => {
-                let (ctx, lane, recorder) = (ctx.clone(), Rc::clone(lane), Arc::clone(recorder));
+                let (ctx, sender, recorder) =
+                    (ctx.clone(), Rc::clone(sender), Arc::clone(recorder));
                 let at = intended.into_std();
                 tasks.spawn_local(async move {
-                    ctx.execute(&lane, op, at, &recorder).await;
+                    ctx.execute(&sender, op, at, &recorder).await;
                     drop(slot);
                 });
             }
-            Err(_) => lane.drop_arrival(recorder),
+            Err(_) => sender.drop_arrival(recorder),
         }
         // Reap finished tasks so the set stays small on long runs.
         while tasks.try_join_next().is_some() {}
@@ -168,18 +169,18 @@ mod tests {
 
     #[test]
     fn lanes_take_turns_and_every_arrival_is_sent_once() {
-        for lanes in 1..=4u64 {
+        for senders in 1..=4u64 {
             let mut sent = vec![0u32; 600];
-            for lane in 0..lanes {
+            for sender in 0..senders {
                 for (n, times) in sent.iter_mut().enumerate() {
-                    *times += u32::from(lane_of(n as u64, lanes) == lane);
+                    *times += u32::from(sender_of(n as u64, senders) == sender);
                 }
             }
-            assert!(sent.iter().all(|&t| t == 1), "{lanes} lanes");
+            assert!(sent.iter().all(|&t| t == 1), "{senders} senders");
         }
-        // Two lanes alternate: each sends half the rate on the same schedule.
+        // Two senders alternate: each sends half the rate on the same schedule.
         assert_eq!(
-            (0..6).map(|n| lane_of(n, 2)).collect::<Vec<_>>(),
+            (0..6).map(|n| sender_of(n, 2)).collect::<Vec<_>>(),
             [0, 1, 0, 1, 0, 1]
         );
     }

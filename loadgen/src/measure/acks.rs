@@ -3,7 +3,7 @@
 //!
 //! An OK to an upsert is the server's promise that the points are durable (in its fsynced
 //! write-ahead log). A fault run writes points tagged with a per-run stamp (payload `ack`),
-//! [`Acks`] collects the ids of every acknowledged one as the answers arrive (the engine calls
+//! [`Acks`] collects the ids of every acknowledged one as the answers arrive (the scheduler calls
 //! [`Acks::record`]), and [`Acks::verify`] reads each back with `Get`: a point that is missing,
 //! or holds another run's stamp (an older write survived instead of ours), is lost.
 

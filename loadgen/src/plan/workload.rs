@@ -13,7 +13,7 @@
 //! - ingest: the seeded data set of [`crate::dynamic::Truth`], batch by batch, through the
 //!   target's write method;
 //! - durable (fault runs only): as mixed, but every upserted point is stamped and its
-//!   acknowledgement recorded, so it can be read back after a fault ([`crate::acks`]).
+//!   acknowledgement recorded, so it can be read back after a fault ([`crate::measure::acks`]).
 //!
 //! Every request is rendered from a template set ([`crate::dynamic::Templates`]): vecrig's own
 //! ([`Templates::vecrig_v1`], the default) or a templated target's, so a workload says what
@@ -29,7 +29,7 @@ use vecrig::proto::{self, search_request};
 use vecrig::synthetic::Synthetic;
 
 use crate::dynamic::template::GRPC_PREFIX;
-use crate::dynamic::{Fill, Method, Point, Templates, Truth};
+use crate::dynamic::{Fill, Point, TemplatedMethod, Templates, Truth};
 
 /// Which requests to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,7 +67,7 @@ pub enum WorkloadKind {
         /// Extra payload bytes per point.
         pad_bytes: usize,
         /// Where acknowledged points are recorded.
-        acks: crate::acks::Acks,
+        acks: crate::measure::acks::Acks,
     },
     /// The data set of `truth` written through the target's write method, batch
     /// `user + i * writers` by user `user` at its `i`-th request.
@@ -136,7 +136,7 @@ pub enum CallKind {
     /// answered OK.
     Write {
         /// Where to record, and what.
-        acked: Option<(crate::acks::Acks, Vec<u64>)>,
+        acked: Option<(crate::measure::acks::Acks, Vec<u64>)>,
     },
     /// Batch `batch` of the data set of `truth`, acknowledged there when answered OK.
     Ingest {
@@ -367,7 +367,7 @@ impl Generator {
     /// A request of this user's, rendered by `method` from `points`, framed.
     fn call(
         &self,
-        method: &Method,
+        method: &TemplatedMethod,
         points: &[Point<'_>],
         i: u64,
         write: (&str, usize),
@@ -447,7 +447,7 @@ impl Generator {
         base: u64,
         i: u64,
         batch: usize,
-        acks: Option<&crate::acks::Acks>,
+        acks: Option<&crate::measure::acks::Acks>,
         pad: usize,
     ) -> Op {
         let w = &self.workload;
@@ -612,7 +612,7 @@ mod tests {
     #[test]
     fn durable_writes_are_stamped_and_padded() {
         use prost::Message;
-        let acks = crate::acks::Acks::new("run-1");
+        let acks = crate::measure::acks::Acks::new("run-1");
         let kind = WorkloadKind::Durable {
             upsert_fraction: 1.0,
             batch: 3,
@@ -634,7 +634,7 @@ mod tests {
         assert_eq!(upsert.points.iter().map(|p| p.id).collect::<Vec<_>>(), *ids);
         for point in &upsert.points {
             assert!(point.id >= DURABLE_ID_BASE);
-            assert_eq!(point.payload[crate::acks::STAMP_KEY], "run-1");
+            assert_eq!(point.payload[crate::measure::acks::STAMP_KEY], "run-1");
             assert_eq!(point.payload["pad"], "xxxxx");
             assert_eq!(point.payload["writer"], "2");
         }

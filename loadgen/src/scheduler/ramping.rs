@@ -1,7 +1,7 @@
 //! The closed model with ramping users: a controller adds or retires users every 100 ms to
-//! follow a linear ramp; a retired user finishes its request in flight and stops. Each lane
-//! runs its share of the users wanted (users `lane`, `lane + lanes`, ...), so together they
-//! follow the ramp and user `u` sends the same requests whatever the number of lanes.
+//! follow a linear ramp; a retired user finishes its request in flight and stops. Each sender
+//! runs its share of the users wanted (users `sender`, `sender + senders`, ...), so together they
+//! follow the ramp and user `u` sends the same requests whatever the number of senders.
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::context::Context;
-use super::lanes::Lane;
-use super::model::{ramp, share};
-use crate::stats::Recorder;
-use crate::workload::Workload;
+use super::senders::Sender;
+use crate::measure::recorder::PhaseRecorder;
+use crate::plan::scenario::{ramp, share};
+use crate::plan::workload::Workload;
 
 /// How often the controller follows the ramp.
 const STEP: Duration = Duration::from_millis(100);
@@ -24,17 +24,17 @@ fn users_at(from: u64, to: u64, duration: Duration, elapsed: Duration) -> usize 
     ramp(from as f64, to as f64, duration, elapsed).round() as usize
 }
 
-/// Runs this lane's share of the ramp that started at `start`: users `lane.index`,
-/// `lane.index + lane.count`, ... of the ramp's user numbers, as many as the lane's share of
+/// Runs this sender's share of the ramp that started at `start`: users `sender.index`,
+/// `sender.index + sender.count`, ... of the ramp's user numbers, as many as the sender's share of
 /// the users wanted at each step.
 pub(crate) async fn run(
     ctx: &Context,
-    lane: &Rc<Lane>,
+    sender: &Rc<Sender>,
     (from, to): (u64, u64),
     (start, duration): (Instant, Duration),
     think: Duration,
     workload: &Arc<Workload>,
-    recorder: &Arc<Recorder>,
+    recorder: &Arc<PhaseRecorder>,
 ) {
     let mut active: Vec<Arc<AtomicBool>> = Vec::new();
     let mut tasks = JoinSet::new();
@@ -45,16 +45,16 @@ pub(crate) async fn run(
         }
         let want = share(
             users_at(from, to, duration, elapsed) as u64,
-            lane.index,
-            lane.count,
+            sender.index,
+            sender.count,
         ) as usize;
         while active.len() < want {
             let running = Arc::new(AtomicBool::new(true));
-            let user = lane.index + lane.count * active.len() as u64;
+            let user = sender.index + sender.count * active.len() as u64;
             active.push(Arc::clone(&running));
-            let (ctx, lane, workload, recorder) = (
+            let (ctx, sender, workload, recorder) = (
                 ctx.clone(),
-                Rc::clone(lane),
+                Rc::clone(sender),
                 Arc::clone(workload),
                 Arc::clone(recorder),
             );
@@ -71,7 +71,7 @@ pub(crate) async fn run(
                         break;
                     }
                     let op = requests.next(i);
-                    ctx.execute(&lane, op, intended, &recorder).await;
+                    ctx.execute(&sender, op, intended, &recorder).await;
                     i += 1;
                     if !think.is_zero() {
                         tokio::time::sleep(think).await;
@@ -108,9 +108,9 @@ mod tests {
     #[test]
     fn lanes_share_the_users_wanted() {
         for want in [0u64, 1, 5, 8] {
-            let parts: Vec<u64> = (0..3).map(|lane| share(want, lane, 3)).collect();
+            let parts: Vec<u64> = (0..3).map(|sender| share(want, sender, 3)).collect();
             assert_eq!(parts.iter().sum::<u64>(), want);
-            // Lane l runs users l, l + 3, ...: together, users 0..want, each once.
+            // Sender l runs users l, l + 3, ...: together, users 0..want, each once.
             let mut users: Vec<u64> = (0..3)
                 .flat_map(|l| (0..parts[l as usize]).map(move |j| l + 3 * j))
                 .collect();

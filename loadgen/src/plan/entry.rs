@@ -1,18 +1,18 @@
 //! One `[[scenario]]` of a scenario file ([`Entry`]): a built-in by name with any of its
 //! parameters overridden, or a custom staged load; and its optional `ingest` phase
-//! ([`IngestSpec`]). [`crate::file`] reads the file around it.
+//! ([`IngestSpec`]). [`crate::plan::file`] reads the file around it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::engine::parse_stages;
-use crate::scenario::{
+use crate::plan::scenario::parse_stages;
+use crate::plan::spec::ScenarioSpec;
+use crate::plan::suite::{
     ExtremeConcurrency, Load, LoadModel, MemoryPressure, Profile, ResourceExhaustion, Scale,
     Sustained,
 };
-use crate::spec::ScenarioSpec;
 
 /// A scenario's `ingest` phase: the seeded data set written through the write template.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -1,7 +1,7 @@
 //! The paced model (wrk2's): `workers` senders at a fixed total rate on a fixed schedule,
 //! each waiting for its answer before the next; latency runs from each request's intended
 //! time, so a stall shows in full instead of being hidden by senders waiting. Worker `w` is
-//! sent by lane `w % lanes`.
+//! sent by sender `w % senders`.
 //!
 //! A worker still behind its schedule when the phase's time is up sends nothing more: the
 //! requests it had not sent yet are counted as *dropped*, as the open model counts arrivals
@@ -16,9 +16,9 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::context::Context;
-use super::lanes::Lane;
-use crate::stats::Recorder;
-use crate::workload::Workload;
+use super::senders::Sender;
+use crate::measure::recorder::PhaseRecorder;
+use crate::plan::workload::Workload;
 
 /// Workers sending `rate` requests per second in total for `duration`.
 #[derive(Debug, Clone, Copy)]
@@ -42,24 +42,24 @@ impl Pacing {
     }
 }
 
-/// Runs this lane's workers (`lane.index`, `lane.index + lane.count`, ...) of the phase that
+/// Runs this sender's workers (`sender.index`, `sender.index + sender.count`, ...) of the phase that
 /// started at `start`.
 pub(crate) async fn run(
     ctx: &Context,
-    lane: &Rc<Lane>,
+    sender: &Rc<Sender>,
     pacing: Pacing,
     start: Instant,
     workload: &Arc<Workload>,
-    recorder: &Arc<Recorder>,
+    recorder: &Arc<PhaseRecorder>,
 ) {
     let workers = pacing.workers.max(1);
     let start = tokio::time::Instant::from_std(start);
     let end = start + pacing.duration;
     let mut tasks = JoinSet::new();
-    for worker in (lane.index..workers).step_by(lane.count.max(1) as usize) {
-        let (ctx, lane, workload, recorder) = (
+    for worker in (sender.index..workers).step_by(sender.count.max(1) as usize) {
+        let (ctx, sender, workload, recorder) = (
             ctx.clone(),
-            Rc::clone(lane),
+            Rc::clone(sender),
             Arc::clone(workload),
             Arc::clone(recorder),
         );
@@ -75,7 +75,7 @@ pub(crate) async fn run(
                 if tokio::time::Instant::now() >= end {
                     // Bounded by the schedule: at most rate x duration / workers.
                     let left = (n..).map_while(|m| pacing.offset(worker, m)).count();
-                    (0..left).for_each(|_| lane.drop_arrival(&recorder));
+                    (0..left).for_each(|_| sender.drop_arrival(&recorder));
                     break;
                 }
                 let intended = start + offset;
@@ -84,7 +84,8 @@ pub(crate) async fn run(
                     () = ctx.stop.stopped() => break,
                 }
                 let op = requests.next(n);
-                ctx.execute(&lane, op, intended.into_std(), &recorder).await;
+                ctx.execute(&sender, op, intended.into_std(), &recorder)
+                    .await;
             }
         });
     }

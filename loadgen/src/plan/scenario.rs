@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use vecrig::validation::threshold::Threshold;
 
-use crate::workload::Workload;
+use crate::plan::workload::Workload;
 
 /// How one phase's load is generated.
 #[derive(Debug, Clone, PartialEq)]
@@ -270,7 +270,7 @@ impl Scenario {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::workload::WorkloadKind;
+    use crate::plan::workload::WorkloadKind;
 
     fn scenario(models: Vec<Model>) -> Scenario {
         Scenario {

@@ -15,7 +15,7 @@ use vecrig::validation::report::{
 };
 use vecrig::validation::threshold::{self, Threshold};
 
-use crate::stats::Outcomes;
+use crate::measure::outcomes::Outcomes;
 
 /// Why reports cannot be merged.
 #[derive(Debug, thiserror::Error)]

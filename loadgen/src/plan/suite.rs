@@ -9,8 +9,8 @@ use std::time::Duration;
 use vecrig::validation::criteria;
 
 use crate::dynamic::Templates;
-use crate::engine::{Model, Phase, Scenario, Stage};
-use crate::workload::{Workload, WorkloadKind};
+use crate::plan::scenario::{Model, Phase, Scenario, Stage};
+use crate::plan::workload::{Workload, WorkloadKind};
 
 /// Sizes and durations: the specification's, or scaled down.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

@@ -13,16 +13,18 @@ use vecrig::validation::threshold;
 
 use super::context::Context;
 use super::judge::{AbortWatch, failed_at_phase_end};
-use super::lanes::Lane;
-use super::model::{Model, Phase, Scenario};
 use super::open::Arrivals;
 use super::paced::Pacing;
+use super::senders::Sender;
 use super::{closed, open, paced, ramping};
-use crate::monitor::Monitor;
-use crate::progress::Progress;
-use crate::recall::Sample;
-use crate::stats::{Outcomes, Recorder, Timeline};
-use crate::workload::Workload;
+use crate::measure::monitor::Monitor;
+use crate::measure::outcomes::Outcomes;
+use crate::measure::recall::Sample;
+use crate::measure::recorder::PhaseRecorder;
+use crate::measure::timeline::Timeline;
+use crate::plan::scenario::{Model, Phase, Scenario};
+use crate::plan::workload::Workload;
+use crate::report::progress::Progress;
 
 /// Runs one scenario to the end (or until stopped) and judges it.
 pub async fn run_scenario(
@@ -96,10 +98,10 @@ pub async fn run_scenario(
         monitor.sample_now().await;
         ctx.progress
             .set_label(format!("{} / {}", scenario.name, phase.name));
-        let recorder = Arc::new(Recorder::with_timeline(Arc::clone(&timeline)));
+        let recorder = Arc::new(PhaseRecorder::with_timeline(Arc::clone(&timeline)));
         // The server's counters before and after, for what it counted in this phase alone.
         let counters_before = match &ctx.metrics_url {
-            Some(url) => crate::scrape::scrape(url).await.ok(),
+            Some(url) => crate::measure::scrape::scrape(url).await.ok(),
             None => None,
         };
         let phase_started = Instant::now();
@@ -137,7 +139,7 @@ pub async fn run_scenario(
         };
         monitor.sample_now().await;
         let counters_after = match (&ctx.metrics_url, &counters_before) {
-            (Some(url), Some(_)) => crate::scrape::scrape(url).await.ok(),
+            (Some(url), Some(_)) => crate::measure::scrape::scrape(url).await.ok(),
             _ => None,
         };
         let mut outcomes = recorder.snapshot();
@@ -152,7 +154,7 @@ pub async fn run_scenario(
             monitor.figures(Some(index)),
         );
         if let (Some(before), Some(after)) = (&counters_before, &counters_after) {
-            report.server_counts = crate::scrape::counted_between(before, after);
+            report.server_counts = crate::measure::scrape::counted_between(before, after);
         }
         if let Model::Ingest { writes, .. } = &phase.model {
             report.written = writes.0.ingest_truth().map(|truth| truth.held() as u64);
@@ -196,7 +198,7 @@ pub async fn run_scenario(
         warnings,
         passed: false,
         timeline: timeline.points(),
-        fine_timeline: if duration < crate::stats::FINE_SPAN {
+        fine_timeline: if duration < crate::measure::timeline::FINE_SPAN {
             timeline.fine_points()
         } else {
             Vec::new()
@@ -216,7 +218,7 @@ pub async fn run_scenario(
         fault: None,
     };
     if let Some(url) = &ctx.metrics_url {
-        match crate::scrape::scrape(url).await {
+        match crate::measure::scrape::scrape(url).await {
             Ok(samples) => report.server_metrics = samples,
             Err(e) => report
                 .warnings
@@ -243,7 +245,7 @@ pub async fn run_scenario(
 }
 
 /// The specification's monitor: every `every`, recent throughput and the error rate so far.
-async fn report_every(every: Duration, recorder: &Recorder, progress: &Progress, label: &str) {
+async fn report_every(every: Duration, recorder: &PhaseRecorder, progress: &Progress, label: &str) {
     let started = Instant::now();
     let mut last = (0u64, Instant::now());
     loop {
@@ -267,14 +269,14 @@ async fn report_every(every: Duration, recorder: &Recorder, progress: &Progress,
 }
 
 /// Runs every phase of `scenario` at once, phase `i` as client `scenario.identities[i]`
-/// (its own source address and token, on connections of its own on every lane), each into
+/// (its own source address and token, on connections of its own on every sender), each into
 /// a recorder of its own. Returns the recorders and sampled searches, in phase order, and what the reader should
 /// know (a client that could not be set up is sent as the run's own).
 async fn run_side_by_side(
     ctx: &Context,
     scenario: &Scenario,
     timeline: &Arc<Timeline>,
-) -> (Vec<(Arc<Recorder>, Vec<Sample>)>, Vec<String>) {
+) -> (Vec<(Arc<PhaseRecorder>, Vec<Sample>)>, Vec<String>) {
     let mut warnings = Vec::new();
     if scenario.identities.windows(2).all(|w| w[0] == w[1]) {
         warnings.push(
@@ -293,7 +295,7 @@ async fn run_side_by_side(
                 Err(e) => warnings.push(format!("{}: token not sent: {e}", phase.name)),
             }
         }
-        match ctx.lanes.target() {
+        match ctx.senders.target() {
             Some(target) => match target.as_client(identity.bind, &client.headers) {
                 Ok(target) => client.client = Some(Arc::new(target)),
                 Err(e) => warnings.push(format!("{}: sent as the run's client: {e}", phase.name)),
@@ -304,7 +306,7 @@ async fn run_side_by_side(
             )),
             None => {}
         }
-        let recorder = Arc::new(Recorder::with_timeline(Arc::clone(timeline)));
+        let recorder = Arc::new(PhaseRecorder::with_timeline(Arc::clone(timeline)));
         let (phase, workload) = (phase.clone(), Arc::clone(&scenario.workload));
         let record = Arc::clone(&recorder);
         running.push(tokio::spawn(async move {
@@ -339,16 +341,16 @@ fn bearer(
     Ok(all.into())
 }
 
-/// Runs one phase on every lane, each lane its share of the load, and waits until all are
+/// Runs one phase on every sender, each sender its share of the load, and waits until all are
 /// done and have handed their records to `recorder`.
 /// Returns the searches it sampled for recall.
 async fn run_phase(
     ctx: &Context,
     phase: &Phase,
     workload: &Arc<Workload>,
-    recorder: &Arc<Recorder>,
+    recorder: &Arc<PhaseRecorder>,
 ) -> Vec<Sample> {
-    // One start for all lanes, so their schedules line up.
+    // One start for all senders, so their schedules line up.
     let (model, start) = (phase.model.clone(), Instant::now());
     let shared = Context {
         recall: ctx.recall.for_phase(),
@@ -357,13 +359,13 @@ async fn run_phase(
     };
     let recall = shared.recall.clone();
     let (workload, recorder) = (Arc::clone(workload), Arc::clone(recorder));
-    ctx.lanes
-        .run(move |lane| {
+    ctx.senders
+        .run(move |sender| {
             let (ctx, model) = (shared.clone(), model.clone());
             let (workload, recorder) = (Arc::clone(&workload), Arc::clone(&recorder));
             async move {
-                let _flush = lane.flush_every_second(&recorder, &ctx.progress);
-                run_lane(&ctx, &lane, &model, start, &workload, &recorder).await;
+                let _flush = sender.flush_every_second(&recorder, &ctx.progress);
+                run_lane(&ctx, &sender, &model, start, &workload, &recorder).await;
             }
         })
         .await;
@@ -383,14 +385,14 @@ async fn check_recall(
         .await
 }
 
-/// One lane's share of a phase, by the phase's model.
+/// One sender's share of a phase, by the phase's model.
 async fn run_lane(
     ctx: &Context,
-    lane: &Rc<Lane>,
+    sender: &Rc<Sender>,
     model: &Model,
     start: Instant,
     workload: &Arc<Workload>,
-    recorder: &Arc<Recorder>,
+    recorder: &Arc<PhaseRecorder>,
 ) {
     match *model {
         Model::Closed {
@@ -407,7 +409,7 @@ async fn run_lane(
                 think,
                 stagger,
             };
-            closed::run(ctx, lane, users, start, workload, recorder).await
+            closed::run(ctx, sender, users, start, workload, recorder).await
         }
         Model::Paced {
             workers,
@@ -419,7 +421,7 @@ async fn run_lane(
                 rate,
                 duration,
             };
-            paced::run(ctx, lane, pacing, start, workload, recorder).await
+            paced::run(ctx, sender, pacing, start, workload, recorder).await
         }
         Model::Ramping {
             from,
@@ -428,7 +430,7 @@ async fn run_lane(
             think,
         } => {
             let span = (start, duration);
-            ramping::run(ctx, lane, (from, to), span, think, workload, recorder).await
+            ramping::run(ctx, sender, (from, to), span, think, workload, recorder).await
         }
         Model::Open {
             from,
@@ -438,7 +440,7 @@ async fn run_lane(
         } => {
             let arrivals = Arrivals { from, to, duration };
             let bound = (start, max_in_flight);
-            open::run(ctx, lane, arrivals, bound, workload, recorder).await
+            open::run(ctx, sender, arrivals, bound, workload, recorder).await
         }
         Model::Ingest {
             writers,
@@ -452,7 +454,7 @@ async fn run_lane(
                 think: Duration::ZERO,
                 stagger: None,
             };
-            closed::run(ctx, lane, users, start, &writes.0, recorder).await
+            closed::run(ctx, sender, users, start, &writes.0, recorder).await
         }
     }
 }

@@ -256,7 +256,7 @@ pub fn write_interval_log(report: &Report, out: &mut impl std::io::Write) -> Res
                 ("shed_latency", &phase.histograms.shed_latency),
             ];
             for (kind, encoded) in kinds {
-                let histogram = crate::stats::decode(encoded)?;
+                let histogram = crate::measure::histogram::decode(encoded)?;
                 if histogram.is_empty() {
                     continue;
                 }
