@@ -53,6 +53,7 @@ async fn the_quick_suite_through_reflection_and_templates_gives_the_native_verdi
         &crate::common::process::server_binary(),
         0,
         Some(data.path()),
+        None,
         &["--dimensions".into(), DIMENSIONS.to_string()],
     )
     .await

@@ -357,6 +357,7 @@ fn main() {
             &server_binary,
             POINTS,
             None,
+            None,
             &[
                 "--dimensions".into(),
                 DIMENSIONS.to_string(),

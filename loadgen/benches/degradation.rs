@@ -344,7 +344,7 @@ async fn with_server<T>(
         .chain(extra.iter().cloned())
         .chain(["--metrics-listen".into(), metrics.to_string()])
         .collect();
-    let server = LocalServer::spawn(binary, POINTS, Some(copy.path()), &args)
+    let server = LocalServer::spawn(binary, POINTS, Some(copy.path()), None, &args)
         .await
         .expect("start vecrig-server");
     let endpoints = Endpoints {
@@ -444,6 +444,7 @@ fn main() {
             &binary,
             POINTS,
             Some(data.path()),
+            None,
             &SERVER_ARGS.map(String::from),
         )
         .await

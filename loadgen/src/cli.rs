@@ -206,6 +206,11 @@ pub struct Cli {
     #[arg(long, env = "VECRIG_SPAWN_DATA_DIR", global = true)]
     #[arg(help_heading = "Target and connection")]
     pub spawn_data_dir: Option<PathBuf>,
+    /// Where the spawned server writes its log [default: beside --out, as NAME.server.log;
+    /// without --out, vecrig-server.log].
+    #[arg(long, env = "VECRIG_SPAWN_LOG", global = true)]
+    #[arg(help_heading = "Target and connection")]
+    pub spawn_log: Option<PathBuf>,
     /// The scenario to run.
     #[command(subcommand)]
     pub command: Command,
@@ -425,6 +430,15 @@ pub fn parse_header(text: &str) -> Result<(AsciiMetadataKey, AsciiMetadataValue)
 }
 
 impl Cli {
+    /// Where a server started with `--spawn-server` writes its log.
+    pub fn spawn_log(&self) -> PathBuf {
+        match (&self.spawn_log, &self.out) {
+            (Some(log), _) => log.clone(),
+            (None, Some(out)) => out.with_extension("server.log"),
+            (None, None) => PathBuf::from("vecrig-server.log"),
+        }
+    }
+
     /// How to reach the target (`target` replaces `--target`, e.g. a spawned server's).
     pub fn run_options(&self, target: &str) -> Result<RunOptions, String> {
         let ca_cert = match &self.ca_cert {
@@ -456,6 +470,7 @@ impl Cli {
             threads: self.threads,
             transport: self.transport,
             recall_sample: self.recall_sample,
+            server_log: None,
         })
     }
 

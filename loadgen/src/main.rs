@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use vecrig_loadgen::RunOptions;
 use vecrig_loadgen::cli::{self, Cli};
 use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::{LocalServer, sibling_server_binary};
@@ -63,12 +64,17 @@ async fn run(mut cli: Cli) -> i32 {
                 .server_binary
                 .clone()
                 .unwrap_or_else(sibling_server_binary);
-            match LocalServer::spawn(&path, cli.spawn_preload, cli.spawn_data_dir.as_deref(), &[])
-                .await
-            {
+            let log = cli.spawn_log();
+            let data_dir = cli.spawn_data_dir.as_deref();
+            match LocalServer::spawn(&path, cli.spawn_preload, data_dir, Some(&log), &[]).await {
                 Ok(server) => {
-                    eprintln!("started {} at {}", path.display(), server.target);
-                    Some(server)
+                    eprintln!(
+                        "started {} at {} (its log: {})",
+                        path.display(),
+                        server.target,
+                        log.display()
+                    );
+                    Some((server, log))
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -79,7 +85,7 @@ async fn run(mut cli: Cli) -> i32 {
     };
     let target = local
         .as_ref()
-        .map_or(cli.target.clone(), |s| s.target.clone());
+        .map_or(cli.target.clone(), |(s, _)| s.target.clone());
 
     let stop = Stop::default();
     let on_ctrl_c = stop.clone();
@@ -96,7 +102,10 @@ async fn run(mut cli: Cli) -> i32 {
     });
 
     let options = match cli.run_options(&target) {
-        Ok(options) => options,
+        Ok(options) => RunOptions {
+            server_log: local.as_ref().map(|(_, log)| log.clone()),
+            ..options
+        },
         Err(e) => {
             eprintln!("error: {e}");
             return cli::EXIT_ERROR;
@@ -144,7 +153,7 @@ async fn run(mut cli: Cli) -> i32 {
             None => vecrig_loadgen::run(&options, &cli.plan(), &stop).await,
         },
     };
-    if let Some(server) = local {
+    if let Some((server, _)) = local {
         server.stop(Duration::from_secs(30)).await;
     }
     let report = match result {

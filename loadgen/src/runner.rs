@@ -464,6 +464,10 @@ async fn run_scenarios(
         interrupted,
         aborted,
         loadgen: meter.finish(),
+        server_log: options
+            .server_log
+            .as_ref()
+            .map(|path| path.display().to_string()),
         scenarios,
         warnings: Vec::new(),
         passed,

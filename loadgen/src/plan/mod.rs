@@ -16,6 +16,7 @@ pub mod spec;
 pub mod suite;
 pub mod workload;
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
@@ -92,6 +93,9 @@ pub struct RunOptions {
     /// sends searches of its own (`exact = true`), which a caller comparing the server's
     /// counts with the load's must opt into.
     pub recall_sample: f64,
+    /// Where the server this run started (`--spawn-server`) writes its log, named in the
+    /// report; `None` when the target runs elsewhere.
+    pub server_log: Option<PathBuf>,
 }
 
 impl RunOptions {
@@ -110,6 +114,7 @@ impl RunOptions {
             threads: 0,
             transport: Transport::default(),
             recall_sample: 0.0,
+            server_log: None,
         }
     }
 }

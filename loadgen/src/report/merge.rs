@@ -241,6 +241,7 @@ pub fn merge(reports: &[Report]) -> Result<Report, MergeError> {
         interrupted: reports.iter().any(|r| r.interrupted),
         aborted: reports.iter().find_map(|r| r.aborted.clone()),
         loadgen,
+        server_log: None,
         scenarios,
         warnings: vec![format!("merged from {} shard reports", reports.len())],
         passed,

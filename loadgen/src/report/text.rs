@@ -221,6 +221,9 @@ pub fn render(report: &Report) -> String {
     if let Some(reason) = &report.aborted {
         let _ = writeln!(out, "aborted (--abort-on-fail): {reason}");
     }
+    if let Some(log) = &report.server_log {
+        let _ = writeln!(out, "the spawned server's log: {log}");
+    }
     out
 }
 
