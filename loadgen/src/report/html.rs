@@ -7,7 +7,7 @@ use std::fmt::Write;
 
 use vecrig::validation::report::{Report, ScenarioReport};
 
-const WIDTH: f64 = 860.0;
+const WIDTH: f64 = 1100.0;
 const HEIGHT: f64 = 240.0;
 const LEFT: f64 = 64.0;
 const RIGHT: f64 = 16.0;
@@ -45,22 +45,38 @@ fn format_tick(v: f64, unit: &str) -> String {
     }
 }
 
-/// One line of a chart: its name, its colour, its (seconds, value) points.
-type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+/// How a series is drawn: as what it measured.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Draw {
+    /// A value per time bucket, every bucket present: a line through the buckets' middles.
+    Line,
+    /// The same, dashed: a second reading of the same measure (max beside p99).
+    Dashed,
+    /// Samples, each the peak or rate of the interval since the sample before: a dot at each
+    /// sample, and the value held across the interval it covers. No line is drawn across an
+    /// interval that was not measured at a finer grain.
+    Intervals,
+    /// Samples of an instantaneous value: a dot at each, joined by a thin line.
+    Samples,
+}
 
-/// A line chart of `series` against seconds.
-fn line_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
+/// One series of a chart: its name, its colour, how it is drawn, its (seconds, value) points.
+type Series<'a> = (&'a str, &'a str, Draw, Vec<(f64, f64)>);
+
+/// A chart of `series` against seconds from 0 to `x_max`: one time axis for every chart of a
+/// scenario, whatever span each series covers.
+fn line_chart(title: &str, unit: &str, x_max: f64, series: &[Series<'_>]) -> String {
     let mut svg = String::new();
     // Short units go on every tick (`12 ms`); long ones only on the axis label.
     let tick_unit = if unit.len() <= 3 { unit } else { "" };
     let x_max = series
         .iter()
-        .flat_map(|(_, _, p)| p.iter().map(|(x, _)| *x))
-        .fold(1.0f64, f64::max);
+        .flat_map(|(_, _, _, p)| p.iter().map(|(x, _)| *x))
+        .fold(x_max.max(0.1), f64::max);
     let y_max = nice_ceiling(
         series
             .iter()
-            .flat_map(|(_, _, p)| p.iter().map(|(_, y)| *y))
+            .flat_map(|(_, _, _, p)| p.iter().map(|(_, y)| *y))
             .fold(0.0f64, f64::max),
     );
     let plot_w = WIDTH - LEFT - RIGHT;
@@ -84,7 +100,7 @@ fn line_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
             label = escape(&format_tick(v, tick_unit))
         );
     }
-    let step = nice_ceiling(x_max / 6.0);
+    let step = nice_ceiling(x_max / 8.0);
     let mut v = 0.0;
     while v <= x_max + 1e-9 {
         let _ = write!(
@@ -102,17 +118,52 @@ fn line_chart(title: &str, unit: &str, series: &[Series<'_>]) -> String {
         y = TOP + plot_h / 2.0,
         u = escape(unit)
     );
-    for (i, (name, colour, points)) in series.iter().enumerate() {
-        if !points.is_empty() {
-            let path: Vec<String> = points
+    for (i, (name, colour, draw, points)) in series.iter().enumerate() {
+        let polyline = |svg: &mut String, path: &[(f64, f64)], style: &str| {
+            let path: Vec<String> = path
                 .iter()
                 .map(|(x, y)| format!("{:.1},{:.1}", sx(*x), sy(*y)))
                 .collect();
             let _ = write!(
                 svg,
-                r#"<polyline points="{}" fill="none" stroke="{colour}" stroke-width="1.8"/>"#,
+                r#"<polyline points="{}" fill="none" stroke="{colour}" {style}/>"#,
                 path.join(" ")
             );
+        };
+        match draw {
+            _ if points.is_empty() => {}
+            Draw::Line => polyline(&mut svg, points, r#"stroke-width="1.8""#),
+            Draw::Dashed => polyline(
+                &mut svg,
+                points,
+                r#"stroke-width="1.4" stroke-dasharray="5 3""#,
+            ),
+            Draw::Samples => polyline(&mut svg, points, r#"stroke-width="1""#),
+            Draw::Intervals => {
+                // Each sample's value across the interval since the sample before it.
+                let mut steps = Vec::with_capacity(points.len() * 2);
+                let mut from = 0.0;
+                for &(x, y) in points {
+                    steps.push((from, y));
+                    steps.push((x, y));
+                    from = x;
+                }
+                polyline(
+                    &mut svg,
+                    &steps,
+                    r#"stroke-width="1.4" stroke-opacity="0.7""#,
+                );
+            }
+        }
+        if matches!(draw, Draw::Intervals | Draw::Samples) {
+            for (x, y) in points {
+                let _ = write!(
+                    svg,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{colour}"/>"#,
+                    sx(*x),
+                    sy(*y)
+                );
+            }
         }
         let lx = LEFT + 8.0 + i as f64 * 150.0;
         let ly = HEIGHT - 6.0;
@@ -250,13 +301,15 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
             (at(p.t_s), rate(n))
         })
         .collect();
+    let span = s.duration_s;
     out.push_str(&line_chart(
         "Throughput: answers per second",
         "per second",
+        span,
         &[
-            ("ok", "#2b8a3e", ok),
-            ("shed", "#e67700", shed),
-            ("other errors", "#c92a2a", other),
+            ("ok", "#2b8a3e", Draw::Line, ok),
+            ("shed", "#e67700", Draw::Line, shed),
+            ("other errors", "#c92a2a", Draw::Line, other),
         ],
     ));
     let lat = |f: fn(&vecrig::validation::report::TimePoint) -> f64| -> Vec<(f64, f64)> {
@@ -273,10 +326,11 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
             "Latency from intended send time, per second"
         },
         "ms",
+        span,
         &[
-            ("p50", "#1971c2", lat(|p| p.p50_ms)),
-            ("p99", "#e8590c", lat(|p| p.p99_ms)),
-            ("max", "#868e96", lat(|p| p.max_ms)),
+            ("p50", "#1971c2", Draw::Line, lat(|p| p.p50_ms)),
+            ("p99", "#c2255c", Draw::Line, lat(|p| p.p99_ms)),
+            ("max", "#343a40", Draw::Dashed, lat(|p| p.max_ms)),
         ],
     ));
     out.push_str(&outcome_bars(s));
@@ -300,24 +354,38 @@ fn scenario_section(out: &mut String, s: &ScenarioReport) {
         server.iter().map(|p| (p.t_s, f(p))).collect()
     };
     out.push_str(&line_chart(
-        "Server (from Stats): requests in flight and queued for admission",
+        "Server (from Stats): peak requests in flight and queued since the sample before",
         "requests",
+        span,
         &[
-            ("in flight", "#1971c2", series(|p| p.in_flight as f64)),
-            ("queued", "#5f3dc4", series(|p| p.queued as f64)),
+            (
+                "in flight",
+                "#1971c2",
+                Draw::Intervals,
+                series(|p| p.in_flight as f64),
+            ),
+            (
+                "queued",
+                "#5f3dc4",
+                Draw::Intervals,
+                series(|p| p.queued as f64),
+            ),
         ],
     ));
     out.push_str(&line_chart(
-        "Server (from Stats): requests shed per second",
+        "Server (from Stats): requests shed per second since the sample before",
         "per second",
-        &[("shed/s", "#e67700", shed_rate)],
+        span,
+        &[("shed/s", "#e67700", Draw::Intervals, shed_rate)],
     ));
     out.push_str(&line_chart(
-        "Server resident memory",
+        "Server resident memory, as sampled",
         "MB",
+        span,
         &[(
             "rss",
             "#0b7285",
+            Draw::Samples,
             server
                 .iter()
                 .map(|p| (p.t_s, p.rss_bytes as f64 / 1e6))
@@ -334,12 +402,12 @@ pub fn render(report: &Report) -> String {
     let _ = write!(
         out,
         r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><title>vecrig report: {target}</title><style>
-body{{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:900px;color:#212529}}
+body{{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1140px;padding:0 16px;color:#212529}}
 h1{{font-size:22px}}h2{{font-size:18px;margin-top:36px;border-bottom:1px solid #dee2e6}}
 table{{border-collapse:collapse;margin:10px 0;font-variant-numeric:tabular-nums}}
-td,th{{padding:3px 8px;border-bottom:1px solid #f1f3f5;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+td,th{{padding:3px 8px;border-bottom:1px solid #f1f3f5;text-align:right;white-space:nowrap}}td:first-child,th:first-child{{text-align:left}}
 .passed{{color:#2b8a3e;font-weight:600}}.failed{{color:#c92a2a;font-weight:600}}.warning{{color:#e67700}}
-svg{{display:block;margin:14px 0}}.title{{font-size:13px;font-weight:600;fill:#343a40}}
+svg{{display:block;margin:14px 0;max-width:100%;height:auto}}.title{{font-size:13px;font-weight:600;fill:#343a40}}
 .tick{{font-size:11px;fill:#495057}}.grid{{stroke:#e9ecef}}
 </style></head><body><h1>vecrig load report <span class="{verdict}">{verdict}</span></h1>
 <p>target {target} &middot; loadgen {version} &middot; seed {seed} &middot; loadgen CPU {cpu:.1} s</p>
@@ -357,4 +425,76 @@ svg{{display:block;margin:14px 0}}.title{{font-size:13px;font-weight:600;fill:#3
     }
     out.push_str("</body></html>\n");
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The (x, y) pairs of the chart's first polyline.
+    fn first_polyline(svg: &str) -> Vec<(f64, f64)> {
+        let start = svg.find(r#"<polyline points=""#).expect("a polyline") + 18;
+        let end = start + svg[start..].find('"').expect("its end");
+        svg[start..end]
+            .split(' ')
+            .map(|pair| {
+                let (x, y) = pair.split_once(',').expect("x,y");
+                (x.parse().expect("x"), y.parse().expect("y"))
+            })
+            .collect()
+    }
+
+    /// The x-axis labels, in order.
+    fn ticks(svg: &str) -> Vec<&str> {
+        svg.split(r#"text-anchor="middle">"#)
+            .skip(1)
+            .filter_map(|rest| rest.split('<').next())
+            .filter(|label| label.ends_with(" s"))
+            .collect()
+    }
+
+    #[test]
+    fn stats_samples_are_drawn_as_the_intervals_they_cover_not_as_lines_between_them() {
+        // Three Stats samples of a 1.4 s scenario, each the peak since the one before.
+        let samples = vec![(0.0, 0.0), (0.7, 1000.0), (1.4, 10.0)];
+        let svg = line_chart(
+            "queued",
+            "requests",
+            1.4,
+            &[("queued", "#000", Draw::Intervals, samples)],
+        );
+        assert_eq!(svg.matches("<circle").count(), 3, "a dot per sample");
+        let path = first_polyline(&svg);
+        for pair in path.windows(2) {
+            let ((x0, y0), (x1, y1)) = (pair[0], pair[1]);
+            assert!(
+                x0 == x1 || y0 == y1,
+                "only steps, no slope a sample did not see: {path:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn charts_of_one_scenario_share_its_time_axis() {
+        // A rate known only from 0.5 s on, beside a line over the whole 1.4 s.
+        let late = line_chart(
+            "shed",
+            "per second",
+            1.4,
+            &[("shed/s", "#000", Draw::Intervals, vec![(1.0, 5.0)])],
+        );
+        let whole = line_chart(
+            "ok",
+            "per second",
+            1.4,
+            &[(
+                "ok",
+                "#000",
+                Draw::Line,
+                vec![(0.05, 1.0), (0.75, 2.0), (1.35, 3.0)],
+            )],
+        );
+        assert_eq!(ticks(&late), ticks(&whole));
+        assert_eq!(ticks(&whole).last(), Some(&"1.4 s"));
+    }
 }
