@@ -4,8 +4,8 @@
 //! Index work is CPU-bound and synchronous, so every search and write runs on tokio's blocking
 //! pool, never on the threads that drive the network, except on threads that exist for admitted
 //! work alone ([`run_searches_inline_on_this_thread`]), where an approximate search runs in
-//! place. Searches first take one of a fixed number of *search slots* (the ANN index's thread
-//! slots). Writes arrive as logged [`Record`]s and are
+//! place. Searches first take one of a fixed number of *search permits* (one per search thread
+//! the ANN index allows). Writes arrive as logged [`Record`]s and are
 //! applied one at a time in sequence order (see `storage`) to the point store and the
 //! [`Tail`] together, which makes them searchable at once; the graph takes them from the tail in
 //! the background, on indexer threads ([`Engine::run_indexer`], one per CPU where the graph

@@ -1,4 +1,4 @@
-//! Searching: within the search-slot limit, on the blocking pool or in place, the graph's
+//! Searching: within the search-permit limit, on the blocking pool or in place, the graph's
 //! answer merged with an exact scan of the tail.
 
 use std::cell::Cell;
@@ -61,11 +61,11 @@ impl Engine {
             .ok_or(Error::NotFound { id })
     }
 
-    /// Runs a search within the search-slot limit: on the blocking pool, or in place on a
+    /// Runs a search within the search-permit limit: on the blocking pool, or in place on a
     /// thread marked by [`run_searches_inline_on_this_thread`] (approximate searches only).
     pub async fn search(self: &Arc<Self>, search: Search) -> Result<Vec<Hit>, Error> {
         let permit = self
-            .search_slots
+            .search_permits
             .clone()
             .acquire_owned()
             .await
@@ -85,7 +85,7 @@ impl Engine {
         .map_err(|e| Error::Worker(e.to_string()))?
     }
 
-    /// A search, synchronously. The caller must respect the search-slot limit
+    /// A search, synchronously. The caller must respect the search-permit limit
     /// ([`Engine::search`] does).
     pub fn search_blocking(&self, search: &Search) -> Result<Vec<Hit>, Error> {
         let embedded;

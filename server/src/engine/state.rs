@@ -35,7 +35,7 @@ pub struct Engine {
     pub(super) tail_changed: Condvar,
     pub(super) tail_signal: Mutex<()>,
     pub(super) tail_limit: usize,
-    pub(super) search_slots: Arc<Semaphore>,
+    pub(super) search_permits: Arc<Semaphore>,
     pub(super) sequence: AtomicU64,
 }
 
@@ -72,7 +72,7 @@ impl Engine {
         ann: Box<dyn Ann>,
         sequence: u64,
     ) -> Self {
-        let slots = ann.search_threads();
+        let permits = ann.search_threads();
         let mut tail = Tail::new(shape.dimensions, shape.metric);
         if ann.len() < store.len() {
             for (id, vector, _) in store.iter() {
@@ -93,7 +93,7 @@ impl Engine {
             tail_changed: Condvar::new(),
             tail_signal: Mutex::new(()),
             tail_limit: TAIL_LIMIT,
-            search_slots: Arc::new(Semaphore::new(slots)),
+            search_permits: Arc::new(Semaphore::new(permits)),
             sequence: AtomicU64::new(sequence),
         }
     }

@@ -86,14 +86,14 @@ impl GraphAnn {
         }
     }
 
-    /// Slots holding removed or replaced vectors, still in the graph.
+    /// Rows holding removed or replaced vectors, still in the graph.
     pub fn tombstones(&self) -> usize {
         self.graph.read().map(|g| g.tombstones).unwrap_or(0)
     }
 
-    /// Slots in the graph, live and tombstoned.
+    /// Rows in the graph, live and tombstoned.
     #[cfg(test)]
-    pub(super) fn slots(&self) -> usize {
+    pub(super) fn rows(&self) -> usize {
         self.graph.read().map(|g| g.ids.len()).unwrap_or(0)
     }
 
@@ -187,7 +187,7 @@ impl Ann for GraphAnn {
     /// its plan under the write lock (see [`Graph::apply`] for how plans made side by side
     /// are reconciled). An insert runs alone when it changes what the others' plans rely on:
     /// the first node, a node above the top level (the entry point moves), or one that takes a
-    /// tombstoned slot (its old neighbourhood is repaired from lists nobody else may change).
+    /// tombstoned row (its old neighbourhood is repaired from lists nobody else may change).
     fn insert(&self, id: u64, vector: &[f32]) -> Result<(), IndexError> {
         self.check_width(vector)?;
         let vector = if self.metric == Metric::Cosine {
@@ -217,7 +217,7 @@ impl Ann for GraphAnn {
             if graph.free.is_empty() && graph.ids.len() >= PENDING as usize {
                 return Err(IndexError::Ann("graph is full (2^32 - 2 slots)".into()));
             }
-            // Side by side, a slot freed meanwhile is left for an insert that runs alone.
+            // Side by side, a row freed meanwhile is left for an insert that runs alone.
             let reuse = if alone {
                 graph.free.last().copied()
             } else {
@@ -232,8 +232,8 @@ impl Ann for GraphAnn {
     fn remove(&self, id: u64) -> Result<(), IndexError> {
         let _alone = self.writers.write().map_err(|_| poisoned())?;
         let mut graph = self.graph.write().map_err(|_| poisoned())?;
-        if let Some(slot) = graph.slots.remove(&id) {
-            graph.tombstone(slot);
+        if let Some(row) = graph.rows.remove(&id) {
+            graph.tombstone(row);
         }
         Ok(())
     }
@@ -259,12 +259,12 @@ impl Ann for GraphAnn {
     fn contains(&self, id: u64) -> bool {
         self.graph
             .read()
-            .map(|g| g.slots.contains_key(&id))
+            .map(|g| g.rows.contains_key(&id))
             .unwrap_or(false)
     }
 
     fn len(&self) -> usize {
-        self.graph.read().map(|g| g.slots.len()).unwrap_or(0)
+        self.graph.read().map(|g| g.rows.len()).unwrap_or(0)
     }
 
     fn search_threads(&self) -> usize {

@@ -5,11 +5,11 @@
 //!
 //! ```text
 //! magic "VRHNSW\0\0" | version u32 | dimensions u32 | metric u8 | M u32 | ef_construction u32
-//! slots u64 | entry u32 (u32::MAX when empty) | max_level u32
-//! per slot:  id u64 | level u8 | removed u8
-//! per slot:  level-0 count u32 | that many slots u32
-//! per slot, per level 1..=level: count u32 | that many slots u32
-//! per slot:  dimensions f32 (the stored vector: normalised for cosine)
+//! rows u64 | entry u32 (u32::MAX when empty) | max_level u32
+//! per row:  id u64 | level u8 | removed u8
+//! per row:  level-0 count u32 | that many rows u32
+//! per row, per level 1..=level: count u32 | that many rows u32
+//! per row:  dimensions f32 (the stored vector: normalised for cosine)
 //! CRC-32 (IEEE) of everything before it, u32
 //! ```
 
@@ -31,33 +31,33 @@ fn metric_code(metric: Metric) -> u8 {
 }
 
 pub(super) fn encode(graph: &Graph) -> Vec<u8> {
-    let slots = graph.ids.len();
-    let mut out = Vec::with_capacity(64 + slots * (14 + 4 * (graph.dimensions + 2 * graph.m)));
+    let rows = graph.ids.len();
+    let mut out = Vec::with_capacity(64 + rows * (14 + 4 * (graph.dimensions + 2 * graph.m)));
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&VERSION.to_le_bytes());
     out.extend_from_slice(&(graph.dimensions as u32).to_le_bytes());
     out.push(metric_code(graph.metric));
     out.extend_from_slice(&(graph.m as u32).to_le_bytes());
     out.extend_from_slice(&(graph.ef_construction as u32).to_le_bytes());
-    out.extend_from_slice(&(slots as u64).to_le_bytes());
+    out.extend_from_slice(&(rows as u64).to_le_bytes());
     out.extend_from_slice(&graph.entry.to_le_bytes());
     out.extend_from_slice(&(graph.max_level as u32).to_le_bytes());
-    for slot in 0..slots {
-        out.extend_from_slice(&graph.ids[slot].to_le_bytes());
-        out.push(graph.levels[slot]);
-        out.push(u8::from(graph.removed[slot]));
+    for row in 0..rows {
+        out.extend_from_slice(&graph.ids[row].to_le_bytes());
+        out.push(graph.levels[row]);
+        out.push(u8::from(graph.removed[row]));
     }
-    for slot in 0..slots as u32 {
-        for level in 0..=graph.levels[slot as usize] as usize {
-            let links = graph.links(slot, level);
+    for row in 0..rows as u32 {
+        for level in 0..=graph.levels[row as usize] as usize {
+            let links = graph.links(row, level);
             out.extend_from_slice(&(links.len() as u32).to_le_bytes());
             for n in links {
                 out.extend_from_slice(&n.to_le_bytes());
             }
         }
     }
-    for slot in 0..slots as u32 {
-        for x in graph.vectors.get(slot) {
+    for row in 0..rows as u32 {
+        for x in graph.vectors.get(row) {
             out.extend_from_slice(&x.to_le_bytes());
         }
     }
@@ -136,21 +136,21 @@ pub(super) fn decode(bytes: &[u8], dimensions: usize, metric: Metric) -> Result<
         return Err(format!("connectivity {m} out of range"));
     }
     let ef_construction = r.u32()? as usize;
-    let slots = r.u64()?;
-    // Each slot needs at least its id, level, flags, level-0 count and vector: refuse a
+    let rows = r.u64()?;
+    // Each row needs at least its id, level, flags, level-0 count and vector: refuse a
     // count the file cannot hold before allocating for it.
     let least = 8 + 1 + 1 + 4 + 4 * dimensions as u64;
-    if slots >= u64::from(NONE) || slots.saturating_mul(least) > body.len() as u64 {
-        return Err(format!("{slots} slots do not fit in the file"));
+    if rows >= u64::from(NONE) || rows.saturating_mul(least) > body.len() as u64 {
+        return Err(format!("{rows} slots do not fit in the file"));
     }
-    let slots = slots as usize;
+    let rows = rows as usize;
     let entry = r.u32()?;
     let max_level = r.u32()? as usize;
     let mut graph = Graph::new(dimensions, metric, m, ef_construction.max(1));
-    graph.ids.reserve(slots);
-    graph.levels.reserve(slots);
-    graph.removed.reserve(slots);
-    for _ in 0..slots {
+    graph.ids.reserve(rows);
+    graph.levels.reserve(rows);
+    graph.removed.reserve(rows);
+    for _ in 0..rows {
         let id = r.u64()?;
         let level = r.u8()?;
         if level as usize > MAX_LEVEL {
@@ -168,50 +168,50 @@ pub(super) fn decode(bytes: &[u8], dimensions: usize, metric: Metric) -> Result<
             graph.tombstones += 1;
             graph.free.push((graph.ids.len() - 1) as u32);
         } else if graph
-            .slots
+            .rows
             .insert(id, (graph.ids.len() - 1) as u32)
             .is_some()
         {
             return Err(format!("id {id} is live in two slots"));
         }
     }
-    if slots == 0 {
+    if rows == 0 {
         if entry != NONE {
             return Err("an empty graph with an entry point".into());
         }
-    } else if entry as usize >= slots || graph.levels[entry as usize] as usize != max_level {
+    } else if entry as usize >= rows || graph.levels[entry as usize] as usize != max_level {
         return Err("entry point is not a slot of the top level".into());
     }
     graph.entry = entry;
-    graph.max_level = if slots == 0 { 0 } else { max_level };
-    graph.grow_links0(slots);
-    graph.links0.resize(slots * graph.block0(), 0);
-    graph.upper.reserve(slots);
+    graph.max_level = if rows == 0 { 0 } else { max_level };
+    graph.grow_links0(rows);
+    graph.links0.resize(rows * graph.block0(), 0);
+    graph.upper.reserve(rows);
     let mut list = Vec::with_capacity(2 * m);
-    for slot in 0..slots as u32 {
-        let level = graph.levels[slot as usize] as usize;
+    for row in 0..rows as u32 {
+        let level = graph.levels[row as usize] as usize;
         graph.upper.push(vec![0; level * graph.block_upper()]);
         for l in 0..=level {
             let count = r.u32()? as usize;
             if count > graph.capacity(l) {
-                return Err(format!("slot {slot} has {count} links on level {l}"));
+                return Err(format!("slot {row} has {count} links on level {l}"));
             }
             list.clear();
             for _ in 0..count {
                 let n = r.u32()?;
-                if n as usize >= slots || (graph.levels[n as usize] as usize) < l {
-                    return Err(format!("slot {slot} links to {n}, not a node of level {l}"));
+                if n as usize >= rows || (graph.levels[n as usize] as usize) < l {
+                    return Err(format!("slot {row} links to {n}, not a node of level {l}"));
                 }
                 list.push(n);
             }
-            graph.set_links(slot, l, &list);
+            graph.set_links(row, l, &list);
         }
     }
-    if r.bytes.len() != slots * dimensions * 4 {
+    if r.bytes.len() != rows * dimensions * 4 {
         return Err("vector section has the wrong length".into());
     }
     let mut vector = vec![0.0f32; dimensions];
-    for _ in 0..slots {
+    for _ in 0..rows {
         for x in vector.iter_mut() {
             *x = r.f32()?;
         }

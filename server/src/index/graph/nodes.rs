@@ -1,4 +1,4 @@
-//! The graph proper: the vectors, the neighbour lists per level, ids to slots, and the walk
+//! The graph proper: the vectors, the neighbour lists per level, ids to rows, and the walk
 //! a search makes through them.
 
 use std::cmp::Reverse;
@@ -10,7 +10,7 @@ use super::scratch::{Scored, Scratch};
 use super::slab::Slab;
 use crate::index::{Metric, Neighbor, kernels};
 
-/// "No slot": the entry point of an empty graph.
+/// "No row": the entry point of an empty graph.
 pub(super) const NONE: u32 = u32::MAX;
 /// Levels above this are never drawn (with M = 16 the chance of even reaching it is 16^-15).
 pub(super) const MAX_LEVEL: usize = 15;
@@ -39,16 +39,16 @@ pub(super) struct Graph {
     pub(super) ids: Vec<u64>,
     pub(super) levels: Vec<u8>,
     pub(super) removed: Vec<bool>,
-    /// How many slots are tombstones (searches skip the check when there are none).
+    /// How many rows are tombstones (searches skip the check when there are none).
     pub(super) tombstones: usize,
-    /// The tombstoned slots, the next insert's first (see the module docs).
+    /// The tombstoned rows, the next insert's first (see the module docs).
     pub(super) free: Vec<u32>,
-    /// Level-0 lists: per slot, a count then `2M` slots.
+    /// Level-0 lists: per row, a count then `2M` rows.
     pub(super) links0: Vec<u32>,
-    /// Levels 1..=level of each slot: per level, a count then `M` slots.
+    /// Levels 1..=level of each row: per level, a count then `M` rows.
     pub(super) upper: Vec<Vec<u32>>,
-    /// Live ids to their slot.
-    pub(super) slots: HashMap<u64, u32>,
+    /// Live ids to their row.
+    pub(super) rows: HashMap<u64, u32>,
     pub(super) entry: u32,
     pub(super) max_level: usize,
 }
@@ -69,7 +69,7 @@ impl Graph {
             free: Vec::new(),
             links0: Vec::new(),
             upper: Vec::new(),
-            slots: HashMap::new(),
+            rows: HashMap::new(),
             entry: NONE,
             max_level: 0,
         }
@@ -88,12 +88,12 @@ impl Graph {
     }
 
     #[inline]
-    pub(super) fn links(&self, slot: u32, level: usize) -> &[u32] {
+    pub(super) fn links(&self, row: u32, level: usize) -> &[u32] {
         let (block, at) = if level == 0 {
-            (&self.links0[..], slot as usize * self.block0())
+            (&self.links0[..], row as usize * self.block0())
         } else {
             (
-                &self.upper[slot as usize][..],
+                &self.upper[row as usize][..],
                 (level - 1) * self.block_upper(),
             )
         };
@@ -101,13 +101,13 @@ impl Graph {
         &block[at + 1..at + 1 + count]
     }
 
-    pub(super) fn set_links(&mut self, slot: u32, level: usize, list: &[u32]) {
+    pub(super) fn set_links(&mut self, row: u32, level: usize, list: &[u32]) {
         let (block, at) = if level == 0 {
-            let at = slot as usize * self.block0();
+            let at = row as usize * self.block0();
             (&mut self.links0[..], at)
         } else {
             let at = (level - 1) * self.block_upper();
-            (&mut self.upper[slot as usize][..], at)
+            (&mut self.upper[row as usize][..], at)
         };
         block[at] = list.len() as u32;
         block[at + 1..at + 1 + list.len()].copy_from_slice(list);
@@ -123,25 +123,25 @@ impl Graph {
     }
 
     #[inline]
-    pub(super) fn distance(&self, query: &[f32], slot: u32) -> f32 {
-        self.between(query, self.vectors.get(slot))
+    pub(super) fn distance(&self, query: &[f32], row: u32) -> f32 {
+        self.between(query, self.vectors.get(row))
     }
 
-    /// The distance from `query` to `slot`'s vector: its f16 copy when `COARSE`, else the
+    /// The distance from `query` to `row`'s vector: its f16 copy when `COARSE`, else the
     /// exact one.
     #[inline]
-    pub(super) fn distance_to<const COARSE: bool>(&self, query: &[f32], slot: u32) -> f32 {
+    pub(super) fn distance_to<const COARSE: bool>(&self, query: &[f32], row: u32) -> f32 {
         if !COARSE {
-            return self.distance(query, slot);
+            return self.distance(query, row);
         }
-        let stored = self.coarse.get(slot);
+        let stored = self.coarse.get(row);
         match self.metric {
             Metric::L2 => kernels::l2_squared_f16(query, stored),
             Metric::Cosine | Metric::Ip => 1.0 - kernels::dot_f16(query, stored),
         }
     }
 
-    /// Starts loading `slot`'s vector: every line of its f16 copy when `COARSE`, else the
+    /// Starts loading `row`'s vector: every line of its f16 copy when `COARSE`, else the
     /// first line of the exact one.
     ///
     /// Why every line of the f16 copy but one of the f32: measured on 100k x 128-d (ann
@@ -150,13 +150,13 @@ impl Graph {
     /// vectors, prefetching 0, 1, 2, 4 or all 8 lines measured alike within the noise of our
     /// shared 2-core machine (about 15%), the stream prefetcher catching the rest.
     #[inline]
-    pub(super) fn prefetch<const COARSE: bool>(&self, slot: u32) {
+    pub(super) fn prefetch<const COARSE: bool>(&self, row: u32) {
         if COARSE {
-            for line in self.coarse.get(slot).chunks(Slab::<f16>::PER_LINE) {
+            for line in self.coarse.get(row).chunks(Slab::<f16>::PER_LINE) {
                 kernels::prefetch(line);
             }
         } else {
-            kernels::prefetch(self.vectors.get(slot));
+            kernels::prefetch(self.vectors.get(row));
         }
     }
 
@@ -169,7 +169,7 @@ impl Graph {
     ) -> Scored {
         loop {
             let mut moved = false;
-            let links = self.links(at.slot, level);
+            let links = self.links(at.row, level);
             // All loads first, as on level 0 (measured: +2% to +5% QPS at ef 16 to 64, where
             // the descent is a larger share of a search; noise at 128).
             for &n in links {
@@ -178,7 +178,7 @@ impl Graph {
             for &n in links {
                 let distance = self.distance_to::<COARSE>(query, n);
                 if distance < at.distance {
-                    at = Scored { distance, slot: n };
+                    at = Scored { distance, row: n };
                     moved = true;
                 }
             }
@@ -210,9 +210,9 @@ impl Graph {
         visited.start(self.ids.len());
         candidates.clear();
         results.clear();
-        visited.first_visit(entry.slot);
+        visited.first_visit(entry.row);
         candidates.push(Reverse(entry));
-        if !(skip_removed && self.removed[entry.slot as usize]) {
+        if !(skip_removed && self.removed[entry.row as usize]) {
             results.push(entry);
         }
         let mut bound = results.peek().map_or(f32::INFINITY, |r| r.distance);
@@ -221,7 +221,7 @@ impl Graph {
                 break;
             }
             batch.clear();
-            for &n in self.links(nearest.slot, level) {
+            for &n in self.links(nearest.row, level) {
                 if visited.first_visit(n) {
                     self.prefetch::<COARSE>(n);
                     batch.push(n);
@@ -230,7 +230,7 @@ impl Graph {
             for &n in batch.iter() {
                 let distance = self.distance_to::<COARSE>(query, n);
                 if results.len() < ef || distance < bound {
-                    let found = Scored { distance, slot: n };
+                    let found = Scored { distance, row: n };
                     candidates.push(Reverse(found));
                     if !(skip_removed && self.removed[n as usize]) {
                         // Once `ef` are kept, the newcomer takes the farthest one's place: one
@@ -248,16 +248,16 @@ impl Graph {
             if let Some(Reverse(next)) = candidates.peek()
                 && level == 0
             {
-                let at = next.slot as usize * self.block0();
+                let at = next.row as usize * self.block0();
                 kernels::prefetch(&self.links0[at..at + 1]);
             }
         }
     }
 
-    /// Makes room in `links0` for `slots` more blocks, doubling, with huge pages asked for
+    /// Makes room in `links0` for `rows` more blocks, doubling, with huge pages asked for
     /// (see `kernels::advise_huge_pages`) before the new memory is touched.
-    pub(super) fn grow_links0(&mut self, slots: usize) {
-        let wanted = self.links0.len() + slots * self.block0();
+    pub(super) fn grow_links0(&mut self, rows: usize) {
+        let wanted = self.links0.len() + rows * self.block0();
         if wanted > self.links0.capacity() {
             let more = (wanted - self.links0.len())
                 .max(self.links0.len())
@@ -269,11 +269,11 @@ impl Graph {
         }
     }
 
-    pub(super) fn tombstone(&mut self, slot: u32) {
-        if !self.removed[slot as usize] {
-            self.removed[slot as usize] = true;
+    pub(super) fn tombstone(&mut self, row: u32) {
+        if !self.removed[row as usize] {
+            self.removed[row as usize] = true;
             self.tombstones += 1;
-            self.free.push(slot);
+            self.free.push(row);
         }
     }
 
@@ -289,7 +289,7 @@ impl Graph {
         }
         let mut at = Scored {
             distance: self.distance_to::<true>(query, self.entry),
-            slot: self.entry,
+            row: self.entry,
         };
         for l in (1..=self.max_level).rev() {
             at = self.greedy::<true>(query, at, l);
@@ -298,14 +298,14 @@ impl Graph {
         // The walk measured f16 copies: the best `ef` it found are ranked again by their
         // exact vectors, loads first as in the walk.
         for s in scratch.results.iter() {
-            kernels::prefetch(self.vectors.get(s.slot));
+            kernels::prefetch(self.vectors.get(s.row));
         }
         let mut found: Vec<Scored> = scratch
             .results
             .drain()
             .map(|s| Scored {
-                distance: self.distance(query, s.slot),
-                slot: s.slot,
+                distance: self.distance(query, s.row),
+                row: s.row,
             })
             .collect();
         found.sort_unstable();
@@ -313,7 +313,7 @@ impl Graph {
             .iter()
             .take(k)
             .map(|s| Neighbor {
-                id: self.ids[s.slot as usize],
+                id: self.ids[s.row as usize],
                 distance: s.distance,
             })
             .collect()

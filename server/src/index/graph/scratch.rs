@@ -4,11 +4,11 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
 
-/// A slot with its distance to whatever is being searched for; ordered by distance.
+/// A row with its distance to whatever is being searched for; ordered by distance.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Scored {
     pub(super) distance: f32,
-    pub(super) slot: u32,
+    pub(super) row: u32,
 }
 
 impl PartialEq for Scored {
@@ -26,11 +26,11 @@ impl Ord for Scored {
     fn cmp(&self, other: &Self) -> Ordering {
         self.distance
             .total_cmp(&other.distance)
-            .then(self.slot.cmp(&other.slot))
+            .then(self.row.cmp(&other.row))
     }
 }
 
-/// Which slots a search has seen: a stamp per slot, compared with this search's generation,
+/// Which rows a search has seen: a stamp per row, compared with this search's generation,
 /// so starting a search costs one increment instead of clearing an array or a hash set.
 #[derive(Default)]
 pub(super) struct Visited {
@@ -39,9 +39,9 @@ pub(super) struct Visited {
 }
 
 impl Visited {
-    pub(super) fn start(&mut self, slots: usize) {
-        if self.stamps.len() < slots {
-            self.stamps.resize(slots, 0);
+    pub(super) fn start(&mut self, rows: usize) {
+        if self.stamps.len() < rows {
+            self.stamps.resize(rows, 0);
         }
         self.generation = self.generation.wrapping_add(1);
         if self.generation == 0 {
@@ -51,10 +51,10 @@ impl Visited {
         }
     }
 
-    /// Marks `slot` visited; whether it was not before.
+    /// Marks `row` visited; whether it was not before.
     #[inline]
-    pub(super) fn first_visit(&mut self, slot: u32) -> bool {
-        let stamp = &mut self.stamps[slot as usize];
+    pub(super) fn first_visit(&mut self, row: u32) -> bool {
+        let stamp = &mut self.stamps[row as usize];
         let first = *stamp != self.generation;
         *stamp = self.generation;
         first

@@ -37,14 +37,14 @@ impl<T: Copy + Default> Slab<T> {
     }
 
     #[inline]
-    pub(super) fn get(&self, slot: u32) -> &[T] {
-        let at = self.start + slot as usize * self.stride;
+    pub(super) fn get(&self, row: u32) -> &[T] {
+        let at = self.start + row as usize * self.stride;
         &self.data[at..at + self.dimensions]
     }
 
-    /// Overwrites a slot's vector (a reused tombstone's).
-    pub(super) fn set(&mut self, slot: u32, vector: &[T]) {
-        let at = self.start + slot as usize * self.stride;
+    /// Overwrites a row's vector (a reused tombstone's).
+    pub(super) fn set(&mut self, row: u32, vector: &[T]) {
+        let at = self.start + row as usize * self.stride;
         self.data[at..at + self.dimensions].copy_from_slice(&vector[..self.dimensions]);
     }
 
@@ -60,8 +60,8 @@ impl<T: Copy + Default> Slab<T> {
         self.len += 1;
     }
 
-    pub(super) fn grow(&mut self, slots: usize) {
-        let mut data = Vec::with_capacity(slots * self.stride + Self::PER_LINE);
+    pub(super) fn grow(&mut self, rows: usize) {
+        let mut data = Vec::with_capacity(rows * self.stride + Self::PER_LINE);
         kernels::advise_huge_pages(&data);
         // An allocation of `T` is aligned to `T`, so the distance to the next line boundary is
         // a whole number of values.

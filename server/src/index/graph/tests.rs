@@ -68,7 +68,7 @@ fn every_point_is_found_by_its_own_vector() {
 }
 
 /// Inserts side by side (the server's indexers), with searches running beside them:
-/// every link is a real slot, every point is found by its own vector, recall holds.
+/// every link is a real row, every point is found by its own vector, recall holds.
 #[test]
 fn inserts_side_by_side_keep_every_point_findable() {
     let (dims, n, writers) = (32, 6000u64, 4u64);
@@ -104,16 +104,16 @@ fn inserts_side_by_side_keep_every_point_findable() {
         });
     });
     assert_eq!(ann.len(), n as usize);
-    assert_eq!(ann.slots(), n as usize, "no slot taken twice or skipped");
+    assert_eq!(ann.rows(), n as usize, "no row taken twice or skipped");
     {
         let graph = ann.graph.read().expect("graph");
-        for slot in 0..n as u32 {
-            for l in 0..=usize::from(graph.levels[slot as usize]) {
-                let links = graph.links(slot, l);
+        for row in 0..n as u32 {
+            for l in 0..=usize::from(graph.levels[row as usize]) {
+                let links = graph.links(row, l);
                 assert!(links.len() <= graph.capacity(l));
                 for (i, &to) in links.iter().enumerate() {
-                    assert!(to < n as u32 && to != slot, "{slot} level {l} links {to}");
-                    assert!(!links[..i].contains(&to), "{slot} links {to} twice");
+                    assert!(to < n as u32 && to != row, "{row} level {l} links {to}");
+                    assert!(!links[..i].contains(&to), "{row} links {to} twice");
                 }
             }
         }
@@ -160,9 +160,9 @@ fn remove_hides_a_point_and_reinsert_replaces_it() {
     let far = vec![1000.0; 16];
     ann.insert(8, &far).expect("replace");
     assert_eq!(ann.len(), 1999);
-    // 8 took 7's tombstoned slot, and left its own as the one tombstone.
+    // 8 took 7's tombstoned row, and left its own as the one tombstone.
     assert_eq!(ann.tombstones(), 1);
-    assert_eq!(ann.slots(), 2000, "no slot added");
+    assert_eq!(ann.rows(), 2000, "no row added");
     let hits = ann.search(&far, 1, 16).expect("search");
     assert_eq!((hits[0].id, hits[0].distance), (8, 0.0));
     let old = data.point(8).vector;
@@ -176,7 +176,7 @@ fn remove_hides_a_point_and_reinsert_replaces_it() {
 }
 
 #[test]
-fn rewrites_reuse_tombstoned_slots_and_keep_recall() {
+fn rewrites_reuse_tombstoned_rows_and_keep_recall() {
     // Every point rewritten three times with a new vector (another point of the same
     // clustered distribution), and a tenth removed and inserted again: the graph stays at
     // its live size, and searches stay as good as on a graph built once.
@@ -195,9 +195,9 @@ fn rewrites_reuse_tombstoned_slots_and_keep_recall() {
     }
     assert_eq!(ann.len(), 2000);
     assert!(
-        ann.slots() <= 2001,
-        "tombstoned slots are reused: {} slots for 2000 points",
-        ann.slots()
+        ann.rows() <= 2001,
+        "tombstoned rows are reused: {} rows for 2000 points",
+        ann.rows()
     );
     // Recall@10 against an exact scan of the current vectors.
     let current: Vec<(u64, Vec<f32>)> = (0..2000).map(|id| (id, live(3, id))).collect();

@@ -7,14 +7,14 @@ use prometheus_client::metrics::counter::Counter;
 use super::labels::{ClientLabel, LaneLabel, PartLabel};
 use super::registry::{CLIENT_LABELS, Metrics, PacingFigures};
 use crate::admission::Admission;
-use crate::storage::StorageSlot;
+use crate::storage::StorageCell;
 
 impl Metrics {
     /// The text exposition, with the gauges read now.
     pub fn render(
         &self,
         admission: &Admission,
-        storage: &StorageSlot,
+        storage: &StorageCell,
         data_dir: &std::path::Path,
         pacing: PacingFigures,
         lanes: &[usize],

@@ -7,13 +7,13 @@ use std::time::Duration;
 use super::registry::{CLIENT_LABELS, Metrics, PacingFigures};
 use crate::admission::{self, Admission, Recorder, ShedReason};
 use crate::caller::ClientKey;
-use crate::storage::StorageSlot;
+use crate::storage::StorageCell;
 
 /// The exposition `metrics` renders now, with admission off-duty, no storage yet, and no
 /// snapshot on disk.
 fn render(metrics: &Arc<Metrics>, pacing: PacingFigures, lanes: &[usize]) -> String {
     let admission = Admission::new(admission::Config::default(), Arc::clone(metrics) as _);
-    let storage: StorageSlot = Arc::new(OnceLock::new());
+    let storage: StorageCell = Arc::new(OnceLock::new());
     let data_dir = std::env::temp_dir().join("vecrig-metrics-test-no-such-dir");
     metrics.render(&admission, &storage, &data_dir, pacing, lanes)
 }
