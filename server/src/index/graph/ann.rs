@@ -114,9 +114,9 @@ impl GraphAnn {
     /// Before a plan: waits while other plans wait for the write lock, so that this plan's
     /// read lock does not hold them up for its whole length. Planners so move in step (plan
     /// side by side, then apply one after the other) instead of each apply waiting for
-    /// another whole plan. Measured why: a thread that sleeps on the lock is woken too late
-    /// on this machine's VM (its CPU idles and must be woken), another thread takes the lock
-    /// meanwhile, and two writers built no faster than one. Bounded: after
+    /// another whole plan. Why: a thread that sleeps on the lock can be woken late (its CPU
+    /// idles and must be woken, notably on a VM), another thread takes the lock meanwhile,
+    /// and two writers would build no faster than one. Bounded: after
     /// [`APPLY_WAIT`] it plans anyway.
     fn wait_for_applies(&self) {
         let started = Instant::now();

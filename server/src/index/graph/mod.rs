@@ -2,7 +2,7 @@
 //! search using Hierarchical Navigable Small World graphs") behind the [`Ann`] trait.
 //!
 //! Why it exists: usearch does about as many distance computations as hnswlib for the same
-//! recall, yet answers at 0.6-0.7x its QPS: each distance goes through indirect calls, every
+//! recall, yet answers well below its QPS (`docs/benchmarks.md`): each distance goes through indirect calls, every
 //! candidate's key is read for a predicate that always passes, and nothing is prefetched. Here
 //! the hot loop is ours, and the layout is chosen for it:
 //! - vectors live inline in one contiguous slab (`Slab`), each starting on a cache line, on
@@ -12,8 +12,7 @@
 //! - a search walks the graph with a second copy of the vectors at half width (f16: half the
 //!   bytes to wait for, and 100k x 128-d then fits the L3 cache), and ranks the best `ef` it
 //!   found again with the f32 vectors, so its answers and distances are exact; inserts link by
-//!   the f32 vectors (measured, ann bench, 100k x 128-d, same run: QPS from 0.96-1.03x
-//!   hnswlib's to 1.32-1.34x on one thread at recall 0.95 and 0.99, recall unchanged);
+//!   the f32 vectors (the ann bench's figures against hnswlib: `docs/benchmarks.md`);
 //! - level-0 neighbour lists, where almost all the work happens, sit in one flat array with a
 //!   fixed block of `1 + 2M` words per row (count, then neighbours); the upper levels, which
 //!   only one node in `M` has, are a small vector per row;
@@ -44,9 +43,8 @@
 //! next row then, and a neighbour list that changed since its plan read it is made again from
 //! what it holds now. Inserts that would change what other plans rely on (the first node, a
 //! new top level, a reused tombstone) run alone, behind a second lock (`writers`), as do
-//! removes. Planners move in step (see [`GraphAnn::wait_for_applies`]). Measured on this
-//! machine's two cores: the ann bench's 30k x 128-d build with two writers in 3.34 s against
-//! 4.80 s with one, and the server's `--preload 100000` start in 12.3 s against 20.8 s.
+//! removes. Planners move in step (see `GraphAnn::wait_for_applies`), so that a second
+//! writer builds the graph faster than one (`docs/benchmarks.md`).
 //!
 //! Files (`save`/[`GraphAnn::load`]): a versioned little-endian format of our own, checked
 //! with a CRC-32 and validated field by field, so that a file of another width, metric or

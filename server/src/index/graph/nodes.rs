@@ -144,11 +144,10 @@ impl Graph {
     /// Starts loading `row`'s vector: every line of its f16 copy when `COARSE`, else the
     /// first line of the exact one.
     ///
-    /// Why every line of the f16 copy but one of the f32: measured on 100k x 128-d (ann
-    /// bench, same run as hnswlib), all four lines of the f16 copy took QPS from 1.20x to
-    /// 1.32x hnswlib's at recall 0.95 on one thread (1.19x to 1.34x at 0.99); for the f32
-    /// vectors, prefetching 0, 1, 2, 4 or all 8 lines measured alike within the noise of our
-    /// shared 2-core machine (about 15%), the stream prefetcher catching the rest.
+    /// Why every line of the f16 copy but one of the f32: the walk reads the whole f16 copy
+    /// of every candidate, so prefetching all of it pays (`docs/benchmarks.md`, the ann
+    /// bench); the f32 vectors are read only to rank the best `ef` again, and the stream
+    /// prefetcher follows the first line there, so more hints change nothing measurable.
     #[inline]
     pub(super) fn prefetch<const COARSE: bool>(&self, row: u32) {
         if COARSE {
@@ -170,8 +169,8 @@ impl Graph {
         loop {
             let mut moved = false;
             let links = self.links(at.row, level);
-            // All loads first, as on level 0 (measured: +2% to +5% QPS at ef 16 to 64, where
-            // the descent is a larger share of a search; noise at 128).
+            // All loads first, as on level 0: it pays most at a small ef, where the descent
+            // is a larger share of a search.
             for &n in links {
                 self.prefetch::<COARSE>(n);
             }

@@ -232,7 +232,7 @@ impl Pacer {
     /// admitted work (its connection closed, it brought part of a request, or only requests
     /// that were refused), nothing finishes, nobody calls it again, and the slots stay idle
     /// until the pauses run out (under CoDel settings, most of the CPU). A wake-up not read
-    /// within a tick no longer holds the next one back.
+    /// within a tick does not hold the next one back.
     pub async fn tend_room(self: Arc<Self>, has_room: impl Fn() -> bool) {
         loop {
             let waiting = !self.lock().paused.is_empty();
