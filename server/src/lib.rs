@@ -209,17 +209,13 @@ pub async fn serve(
                 dispatch.clone(),
             );
             let render = Arc::new(move || {
-                let paced = pacer.stats();
-                let pacing = layers::metrics::PacingFigures {
-                    charged: paced.charged,
-                    pauses: paced.pauses,
-                    woken_for_room: paced.woken_for_room,
-                    paused: paced.paused,
-                    answer_cpu: paced.answer_cpu,
-                    served_cpu: paced.served_cpu,
-                    cheap_cpu_total: paced.cheap_cpu_total,
-                };
-                metrics.render(&admission, &storage, &dir, pacing, &dispatch.connections())
+                metrics.render(
+                    &admission,
+                    &storage,
+                    &dir,
+                    pacer.stats(),
+                    &dispatch.connections(),
+                )
             });
             Some(AbortOnDrop(tokio::spawn(layers::metrics::serve_metrics(
                 listener, render,

@@ -51,22 +51,25 @@ pub struct Metrics {
     pub(super) pacing_catch_up: std::sync::Mutex<()>,
 }
 
-/// Pacing's figures since start, as the pacer counts them (see `net::pacing::PacerStats`).
-#[derive(Debug, Clone, Copy, Default)]
+/// Pacing's figures since start, as the pacer counts them ([`crate::net::Pacer::stats`]) and
+/// the metrics endpoint shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PacingFigures {
-    /// Answers that were not admitted work, charged to their connections.
+    /// Cheap answers (answers that were not admitted work) charged to connections.
     pub charged: u64,
     /// Times a connection was paused.
     pub pauses: u64,
-    /// Paused connections read early because admission had room.
+    /// Paused connections woken early because admission had room.
     pub woken_for_room: u64,
-    /// Connections paused now with work waiting.
+    /// Connections paused now with work that room would let in.
     pub paused: u64,
-    /// The request path's CPU per cheap answer, as last measured.
+    /// The request path's CPU per cheap answer, as last measured (what the CPU ceiling
+    /// prices an excess answer at).
     pub answer_cpu: std::time::Duration,
-    /// The request path's CPU per served request, as last measured.
+    /// The request path's CPU per served request, as last measured where few answers were
+    /// cheap (zero until then).
     pub served_cpu: std::time::Duration,
-    /// Estimated CPU spent on cheap answers since start.
+    /// Estimated CPU spent on cheap answers since start (each sample's answers at its price).
     pub cheap_cpu_total: std::time::Duration,
 }
 

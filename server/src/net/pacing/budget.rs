@@ -14,6 +14,7 @@ use super::price::AnswerPrice;
 use super::settings::Config;
 #[cfg(test)]
 use crate::cpu::CpuSplit;
+use crate::layers::metrics::PacingFigures;
 
 /// How often, while connections are paused with work waiting, the pacer asks admission
 /// whether it has room ([`Pacer::tend_room`]); also how long a wake-up may go unread before
@@ -62,27 +63,6 @@ struct Shared {
     paused: VecDeque<Weak<Pause>>,
 }
 
-/// Pacing figures since start.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct PacerStats {
-    /// Cheap answers charged to connections.
-    pub charged: u64,
-    /// Times a connection was paused.
-    pub pauses: u64,
-    /// Paused connections woken early because admission had room.
-    pub woken_for_room: u64,
-    /// Connections paused now with work that room would let in.
-    pub paused: u64,
-    /// The request path's CPU per cheap answer, as last measured (what the CPU ceiling
-    /// prices an excess answer at).
-    pub answer_cpu: Duration,
-    /// The request path's CPU per served request, as last measured where few answers were
-    /// cheap (zero until then).
-    pub served_cpu: Duration,
-    /// Estimated CPU spent on cheap answers since start (each sample's answers at its price).
-    pub cheap_cpu_total: Duration,
-}
-
 impl Pacer {
     /// A pacer with these settings.
     pub fn new(config: Config) -> Arc<Self> {
@@ -125,7 +105,7 @@ impl Pacer {
     }
 
     /// Current figures.
-    pub fn stats(&self) -> PacerStats {
+    pub fn stats(&self) -> PacingFigures {
         // The listed connections are taken out of the shared lock before each one's own lock
         // is taken: `Connection::charge` takes them the other way round.
         let (price, listed) = {
@@ -145,7 +125,7 @@ impl Pacer {
             .iter()
             .filter(|c| c.lock().paused_until.is_some())
             .count() as u64;
-        PacerStats {
+        PacingFigures {
             charged: self.charged.load(Ordering::Relaxed),
             pauses: self.pauses.load(Ordering::Relaxed),
             woken_for_room: self.woken_for_room.load(Ordering::Relaxed),

@@ -62,7 +62,7 @@ mod settings;
 #[cfg(test)]
 mod tests;
 
-pub use budget::{Pacer, PacerStats};
+pub use budget::Pacer;
 pub use charge::Charge;
 pub use connection::Connection;
 pub use layer::{Lookup, PacingLayer, PacingService};
