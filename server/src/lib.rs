@@ -72,7 +72,7 @@ use crate::layers::metrics::{Metrics, MetricsLayer};
 use crate::net::{Pacer, PacingLayer, WholeRequestLayer};
 use crate::service::Service;
 use crate::storage::snapshot::SnapshotError;
-use crate::storage::{OpenError, Storage, StorageSlot};
+use crate::storage::{OpenError, Storage, StorageCell};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -180,9 +180,9 @@ pub async fn serve(
     // Admitted work runs apart from the request path (`admission::work`); it outlives the
     // server below, and is shut down when this function returns.
     let work = crate::admission::work::WorkRuntime::new().map_err(ServeError::Runtime)?;
-    let storage_slot: StorageSlot = Arc::new(OnceLock::new());
+    let storage_cell: StorageCell = Arc::new(OnceLock::new());
     let service = Service::new(
-        Arc::clone(&storage_slot),
+        Arc::clone(&storage_cell),
         config.limits,
         Arc::clone(&admission) as _,
     );
@@ -203,23 +203,19 @@ pub async fn serve(
             let (metrics, admission, storage, dir, pacer, dispatch) = (
                 Arc::clone(&metrics),
                 Arc::clone(&admission),
-                Arc::clone(&storage_slot),
+                Arc::clone(&storage_cell),
                 config.data_dir.clone(),
                 Arc::clone(&pacer),
                 dispatch.clone(),
             );
             let render = Arc::new(move || {
-                let paced = pacer.stats();
-                let pacing = layers::metrics::PacingFigures {
-                    charged: paced.charged,
-                    pauses: paced.pauses,
-                    woken_for_room: paced.woken_for_room,
-                    paused: paced.paused,
-                    answer_cpu: paced.answer_cpu,
-                    served_cpu: paced.served_cpu,
-                    cheap_cpu_total: paced.cheap_cpu_total,
-                };
-                metrics.render(&admission, &storage, &dir, pacing, &dispatch.connections())
+                metrics.render(
+                    &admission,
+                    &storage,
+                    &dir,
+                    pacer.stats(),
+                    &dispatch.connections(),
+                )
             });
             Some(AbortOnDrop(tokio::spawn(layers::metrics::serve_metrics(
                 listener, render,
@@ -276,7 +272,7 @@ pub async fn serve(
             return Ok(());
         }
     };
-    let _ = storage_slot.set(Arc::clone(&storage));
+    let _ = storage_cell.set(Arc::clone(&storage));
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(points = storage.engine().len(), "serving");
 
