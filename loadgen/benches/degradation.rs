@@ -335,21 +335,21 @@ async fn with_server<T>(
 ) -> T {
     let copy = tempfile::tempdir().expect("temp dir");
     vecrig_loadgen::target::copy_data_dir(data, copy.path()).expect("copy the index");
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port for the metrics");
     let args: Vec<String> = SERVER_ARGS
         .iter()
         .map(|s| s.to_string())
         .chain(extra.iter().cloned())
-        .chain(["--metrics-listen".into(), metrics.to_string()])
+        .chain(["--metrics-listen".into(), "127.0.0.1:0".into()])
         .collect();
     let server = LocalServer::spawn(binary, POINTS, Some(copy.path()), None, &args)
         .await
         .expect("start vecrig-server");
     let endpoints = Endpoints {
         grpc: server.target.clone(),
-        metrics: format!("http://{metrics}/metrics"),
+        metrics: server
+            .metrics_url
+            .clone()
+            .expect("the metrics endpoint is on"),
     };
     let out = run(&endpoints).await;
     server.stop(Duration::from_secs(30)).await;

@@ -164,6 +164,9 @@ pub struct LocalServer {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub target: String,
+    /// `http://ADDR/metrics`, when started with `--metrics-listen` (read from the server's
+    /// `metrics on ADDR` line, so port 0 works).
+    pub metrics_url: Option<String>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
@@ -277,12 +280,28 @@ impl LocalServer {
             })?;
         let addr = line
             .strip_prefix("listening on ")
-            .ok_or_else(|| no_address(format!("unexpected first line {line:?}")))?;
+            .ok_or_else(|| no_address(format!("unexpected first line {line:?}")))?
+            .to_string();
+        let metrics_url = match extra.iter().any(|arg| arg == "--metrics-listen") {
+            true => {
+                let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                    .await
+                    .map_err(|_| no_address("no metrics address within 30 s".into()))?
+                    .map_err(|e| no_address(e.to_string()))?
+                    .unwrap_or_default();
+                let metrics = line
+                    .strip_prefix("metrics on ")
+                    .ok_or_else(|| no_address(format!("unexpected second line {line:?}")))?;
+                Some(format!("http://{metrics}/metrics"))
+            }
+            false => None,
+        };
         // Keep draining its stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
             child,
             target: format!("http://{addr}"),
+            metrics_url,
             _data_dir: temp,
         })
     }

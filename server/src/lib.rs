@@ -144,13 +144,34 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
         .await;
 }
 
-/// Serves the index on `listener` until `shutdown` resolves, then drains and saves.
+/// Serves the index on `listener` until `shutdown` resolves, then drains and saves; the
+/// metrics endpoint, if `config.metrics_listen` names one, on a listener bound here.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            layers::metrics::bind(addr)
+                .await
+                .map_err(ServeError::Metrics)?,
+        ),
+        None => None,
+    };
+    serve_on(listener, metrics_listener, config, shutdown).await
+}
+
+/// Serves the index on `listener`, and Prometheus metrics on `metrics_listener` if given,
+/// until `shutdown` resolves, then drains and saves. Callers that bind both themselves know
+/// both ports before anything is served (`main` prints them; tests read them).
 ///
 /// Health answers NOT_SERVING from the first moment until the index is loaded (and preloaded),
 /// and again from the moment shutdown begins; VectorIndex calls made while starting get
 /// UNAVAILABLE.
-pub async fn serve(
+pub async fn serve_on(
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -194,11 +215,8 @@ pub async fn serve(
     let limits = &config.connection_limits;
     let (_lanes, dispatch, lanes) =
         net::lanes::start(limits.request_lanes, limits, &pacer).map_err(ServeError::Runtime)?;
-    let metrics_task = match config.metrics_listen {
-        Some(addr) => {
-            let listener = layers::metrics::bind(addr)
-                .await
-                .map_err(ServeError::Metrics)?;
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
             tracing::info!(addr = %listener.local_addr().map_err(ServeError::Metrics)?, "metrics at /metrics");
             let (metrics, admission, storage, dir, pacer, dispatch) = (
                 Arc::clone(&metrics),

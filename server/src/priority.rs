@@ -40,6 +40,7 @@ pub const DEFAULT_INDEX_NICE: i32 = 10;
 
 /// The priority flag (flattened into the server's).
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Nice increment of index work (searches, embedding, the writer) relative to the request
     /// path, so that a saturated index cannot delay admission and shedding (0: off).
@@ -48,7 +49,7 @@ pub struct Args {
     /// Time slice the request path's threads ask the kernel for (Linux 6.12+; 0s: the
     /// kernel's default), so that reading and answering a polite client's request waits less
     /// behind a flood's (0.1 ms to 100 ms).
-    #[arg(long, env = "VECRIG_REQUEST_SLICE", default_value = "100us", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VECRIG_REQUEST_SLICE", default_value = "100us", value_parser = humantime::parse_duration, hide = true)]
     pub request_slice: Duration,
 }
 

@@ -17,6 +17,7 @@ use vecrig::client::{ConnectOptions, endpoint, with_deadline};
 
 /// The probe's flags (flattened into the server's).
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Do not serve: check the health of the server at --listen and exit 0 if it is SERVING,
     /// 1 otherwise (a container health check).

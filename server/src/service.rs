@@ -60,6 +60,7 @@ pub struct Load {
 
 /// The request-size flags (flattened into the server's); their defaults are written here only.
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Largest `k` a search may ask for.
     #[arg(long, env = "VECRIG_MAX_K", default_value_t = 1000)]

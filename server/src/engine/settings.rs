@@ -4,6 +4,7 @@ use crate::index::{AnnEngine, Metric};
 
 /// The index's flags (flattened into the server's); their defaults are written here only.
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Vector width.
     #[arg(long, env = "VECRIG_DIMENSIONS", default_value_t = 128)]
@@ -23,7 +24,7 @@ pub struct Args {
     /// Which HNSW implementation: graph (our own, `index::graph`), or usearch (only in a build
     /// with the `usearch` feature). A snapshot's graph written by the other one is refused and
     /// rebuilt from the points at start.
-    #[arg(long, env = "VECRIG_ANN_ENGINE", default_value = "graph")]
+    #[arg(long, env = "VECRIG_ANN_ENGINE", default_value = "graph", hide = !cfg!(feature = "usearch"))]
     pub ann_engine: AnnEngine,
     /// Threads that move written points into the graph side by side (0: one per CPU this
     /// process may use). usearch takes one at a time whatever is set here.

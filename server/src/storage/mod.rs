@@ -44,6 +44,7 @@ use wal::{Record, Wal};
 
 /// The storage flags (flattened into the server's); their defaults are written here only.
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Fill an empty index with N seeded synthetic points (clustered vectors with texts).
     #[arg(long, env = "VECRIG_PRELOAD", default_value_t = 0)]

@@ -11,6 +11,7 @@ use tonic::codegen::http;
 
 /// The metrics flag (flattened into the server's).
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Serve Prometheus metrics at http://ADDR/metrics [default: off].
     #[arg(long, env = "VECRIG_METRICS_LISTEN")]

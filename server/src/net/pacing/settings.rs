@@ -4,6 +4,7 @@ use std::time::Duration;
 
 /// The pacing flags (flattened into the server's).
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Cheap answers (refusals, health, Stats, reflection, errors) one connection may get per
     /// second before it draws on the server's shared excess budget.
@@ -11,10 +12,8 @@ pub struct Args {
     pub pace_connection_rate: f64,
     /// Cheap answers per second and per CPU, beyond the connections' allowances, that the
     /// server gives before the connections asking for more are read slowly (0: no pacing).
-    /// A refusal costs some 30-50 us of CPU here (request path, HTTP/2 and the kernel's
-    /// share), so the default spends 2-3% of each CPU on answers that nothing else pays for.
-    /// (At 3,000 a second, a 64 x 64 closed-loop flood kept 0.71-0.81 of capacity; at 500,
-    /// 0.83-1.0: `tests/collapse.rs`.)
+    /// The default spends a few percent of each CPU on answers nothing else pays for
+    /// (docs/overload.md).
     #[arg(long, env = "VECRIG_PACE_EXCESS_RATE", default_value_t = 500.0)]
     pub pace_excess_rate: f64,
     /// Further cheap answers each served request adds to the shared budget, so that offered
@@ -24,10 +23,8 @@ pub struct Args {
     pub pace_shed_per_served: f64,
     /// Share of the CPUs that excess cheap answers may cost the request path, whatever the
     /// rates above allow (each priced at the measured request-path CPU per cheap answer); beyond
-    /// it, connections asking for more are read slowly (0: no ceiling).
-    /// (0.15: a closed-loop flood's refusals may then take at most that much, so goodput can
-    /// stay above 0.8 of capacity; an open-model overload's refusals, at some 30 us each
-    /// unpaced, fit in it up to about 2.5x capacity on one CPU.)
+    /// it, connections asking for more are read slowly (0: no ceiling). It keeps a closed-loop
+    /// flood from taking the CPU that admitted work needs (docs/overload.md).
     #[arg(long, env = "VECRIG_PACE_CPU_SHARE", default_value_t = 0.15)]
     pub pace_cpu_share: f64,
     /// Longest a paced connection goes unread at a time (below the keepalive timeout, so that
