@@ -394,7 +394,8 @@ impl Drop for Grant {
 /// Why a callback rather than a task that waits for its turn: a waiting task must be polled
 /// to learn of its grant, and the runtime polls tasks in the order they became ready, not in
 /// the fair queue's. Under an open-model flood thousands of tasks wait to be polled, and a
-/// polite client's granted request would wait behind them all (`docs/overload.md`, "What we tried").
+/// polite client's granted request would wait behind them all (`docs/overload.md`, "What we
+/// tried").
 /// Started by the granting thread, the fair queue's order is the order work starts in.
 pub(super) type Launch = Box<dyn FnOnce(Result<Admitted, Status>) + Send>;
 
