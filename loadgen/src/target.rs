@@ -18,7 +18,7 @@ use vecrig::proto::{StatsRequest, StatsResponse};
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     /// Nothing answers at the address.
-    #[error("{}: is the server up, and is --target right?", with_causes(.0))]
+    #[error("{}", unreachable(.0))]
     Unreachable(#[from] ConnectError),
     /// The health service says the server is not serving.
     #[error(
@@ -69,6 +69,17 @@ fn with_causes(error: &dyn std::error::Error) -> String {
         cause = inner.source();
     }
     text
+}
+
+/// Why a target could not be reached, and what to check.
+fn unreachable(error: &ConnectError) -> String {
+    let causes = with_causes(error);
+    let check = if causes.contains("certificate") {
+        "does --ca-cert trust the server's certificate, and --tls-domain match its name?"
+    } else {
+        "is the server up, and is --target right?"
+    };
+    format!("{causes}: {check}")
 }
 
 /// A checked target: its connections and what it said about itself.
