@@ -123,11 +123,13 @@ impl Admission {
         let waiting = match took_place {
             Ok(waiting) => waiting,
             // Full: a lighter client's arrival takes the place of the heaviest client's newest
-            // waiter, which is answered at once; the heaviest client's own arrival is refused.
+            // waiter, which is answered at once; inside the heaviest client, a lighter
+            // connection's arrival takes that of its heaviest connection's newest waiter; the
+            // heaviest connection's own arrival is refused.
             // Either way before the body is priced. (A concurrent arrival may take the place
             // first for a moment: hence the clamps in `stats` and `take_peaks`.)
             Err(_) => {
-                let displaced = self.lock().displace_for(&caller.client);
+                let displaced = self.lock().displace_for(&caller);
                 let Some(Waiter { priced, launch }) = displaced else {
                     return Err(self.shed(ShedReason::QueueFull, deadline, &caller.client));
                 };

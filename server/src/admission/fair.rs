@@ -9,9 +9,11 @@
 //! opened, and within a client each connection takes its turn; a client alone uses
 //! everything (the queue is work-conserving), and a client that was idle banks no credit.
 //!
-//! It also knows how many places each client holds, so that when the queue is full the
-//! place given up is the newest request of the client holding the most
-//! ([`FairQueue::heaviest`], [`FairQueue::newest_of`]), never a light client's.
+//! It also knows how many places each client, and each of its connections, holds, so that
+//! when the queue is full the place given up is the newest request of the client holding the
+//! most ([`FairQueue::heaviest`], [`FairQueue::newest_of`]), never a light client's; and
+//! inside one client, that of its connection holding the most
+//! ([`FairQueue::connections_of`], [`FairQueue::newest_of_connection`]).
 //!
 //! State is kept only for clients with requests waiting: the table is bounded by the queue,
 //! however many addresses a scan comes from.
@@ -185,6 +187,22 @@ impl<T> FairQueue<T> {
     /// The id of `client`'s newest waiting request.
     pub fn newest_of(&self, client: &ClientKey) -> Option<u64> {
         self.clients.get(client)?.waiting.last().copied()
+    }
+
+    /// Each connection of `client` with requests waiting, and how many.
+    pub fn connections_of(&self, client: &ClientKey) -> impl Iterator<Item = (u64, usize)> {
+        self.clients.get(client).into_iter().flat_map(|c| {
+            c.turns
+                .iter()
+                .map(|(connection, queue)| (*connection, queue.len()))
+        })
+    }
+
+    /// The id of the newest waiting request of `client`'s `connection`.
+    pub fn newest_of_connection(&self, client: &ClientKey, connection: u64) -> Option<u64> {
+        let client = self.clients.get(client)?;
+        let (_, queue) = client.turns.iter().find(|(c, _)| *c == connection)?;
+        queue.back().map(|waiting| waiting.id)
     }
 
     /// Each client with requests waiting, and how many.

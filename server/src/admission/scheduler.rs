@@ -178,22 +178,60 @@ impl<T> Scheduler<T> {
         self.queues[0].queued_of(client) + self.queues[1].queued_of(client)
     }
 
-    /// The queue is full and a request of `client` arrives: if another client holds more
-    /// places, its newest request gives its place up (is returned, to be shed) and the arrival
-    /// may queue; if `client` is the heaviest itself, the arrival is the one refused (`None`).
-    pub(super) fn displace_for(&mut self, client: &ClientKey) -> Option<T> {
+    /// Places held by each of `client`'s connections, in both queues.
+    fn places_by_connection(&self, client: &ClientKey) -> Vec<(u64, usize)> {
+        let mut out: Vec<(u64, usize)> = Vec::new();
+        for queue in &self.queues {
+            for (connection, n) in queue.connections_of(client) {
+                match out.iter_mut().find(|(c, _)| *c == connection) {
+                    Some((_, total)) => *total += n,
+                    None => out.push((connection, n)),
+                }
+            }
+        }
+        out
+    }
+
+    /// The queue is full and a request of `caller` arrives. If another client holds more
+    /// places than the caller's, that client's newest request gives its place up (is
+    /// returned, to be shed) and the arrival may queue. If the caller's client is the
+    /// heaviest (or as heavy as any), the same rule holds one level down, between its
+    /// connections: if another of its connections holds more places than the arrival's, that
+    /// connection's newest request gives its place up. Otherwise the arrival is the one
+    /// refused (`None`).
+    pub(super) fn displace_for(&mut self, caller: &Caller) -> Option<T> {
+        let client = &caller.client;
         let heaviest = [&self.queues[0], &self.queues[1]]
             .into_iter()
             .filter_map(|q| q.heaviest().map(|(key, _)| key.clone()))
             .max_by_key(|key| self.places_of(key));
         let heaviest = heaviest?;
-        if self.places_of(&heaviest) <= self.places_of(client) {
-            return None;
-        }
         // Its newest request, whichever queue it is in (ids grow with arrival).
-        let newest = (0..2)
-            .filter_map(|class| Some((self.queues[class].newest_of(&heaviest)?, class)))
-            .max();
+        let newest = if self.places_of(&heaviest) > self.places_of(client) {
+            (0..2)
+                .filter_map(|class| Some((self.queues[class].newest_of(&heaviest)?, class)))
+                .max()
+        } else {
+            let connections = self.places_by_connection(client);
+            let own = connections
+                .iter()
+                .find(|(c, _)| *c == caller.connection)
+                .map_or(0, |&(_, n)| n);
+            let (heaviest_connection, places) = connections
+                .iter()
+                .copied()
+                .max_by_key(|&(connection, n)| (n, std::cmp::Reverse(connection)))?;
+            if places <= own {
+                return None;
+            }
+            (0..2)
+                .filter_map(|class| {
+                    let id =
+                        self.queues[class].newest_of_connection(client, heaviest_connection)?;
+                    Some((id, class))
+                })
+                .max()
+        };
         let (id, class) = newest?;
         let (units, waiter) = self.queues[class].remove(id)?;
         self.queued_units -= units;
@@ -311,16 +349,87 @@ mod tests {
         let polite = waiter_of(&mut s, &caller(2), 4, false);
         // The queue is full; another polite request arrives: the flooder's newest goes, and
         // the rest still wait.
-        assert_eq!(s.displace_for(&caller(2).client), Some(flood[9]));
+        assert_eq!(s.displace_for(&caller(2)), Some(flood[9]));
         assert_eq!(s.waiting(), 10);
         // The flooder itself gains nothing by arriving: it is the heaviest.
-        assert_eq!(s.displace_for(&caller(1).client), None);
+        assert_eq!(s.displace_for(&caller(1)), None);
         // The polite client is served within the next two (the flooder's oldest came first,
         // and clients alternate from there).
         let mut granted = s.release(4);
         granted.extend(s.release(4));
         assert_eq!(granted, vec![flood[0], polite]);
         assert_eq!(s.waiting(), 8);
+    }
+
+    fn on_connection(ip: u8, connection: u64) -> Caller {
+        Caller {
+            connection,
+            ..caller(ip)
+        }
+    }
+
+    #[test]
+    fn inside_one_client_a_light_connection_displaces_the_heaviest_connections_newest() {
+        let mut s = Scheduler::new(4);
+        s.used_units = 4;
+        // One client (one address, or one tenant): a greedy connection and a polite one.
+        let greedy: Vec<_> = (0..8)
+            .map(|_| waiter_of(&mut s, &on_connection(1, 10), 4, false))
+            .collect();
+        let polite = waiter_of(&mut s, &on_connection(1, 20), 4, false);
+        // The queue is full and the polite connection (1 place) sends again: the greedy
+        // connection's newest goes, as a lighter client's arrival displaces across clients.
+        assert_eq!(s.displace_for(&on_connection(1, 20)), Some(greedy[7]));
+        // So does a new connection's first request.
+        assert_eq!(s.displace_for(&on_connection(1, 30)), Some(greedy[6]));
+        // The greedy connection gains nothing by arriving: it is the heaviest.
+        assert_eq!(s.displace_for(&on_connection(1, 10)), None);
+        assert_eq!(s.waiting(), 7);
+        // Its oldest are still there, and the polite one is served within the next two.
+        let mut granted = s.release(4);
+        granted.extend(s.release(4));
+        assert_eq!(granted, vec![greedy[0], polite]);
+    }
+
+    #[test]
+    fn connections_with_equal_places_displace_nobody() {
+        let mut s = Scheduler::new(4);
+        s.used_units = 4;
+        for connection in [1, 2] {
+            for _ in 0..3 {
+                waiter_of(&mut s, &on_connection(1, connection), 4, false);
+            }
+        }
+        assert_eq!(s.displace_for(&on_connection(1, 1)), None);
+        assert_eq!(s.displace_for(&on_connection(1, 2)), None);
+        assert_eq!(s.waiting(), 6);
+    }
+
+    #[test]
+    fn across_clients_comes_first_and_a_connection_counts_both_queues() {
+        let mut s = Scheduler::new(4);
+        s.used_units = 4;
+        // Client 1: connection 11 holds one place, then connection 10 three (two searches,
+        // then a scan).
+        waiter_of(&mut s, &on_connection(1, 11), 4, false);
+        let cheap: Vec<_> = (0..2)
+            .map(|_| waiter_of(&mut s, &on_connection(1, 10), 4, false))
+            .collect();
+        let scan = waiter_of(&mut s, &on_connection(1, 10), 32, true);
+        // Client 2 holds 2 places on one connection.
+        let other: Vec<_> = (0..2)
+            .map(|_| waiter_of(&mut s, &on_connection(2, 20), 4, false))
+            .collect();
+        // A lighter client's arrival: the heaviest client (1) loses its newest, the scan.
+        assert_eq!(s.displace_for(&on_connection(3, 30)), Some(scan));
+        // Client 1's light connection: client 1 is heaviest (3 vs 2), so its own heaviest
+        // connection (10, two left) gives up its newest.
+        assert_eq!(s.displace_for(&on_connection(1, 11)), Some(cheap[1]));
+        // Now 2 against 2: client 2's arrival displaces nobody across clients, and its only
+        // connection is its heaviest.
+        assert_eq!(s.displace_for(&on_connection(2, 20)), None);
+        assert_eq!(s.waiting(), 4);
+        assert!(other.iter().all(|&id| id > scan));
     }
 
     #[test]
