@@ -68,6 +68,9 @@ pub struct Args {
     /// Authentication.
     #[command(flatten, next_help_heading = "Security")]
     pub auth: auth::Args,
+    /// Who a client is behind a proxy.
+    #[command(flatten, next_help_heading = "Security")]
+    pub clients: crate::caller::Args,
     /// The metrics endpoint.
     #[command(flatten, next_help_heading = "Observability")]
     pub metrics: metrics::Args,
@@ -126,6 +129,8 @@ pub struct Config {
     pub tls: Option<Tls>,
     /// The bearer token VectorIndex calls must carry, if any.
     pub auth_token: Option<auth::Token>,
+    /// Which peers may name the client's address, and in which header.
+    pub client_rule: crate::caller::ClientRule,
     /// Where to serve Prometheus metrics, if anywhere.
     pub metrics_listen: Option<SocketAddr>,
     /// Connection and HTTP/2 limits against abusive peers.
@@ -239,6 +244,7 @@ impl TryFrom<&Args> for Config {
             snapshots: SnapshotPolicy::from(&args.storage),
             tls,
             auth_token,
+            client_rule: crate::caller::ClientRule::from(&args.clients),
             metrics_listen: args.metrics.metrics_listen,
             connection_limits,
             memory,

@@ -443,7 +443,10 @@ fn router<H: tonic_health::pb::health_server::Health>(
         // health, Stats, reflection) is charged to its connection, which is read slowly once
         // it asks for too many: a flood of them costs its sender, not the server. It also
         // tells admission who each request is from, for fair shares.
-        .layer(PacingLayer::new(net::PeerInfo::pacing_of))
+        .layer(PacingLayer::new(
+            net::PeerInfo::pacing_of,
+            config.client_rule.clone(),
+        ))
         // Server-wide: a VectorIndex request reaches routing, the layers and admission only
         // once its body is whole (a slow body cannot hold an admission slot), and every
         // request counts as activity on its connection.

@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 
 use super::charge::Charge;
 use super::connection::Connection;
-use crate::caller::{Caller, ClientKey};
+use crate::caller::ClientRule;
 use crate::method::Method;
 
 /// Finds a request's connection pacing state, and its peer's address, in its extensions.
@@ -25,13 +25,15 @@ pub type Lookup = fn(&http::Request<Body>) -> Option<(Arc<Connection>, Option<Ip
 #[derive(Clone)]
 pub struct PacingLayer {
     lookup: Lookup,
+    rule: ClientRule,
 }
 
 impl PacingLayer {
     /// Charges answers outside VectorIndex (health, reflection), `Stats`, and every refusal
-    /// (a trailers-only answer with a non-OK status) to the connection `lookup` finds.
-    pub fn new(lookup: Lookup) -> Self {
-        Self { lookup }
+    /// (a trailers-only answer with a non-OK status) to the connection `lookup` finds; each
+    /// request's client is its address by `rule`.
+    pub fn new(lookup: Lookup, rule: ClientRule) -> Self {
+        Self { lookup, rule }
     }
 }
 
@@ -84,11 +86,11 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let connection = (self.layer.lookup)(&request).map(|(connection, address)| {
-            request.extensions_mut().insert(Caller {
-                client: address.map_or(ClientKey::Anonymous, ClientKey::Address),
-                weight: 1,
-                connection: connection.id,
-            });
+            let caller = self
+                .layer
+                .rule
+                .caller(address, request.headers(), connection.id);
+            request.extensions_mut().insert(caller);
             connection
         });
         let path = request.uri().path();
