@@ -213,8 +213,16 @@ pub async fn serve_on(
     // Each client address's connections are served on one lane (`net::lanes`); the lanes
     // outlive the server below, and are shut down when this function returns.
     let limits = &config.connection_limits;
-    let (_lanes, dispatch, lanes) =
-        net::lanes::start(limits.request_lanes, limits, &pacer).map_err(ServeError::Runtime)?;
+    let (_lanes, dispatch, lanes) = net::lanes::start(
+        limits.request_lanes,
+        limits,
+        &pacer,
+        config
+            .auth_token
+            .as_ref()
+            .is_some_and(layers::auth::Token::names_tenants),
+    )
+    .map_err(ServeError::Runtime)?;
     let metrics_task = match metrics_listener {
         Some(listener) => {
             tracing::info!(addr = %listener.local_addr().map_err(ServeError::Metrics)?, "metrics at /metrics");

@@ -141,6 +141,11 @@ impl Token {
         }
     }
 
+    /// Whether the file names tenants (then each is a client of its own).
+    pub fn names_tenants(&self) -> bool {
+        self.0.iter().any(|(_, tenant)| tenant.is_some())
+    }
+
     /// A token from its text (no tenant).
     pub fn new(token: &str) -> Result<Self, &'static str> {
         Ok(Self(vec![(secret(token)?, None)].into()))

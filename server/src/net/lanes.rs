@@ -15,11 +15,15 @@
 //!
 //! How:
 //! - The accept loop (on the server's own runtime) takes each connection's place under the
-//!   cap and gives it to a lane: the lane of the client's other open connections, or, for a
-//!   client with none, the lane with the fewest open connections. The client is the peer's
-//!   IP address (tenants are only known from a request's token, after the connection is
-//!   served; tenants behind one address share its lane, and admission still shares the index
-//!   fairly between them).
+//!   cap and gives it to a lane: the lane of its party's other open connections, or, for a
+//!   party with none, the lane with the fewest open connections. The party is the peer's IP
+//!   address; where the token file names tenants, it is the address and the token of the
+//!   connection's first request ([`super::first_request`], which looks at it without
+//!   consuming it), so that a tenant's connections are read and answered apart from another
+//!   tenant's flood behind the same address (a proxy, a NAT). Lanes are kept per party
+//!   rather than balanced per connection: a flood's connections, spread over every lane,
+//!   would leave no lane quiet for anybody else. Connections of one client with no token to
+//!   tell them apart share a lane; admission still serves them in turn.
 //! - The socket is moved into the lane's runtime (re-registered with its I/O driver, so its
 //!   readiness is reported by the lane's own threads), where it becomes a [`GuardedSocket`]
 //!   and tonic serves it.
@@ -87,14 +91,18 @@ pub struct Lane {
 pub struct Dispatch {
     senders: Vec<mpsc::UnboundedSender<Handed>>,
     seats: Seats,
+    /// Whether a connection's first request's token counts in its party (tenants are named).
+    by_token: bool,
 }
 
 /// Starts `count` lanes (at least one), each with one worker thread per CPU this process may
-/// run on. Their sockets are guarded by `limits` and paced by `pacer`.
+/// run on. Their sockets are guarded by `limits` and paced by `pacer`. With `by_token`, a
+/// connection's lane is chosen by its address and its first request's token.
 pub fn start(
     count: usize,
     limits: &ConnectionLimits,
     pacer: &Arc<Pacer>,
+    by_token: bool,
 ) -> io::Result<(Lanes, Dispatch, Vec<Lane>)> {
     let count = count.max(1);
     let workers = crate::process::available_cpus();
@@ -123,6 +131,7 @@ pub fn start(
     let dispatch = Dispatch {
         senders,
         seats: Seats::new(count),
+        by_token: by_token && count > 1,
     };
     Ok((Lanes { runtimes }, dispatch, lanes))
 }
@@ -138,17 +147,31 @@ impl Drop for Lanes {
 }
 
 impl Dispatch {
-    /// Gives `accepted` to its client's lane. A connection that cannot be moved (its socket
-    /// failed meanwhile) or whose lane has stopped is closed.
+    /// Gives `accepted` to its party's lane: at once, or, when tokens count, once its first
+    /// request's token is known (in a task of its own, on the accepting runtime). A
+    /// connection that cannot be moved (its socket failed meanwhile) or whose lane has
+    /// stopped is closed.
     pub fn give(&self, accepted: Accepted) {
-        let client = accepted
+        if !self.by_token {
+            self.seat(accepted, None);
+            return;
+        }
+        let dispatch = self.clone();
+        tokio::spawn(async move {
+            let token = super::first_request::token_key(&accepted.stream).await;
+            dispatch.seat(accepted, token);
+        });
+    }
+
+    fn seat(&self, accepted: Accepted, token: Option<u64>) {
+        let address = accepted
             .stream
             .peer_addr()
             .map_or(IpAddr::from([0, 0, 0, 0]), |peer| peer.ip().to_canonical());
         let Ok(stream) = accepted.stream.into_std() else {
             return;
         };
-        let (lane, seat) = self.seats.take(client);
+        let (lane, seat) = self.seats.take((address, token));
         // A send fails only once the lane's server has stopped: the socket is then dropped.
         let _ = self.senders[lane].send(Handed {
             stream,

@@ -15,9 +15,10 @@
 //!   anything, is still idle: gRPC's `MAX_CONNECTION_IDLE`). Requests are counted per
 //!   connection through its [`PeerInfo`], which tonic puts in every request's extensions.
 //! - [`lanes`]: each accepted connection is served on one of several request-path runtimes,
-//!   all of one client's connections on the same one, so that a flooding client's reads and
-//!   refusals queue on its own lane's threads and not in front of everybody else's requests
-//!   ([`seating`]: which lane each client's connections are in).
+//!   all of one party's connections (an address; with tenants, an address and a token, read
+//!   from the first request by [`first_request`]) on the same one, so that a flooding
+//!   client's reads and refusals queue on its own lane's threads and not in front of
+//!   everybody else's requests ([`seating`]: which lane each party's connections are in).
 //! - [`http2`]: HTTP/2 limits on tonic's server builder (streams per connection, header list
 //!   size, reset-stream guards, windows, frame size, keepalive pings that find peers which stopped
 //!   answering).
@@ -39,6 +40,7 @@
 //! `max_concurrent_streams` streams per connection.
 
 pub mod accept;
+pub mod first_request;
 pub mod gate;
 pub mod http2;
 pub mod lanes;

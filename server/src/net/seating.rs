@@ -1,11 +1,16 @@
-//! Which request-path lane each client's connections are in ([`super::lanes`] says why):
-//! a client keeps the lane of its other open connections, and a new client takes the lane with
-//! the fewest. Apart from `lanes` so that the sockets, which hold a [`Seat`], need not know
-//! the lanes.
+//! Which request-path lane each party's connections are in ([`super::lanes`] says why): a
+//! party keeps the lane of its other open connections, and a new party takes the lane with
+//! the fewest. A [`Party`] is a peer address, and where tenants are named, the key of the
+//! token its connection's first request carried ([`super::first_request`]). Apart from
+//! `lanes` so that the sockets, which hold a [`Seat`], need not know the lanes.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Whose connections share a lane: the peer's address, and the key of the token of the
+/// connection's first request, if it was looked at and carried one.
+pub type Party = (IpAddr, Option<u64>);
 
 /// The seating of all lanes, shared by the accept loop and the seats it hands out.
 #[derive(Debug, Clone)]
@@ -19,7 +24,7 @@ impl Seats {
 
     /// The lane for one more connection of `client`, and the seat that connection holds
     /// until it closes.
-    pub fn take(&self, client: IpAddr) -> (usize, Seat) {
+    pub fn take(&self, client: Party) -> (usize, Seat) {
         let lane = self.seating().seat(client);
         let seat = Seat {
             client,
@@ -41,7 +46,7 @@ impl Seats {
 /// A connection's seat in its client's lane, given up when the connection closes.
 #[derive(Debug)]
 pub struct Seat {
-    client: IpAddr,
+    client: Party,
     seats: Seats,
 }
 
@@ -58,7 +63,7 @@ impl Drop for Seat {
 #[derive(Debug)]
 struct Seating {
     /// Each client with open connections: its lane, and how many.
-    clients: HashMap<IpAddr, (usize, usize)>,
+    clients: HashMap<Party, (usize, usize)>,
     /// Open connections per lane.
     per_lane: Vec<usize>,
 }
@@ -72,7 +77,7 @@ impl Seating {
     }
 
     /// The lane for one more connection of `client`.
-    fn seat(&mut self, client: IpAddr) -> usize {
+    fn seat(&mut self, client: Party) -> usize {
         let per_lane = &self.per_lane;
         let (lane, open) = self.clients.entry(client).or_insert_with(|| {
             // The emptiest lane; the first of equals, so one client is always in lane 0.
@@ -88,7 +93,7 @@ impl Seating {
     }
 
     /// One connection of `client` closed.
-    fn leave(&mut self, client: IpAddr) {
+    fn leave(&mut self, client: Party) {
         if let Some((lane, open)) = self.clients.get_mut(&client) {
             let lane = *lane;
             *open -= 1;
@@ -104,8 +109,20 @@ impl Seating {
 mod tests {
     use super::*;
 
-    fn ip(last: u8) -> IpAddr {
-        IpAddr::from([127, 0, 0, last])
+    fn ip(last: u8) -> Party {
+        (IpAddr::from([127, 0, 0, last]), None)
+    }
+
+    #[test]
+    fn tokens_behind_one_address_are_seated_apart() {
+        let mut seating = Seating::new(2);
+        let (flood, polite) = ((ip(1).0, Some(7)), (ip(1).0, Some(8)));
+        for _ in 0..64 {
+            assert_eq!(seating.seat(flood), 0);
+        }
+        assert_eq!(seating.seat(polite), 1);
+        assert_eq!(seating.seat(ip(1)), 1, "no key: a party of its own too");
+        assert_eq!(seating.per_lane, vec![64, 2]);
     }
 
     #[test]
