@@ -11,6 +11,7 @@ mod common;
 
 mod abuse;
 mod builtin_sets;
+mod client_address;
 mod collapse;
 mod degradation;
 mod docker;
