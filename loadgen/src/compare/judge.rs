@@ -1,0 +1,441 @@
+//! The comparison itself: checks that the reports can be compared, pools the baselines, and
+//! judges each metric of each phase against its tolerance and the noise ([`super::noise`]).
+//!
+//! Baselines are pooled, never averaged: their latency histograms are added and percentiles
+//! read from the sum; rates are all the baselines' counts over all their requests; goodput
+//! all their successes over all their seconds; recall all their hits over all expected.
+
+use std::collections::BTreeMap;
+
+use hdrhistogram::Histogram;
+use vecrig::validation::report::{self, PhaseReport, RecallFigures, Report, ScenarioReport};
+
+use super::model::{
+    Change, Comparison, Noise, PhaseComparison, SCHEMA, ScenarioComparison, Verdict,
+};
+use super::noise;
+use super::tolerance::{Metric, Tolerances};
+
+/// Why reports cannot be compared: one line that names what differs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot compare: {0}")]
+pub struct Incomparable(pub String);
+
+/// A report and the name it was given (its path).
+#[derive(Debug, Clone, Copy)]
+pub struct Named<'a> {
+    /// Its path, or any name for messages.
+    pub name: &'a str,
+    /// The report.
+    pub report: &'a Report,
+}
+
+/// One phase's figures, of one run or pooled over several.
+#[derive(Debug, Clone)]
+struct Pooled {
+    latency: Histogram<u64>,
+    requests: u64,
+    successes: u64,
+    duration_s: f64,
+    codes: BTreeMap<String, u64>,
+    recall: Option<RecallFigures>,
+}
+
+impl Pooled {
+    fn of(label: &str, scenario: &str, phase: &PhaseReport) -> Result<Self, Incomparable> {
+        let latency = crate::stats::decode(&phase.histograms.latency)
+            .map_err(|e| Incomparable(format!("{label}: {scenario}/{}: {e}", phase.name)))?;
+        if latency.len() != phase.requests {
+            return Err(Incomparable(format!(
+                "{label}: {scenario}/{}: {} latencies recorded for {} requests (a report without histograms?)",
+                phase.name,
+                latency.len(),
+                phase.requests
+            )));
+        }
+        Ok(Self {
+            latency,
+            requests: phase.requests,
+            successes: phase.successes,
+            duration_s: phase.duration_s,
+            codes: phase.codes.clone(),
+            recall: phase.recall.clone().filter(|r| r.queries > 0),
+        })
+    }
+
+    fn add(&mut self, other: &Pooled) {
+        // Both histograms have the loadgen's bounds (stats::decode), so adding cannot fail.
+        let _ = self.latency.add(&other.latency);
+        self.requests += other.requests;
+        self.successes += other.successes;
+        self.duration_s += other.duration_s;
+        for (code, n) in &other.codes {
+            *self.codes.entry(code.clone()).or_default() += n;
+        }
+        self.recall = match (self.recall.take(), &other.recall) {
+            (Some(mut mine), Some(theirs)) => {
+                mine.merge(theirs);
+                Some(mine)
+            }
+            (mine, theirs) => mine.or_else(|| theirs.clone()),
+        };
+    }
+
+    fn code(&self, name: &str) -> u64 {
+        self.codes.get(name).copied().unwrap_or(0)
+    }
+
+    /// The count behind a rate metric.
+    fn count(&self, metric: &Metric) -> u64 {
+        match metric {
+            Metric::ErrorRate => self.requests - self.successes.min(self.requests),
+            Metric::ShedRate => self.code("RESOURCE_EXHAUSTED"),
+            Metric::CodeRate(code) => self.code(code),
+            _ => 0,
+        }
+    }
+
+    fn value(&self, metric: &Metric) -> Option<f64> {
+        match metric {
+            Metric::Percentile(p) => noise::percentile(&self.latency, *p),
+            Metric::Goodput => {
+                (self.duration_s > 0.0).then(|| self.successes as f64 / self.duration_s)
+            }
+            Metric::ErrorRate | Metric::ShedRate | Metric::CodeRate(_) => {
+                (self.requests > 0).then(|| self.count(metric) as f64 / self.requests as f64)
+            }
+            Metric::Recall => self.recall.as_ref().map(RecallFigures::mean),
+        }
+    }
+}
+
+/// The noise judgement of one metric: by the baselines' range with two or more, by a test
+/// on the samples with one.
+fn judge_noise(metric: &Metric, base: &Pooled, new: &Pooled, runs: &[Pooled]) -> Option<Noise> {
+    let new_value = new.value(metric)?;
+    if runs.len() >= 2 {
+        let values: Vec<f64> = runs.iter().filter_map(|r| r.value(metric)).collect();
+        if values.len() == runs.len() {
+            let (beyond, band) = noise::outside_range(&values, new_value)?;
+            return Some(Noise {
+                method: "baseline range".into(),
+                beyond,
+                detail: format!(
+                    "{} baselines, noise band {}..{}",
+                    runs.len(),
+                    figure(band.0),
+                    figure(band.1)
+                ),
+                p_value: None,
+            });
+        }
+    }
+    let tested = |method: &str, p: f64| Noise {
+        method: method.into(),
+        beyond: p < noise::ALPHA,
+        detail: format!("p={}", p_figure(p)),
+        p_value: Some(p),
+    };
+    Some(match metric {
+        Metric::Percentile(p) => {
+            let a = noise::percentile_interval(&base.latency, *p)?;
+            let b = noise::percentile_interval(&new.latency, *p)?;
+            Noise {
+                method: "quantile intervals".into(),
+                beyond: noise::disjoint(a, b),
+                detail: format!(
+                    "95% intervals {}..{} and {}..{} ms",
+                    figure(a.0),
+                    figure(a.1),
+                    figure(b.0),
+                    figure(b.1)
+                ),
+                p_value: None,
+            }
+        }
+        Metric::Goodput => tested(
+            "poisson rate z",
+            noise::poisson_rates(
+                base.successes,
+                base.duration_s,
+                new.successes,
+                new.duration_s,
+            )?,
+        ),
+        Metric::ErrorRate | Metric::ShedRate | Metric::CodeRate(_) => tested(
+            "two-proportion z",
+            noise::two_proportions(
+                base.count(metric),
+                base.requests,
+                new.count(metric),
+                new.requests,
+            )?,
+        ),
+        Metric::Recall => tested(
+            "recall z",
+            noise::recall_test(base.recall.as_ref()?, new.recall.as_ref()?)?,
+        ),
+    })
+}
+
+fn figure(v: f64) -> String {
+    vecrig::validation::threshold::rounded(v)
+}
+
+fn p_figure(p: f64) -> String {
+    if p < 1e-4 {
+        format!("{p:.0e}")
+    } else {
+        format!("{p:.4}")
+    }
+}
+
+fn judge_phase(
+    name: &str,
+    base: &Pooled,
+    runs: &[Pooled],
+    new: &Pooled,
+    tolerances: &Tolerances,
+) -> PhaseComparison {
+    let mut metrics = tolerances.metrics();
+    // Every failing code of either run, beside the error rate (RESOURCE_EXHAUSTED is the
+    // shed rate's).
+    for code in base.codes.keys().chain(new.codes.keys()) {
+        let metric = Metric::CodeRate(code.clone());
+        if code != "OK"
+            && code != report::code_name(tonic::Code::ResourceExhausted)
+            && !metrics.contains(&metric)
+        {
+            metrics.push(metric);
+        }
+    }
+    let mut changes = Vec::new();
+    let mut notes = Vec::new();
+    for metric in &metrics {
+        let (Some(b), Some(n)) = (base.value(metric), new.value(metric)) else {
+            if matches!(metric, Metric::Recall) && (base.recall.is_some() != new.recall.is_some()) {
+                let which = if base.recall.is_some() {
+                    "new run"
+                } else {
+                    "baseline"
+                };
+                notes.push(format!("recall not compared: none sampled in the {which}"));
+            }
+            continue;
+        };
+        let Some(noise) = judge_noise(metric, base, new, runs) else {
+            continue;
+        };
+        let tolerance = tolerances.for_metric(metric, name);
+        let change = n - b;
+        // A hair of slack, so that a change exactly at the tolerance is within it.
+        let beyond_tolerance = change.abs() > tolerance.allowed(b) * (1.0 + 1e-9) + 1e-12;
+        let towards_worse = if metric.worse_upwards() {
+            change > 0.0
+        } else {
+            change < 0.0
+        };
+        let verdict = match (beyond_tolerance && noise.beyond, towards_worse) {
+            (false, _) => Verdict::Same,
+            (true, true) => Verdict::Worse,
+            (true, false) => Verdict::Better,
+        };
+        changes.push(Change {
+            metric: metric.name(),
+            unit: metric.unit().into(),
+            base: b,
+            new: n,
+            change,
+            relative: (b != 0.0).then(|| change / b),
+            tolerance: tolerance.expression,
+            beyond_tolerance,
+            noise,
+            verdict,
+        });
+    }
+    if new.requests == 0 || base.requests == 0 {
+        notes.push("no requests on one side: latency not compared".into());
+    }
+    PhaseComparison {
+        name: name.to_string(),
+        requests: (base.requests, new.requests),
+        changes,
+        base_latency: noise::spectrum(&base.latency),
+        new_latency: noise::spectrum(&new.latency),
+        notes,
+    }
+}
+
+/// Parameters that may differ between runs of one scenario: the shard a report was (or how
+/// many it was merged from), and free-form tags.
+fn comparable_parameters(s: &ScenarioReport) -> BTreeMap<&str, &str> {
+    s.parameters
+        .iter()
+        .filter(|(k, _)| k.as_str() != "shard" && !k.starts_with("tag."))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect()
+}
+
+/// Checks one baseline against the new report: same schema, scenarios, phases, parameters.
+fn check_comparable(base: Named<'_>, new: Named<'_>) -> Result<(), Incomparable> {
+    let names = |r: &Report| {
+        r.scenarios
+            .iter()
+            .map(|s| s.name.clone())
+            .collect::<Vec<_>>()
+    };
+    if names(base.report) != names(new.report) {
+        return Err(Incomparable(format!(
+            "different scenarios: {} ran {:?}, {} ran {:?}",
+            base.name,
+            names(base.report),
+            new.name,
+            names(new.report)
+        )));
+    }
+    for (b, n) in base.report.scenarios.iter().zip(&new.report.scenarios) {
+        let phases =
+            |s: &ScenarioReport| s.phases.iter().map(|p| p.name.clone()).collect::<Vec<_>>();
+        if phases(b) != phases(n) {
+            return Err(Incomparable(format!(
+                "scenario {}: different phases: {} has {:?}, {} has {:?}",
+                b.name,
+                base.name,
+                phases(b),
+                new.name,
+                phases(n)
+            )));
+        }
+        let (pb, pn) = (comparable_parameters(b), comparable_parameters(n));
+        if let Some(key) = pb
+            .keys()
+            .chain(pn.keys())
+            .find(|k| pb.get(*k) != pn.get(*k))
+        {
+            return Err(Incomparable(format!(
+                "scenario {}: different parameter {key}: {} in {}, {} in {}",
+                b.name,
+                pb.get(key).copied().unwrap_or("(none)"),
+                base.name,
+                pn.get(key).copied().unwrap_or("(none)"),
+                new.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Compares `new` with the pooled `baselines` under `tolerances`.
+pub fn compare(
+    baselines: &[Named<'_>],
+    new: Named<'_>,
+    tolerances: &Tolerances,
+) -> Result<Comparison, Incomparable> {
+    if baselines.is_empty() {
+        return Err(Incomparable("no baseline given".into()));
+    }
+    for r in baselines.iter().chain([&new]) {
+        if r.report.schema != report::SCHEMA {
+            return Err(Incomparable(format!(
+                "{}: schema {:?}, expected {:?}",
+                r.name,
+                r.report.schema,
+                report::SCHEMA
+            )));
+        }
+    }
+    for base in baselines {
+        check_comparable(*base, new)?;
+    }
+    let mut phase_names: Vec<&str> = vec!["total"];
+    let mut scenarios = Vec::new();
+    for (i, scenario) in new.report.scenarios.iter().enumerate() {
+        let mut parts: Vec<(&str, usize)> = scenario
+            .phases
+            .iter()
+            .enumerate()
+            .map(|(j, p)| (p.name.as_str(), j))
+            .collect();
+        if scenario.phases.len() > 1 {
+            parts.push(("total", usize::MAX));
+        }
+        let phase_of = |s: &'_ ScenarioReport, j: usize| -> PhaseReport {
+            if j == usize::MAX {
+                s.total.clone()
+            } else {
+                s.phases[j].clone()
+            }
+        };
+        let mut phases = Vec::new();
+        for (name, j) in parts {
+            phase_names.push(name);
+            let runs = baselines
+                .iter()
+                .map(|b| {
+                    let s = &b.report.scenarios[i];
+                    Pooled::of(b.name, &s.name, &phase_of(s, j))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut pooled = runs[0].clone();
+            for run in &runs[1..] {
+                pooled.add(run);
+            }
+            let new_phase = Pooled::of(new.name, &scenario.name, &phase_of(scenario, j))?;
+            phases.push(judge_phase(name, &pooled, &runs, &new_phase, tolerances));
+        }
+        scenarios.push(ScenarioComparison {
+            name: scenario.name.clone(),
+            phases,
+        });
+    }
+    // A tolerance for a phase no scenario has is a typo; it would otherwise pass silently.
+    if let Some(t) = tolerances.given().iter().find(|t| {
+        t.scope
+            .as_deref()
+            .is_some_and(|s| !phase_names.contains(&s))
+    }) {
+        return Err(Incomparable(format!(
+            "tolerance {}: no phase named {:?} in the reports",
+            t.expression,
+            t.scope.as_deref().unwrap_or_default()
+        )));
+    }
+    let mut regressions = Vec::new();
+    let mut improvements = Vec::new();
+    for s in &scenarios {
+        for p in &s.phases {
+            for c in &p.changes {
+                let line = format!(
+                    "{}/{} {} {} -> {}{} ({})",
+                    s.name,
+                    p.name,
+                    c.metric,
+                    figure(c.base),
+                    figure(c.new),
+                    c.relative
+                        .map(|r| format!(" {:+.1}%", r * 100.0))
+                        .unwrap_or_default(),
+                    c.tolerance
+                );
+                match c.verdict {
+                    Verdict::Worse => regressions.push(line),
+                    Verdict::Better => improvements.push(line),
+                    Verdict::Same => {}
+                }
+            }
+        }
+    }
+    Ok(Comparison {
+        schema: SCHEMA.into(),
+        baselines: baselines.iter().map(|b| b.name.to_string()).collect(),
+        new: new.name.to_string(),
+        noise_model: if baselines.len() >= 2 {
+            "baseline range".into()
+        } else {
+            "statistical tests".into()
+        },
+        scenarios,
+        regressions,
+        improvements,
+    })
+}
