@@ -12,6 +12,7 @@ mod common;
 mod abuse;
 mod builtin_sets;
 mod collapse;
+mod compare;
 mod degradation;
 mod docker;
 mod durability;
