@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use super::model::{Comparison, PhaseComparison, Verdict};
+use super::table;
 
 const WIDTH: f64 = 860.0;
 const HEIGHT: f64 = 260.0;
@@ -200,12 +201,9 @@ td:first-child,th:first-child{text-align:left}
                     r#"<tr><td>{m} {u}</td><td>{b}</td><td>{n}</td><td>{ch}</td><td class="{v}">{v}</td><td>{t}</td><td>{noise}</td></tr>"#,
                     m = escape(&c.metric),
                     u = escape(&c.unit),
-                    b = vecrig::validation::threshold::rounded(c.base),
-                    n = vecrig::validation::threshold::rounded(c.new),
-                    ch = c.relative.map_or_else(
-                        || format!("{:+}", c.change),
-                        |r| format!("{:+.1}%", r * 100.0)
-                    ),
+                    b = escape(&table::value(c, c.base)),
+                    n = escape(&table::value(c, c.new)),
+                    ch = escape(&table::change(c)),
                     v = c.verdict.name(),
                     t = escape(&c.tolerance),
                     noise = escape(&format!("{}: {}", c.noise.method, c.noise.detail))

@@ -179,7 +179,11 @@ fn judge_noise(metric: &Metric, base: &Pooled, new: &Pooled, runs: &[Pooled]) ->
 }
 
 fn figure(v: f64) -> String {
-    vecrig::validation::threshold::rounded(v)
+    if v.is_infinite() {
+        "inf".into()
+    } else {
+        vecrig::validation::threshold::rounded(v)
+    }
 }
 
 fn p_figure(p: f64) -> String {
@@ -438,4 +442,211 @@ pub fn compare(
         regressions,
         improvements,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vecrig::validation::report::ServerFigures;
+
+    /// A one-phase report whose `requests` latencies are `micros(i)`, all OK but `errors`.
+    fn report(phase: &str, requests: u64, errors: u64, micros: impl Fn(u64) -> u64) -> Report {
+        let mut h = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3).expect("bounds");
+        for i in 0..requests {
+            h.record(micros(i)).expect("record");
+        }
+        let mut codes = BTreeMap::from([("OK".to_string(), requests - errors)]);
+        if errors > 0 {
+            codes.insert("UNAVAILABLE".into(), errors);
+        }
+        let phase = PhaseReport {
+            name: phase.into(),
+            duration_s: 10.0,
+            requests,
+            successes: requests - errors,
+            qps: (requests - errors) as f64 / 10.0,
+            codes,
+            histograms: report::Histograms {
+                latency: crate::stats::encode(&h),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Report {
+            schema: report::SCHEMA.into(),
+            loadgen_version: "test".into(),
+            target: "http://127.0.0.1:1".into(),
+            seed: 1,
+            started_unix_ms: 0,
+            finished_unix_ms: 0,
+            interrupted: false,
+            aborted: None,
+            loadgen: Default::default(),
+            scenarios: vec![ScenarioReport {
+                server_metrics: Default::default(),
+                name: "load".into(),
+                description: String::new(),
+                parameters: BTreeMap::from([("users".to_string(), "4".to_string())]),
+                duration_s: 10.0,
+                total: phase.clone(),
+                phases: vec![phase],
+                server: ServerFigures::default(),
+                thresholds: Vec::new(),
+                loadgen: Default::default(),
+                warnings: Vec::new(),
+                passed: true,
+                timeline: Vec::new(),
+                fine_timeline: Vec::new(),
+                server_timeline: Vec::new(),
+                fault: None,
+            }],
+            warnings: Vec::new(),
+            passed: true,
+        }
+    }
+
+    fn run(baselines: &[&Report], new: &Report) -> Result<Comparison, Incomparable> {
+        let named: Vec<Named<'_>> = baselines
+            .iter()
+            .map(|report| Named {
+                name: "base.json",
+                report,
+            })
+            .collect();
+        let new = Named {
+            name: "new.json",
+            report: new,
+        };
+        compare(&named, new, &Tolerances::default())
+    }
+
+    fn verdict(c: &Comparison, metric: &str) -> Verdict {
+        c.scenarios[0].phases[0]
+            .changes
+            .iter()
+            .find(|c| c.metric == metric)
+            .map(|c| c.verdict)
+            .unwrap_or_else(|| panic!("{metric} not compared"))
+    }
+
+    // Latencies spread evenly over [1 ms, 2 ms), in a scrambled order.
+    fn spread(offset: u64) -> impl Fn(u64) -> u64 {
+        move |i| offset + 1000 + (i * 7919) % 1000
+    }
+
+    #[test]
+    fn a_slower_run_is_worse_beyond_tolerance_and_noise() {
+        let base = report("steady", 5000, 0, spread(0));
+        let same = report("steady", 5000, 0, spread(5));
+        let slower = report("steady", 5000, 0, spread(600));
+        let c = run(&[&base], &same).expect("comparable");
+        assert!(!c.regressed(), "{:?}", c.regressions);
+        let c = run(&[&base], &slower).expect("comparable");
+        assert_eq!(verdict(&c, "p50"), Verdict::Worse);
+        assert!(
+            c.regressions
+                .iter()
+                .any(|r| r.starts_with("load/steady p50 "))
+        );
+        assert_eq!(c.noise_model, "statistical tests");
+        // Back the other way: better, not a regression.
+        let c = run(&[&slower], &base).expect("comparable");
+        assert_eq!(verdict(&c, "p50"), Verdict::Better);
+        assert!(!c.regressed());
+    }
+
+    #[test]
+    fn a_change_within_tolerance_or_within_noise_is_the_same() {
+        // 5% slower at the median: beyond the noise of 5000 requests, within p50+10%.
+        let base = report("steady", 5000, 0, spread(0));
+        let c = run(&[&base], &report("steady", 5000, 0, spread(75))).expect("comparable");
+        let p50 = &c.scenarios[0].phases[0].changes[0];
+        assert_eq!((p50.metric.as_str(), p50.verdict), ("p50", Verdict::Same));
+        assert!(p50.noise.beyond && !p50.beyond_tolerance, "{p50:?}");
+        // 30% slower, but from 20 requests each: beyond the tolerance, within the noise.
+        let few = report("steady", 20, 0, spread(0));
+        let c = run(
+            &[&few],
+            &report("steady", 20, 0, |i| 1300 + (i * 7919) % 1000),
+        )
+        .expect("comparable");
+        let p99 = c.scenarios[0].phases[0]
+            .changes
+            .iter()
+            .find(|c| c.metric == "p99.9")
+            .expect("p99.9");
+        assert_eq!(p99.verdict, Verdict::Same, "{p99:?}");
+    }
+
+    #[test]
+    fn errors_beyond_tolerance_and_noise_are_a_regression_named_by_code() {
+        let base = report("steady", 5000, 0, spread(0));
+        let failing = report("steady", 5000, 100, spread(0));
+        let c = run(&[&base], &failing).expect("comparable");
+        assert_eq!(verdict(&c, "error_rate"), Verdict::Worse);
+        assert_eq!(verdict(&c, "rate:UNAVAILABLE"), Verdict::Worse);
+        // 3 of 5000 is within error_rate+0.5pp.
+        let c = run(&[&base], &report("steady", 5000, 3, spread(0))).expect("comparable");
+        assert_eq!(verdict(&c, "error_rate"), Verdict::Same);
+    }
+
+    #[test]
+    fn with_several_baselines_their_spread_is_the_noise() {
+        // Baselines whose medians lie 1.5 ms and 1.8 ms: a new 1.9 ms is within their
+        // widened range, although 10% above the pooled median.
+        let a = report("steady", 5000, 0, spread(0));
+        let b = report("steady", 5000, 0, spread(300));
+        let c = run(&[&a, &b], &report("steady", 5000, 0, spread(400))).expect("comparable");
+        assert_eq!(c.noise_model, "baseline range");
+        assert_eq!(verdict(&c, "p50"), Verdict::Same);
+        let c = run(&[&a, &b], &report("steady", 5000, 0, spread(1500))).expect("comparable");
+        assert_eq!(verdict(&c, "p50"), Verdict::Worse);
+    }
+
+    #[test]
+    fn incomparable_reports_say_what_differs() {
+        let base = report("steady", 100, 0, spread(0));
+        let other_phase = report("ramp", 100, 0, spread(0));
+        let e = run(&[&base], &other_phase).expect_err("different phases");
+        assert!(e.0.contains("different phases"), "{e}");
+        let mut other_params = base.clone();
+        other_params.scenarios[0]
+            .parameters
+            .insert("users".into(), "8".into());
+        let e = run(&[&base], &other_params).expect_err("different parameters");
+        assert!(
+            e.0.contains("different parameter users: 4 in base.json, 8 in new.json"),
+            "{e}"
+        );
+        // Tags and the shard may differ.
+        let mut tagged = base.clone();
+        tagged.scenarios[0]
+            .parameters
+            .insert("tag.build".into(), "abc".into());
+        assert!(run(&[&base], &tagged).is_ok());
+        let mut renamed = base.clone();
+        renamed.scenarios[0].name = "suite".into();
+        assert!(
+            run(&[&base], &renamed)
+                .expect_err("different scenarios")
+                .0
+                .contains("different scenarios")
+        );
+        let mut v2 = base.clone();
+        v2.schema = "vecrig.loadgen.report/v2".into();
+        assert!(
+            run(&[&base], &v2)
+                .expect_err("schema")
+                .0
+                .contains("new.json: schema")
+        );
+        let mut no_histograms = base.clone();
+        no_histograms.scenarios[0].phases[0].histograms = Default::default();
+        assert!(
+            run(&[&base], &no_histograms)
+                .expect_err("histograms")
+                .0
+                .contains("without histograms")
+        );
+    }
 }

@@ -8,7 +8,7 @@ use super::model::{Change, Comparison, Verdict};
 
 /// A value in its metric's terms: latencies and goodput as numbers, rates as percentages,
 /// recall as a fraction.
-fn value(c: &Change, v: f64) -> String {
+pub(super) fn value(c: &Change, v: f64) -> String {
     match (c.unit.as_str(), c.metric.as_str()) {
         ("ms", _) if v >= 100.0 => format!("{v:.0}"),
         ("ms", _) if v >= 10.0 => format!("{v:.1}"),
@@ -21,7 +21,7 @@ fn value(c: &Change, v: f64) -> String {
 
 /// The change: relative for latencies and goodput, percentage points for rates, absolute
 /// for recall.
-fn change(c: &Change) -> String {
+pub(super) fn change(c: &Change) -> String {
     match (c.unit.as_str(), c.metric.as_str()) {
         ("", "recall") => format!("{:+.4}", c.change),
         ("", _) => format!("{:+.2}pp", c.change * 100.0),
