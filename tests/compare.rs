@@ -254,16 +254,16 @@ async fn incomparable_reports_exit_1_with_the_reason() {
         .await
         .expect("pre-flight")
     };
-    let users = |users| {
+    let queries = |queries_per_user| {
         ScenarioSpec::ExtremeConcurrency(ExtremeConcurrency {
-            users,
-            queries_per_user: 2,
+            users: 5,
+            queries_per_user,
             think: Duration::ZERO,
         })
     };
-    let five = run(users(5)).await;
-    let a = save(dir.path(), "five.json", &five);
-    let b = save(dir.path(), "six.json", &run(users(6)).await);
+    let two = run(queries(2)).await;
+    let a = save(dir.path(), "two.json", &two);
+    let b = save(dir.path(), "three.json", &run(queries(3)).await);
     let c = save(
         dir.path(),
         "load.json",
@@ -279,7 +279,7 @@ async fn incomparable_reports_exit_1_with_the_reason() {
         }))
         .await,
     );
-    let mut other = five.clone();
+    let mut other = two.clone();
     other.schema = "vecrig.loadgen.report/v0".into();
     let d = save(dir.path(), "v0.json", &other);
     server.stop().await.expect("clean stop");
@@ -291,7 +291,10 @@ async fn incomparable_reports_exit_1_with_the_reason() {
 
     for (reports, reason) in [
         (vec![a.as_path(), c.as_path()], "different scenarios"),
-        (vec![a.as_path(), b.as_path()], "different parameter users"),
+        (
+            vec![a.as_path(), b.as_path()],
+            "different parameter queries_per_user",
+        ),
         (
             vec![a.as_path(), d.as_path()],
             "schema \"vecrig.loadgen.report/v0\"",
