@@ -5,9 +5,10 @@
 //! One `vecrig-server` (10,000 points x 128 dims, defaults), then `VECRIG_BENCH_RUNS` runs
 //! (default 40) of the same load one after another: a closed load of 4 users, 1 ms think,
 //! vector searches, `VECRIG_BENCH_SECONDS` each (default 2, as the integration tests' runs).
-//! One baseline: runs 0 and 1, 2 and 3, ... compared as pairs. Three baselines: every run
-//! from the fourth against the three before it (windows overlap, so they are not independent
-//! trials). Prints how many were flagged and by which metrics.
+//! One baseline: runs 0 and 1, 2 and 3, ... compared as pairs. Three (five) baselines: every
+//! run from the fourth (sixth) against the three (five) before it (windows overlap, so they
+//! are not independent trials). Prints how many were flagged and by which metrics, and how
+//! far each metric moved between consecutive runs: the machine's own noise.
 //!
 //! Run: `cargo bench -p vecrig-loadgen --bench compare_false_alarms` (after
 //! `cargo build --release --workspace --bins`).
@@ -90,6 +91,32 @@ fn summary(label: &str, trials: usize, results: &[Vec<String>]) {
     );
 }
 
+/// One figure of a report.
+type Figure = fn(&Report) -> f64;
+
+/// How far each metric moved between consecutive runs of the same build: the machine's own
+/// noise, which a tolerance must stand above.
+fn spread(reports: &[Report]) {
+    let metrics: [(&str, Figure); 5] = [
+        ("p50", |r| r.scenarios[0].total.latency.p50_ms),
+        ("p90", |r| r.scenarios[0].total.latency.p90_ms),
+        ("p99", |r| r.scenarios[0].total.latency.p99_ms),
+        ("p99.9", |r| r.scenarios[0].total.latency.p999_ms),
+        ("goodput", |r| r.scenarios[0].total.qps),
+    ];
+    println!("\n| metric | median change between consecutive runs | 90th percentile |");
+    println!("|---|---|---|");
+    for (name, value) in metrics {
+        let mut changes: Vec<f64> = reports
+            .windows(2)
+            .map(|w| ((value(&w[1]) - value(&w[0])) / value(&w[0])).abs() * 100.0)
+            .collect();
+        changes.sort_by(f64::total_cmp);
+        let at = |q: f64| changes[((changes.len() - 1) as f64 * q).round() as usize];
+        println!("| {name} | {:.1}% | {:.1}% |", at(0.5), at(0.9));
+    }
+}
+
 fn main() {
     let runs = env("VECRIG_BENCH_RUNS", 40).max(4) as usize;
     let seconds = env("VECRIG_BENCH_SECONDS", 2).max(1);
@@ -115,13 +142,18 @@ fn main() {
             .chunks_exact(2)
             .map(|pair| flagged(&pair[..1], &pair[1]))
             .collect();
-        let windows: Vec<Vec<String>> = (3..reports.len())
-            .map(|i| flagged(&reports[i - 3..i], &reports[i]))
-            .collect();
+        let windows = |n: usize| -> Vec<Vec<String>> {
+            (n..reports.len())
+                .map(|i| flagged(&reports[i - n..i], &reports[i]))
+                .collect()
+        };
+        let (three, five) = (windows(3), windows(5));
         println!("\n{runs} runs of {seconds} s, default tolerances\n");
         println!("| baselines | comparisons | flagged worse (false alarms) | any change flagged | by metric |");
         println!("|---|---|---|---|---|");
         summary("1 (statistical tests)", pairs.len(), &pairs);
-        summary("3 (baseline range)", windows.len(), &windows);
+        summary("3 (baseline range)", three.len(), &three);
+        summary("5 (baseline range)", five.len(), &five);
+        spread(&reports);
     });
 }

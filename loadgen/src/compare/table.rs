@@ -54,8 +54,8 @@ pub fn render(comparison: &Comparison) -> String {
         let _ = writeln!(out, "\n== {} ==", s.name);
         let _ = writeln!(
             out,
-            "  {:<16} {:<24} {:>10} {:>10} {:>9}  {:<6}  {:<20} noise",
-            "phase", "metric", "base", "new", "change", "", "tolerance"
+            "  {:<16} {:<16} {:>10} {:>10} {:>9}  {:<7} {:<20} noise",
+            "phase", "metric", "base", "new", "change", "verdict", "tolerance"
         );
         for p in &s.phases {
             for c in &p.changes {
@@ -66,7 +66,7 @@ pub fn render(comparison: &Comparison) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "  {:<16} {:<24} {:>10} {:>10} {:>9}  {:<6}  {:<20} {}{}",
+                    "  {:<16} {:<16} {:>10} {:>10} {:>9}  {:<7} {:<20} {}{}",
                     p.name,
                     metric,
                     value(c, c.base),
