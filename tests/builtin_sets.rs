@@ -11,8 +11,8 @@
 
 use std::path::Path;
 
-use vecrig_loadgen::file::Planned;
-use vecrig_loadgen::scenario::Profile;
+use vecrig_loadgen::plan::file::Planned;
+use vecrig_loadgen::plan::suite::Profile;
 use vecrig_loadgen::{Plan, RunOptions};
 
 /// Writes the descriptor set of `modules` to `out`, or says why the test cannot run.

@@ -3,11 +3,12 @@
 //! The server runs alone on one CPU (so it sizes itself to one CPU) and the flood on another,
 //! as an impatient client would: every answer, served or refused, is followed at once by the
 //! next request. A server that answers refusals as fast as they come spends its CPU refusing
-//! and serves almost nothing; these tests hold it to at least 80% of the capacity measured
-//! in the same test, at 16, 4,096 and 12,800 outstanding requests, with the default admission
-//! and with CoDel settings; and the same for floods of the calls that bypass admission
-//! (health, Stats, reflection, calls with a wrong token), while a health probe once a second
-//! is answered SERVING within 100 ms.
+//! and serves almost nothing; these tests hold it to a share of the capacity measured in the
+//! same test ([`FLOOR`] at 16 outstanding requests, [`HEAVY_FLOOR`] at 4,096 and 12,800), with
+//! the default admission and with CoDel settings, while a health probe once a second is
+//! answered SERVING; and searches beside floods of the calls that bypass admission (health,
+//! Stats, reflection, calls with a wrong token) to [`BYPASS_FLOOR`], with the probe answered
+//! within 100 ms.
 //!
 //! Linux only (CPU affinity); without two CPUs and `taskset` they say SKIPPED (and fail under
 //! `CI=true`).

@@ -15,9 +15,10 @@ use crate::common::TestServer;
 use crate::common::process::loadgen_binary;
 use vecrig::validation::report::Report;
 use vecrig_loadgen::compare::{Comparison, Verdict};
-use vecrig_loadgen::engine::{Stage, Stop};
-use vecrig_loadgen::scenario::{ExtremeConcurrency, Load, LoadModel};
-use vecrig_loadgen::workload::WorkloadKind;
+use vecrig_loadgen::plan::scenario::Stage;
+use vecrig_loadgen::plan::suite::{ExtremeConcurrency, Load, LoadModel};
+use vecrig_loadgen::plan::workload::WorkloadKind;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 // The fixture tests/recall.rs uses too: built once per test binary.

@@ -14,9 +14,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use vecrig::client::ConnectOptions;
 use vecrig::validation::StressTester;
 use vecrig::validation::report::PhaseReport;
-use vecrig_loadgen::engine::{Model, Phase, Scenario, Stop};
-use vecrig_loadgen::retry::RetryPolicy;
-use vecrig_loadgen::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
+use vecrig_loadgen::plan::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
+use vecrig_loadgen::scheduler::retry::RetryPolicy;
 use vecrig_loadgen::{RunOptions, run_with};
 
 const DIMS: usize = 128;
@@ -54,7 +55,7 @@ async fn run_one(options: &RunOptions, s: Scenario) -> PhaseReport {
         .expect("pre-flight");
     let scenario = report.scenarios.into_iter().next().expect("one scenario");
     let mut out = String::new();
-    vecrig_loadgen::report::render_scenario(&mut out, &scenario);
+    vecrig_loadgen::report::text::render_scenario(&mut out, &scenario);
     print!("{out}");
     scenario.phases.into_iter().next().expect("one phase")
 }

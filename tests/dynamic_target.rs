@@ -12,9 +12,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use vecrig_loadgen::engine::Stop;
-use vecrig_loadgen::file::Planned;
-use vecrig_loadgen::scenario::Profile;
+use vecrig_loadgen::plan::file::Planned;
+use vecrig_loadgen::plan::suite::Profile;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::PreflightError;
 use vecrig_loadgen::{Plan, RunOptions};
 
@@ -103,7 +103,7 @@ async fn a_service_we_did_not_design_is_ingested_searched_and_judged_by_our_own_
         .await
         .expect("the run starts");
     let mut out = String::new();
-    vecrig_loadgen::report::render_scenario(&mut out, &report.scenarios[0]);
+    vecrig_loadgen::report::text::render_scenario(&mut out, &report.scenarios[0]);
     print!("{out}");
     let scenario = &report.scenarios[0];
     let ingest = &scenario.phases[0];

@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use vecrig::client::ConnectOptions;
 use vecrig::validation::report::Report;
-use vecrig_loadgen::engine::Stop;
-use vecrig_loadgen::file::Planned;
-use vecrig_loadgen::scenario::Profile;
+use vecrig_loadgen::plan::file::Planned;
+use vecrig_loadgen::plan::suite::Profile;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::LocalServer;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
@@ -33,7 +33,7 @@ fn options(target: String) -> RunOptions {
 fn print(label: &str, report: &Report) {
     let mut out = String::new();
     for scenario in &report.scenarios {
-        vecrig_loadgen::report::render_scenario(&mut out, scenario);
+        vecrig_loadgen::report::text::render_scenario(&mut out, scenario);
     }
     println!("---- {label}\n{out}");
 }
@@ -53,6 +53,7 @@ async fn the_quick_suite_through_reflection_and_templates_gives_the_native_verdi
         &crate::common::process::server_binary(),
         0,
         Some(data.path()),
+        None,
         &["--dimensions".into(), DIMENSIONS.to_string()],
     )
     .await

@@ -6,7 +6,7 @@
 //!
 //! The server is our own, over raw TCP (frames from `vecrig_loadgen::wire::frame`), so that it
 //! can do what no HTTP/2 library lets a server do. The load is the engine's paced model sent
-//! by one lane of the loadgen's own HTTP/2 client, driven in-process through
+//! by one sender of the loadgen's own HTTP/2 client, driven in-process through
 //! `engine::run_scenario`; tonic's pool (which the run's off-path calls would use, and which
 //! sends nothing here) points at a quiet HTTP/2 server of the `h2` crate.
 
@@ -20,13 +20,14 @@ use tokio::net::{TcpListener, TcpStream};
 use vecrig::client::{ConnectOptions, Metadata, Pool};
 use vecrig::validation::report::PhaseReport;
 use vecrig_loadgen::dynamic::Templates;
-use vecrig_loadgen::engine::{Context, Lanes, Model, Phase, Scenario, Stop, run_scenario};
-use vecrig_loadgen::progress::Progress;
-use vecrig_loadgen::recall::Recall;
-use vecrig_loadgen::retry::{RetryBudget, RetryPolicy};
+use vecrig_loadgen::measure::recall::Recall;
+use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
+use vecrig_loadgen::plan::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::report::progress::Progress;
+use vecrig_loadgen::scheduler::retry::{RetryBudget, RetryPolicy};
+use vecrig_loadgen::scheduler::{Context, Senders, Stop, run_scenario};
 use vecrig_loadgen::wire::Target;
 use vecrig_loadgen::wire::frame::{self, Head, flag, kind, reason, setting};
-use vecrig_loadgen::workload::{Workload, WorkloadKind};
 
 /// The run every case sends: 4 paced workers, 40 requests a second for 1 s, each with a
 /// 400 ms deadline; connections given 300 ms to be set up.
@@ -336,7 +337,7 @@ async fn run_against(target: &str) -> Run {
         budget: Arc::new(RetryBudget::new(0.1)),
         stop: Stop::default(),
         progress: Progress::new(false),
-        lanes: Arc::new(Lanes::start(1, Some((Arc::new(wire), 2))).expect("lanes")),
+        senders: Arc::new(Senders::start(1, Some((Arc::new(wire), 2))).expect("senders")),
         abort_on_fail: None,
         metrics_url: None,
         client: None,

@@ -9,9 +9,10 @@ use std::time::Duration;
 use crate::common::TestServer;
 use tokio::sync::oneshot;
 use vecrig::proto::GetRequest;
-use vecrig_loadgen::engine::{Model, Phase, Scenario, Stop};
+use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
+use vecrig_loadgen::plan::workload::{WRITE_ID_BASE, Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::wire::Transport;
-use vecrig_loadgen::workload::{WRITE_ID_BASE, Workload, WorkloadKind};
 use vecrig_loadgen::{RunOptions, run_with};
 
 fn scenario(
@@ -94,7 +95,7 @@ async fn a_graceful_restart_mid_run_loses_no_request_and_is_unavailable_not_unkn
         .await
         .expect("pre-flight");
     let mut out = String::new();
-    vecrig_loadgen::report::render_scenario(&mut out, &report.scenarios[0]);
+    vecrig_loadgen::report::text::render_scenario(&mut out, &report.scenarios[0]);
     print!("{out}");
     let _ = stop_second.send(());
     restarter.await.expect("restarter").expect("second server");

@@ -4,8 +4,9 @@
 use std::time::Duration;
 
 use crate::common::TestServer;
-use vecrig_loadgen::engine::{Stage, Stop};
-use vecrig_loadgen::scenario::{Load, LoadModel};
+use vecrig_loadgen::plan::scenario::Stage;
+use vecrig_loadgen::plan::suite::{Load, LoadModel};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 async fn run(server: &TestServer, load: Load) -> Vec<vecrig::validation::report::PhaseReport> {
@@ -20,7 +21,7 @@ async fn run(server: &TestServer, load: Load) -> Vec<vecrig::validation::report:
     .expect("pre-flight");
     let scenario = &report.scenarios[0];
     let mut out = String::new();
-    vecrig_loadgen::report::render_scenario(&mut out, scenario);
+    vecrig_loadgen::report::text::render_scenario(&mut out, scenario);
     print!("{out}");
     assert!(scenario.passed, "{:?}", scenario.thresholds);
     scenario.phases.clone()

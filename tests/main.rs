@@ -19,6 +19,7 @@ mod durability;
 mod dynamic_target;
 mod dynamic_vecrig;
 mod fairness;
+mod flags;
 mod hostile;
 mod hot_path;
 mod interop;
@@ -33,6 +34,7 @@ mod reports;
 mod server;
 mod stall;
 mod stress_testing_framework;
+mod surface;
 mod tls;
 
 /// With `autotests = false`, a file in tests/ that is not a module here would never be

@@ -17,9 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vecrig::validation::report::{ANSWER_ERROR, Report};
-use vecrig_loadgen::engine::Stop;
-use vecrig_loadgen::file::Planned;
-use vecrig_loadgen::scenario::Profile;
+use vecrig_loadgen::plan::file::Planned;
+use vecrig_loadgen::plan::suite::Profile;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions};
 
 const DIMENSIONS: usize = 16;

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::common::TestServer;
 use vecrig::validation::report::ScenarioReport;
-use vecrig_loadgen::engine::{Identity, Stop};
-use vecrig_loadgen::neighbours::NoisyNeighbour;
+use vecrig_loadgen::plan::noisy_neighbour::NoisyNeighbour;
+use vecrig_loadgen::plan::scenario::Identity;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 fn neighbours(flood: Identity, polite: Identity) -> Plan {
@@ -25,7 +26,7 @@ fn neighbours(flood: Identity, polite: Identity) -> Plan {
 
 fn show(scenario: &ScenarioReport) {
     let mut out = String::new();
-    vecrig_loadgen::report::render_scenario(&mut out, scenario);
+    vecrig_loadgen::report::text::render_scenario(&mut out, scenario);
     print!("{out}");
 }
 

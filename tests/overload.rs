@@ -11,8 +11,9 @@ use tonic::Code;
 use vecrig::client::{ConnectOptions, Pool, with_deadline};
 use vecrig::proto::{self, search_request};
 use vecrig::synthetic::Synthetic;
-use vecrig_loadgen::engine::{Stage, Stop};
-use vecrig_loadgen::scenario::{Load, LoadModel};
+use vecrig_loadgen::plan::scenario::Stage;
+use vecrig_loadgen::plan::suite::{Load, LoadModel};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 const DIMS: usize = 64;
@@ -277,14 +278,14 @@ async fn a_deadline_that_cannot_be_met_is_refused_without_running() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
-    let metrics = metrics::free_addr();
     let server = crate::common::start_preloaded(DIMS, 20_000, |c| {
         c.admission.concurrency_limit = 1;
         c.admission.queue_depth = 8;
         c.admission.max_queue_wait = Duration::from_millis(50);
-        c.metrics_listen = Some(metrics);
+        c.metrics_listen = Some(metrics::any_loopback_port());
     })
     .await;
+    let metrics = server.metrics.expect("the metrics endpoint is on");
     let pool = pool_of(&server).await;
     let data = Synthetic::new(DIMS, Synthetic::DEFAULT_CLUSTERS, 42);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
@@ -387,11 +388,11 @@ async fn shed_answers_carry_pushback_and_metrics_count_every_outcome() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_loadgen_scrapes_the_servers_metrics_into_its_report() {
-    let metrics = metrics::free_addr();
     let (mut config, temp) = TestServer::config(16);
     config.preload = 300;
-    config.metrics_listen = Some(metrics);
+    config.metrics_listen = Some(metrics::any_loopback_port());
     let server = TestServer::start_in(config, temp).await;
+    let metrics = server.metrics.expect("the metrics endpoint is on");
     let mut options = RunOptions::new(server.target());
     options.metrics_url = Some(format!("http://{metrics}/metrics"));
     let plan = Plan::new(vec![ScenarioSpec::Load(Load {
@@ -488,7 +489,6 @@ async fn served_and_shed(users: Vec<tokio::task::JoinHandle<(u64, u64)>>) -> (u6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_adaptive_limit_follows_service_time() {
     const MAX: f64 = 64.0;
-    let metrics = metrics::free_addr();
     let server = crate::common::start_preloaded(DIMS, 20_000, |c| {
         c.admission.concurrency_limit = 4;
         c.admission.queue_depth = 1000;
@@ -499,9 +499,10 @@ async fn the_adaptive_limit_follows_service_time() {
             min_rtt_interval: Duration::from_secs(600),
             ..vecrig_server::admission::adaptive::AdaptiveConfig::with_max(MAX as usize)
         });
-        c.metrics_listen = Some(metrics);
+        c.metrics_listen = Some(metrics::any_loopback_port());
     })
     .await;
+    let metrics = server.metrics.expect("the metrics endpoint is on");
     let limit = async || {
         metrics::series(&scrape(metrics).await, "vecrig_concurrency_limit").expect("limit exposed")
     };
@@ -551,14 +552,14 @@ async fn the_adaptive_limit_follows_service_time() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn brownout_narrows_searches_under_a_standing_queue_and_widens_them_after() {
     const FLOOR: f64 = 0.25;
-    let metrics = metrics::free_addr();
     let server = crate::common::start_preloaded(DIMS, 20_000, |c| {
         c.admission.concurrency_limit = 2;
         c.admission.queue_depth = 1000;
         c.admission.brownout = Some(vecrig_server::admission::BrownoutConfig::with_floor(FLOOR));
-        c.metrics_listen = Some(metrics);
+        c.metrics_listen = Some(metrics::any_loopback_port());
     })
     .await;
+    let metrics = server.metrics.expect("the metrics endpoint is on");
     let pool = pool_of(&server).await;
     let breadth = async || {
         pool.client()

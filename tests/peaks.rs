@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use crate::common::TestServer;
 use vecrig::proto::{SearchRequest, StatsRequest, Vector, search_request};
-use vecrig_loadgen::engine::{Stage, Stop};
-use vecrig_loadgen::scenario::{Load, LoadModel};
+use vecrig_loadgen::plan::scenario::Stage;
+use vecrig_loadgen::plan::suite::{Load, LoadModel};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,9 +9,10 @@ use std::time::Duration;
 use crate::common::TestServer;
 use vecrig::client::request_with;
 use vecrig::validation::report::{RecallFigures, Report};
-use vecrig_loadgen::engine::{Stage, Stop};
-use vecrig_loadgen::scenario::{Load, LoadModel};
-use vecrig_loadgen::workload::{Op, Workload, WorkloadKind};
+use vecrig_loadgen::plan::scenario::Stage;
+use vecrig_loadgen::plan::suite::{Load, LoadModel};
+use vecrig_loadgen::plan::workload::{Op, Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 // The specification's width, and enough points that a narrow search misses neighbours.
@@ -51,7 +52,7 @@ async fn run(server: &TestServer, kind: WorkloadKind, shard: Option<(u64, u64)>)
         .await
         .expect("pre-flight");
     let mut out = String::new();
-    vecrig_loadgen::report::render_scenario(&mut out, &report.scenarios[0]);
+    vecrig_loadgen::report::text::render_scenario(&mut out, &report.scenarios[0]);
     print!("{out}");
     report
 }
@@ -133,7 +134,7 @@ async fn shards_recall_merges_to_the_sum_of_their_counts() {
         run(&server, WorkloadKind::Vector, Some((0, 2))).await,
         run(&server, WorkloadKind::Vector, Some((1, 2))).await,
     ];
-    let merged = vecrig_loadgen::merge::merge(&shards).expect("merge");
+    let merged = vecrig_loadgen::report::merge::merge(&shards).expect("merge");
     let recall = |r: &Report| r.scenarios[0].total.recall.clone().expect("recall");
     let (a, b, m) = (recall(&shards[0]), recall(&shards[1]), recall(&merged));
     assert!(a.queries > 0 && b.queries > 0);

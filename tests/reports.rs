@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use crate::common::TestServer;
 use vecrig::validation::report::{Report, SCHEMA};
-use vecrig_loadgen::engine::Stop;
-use vecrig_loadgen::scenario::ExtremeConcurrency;
+use vecrig_loadgen::plan::suite::ExtremeConcurrency;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 fn plan(shard: Option<(u64, u64)>) -> Plan {
@@ -137,7 +137,7 @@ async fn json_schema_round_trip_and_lossless_merge() {
     let (a, b) = tokio::join!(run(&server, Some((0, 2))), run(&server, Some((1, 2))));
     assert_eq!(a.scenarios[0].total.requests, 50);
     assert_eq!(b.scenarios[0].total.requests, 50);
-    let merged = vecrig_loadgen::merge::merge(&[a.clone(), b.clone()]).expect("merge");
+    let merged = vecrig_loadgen::report::merge::merge(&[a.clone(), b.clone()]).expect("merge");
     let (m, w) = (&merged.scenarios[0], &whole.scenarios[0]);
     assert_eq!(m.total.requests, w.total.requests);
     assert_eq!(m.total.successes, w.total.successes);
@@ -158,10 +158,10 @@ async fn json_schema_round_trip_and_lossless_merge() {
         "thresholds judged again"
     );
     assert!(m.passed);
-    assert!(vecrig_loadgen::merge::merge(&[]).is_err());
+    assert!(vecrig_loadgen::report::merge::merge(&[]).is_err());
 
     // The HTML page: every chart present, self-contained.
-    let html = vecrig_loadgen::html::render(&whole);
+    let html = vecrig_loadgen::report::html::render(&whole);
     assert!(html.starts_with("<!doctype html>") && html.trim_end().ends_with("</html>"));
     assert_eq!(html.matches("<svg").count(), 6, "six charts per scenario");
     assert!(!html.contains("<script") && !html.contains("http://cdn"));
@@ -176,12 +176,13 @@ async fn json_schema_round_trip_and_lossless_merge() {
 
     // The interval log: standard HdrHistogram format, one tagged interval per phase and kind.
     let mut log = Vec::new();
-    vecrig_loadgen::report::write_interval_log(&whole, &mut log).expect("write log");
+    vecrig_loadgen::report::text::write_interval_log(&whole, &mut log).expect("write log");
     let mut intervals = 0;
     for entry in hdrhistogram::serialization::interval_log::IntervalLogIterator::new(&log) {
         if let Ok(hdrhistogram::serialization::interval_log::LogEntry::Interval(h)) = entry {
             let tag = h.tag().map(|t| t.as_str().to_string()).unwrap_or_default();
-            let decoded = vecrig_loadgen::stats::decode(h.encoded_histogram()).expect("decode");
+            let decoded =
+                vecrig_loadgen::measure::histogram::decode(h.encoded_histogram()).expect("decode");
             if tag.ends_with("/latency") {
                 assert_eq!(decoded.len(), 100, "{tag}");
             }

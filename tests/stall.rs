@@ -12,8 +12,9 @@ use std::time::Duration;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use vecrig::client::ConnectOptions;
-use vecrig_loadgen::engine::{Model, Phase, Scenario, Stop};
-use vecrig_loadgen::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
+use vecrig_loadgen::plan::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{RunOptions, run_with};
 
 const RATE: f64 = 300.0;
@@ -70,7 +71,7 @@ async fn a_one_second_stall_shows_in_latency_from_intended_send_time() {
     freezer.await.expect("freezer");
     let phase = &report.scenarios[0].phases[0];
     let mut out = String::new();
-    vecrig_loadgen::report::render_scenario(&mut out, &report.scenarios[0]);
+    vecrig_loadgen::report::text::render_scenario(&mut out, &report.scenarios[0]);
     print!("{out}");
     println!(
         "service time: p50 {:.2} ms, p99 {:.2} ms, max {:.1} ms",

@@ -16,10 +16,10 @@ use vecrig::client::ConnectOptions;
 use vecrig::validation::StressTester;
 use vecrig::validation::criteria;
 use vecrig::validation::report::ScenarioReport;
-use vecrig_loadgen::engine::Stop;
-use vecrig_loadgen::scenario::{
+use vecrig_loadgen::plan::suite::{
     ExtremeConcurrency, MemoryPressure, Profile, ResourceExhaustion, Scale, Sustained,
 };
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 const DIMS: usize = 128;
@@ -56,7 +56,7 @@ async fn run(server: &TestServer, spec: ScenarioSpec) -> ScenarioReport {
     let scenario = report.scenarios.into_iter().next().expect("one scenario");
     print!("{}", {
         let mut out = String::new();
-        vecrig_loadgen::report::render_scenario(&mut out, &scenario);
+        vecrig_loadgen::report::text::render_scenario(&mut out, &scenario);
         out
     });
     assert!(

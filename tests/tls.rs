@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use vecrig::client::ConnectOptions;
-use vecrig_loadgen::engine::Stop;
-use vecrig_loadgen::scenario::ExtremeConcurrency;
+use vecrig_loadgen::plan::suite::ExtremeConcurrency;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 use vecrig_server::config::{Config, Tls};
 
@@ -63,8 +63,8 @@ async fn https_run_with_a_test_certificate_and_headers() {
         .await
         .expect_err("an untrusted certificate is refused");
     assert!(
-        error.to_string().contains("unreachable") || error.to_string().contains("not healthy"),
-        "{error}"
+        error.to_string().contains("certificate") && error.to_string().contains("--ca-cert"),
+        "says why, and what to check: {error}"
     );
 
     let _ = stop.send(());

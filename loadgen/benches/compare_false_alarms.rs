@@ -21,10 +21,11 @@ use std::time::Duration;
 
 use vecrig::validation::report::Report;
 use vecrig_loadgen::compare::{Named, Tolerances, Verdict, compare};
-use vecrig_loadgen::engine::{Stage, Stop};
-use vecrig_loadgen::scenario::{Load, LoadModel};
+use vecrig_loadgen::plan::scenario::Stage;
+use vecrig_loadgen::plan::suite::{Load, LoadModel};
+use vecrig_loadgen::plan::workload::WorkloadKind;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::LocalServer;
-use vecrig_loadgen::workload::WorkloadKind;
 use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 fn env(name: &str, default: u64) -> u64 {
@@ -123,7 +124,7 @@ fn main() {
     let binary = common::server_binary(Path::new(env!("CARGO_BIN_EXE_vecrig-loadgen")));
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
-        let server = LocalServer::spawn(&binary, 10_000, None, &[])
+        let server = LocalServer::spawn(&binary, 10_000, None, None, &[])
             .await
             .expect("start vecrig-server");
         let mut reports = Vec::new();

@@ -123,7 +123,7 @@ fn run_measured(command: &mut Command) -> ((f64, f64), f64, String) {
 /// The k=1 search h2load sends, the one the loadgen's `fixed` workload sends on the same
 /// seed: a gRPC length-prefixed frame around a serialized request.
 fn grpc_search_frame() -> Vec<u8> {
-    let query = vecrig_loadgen::workload::fixed_query(DIMENSIONS, Synthetic::DEFAULT_SEED);
+    let query = vecrig_loadgen::plan::workload::fixed_query(DIMENSIONS, Synthetic::DEFAULT_SEED);
     let request = SearchRequest {
         query: Some(search_request::Query::Vector(Vector { values: query })),
         k: 1,
@@ -356,6 +356,7 @@ fn main() {
         .block_on(LocalServer::spawn(
             &server_binary,
             POINTS,
+            None,
             None,
             &[
                 "--dimensions".into(),

@@ -51,9 +51,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vecrig::validation::report::{PhaseReport, Report};
-use vecrig_loadgen::engine::{Model, Phase, Scenario, Stop};
+use vecrig_loadgen::plan::scenario::{Model, Phase, Scenario};
+use vecrig_loadgen::plan::workload::{Workload, WorkloadKind};
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::LocalServer;
-use vecrig_loadgen::workload::{Workload, WorkloadKind};
 use vecrig_loadgen::{RunOptions, run_with};
 
 const POINTS: u64 = 20_000;
@@ -334,21 +335,21 @@ async fn with_server<T>(
 ) -> T {
     let copy = tempfile::tempdir().expect("temp dir");
     vecrig_loadgen::target::copy_data_dir(data, copy.path()).expect("copy the index");
-    let metrics = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port for the metrics");
     let args: Vec<String> = SERVER_ARGS
         .iter()
         .map(|s| s.to_string())
         .chain(extra.iter().cloned())
-        .chain(["--metrics-listen".into(), metrics.to_string()])
+        .chain(["--metrics-listen".into(), "127.0.0.1:0".into()])
         .collect();
-    let server = LocalServer::spawn(binary, POINTS, Some(copy.path()), &args)
+    let server = LocalServer::spawn(binary, POINTS, Some(copy.path()), None, &args)
         .await
         .expect("start vecrig-server");
     let endpoints = Endpoints {
         grpc: server.target.clone(),
-        metrics: format!("http://{metrics}/metrics"),
+        metrics: server
+            .metrics_url
+            .clone()
+            .expect("the metrics endpoint is on"),
     };
     let out = run(&endpoints).await;
     server.stop(Duration::from_secs(30)).await;
@@ -411,7 +412,7 @@ fn write(dir: &Path, name: &str, report: &Report) {
     std::fs::write(dir.join(format!("{name}.json")), json).expect("write json");
     std::fs::write(
         dir.join(format!("{name}.html")),
-        vecrig_loadgen::html::render(report),
+        vecrig_loadgen::report::html::render(report),
     )
     .expect("write html");
 }
@@ -443,6 +444,7 @@ fn main() {
             &binary,
             POINTS,
             Some(data.path()),
+            None,
             &SERVER_ARGS.map(String::from),
         )
         .await
@@ -801,11 +803,11 @@ struct TenantPoint {
 
 /// The two-tenant comparison (the module docs' last part): fair admission against FIFO.
 async fn two_tenants(binary: &Path, data: &Path, seconds: u64, out: &Path) {
-    let flood = vecrig_loadgen::engine::Identity {
+    let flood = vecrig_loadgen::plan::scenario::Identity {
         bind: Some(std::net::Ipv4Addr::new(127, 0, 0, 1).into()),
         token: None,
     };
-    let polite = vecrig_loadgen::engine::Identity {
+    let polite = vecrig_loadgen::plan::scenario::Identity {
         bind: Some(std::net::Ipv4Addr::new(127, 0, 0, 2).into()),
         token: None,
     };

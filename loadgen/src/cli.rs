@@ -10,17 +10,17 @@ use tonic::metadata::{AsciiMetadataKey, AsciiMetadataValue};
 use vecrig::client::ConnectOptions;
 use vecrig::validation::threshold::Threshold;
 
-use crate::engine::Identity;
-use crate::engine::{Stage, parse_stages};
-use crate::neighbours::NoisyNeighbour;
-use crate::plan::{Plan, RunOptions};
-use crate::retry::RetryPolicy;
-use crate::scenario::{
+use crate::plan::noisy_neighbour::NoisyNeighbour;
+use crate::plan::scenario::Identity;
+use crate::plan::scenario::{Stage, parse_stages};
+use crate::plan::spec::ScenarioSpec;
+use crate::plan::suite::{
     ExtremeConcurrency, Load, LoadModel, MemoryPressure, Profile, ResourceExhaustion, Scale,
     Sustained,
 };
-use crate::spec::ScenarioSpec;
-use crate::workload::WorkloadKind;
+use crate::plan::workload::WorkloadKind;
+use crate::plan::{Plan, RunOptions};
+use crate::scheduler::retry::RetryPolicy;
 
 /// Exit code: every threshold held.
 pub const EXIT_PASSED: i32 = 0;
@@ -211,6 +211,11 @@ pub struct Cli {
     #[arg(long, env = "VECRIG_SPAWN_DATA_DIR", global = true)]
     #[arg(help_heading = "Target and connection")]
     pub spawn_data_dir: Option<PathBuf>,
+    /// Where the spawned server writes its log [default: beside --out, as NAME.server.log;
+    /// without --out, vecrig-server.log].
+    #[arg(long, env = "VECRIG_SPAWN_LOG", global = true)]
+    #[arg(help_heading = "Target and connection")]
+    pub spawn_log: Option<PathBuf>,
     /// The scenario to run.
     #[command(subcommand)]
     pub command: Command,
@@ -442,6 +447,15 @@ pub fn parse_header(text: &str) -> Result<(AsciiMetadataKey, AsciiMetadataValue)
 }
 
 impl Cli {
+    /// Where a server started with `--spawn-server` writes its log.
+    pub fn spawn_log(&self) -> PathBuf {
+        match (&self.spawn_log, &self.out) {
+            (Some(log), _) => log.clone(),
+            (None, Some(out)) => out.with_extension("server.log"),
+            (None, None) => PathBuf::from("vecrig-server.log"),
+        }
+    }
+
     /// How to reach the target (`target` replaces `--target`, e.g. a spawned server's).
     pub fn run_options(&self, target: &str) -> Result<RunOptions, String> {
         let ca_cert = match &self.ca_cert {
@@ -473,6 +487,7 @@ impl Cli {
             threads: self.threads,
             transport: self.transport,
             recall_sample: self.recall_sample,
+            server_log: None,
         })
     }
 

@@ -4,9 +4,9 @@
 //! a verdict on what the clients saw.
 //!
 //! The loadgen does not inject the fault: the environment does (`docker kill`, `docker
-//! network disconnect`; see `docker/fault.sh`). It sends the load through the ordinary engine
+//! network disconnect`; see `docker/fault.sh`). It sends the load through the ordinary scheduler
 //! (paced model, deadlines, retries under a budget), records every acknowledged write
-//! ([`crate::acks`]), reads them all back once the load is over, and judges the run with
+//! ([`crate::measure::acks`]), reads them all back once the load is over, and judges the run with
 //! [`vecrig::validation::fault`]: outage window, time to recover throughput, server restarts,
 //! acknowledged writes lost. The verdict lands in the scenario's report (`fault`) and its
 //! checks among the thresholds, so the exit code says whether the fault was survived.
@@ -21,12 +21,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use vecrig::validation::fault::{self, AckCheck, Expectations, FaultKind};
 use vecrig::validation::report::Report;
 
-use crate::acks::Acks;
-use crate::engine::{Model, Phase, Scenario, Stop};
+use crate::measure::acks::Acks;
+use crate::plan::scenario::{Model, Phase, Scenario};
+use crate::plan::suite::Common;
+use crate::plan::workload::{Workload, WorkloadKind};
 use crate::plan::{Plan, RunOptions};
-use crate::scenario::Common;
+use crate::scheduler::Stop;
 use crate::target::{self, PreflightError};
-use crate::workload::{Workload, WorkloadKind};
 
 /// A fault run's parameters.
 #[derive(Debug, Clone, PartialEq)]

@@ -7,9 +7,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use vecrig_loadgen::RunOptions;
 use vecrig_loadgen::cli::{self, Cli};
 use vecrig_loadgen::compare;
-use vecrig_loadgen::engine::Stop;
+use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::{LocalServer, sibling_server_binary};
 
 fn main() -> ExitCode {
@@ -21,7 +22,7 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    // The load is sent by threads of its own (engine::lanes, --threads); this runtime runs
+    // The load is sent by threads of its own (scheduler::senders, --threads); this runtime runs
     // pre-flight, the Stats monitor and progress, for which one thread is plenty. With
     // `--transport tonic` the connections live here, so it gets the threads instead.
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
@@ -88,12 +89,17 @@ async fn run(mut cli: Cli) -> i32 {
                 .server_binary
                 .clone()
                 .unwrap_or_else(sibling_server_binary);
-            match LocalServer::spawn(&path, cli.spawn_preload, cli.spawn_data_dir.as_deref(), &[])
-                .await
-            {
+            let log = cli.spawn_log();
+            let data_dir = cli.spawn_data_dir.as_deref();
+            match LocalServer::spawn(&path, cli.spawn_preload, data_dir, Some(&log), &[]).await {
                 Ok(server) => {
-                    eprintln!("started {} at {}", path.display(), server.target);
-                    Some(server)
+                    eprintln!(
+                        "started {} at {} (its log: {})",
+                        path.display(),
+                        server.target,
+                        log.display()
+                    );
+                    Some((server, log))
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -104,7 +110,7 @@ async fn run(mut cli: Cli) -> i32 {
     };
     let target = local
         .as_ref()
-        .map_or(cli.target.clone(), |s| s.target.clone());
+        .map_or(cli.target.clone(), |(s, _)| s.target.clone());
 
     let stop = Stop::default();
     let on_ctrl_c = stop.clone();
@@ -121,7 +127,10 @@ async fn run(mut cli: Cli) -> i32 {
     });
 
     let options = match cli.run_options(&target) {
-        Ok(options) => options,
+        Ok(options) => RunOptions {
+            server_log: local.as_ref().map(|(_, log)| log.clone()),
+            ..options
+        },
         Err(e) => {
             eprintln!("error: {e}");
             return cli::EXIT_ERROR;
@@ -137,7 +146,7 @@ async fn run(mut cli: Cli) -> i32 {
             let planned = std::fs::read_to_string(file)
                 .map_err(|e| format!("cannot read {}: {e}", file.display()))
                 .and_then(|text| {
-                    vecrig_loadgen::file::Planned::parse(&text, cli.profile)
+                    vecrig_loadgen::plan::file::Planned::parse(&text, cli.profile)
                         .map(|p| p.relative_to(file.parent().unwrap_or(Path::new("."))))
                         .and_then(|p| p.with_protos(protos, proto_path))
                         .map_err(|e| e.to_string())
@@ -169,7 +178,7 @@ async fn run(mut cli: Cli) -> i32 {
             None => vecrig_loadgen::run(&options, &cli.plan(), &stop).await,
         },
     };
-    if let Some(server) = local {
+    if let Some((server, _)) = local {
         server.stop(Duration::from_secs(30)).await;
     }
     let report = match result {
@@ -245,7 +254,7 @@ fn merge(cli: &Cli, paths: &[std::path::PathBuf]) -> i32 {
         eprintln!("error: {e}");
         return cli::EXIT_ERROR;
     }
-    match vecrig_loadgen::merge::merge(&reports) {
+    match vecrig_loadgen::report::merge::merge(&reports) {
         Ok(report) => finish(cli, &report),
         Err(e) => {
             eprintln!("error: {e}");
@@ -256,7 +265,7 @@ fn merge(cli: &Cli, paths: &[std::path::PathBuf]) -> i32 {
 
 /// Prints the report, writes `--out`, and turns the verdict into the exit code.
 fn finish(cli: &Cli, report: &vecrig::validation::report::Report) -> i32 {
-    print!("{}", vecrig_loadgen::report::render(report));
+    print!("{}", vecrig_loadgen::report::text::render(report));
     let _ = std::io::stdout().flush();
     if let Some(path) = &cli.out {
         let written = serde_json::to_vec_pretty(report)
@@ -269,7 +278,7 @@ fn finish(cli: &Cli, report: &vecrig::validation::report::Report) -> i32 {
         eprintln!("report written to {}", path.display());
     }
     if let Some(path) = &cli.html {
-        if let Err(e) = std::fs::write(path, vecrig_loadgen::html::render(report)) {
+        if let Err(e) = std::fs::write(path, vecrig_loadgen::report::html::render(report)) {
             eprintln!("error: cannot write {}: {e}", path.display());
             return cli::EXIT_ERROR;
         }
@@ -278,7 +287,7 @@ fn finish(cli: &Cli, report: &vecrig::validation::report::Report) -> i32 {
     if let Some(path) = &cli.hdr_log {
         let written = std::fs::File::create(path)
             .map_err(|e| e.to_string())
-            .and_then(|mut f| vecrig_loadgen::report::write_interval_log(report, &mut f));
+            .and_then(|mut f| vecrig_loadgen::report::text::write_interval_log(report, &mut f));
         if let Err(e) = written {
             eprintln!("error: cannot write {}: {e}", path.display());
             return cli::EXIT_ERROR;

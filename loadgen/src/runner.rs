@@ -13,17 +13,18 @@ use vecrig::validation::report::{Report, SCHEMA};
 
 use crate::dynamic::describe::describe;
 use crate::dynamic::{self, DynamicError, TargetSpec, Templates};
-use crate::engine::{self, Context, Lanes, Scenario, Stop};
-use crate::file;
+use crate::measure::process::Meter;
+use crate::measure::recall::Recall;
+use crate::plan::file;
+use crate::plan::scenario::Scenario;
+use crate::plan::suite::Common;
+use crate::plan::workload::{Op, Workload, WorkloadKind};
 use crate::plan::{Plan, RunOptions};
-use crate::process::Meter;
-use crate::progress::Progress;
-use crate::recall::Recall;
-use crate::retry::RetryBudget;
-use crate::scenario::Common;
+use crate::report::progress::Progress;
+use crate::scheduler::retry::RetryBudget;
+use crate::scheduler::{self, Context, Senders, Stop};
 use crate::target::{self, Checked, PreflightError};
 use crate::wire::{Target, Transport};
-use crate::workload::{Op, Workload, WorkloadKind};
 
 fn unix_ms() -> u64 {
     SystemTime::now()
@@ -63,7 +64,7 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
     .await
 }
 
-/// Runs the scenarios of a scenario file (see [`crate::file`]): against a vecrig server, or
+/// Runs the scenarios of a scenario file (see [`crate::plan::file`]): against a vecrig server, or
 /// the templated target of its `[target]` table.
 pub async fn run_file(
     options: &RunOptions,
@@ -92,10 +93,10 @@ fn finish_plan(scenarios: &mut [Scenario], plan: &Plan) {
     }
 }
 
-/// A run's connections before its scenarios: tonic's pool when it sends the load, the lanes'
+/// A run's connections before its scenarios: tonic's pool when it sends the load, the senders'
 /// target when they do.
 fn preflight_connect(options: &RunOptions) -> ConnectOptions {
-    // With our own HTTP/2 client the lanes open the load's connections; tonic's pool is then
+    // With our own HTTP/2 client the senders open the load's connections; tonic's pool is then
     // only for what is off the hot path, and one connection is enough for it.
     match options.transport {
         Transport::H2 => ConnectOptions {
@@ -303,17 +304,18 @@ pub async fn check_file(
         scenarios.len(),
         templates.dimensions
     )];
-    let mut method = |what: &str, m: &dynamic::Method, check: Option<&dynamic::AnswerCheck>| {
-        lines.push(format!(
-            "  {what:<12} {}{}",
-            m.descriptor.full_name(),
-            if check.is_some() {
-                " (answer checked)"
-            } else {
-                ""
-            }
-        ));
-    };
+    let mut method =
+        |what: &str, m: &dynamic::TemplatedMethod, check: Option<&dynamic::AnswerCheck>| {
+            lines.push(format!(
+                "  {what:<12} {}{}",
+                m.descriptor.full_name(),
+                if check.is_some() {
+                    " (answer checked)"
+                } else {
+                    ""
+                }
+            ));
+        };
     for call in &templates.setup {
         method("setup", &call.method, call.check.as_ref());
     }
@@ -337,7 +339,10 @@ pub async fn check_file(
 
 /// A request as the hot path encodes it, read back as `method`'s input: the probe sends what
 /// the load will send.
-fn decoded(method: &dynamic::Method, body: &[u8]) -> Result<DynamicMessage, PreflightError> {
+fn decoded(
+    method: &dynamic::TemplatedMethod,
+    body: &[u8],
+) -> Result<DynamicMessage, PreflightError> {
     DynamicMessage::decode(method.descriptor.input(), body).map_err(|e| {
         PreflightError::Unsupported(format!(
             "{}: an encoded request does not decode: {e}",
@@ -384,7 +389,7 @@ pub async fn run_with(
     .await
 }
 
-/// The lanes' own target and connections per lane (`None`: tonic's pool sends the load),
+/// The senders' own target and connections per sender (`None`: tonic's pool sends the load),
 /// the recall sampling, and whether the target answers vecrig's `Stats`.
 type Sending = (Option<(Arc<Target>, usize)>, Recall, bool);
 
@@ -410,7 +415,7 @@ async fn run_scenarios(
         budget: Arc::new(RetryBudget::new(options.retry.budget_ratio)),
         stop: stop.clone(),
         progress: progress.clone(),
-        lanes: Arc::new(Lanes::start(options.threads, wire).map_err(PreflightError::Threads)?),
+        senders: Arc::new(Senders::start(options.threads, wire).map_err(PreflightError::Threads)?),
         abort_on_fail: options.abort_on_fail,
         metrics_url: options.metrics_url.as_deref().map(Arc::from),
         client: None,
@@ -428,7 +433,7 @@ async fn run_scenarios(
             break;
         }
         let scenario_meter = Meter::start();
-        let mut report = engine::run_scenario(&ctx, scenario, checked.monitor.client()).await;
+        let mut report = scheduler::run_scenario(&ctx, scenario, checked.monitor.client()).await;
         report.loadgen = scenario_meter.finish();
         if report.loadgen.cpu_cores_used >= SATURATION * cpus {
             report.warnings.push(format!(
@@ -459,6 +464,10 @@ async fn run_scenarios(
         interrupted,
         aborted,
         loadgen: meter.finish(),
+        server_log: options
+            .server_log
+            .as_ref()
+            .map(|path| path.display().to_string()),
         scenarios,
         warnings: Vec::new(),
         passed,

@@ -18,10 +18,12 @@ use vecrig::proto::{StatsRequest, StatsResponse};
 #[derive(Debug, thiserror::Error)]
 pub enum PreflightError {
     /// Nothing answers at the address.
-    #[error("target unreachable: {0}")]
+    #[error("{}", unreachable(.0))]
     Unreachable(#[from] ConnectError),
     /// The health service says the server is not serving.
-    #[error("target {target} is not healthy: health says {status} after waiting {waited:?}")]
+    #[error(
+        "target {target} is not healthy: health says {status} after waiting {waited:?} (still loading? raise --wait-healthy)"
+    )]
     Unhealthy {
         /// The target.
         target: String,
@@ -51,6 +53,33 @@ pub enum PreflightError {
     /// The threads that send the load could not be started (out of threads or memory).
     #[error("cannot start the sending threads: {0}")]
     Threads(std::io::Error),
+}
+
+/// `error` and the chain of errors below it, on one line: a transport's own message ("transport
+/// error") says nothing of the refused connection or unknown host beneath it.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let next = inner.to_string();
+        if !text.contains(&next) {
+            text.push_str(": ");
+            text.push_str(&next);
+        }
+        cause = inner.source();
+    }
+    text
+}
+
+/// Why a target could not be reached, and what to check.
+fn unreachable(error: &ConnectError) -> String {
+    let causes = with_causes(error);
+    let check = if causes.contains("certificate") {
+        "does --ca-cert trust the server's certificate, and --tls-domain match its name?"
+    } else {
+        "is the server up, and is --target right?"
+    };
+    format!("{causes}: {check}")
 }
 
 /// A checked target: its connections and what it said about itself.
@@ -146,6 +175,9 @@ pub struct LocalServer {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub target: String,
+    /// `http://ADDR/metrics`, when started with `--metrics-listen` (read from the server's
+    /// `metrics on ADDR` line, so port 0 works).
+    pub metrics_url: Option<String>,
     _data_dir: Option<tempfile::TempDir>,
 }
 
@@ -156,6 +188,15 @@ pub enum SpawnError {
     #[error("cannot start {path}: {source}")]
     Start {
         /// The binary.
+        path: PathBuf,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Its log file could not be created.
+    #[error("cannot write the server's log {path}: {source}")]
+    Log {
+        /// The log file.
         path: PathBuf,
         /// The error.
         #[source]
@@ -181,13 +222,27 @@ pub fn sibling_server_binary() -> PathBuf {
 
 impl LocalServer {
     /// Starts `binary` on 127.0.0.1 with a free port, `preload` synthetic points and
-    /// `data_dir` (a temporary directory when `None`), plus `extra` arguments.
+    /// `data_dir` (a temporary directory when `None`), plus `extra` arguments. Its log goes
+    /// to `log` (created or truncated) so that it never interleaves with a report on the
+    /// terminal, or, when `None`, to this process's stderr.
     pub async fn spawn(
         binary: &Path,
         preload: u64,
         data_dir: Option<&Path>,
+        log: Option<&Path>,
         extra: &[String],
     ) -> Result<Self, SpawnError> {
+        let stderr = match log {
+            Some(path) => {
+                Stdio::from(
+                    std::fs::File::create(path).map_err(|source| SpawnError::Log {
+                        path: path.to_path_buf(),
+                        source,
+                    })?,
+                )
+            }
+            None => Stdio::inherit(),
+        };
         let temp = match data_dir {
             Some(_) => None,
             None => Some(tempfile::tempdir().map_err(|source| SpawnError::Start {
@@ -208,7 +263,7 @@ impl LocalServer {
             .arg(preload.to_string())
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .map_err(|source| SpawnError::Start {
@@ -228,15 +283,36 @@ impl LocalServer {
             .await
             .map_err(|_| no_address("nothing printed within 30 s".into()))?
             .map_err(|e| no_address(e.to_string()))?
-            .ok_or_else(|| no_address("it exited".into()))?;
+            .ok_or_else(|| {
+                no_address(match log {
+                    Some(path) => format!("it exited; see its log {}", path.display()),
+                    None => "it exited".into(),
+                })
+            })?;
         let addr = line
             .strip_prefix("listening on ")
-            .ok_or_else(|| no_address(format!("unexpected first line {line:?}")))?;
+            .ok_or_else(|| no_address(format!("unexpected first line {line:?}")))?
+            .to_string();
+        let metrics_url = match extra.iter().any(|arg| arg == "--metrics-listen") {
+            true => {
+                let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+                    .await
+                    .map_err(|_| no_address("no metrics address within 30 s".into()))?
+                    .map_err(|e| no_address(e.to_string()))?
+                    .unwrap_or_default();
+                let metrics = line
+                    .strip_prefix("metrics on ")
+                    .ok_or_else(|| no_address(format!("unexpected second line {line:?}")))?;
+                Some(format!("http://{metrics}/metrics"))
+            }
+            false => None,
+        };
         // Keep draining its stdout so the server never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
         Ok(Self {
             child,
             target: format!("http://{addr}"),
+            metrics_url,
             _data_dir: temp,
         })
     }

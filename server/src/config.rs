@@ -28,57 +28,64 @@ use crate::storage::{self, SnapshotPolicy};
 pub struct Args {
     /// Address to listen on; port 0 picks a free port (printed as `listening on ADDR`).
     #[arg(long, env = "VECRIG_LISTEN", default_value = "127.0.0.1:50051")]
+    #[arg(help_heading = "Server")]
     pub listen: SocketAddr,
     /// Directory holding the index's files.
     #[arg(long, env = "VECRIG_DATA_DIR", default_value = "vecrig-data")]
+    #[arg(help_heading = "Data")]
     pub data_dir: PathBuf,
     /// The index: width, metric, graph parameters.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Index")]
     pub index: engine::Args,
     /// What one request may ask for.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Limits")]
     pub limits: service::Args,
     /// Largest gRPC message accepted, in bytes; larger ones get the transport's size error.
     #[arg(long, env = "VECRIG_MAX_MESSAGE_BYTES", default_value_t = 32 * 1024 * 1024)]
+    #[arg(help_heading = "Limits")]
     pub max_message_bytes: usize,
     /// Admission control.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Admission")]
     pub admission: admission::Args,
     /// Preload and snapshots.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Data")]
     pub storage: storage::Args,
     /// The priority of index work.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Index")]
     pub priority: priority::Args,
     /// How long shutdown waits for in-flight requests before giving up on them.
     #[arg(long, env = "VECRIG_GRACE", default_value = "10s", value_parser = humantime::parse_duration)]
+    #[arg(help_heading = "Server")]
     pub grace: Duration,
     /// Serve TLS with this PEM certificate (chain); needs --tls-key.
     #[arg(long, env = "VECRIG_TLS_CERT", requires = "tls_key")]
+    #[arg(help_heading = "Security")]
     pub tls_cert: Option<PathBuf>,
     /// The PEM private key of --tls-cert.
     #[arg(long, env = "VECRIG_TLS_KEY", requires = "tls_cert")]
+    #[arg(help_heading = "Security")]
     pub tls_key: Option<PathBuf>,
     /// Authentication.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Security")]
     pub auth: auth::Args,
     /// The metrics endpoint.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Observability")]
     pub metrics: metrics::Args,
     /// Log filter (tracing's EnvFilter syntax).
     #[arg(long, env = "VECRIG_LOG", default_value = "info")]
+    #[arg(help_heading = "Observability")]
     pub log: String,
     /// Connection and HTTP/2 limits against abusive peers (see `net`).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Limits")]
     pub net: net::Args,
     /// The memory guard.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Limits")]
     pub memory: memory::Args,
     /// Pacing of connections that flood the server with cheap calls.
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Admission")]
     pub pacing: net::pacing::Args,
     /// The health probe (`--probe`).
-    #[command(flatten)]
+    #[command(flatten, next_help_heading = "Health probe")]
     pub probe: probe::Args,
 }
 

@@ -72,7 +72,7 @@ use crate::layers::metrics::{Metrics, MetricsLayer};
 use crate::net::{Pacer, PacingLayer, WholeRequestLayer};
 use crate::service::Service;
 use crate::storage::snapshot::SnapshotError;
-use crate::storage::{OpenError, Storage, StorageSlot};
+use crate::storage::{OpenError, Storage, StorageCell};
 
 /// Why the server stopped with an error.
 #[derive(Debug, thiserror::Error)]
@@ -144,13 +144,34 @@ async fn set_health(health: &tonic_health::server::HealthReporter, status: Servi
         .await;
 }
 
-/// Serves the index on `listener` until `shutdown` resolves, then drains and saves.
+/// Serves the index on `listener` until `shutdown` resolves, then drains and saves; the
+/// metrics endpoint, if `config.metrics_listen` names one, on a listener bound here.
+pub async fn serve(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let metrics_listener = match config.metrics_listen {
+        Some(addr) => Some(
+            layers::metrics::bind(addr)
+                .await
+                .map_err(ServeError::Metrics)?,
+        ),
+        None => None,
+    };
+    serve_on(listener, metrics_listener, config, shutdown).await
+}
+
+/// Serves the index on `listener`, and Prometheus metrics on `metrics_listener` if given,
+/// until `shutdown` resolves, then drains and saves. Callers that bind both themselves know
+/// both ports before anything is served (`main` prints them; tests read them).
 ///
 /// Health answers NOT_SERVING from the first moment until the index is loaded (and preloaded),
 /// and again from the moment shutdown begins; VectorIndex calls made while starting get
 /// UNAVAILABLE.
-pub async fn serve(
+pub async fn serve_on(
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     config: Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
@@ -180,9 +201,9 @@ pub async fn serve(
     // Admitted work runs apart from the request path (`admission::work`); it outlives the
     // server below, and is shut down when this function returns.
     let work = crate::admission::work::WorkRuntime::new().map_err(ServeError::Runtime)?;
-    let storage_slot: StorageSlot = Arc::new(OnceLock::new());
+    let storage_cell: StorageCell = Arc::new(OnceLock::new());
     let service = Service::new(
-        Arc::clone(&storage_slot),
+        Arc::clone(&storage_cell),
         config.limits,
         Arc::clone(&admission) as _,
     );
@@ -194,32 +215,25 @@ pub async fn serve(
     let limits = &config.connection_limits;
     let (_lanes, dispatch, lanes) =
         net::lanes::start(limits.request_lanes, limits, &pacer).map_err(ServeError::Runtime)?;
-    let metrics_task = match config.metrics_listen {
-        Some(addr) => {
-            let listener = layers::metrics::bind(addr)
-                .await
-                .map_err(ServeError::Metrics)?;
+    let metrics_task = match metrics_listener {
+        Some(listener) => {
             tracing::info!(addr = %listener.local_addr().map_err(ServeError::Metrics)?, "metrics at /metrics");
             let (metrics, admission, storage, dir, pacer, dispatch) = (
                 Arc::clone(&metrics),
                 Arc::clone(&admission),
-                Arc::clone(&storage_slot),
+                Arc::clone(&storage_cell),
                 config.data_dir.clone(),
                 Arc::clone(&pacer),
                 dispatch.clone(),
             );
             let render = Arc::new(move || {
-                let paced = pacer.stats();
-                let pacing = layers::metrics::PacingFigures {
-                    charged: paced.charged,
-                    pauses: paced.pauses,
-                    woken_for_room: paced.woken_for_room,
-                    paused: paced.paused,
-                    answer_cpu: paced.answer_cpu,
-                    served_cpu: paced.served_cpu,
-                    cheap_cpu_total: paced.cheap_cpu_total,
-                };
-                metrics.render(&admission, &storage, &dir, pacing, &dispatch.connections())
+                metrics.render(
+                    &admission,
+                    &storage,
+                    &dir,
+                    pacer.stats(),
+                    &dispatch.connections(),
+                )
             });
             Some(AbortOnDrop(tokio::spawn(layers::metrics::serve_metrics(
                 listener, render,
@@ -276,7 +290,7 @@ pub async fn serve(
             return Ok(());
         }
     };
-    let _ = storage_slot.set(Arc::clone(&storage));
+    let _ = storage_cell.set(Arc::clone(&storage));
     set_health(&health, ServingStatus::Serving).await;
     tracing::info!(points = storage.engine().len(), "serving");
 

@@ -25,9 +25,21 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
-    // Scripts and tests read the real port from this line.
+    let metrics = match config.metrics_listen {
+        Some(metrics_addr) => Some(
+            vecrig_server::layers::metrics::bind(metrics_addr)
+                .await
+                .with_context(|| format!("cannot listen on {metrics_addr} for metrics"))?,
+        ),
+        None => None,
+    };
+    // Scripts and tests read the real ports from these lines (port 0 picks a free one).
     println!("listening on {addr}");
+    if let Some(metrics) = &metrics {
+        println!("metrics on {}", metrics.local_addr()?);
+    }
     std::io::stdout().flush()?;
-    vecrig_server::serve(listener, config, vecrig_server::shutdown_signal()).await?;
+    let shutdown = vecrig_server::shutdown_signal();
+    vecrig_server::serve_on(listener, metrics, config, shutdown).await?;
     Ok(())
 }

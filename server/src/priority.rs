@@ -23,13 +23,13 @@
 //! slices; older kernels take the call and keep their default). Why: on a CPU shared by a
 //! flood's lane, the runtime of admitted work and a polite client's lane, each thread runs
 //! for the default slice (0.75 ms times one plus log2 of the CPUs) before the next one's
-//! turn, and the polite client's request waited for up to two of them, once to be read and
-//! once for its search: a polite p99 of 2.9-3.7 ms against an unloaded 0.7-1.0 ms. A thread
-//! with a short slice is also picked sooner when it wakes; with 100 us, the polite p99 was
-//! 1.7-2.1 ms (measured 2026-12-03, `tests/fairness.rs`). Nothing is reserved: a short slice
-//! is a shorter turn, not a larger share of the CPU. But turns cost thread switches: one
-//! client saturating the CPU got 5-8% fewer searches a second (`tests/collapse.rs`), so a
-//! server that only ever has one client is better off with `--request-slice 0s`.
+//! turn, and the polite client's request waits for up to two of them, once to be read and
+//! once for its search. A thread with a short slice is also picked sooner when it wakes, so
+//! the polite client's tail latency comes down (figures in `docs/overload.md`). Nothing is
+//! reserved: a short slice is a shorter turn, not a larger share of the CPU. But turns cost
+//! thread switches, so one client saturating the CPU gets a few percent fewer searches a
+//! second, and a server that only ever has one client is better off with
+//! `--request-slice 0s`.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
@@ -40,6 +40,7 @@ pub const DEFAULT_INDEX_NICE: i32 = 10;
 
 /// The priority flag (flattened into the server's).
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Nice increment of index work (searches, embedding, the writer) relative to the request
     /// path, so that a saturated index cannot delay admission and shedding (0: off).
@@ -48,7 +49,7 @@ pub struct Args {
     /// Time slice the request path's threads ask the kernel for (Linux 6.12+; 0s: the
     /// kernel's default), so that reading and answering a polite client's request waits less
     /// behind a flood's (0.1 ms to 100 ms).
-    #[arg(long, env = "VECRIG_REQUEST_SLICE", default_value = "100us", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VECRIG_REQUEST_SLICE", default_value = "100us", value_parser = humantime::parse_duration, hide = true)]
     pub request_slice: Duration,
 }
 

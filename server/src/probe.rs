@@ -17,13 +17,14 @@ use vecrig::client::{ConnectOptions, endpoint, with_deadline};
 
 /// The probe's flags (flattened into the server's).
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Do not serve: check the health of the server at --listen and exit 0 if it is SERVING,
     /// 1 otherwise (a container health check).
-    #[arg(long)]
+    #[arg(long, env = "VECRIG_PROBE")]
     pub probe: bool,
     /// How long the probe waits for an answer.
-    #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "VECRIG_PROBE_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub probe_timeout: Duration,
     /// With TLS: the name the probe verifies the server's certificate against.
     #[arg(long, env = "VECRIG_PROBE_TLS_DOMAIN", default_value = "localhost")]

@@ -11,7 +11,7 @@ use vecrig::proto::vector_index_server::VectorIndex;
 
 use crate::engine::{Engine, NewPoint, PointData, Query, Search};
 use crate::error::Error;
-use crate::storage::{Storage, StorageSlot};
+use crate::storage::{Storage, StorageCell};
 
 /// What `Stats` reports of the load in front of the service: admission's figures, read
 /// through this trait so that the service, below admission on the request path, never
@@ -60,6 +60,7 @@ pub struct Load {
 
 /// The request-size flags (flattened into the server's); their defaults are written here only.
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Largest `k` a search may ask for.
     #[arg(long, env = "VECRIG_MAX_K", default_value_t = 1000)]
@@ -126,7 +127,7 @@ impl From<Error> for Status {
 /// Implements `vecrig.v1.VectorIndex`.
 #[derive(Debug, Clone)]
 pub struct Service {
-    storage: StorageSlot,
+    storage: StorageCell,
     limits: Limits,
     admission: Arc<dyn LoadFigures>,
     started: Instant,
@@ -134,7 +135,7 @@ pub struct Service {
 
 impl Service {
     /// A service over `storage` (which may still be empty while starting).
-    pub fn new(storage: StorageSlot, limits: Limits, admission: Arc<dyn LoadFigures>) -> Self {
+    pub fn new(storage: StorageCell, limits: Limits, admission: Arc<dyn LoadFigures>) -> Self {
         Self {
             storage,
             limits,

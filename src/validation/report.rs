@@ -39,6 +39,9 @@ pub struct Report {
     pub aborted: Option<String>,
     /// The loadgen process's own resource use.
     pub loadgen: ProcessFigures,
+    /// Where a server the loadgen started for the run (`--spawn-server`) wrote its log.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_log: Option<String>,
     /// Each scenario, in the order run.
     pub scenarios: Vec<ScenarioReport>,
     /// Things the reader should know about the run as a whole.

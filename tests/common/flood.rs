@@ -385,31 +385,37 @@ impl PinnedServer {
             .arg("--data-dir")
             .arg(data.path())
             .args(extra);
-        let (child, addr) = process::spawn(command).await;
+        let (child, addr, metrics) = match extra.contains(&"--metrics-listen") {
+            true => {
+                let (child, addr, metrics) = process::spawn_with_metrics(command).await;
+                (child, addr, Some(metrics))
+            }
+            false => {
+                let (child, addr) = process::spawn(command).await;
+                (child, addr, None)
+            }
+        };
         let server = Self {
             child,
             addr,
-            metrics: None,
+            metrics,
             _data: data,
         };
         server.wait_serving(limit).await;
         server
     }
 
-    /// Like [`PinnedServer::start`], with the metrics endpoint on a free loopback port.
+    /// Like [`PinnedServer::start`], with the metrics endpoint on a loopback port the server
+    /// picks and prints.
     pub async fn start_with_metrics(
         fixture: &Path,
         dimensions: usize,
         cpu: usize,
         extra: &[&str],
     ) -> Self {
-        let metrics = metrics::free_addr();
-        let listen = metrics.to_string();
-        let mut flags = vec!["--metrics-listen", listen.as_str()];
+        let mut flags = vec!["--metrics-listen", "127.0.0.1:0"];
         flags.extend_from_slice(extra);
-        let mut server = Self::start(fixture, dimensions, cpu, &flags).await;
-        server.metrics = Some(metrics);
-        server
+        Self::start(fixture, dimensions, cpu, &flags).await
     }
 
     /// The server's own CPU split so far, `(index, serving)` in seconds

@@ -4,13 +4,10 @@ use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// A loopback address for a server's metrics endpoint. The server binds that endpoint itself
-/// from an address in its config and prints only the gRPC one, so this port is picked by
-/// binding and dropping: another process may take it in between (rare on loopback).
-pub fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("free port")
+/// The metrics endpoint's address to configure: loopback, the port picked when it is bound
+/// (an in-process [`super::TestServer`] reports it as `metrics`; the binary prints it).
+pub fn any_loopback_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
 /// The body of `GET /metrics` (plain HTTP/1.1); None if the endpoint does not answer 200.

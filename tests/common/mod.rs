@@ -28,6 +28,8 @@ use vecrig_server::config::Config;
 /// A server running in this process, stopped (gracefully) by [`TestServer::stop`] or on drop.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The metrics endpoint's address, when the config asked for one.
+    pub metrics: Option<SocketAddr>,
     _temp: Option<TempDir>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), vecrig_server::ServeError>>>,
@@ -60,12 +62,30 @@ impl TestServer {
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
+        // Bound here, so the test knows the port the server serves metrics on.
+        let metrics_listener = match config.metrics_listen {
+            Some(metrics) => Some(
+                tokio::net::TcpListener::bind(metrics)
+                    .await
+                    .expect("bind metrics"),
+            ),
+            None => None,
+        };
+        let metrics = metrics_listener
+            .as_ref()
+            .map(|listener| listener.local_addr().expect("metrics addr"));
         let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(vecrig_server::serve(listener, config, async {
-            let _ = stopped.await;
-        }));
+        let task = tokio::spawn(vecrig_server::serve_on(
+            listener,
+            metrics_listener,
+            config,
+            async {
+                let _ = stopped.await;
+            },
+        ));
         let server = Self {
             addr,
+            metrics,
             _temp: temp,
             stop: Some(stop),
             task: Some(task),

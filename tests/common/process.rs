@@ -46,7 +46,22 @@ pub fn server_command() -> Command {
 /// Starts `command` (a `vecrig-server`, possibly behind a wrapper such as `taskset` that execs
 /// it) and returns the child and the address from its `listening on` line. The rest of its
 /// stdout is drained in the background so the server never blocks on a full pipe.
-pub async fn spawn(mut command: Command) -> (Child, SocketAddr) {
+pub async fn spawn(command: Command) -> (Child, SocketAddr) {
+    let (child, addr, _) = spawn_reading(command, false).await;
+    (child, addr)
+}
+
+/// Like [`spawn`], for a server started with `--metrics-listen`: also the metrics endpoint's
+/// address, from the `metrics on` line that follows.
+pub async fn spawn_with_metrics(command: Command) -> (Child, SocketAddr, SocketAddr) {
+    let (child, addr, metrics) = spawn_reading(command, true).await;
+    (child, addr, metrics.expect("metrics address"))
+}
+
+async fn spawn_reading(
+    mut command: Command,
+    metrics: bool,
+) -> (Child, SocketAddr, Option<SocketAddr>) {
     let mut child = command
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -54,18 +69,24 @@ pub async fn spawn(mut command: Command) -> (Child, SocketAddr) {
         .expect("spawn vecrig-server");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-        .await
-        .expect("server prints its address")
-        .expect("read")
-        .expect("a line");
-    let addr = line
-        .strip_prefix("listening on ")
-        .expect("listening line")
-        .parse()
-        .expect("address");
+    let mut address_after = async |prefix: &str| -> SocketAddr {
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("server prints its address")
+            .expect("read")
+            .expect("a line");
+        line.strip_prefix(prefix)
+            .unwrap_or_else(|| panic!("expected '{prefix}ADDR', got {line:?}"))
+            .parse()
+            .expect("address")
+    };
+    let addr = address_after("listening on ").await;
+    let metrics = match metrics {
+        true => Some(address_after("metrics on ").await),
+        false => None,
+    };
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, addr)
+    (child, addr, metrics)
 }
 
 /// Waits until the server at `target` answers health with SERVING, polling every `every`;

@@ -43,7 +43,7 @@ struct Pooled {
 
 impl Pooled {
     fn of(label: &str, scenario: &str, phase: &PhaseReport) -> Result<Self, Incomparable> {
-        let latency = crate::stats::decode(&phase.histograms.latency)
+        let latency = crate::measure::histogram::decode(&phase.histograms.latency)
             .map_err(|e| Incomparable(format!("{label}: {scenario}/{}: {e}", phase.name)))?;
         if latency.len() != phase.requests {
             return Err(Incomparable(format!(
@@ -467,7 +467,7 @@ mod tests {
             qps: (requests - errors) as f64 / 10.0,
             codes,
             histograms: report::Histograms {
-                latency: crate::stats::encode(&h),
+                latency: crate::measure::histogram::encode(&h),
                 ..Default::default()
             },
             ..Default::default()
@@ -481,6 +481,7 @@ mod tests {
             finished_unix_ms: 0,
             interrupted: false,
             aborted: None,
+            server_log: None,
             loadgen: Default::default(),
             scenarios: vec![ScenarioReport {
                 server_metrics: Default::default(),

@@ -17,7 +17,7 @@
 //! - `{{uuid}}`: the point's id as a UUID (its low 64 bits), for services whose keys must be
 //!   UUIDs (`string`);
 //! - `{{stamp}}`: the run's acknowledgement stamp, on writes whose acknowledgements are read
-//!   back after a fault ([`crate::acks`]), `string`;
+//!   back after a fault ([`crate::measure::acks`]), `string`;
 //! - `{{pad}}`: filler of the scenario's pad size (memory pressure), `string` or `bytes`.
 //!
 //! Inside a longer string (`"{\"ef\": {{k}}}"`, into `string` or `bytes`) the numbers and

@@ -16,7 +16,7 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tonic::Code;
 
 use super::frame::reason;
-use crate::retry::Pushback;
+use crate::scheduler::retry::Pushback;
 
 /// The RPCs the hot path sends: vecrig's, or a templated target's search and write methods
 /// in their place ([`Target::with_methods`](super::Target::with_methods)).

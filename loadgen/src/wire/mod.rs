@@ -2,8 +2,8 @@
 //! protocol), one channel of connections per sending thread, requests and their headers
 //! encoded once.
 //!
-//! Why not tonic here: measured against h2load on a trivial RPC, the tonic path cost 2-3x its
-//! CPU per request, spent in a buffer task and a task per request between the caller and the
+//! Why not tonic here: on a trivial RPC the tonic path costs several times h2load's CPU per
+//! request (figures in `docs/benchmarks.md`), spent in a buffer task and a task per request between the caller and the
 //! connection, two timers per request, an 8 KiB codec buffer and a re-encode per attempt.
 //! tonic stays for everything off the hot path (pre-flight, health, `Stats`, read-backs).
 //! [`grpc`] is gRPC's part (messages in frames, status as tonic reads it), [`frame`] HTTP/2's

@@ -1,10 +1,9 @@
 //! One HTTP/2 connection of the hot path, client side (RFC 9113), written for a load
 //! generator: everything on one thread, no lock, no task per request.
 //!
-//! Why our own and not the `h2` crate: measured with callgrind against a trivial RPC, h2's
-//! connection task was 47% of the loadgen's instructions per request (HPACK-encoding the
-//! request's headers 13%, copies through its frame and stream stores 10%), and the loadgen
-//! spent 1.2-1.7x h2load's CPU per request. Here a request is its header block, encoded once
+//! Why our own and not the `h2` crate: h2's connection task is most of a load generator's
+//! instructions per request (HPACK-encoding each request's headers, copies through its frame
+//! and stream stores); figures in `docs/benchmarks.md`. Here a request is its header block, encoded once
 //! for the run ([`frame::request_block`]), and its gRPC frame, encoded once for all its
 //! attempts, both copied into the connection's one output buffer; the connection's task writes
 //! whatever has gathered in one `write`, and parses what it reads in place.

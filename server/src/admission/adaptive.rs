@@ -29,8 +29,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-pub use super::AdaptiveConfig;
-use super::{Admission, Window};
+use super::scheduler::Window;
+pub use super::settings::AdaptiveConfig;
+use super::state::Admission;
 
 /// What the controller is doing.
 #[derive(Debug, Clone, Copy, PartialEq)]

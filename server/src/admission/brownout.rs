@@ -23,9 +23,10 @@
 
 use std::sync::Arc;
 
-use super::Admission;
+use super::state::Admission;
 
-pub use super::{BrownoutConfig, QueueState};
+pub use super::figures::QueueState;
+pub use super::settings::BrownoutConfig;
 
 /// The breadth controller, free of clocks and I/O so its arithmetic can be tested.
 #[derive(Debug, Clone)]

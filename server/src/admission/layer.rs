@@ -19,7 +19,8 @@ use tower::{Layer, Service};
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use super::{Admission, Admitted, Answer, Grant, Launch};
+use super::entry::Answer;
+use super::state::{Admission, Admitted, Grant, Launch};
 use crate::method::Method;
 
 /// Puts a service behind [`Admission`].

@@ -89,10 +89,8 @@ impl<T> Scheduler<T> {
     /// ([`GENTLE_SHEDS_PER_SERVED`]); beyond twice the target, every arrival is. Why: a
     /// closed-loop client sends each refused request again at once, so shedding every
     /// arrival of a queue just past the target does not shorten it, it only turns into a
-    /// burst of refusals. Measured with `--queue-target 5ms` and 16 requests outstanding on
-    /// 4 connections (h2load 4 x 4, one CPU): those bursts got the connections paced, and
-    /// the CPU stood 10-23% idle (goodput 0.6-0.8 of capacity; with pacing off, none idle).
-    /// An open-model overload of up to 1.5x capacity is held in the band; beyond, the queue
+    /// burst of refusals; under pacing those bursts get the connections paused, and the CPU
+    /// idles while they are (see `docs/overload.md`). An open-model overload of up to 1.5x capacity is held in the band; beyond, the queue
     /// passes twice the target and everything past it is shed as before.
     pub(super) fn too_long_a_wait(
         &mut self,

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 /// Admission's flags (flattened into the server's); their defaults are written here only.
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Requests served at once [default: one per CPU: two CPU-bound searches sharing one CPU
     /// serve no more than one, and each waits twice as long].
@@ -44,12 +45,17 @@ pub struct Args {
     pub brownout_floor: f64,
     /// Turn admission control off (no limit, no queue bound, no shedding): only as the
     /// baseline that shows what admission is for.
-    #[arg(long, env = "VECRIG_NO_ADMISSION")]
+    #[arg(long, env = "VECRIG_NO_ADMISSION", hide = true)]
     pub no_admission: bool,
     /// One first-come-first-served queue for all clients and connections, as before fair
     /// admission (a full queue refuses whoever arrives): only as the baseline that shows
     /// what fairness is for.
-    #[arg(long, env = "VECRIG_FIFO_ADMISSION", conflicts_with = "no_admission")]
+    #[arg(
+        long,
+        env = "VECRIG_FIFO_ADMISSION",
+        conflicts_with = "no_admission",
+        hide = true
+    )]
     pub fifo_admission: bool,
 }
 

@@ -4,12 +4,10 @@
 //! Why: a tokio runtime polls its ready tasks first come, first served. Under a flood the
 //! request path's runtime has thousands of ready tasks (every stream being read, priced and
 //! refused), and each step of a served request (its grant from the queue, the hand-off to the
-//! search thread, the search's completion, the release of its slot) used to wait for a turn
-//! behind all of them. The slots then sat idle between steps: measured with a closed-loop
-//! 64 x 64 stream flood on a one-CPU server and pacing off, the index got 0.27 s of CPU in
-//! 8 s (70 searches a second of a capacity of 3,300) while the request path refused 80,000
-//! a second. Nice values cannot help there: the index threads were idle, waiting for the
-//! runtime to hand them work.
+//! search thread, the search's completion, the release of its slot) would wait for a turn
+//! behind all of them, and the slots would sit idle between steps while the request path
+//! refused (figures in `docs/overload.md`). Nice values cannot help there: the index threads are
+//! idle, waiting for the runtime to hand them work.
 //!
 //! So the request path only decides what can be decided at once (queue full, standing queue,
 //! the price of the request and its place in the fair queue: [`super::Admission::enter`] and

@@ -141,10 +141,9 @@ pub fn prefetch<T>(data: &[T]) {
 /// transparent huge pages (2 MiB). A graph search reads a few hundred vectors scattered over
 /// the whole slab; with 4 KiB pages each one is a TLB miss and a page walk once the slab
 /// outgrows the TLB's reach (a few MB: 100k x 128-d is 51 MB). Linux's usual THP setting is
-/// `madvise` (this machine's too), so without asking there are none. Measured on 100k x 128-d,
-/// the same graph built twice and searched alternately: 3-5% more QPS (ef 16, 64, 128), 5%
-/// faster build. Call it right after
-/// allocating, before the memory is touched. Best effort: where it fails (another OS, THP
+/// `madvise`, so without asking there are none; with them, searches and builds are a few
+/// percent faster (`docs/benchmarks.md`). Call it right after allocating, before the memory
+/// is touched. Best effort: where it fails (another OS, THP
 /// off) only speed changes.
 pub fn advise_huge_pages<T>(buffer: &Vec<T>) {
     #[cfg(target_os = "linux")]

@@ -1,7 +1,7 @@
 //! Every point the server holds, and the exact (brute-force) scan over them.
 //!
-//! Vectors live in one contiguous arena, slot by slot, with their norms precomputed, so the
-//! exact scan streams through memory instead of chasing pointers. Deleted slots are reused.
+//! Vectors live in one contiguous arena, row by row, with their norms precomputed, so the
+//! exact scan streams through memory instead of chasing pointers. Deleted rows are reused.
 //! The exact scan is the ground truth that ANN recall is measured against.
 
 use std::cmp::Ordering;
@@ -29,8 +29,8 @@ pub struct StoredPoint {
 pub struct PointStore {
     dimensions: usize,
     metric: Metric,
-    slot_of: HashMap<u64, usize>,
-    /// `ids[slot]` is the id held in that slot, or `None` for a free slot.
+    row_of: HashMap<u64, usize>,
+    /// `ids[row]` is the id held in that row, or `None` for a free row.
     ids: Vec<Option<u64>>,
     vectors: Vec<f32>,
     norms: Vec<f32>,
@@ -44,7 +44,7 @@ impl PointStore {
         Self {
             dimensions,
             metric,
-            slot_of: HashMap::new(),
+            row_of: HashMap::new(),
             ids: Vec::new(),
             vectors: Vec::new(),
             norms: Vec::new(),
@@ -60,27 +60,27 @@ impl PointStore {
 
     /// Number of points.
     pub fn len(&self) -> usize {
-        self.slot_of.len()
+        self.row_of.len()
     }
 
     /// Whether there are no points.
     pub fn is_empty(&self) -> bool {
-        self.slot_of.is_empty()
+        self.row_of.is_empty()
     }
 
     /// Whether `id` is stored.
     pub fn contains(&self, id: u64) -> bool {
-        self.slot_of.contains_key(&id)
+        self.row_of.contains_key(&id)
     }
 
     /// Inserts or replaces a point. The vector must be `dimensions` wide (checked upstream).
     pub fn upsert(&mut self, id: u64, vector: &[f32], payload: Payload) {
         debug_assert_eq!(vector.len(), self.dimensions);
-        let slot = match self.slot_of.get(&id) {
-            Some(&slot) => slot,
+        let row = match self.row_of.get(&id) {
+            Some(&row) => row,
             None => {
-                let slot = match self.free.pop() {
-                    Some(slot) => slot,
+                let row = match self.free.pop() {
+                    Some(row) => row,
                     None => {
                         self.ids.push(None);
                         self.vectors
@@ -90,23 +90,23 @@ impl PointStore {
                         self.ids.len() - 1
                     }
                 };
-                self.slot_of.insert(id, slot);
-                slot
+                self.row_of.insert(id, row);
+                row
             }
         };
-        self.ids[slot] = Some(id);
-        self.vectors[slot * self.dimensions..(slot + 1) * self.dimensions].copy_from_slice(vector);
-        self.norms[slot] = norm(vector);
-        self.payloads[slot] = payload;
+        self.ids[row] = Some(id);
+        self.vectors[row * self.dimensions..(row + 1) * self.dimensions].copy_from_slice(vector);
+        self.norms[row] = norm(vector);
+        self.payloads[row] = payload;
     }
 
     /// Removes a point; returns whether it existed.
     pub fn remove(&mut self, id: u64) -> bool {
-        match self.slot_of.remove(&id) {
-            Some(slot) => {
-                self.ids[slot] = None;
-                self.payloads[slot] = Payload::new();
-                self.free.push(slot);
+        match self.row_of.remove(&id) {
+            Some(row) => {
+                self.ids[row] = None;
+                self.payloads[row] = Payload::new();
+                self.free.push(row);
                 true
             }
             None => false,
@@ -115,14 +115,14 @@ impl PointStore {
 
     /// The stored vector of `id`.
     pub fn vector(&self, id: u64) -> Option<&[f32]> {
-        let slot = *self.slot_of.get(&id)?;
-        Some(&self.vectors[slot * self.dimensions..(slot + 1) * self.dimensions])
+        let row = *self.row_of.get(&id)?;
+        Some(&self.vectors[row * self.dimensions..(row + 1) * self.dimensions])
     }
 
     /// The payload of `id`.
     pub fn payload(&self, id: u64) -> Option<&Payload> {
-        let slot = *self.slot_of.get(&id)?;
-        Some(&self.payloads[slot])
+        let row = *self.row_of.get(&id)?;
+        Some(&self.payloads[row])
     }
 
     /// A copy of the whole point.
@@ -134,14 +134,14 @@ impl PointStore {
         })
     }
 
-    /// Every point, in slot order (used by snapshots and index rebuilds).
+    /// Every point, in row order (used by snapshots and index rebuilds).
     pub fn iter(&self) -> impl Iterator<Item = (u64, &[f32], &Payload)> + '_ {
-        self.ids.iter().enumerate().filter_map(move |(slot, id)| {
+        self.ids.iter().enumerate().filter_map(move |(row, id)| {
             id.map(|id| {
                 (
                     id,
-                    &self.vectors[slot * self.dimensions..(slot + 1) * self.dimensions],
-                    &self.payloads[slot],
+                    &self.vectors[row * self.dimensions..(row + 1) * self.dimensions],
+                    &self.payloads[row],
                 )
             })
         })
@@ -155,10 +155,10 @@ impl PointStore {
         let query_norm = norm(query);
         // A max-heap of the best k so far: its top is the worst of them, the one to evict.
         let mut best: BinaryHeap<Candidate> = BinaryHeap::with_capacity(k + 1);
-        for (slot, id) in self.ids.iter().enumerate() {
+        for (row, id) in self.ids.iter().enumerate() {
             let Some(id) = *id else { continue };
-            let stored = &self.vectors[slot * self.dimensions..(slot + 1) * self.dimensions];
-            let d = distance(self.metric, query, query_norm, stored, self.norms[slot]);
+            let stored = &self.vectors[row * self.dimensions..(row + 1) * self.dimensions];
+            let d = distance(self.metric, query, query_norm, stored, self.norms[row]);
             let candidate = Candidate { distance: d, id };
             if best.len() < k {
                 best.push(candidate);
@@ -222,7 +222,7 @@ mod tests {
         assert!(!store.remove(1));
         assert_eq!(store.len(), 1);
         store.upsert(3, &[2.0, 0.0], Payload::new());
-        assert_eq!(store.ids.len(), 2, "the freed slot is reused");
+        assert_eq!(store.ids.len(), 2, "the freed row is reused");
         assert_eq!(store.payload(2).map(|p| p["a"].as_str()), Some("b"));
     }
 

@@ -27,6 +27,7 @@ use crate::caller::{Caller, ClientKey};
 
 /// The authentication flag (flattened into the server's).
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Require `authorization: Bearer <token>` on every VectorIndex call, the token read from
     /// this file (health and reflection stay open). One token, or lines of

@@ -52,6 +52,7 @@ const UNLIMITED_V1: u64 = 1 << 60;
 
 /// The memory flags (flattened into the server's).
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Memory the process may use: `auto` (the cgroup's limit, if any), `none`, or a size
     /// (`512MiB`, `2GB`, bytes).

@@ -7,8 +7,8 @@
 //! it, its answer waits to be written: on one runtime that is a first-come-first-served line
 //! behind every ready task of every connection. Under a 64 x 64 stream flood those are
 //! thousands of reads, refusals and writes, and the polite client's request and answer queue
-//! behind them (measured on a one-CPU server: polite p99 5-16 ms against an unloaded p99
-//! under 1 ms, with its searches served promptly once admitted). Threads are scheduled fairly
+//! behind them, though its searches are served promptly once admitted (figures in
+//! `docs/overload.md`). Threads are scheduled fairly
 //! by the kernel, which wakes a thread that was asleep ahead of one that has run all along:
 //! so the polite client's lane, idle between its requests, is read and written as soon as
 //! its bytes arrive, whatever the flood's lane has queued.

@@ -7,6 +7,7 @@ use std::time::Duration;
 /// The connection and HTTP/2 flags (flattened into the server's); their defaults are
 /// written here only.
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// HTTP/2 streams one connection may have open at once.
     #[arg(long, env = "VECRIG_MAX_CONCURRENT_STREAMS", default_value_t = 1024)]
@@ -66,7 +67,7 @@ pub struct Args {
     // costs parked threads only.
     /// Request-path runtimes that connections are spread over, all of one client address's
     /// connections on the same one (1: one runtime for everybody).
-    #[arg(long, env = "VECRIG_REQUEST_LANES", default_value_t = 4)]
+    #[arg(long, env = "VECRIG_REQUEST_LANES", default_value_t = 4, hide = true)]
     pub request_lanes: usize,
     /// Interval of HTTP/2 keepalive pings.
     #[arg(long, env = "VECRIG_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]

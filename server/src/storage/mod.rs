@@ -44,6 +44,7 @@ use wal::{Record, Wal};
 
 /// The storage flags (flattened into the server's); their defaults are written here only.
 #[derive(Debug, Clone, clap::Args)]
+#[group(skip)]
 pub struct Args {
     /// Fill an empty index with N seeded synthetic points (clustered vectors with texts).
     #[arg(long, env = "VECRIG_PRELOAD", default_value_t = 0)]
@@ -59,9 +60,9 @@ pub struct Args {
     pub snapshot_interval: Duration,
 }
 
-/// The storage, once opened: empty while the server is starting (recovering data), then set
-/// once. The service and the metrics endpoint read it.
-pub type StorageSlot = Arc<OnceLock<Arc<Storage>>>;
+/// A cell for the storage, set once it is opened: empty while the server is starting
+/// (recovering data), then set once. The service and the metrics endpoint read it.
+pub type StorageCell = Arc<OnceLock<Arc<Storage>>>;
 
 /// Writes taken into one group commit at most.
 const MAX_GROUP: usize = 4096;
