@@ -7,19 +7,14 @@
 
 use std::collections::BTreeMap;
 
-use hdrhistogram::Histogram;
-use vecrig::validation::report::{self, PhaseReport, RecallFigures, Report, ScenarioReport};
+use vecrig::validation::report::{self, PhaseReport, Report, ScenarioReport};
 
 use super::model::{
-    Change, Comparison, Noise, PhaseComparison, SCHEMA, ScenarioComparison, Verdict,
+    Change, Comparison, Incomparable, Noise, PhaseComparison, SCHEMA, ScenarioComparison, Verdict,
 };
 use super::noise;
+use super::pooled::Pooled;
 use super::tolerance::{Metric, Tolerances};
-
-/// Why reports cannot be compared: one line that names what differs.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("cannot compare: {0}")]
-pub struct Incomparable(pub String);
 
 /// A report and the name it was given (its path).
 #[derive(Debug, Clone, Copy)]
@@ -28,85 +23,6 @@ pub struct Named<'a> {
     pub name: &'a str,
     /// The report.
     pub report: &'a Report,
-}
-
-/// One phase's figures, of one run or pooled over several.
-#[derive(Debug, Clone)]
-struct Pooled {
-    latency: Histogram<u64>,
-    requests: u64,
-    successes: u64,
-    duration_s: f64,
-    codes: BTreeMap<String, u64>,
-    recall: Option<RecallFigures>,
-}
-
-impl Pooled {
-    fn of(label: &str, scenario: &str, phase: &PhaseReport) -> Result<Self, Incomparable> {
-        let latency = crate::measure::histogram::decode(&phase.histograms.latency)
-            .map_err(|e| Incomparable(format!("{label}: {scenario}/{}: {e}", phase.name)))?;
-        if latency.len() != phase.requests {
-            return Err(Incomparable(format!(
-                "{label}: {scenario}/{}: {} latencies recorded for {} requests (a report without histograms?)",
-                phase.name,
-                latency.len(),
-                phase.requests
-            )));
-        }
-        Ok(Self {
-            latency,
-            requests: phase.requests,
-            successes: phase.successes,
-            duration_s: phase.duration_s,
-            codes: phase.codes.clone(),
-            recall: phase.recall.clone().filter(|r| r.queries > 0),
-        })
-    }
-
-    fn add(&mut self, other: &Pooled) {
-        // Both histograms have the loadgen's bounds (stats::decode), so adding cannot fail.
-        let _ = self.latency.add(&other.latency);
-        self.requests += other.requests;
-        self.successes += other.successes;
-        self.duration_s += other.duration_s;
-        for (code, n) in &other.codes {
-            *self.codes.entry(code.clone()).or_default() += n;
-        }
-        self.recall = match (self.recall.take(), &other.recall) {
-            (Some(mut mine), Some(theirs)) => {
-                mine.merge(theirs);
-                Some(mine)
-            }
-            (mine, theirs) => mine.or_else(|| theirs.clone()),
-        };
-    }
-
-    fn code(&self, name: &str) -> u64 {
-        self.codes.get(name).copied().unwrap_or(0)
-    }
-
-    /// The count behind a rate metric.
-    fn count(&self, metric: &Metric) -> u64 {
-        match metric {
-            Metric::ErrorRate => self.requests - self.successes.min(self.requests),
-            Metric::ShedRate => self.code("RESOURCE_EXHAUSTED"),
-            Metric::CodeRate(code) => self.code(code),
-            _ => 0,
-        }
-    }
-
-    fn value(&self, metric: &Metric) -> Option<f64> {
-        match metric {
-            Metric::Percentile(p) => noise::percentile(&self.latency, *p),
-            Metric::Goodput => {
-                (self.duration_s > 0.0).then(|| self.successes as f64 / self.duration_s)
-            }
-            Metric::ErrorRate | Metric::ShedRate | Metric::CodeRate(_) => {
-                (self.requests > 0).then(|| self.count(metric) as f64 / self.requests as f64)
-            }
-            Metric::Recall => self.recall.as_ref().map(RecallFigures::mean),
-        }
-    }
 }
 
 /// The noise judgement of one metric: by the baselines' range with two or more, by a test
@@ -447,6 +363,7 @@ pub fn compare(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hdrhistogram::Histogram;
     use vecrig::validation::report::ServerFigures;
 
     /// A one-phase report whose `requests` latencies are `micros(i)`, all OK but `errors`.

@@ -11,13 +11,15 @@
 //! `--out`, schema [`SCHEMA`]); [`table`] prints it and [`html`] draws it.
 //!
 //! The rooms: `model` is a leaf every other reads; `tolerance` and `noise` know nothing of
-//! reports' layout; `judge` reads reports and fills the model; this module reads files and
-//! writes outputs.
+//! reports' layout; `pooled` reads a phase of a report (or several) into the figures judged;
+//! `judge` checks comparability and fills the model; this module reads files and writes
+//! outputs.
 
 pub mod html;
 pub mod judge;
 pub mod model;
 pub mod noise;
+mod pooled;
 pub mod table;
 pub mod tolerance;
 
@@ -25,8 +27,8 @@ use std::path::{Path, PathBuf};
 
 use vecrig::validation::report::{self, Report};
 
-pub use judge::{Incomparable, Named, compare};
-pub use model::{Comparison, SCHEMA, Verdict};
+pub use judge::{Named, compare};
+pub use model::{Comparison, Incomparable, SCHEMA, Verdict};
 pub use tolerance::{Tolerance, Tolerances};
 
 /// What a comparison came to: the exit code's meaning.

@@ -11,6 +11,11 @@ use serde::{Deserialize, Serialize};
 /// a version.
 pub const SCHEMA: &str = "vecrig.loadgen.compare/v1";
 
+/// Why reports cannot be compared: one line that names what differs.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cannot compare: {0}")]
+pub struct Incomparable(pub String);
+
 /// Whether a change matters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
