@@ -14,6 +14,7 @@ use super::model::{
 };
 use super::noise;
 use super::pooled::Pooled;
+use super::table;
 use super::tolerance::{Metric, Tolerances};
 
 /// A report and the name it was given (its path).
@@ -326,15 +327,13 @@ pub fn compare(
         for p in &s.phases {
             for c in &p.changes {
                 let line = format!(
-                    "{}/{} {} {} -> {}{} ({})",
+                    "{}/{} {} {} -> {} {} ({})",
                     s.name,
                     p.name,
                     c.metric,
-                    figure(c.base),
-                    figure(c.new),
-                    c.relative
-                        .map(|r| format!(" {:+.1}%", r * 100.0))
-                        .unwrap_or_default(),
+                    table::value(c, c.base),
+                    table::value(c, c.new),
+                    table::change(c),
                     c.tolerance
                 );
                 match c.verdict {
