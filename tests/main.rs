@@ -13,6 +13,7 @@ mod abuse;
 mod builtin_sets;
 mod client_address;
 mod collapse;
+mod compare;
 mod degradation;
 mod docker;
 mod durability;

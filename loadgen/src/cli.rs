@@ -106,6 +106,11 @@ pub struct Cli {
     #[arg(long, env = "VECRIG_NO_DEFAULT_THRESHOLDS", global = true)]
     #[arg(help_heading = "Thresholds")]
     pub no_default_thresholds: bool,
+    /// Compare the run with this stored report (repeatable; exit 99 on a regression beyond
+    /// VECRIG_TOLERANCE's tolerances, see `compare`).
+    #[arg(long, env = "VECRIG_BASELINE", value_delimiter = ',', global = true)]
+    #[arg(help_heading = "Thresholds")]
+    pub baseline: Vec<PathBuf>,
     /// Attempts per request, first one included (1 disables retries).
     #[arg(long, env = "VECRIG_MAX_ATTEMPTS", default_value_t = 3, global = true)]
     #[arg(help_heading = "Load")]
@@ -333,6 +338,18 @@ pub enum Command {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
+    /// Compare runs: BASE.json [BASE2.json ...] NEW.json (the last is the new run). Exit 0 no
+    /// regression, 99 a change worse beyond its tolerance and the noise, 1 incomparable
+    /// reports. --out writes the comparison as JSON, --html as a page. See docs/compare.md.
+    Compare {
+        /// The baselines' reports, then the new run's.
+        #[arg(required = true, num_args = 2..)]
+        reports: Vec<PathBuf>,
+        /// How much worse a metric may get, e.g. 'p99+10%', 'recall-0.01',
+        /// 'error_rate+0.5pp@search' (repeatable; defaults in docs/compare.md).
+        #[arg(long = "tolerance", env = "VECRIG_TOLERANCE", value_delimiter = ',')]
+        tolerances: Vec<crate::compare::Tolerance>,
+    },
     /// A paced load of searches and stamped writes while a fault is injected from outside
     /// (restart: the server killed and started again; partition: the network cut and
     /// restored; memory: the server pushed to its memory limit by this load; none: a control).
@@ -519,7 +536,10 @@ impl Cli {
     pub fn plan(&self) -> Plan {
         let full = self.profile == Profile::Full;
         let scenarios = match &self.command {
-            Command::Merge { .. } | Command::Run { .. } | Command::Fault { .. } => Vec::new(),
+            Command::Merge { .. }
+            | Command::Compare { .. }
+            | Command::Run { .. }
+            | Command::Fault { .. } => Vec::new(),
             Command::Suite => ScenarioSpec::suite(self.profile),
             Command::ExtremeConcurrency {
                 users,

@@ -23,8 +23,10 @@
 //! Two other ways to run: [`fault`] runs a paced load while a fault is injected from outside
 //! and judges what the clients saw (acknowledged writes read back after); [`distributed`]
 //! finds a replica's shard index among its peers (`docker compose up --scale loadgen=N`).
+//! [`compare`] judges a run against stored baselines: a regression gate for CI.
 
 pub mod cli;
+pub mod compare;
 pub mod distributed;
 pub mod dynamic;
 pub mod fault;

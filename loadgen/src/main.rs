@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::Parser;
 use vecrig_loadgen::RunOptions;
 use vecrig_loadgen::cli::{self, Cli};
+use vecrig_loadgen::compare;
 use vecrig_loadgen::scheduler::Stop;
 use vecrig_loadgen::target::{LocalServer, sibling_server_binary};
 
@@ -57,6 +58,30 @@ async fn run(mut cli: Cli) -> i32 {
     if let cli::Command::Merge { reports } = &cli.command {
         return merge(&cli, reports);
     }
+    if let cli::Command::Compare {
+        reports,
+        tolerances,
+    } = &cli.command
+    {
+        let outputs = compare::Outputs {
+            json: cli.out.as_deref(),
+            html: cli.html.as_deref(),
+        };
+        return exit_code(compare::command(reports, tolerances.clone(), outputs));
+    }
+    // A baseline that cannot be read fails now, not after the run.
+    let baselines = compare::read_reports(&cli.baseline).map_err(|e| e.to_string());
+    let tolerances = match cli.baseline.is_empty() {
+        true => Ok(Vec::new()),
+        false => compare::tolerances_from_env().map_err(|e| e.to_string()),
+    };
+    let (baselines, tolerances) = match (baselines, tolerances) {
+        (Ok(b), Ok(t)) => (b, t),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("error: {e}");
+            return cli::EXIT_ERROR;
+        }
+    };
     let local = match cli.spawn_server {
         false => None,
         true => {
@@ -172,7 +197,35 @@ async fn run(mut cli: Cli) -> i32 {
             return cli::EXIT_TARGET;
         }
     };
-    finish(&cli, &report)
+    let code = finish(&cli, &report);
+    if baselines.is_empty() || code == cli::EXIT_INTERRUPTED {
+        return code;
+    }
+    let judged = compare::gate(
+        &baselines,
+        ("this run", &report),
+        tolerances,
+        compare::Outputs::default(),
+    );
+    worse(code, exit_code(judged))
+}
+
+fn exit_code(outcome: compare::Outcome) -> i32 {
+    match outcome {
+        compare::Outcome::NoRegression => cli::EXIT_PASSED,
+        compare::Outcome::Regression => cli::EXIT_THRESHOLDS,
+        compare::Outcome::Incomparable => cli::EXIT_ERROR,
+    }
+}
+
+/// The worse of two exit codes: an error (nothing judged) over a failed verdict over a pass.
+fn worse(a: i32, b: i32) -> i32 {
+    let rank = |code| match code {
+        cli::EXIT_PASSED => 0,
+        cli::EXIT_THRESHOLDS => 1,
+        _ => 2,
+    };
+    if rank(b) > rank(a) { b } else { a }
 }
 
 /// `merge`: read the shards' reports, combine, print, write, exit by the verdict.

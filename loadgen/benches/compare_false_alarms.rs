@@ -1,0 +1,160 @@
+//! How often the regression gate flags two runs of the same build: its false-alarm rate at
+//! the default tolerances, with one stored baseline (the statistical tests) and with three
+//! (the baselines' range).
+//!
+//! One `vecrig-server` (10,000 points x 128 dims, defaults), then `VECRIG_BENCH_RUNS` runs
+//! (default 40) of the same load one after another: a closed load of 4 users, 1 ms think,
+//! vector searches, `VECRIG_BENCH_SECONDS` each (default 2, as the integration tests' runs).
+//! One baseline: runs 0 and 1, 2 and 3, ... compared as pairs. Three (five) baselines: every
+//! run from the fourth (sixth) against the three (five) before it (windows overlap, so they
+//! are not independent trials). Prints how many were flagged and by which metrics, and how
+//! far each metric moved between consecutive runs: the machine's own noise.
+//!
+//! Run: `cargo bench -p vecrig-loadgen --bench compare_false_alarms` (after
+//! `cargo build --release --workspace --bins`).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use vecrig::validation::report::Report;
+use vecrig_loadgen::compare::{Named, Tolerances, Verdict, compare};
+use vecrig_loadgen::plan::scenario::Stage;
+use vecrig_loadgen::plan::suite::{Load, LoadModel};
+use vecrig_loadgen::plan::workload::WorkloadKind;
+use vecrig_loadgen::scheduler::Stop;
+use vecrig_loadgen::target::LocalServer;
+use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn run(target: &str, seconds: u64) -> Report {
+    let mut plan = Plan::new(vec![ScenarioSpec::Load(Load {
+        model: LoadModel::Closed,
+        start: 4.0,
+        stages: vec![Stage {
+            duration: Duration::from_secs(seconds),
+            target: 4.0,
+        }],
+        max_in_flight: 100,
+        think: Duration::from_millis(1),
+    })]);
+    plan.workload = Some(WorkloadKind::Vector);
+    vecrig_loadgen::run(&RunOptions::new(target), &plan, &Stop::default())
+        .await
+        .expect("pre-flight")
+}
+
+/// The metrics judged worse (and better) comparing `new` with `baselines`.
+fn flagged(baselines: &[Report], new: &Report) -> Vec<String> {
+    let named: Vec<Named<'_>> = baselines
+        .iter()
+        .map(|report| Named {
+            name: "base",
+            report,
+        })
+        .collect();
+    let new = Named {
+        name: "new",
+        report: new,
+    };
+    let comparison = compare(&named, new, &Tolerances::default()).expect("comparable");
+    comparison
+        .scenarios
+        .iter()
+        .flat_map(|s| &s.phases)
+        .flat_map(|p| &p.changes)
+        .filter(|c| c.verdict != Verdict::Same)
+        .map(|c| format!("{} {}", c.metric, c.verdict.name()))
+        .collect()
+}
+
+fn summary(label: &str, trials: usize, results: &[Vec<String>]) {
+    let worse = results
+        .iter()
+        .filter(|r| r.iter().any(|m| m.ends_with("worse")))
+        .count();
+    let any = results.iter().filter(|r| !r.is_empty()).count();
+    let mut by_metric: BTreeMap<&str, usize> = BTreeMap::new();
+    for m in results.iter().flatten() {
+        *by_metric.entry(m.as_str()).or_default() += 1;
+    }
+    println!(
+        "| {label} | {trials} | {worse} ({:.0}%) | {any} | {by_metric:?} |",
+        100.0 * worse as f64 / trials.max(1) as f64
+    );
+}
+
+/// One figure of a report.
+type Figure = fn(&Report) -> f64;
+
+/// How far each metric moved between consecutive runs of the same build: the machine's own
+/// noise, which a tolerance must stand above.
+fn spread(reports: &[Report]) {
+    let metrics: [(&str, Figure); 5] = [
+        ("p50", |r| r.scenarios[0].total.latency.p50_ms),
+        ("p90", |r| r.scenarios[0].total.latency.p90_ms),
+        ("p99", |r| r.scenarios[0].total.latency.p99_ms),
+        ("p99.9", |r| r.scenarios[0].total.latency.p999_ms),
+        ("goodput", |r| r.scenarios[0].total.qps),
+    ];
+    println!("\n| metric | median change between consecutive runs | 90th percentile |");
+    println!("|---|---|---|");
+    for (name, value) in metrics {
+        let mut changes: Vec<f64> = reports
+            .windows(2)
+            .map(|w| ((value(&w[1]) - value(&w[0])) / value(&w[0])).abs() * 100.0)
+            .collect();
+        changes.sort_by(f64::total_cmp);
+        let at = |q: f64| changes[((changes.len() - 1) as f64 * q).round() as usize];
+        println!("| {name} | {:.1}% | {:.1}% |", at(0.5), at(0.9));
+    }
+}
+
+fn main() {
+    let runs = env("VECRIG_BENCH_RUNS", 40).max(4) as usize;
+    let seconds = env("VECRIG_BENCH_SECONDS", 2).max(1);
+    let binary = common::server_binary(Path::new(env!("CARGO_BIN_EXE_vecrig-loadgen")));
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let server = LocalServer::spawn(&binary, 10_000, None, None, &[])
+            .await
+            .expect("start vecrig-server");
+        let mut reports = Vec::new();
+        for i in 0..runs {
+            let report = run(&server.target, seconds).await;
+            let p = &report.scenarios[0].total;
+            eprintln!(
+                "run {i}: {} requests, p50 {:.2} ms, p99 {:.2} ms, {:.0} req/s",
+                p.requests, p.latency.p50_ms, p.latency.p99_ms, p.qps
+            );
+            reports.push(report);
+        }
+        server.stop(Duration::from_secs(30)).await;
+
+        let pairs: Vec<Vec<String>> = reports
+            .chunks_exact(2)
+            .map(|pair| flagged(&pair[..1], &pair[1]))
+            .collect();
+        let windows = |n: usize| -> Vec<Vec<String>> {
+            (n..reports.len())
+                .map(|i| flagged(&reports[i - n..i], &reports[i]))
+                .collect()
+        };
+        let (three, five) = (windows(3), windows(5));
+        println!("\n{runs} runs of {seconds} s, default tolerances\n");
+        println!("| baselines | comparisons | flagged worse (false alarms) | any change flagged | by metric |");
+        println!("|---|---|---|---|---|");
+        summary("1 (statistical tests)", pairs.len(), &pairs);
+        summary("3 (baseline range)", three.len(), &three);
+        summary("5 (baseline range)", five.len(), &five);
+        spread(&reports);
+    });
+}
