@@ -12,6 +12,7 @@ mod common;
 mod abuse;
 mod builtin_sets;
 mod collapse;
+mod datasets;
 mod degradation;
 mod docker;
 mod durability;
