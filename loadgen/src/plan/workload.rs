@@ -30,6 +30,7 @@ use vecrig::synthetic::Synthetic;
 
 use crate::dynamic::template::GRPC_PREFIX;
 use crate::dynamic::{Fill, Point, TemplatedMethod, Templates, Truth};
+use crate::plan::dataset::Queries;
 
 /// Which requests to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,6 +207,8 @@ pub struct Workload {
     user_offset: u64,
     /// What the requests are rendered from.
     templates: Arc<Templates>,
+    /// A dataset's queries, sent by the vector searches instead of drawn ones.
+    queries: Option<Queries>,
 }
 
 /// Ids of points written by the mixed workload start here, far above any preloaded id.
@@ -257,7 +260,16 @@ impl Workload {
             fixed,
             user_offset: 0,
             templates,
+            queries: None,
         })
+    }
+
+    /// The same workload, its vector searches sending `queries` (a dataset's) instead of
+    /// vectors drawn from the seeded distribution.
+    pub fn with_queries(self: &Arc<Self>, queries: Option<Queries>) -> Arc<Self> {
+        let mut with = (**self).clone();
+        with.queries = queries;
+        Arc::new(with)
     }
 
     /// The same workload with user numbers shifted by `offset` (shard `i` of a distributed run
@@ -404,7 +416,10 @@ impl Generator {
     }
 
     fn vector_search(&mut self, exact: bool, i: u64) -> Op {
-        let values = self.workload.data.query_vector(&mut self.rng);
+        let values = match &self.workload.queries {
+            Some(queries) => queries.pick(self.user, self.concurrency, i, &mut self.rng),
+            None => self.workload.data.query_vector(&mut self.rng),
+        };
         self.search_for(values, exact, i)
     }
 
