@@ -1,10 +1,24 @@
 //! Datasets from files: the rig reads the very vectors and neighbours that numpy, h5py and
-//! pyarrow wrote, in every format; a bad file fails with one line naming it.
+//! pyarrow wrote, in every format; a bad file fails with one line naming it; a server
+//! preloaded from a file (`--preload-from`) and searched with the file's queries is judged
+//! against the file's neighbours as against its own exact answer, and neighbours half of
+//! which are wrong halve the recall; a scenario file's `[dataset]` is ingested through the
+//! templates and judged by its neighbours.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use std::time::Duration;
+
 use vecrig::dataset::{Dataset, Metric, Sources};
+use vecrig::validation::report::{RecallFigures, Report};
+use vecrig_loadgen::plan::dataset::{Order, Spec};
+use vecrig_loadgen::plan::scenario::Stage;
+use vecrig_loadgen::plan::suite::{Load, LoadModel, Profile};
+use vecrig_loadgen::plan::workload::WorkloadKind;
+use vecrig_loadgen::scheduler::Stop;
+use vecrig_loadgen::target::LocalServer;
+use vecrig_loadgen::{Plan, RunOptions, ScenarioSpec};
 
 use crate::common::{python, python_or_skip};
 
@@ -41,6 +55,11 @@ pq.write_table(pa.table({"id": pa.array(range(n), pa.int64()), "emb": emb(train)
 pq.write_table(pa.table({"id": pa.array(range(q), pa.int64()), "emb": emb(test)}), f"{out}/vdb/test.parquet")
 pq.write_table(pa.table({"id": pa.array(range(q), pa.int64()),
     "neighbors_id": pa.array([list(map(int, r)) for r in neighbors], type=pa.list_(pa.int64()))}), f"{out}/vdb/neighbors.parquet")
+texts = [f"query {i} about item {i * 7}" for i in range(q)]
+open(f"{out}/texts.txt", "w").write("\n".join(texts) + "\n")
+pq.write_table(pa.table({"id": pa.array(range(q), pa.int64()), "query": pa.array(texts)}), f"{out}/texts.parquet")
+far = np.argsort(-dist, axis=1, kind="stable")[:, : k - k // 2].astype(np.int32)
+np.save(f"{out}/neighbors_half_wrong.npy", np.concatenate([neighbors[:, : k // 2], far], axis=1))
 with h5py.File(f"{out}/ann.hdf5", "w") as f:
     f.attrs["distance"] = "euclidean"
     f.create_dataset("train", data=train); f.create_dataset("test", data=test)
@@ -163,6 +182,11 @@ fn every_format_reads_the_vectors_and_neighbours_the_python_writers_wrote() {
         .map(f32::from)
         .collect();
     assert_eq!(all_points(&bytes).1, expected, "bvecs");
+    let lines = vecrig::dataset::texts::read(&dir.join("texts.txt")).expect("texts");
+    assert_eq!(lines.len(), QUERIES);
+    assert_eq!(lines[3], "query 3 about item 21");
+    let column = vecrig::dataset::texts::read(&dir.join("texts.parquet")).expect("texts");
+    assert_eq!(column, lines, "a parquet column reads as the lines");
 }
 
 /// The error `sources` give: one line, naming `file`, saying `what`.
@@ -270,4 +294,155 @@ fn each_bad_input_fails_before_any_load_with_one_line_naming_the_file() {
         error.contains("train.npy") && error.contains("8 dimensions, 16 expected"),
         "{error}"
     );
+}
+
+/// A server of the dataset's width and metric, `extra` flags added.
+async fn server(data: &Path, extra: &[&str]) -> LocalServer {
+    let mut flags: Vec<String> = ["--dimensions", "8", "--metric", "l2"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    flags.extend(extra.iter().map(|s| s.to_string()));
+    LocalServer::spawn(
+        &crate::common::process::server_binary(),
+        0,
+        Some(data),
+        None,
+        &flags,
+    )
+    .await
+    .expect("vecrig-server starts")
+}
+
+/// A light closed load of vector searches, every one sampled for recall.
+async fn searches(target: &str, dataset: Spec) -> RecallFigures {
+    let mut options = RunOptions::new(target);
+    options.recall_sample = 1.0;
+    let mut plan = Plan::new(vec![ScenarioSpec::Load(Load {
+        model: LoadModel::Closed,
+        start: 2.0,
+        stages: vec![Stage {
+            duration: Duration::from_millis(800),
+            target: 2.0,
+        }],
+        max_in_flight: 10,
+        think: Duration::from_millis(2),
+    })]);
+    plan.workload = Some(WorkloadKind::Vector);
+    plan.dataset = Some(dataset);
+    let report = vecrig_loadgen::run(&options, &plan, &Stop::default())
+        .await
+        .expect("pre-flight");
+    recall_of(&report)
+}
+
+fn recall_of(report: &Report) -> RecallFigures {
+    let recall = report.scenarios[0]
+        .total
+        .recall
+        .clone()
+        .expect("recall sampled");
+    println!(
+        "recall {:.4} over {} queries",
+        recall.mean(),
+        recall.queries
+    );
+    assert!(recall.queries >= QUERIES as u64, "{recall:?}");
+    recall
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recall_against_the_files_neighbours_is_the_exact_recall_and_half_wrong_ones_halve_it() {
+    let Some(dir) = written("recall_against_the_files_neighbours") else {
+        return;
+    };
+    let dir = dir.path();
+    let data = tempfile::tempdir().expect("tempdir");
+    let train = dir.join("train.npy").display().to_string();
+    let server = server(data.path(), &["--preload-from", &train]).await;
+    let spec = |neighbors: Option<&str>| Spec {
+        path: Some(dir.join("train.npy")),
+        queries: Some(dir.join("test.npy")),
+        neighbors: neighbors.map(|n| dir.join(n)),
+        order: Order::File,
+    };
+    let file = searches(&server.target, spec(Some("neighbors.npy"))).await;
+    let exact = searches(&server.target, spec(None)).await;
+    let half = searches(&server.target, spec(Some("neighbors_half_wrong.npy"))).await;
+    assert!(
+        (file.mean() - exact.mean()).abs() <= 0.01,
+        "the file's neighbours {} vs the server's exact answer {}",
+        file.mean(),
+        exact.mean()
+    );
+    assert!(file.mean() >= 0.9, "{}", file.mean());
+    assert!(
+        (half.mean() - file.mean() / 2.0).abs() <= 0.05,
+        "half-wrong neighbours {} vs {} / 2",
+        half.mean(),
+        file.mean()
+    );
+    server.stop(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scenario_files_dataset_is_ingested_and_judged_by_its_neighbours() {
+    let Some(dir) = written("a_scenario_files_dataset_is_ingested") else {
+        return;
+    };
+    let dir = dir.path();
+    let data = tempfile::tempdir().expect("tempdir");
+    let server = server(data.path(), &[]).await;
+    let file = r#"
+[target]
+builtin = "vecrig.v1"
+dimensions = 8
+metric = "l2"
+
+[dataset]
+path = "ann.hdf5"
+order = "sampled"
+
+[[scenario]]
+name = "searches"
+model = "closed"
+start = 2
+stages = "800ms:2"
+workload = "vector"
+ingest = { batch = 50, writers = 2 }
+"#;
+    let planned = vecrig_loadgen::plan::file::Planned::parse(file, Profile::Quick)
+        .expect("the file parses")
+        .relative_to(dir);
+    let mut options = RunOptions::new(server.target.clone());
+    options.recall_sample = 1.0;
+    let report =
+        vecrig_loadgen::run_file(&options, &planned, &Plan::new(Vec::new()), &Stop::default())
+            .await
+            .expect("pre-flight");
+    let ingest = &report.scenarios[0].phases[0];
+    assert_eq!(ingest.name, "ingest");
+    assert_eq!(
+        ingest.written,
+        Some(POINTS as u64),
+        "every train point written"
+    );
+    let recall = recall_of(&report);
+    assert!(recall.mean() >= 0.9, "{}", recall.mean());
+
+    // A target of another width is refused before any load, naming the file.
+    let wrong = file.replace("dimensions = 8", "dimensions = 16");
+    let planned = vecrig_loadgen::plan::file::Planned::parse(&wrong, Profile::Quick)
+        .expect("the file parses")
+        .relative_to(dir);
+    let error =
+        vecrig_loadgen::run_file(&options, &planned, &Plan::new(Vec::new()), &Stop::default())
+            .await
+            .expect_err("16 != 8")
+            .to_string();
+    assert!(
+        error.contains("ann.hdf5") && error.contains("8 dimensions, 16 expected"),
+        "{error}"
+    );
+    server.stop(Duration::from_secs(10)).await;
 }

@@ -81,7 +81,7 @@ fn on_vecrig(
     };
     let opened = spec.open_for(common.dimensions, None)?;
     Ok((
-        Queries::of(&opened, spec.order),
+        spec.queries(&opened)?,
         Truth::answers_of(&opened, 0).map(Arc::new),
     ))
 }
@@ -151,7 +151,11 @@ async fn run_templated(
 ) -> Result<Report, PreflightError> {
     // The dataset is checked against the target's shape before anything is sent.
     let dataset = match plan.dataset.clone().or_else(|| planned.dataset()) {
-        Some(d) => Some((d.open_for(spec.dimensions, Some(spec.metric))?, d.order)),
+        Some(d) => {
+            let opened = d.open_for(spec.dimensions, Some(spec.metric))?;
+            let queries = d.queries(&opened)?;
+            Some((opened, queries))
+        }
         None => None,
     };
     let started_unix_ms = unix_ms();
@@ -169,7 +173,7 @@ async fn run_templated(
         .map_err(DynamicError::from)?;
     let templates = Arc::new(Templates::compile(spec, &descriptors)?);
     let (truth, queries) = match &dataset {
-        Some((opened, order)) => (planned.truth_of(opened)?, Queries::of(opened, *order)),
+        Some((opened, queries)) => (planned.truth_of(opened)?, queries.clone()),
         None => (planned.truth(plan.seed), None),
     };
     for call in &templates.setup {

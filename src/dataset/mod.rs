@@ -5,7 +5,8 @@
 //! - [`texmex`]: `.fvecs`, `.bvecs`, `.ivecs` (SIFT, GIST);
 //! - [`npy`]: NumPy `.npy`, 2-D float vectors or integer neighbour ids;
 //! - [`vectordbbench`]: VectorDBBench's parquet (`train`, `test`, `neighbors`);
-//! - [`ann_benchmarks`]: ann-benchmarks' HDF5 (`train`, `test`, `neighbors`, `distance`).
+//! - [`ann_benchmarks`]: ann-benchmarks' HDF5 (`train`, `test`, `neighbors`, `distance`);
+//! - [`texts`]: query texts for the text workloads (lines, or a parquet column).
 //!
 //! Train points are streamed ([`PointReader`]), never held whole; queries and neighbours,
 //! which are small beside them, are read whole. [`Dataset::open`] checks what can be checked
@@ -18,6 +19,7 @@ pub mod error;
 pub mod npy;
 pub mod rows;
 pub mod texmex;
+pub mod texts;
 pub mod vectordbbench;
 
 use std::path::{Path, PathBuf};
