@@ -364,6 +364,7 @@ async fn recall_against_the_files_neighbours_is_the_exact_recall_and_half_wrong_
         path: Some(dir.join("train.npy")),
         queries: Some(dir.join("test.npy")),
         neighbors: neighbors.map(|n| dir.join(n)),
+        query_texts: None,
         order: Order::File,
     };
     let file = searches(&server.target, spec(Some("neighbors.npy"))).await;
