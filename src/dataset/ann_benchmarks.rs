@@ -77,6 +77,15 @@ pub fn open(path: &Path) -> Result<Parts> {
     }
     if let Ok(dataset) = file.dataset("train") {
         let (rows, width) = shape(path, &dataset, "train")?;
+        // The last row read now: a file cut short fails here, before any load.
+        if rows > 0 {
+            let last = dataset
+                .read_f32_rows(rows - 1, 1)
+                .map_err(|e| corrupt(path, e))?;
+            if last.len() != width {
+                return Err(corrupt(path, "the last train row is incomplete"));
+            }
+        }
         parts.train = Some(Box::new(Points {
             path: path.to_path_buf(),
             dataset,
