@@ -9,7 +9,7 @@
 //! `VECRIG_BENCH_POINTS` points read (default 200000), `VECRIG_BENCH_DIMS` (128),
 //! `VECRIG_BENCH_INGEST_POINTS` points preloaded (20000: the graph's insert is the slow part).
 //! The parquet and HDF5 files are written by Python (numpy, pyarrow, h5py, from
-//! `target/pyenv` when it exists); without them those rows are skipped.
+//! the project's `pyenv` when it exists); without them those rows are skipped.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -68,8 +68,12 @@ with h5py.File(f"{out}/train.hdf5", "w") as f:
     f.create_dataset("train", data=train)
 "#;
 
+/// The project's virtual environment (in `$CARGO_TARGET_DIR`, else `target/`), else python3.
 fn python() -> PathBuf {
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/pyenv/bin/python");
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let venv = target.join("pyenv/bin/python");
     if venv.exists() {
         venv
     } else {
