@@ -4,12 +4,15 @@
 //!   descriptor set that the server hands to gRPC reflection.
 //! - [`embed`]: the text embedder, shared so that the loadgen's vector queries and the server's
 //!   embedded texts live in one space.
+//! - [`dataset`]: datasets read from files (TEXMEX, NumPy, VectorDBBench parquet, ann-benchmarks
+//!   HDF5): the points to ingest, the queries to send and their ground truth.
 //! - [`client`]: connecting to a target (a pool of HTTP/2 connections, deadlines, message limits).
 //! - [`synthetic`]: the seeded data distribution that the server preloads and the loadgen queries,
 //!   so both sides agree on what "realistic" vectors and texts look like.
 //! - [`validation`]: the stress-harness API that the integration tests drive.
 
 pub mod client;
+pub mod dataset;
 pub mod embed;
 pub mod synthetic;
 pub mod validation;

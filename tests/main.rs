@@ -14,6 +14,7 @@ mod builtin_sets;
 mod client_address;
 mod collapse;
 mod compare;
+mod datasets;
 mod degradation;
 mod docker;
 mod durability;

@@ -74,6 +74,9 @@ pub struct Cli {
     #[arg(long, env = "VECRIG_K", default_value_t = 10, global = true)]
     #[arg(help_heading = "Load")]
     pub k: u32,
+    /// A dataset file as the source of the run's queries, points and ground truth.
+    #[command(flatten)]
+    pub dataset: crate::plan::dataset::Args,
     /// Replace the scenarios' own requests: spec, text, vector, fixed (one vector search, the
     /// same every time, as h2load sends), exact or mixed.
     #[arg(long, env = "VECRIG_WORKLOAD", global = true)]
@@ -667,6 +670,7 @@ impl Cli {
             thresholds: self.thresholds.clone(),
             default_thresholds: !self.no_default_thresholds,
             shard: self.sharding.shard,
+            dataset: self.dataset.spec(),
         }
     }
 }

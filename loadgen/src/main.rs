@@ -187,7 +187,8 @@ async fn run(mut cli: Cli) -> i32 {
         // target's absence: the exit code of a bad flag or file.
         Err(
             e @ (vecrig_loadgen::target::PreflightError::Templated(_)
-            | vecrig_loadgen::target::PreflightError::Unsupported(_)),
+            | vecrig_loadgen::target::PreflightError::Unsupported(_)
+            | vecrig_loadgen::target::PreflightError::Dataset(_)),
         ) => {
             eprintln!("error: {e}");
             return cli::EXIT_ERROR;

@@ -12,9 +12,10 @@ use vecrig::proto::{StatsRequest, StatsResponse};
 use vecrig::validation::report::{Report, SCHEMA};
 
 use crate::dynamic::describe::describe;
-use crate::dynamic::{self, DynamicError, TargetSpec, Templates};
+use crate::dynamic::{self, DynamicError, TargetSpec, Templates, Truth};
 use crate::measure::process::Meter;
 use crate::measure::recall::Recall;
+use crate::plan::dataset::{Queries, Spec as DatasetSpec};
 use crate::plan::file;
 use crate::plan::scenario::Scenario;
 use crate::plan::suite::Common;
@@ -38,7 +39,7 @@ const SATURATION: f64 = 0.8;
 
 /// Runs `plan` against the target; `stop` ends it early (what ran is still reported).
 pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Report, PreflightError> {
-    run_with(options, plan.seed, stop, |stats| {
+    run_checked(options, plan.seed, stop, |stats| {
         let common = Common {
             dimensions: stats.dimensions as usize,
             seed: plan.seed,
@@ -46,7 +47,9 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
             workload: plan.workload.clone(),
             templates: None,
         };
-        plan.scenarios
+        let (queries, truth) = on_vecrig(plan.dataset.as_ref(), &common)?;
+        let scenarios = plan
+            .scenarios
             .iter()
             .map(|spec| {
                 let mut scenario = spec.build(&common);
@@ -54,14 +57,33 @@ pub async fn run(options: &RunOptions, plan: &Plan, stop: &Stop) -> Result<Repor
                     scenario.thresholds.clear();
                 }
                 scenario.thresholds.extend(plan.thresholds.iter().cloned());
+                scenario.workload = scenario.workload.with_queries(queries.clone());
                 if let Some((index, count)) = plan.shard {
                     scenario.shard(index, count);
                 }
                 scenario
             })
-            .collect()
+            .collect();
+        Ok((scenarios, truth))
     })
     .await
+}
+
+/// A dataset against a vecrig server (whose points it holds already, as
+/// `vecrig-server --preload-from` loads them): checked against the server's dimensions, its
+/// queries for the searches, its neighbours (if any) as recall's truth.
+fn on_vecrig(
+    dataset: Option<&DatasetSpec>,
+    common: &Common,
+) -> Result<(Option<Queries>, Option<Arc<Truth>>), PreflightError> {
+    let Some(spec) = dataset else {
+        return Ok((None, None));
+    };
+    let opened = spec.open_for(common.dimensions, None)?;
+    Ok((
+        spec.queries(&opened)?,
+        Truth::answers_of(&opened, 0).map(Arc::new),
+    ))
 }
 
 /// Runs the scenarios of a scenario file (see [`crate::plan::file`]): against a vecrig server, or
@@ -75,18 +97,29 @@ pub async fn run_file(
     if let Some(spec) = planned.target() {
         return run_templated(options, planned, spec, plan, stop).await;
     }
-    run_with(options, plan.seed, stop, |stats| {
-        let mut scenarios = planned.build(stats.dimensions as usize, plan.seed, plan.k);
-        finish_plan(&mut scenarios, plan);
-        scenarios
+    let dataset = plan.dataset.clone().or_else(|| planned.dataset());
+    run_checked(options, plan.seed, stop, |stats| {
+        let dimensions = stats.dimensions as usize;
+        let mut scenarios = planned.build(dimensions, plan.seed, plan.k);
+        let common = Common {
+            dimensions,
+            seed: plan.seed,
+            k: plan.k,
+            workload: None,
+            templates: None,
+        };
+        let (queries, truth) = on_vecrig(dataset.as_ref(), &common)?;
+        finish_plan(&mut scenarios, plan, queries.as_ref());
+        Ok((scenarios, truth))
     })
     .await
 }
 
-/// The run's own thresholds and shard on every scenario of a file.
-fn finish_plan(scenarios: &mut [Scenario], plan: &Plan) {
+/// The run's own thresholds, shard and dataset queries on every scenario of a file.
+fn finish_plan(scenarios: &mut [Scenario], plan: &Plan, queries: Option<&Queries>) {
     for scenario in scenarios {
         scenario.thresholds.extend(plan.thresholds.iter().cloned());
+        scenario.workload = scenario.workload.with_queries(queries.cloned());
         if let Some((index, count)) = plan.shard {
             scenario.shard(index, count);
         }
@@ -116,6 +149,15 @@ async fn run_templated(
     plan: &Plan,
     stop: &Stop,
 ) -> Result<Report, PreflightError> {
+    // The dataset is checked against the target's shape before anything is sent.
+    let dataset = match plan.dataset.clone().or_else(|| planned.dataset()) {
+        Some(d) => {
+            let opened = d.open_for(spec.dimensions, Some(spec.metric))?;
+            let queries = d.queries(&opened)?;
+            Some((opened, queries))
+        }
+        None => None,
+    };
     let started_unix_ms = unix_ms();
     let meter = Meter::start();
     let headers: Metadata = options.headers.clone().into();
@@ -130,7 +172,10 @@ async fn run_templated(
         .await
         .map_err(DynamicError::from)?;
     let templates = Arc::new(Templates::compile(spec, &descriptors)?);
-    let truth = planned.truth(plan.seed);
+    let (truth, queries) = match &dataset {
+        Some((opened, queries)) => (planned.truth_of(opened)?, queries.clone()),
+        None => (planned.truth(plan.seed), None),
+    };
     for call in &templates.setup {
         call.make("setup", &monitor.channel(), &headers, plan.k, CALL_DEADLINE)
             .await?;
@@ -189,7 +234,7 @@ async fn run_templated(
         }
     }
     let mut scenarios = planned.build_templated(plan.seed, plan.k, &templates, truth.as_ref());
-    finish_plan(&mut scenarios, plan);
+    finish_plan(&mut scenarios, plan, queries.as_ref());
     let wire = Target::new(&options.target, &options.connect, &headers)?
         .with_methods(
             templates.search.path.as_str(),
@@ -297,7 +342,10 @@ pub async fn check_file(
     }
     .map_err(DynamicError::from)?;
     let templates = Arc::new(Templates::compile(spec, &descriptors)?);
-    let truth = planned.truth(plan.seed);
+    let truth = match plan.dataset.clone().or_else(|| planned.dataset()) {
+        Some(d) => planned.truth_of(&d.open_for(spec.dimensions, Some(spec.metric))?)?,
+        None => planned.truth(plan.seed),
+    };
     let scenarios = planned.build_templated(plan.seed, plan.k, &templates, truth.as_ref());
     let mut lines = vec![format!(
         "the file checks out: {} scenarios; {} dimensions",
@@ -359,6 +407,17 @@ pub async fn run_with(
     stop: &Stop,
     build: impl FnOnce(&StatsResponse) -> Vec<Scenario>,
 ) -> Result<Report, PreflightError> {
+    run_checked(options, seed, stop, |stats| Ok((build(stats), None))).await
+}
+
+/// As [`run_with`], `build` also giving recall's ground truth (a dataset's neighbours), and
+/// able to refuse the run (a dataset that does not fit the target) before any load.
+async fn run_checked(
+    options: &RunOptions,
+    seed: u64,
+    stop: &Stop,
+    build: impl FnOnce(&StatsResponse) -> Result<(Vec<Scenario>, Option<Arc<Truth>>), PreflightError>,
+) -> Result<Report, PreflightError> {
     let started_unix_ms = unix_ms();
     let meter = Meter::start();
     let headers: Metadata = options.headers.clone().into();
@@ -369,7 +428,7 @@ pub async fn run_with(
         options.wait_healthy,
     )
     .await?;
-    let planned = build(&checked.stats);
+    let (planned, truth) = build(&checked.stats)?;
     let wire = match options.transport {
         Transport::H2 => {
             let target = Target::new(&options.target, &options.connect, &headers)?;
@@ -377,7 +436,7 @@ pub async fn run_with(
         }
         Transport::Tonic => None,
     };
-    let recall = Recall::new(options.recall_sample);
+    let recall = Recall::new(options.recall_sample).with_truth(truth);
     run_scenarios(
         options,
         (seed, started_unix_ms, meter),

@@ -50,6 +50,9 @@ pub enum PreflightError {
     /// The run asks for something the target or its transport cannot do.
     #[error("{0}")]
     Unsupported(String),
+    /// A dataset file is missing, malformed, or does not fit the target.
+    #[error("{0}")]
+    Dataset(#[from] vecrig::dataset::Error),
     /// The threads that send the load could not be started (out of threads or memory).
     #[error("cannot start the sending threads: {0}")]
     Threads(std::io::Error),

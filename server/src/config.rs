@@ -117,6 +117,8 @@ pub struct Config {
     pub preload: u64,
     /// Seed of the synthetic data.
     pub preload_seed: u64,
+    /// A dataset whose train points fill an empty index instead.
+    pub preload_from: Option<PathBuf>,
     /// Drain timeout on shutdown.
     pub grace: Duration,
     /// Nice increment of index work (see `priority`).
@@ -238,6 +240,7 @@ impl TryFrom<&Args> for Config {
             hnsw,
             preload: args.storage.preload,
             preload_seed: args.storage.preload_seed,
+            preload_from: args.storage.preload_from.clone(),
             grace: args.grace,
             index_nice: args.priority.index_nice.clamp(0, 19),
             request_slice: args.priority.request_slice,
@@ -266,6 +269,7 @@ impl From<&Config> for storage::Options {
             ef_search: config.ef_search,
             preload: config.preload,
             preload_seed: config.preload_seed,
+            preload_from: config.preload_from.clone(),
         }
     }
 }

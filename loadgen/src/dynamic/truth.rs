@@ -8,9 +8,15 @@
 //! against recall; the report's outcomes show such failures). The exact scan is plain f32
 //! arithmetic over the vectors kept here (`points x dimensions x 4` bytes), run after a
 //! phase, off the request path, for at most the phase's recall samples.
+//!
+//! From a dataset file ([`Truth::from_dataset`]) the points are the file's train set instead,
+//! and where the file has ground-truth neighbours, a search for one of its queries is judged
+//! against them (truncated to k) rather than a scan: the dataset's own truth.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use vecrig::dataset::{Batch, Dataset, Matrix};
 use vecrig::synthetic::Synthetic;
 
 /// How the target ranks neighbours.
@@ -38,6 +44,35 @@ pub struct Truth {
     acked: Vec<AtomicBool>,
     /// Whether the probe wrote batch 0.
     probed: AtomicBool,
+    /// A dataset file's own neighbours of its queries.
+    answers: Option<Answers>,
+}
+
+/// A dataset file's ground truth: the row of each query, found by its bits, and the
+/// neighbours of each row, nearest first.
+#[derive(Debug)]
+struct Answers {
+    rows: HashMap<Vec<u32>, usize>,
+    neighbors: Matrix<i64>,
+}
+
+impl Answers {
+    fn of(dataset: &Dataset) -> Option<Self> {
+        let (queries, neighbors) = (dataset.queries.as_ref()?, dataset.neighbors.as_ref()?);
+        let rows = (0..queries.rows())
+            .map(|i| (queries.row(i).iter().map(|v| v.to_bits()).collect(), i))
+            .collect();
+        Some(Self {
+            rows,
+            neighbors: neighbors.clone(),
+        })
+    }
+
+    fn of_query(&self, query: &[f32], k: usize) -> Option<&[i64]> {
+        let bits: Vec<u32> = query.iter().map(|v| v.to_bits()).collect();
+        let row = self.neighbors.row(*self.rows.get(&bits)?);
+        Some(&row[..k.min(row.len())])
+    }
 }
 
 /// A run's data set is one `Truth`, shared: equal when the same.
@@ -78,7 +113,68 @@ impl Truth {
                 .map(|_| AtomicBool::new(false))
                 .collect(),
             probed: AtomicBool::new(false),
+            answers: None,
         }
+    }
+
+    /// The train points of `dataset` (its first `limit`, when given), written in batches of
+    /// `batch`, ids from `first_id` on in the file's order; searches for the file's queries are
+    /// judged against its neighbours when it has them and every point is written.
+    pub fn from_dataset(
+        dataset: &Dataset,
+        limit: Option<usize>,
+        batch: usize,
+        first_id: u64,
+        metric: Metric,
+    ) -> Result<Self, vecrig::dataset::Error> {
+        let dimensions = dataset.dimensions();
+        let points = limit.map_or(dataset.points(), |l| (l as u64).min(dataset.points())) as usize;
+        let mut vectors = Vec::with_capacity(points * dimensions);
+        if let Some(mut reader) = dataset.read_points()? {
+            let mut read = Batch::default();
+            while vectors.len() < points * dimensions {
+                reader.next_batch(4096.min(points - vectors.len() / dimensions), &mut read)?;
+                if read.is_empty() {
+                    break;
+                }
+                vectors.extend_from_slice(&read.vectors);
+            }
+        }
+        let points = vectors.len() / dimensions.max(1);
+        let batch = batch.max(1);
+        Ok(Self {
+            dimensions,
+            first_id,
+            batch,
+            metric,
+            vectors,
+            texts: vec![String::new(); points],
+            acked: (0..points.div_ceil(batch))
+                .map(|_| AtomicBool::new(false))
+                .collect(),
+            probed: AtomicBool::new(false),
+            answers: if points as u64 == dataset.points() {
+                Answers::of(dataset)
+            } else {
+                None
+            },
+        })
+    }
+
+    /// Only the neighbours of `dataset`'s queries, for a target that holds its points already
+    /// (`vecrig-server --preload-from`), ids from `first_id` on; `None` without neighbours.
+    pub fn answers_of(dataset: &Dataset, first_id: u64) -> Option<Self> {
+        Some(Self {
+            dimensions: dataset.dimensions(),
+            first_id,
+            batch: 1,
+            metric: Metric::default(),
+            vectors: Vec::new(),
+            texts: Vec::new(),
+            acked: Vec::new(),
+            probed: AtomicBool::new(false),
+            answers: Some(Answers::of(dataset)?),
+        })
     }
 
     /// Points in the data set.
@@ -144,6 +240,12 @@ impl Truth {
     pub fn exact(&self, query: &[f32], k: usize) -> Vec<u64> {
         if query.len() != self.dimensions || k == 0 {
             return Vec::new();
+        }
+        if let Some(ids) = self.answers.as_ref().and_then(|a| a.of_query(query, k)) {
+            return ids
+                .iter()
+                .map(|&id| self.first_id + id.max(0) as u64)
+                .collect();
         }
         let query_norm = dot(query, query).sqrt();
         // (distance: smaller is nearer, id); a bounded sorted list, k is small.

@@ -18,7 +18,8 @@ use crate::plan::suite::{
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IngestSpec {
-    /// Points in the data set.
+    /// Points in the data set (with a `[dataset]`: its first `points`; 0 or none: all).
+    #[serde(default)]
     pub points: usize,
     /// Points per write request.
     #[serde(default = "IngestSpec::default_batch")]

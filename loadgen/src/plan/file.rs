@@ -50,6 +50,7 @@ use serde::Deserialize;
 use vecrig::validation::threshold::Threshold;
 
 use crate::dynamic::{TargetSpec, Templates, Truth};
+use crate::plan::dataset::Spec as DatasetSpec;
 pub use crate::plan::entry::{Entry, IngestSpec};
 use crate::plan::scenario::Writes;
 use crate::plan::scenario::{Model, Phase, Scenario};
@@ -66,6 +67,8 @@ pub struct File {
     pub scenarios: Vec<Entry>,
     /// A templated target: any gRPC vector service.
     pub target: Option<TargetSpec>,
+    /// A dataset file: the points an ingest writes, the queries searches send, and the truth.
+    pub dataset: Option<DatasetSpec>,
 }
 
 /// A file that cannot be used, and why.
@@ -132,6 +135,7 @@ fn missing_method(workload: &str, target: &TargetSpec, ingest: bool) -> Option<S
 pub struct Planned {
     entries: Vec<(Entry, ScenarioSpec, Option<WorkloadKind>, Vec<Threshold>)>,
     target: Option<TargetSpec>,
+    dataset: Option<DatasetSpec>,
     /// Where relative paths in the file (`protos`) start.
     base: PathBuf,
 }
@@ -164,7 +168,11 @@ impl Planned {
                 (Some(t), Some(_)) if t.write.is_none() => {
                     return Err(ctx("ingest needs [target].write"));
                 }
-                (_, Some(i)) if i.points == 0 || i.batch == 0 || i.writers == 0 => {
+                (_, Some(i))
+                    if (i.points == 0 && file.dataset.is_none())
+                        || i.batch == 0
+                        || i.writers == 0 =>
+                {
                     return Err(ctx("ingest: points, batch and writers must be at least 1"));
                 }
                 _ => {}
@@ -189,6 +197,7 @@ impl Planned {
         Ok(Self {
             entries,
             target: file.target,
+            dataset: file.dataset,
             base: PathBuf::from("."),
         })
     }
@@ -240,6 +249,33 @@ impl Planned {
     /// The templated target, if the file has one.
     pub fn target(&self) -> Option<&TargetSpec> {
         self.target.as_ref()
+    }
+
+    /// The file's `[dataset]`, its paths relative to the file's directory.
+    pub fn dataset(&self) -> Option<DatasetSpec> {
+        self.dataset.clone().map(|d| d.relative_to(&self.base))
+    }
+
+    /// The ground truth of a run on `dataset`: its points (as many as the ingest phase asks,
+    /// all of them for `points = 0`) when a scenario ingests, else only its neighbours.
+    pub fn truth_of(
+        &self,
+        dataset: &vecrig::dataset::Dataset,
+    ) -> Result<Option<Arc<Truth>>, vecrig::dataset::Error> {
+        let Some(target) = self.target.as_ref() else {
+            return Ok(Truth::answers_of(dataset, 0).map(Arc::new));
+        };
+        let Some(ingest) = self.entries.iter().find_map(|(e, ..)| e.ingest) else {
+            return Ok(Truth::answers_of(dataset, target.first_id).map(Arc::new));
+        };
+        let limit = (ingest.points > 0).then_some(ingest.points);
+        Truth::from_dataset(dataset, limit, ingest.batch, target.first_id, target.metric)
+            .map(|t| Some(Arc::new(t)))
+    }
+
+    /// The templated target's dimensions and metric, if the file has a `[target]`.
+    pub fn target_shape(&self) -> Option<(usize, crate::dynamic::Metric)> {
+        self.target.as_ref().map(|t| (t.dimensions, t.metric))
     }
 
     /// The ingest phase's data set (`None` without one), seeded by `seed`.
@@ -294,7 +330,7 @@ impl Planned {
             );
             scenario.parameters.insert(
                 "ingest".into(),
-                format!("{} points in batches of {}", ingest.points, ingest.batch),
+                format!("{} points in batches of {}", truth.len(), ingest.batch),
             );
         }
         scenarios

@@ -8,6 +8,7 @@
 //! a [`scenario::Scenario`]: phases, each with its load model, that the
 //! [`scheduler`](crate::scheduler) runs.
 
+pub mod dataset;
 pub mod entry;
 pub mod file;
 pub mod noisy_neighbour;
@@ -45,6 +46,9 @@ pub struct Plan {
     pub default_thresholds: bool,
     /// `(index, count)`: send only this shard's part of the load (a distributed run).
     pub shard: Option<(u64, u64)>,
+    /// A dataset's queries, points and truth, in place of the seeded ones (and of a scenario
+    /// file's `[dataset]`).
+    pub dataset: Option<dataset::Spec>,
 }
 
 impl Plan {
@@ -58,6 +62,7 @@ impl Plan {
             thresholds: Vec::new(),
             default_thresholds: true,
             shard: None,
+            dataset: None,
         }
     }
 }

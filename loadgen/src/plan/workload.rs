@@ -30,6 +30,7 @@ use vecrig::synthetic::Synthetic;
 
 use crate::dynamic::template::GRPC_PREFIX;
 use crate::dynamic::{Fill, Point, TemplatedMethod, Templates, Truth};
+use crate::plan::dataset::Queries;
 
 /// Which requests to send.
 #[derive(Debug, Clone, PartialEq)]
@@ -206,6 +207,8 @@ pub struct Workload {
     user_offset: u64,
     /// What the requests are rendered from.
     templates: Arc<Templates>,
+    /// A dataset's queries, sent by the vector searches instead of drawn ones.
+    queries: Option<Queries>,
 }
 
 /// Ids of points written by the mixed workload start here, far above any preloaded id.
@@ -257,7 +260,16 @@ impl Workload {
             fixed,
             user_offset: 0,
             templates,
+            queries: None,
         })
+    }
+
+    /// The same workload, its vector searches sending `queries` (a dataset's) instead of
+    /// vectors drawn from the seeded distribution.
+    pub fn with_queries(self: &Arc<Self>, queries: Option<Queries>) -> Arc<Self> {
+        let mut with = (**self).clone();
+        with.queries = queries;
+        Arc::new(with)
     }
 
     /// The same workload with user numbers shifted by `offset` (shard `i` of a distributed run
@@ -321,15 +333,21 @@ impl Generator {
         // A handle of our own: the arms keep parts of the workload while the generator moves.
         let w = Arc::clone(&self.workload);
         match &w.kind {
-            WorkloadKind::Spec(template) => self.text_search(
-                template
-                    .replace("{user}", &self.user.to_string())
-                    .replace("{i}", &i.to_string())
-                    .replace("{c}", &self.concurrency.to_string()),
-                i,
-            ),
+            WorkloadKind::Spec(template) => {
+                let text = match self.own_text(i) {
+                    Some(text) => text,
+                    None => template
+                        .replace("{user}", &self.user.to_string())
+                        .replace("{i}", &i.to_string())
+                        .replace("{c}", &self.concurrency.to_string()),
+                };
+                self.text_search(text, i)
+            }
             WorkloadKind::Text => {
-                let text = w.data.query_text(&mut self.rng);
+                let text = match self.own_text(i) {
+                    Some(text) => text,
+                    None => w.data.query_text(&mut self.rng),
+                };
                 self.text_search(text, i)
             }
             WorkloadKind::LargeText { .. } => {
@@ -389,6 +407,12 @@ impl Generator {
     }
 
     /// A search for `text`, or a vector search where the target has no text search.
+    /// The texts file's text for request `i`, if one was given.
+    fn own_text(&mut self, i: u64) -> Option<String> {
+        let queries = self.workload.queries.as_ref()?;
+        queries.text(self.user, self.concurrency, i, &mut self.rng)
+    }
+
     fn text_search(&mut self, text: String, i: u64) -> Op {
         let w = &self.workload;
         let Some(method) = &w.templates.text_search else {
@@ -404,7 +428,15 @@ impl Generator {
     }
 
     fn vector_search(&mut self, exact: bool, i: u64) -> Op {
-        let values = self.workload.data.query_vector(&mut self.rng);
+        let own = self
+            .workload
+            .queries
+            .as_ref()
+            .and_then(|q| q.vector(self.user, self.concurrency, i, &mut self.rng));
+        let values = match own {
+            Some(values) => values,
+            None => self.workload.data.query_vector(&mut self.rng),
+        };
         self.search_for(values, exact, i)
     }
 

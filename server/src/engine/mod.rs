@@ -36,3 +36,4 @@ pub use search::run_searches_inline_on_this_thread;
 pub use settings::Args;
 pub use state::{Engine, TAIL_LIMIT};
 pub use types::{Hit, NewPoint, PointData, Query, Record, Search, Shape};
+pub use write::PreloadError;

@@ -129,4 +129,40 @@ impl Engine {
         }
         Ok(())
     }
+
+    /// Fills the index with the points `reader` streams, a batch at a time, ids as the file
+    /// gives them; not logged, as [`preload`](Self::preload).
+    pub fn preload_from(
+        &self,
+        mut reader: Box<dyn vecrig::dataset::PointReader>,
+    ) -> Result<(), PreloadError> {
+        let dimensions = self.shape.dimensions;
+        let mut read = vecrig::dataset::Batch::default();
+        loop {
+            reader.next_batch(1024, &mut read)?;
+            if read.is_empty() {
+                return Ok(());
+            }
+            let batch = read
+                .ids
+                .iter()
+                .zip(read.vectors.chunks_exact(dimensions))
+                .map(|(&id, vector)| (id, vector.to_vec(), Payload::default()))
+                .collect();
+            let sequence = self.sequence() + 1;
+            self.apply(sequence, &Record::Upsert(batch))?;
+            self.index_all()?;
+        }
+    }
+}
+
+/// Why a dataset preload stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PreloadError {
+    /// The file could not be read through.
+    #[error(transparent)]
+    Dataset(#[from] vecrig::dataset::Error),
+    /// The index refused a point.
+    #[error(transparent)]
+    Index(#[from] Error),
 }

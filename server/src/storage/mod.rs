@@ -52,6 +52,10 @@ pub struct Args {
     /// Seed of the synthetic data (the loadgen's `--seed` must match to query the same data).
     #[arg(long, env = "VECRIG_PRELOAD_SEED", default_value_t = vecrig::synthetic::Synthetic::DEFAULT_SEED)]
     pub preload_seed: u64,
+    /// Fill an empty index with a dataset's train points instead (.fvecs, .bvecs, .npy,
+    /// .parquet, .hdf5, a VectorDBBench directory), ids its row numbers [default: none].
+    #[arg(long, env = "VECRIG_PRELOAD_FROM")]
+    pub preload_from: Option<PathBuf>,
     /// Take a snapshot once this much write-ahead log has accumulated (bytes).
     #[arg(long, env = "VECRIG_SNAPSHOT_WAL_BYTES", default_value_t = 128 << 20)]
     pub snapshot_wal_bytes: u64,
@@ -155,6 +159,12 @@ impl Storage {
             source,
         })?;
         let lock = lock(&dir)?;
+        // A dataset to preload is checked against the index's shape before anything else.
+        let dataset = options
+            .preload_from
+            .as_deref()
+            .map(|path| recovery::open_dataset(path, options.shape))
+            .transpose()?;
         let started = Instant::now();
         let engine = Arc::new(recovery::open_engine(&options)?);
         let (mut wal, replay) = Wal::open(&dir.join("wal"), engine.sequence())?;
@@ -171,7 +181,16 @@ impl Storage {
                 "replayed the write-ahead log"
             );
         }
-        if engine.is_empty() && replayed == 0 && options.preload > 0 {
+        if let Some(dataset) = dataset.filter(|_| engine.is_empty() && replayed == 0) {
+            tracing::info!(points = dataset.points(), "preloading a dataset");
+            let points = dataset.read_points()?.into_iter();
+            for reader in points {
+                engine.preload_from(reader)?;
+            }
+            snapshot::save(&engine, &dir)?;
+            wal.restart_after(engine.sequence())?;
+            tracing::info!(points = engine.len(), elapsed = ?started.elapsed(), "preloaded");
+        } else if engine.is_empty() && replayed == 0 && options.preload > 0 {
             tracing::info!(points = options.preload, "preloading synthetic data");
             engine
                 .preload(options.preload, options.preload_seed)

@@ -31,6 +31,8 @@ pub struct Options {
     pub preload: u64,
     /// Seed of the synthetic data.
     pub preload_seed: u64,
+    /// A dataset file whose train points fill an empty index, instead of synthetic ones.
+    pub preload_from: Option<PathBuf>,
 }
 
 /// Failure to open the data directory.
@@ -45,6 +47,12 @@ pub enum OpenError {
     /// The write-ahead log could not be opened.
     #[error(transparent)]
     Wal(#[from] WalError),
+    /// The dataset to preload is missing, malformed, or does not fit the index.
+    #[error("--preload-from: {0}")]
+    Dataset(#[from] vecrig::dataset::Error),
+    /// Preloading failed.
+    #[error("cannot preload: {0}")]
+    Preload(#[from] crate::engine::PreloadError),
     /// Replaying the log (or preloading) failed.
     #[error("cannot apply logged writes: {0}")]
     Replay(Error),
@@ -137,6 +145,42 @@ pub fn open_engine(options: &Options) -> Result<Engine, OpenError> {
     ))
 }
 
+/// Opens the dataset at `path` and checks it fits an index of `shape`: its width, and its
+/// metric where the file names one.
+pub fn open_dataset(
+    path: &std::path::Path,
+    shape: Shape,
+) -> Result<vecrig::dataset::Dataset, OpenError> {
+    use vecrig::dataset::{self, Dataset, Problem, Sources};
+    let sources = Sources {
+        dataset: Some(path.to_path_buf()),
+        ..Sources::default()
+    };
+    let opened = Dataset::open(&sources)?;
+    opened.check_dimensions(&sources, shape.dimensions)?;
+    let same = match opened.metric {
+        None => true,
+        Some(dataset::Metric::L2) => shape.metric == crate::index::Metric::L2,
+        Some(dataset::Metric::Cosine) => shape.metric == crate::index::Metric::Cosine,
+        Some(dataset::Metric::Ip) => shape.metric == crate::index::Metric::Ip,
+    };
+    if !same {
+        return Err(dataset::Error::new(
+            path,
+            Problem::Corrupt(format!(
+                "its distance is {}, the index's metric {:?} (set --metric)",
+                opened.metric.map_or("", |m| m.name()),
+                shape.metric
+            )),
+        )
+        .into());
+    }
+    if !opened.has_points() {
+        return Err(dataset::Error::new(path, Problem::Missing("train points")).into());
+    }
+    Ok(opened)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -188,6 +232,7 @@ mod tests {
             ef_search: 64,
             preload: 300,
             preload_seed: 1,
+            preload_from: None,
         };
         let storage = Storage::open(options(first), SnapshotPolicy::default()).expect("open");
         storage.close().expect("close");
