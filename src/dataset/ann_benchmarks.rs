@@ -11,11 +11,7 @@ use std::path::{Path, PathBuf};
 use hdf5_pure::File;
 
 use crate::dataset::error::{Problem, Result};
-use crate::dataset::rows::{Batch, Matrix, Metric, Parts, PointReader, fail};
-
-fn corrupt(path: &Path, e: impl std::fmt::Display) -> crate::dataset::error::Error {
-    fail(path, Problem::Corrupt(e.to_string()))
-}
+use crate::dataset::rows::{Batch, Matrix, Metric, Parts, PointReader, corrupt, fail};
 
 fn shape(path: &Path, dataset: &hdf5_pure::Dataset, name: &str) -> Result<(u64, usize)> {
     let shape = dataset.shape().map_err(|e| corrupt(path, e))?;

@@ -10,7 +10,7 @@ use std::io::{BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use crate::dataset::error::{Problem, Result};
-use crate::dataset::rows::{Batch, Matrix, PointReader, fail, file_len, io};
+use crate::dataset::rows::{Batch, Matrix, PointReader, corrupt, fail, file_len, io};
 
 /// The element types read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,10 +84,6 @@ struct Header {
     dtype: Dtype,
     rows: u64,
     width: usize,
-}
-
-fn corrupt(path: &Path, what: impl Into<String>) -> crate::dataset::error::Error {
-    fail(path, Problem::Corrupt(what.into()))
 }
 
 /// The value of `key` in the header dict: the text after `'key':` up to the next top-level

@@ -122,6 +122,11 @@ pub fn fail(path: &Path, problem: Problem) -> Error {
     Error::new(path, problem)
 }
 
+/// The file at `path` does not hold what its format says: `what` is how.
+pub fn corrupt(path: &Path, what: impl std::fmt::Display) -> Error {
+    Error::new(path, Problem::Corrupt(what.to_string()))
+}
+
 /// An I/O error in the file at `path`.
 pub fn io(path: &Path) -> impl Fn(std::io::Error) -> Error + '_ {
     move |e| Error::new(path, Problem::Io(e))

@@ -12,11 +12,7 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use parquet::record::{Field, Row};
 
 use crate::dataset::error::{Problem, Result};
-use crate::dataset::rows::{Batch, Matrix, PointReader, fail, io};
-
-fn corrupt(path: &Path, e: impl std::fmt::Display) -> crate::dataset::error::Error {
-    fail(path, Problem::Corrupt(e.to_string()))
-}
+use crate::dataset::rows::{Batch, Matrix, PointReader, corrupt, fail, io};
 
 fn open(path: &Path) -> Result<SerializedFileReader<File>> {
     let file = File::open(path).map_err(io(path))?;

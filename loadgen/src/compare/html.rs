@@ -7,6 +7,7 @@ use std::fmt::Write;
 
 use super::model::{Comparison, PhaseComparison, Verdict};
 use super::table;
+use crate::report::html::{escape, nice_ceiling};
 
 const WIDTH: f64 = 860.0;
 const HEIGHT: f64 = 260.0;
@@ -16,13 +17,6 @@ const TOP: f64 = 28.0;
 const BOTTOM: f64 = 40.0;
 const BASE_COLOUR: &str = "#8c8c8c";
 const NEW_COLOUR: &str = "#1f77b4";
-
-fn escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
-}
 
 fn colour(v: Verdict) -> &'static str {
     match v {
@@ -37,19 +31,6 @@ fn tail(percentile: f64) -> f64 {
     -(1.0 - (percentile / 100.0).min(0.999_99)).log10()
 }
 
-/// A round number at or above `v`.
-fn ceiling(v: f64) -> f64 {
-    if v <= 0.0 || !v.is_finite() {
-        return 1.0;
-    }
-    let magnitude = 10f64.powf(v.log10().floor());
-    [1.0, 2.0, 2.5, 5.0, 10.0]
-        .iter()
-        .map(|s| s * magnitude)
-        .find(|s| *s >= v)
-        .unwrap_or(10.0 * magnitude)
-}
-
 fn chart(title: &str, phase: &PhaseComparison) -> String {
     let mut svg = String::new();
     let points = phase.base_latency.iter().chain(&phase.new_latency);
@@ -58,7 +39,7 @@ fn chart(title: &str, phase: &PhaseComparison) -> String {
         .map(|p| tail(p.0))
         .fold(1.0f64, f64::max)
         .ceil();
-    let y_max = ceiling(points.map(|p| p.1).fold(0.0f64, f64::max));
+    let y_max = nice_ceiling(points.map(|p| p.1).fold(0.0f64, f64::max));
     let plot_w = WIDTH - LEFT - RIGHT;
     let plot_h = HEIGHT - TOP - BOTTOM;
     let sx = |p: f64| LEFT + tail(p) / x_max * plot_w;

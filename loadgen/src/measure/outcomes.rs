@@ -317,21 +317,24 @@ pub(super) fn by_name(counts: &[u64; CODES]) -> BTreeMap<String, u64> {
         .collect()
 }
 
+/// An outcome for tests: `first` then `last` code (a retry between them when they differ),
+/// `ms` of latency, half of it service time.
+#[cfg(test)]
+pub(crate) fn outcome(first: Code, last: Code, ms: u64) -> Outcome {
+    Outcome {
+        first,
+        last,
+        attempts: if first == last { 1 } else { 2 },
+        retries_denied: 0,
+        latency: Duration::from_millis(ms),
+        service_time: Duration::from_millis(ms / 2),
+        answer_failed: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn outcome(first: Code, last: Code, ms: u64) -> Outcome {
-        Outcome {
-            first,
-            last,
-            attempts: if first == last { 1 } else { 2 },
-            retries_denied: 0,
-            latency: Duration::from_millis(ms),
-            service_time: Duration::from_millis(ms / 2),
-            answer_failed: false,
-        }
-    }
 
     #[test]
     fn counts_codes_and_percentiles() {

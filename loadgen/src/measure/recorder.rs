@@ -111,20 +111,8 @@ mod tests {
     use vecrig::validation::report::ServerFigures;
 
     use super::*;
-    use crate::measure::outcomes::Outcome;
+    use crate::measure::outcomes::outcome;
     use crate::measure::timeline::Timeline;
-
-    fn outcome(first: Code, last: Code, ms: u64) -> Outcome {
-        Outcome {
-            first,
-            last,
-            attempts: if first == last { 1 } else { 2 },
-            retries_denied: 0,
-            latency: Duration::from_millis(ms),
-            service_time: Duration::from_millis(ms / 2),
-            answer_failed: false,
-        }
-    }
 
     #[test]
     fn batches_flushed_from_threads_add_up() {
