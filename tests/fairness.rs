@@ -149,15 +149,16 @@ async fn flood_with_polite(
     let index_before = index_cpu_s(server).await;
     let flood_started = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    // All the flood's connections share one request-path lane (one address), leaving the
-    // others to everybody else.
+    // The flood's connections share one request-path lane (one party), leaving the others to
+    // everybody else. Where tenants are named, a flood connection whose first request came
+    // after the server's wait for it is seated by address alone: that party's lane is a
+    // second one, and the polite tenant, a new party, still takes an empty lane.
     let lanes = lane_connections(metrics).await;
     println!("connections per request-path lane during the flood: {lanes:?}");
+    let occupied = lanes.iter().filter(|&&open| open > 0).count();
     assert!(
-        lanes.len() >= 2
-            && lanes.iter().filter(|&&open| open > 0).count() == 1
-            && lanes.iter().any(|&open| open >= 64),
-        "the flood's 64 connections in one lane: {lanes:?}"
+        lanes.contains(&0) && occupied <= 2 && lanes.iter().sum::<u64>() >= 64,
+        "the flood's 64 connections in one lane (two with tenants), one left empty: {lanes:?}"
     );
     let polite = flood::run(polite(server, clients, 5), Some(load_cpu))
         .join()

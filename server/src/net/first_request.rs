@@ -22,9 +22,11 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 
 /// The longest a connection waits to be given a lane while its first request comes in. A
-/// client sends its first HEADERS with the preface when it connects to make a call; one that
-/// connects ahead of its calls is seated by address after this.
-pub const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(20);
+/// client sends its first HEADERS with the preface when it connects to make a call, and is
+/// seated as soon as they are in; one that opens its connections ahead of its calls (a pool
+/// opened one by one on a busy machine) may take tens of milliseconds, so the wait is long
+/// enough for that. A connection with nothing to send is seated by address after it.
+pub const FIRST_REQUEST_WAIT: Duration = Duration::from_millis(100);
 
 /// The most bytes looked at: the preface, the client's SETTINGS and the first HEADERS frame.
 const MAX_PEEK: usize = 16 * 1024;

@@ -10,6 +10,17 @@ use tokio::sync::oneshot;
 /// Connections beyond the cap that may exist for a moment, while the ones they evicted close.
 const EVICTION_SLACK: usize = 64;
 
+/// What [`Gate::enter`] decided for an arriving connection.
+#[derive(Debug)]
+pub enum Entry {
+    /// It has a place, and a receiver that fires if the cap evicts it before it starts.
+    Entered(Place, oneshot::Receiver<()>),
+    /// Not yet: connections evicted to make room are still closing; ask again shortly.
+    Wait,
+    /// Every connection under the cap has started: close this one.
+    Refused,
+}
+
 /// Counts open connections against the cap, and knows which have not started yet.
 #[derive(Debug)]
 pub struct Gate {
@@ -39,12 +50,12 @@ impl Gate {
     }
 
     /// Takes a place for one connection; at the cap, by evicting the oldest connection that
-    /// has not started yet. `None`: refuse this one.
+    /// has not started yet.
     ///
     /// Eviction is what keeps a flood of silent sockets from locking real clients out until
     /// the handshake timeout: a real client starts within its first round trip, so only
     /// connections that have sent nothing are given up, and they have invested nothing.
-    pub fn enter(self: &Arc<Self>) -> Option<(Place, oneshot::Receiver<()>)> {
+    pub fn enter(self: &Arc<Self>) -> Entry {
         let take = |limit: usize| {
             self.open
                 .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
@@ -54,7 +65,8 @@ impl Gate {
         };
         if take(self.max) {
             self.full.store(false, Ordering::Relaxed);
-            return Some(self.place());
+            let (place, evicted) = self.place();
+            return Entry::Entered(place, evicted);
         }
         if take(self.max + EVICTION_SLACK) {
             let oldest = self.starting().pop_first();
@@ -62,9 +74,15 @@ impl Gate {
                 // The evicted connection fails its next read and gives its place back.
                 let _ = evict.send(());
                 self.evicted.fetch_add(1, Ordering::Relaxed);
-                return Some(self.place());
+                let (place, evicted) = self.place();
+                return Entry::Entered(place, evicted);
             }
             self.open.fetch_sub(1, Ordering::AcqRel);
+        } else if !self.starting().is_empty() {
+            // The slack is taken by connections evicted but not closed yet: they close as
+            // soon as their tasks run. Refusing now would turn away a real client that only
+            // arrived while the accept loop ran ahead of them.
+            return Entry::Wait;
         }
         self.refused.fetch_add(1, Ordering::Relaxed);
         // One warning per episode of being full, not one per refused connection: a flood
@@ -75,7 +93,13 @@ impl Gate {
                 "connection cap reached with every connection started; refusing new ones"
             );
         }
-        None
+        Entry::Refused
+    }
+
+    /// Gives up on a connection that waited for evicted ones to close and saw none close:
+    /// counted as refused.
+    pub fn refuse(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     fn place(self: &Arc<Self>) -> (Place, oneshot::Receiver<()>) {
@@ -141,11 +165,11 @@ mod tests {
     #[test]
     fn the_gate_evicts_the_oldest_unstarted_connection_at_its_cap() {
         let gate = Gate::new(2);
-        let (a, mut a_evicted) = gate.enter().expect("first");
-        let (b, mut b_evicted) = gate.enter().expect("second");
+        let (a, mut a_evicted) = entered(gate.enter());
+        let (b, mut b_evicted) = entered(gate.enter());
         b.started();
         // At the cap, a third connection takes the place of the oldest one not started (a).
-        let (c, _c_evicted) = gate.enter().expect("third, by eviction");
+        let (c, _c_evicted) = entered(gate.enter());
         assert!(a_evicted.try_recv().is_ok(), "a is told to go");
         assert!(b_evicted.try_recv().is_err(), "b, started, stays");
         assert_eq!(
@@ -157,9 +181,33 @@ mod tests {
         assert_eq!(gate.open(), 2);
         // Everyone started: nobody to evict, so the next one is refused.
         c.started();
-        assert!(gate.enter().is_none(), "refused");
+        assert!(matches!(gate.enter(), Entry::Refused), "refused");
         assert_eq!(gate.refused(), 1);
         drop(b);
-        assert!(gate.enter().is_some(), "a freed place is reused");
+        let _d = entered(gate.enter());
+    }
+
+    fn entered(entry: Entry) -> (Place, oneshot::Receiver<()>) {
+        match entry {
+            Entry::Entered(place, evicted) => (place, evicted),
+            other => panic!("expected a place, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn at_the_slack_an_arrival_waits_for_evicted_connections_to_close() {
+        let gate = Gate::new(1);
+        let mut places = vec![entered(gate.enter())];
+        // Each arrival beyond the cap evicts an unstarted one, up to the slack.
+        for _ in 0..EVICTION_SLACK {
+            places.push(entered(gate.enter()));
+        }
+        assert_eq!(gate.open(), 1 + EVICTION_SLACK);
+        // The evicted ones have not closed yet and unstarted ones remain: wait, not refuse.
+        assert!(matches!(gate.enter(), Entry::Wait));
+        assert_eq!(gate.refused(), 0);
+        // One evicted connection closes: the next arrival gets in.
+        drop(places.remove(0));
+        let _next = entered(gate.enter());
     }
 }
