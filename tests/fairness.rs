@@ -134,7 +134,6 @@ async fn flood_with_polite(
     server: &PinnedServer,
     clients: &Clients,
     load_cpu: usize,
-    promptly: bool,
 ) -> (Outcome, Outcome, f64) {
     let metrics = server.metrics.expect("the metrics endpoint is on");
     let (flooder_label, polite_label) = (clients.flooder.label, clients.polite.label);
@@ -207,10 +206,11 @@ async fn flood_with_polite(
     );
 
     // Served, every time: this is not timing. A prompt polite client, one search every 10 ms
-    // for 5 s, gets some 450 answers; one kept waiting gets fewer, but all of them.
+    // for 5 s, gets some 450 answers; one kept waiting a turn of the flood's 64 connections
+    // each time gets about 100.
     let answered: u64 = polite.codes.values().sum();
     assert!(
-        answered >= if promptly { 250 } else { 50 },
+        answered >= 250,
         "the polite client got answers: {:?}, p50 {:.2} ms, p99 {:.2} ms",
         polite.codes,
         polite.ok_ms(0.5),
@@ -260,8 +260,9 @@ async fn a_greedy_connection_does_not_starve_a_polite_one_from_its_address() {
         flooder: Client::at(FLOODER, "127.0.0.1"),
         polite: Client::at(FLOODER, "127.0.0.1"),
     };
-    // Served every time, never refused; but its connection is read on the flood's lane, so
-    // its p99 is not yet held to the bound (docs/overload.md, known limits): printed only.
+    // Served every time, never refused, and its share held as for the others; but its
+    // connection is read on the flood's lane, so its p99 is not yet held to the bound
+    // (docs/overload.md, known limits): printed only.
     fair_under_flood("fairness (connections)", &clients, &[], false).await;
 }
 
@@ -305,7 +306,7 @@ async fn fair_under_flood(name: &str, clients: &Clients, flags: &[&str], promptl
         // unloaded median).
         let bound = 3.0 * unloaded.ok_ms(0.99) + unloaded.ok_ms(0.5);
         let (flooded, polite, flood_index_cpu) =
-            flood_with_polite(&server, clients, load_cpu, promptly).await;
+            flood_with_polite(&server, clients, load_cpu).await;
         let (p99, share) = (polite.ok_ms(0.99), flooded.goodput() / capacity.goodput());
         println!("  polite p99 {p99:.2} ms (bound {bound:.2} ms), flooder {share:.2} of capacity");
         let index_share = flood_index_cpu / capacity_index_cpu;

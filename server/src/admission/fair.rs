@@ -1,13 +1,23 @@
 //! A queue that is fair across clients, then across each client's connections: start-time
-//! fair queueing by cost between clients, round robin between a client's connections.
+//! fair queueing by cost between clients; between a client's connections, every other turn
+//! to its lightest connection and the rest round robin.
 //!
 //! Each client with requests waiting has a virtual start tag, `max(V, F)`, where `F` is its
 //! finish tag (moved on by each of its dispatched requests' cost divided by its weight) and
 //! `V` the start tag of the client served last. The client with the smallest tag sends next,
-//! and it sends the oldest request of its next connection in turn. So each client with work
+//! and it sends the oldest request of one of its connections. So each client with work
 //! waiting gets a share of capacity in proportion to its weight, however many connections it
-//! opened, and within a client each connection takes its turn; a client alone uses
-//! everything (the queue is work-conserving), and a client that was idle banks no credit.
+//! opened; a client alone uses everything (the queue is work-conserving), and a client that
+//! was idle banks no credit.
+//!
+//! Which connection: one client is often many parties behind one address or token (a pool,
+//! a proxy's connections, a flood beside a polite caller). Round robin alone would make a
+//! connection with one request wait a turn of every other connection, 64 turns behind a
+//! 64-connection flood. So the client's turns alternate: one goes to the connection with the
+//! fewest requests waiting (the one that joined last among equals: a caller with one request
+//! at a time joins anew with each), the next to the connection next in round robin. A light
+//! connection waits at most two dispatches of its client, and a heavy one still gets at
+//! least one in every `2n` of them with `n` connections waiting.
 //!
 //! It also knows how many places each client, and each of its connections, holds, so that
 //! when the queue is full the place given up is the newest request of the client holding the
@@ -37,6 +47,8 @@ pub struct FairQueue<T> {
     virtual_time: u64,
     /// Numbers clients as they come, to break ties between equal tags by arrival.
     next_seq: u64,
+    /// Numbers connections as they join their client's turns (from nothing waiting).
+    next_join: u64,
     len: usize,
 }
 
@@ -47,10 +59,41 @@ struct Client<T> {
     /// Moved on by each dispatched request's cost over the weight.
     finish: u64,
     weight: u64,
-    /// Its connections with requests waiting, in turn order, each a FIFO.
-    turns: VecDeque<(u64, VecDeque<Waiting<T>>)>,
+    /// Its connections with requests waiting, in round-robin order.
+    turns: VecDeque<Turn<T>>,
+    /// Whether its next dispatch goes to its lightest connection (else round robin).
+    light_next: bool,
     /// Its waiting ids, oldest first.
     waiting: BTreeSet<u64>,
+}
+
+/// One connection's requests waiting, oldest first.
+#[derive(Debug)]
+struct Turn<T> {
+    connection: u64,
+    /// When it joined the turns: the latest joiner wins a tie for the lightest.
+    joined: u64,
+    queue: VecDeque<Waiting<T>>,
+}
+
+impl<T> Client<T> {
+    /// The index in `turns` of the connection that sends next.
+    fn next_turn(&self) -> usize {
+        if !self.light_next {
+            return 0;
+        }
+        self.turns
+            .iter()
+            .enumerate()
+            .min_by_key(|(_, turn)| (turn.queue.len(), std::cmp::Reverse(turn.joined)))
+            .map_or(0, |(at, _)| at)
+    }
+
+    fn turn_of(&self, connection: u64) -> Option<usize> {
+        self.turns
+            .iter()
+            .position(|turn| turn.connection == connection)
+    }
 }
 
 #[derive(Debug)]
@@ -68,6 +111,7 @@ impl<T> Default for FairQueue<T> {
             located: HashMap::new(),
             virtual_time: 0,
             next_seq: 0,
+            next_join: 0,
             len: 0,
         }
     }
@@ -97,20 +141,22 @@ impl<T> FairQueue<T> {
                     finish: self.virtual_time,
                     weight: u64::from(caller.weight.max(1)),
                     turns: VecDeque::new(),
+                    light_next: true,
                     waiting: BTreeSet::new(),
                 })
             }
         };
         let waiting = Waiting { id, units, item };
-        match client
-            .turns
-            .iter_mut()
-            .find(|(connection, _)| *connection == caller.connection)
-        {
-            Some((_, queue)) => queue.push_back(waiting),
-            None => client
-                .turns
-                .push_back((caller.connection, VecDeque::from([waiting]))),
+        match client.turn_of(caller.connection) {
+            Some(at) => client.turns[at].queue.push_back(waiting),
+            None => {
+                client.turns.push_back(Turn {
+                    connection: caller.connection,
+                    joined: self.next_join,
+                    queue: VecDeque::from([waiting]),
+                });
+                self.next_join += 1;
+            }
         }
         client.waiting.insert(id);
         self.located
@@ -121,8 +167,9 @@ impl<T> FairQueue<T> {
     /// The id and cost of the request to dispatch next.
     pub fn front(&self) -> Option<(u64, u32)> {
         let (_, key) = self.order.first_key_value()?;
-        let (_, queue) = self.clients.get(key)?.turns.front()?;
-        queue.front().map(|w| (w.id, w.units))
+        let client = self.clients.get(key)?;
+        let turn = client.turns.get(client.next_turn())?;
+        turn.queue.front().map(|w| (w.id, w.units))
     }
 
     /// Takes the request to dispatch next.
@@ -130,11 +177,12 @@ impl<T> FairQueue<T> {
         let (&tag, key) = self.order.first_key_value()?;
         let key = key.clone();
         let client = self.clients.get_mut(&key)?;
-        let (connection, mut queue) = client.turns.pop_front()?;
-        let waiting = queue.pop_front()?;
-        if !queue.is_empty() {
+        let mut turn = client.turns.remove(client.next_turn())?;
+        client.light_next = !client.light_next;
+        let waiting = turn.queue.pop_front()?;
+        if !turn.queue.is_empty() {
             // Its next request waits for the client's other connections' turns.
-            client.turns.push_back((connection, queue));
+            client.turns.push_back(turn);
         }
         self.virtual_time = self.virtual_time.max(tag.0);
         client.finish = tag.0 + u64::from(waiting.units.max(1)) * SCALE / client.weight;
@@ -155,8 +203,8 @@ impl<T> FairQueue<T> {
     pub fn remove(&mut self, id: u64) -> Option<(u32, T)> {
         let (key, connection) = self.located.remove(&id)?;
         let client = self.clients.get_mut(&key)?;
-        let at = client.turns.iter().position(|(c, _)| *c == connection)?;
-        let queue = &mut client.turns[at].1;
+        let at = client.turn_of(connection)?;
+        let queue = &mut client.turns[at].queue;
         let index = queue.iter().position(|w| w.id == id)?;
         let waiting = queue.remove(index)?;
         if queue.is_empty() {
@@ -194,15 +242,15 @@ impl<T> FairQueue<T> {
         self.clients.get(client).into_iter().flat_map(|c| {
             c.turns
                 .iter()
-                .map(|(connection, queue)| (*connection, queue.len()))
+                .map(|turn| (turn.connection, turn.queue.len()))
         })
     }
 
     /// The id of the newest waiting request of `client`'s `connection`.
     pub fn newest_of_connection(&self, client: &ClientKey, connection: u64) -> Option<u64> {
         let client = self.clients.get(client)?;
-        let (_, queue) = client.turns.iter().find(|(c, _)| *c == connection)?;
-        queue.back().map(|waiting| waiting.id)
+        let turn = client.turns.get(client.turn_of(connection)?)?;
+        turn.queue.back().map(|waiting| waiting.id)
     }
 
     /// Each client with requests waiting, and how many.
@@ -299,6 +347,56 @@ mod tests {
         queue.push(100, &caller(1, 2), 4, "polite");
         let next = drain(&mut queue, 2);
         assert!(next.contains(&"polite"), "{next:?}");
+    }
+
+    #[test]
+    fn inside_a_client_a_light_connection_waits_two_dispatches_and_heavy_ones_still_turn() {
+        let mut queue = FairQueue::default();
+        let mut id = 0;
+        // One client's 64 flooding connections, 10 requests each.
+        for _ in 0..10 {
+            for connection in 0..64 {
+                queue.push(id, &caller(1, connection), 4, connection);
+                id += 1;
+            }
+        }
+        let mut served = vec![0; 65];
+        for _ in 0..20 {
+            // A polite connection of the same client, one request at a time.
+            queue.push(id, &caller(1, 64), 4, 64);
+            id += 1;
+            let next = drain_connections(&mut queue, 2);
+            assert!(
+                next.contains(&64),
+                "the light connection within two: {next:?}"
+            );
+            for connection in next {
+                served[connection as usize] += 1;
+            }
+        }
+        // The round-robin turns went to 20 different flooding connections.
+        let flood_served = served[..64].iter().filter(|&&n| n > 0).count();
+        assert_eq!(flood_served, 20, "{served:?}");
+    }
+
+    fn drain_connections(queue: &mut FairQueue<u64>, n: usize) -> Vec<u64> {
+        (0..n)
+            .filter_map(|_| queue.pop_front().map(|(_, _, who)| who))
+            .collect()
+    }
+
+    #[test]
+    fn front_is_what_pop_front_takes() {
+        let mut queue = FairQueue::default();
+        for id in 0..30 {
+            queue.push(id, &caller(1, id % 4), 1 + (id % 3) as u32, id);
+        }
+        queue.push(30, &caller(2, 9), 1, 30);
+        while let Some((id, units)) = queue.front() {
+            let (popped, popped_units, _) = queue.pop_front().expect("front had one");
+            assert_eq!((popped, popped_units), (id, units));
+        }
+        assert!(queue.is_empty());
     }
 
     #[test]
