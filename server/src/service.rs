@@ -18,7 +18,7 @@ use crate::storage::{Storage, StorageCell};
 /// imports it (admission implements it).
 pub trait LoadFigures: Send + Sync + std::fmt::Debug {
     /// The figures now.
-    fn load(&self) -> Load;
+    fn load(&self) -> RequestLoad;
 
     /// The most requests in flight and queued at once since the previous call (the previous
     /// `Stats`, whoever asked), the next period starting at the figures of the moment.
@@ -49,7 +49,7 @@ pub struct Peaks {
 
 /// Requests in front of the service, for `Stats`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Load {
+pub struct RequestLoad {
     /// Requests being served now.
     pub in_flight: u64,
     /// Requests waiting for a slot now.

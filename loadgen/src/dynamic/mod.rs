@@ -32,6 +32,6 @@ pub use describe::{DescribeError, Source};
 pub use error::DynamicError;
 pub use ids::IdsPath;
 pub use target_spec::{CallSpec, MethodSpec, TargetSpec, VECRIG_V1};
-pub use template::{Fill, Generator, Point, Template, TemplateError};
-pub use templates::{Call, TemplatedMethod, Templates, probe};
+pub use template::{FieldGenerator, Fill, Point, Template, TemplateError};
+pub use templates::{CheckedCall, TemplatedMethod, Templates, probe};
 pub use truth::{Metric, Truth};

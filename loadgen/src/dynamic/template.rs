@@ -60,7 +60,7 @@ use prost_reflect::{
 };
 use serde_json::Value as Json;
 
-pub use generator::Generator;
+pub use generator::FieldGenerator;
 use node::{Appended, Fields, Holds, Node};
 pub use node::{Fill, Point};
 
@@ -100,7 +100,7 @@ pub struct Template {
     fixed_encoded: std::sync::OnceLock<(u32, Vec<u8>)>,
     /// Those vectors: where they are, and how they are written.
     appended: Vec<Appended>,
-    uses: Vec<Generator>,
+    uses: Vec<FieldGenerator>,
 }
 
 impl Template {
@@ -131,7 +131,7 @@ impl Template {
     }
 
     /// Whether the template uses `generator` anywhere.
-    pub fn uses(&self, generator: Generator) -> bool {
+    pub fn uses(&self, generator: FieldGenerator) -> bool {
         self.uses.contains(&generator)
     }
 
@@ -213,7 +213,7 @@ fn split_vectors(fields: &mut Fields, path: &mut Vec<u32>, out: &mut Vec<Appende
             }
             false
         }
-        Node::Generate(Generator::Text, _) => {
+        Node::Generate(FieldGenerator::Text, _) => {
             out.push(Appended {
                 path: path.clone(),
                 number: field.number(),
@@ -243,10 +243,10 @@ fn varies(node: &Node) -> bool {
         Node::PerPoint(_) => true,
         Node::Map(entries) => entries.iter().any(|(_, child)| varies(child)),
         Node::Literal(_) => false,
-        Node::Generate(generator, _) => *generator != Generator::K,
+        Node::Generate(generator, _) => *generator != FieldGenerator::K,
         Node::Interpolate(pieces, _) => pieces
             .iter()
-            .any(|p| matches!(p, Piece::Generate(g) if *g != Generator::K)),
+            .any(|p| matches!(p, Piece::Generate(g) if *g != FieldGenerator::K)),
     }
 }
 
@@ -296,9 +296,8 @@ fn is_integer(kind: &Kind) -> bool {
 /// Whether a string mentions `{{id}}`, alone or inside text.
 fn mentions_id(json: &Json) -> bool {
     match json {
-        Json::String(s) => {
-            parse(s).is_ok_and(|p| p.mentions(Generator::Id) || p.mentions(Generator::Uuid))
-        }
+        Json::String(s) => parse(s)
+            .is_ok_and(|p| p.mentions(FieldGenerator::Id) || p.mentions(FieldGenerator::Uuid)),
         Json::Array(items) => items.iter().any(mentions_id),
         Json::Object(fields) => fields.values().any(mentions_id),
         _ => false,
@@ -308,7 +307,7 @@ fn mentions_id(json: &Json) -> bool {
 /// A template being checked: where `"@encode"` types are looked up, and the generators seen.
 struct Check {
     pool: DescriptorPool,
-    uses: Vec<Generator>,
+    uses: Vec<FieldGenerator>,
 }
 
 impl Check {
@@ -411,8 +410,8 @@ impl Check {
         };
         let floats = matches!(kind, Kind::Float | Kind::Double);
         let fits = match generator {
-            Generator::Vector | Generator::Vectors => floats,
-            Generator::Ids => is_integer(&kind) || matches!(kind, Kind::String),
+            FieldGenerator::Vector | FieldGenerator::Vectors => floats,
+            FieldGenerator::Ids => is_integer(&kind) || matches!(kind, Kind::String),
             _ => false,
         };
         if fits {
@@ -424,7 +423,7 @@ impl Check {
             _ if generator.vector().is_some() && matches!(kind, Kind::Bytes) => format!(
                 "{{{{{name}}}}} in a repeated bytes field is one element: write [\"{{{{{name}}}}}\"]"
             ),
-            Generator::Vector | Generator::Vectors => format!(
+            FieldGenerator::Vector | FieldGenerator::Vectors => format!(
                 "{{{{{name}}}}} needs a repeated float or double field, or a bytes field; this one is repeated {}",
                 kind_name(&kind)
             ),
@@ -432,7 +431,7 @@ impl Check {
                 "{{{{{name}}}}} needs a bytes field; this one is repeated {}",
                 kind_name(&kind)
             ),
-            Generator::Ids => format!(
+            FieldGenerator::Ids => format!(
                 "{{{{ids}}}} needs a repeated integer or string field; this one is repeated {}",
                 kind_name(&kind)
             ),
@@ -479,32 +478,32 @@ impl Check {
     /// `generator` alone as a singular value of `kind`.
     fn generator(
         &mut self,
-        generator: Generator,
+        generator: FieldGenerator,
         kind: &Kind,
         path: &str,
     ) -> Result<Node, TemplateError> {
         let (fits, wants) = match generator {
-            Generator::Vector | Generator::Vectors => (
+            FieldGenerator::Vector | FieldGenerator::Vectors => (
                 matches!(kind, Kind::Bytes),
                 "a repeated float or double field, or a bytes field",
             ),
-            Generator::VectorF16
-            | Generator::VectorBf16
-            | Generator::VectorsF16
-            | Generator::VectorsBf16 => (matches!(kind, Kind::Bytes), "a bytes field"),
-            Generator::Ids => (false, "a repeated integer or string field"),
-            Generator::Text | Generator::Stamp | Generator::Uuid => {
+            FieldGenerator::VectorF16
+            | FieldGenerator::VectorBf16
+            | FieldGenerator::VectorsF16
+            | FieldGenerator::VectorsBf16 => (matches!(kind, Kind::Bytes), "a bytes field"),
+            FieldGenerator::Ids => (false, "a repeated integer or string field"),
+            FieldGenerator::Text | FieldGenerator::Stamp | FieldGenerator::Uuid => {
                 (matches!(kind, Kind::String), "a string field")
             }
-            Generator::Payload | Generator::Pad => (
+            FieldGenerator::Payload | FieldGenerator::Pad => (
                 matches!(kind, Kind::String | Kind::Bytes),
                 "a string or bytes field",
             ),
-            Generator::Id
-            | Generator::User
-            | Generator::Iteration
-            | Generator::K
-            | Generator::BatchSize => (
+            FieldGenerator::Id
+            | FieldGenerator::User
+            | FieldGenerator::Iteration
+            | FieldGenerator::K
+            | FieldGenerator::BatchSize => (
                 is_integer(kind) || matches!(kind, Kind::Float | Kind::Double | Kind::String),
                 "an integer, float, double or string field",
             ),

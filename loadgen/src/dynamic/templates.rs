@@ -16,7 +16,7 @@ use super::check::{AnswerCheck, CheckSpec};
 use super::error::DynamicError;
 use super::ids::IdsPath;
 use super::target_spec::{CallSpec, MethodSpec, TargetSpec, request_json, substitute};
-use super::template::{Generator, Template};
+use super::template::{FieldGenerator, Template};
 use super::truth::Metric;
 
 /// One checked method: its HTTP/2 path, template and descriptor.
@@ -80,7 +80,7 @@ fn compile_check(
 
 /// One checked setup or teardown call.
 #[derive(Debug, Clone)]
-pub struct Call {
+pub struct CheckedCall {
     /// The method and its request.
     pub method: TemplatedMethod,
     /// Where its answer says whether it succeeded.
@@ -89,7 +89,7 @@ pub struct Call {
     pub tolerate: Vec<String>,
 }
 
-impl Call {
+impl CheckedCall {
     fn compile(
         spec: &CallSpec,
         pool: &DescriptorPool,
@@ -193,9 +193,9 @@ pub struct Templates {
     /// Where a write's answer says whether it succeeded.
     pub write_check: Option<AnswerCheck>,
     /// Calls made once before the probes.
-    pub setup: Vec<Call>,
+    pub setup: Vec<CheckedCall>,
     /// Calls made once after the run.
-    pub teardown: Vec<Call>,
+    pub teardown: Vec<CheckedCall>,
 }
 
 /// A run's templated target shares one `Templates`: equal when the same.
@@ -231,7 +231,7 @@ impl Templates {
                 error,
             }
         })?;
-        if !search.template.uses_vector() && !search.template.uses(Generator::Text) {
+        if !search.template.uses_vector() && !search.template.uses(FieldGenerator::Text) {
             return Err(DynamicError::Spec(format!(
                 "the {} template uses neither {{{{vector}}}} nor {{{{text}}}}: every search would be the same",
                 spec.search.method
@@ -239,7 +239,7 @@ impl Templates {
         }
         // Another search is the same method with another request: its answers are read as
         // the search's, and the wire sends both on one path.
-        let same_method = |other: &Option<MethodSpec>, name: &str, needs: Generator| {
+        let same_method = |other: &Option<MethodSpec>, name: &str, needs: FieldGenerator| {
             let Some(other) = other else {
                 return Ok(None);
             };
@@ -251,13 +251,13 @@ impl Templates {
                 )));
             }
             let uses = match needs {
-                Generator::Text => method.template.uses(needs),
+                FieldGenerator::Text => method.template.uses(needs),
                 _ => method.template.uses_vector(),
             };
             if !uses {
                 return Err(DynamicError::Spec(format!(
                     "the {name} template does not use {{{{{}}}}}",
-                    if needs == Generator::Text {
+                    if needs == FieldGenerator::Text {
                         "text"
                     } else {
                         "vector"
@@ -266,13 +266,13 @@ impl Templates {
             }
             Ok(Some(method))
         };
-        let text_search = same_method(&spec.text_search, "text_search", Generator::Text)?;
-        let exact_search = same_method(&spec.exact_search, "exact_search", Generator::Vector)?;
+        let text_search = same_method(&spec.text_search, "text_search", FieldGenerator::Text)?;
+        let exact_search = same_method(&spec.exact_search, "exact_search", FieldGenerator::Vector)?;
         let write = spec.write.as_ref().map(compile).transpose()?;
         if let Some(write) = &write
-            && !write.template.uses(Generator::Id)
-            && !write.template.uses(Generator::Ids)
-            && !write.template.uses(Generator::Uuid)
+            && !write.template.uses(FieldGenerator::Id)
+            && !write.template.uses(FieldGenerator::Ids)
+            && !write.template.uses(FieldGenerator::Uuid)
         {
             return Err(DynamicError::Spec(format!(
                 "the write template ({}) does not use {{{{id}}}} (or {{{{ids}}}}): the loadgen could not tell which points the target holds",
@@ -288,7 +288,7 @@ impl Templates {
         let calls = |specs: &[CallSpec]| {
             specs
                 .iter()
-                .map(|c| Call::compile(c, pool, &vars, target_check))
+                .map(|c| CheckedCall::compile(c, pool, &vars, target_check))
                 .collect::<Result<Vec<_>, _>>()
         };
         Ok(Self {

@@ -17,7 +17,7 @@ use vecrig::validation::report::ServerFigures;
 
 /// One `Stats` sample.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Sample {
+pub struct StatsSample {
     /// Seconds since the monitor started.
     pub at_s: f64,
     /// Index of the phase running when it was taken.
@@ -51,7 +51,7 @@ pub struct Monitor {
     metadata: Metadata,
     started: Instant,
     phase: Arc<AtomicUsize>,
-    samples: Arc<Mutex<Vec<Sample>>>,
+    samples: Arc<Mutex<Vec<StatsSample>>>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -124,7 +124,7 @@ impl Monitor {
     }
 
     /// All samples so far.
-    pub fn samples(&self) -> Vec<Sample> {
+    pub fn samples(&self) -> Vec<StatsSample> {
         self.samples
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -133,7 +133,7 @@ impl Monitor {
 
     /// Figures over the samples of one phase (`None`: all phases).
     pub fn figures(&self, phase: Option<usize>) -> ServerFigures {
-        let samples: Vec<Sample> = self
+        let samples: Vec<StatsSample> = self
             .samples()
             .into_iter()
             .filter(|s| phase.is_none_or(|p| s.phase == p))
@@ -155,7 +155,7 @@ async fn take(
     metadata: &Metadata,
     started: Instant,
     phase: &AtomicUsize,
-    samples: &Mutex<Vec<Sample>>,
+    samples: &Mutex<Vec<StatsSample>>,
 ) {
     let mut client = client.clone();
     let Ok(Ok(response)) = tokio::time::timeout(
@@ -174,7 +174,7 @@ async fn take(
     samples
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push(Sample {
+        .push(StatsSample {
             at_s: started.elapsed().as_secs_f64(),
             phase: phase.load(Ordering::Acquire),
             in_flight: s.in_flight,
@@ -192,14 +192,18 @@ async fn take(
 /// The largest figure seen: the samples' own, and the server's high-water marks between
 /// them. The first sample's mark covers the time before the samples (the previous phase's
 /// end), so it is left out.
-fn most(samples: &[Sample], now: impl Fn(&Sample) -> u64, peak: impl Fn(&Sample) -> u64) -> u64 {
+fn most(
+    samples: &[StatsSample],
+    now: impl Fn(&StatsSample) -> u64,
+    peak: impl Fn(&StatsSample) -> u64,
+) -> u64 {
     let seen = samples.iter().map(&now).max().unwrap_or(0);
     let between = samples.iter().skip(1).map(peak).max().unwrap_or(0);
     seen.max(between)
 }
 
 /// Figures over a run of samples, in time order.
-pub fn figures(samples: &[Sample]) -> ServerFigures {
+pub fn figures(samples: &[StatsSample]) -> ServerFigures {
     let (Some(first), Some(last)) = (samples.first(), samples.last()) else {
         return ServerFigures::default();
     };

@@ -47,7 +47,7 @@ pub const GIVE_UP_AFTER: u32 = 3;
 /// One sampled search: the request, the ids it was answered with, and the loadgen's write
 /// counts when it was sent.
 #[derive(Debug, Clone)]
-pub struct Sample {
+pub struct RecallSample {
     /// The search as sent.
     pub request: SearchRequest,
     /// The ids of its answer, nearest first.
@@ -60,13 +60,13 @@ pub struct Sample {
 #[derive(Debug, Default)]
 pub struct Reservoir {
     seen: u64,
-    samples: Vec<Sample>,
+    samples: Vec<RecallSample>,
 }
 
 impl Reservoir {
     /// Offers one sample: kept while there is room, then replacing a random one with
     /// probability `CAPACITY / seen`.
-    pub fn offer(&mut self, sample: Sample) {
+    pub fn offer(&mut self, sample: RecallSample) {
         self.seen += 1;
         if self.samples.len() < CAPACITY {
             self.samples.push(sample);
@@ -79,7 +79,7 @@ impl Reservoir {
     }
 
     /// The samples kept.
-    pub fn into_samples(self) -> Vec<Sample> {
+    pub fn into_samples(self) -> Vec<RecallSample> {
         self.samples
     }
 }
@@ -130,7 +130,7 @@ impl Recall {
     }
 
     /// The phase's samples (empty outside a phase or when off).
-    pub fn take_samples(&self) -> Vec<Sample> {
+    pub fn take_samples(&self) -> Vec<RecallSample> {
         self.reservoir
             .as_ref()
             .map(|r| std::mem::take(&mut *r.lock().unwrap_or_else(|p| p.into_inner())))
@@ -158,7 +158,7 @@ impl Recall {
             return;
         };
         // A search sent while a write was in flight is counted, never checked.
-        let sample = Sample {
+        let sample = RecallSample {
             request: request.clone(),
             ids,
             writes_started: writes.unwrap_or(u64::MAX),
@@ -173,7 +173,7 @@ impl Recall {
     /// and scores the samples' answers against them. `None` when nothing was sampled.
     pub async fn check(
         &self,
-        samples: Vec<Sample>,
+        samples: Vec<RecallSample>,
         mut client: VectorIndexClient<Channel>,
         headers: &Metadata,
         timeout: Duration,
@@ -238,7 +238,7 @@ impl Recall {
 }
 
 /// Scores samples against the exact answers over `truth` (what the loadgen wrote).
-fn own_check(truth: &Truth, samples: Vec<Sample>, writes_now: u64) -> RecallFigures {
+fn own_check(truth: &Truth, samples: Vec<RecallSample>, writes_now: u64) -> RecallFigures {
     let mut figures = RecallFigures::default();
     for sample in samples {
         let query = match &sample.request.query {

@@ -448,7 +448,7 @@ impl Generator {
             (Some(exact), true) => exact,
             _ => &w.templates.search,
         };
-        let text = if method.template.uses(crate::dynamic::Generator::Text) {
+        let text = if method.template.uses(crate::dynamic::FieldGenerator::Text) {
             self.workload.data.query_text(&mut self.rng)
         } else {
             String::new()

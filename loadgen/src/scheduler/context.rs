@@ -22,7 +22,8 @@ use crate::measure::recall::Recall;
 use crate::measure::recorder::PhaseRecorder;
 use crate::plan::workload::{Call, CallKind, Op};
 use crate::report::progress::Progress;
-use crate::scheduler::retry::{Pushback, RetryBudget, RetryPolicy};
+use crate::scheduler::retry::{RetryBudget, RetryPolicy};
+use crate::wire::grpc::Pushback;
 use crate::wire::{Channel, Rpc};
 use vecrig::validation::report::{ANSWER_ERROR, code_name};
 

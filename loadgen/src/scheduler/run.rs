@@ -19,7 +19,7 @@ use super::senders::Sender;
 use super::{closed, open, paced, ramping};
 use crate::measure::monitor::Monitor;
 use crate::measure::outcomes::Outcomes;
-use crate::measure::recall::Sample;
+use crate::measure::recall::RecallSample;
 use crate::measure::recorder::PhaseRecorder;
 use crate::measure::timeline::Timeline;
 use crate::plan::scenario::{Model, Phase, Scenario};
@@ -276,7 +276,7 @@ async fn run_side_by_side(
     ctx: &Context,
     scenario: &Scenario,
     timeline: &Arc<Timeline>,
-) -> (Vec<(Arc<PhaseRecorder>, Vec<Sample>)>, Vec<String>) {
+) -> (Vec<(Arc<PhaseRecorder>, Vec<RecallSample>)>, Vec<String>) {
     let mut warnings = Vec::new();
     if scenario.identities.windows(2).all(|w| w[0] == w[1]) {
         warnings.push(
@@ -349,7 +349,7 @@ async fn run_phase(
     phase: &Phase,
     workload: &Arc<Workload>,
     recorder: &Arc<PhaseRecorder>,
-) -> Vec<Sample> {
+) -> Vec<RecallSample> {
     // One start for all senders, so their schedules line up.
     let (model, start) = (phase.model.clone(), Instant::now());
     let shared = Context {
@@ -375,7 +375,7 @@ async fn run_phase(
 /// Checks a phase's sampled searches against the target's exact answers, after the phase.
 async fn check_recall(
     ctx: &Context,
-    samples: Vec<Sample>,
+    samples: Vec<RecallSample>,
     client: &VectorIndexClient<Channel>,
 ) -> Option<RecallFigures> {
     ctx.recall

@@ -16,7 +16,6 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 use tonic::Code;
 
 use super::frame::reason;
-use crate::scheduler::retry::Pushback;
 
 /// The RPCs the hot path sends: vecrig's, or a templated target's search and write methods
 /// in their place ([`Target::with_methods`](super::Target::with_methods)).
@@ -314,9 +313,70 @@ fn percent_decode(bytes: &[u8]) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// What the server asked of a retry, from its `grpc-retry-pushback-ms` trailer (gRFC A6).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushback {
+    /// No pushback: the client's own backoff applies.
+    None,
+    /// Wait at least this long before retrying.
+    After(Duration),
+    /// Do not retry (a negative or unreadable value, as gRFC A6 says).
+    DoNotRetry,
+}
+
+impl Pushback {
+    /// Reads the pushback of a failed call.
+    pub fn of(status: &tonic::Status) -> Self {
+        let value = status.metadata().get("grpc-retry-pushback-ms");
+        Self::from_header(value.map(|v| v.as_encoded_bytes()))
+    }
+
+    /// Reads a `grpc-retry-pushback-ms` value (`None`: there was none).
+    pub fn from_header(value: Option<&[u8]>) -> Self {
+        match value {
+            None => Pushback::None,
+            Some(value) => match std::str::from_utf8(value)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+            {
+                Some(ms) => Pushback::After(Duration::from_millis(ms)),
+                None => Pushback::DoNotRetry,
+            },
+        }
+    }
+
+    /// The wait before the next retry: the server's pushback where it gave one (it knows its
+    /// queue), otherwise `backoff`; `None` when the server said not to retry.
+    pub fn wait(self, backoff: Duration) -> Option<Duration> {
+        match self {
+            Pushback::None => Some(backoff),
+            Pushback::After(at_least) => Some(at_least.max(backoff)),
+            Pushback::DoNotRetry => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pushback_sets_a_floor_on_the_wait_or_forbids_the_retry() {
+        let with = |value: &str| {
+            let mut status = tonic::Status::resource_exhausted("shed");
+            status
+                .metadata_mut()
+                .insert("grpc-retry-pushback-ms", value.parse().expect("ascii"));
+            Pushback::of(&status)
+        };
+        let backoff = Duration::from_millis(20);
+        assert_eq!(with("250").wait(backoff), Some(Duration::from_millis(250)));
+        assert_eq!(with("5").wait(backoff), Some(backoff));
+        assert_eq!(with("-1").wait(backoff), None);
+        assert_eq!(with("soon").wait(backoff), None);
+        let plain = Pushback::of(&tonic::Status::unavailable("down"));
+        assert_eq!(plain.wait(backoff), Some(backoff));
+    }
 
     #[test]
     fn timeouts_fit_in_eight_digits() {

@@ -16,7 +16,7 @@
 //! fail UNAVAILABLE at once; the rest finish; no new stream opens). What it does not need:
 //! push (refused in SETTINGS), priorities (ignored), server-initiated streams.
 //!
-//! How a request ends: a [`Call`] resolves to the [`Answer`] read as tonic reads it
+//! How a request ends: a [`StreamCall`] resolves to the [`Answer`] read as tonic reads it
 //! ([`grpc`](super::grpc)); dropped unfinished (its deadline passed), it resets its stream with
 //! CANCEL. A connection that dies takes every stream on it to UNAVAILABLE.
 //!
@@ -59,7 +59,7 @@ pub struct Session {
 /// A request sent on a stream, resolving to its answer and, when asked for, the answer's
 /// body (its gRPC frames).
 #[derive(Debug)]
-pub struct Call {
+pub struct StreamCall {
     inner: Rc<Inner>,
     id: u32,
     done: bool,
@@ -109,7 +109,7 @@ impl Session {
 
     /// Opens a stream with the header `block` and sends `body` (as far as the windows allow;
     /// the rest as they open). `keep`: the answer's body is kept for the caller.
-    pub fn open(&self, block: &[u8], body: Bytes, keep: bool) -> Result<Call, Answer> {
+    pub fn open(&self, block: &[u8], body: Bytes, keep: bool) -> Result<StreamCall, Answer> {
         let inner = &self.inner;
         if inner.phase.get() != Phase::Open {
             return Err(inner.unavailable());
@@ -139,7 +139,7 @@ impl Session {
             inner.send_body(out, id, &mut stream, body);
         });
         inner.streams.borrow_mut().insert(id, stream);
-        Ok(Call {
+        Ok(StreamCall {
             inner: Rc::clone(inner),
             id,
             done: false,
@@ -157,7 +157,7 @@ impl Drop for Session {
     }
 }
 
-impl Future for Call {
+impl Future for StreamCall {
     type Output = (Answer, Option<BytesMut>);
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
@@ -189,7 +189,7 @@ impl Future for Call {
     }
 }
 
-impl Drop for Call {
+impl Drop for StreamCall {
     fn drop(&mut self) {
         if self.done {
             return;
@@ -395,7 +395,7 @@ pub fn answers_to(
         inner: Rc::clone(&inner),
     };
     let request = Bytes::from_static(&[0, 0, 0, 0, 0]);
-    let mut calls: Vec<Result<Call, Answer>> = (0..streams)
+    let mut calls: Vec<Result<StreamCall, Answer>> = (0..streams)
         .map(|i| session.open(b"", request.clone(), i % 2 == 0))
         .collect();
     let mut buf = BytesMut::new();

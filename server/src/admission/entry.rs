@@ -30,14 +30,17 @@ pub(super) struct Place {
 }
 
 /// What a request is answered with.
-pub(super) type Answer = http::Response<Body>;
+pub(super) type HttpResponse = http::Response<Body>;
 
 impl Place {
     /// The answer the request's launch sends on `answered`: its handler's, or its refusal.
     /// A request still waiting when its wait runs out (`max_queue_wait`, or its deadline)
     /// leaves the queue and is refused; one granted meanwhile runs, and its answer is
     /// awaited.
-    pub(super) async fn answer(mut self, mut answered: oneshot::Receiver<Answer>) -> Answer {
+    pub(super) async fn answer(
+        mut self,
+        mut answered: oneshot::Receiver<HttpResponse>,
+    ) -> HttpResponse {
         if let Some(id) = self.waiting {
             let waited = tokio::time::timeout_at(self.give_up.into(), &mut answered).await;
             self.waiting = None;
@@ -66,7 +69,7 @@ impl Drop for Place {
 
 /// A launch that dropped its answer's sender without sending: the work runtime dropped the
 /// request's work, which it does only when shutting down.
-fn answer_or_gone(answer: Result<Answer, oneshot::error::RecvError>) -> Answer {
+fn answer_or_gone(answer: Result<HttpResponse, oneshot::error::RecvError>) -> HttpResponse {
     answer.unwrap_or_else(|_| Status::unavailable("server is shutting down").into_http())
 }
 

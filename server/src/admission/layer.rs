@@ -19,7 +19,7 @@ use tower::{Layer, Service};
 use futures_util::FutureExt;
 use tokio::sync::oneshot;
 
-use super::entry::Answer;
+use super::entry::HttpResponse;
 use super::state::{Admission, Admitted, Grant, Launch};
 use crate::method::Method;
 
@@ -130,7 +130,7 @@ async fn serve<S>(
     mut inner: S,
     request: http::Request<Body>,
     grant: Grant,
-    mut answer: oneshot::Sender<Answer>,
+    mut answer: oneshot::Sender<HttpResponse>,
 ) where
     S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>,
 {

@@ -46,9 +46,9 @@ pub struct Admission {
 }
 
 impl crate::service::LoadFigures for Admission {
-    fn load(&self) -> crate::service::Load {
+    fn load(&self) -> crate::service::RequestLoad {
         let stats = self.stats();
-        crate::service::Load {
+        crate::service::RequestLoad {
             in_flight: stats.in_flight,
             queued: stats.queued,
             shed_total: stats.shed_total,

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use prost::Message;
 use prost_reflect::{DynamicMessage, FieldDescriptor, Kind};
 
-use super::generator::{Encoding, Generator};
+use super::generator::{Encoding, FieldGenerator};
 use super::node::{Fields, Fill, Node, Point};
 use super::render;
 
@@ -44,7 +44,7 @@ pub(super) enum Part {
     Numbers {
         number: u32,
         kind: Kind,
-        generator: Generator,
+        generator: FieldGenerator,
         packed: bool,
         keep_default: bool,
     },
@@ -105,13 +105,13 @@ fn plan_field(field: &FieldDescriptor, node: &Node) -> Vec<Part> {
                 all,
                 keep_empty: presence,
             },
-            None if generator.is_number() || *generator == Generator::Ids => Part::Numbers {
+            None if generator.is_number() || *generator == FieldGenerator::Ids => Part::Numbers {
                 number,
                 kind: kind.clone(),
                 generator: *generator,
                 packed: field.is_packed(),
                 // A list of ids is written as it is, zeros too.
-                keep_default: presence || *generator == Generator::Ids,
+                keep_default: presence || *generator == FieldGenerator::Ids,
             },
             None => Part::Text {
                 number,
@@ -262,7 +262,7 @@ pub(super) fn write(parts: &[Part], fill: &Fill<'_>, point: usize, out: &mut Vec
             } => {
                 let at = fill.points.get(point);
                 let values: Vec<u64> = match generator {
-                    Generator::Ids => fill.points.iter().map(|p| p.id).collect(),
+                    FieldGenerator::Ids => fill.points.iter().map(|p| p.id).collect(),
                     g => vec![render::number_of(*g, fill, at.unwrap_or(&render::NO_POINT))],
                 };
                 numbers(kind, *number, *packed, !keep_default, &values, out);
@@ -289,11 +289,11 @@ pub(super) fn write(parts: &[Part], fill: &Fill<'_>, point: usize, out: &mut Vec
 /// The text a text node gives (a text generator, or text with generators inside it).
 fn text<'a>(node: &Node, fill: &Fill<'a>, at: &Point<'a>) -> Cow<'a, str> {
     match node {
-        Node::Generate(Generator::Text, _) => Cow::Borrowed(at.text),
-        Node::Generate(Generator::Stamp, _) => Cow::Borrowed(fill.stamp),
-        Node::Generate(Generator::Uuid, _) => Cow::Owned(super::generator::uuid(at.id)),
-        Node::Generate(Generator::Pad, _) => Cow::Owned("x".repeat(fill.pad)),
-        Node::Generate(Generator::Payload, _) => {
+        Node::Generate(FieldGenerator::Text, _) => Cow::Borrowed(at.text),
+        Node::Generate(FieldGenerator::Stamp, _) => Cow::Borrowed(fill.stamp),
+        Node::Generate(FieldGenerator::Uuid, _) => Cow::Owned(super::generator::uuid(at.id)),
+        Node::Generate(FieldGenerator::Pad, _) => Cow::Owned("x".repeat(fill.pad)),
+        Node::Generate(FieldGenerator::Payload, _) => {
             Cow::Owned(format!("{{\"id\":{},\"user\":{}}}", at.id, fill.user))
         }
         Node::Interpolate(pieces, _) => Cow::Owned(render::interpolate(pieces, fill, at)),

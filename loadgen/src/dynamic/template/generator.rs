@@ -3,7 +3,7 @@
 
 /// The generators a template may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Generator {
+pub enum FieldGenerator {
     /// `{{vector}}`: the point's vector.
     Vector,
     /// `{{vector_f16}}`: the point's vector as IEEE half floats, little-endian.
@@ -42,24 +42,24 @@ pub enum Generator {
 }
 
 /// Every generator with its name, in the order errors list them.
-const NAMED: [(&str, Generator); 17] = [
-    ("vector", Generator::Vector),
-    ("vector_f16", Generator::VectorF16),
-    ("vector_bf16", Generator::VectorBf16),
-    ("vectors", Generator::Vectors),
-    ("vectors_f16", Generator::VectorsF16),
-    ("vectors_bf16", Generator::VectorsBf16),
-    ("text", Generator::Text),
-    ("payload", Generator::Payload),
-    ("id", Generator::Id),
-    ("ids", Generator::Ids),
-    ("batch_size", Generator::BatchSize),
-    ("user", Generator::User),
-    ("iteration", Generator::Iteration),
-    ("k", Generator::K),
-    ("stamp", Generator::Stamp),
-    ("uuid", Generator::Uuid),
-    ("pad", Generator::Pad),
+const NAMED: [(&str, FieldGenerator); 17] = [
+    ("vector", FieldGenerator::Vector),
+    ("vector_f16", FieldGenerator::VectorF16),
+    ("vector_bf16", FieldGenerator::VectorBf16),
+    ("vectors", FieldGenerator::Vectors),
+    ("vectors_f16", FieldGenerator::VectorsF16),
+    ("vectors_bf16", FieldGenerator::VectorsBf16),
+    ("text", FieldGenerator::Text),
+    ("payload", FieldGenerator::Payload),
+    ("id", FieldGenerator::Id),
+    ("ids", FieldGenerator::Ids),
+    ("batch_size", FieldGenerator::BatchSize),
+    ("user", FieldGenerator::User),
+    ("iteration", FieldGenerator::Iteration),
+    ("k", FieldGenerator::K),
+    ("stamp", FieldGenerator::Stamp),
+    ("uuid", FieldGenerator::Uuid),
+    ("pad", FieldGenerator::Pad),
 ];
 
 /// How a vector generator writes its floats.
@@ -104,7 +104,7 @@ impl Encoding {
     }
 }
 
-impl Generator {
+impl FieldGenerator {
     /// `{{name}}`.
     pub fn name(self) -> &'static str {
         NAMED
@@ -165,7 +165,7 @@ pub(super) fn uuid(id: u64) -> String {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Piece {
     Text(String),
-    Generate(Generator),
+    Generate(FieldGenerator),
 }
 
 /// What a template string holds.
@@ -174,14 +174,14 @@ pub(super) enum Parsed {
     /// No generator: a literal.
     Plain,
     /// One generator and nothing else (blanks around it aside): the field's whole value.
-    Whole(Generator),
+    Whole(FieldGenerator),
     /// Text with generators inside it, in order.
     Pieces(Vec<Piece>),
 }
 
 impl Parsed {
     /// Whether it names `generator`.
-    pub(super) fn mentions(&self, generator: Generator) -> bool {
+    pub(super) fn mentions(&self, generator: FieldGenerator) -> bool {
         match self {
             Self::Plain => false,
             Self::Whole(g) => *g == generator,
@@ -244,22 +244,22 @@ mod tests {
         assert_eq!(parse(r#"{"a": {"b": 1}}"#).expect("plain"), Parsed::Plain);
         assert_eq!(
             parse(" {{ k }} ").expect("whole"),
-            Parsed::Whole(Generator::K)
+            Parsed::Whole(FieldGenerator::K)
         );
         assert_eq!(
             parse(r#"{"ef": {{k}}}"#).expect("pieces"),
             Parsed::Pieces(vec![
                 Piece::Text(r#"{"ef": "#.into()),
-                Piece::Generate(Generator::K),
+                Piece::Generate(FieldGenerator::K),
                 Piece::Text("}".into()),
             ])
         );
         assert_eq!(
             parse("{{user}}-{{iteration}}").expect("pieces"),
             Parsed::Pieces(vec![
-                Piece::Generate(Generator::User),
+                Piece::Generate(FieldGenerator::User),
                 Piece::Text("-".into()),
-                Piece::Generate(Generator::Iteration),
+                Piece::Generate(FieldGenerator::Iteration),
             ])
         );
         let e = parse("{{vectr}}").expect_err("unknown");

@@ -6,7 +6,7 @@
 
 use prost_reflect::{FieldDescriptor, Kind, MapKey, MessageDescriptor, Value};
 
-use super::generator::{Encoding, Generator, Piece};
+use super::generator::{Encoding, FieldGenerator, Piece};
 
 /// One point of a request: the query of a search, or a point written.
 #[derive(Debug, Clone, Copy)]
@@ -50,7 +50,7 @@ pub(super) enum Node {
     Map(Vec<(MapKey, Node)>),
     Literal(Value),
     /// A generator alone; the kind is the field's (its elements' for a repeated field).
-    Generate(Generator, Kind),
+    Generate(FieldGenerator, Kind),
     /// A `string` or `bytes` field's text with generators inside it.
     Interpolate(Vec<Piece>, Kind),
 }

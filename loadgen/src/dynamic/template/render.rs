@@ -4,7 +4,7 @@
 use prost::Message;
 use prost_reflect::{DynamicMessage, Kind, MessageDescriptor, Value};
 
-use super::generator::{Generator, Piece};
+use super::generator::{FieldGenerator, Piece};
 use super::node::{Appended, Fields, Fill, Holds, Node, Point};
 
 pub(super) fn message(
@@ -68,7 +68,7 @@ pub(super) fn interpolate(pieces: &[Piece], fill: &Fill<'_>, at: &Point<'_>) -> 
     for piece in pieces {
         match piece {
             Piece::Text(t) => text.push_str(t),
-            Piece::Generate(Generator::Stamp) => text.push_str(fill.stamp),
+            Piece::Generate(FieldGenerator::Stamp) => text.push_str(fill.stamp),
             Piece::Generate(g) => text.push_str(&number_of(*g, fill, at).to_string()),
         }
     }
@@ -76,18 +76,18 @@ pub(super) fn interpolate(pieces: &[Piece], fill: &Fill<'_>, at: &Point<'_>) -> 
 }
 
 /// The number a number generator gives (0 for any other).
-pub(super) fn number_of(generator: Generator, fill: &Fill<'_>, at: &Point<'_>) -> u64 {
+pub(super) fn number_of(generator: FieldGenerator, fill: &Fill<'_>, at: &Point<'_>) -> u64 {
     match generator {
-        Generator::Id => at.id,
-        Generator::User => fill.user,
-        Generator::Iteration => fill.iteration,
-        Generator::K => fill.k.into(),
-        Generator::BatchSize => fill.points.len() as u64,
+        FieldGenerator::Id => at.id,
+        FieldGenerator::User => fill.user,
+        FieldGenerator::Iteration => fill.iteration,
+        FieldGenerator::K => fill.k.into(),
+        FieldGenerator::BatchSize => fill.points.len() as u64,
         _ => 0,
     }
 }
 
-fn generate(generator: Generator, kind: &Kind, fill: &Fill<'_>, point: usize) -> Value {
+fn generate(generator: FieldGenerator, kind: &Kind, fill: &Fill<'_>, point: usize) -> Value {
     let at = fill.points.get(point).copied().unwrap_or(NO_POINT);
     if let Some((encoding, all)) = generator.encoding_in(kind) {
         let vectors: &[Point<'_>] = if all {
@@ -119,18 +119,20 @@ fn generate(generator: Generator, kind: &Kind, fill: &Fill<'_>, point: usize) ->
         };
     }
     match generator {
-        Generator::Text => Value::String(at.text.to_string()),
-        Generator::Payload => {
+        FieldGenerator::Text => Value::String(at.text.to_string()),
+        FieldGenerator::Payload => {
             let payload = format!("{{\"id\":{},\"user\":{}}}", at.id, fill.user);
             match kind {
                 Kind::Bytes => Value::Bytes(payload.into_bytes().into()),
                 _ => Value::String(payload),
             }
         }
-        Generator::Ids => Value::List(fill.points.iter().map(|p| number(p.id, kind)).collect()),
-        Generator::Stamp => Value::String(fill.stamp.to_string()),
-        Generator::Uuid => Value::String(super::generator::uuid(at.id)),
-        Generator::Pad => {
+        FieldGenerator::Ids => {
+            Value::List(fill.points.iter().map(|p| number(p.id, kind)).collect())
+        }
+        FieldGenerator::Stamp => Value::String(fill.stamp.to_string()),
+        FieldGenerator::Uuid => Value::String(super::generator::uuid(at.id)),
+        FieldGenerator::Pad => {
             let pad = "x".repeat(fill.pad);
             match kind {
                 Kind::Bytes => Value::Bytes(pad.into_bytes().into()),
@@ -159,8 +161,8 @@ fn number(n: u64, kind: &Kind) -> Value {
 /// that it does not have.
 fn absent(node: &Node, fill: &Fill<'_>) -> bool {
     match node {
-        Node::Generate(Generator::Stamp, _) => fill.stamp.is_empty(),
-        Node::Generate(Generator::Pad, _) => fill.pad == 0,
+        Node::Generate(FieldGenerator::Stamp, _) => fill.stamp.is_empty(),
+        Node::Generate(FieldGenerator::Pad, _) => fill.pad == 0,
         _ => false,
     }
 }

@@ -172,12 +172,12 @@ fn number_generators_fill_strings_floats_and_text_converted() {
     );
     assert_renders(&template, &fill, &expected);
     for generator in [
-        Generator::K,
-        Generator::User,
-        Generator::Iteration,
-        Generator::BatchSize,
-        Generator::Id,
-        Generator::Stamp,
+        FieldGenerator::K,
+        FieldGenerator::User,
+        FieldGenerator::Iteration,
+        FieldGenerator::BatchSize,
+        FieldGenerator::Id,
+        FieldGenerator::Stamp,
     ] {
         assert!(template.uses(generator), "{generator:?}");
     }
@@ -242,8 +242,8 @@ fn vectors_as_bytes_are_little_endian_f32_f16_and_bf16() {
             .as_bytes(),
         Some(&::bytes::Bytes::from_static(&[0x00, 0x3c, 0x00, 0xc0]))
     );
-    assert!(template.uses_vector() && template.uses(Generator::VectorF16));
-    assert!(template.uses(Generator::VectorBf16) && template.uses(Generator::Vector));
+    assert!(template.uses_vector() && template.uses(FieldGenerator::VectorF16));
+    assert!(template.uses(FieldGenerator::VectorBf16) && template.uses(FieldGenerator::Vector));
 }
 
 #[test]
@@ -307,15 +307,15 @@ fn batches_by_column_give_every_id_and_vector_in_order_and_the_size() {
     );
     assert_renders(&template, &fill, &expected);
     for generator in [
-        Generator::Ids,
-        Generator::Vectors,
-        Generator::BatchSize,
-        Generator::VectorsF16,
-        Generator::VectorsBf16,
+        FieldGenerator::Ids,
+        FieldGenerator::Vectors,
+        FieldGenerator::BatchSize,
+        FieldGenerator::VectorsF16,
+        FieldGenerator::VectorsBf16,
     ] {
         assert!(template.uses(generator), "{generator:?}");
     }
-    assert!(!template.uses(Generator::Id) && !template.uses(Generator::Vector));
+    assert!(!template.uses(FieldGenerator::Id) && !template.uses(FieldGenerator::Vector));
 }
 
 #[test]
@@ -530,7 +530,7 @@ fn milvus_search_and_insert_render_as_milvus_wants_them() {
             "num_rows": "{{batch_size}}",
         }),
     );
-    assert!(insert.uses(Generator::Ids) && insert.uses_vector());
+    assert!(insert.uses(FieldGenerator::Ids) && insert.uses_vector());
     let fill = super::Fill {
         points: &points,
         ..fill

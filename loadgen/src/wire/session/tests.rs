@@ -92,7 +92,7 @@ fn trailers_only_answers_carry_status_message_and_pushback() {
     let (answer, _) = answers[0].clone().expect("answered");
     assert_eq!(answer.code, Code::ResourceExhausted);
     assert_eq!(answer.message, "queue full");
-    assert_ne!(answer.pushback, crate::scheduler::retry::Pushback::None);
+    assert_ne!(answer.pushback, crate::wire::grpc::Pushback::None);
 }
 
 #[test]

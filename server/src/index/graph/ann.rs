@@ -10,7 +10,7 @@ use rand::SeedableRng;
 use rand::rngs::SmallRng;
 
 use super::file;
-use super::insert::{LEVEL_SEED, PENDING, Plan, random_level};
+use super::insert::{InsertPlan, LEVEL_SEED, PENDING, random_level};
 use super::nodes::{Graph, MAX_CONNECTIVITY, NONE};
 use super::scratch::Scratch;
 use crate::index::distance::unit;
@@ -127,7 +127,7 @@ impl GraphAnn {
 
     /// Applies `plan` under the write lock, counted in `applying` meanwhile; the lock is tried
     /// without sleeping for up to [`APPLY_WAIT`], then waited for.
-    fn apply_in_step(&self, plan: Plan) -> Result<(), IndexError> {
+    fn apply_in_step(&self, plan: InsertPlan) -> Result<(), IndexError> {
         self.applying.fetch_add(1, AtomicOrdering::AcqRel);
         let applied = self.write_soon().map(|mut graph| graph.apply(plan));
         self.applying.fetch_sub(1, AtomicOrdering::Release);

@@ -1,6 +1,6 @@
-//! Insert planning: an insert's neighbours chosen under the read lock into a [`Plan`], applied
-//! under the write lock and reconciled with the plans applied meanwhile; and the level an
-//! insert is drawn at.
+//! Insert planning: an insert's neighbours chosen under the read lock into an
+//! [`InsertPlan`], applied under the write lock and reconciled with the plans applied
+//! meanwhile; and the level an insert is drawn at.
 
 use std::collections::HashMap;
 
@@ -18,7 +18,7 @@ pub(super) const PENDING: u32 = u32::MAX - 1;
 pub(super) const LEVEL_SEED: u64 = 0x5eed_0016;
 
 /// What an insert will change, computed under the read lock (see module docs).
-pub(super) struct Plan {
+pub(super) struct InsertPlan {
     pub(super) id: u64,
     pub(super) vector: Vec<f32>,
     pub(super) level: usize,
@@ -84,9 +84,9 @@ impl Graph {
         level: usize,
         reuse: Option<u32>,
         scratch: &mut Scratch,
-    ) -> Plan {
+    ) -> InsertPlan {
         let level = reuse.map_or(level, |row| usize::from(self.levels[row as usize]));
-        let mut plan = Plan {
+        let mut plan = InsertPlan {
             id,
             vector,
             level,
@@ -228,7 +228,7 @@ impl Graph {
     /// now, so no insert's links are lost to another's. (Two nodes inserted side by side do
     /// not see each other while choosing their own neighbours, as in hnswlib's parallel
     /// build; each is still linked from the nodes it chose.)
-    pub(super) fn apply(&mut self, plan: Plan) {
+    pub(super) fn apply(&mut self, plan: InsertPlan) {
         let row = match plan.reuse {
             Some(row) => {
                 // The writer planned against this graph: its free row is still the last.
