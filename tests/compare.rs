@@ -172,7 +172,20 @@ async fn a_slower_server_is_a_named_regression_and_the_same_build_is_not() {
     let (code, comparison, _) = compare(dir.path(), &[&base, &same, &slow], &[]).await;
     assert_eq!(code, 99);
     let comparison = comparison.expect("--out written");
-    assert_eq!(comparison.noise_model, "baseline range");
+    assert_eq!(
+        comparison.noise_model,
+        "baseline range and statistical tests"
+    );
+    assert!(judged(&comparison, "p50", Verdict::Worse));
+    // Several runs under test (--new, repeatable) are pooled: all the positional reports are
+    // then baselines.
+    let new = Path::new("--new");
+    let (code, comparison, _) =
+        compare(dir.path(), &[&base, &same, new, &slow, new, &slow], &[]).await;
+    assert_eq!(code, 99);
+    let comparison = comparison.expect("--out written");
+    assert_eq!(comparison.baselines.len(), 2);
+    assert!(comparison.new.contains(" + "), "{}", comparison.new);
     assert!(judged(&comparison, "p50", Verdict::Worse));
     // And the same build against both, at the shared machine's tolerances: no regression.
     let (code, _, _) = compare(

@@ -7,8 +7,11 @@
 //! vector searches, `VECRIG_BENCH_SECONDS` each (default 2, as the integration tests' runs).
 //! One baseline: runs 0 and 1, 2 and 3, ... compared as pairs. Three (five) baselines: every
 //! run from the fourth (sixth) against the three (five) before it (windows overlap, so they
-//! are not independent trials). Prints how many were flagged and by which metrics, and how
-//! far each metric moved between consecutive runs: the machine's own noise.
+//! are not independent trials). Three new runs (`compare --new`): runs in sixes, the last
+//! three against the first three, and alternating (runs 1, 3, 5 against 0, 2, 4). Prints how many were flagged and by which metrics, and how
+//! far each metric moved between consecutive runs: the machine's own noise. With
+//! `VECRIG_TOLERANCE` set (as for `compare`), the same runs are also judged with those
+//! tolerances over the defaults, side by side: how to choose them for a runner.
 //!
 //! Run: `cargo bench -p vecrig-loadgen --bench compare_false_alarms` (after
 //! `cargo build --release --workspace --bins`).
@@ -20,7 +23,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use vecrig::validation::report::Report;
-use vecrig_loadgen::compare::{Named, Tolerances, Verdict, compare};
+use vecrig_loadgen::compare::{Named, Tolerance, Tolerances, Verdict, compare_runs};
 use vecrig_loadgen::plan::scenario::Stage;
 use vecrig_loadgen::plan::suite::{Load, LoadModel};
 use vecrig_loadgen::plan::workload::WorkloadKind;
@@ -52,20 +55,16 @@ async fn run(target: &str, seconds: u64) -> Report {
         .expect("pre-flight")
 }
 
-/// The metrics judged worse (and better) comparing `new` with `baselines`.
-fn flagged(baselines: &[Report], new: &Report) -> Vec<String> {
-    let named: Vec<Named<'_>> = baselines
-        .iter()
-        .map(|report| Named {
-            name: "base",
-            report,
-        })
-        .collect();
-    let new = Named {
-        name: "new",
-        report: new,
-    };
-    let comparison = compare(&named, new, &Tolerances::default()).expect("comparable");
+/// The metrics judged worse (and better) comparing the pooled `news` with `baselines`.
+fn flagged(baselines: &[&Report], news: &[&Report], tolerances: &Tolerances) -> Vec<String> {
+    fn named<'a>(name: &'a str, reports: &[&'a Report]) -> Vec<Named<'a>> {
+        reports
+            .iter()
+            .map(|&report| Named { name, report })
+            .collect()
+    }
+    let comparison = compare_runs(&named("base", baselines), &named("new", news), tolerances)
+        .expect("comparable");
     comparison
         .scenarios
         .iter()
@@ -139,22 +138,56 @@ fn main() {
         }
         server.stop(Duration::from_secs(30)).await;
 
-        let pairs: Vec<Vec<String>> = reports
-            .chunks_exact(2)
-            .map(|pair| flagged(&pair[..1], &pair[1]))
-            .collect();
-        let windows = |n: usize| -> Vec<Vec<String>> {
-            (n..reports.len())
-                .map(|i| flagged(&reports[i - n..i], &reports[i]))
-                .collect()
-        };
-        let (three, five) = (windows(3), windows(5));
-        println!("\n{runs} runs of {seconds} s, default tolerances\n");
-        println!("| baselines | comparisons | flagged worse (false alarms) | any change flagged | by metric |");
-        println!("|---|---|---|---|---|");
-        summary("1 (statistical tests)", pairs.len(), &pairs);
-        summary("3 (baseline range)", three.len(), &three);
-        summary("5 (baseline range)", five.len(), &five);
+        let mut sets = vec![("default tolerances".to_string(), Tolerances::default())];
+        if let Ok(given) = std::env::var("VECRIG_TOLERANCE") {
+            let parsed: Vec<Tolerance> = given
+                .split(',')
+                .map(|t| t.trim().parse().expect("VECRIG_TOLERANCE: a tolerance"))
+                .collect();
+            sets.push((format!("VECRIG_TOLERANCE={given}"), Tolerances::new(parsed)));
+        }
+        for (label, tolerances) in &sets {
+            let pairs: Vec<Vec<String>> = reports
+                .chunks_exact(2)
+                .map(|pair| flagged(&[&pair[0]], &[&pair[1]], tolerances))
+                .collect();
+            let windows = |n: usize| -> Vec<Vec<String>> {
+                (n..reports.len())
+                    .map(|i| {
+                        let base: Vec<&Report> = reports[i - n..i].iter().collect();
+                        flagged(&base, &[&reports[i]], tolerances)
+                    })
+                    .collect()
+            };
+            let (three, five) = (windows(3), windows(5));
+            // Three runs under test against three baselines, in windows of six runs: the
+            // three after the three (as a stored baseline is used), or alternating with them
+            // (as when both builds run in one job).
+            let sixes = |alternating: bool| -> Vec<Vec<String>> {
+                reports
+                    .chunks_exact(6)
+                    .map(|six| {
+                        let (base, new): (Vec<&Report>, Vec<&Report>) = if alternating {
+                            (six.iter().step_by(2).collect(), six.iter().skip(1).step_by(2).collect())
+                        } else {
+                            (six[..3].iter().collect(), six[3..].iter().collect())
+                        };
+                        flagged(&base, &new, tolerances)
+                    })
+                    .collect()
+            };
+            let (after, alternating) = (sixes(false), sixes(true));
+            println!("\n{runs} runs of {seconds} s, {label}\n");
+            println!(
+                "| baselines | comparisons | flagged worse (false alarms) | any change flagged | by metric |"
+            );
+            println!("|---|---|---|---|---|");
+            summary("1 (statistical tests)", pairs.len(), &pairs);
+            summary("3 (baseline range)", three.len(), &three);
+            summary("5 (baseline range)", five.len(), &five);
+            summary("3, against 3 new runs after them", after.len(), &after);
+            summary("3, alternating with 3 new runs", alternating.len(), &alternating);
+        }
         spread(&reports);
     });
 }

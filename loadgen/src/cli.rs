@@ -341,13 +341,18 @@ pub enum Command {
         #[arg(required = true)]
         reports: Vec<PathBuf>,
     },
-    /// Compare runs: BASE.json [BASE2.json ...] NEW.json (the last is the new run). Exit 0 no
-    /// regression, 99 a change worse beyond its tolerance and the noise, 1 incomparable
+    /// Compare runs: BASE.json [BASE2.json ...] NEW.json (the last is the new run), or
+    /// BASE.json ... --new NEW.json --new NEW2.json (several runs under test, pooled). Exit 0
+    /// no regression, 99 a change worse beyond its tolerance and the noise, 1 incomparable
     /// reports. --out writes the comparison as JSON, --html as a page. See docs/compare.md.
     Compare {
-        /// The baselines' reports, then the new run's.
-        #[arg(required = true, num_args = 2..)]
+        /// The baselines' reports, then the new run's (unless --new names the new runs).
+        #[arg(required = true, num_args = 1..)]
         reports: Vec<PathBuf>,
+        /// A run of the build under test (repeatable: several are pooled, as baselines are);
+        /// all the reports before are then baselines.
+        #[arg(long = "new", env = "VECRIG_COMPARE_NEW", value_delimiter = ',')]
+        new: Vec<PathBuf>,
         /// How much worse a metric may get, e.g. 'p99+10%', 'recall-0.01',
         /// 'error_rate+0.5pp@search' (repeatable; defaults in docs/compare.md).
         #[arg(long = "tolerance", env = "VECRIG_TOLERANCE", value_delimiter = ',')]

@@ -60,6 +60,7 @@ async fn run(mut cli: Cli) -> i32 {
     }
     if let cli::Command::Compare {
         reports,
+        new,
         tolerances,
     } = &cli.command
     {
@@ -67,7 +68,7 @@ async fn run(mut cli: Cli) -> i32 {
             json: cli.out.as_deref(),
             html: cli.html.as_deref(),
         };
-        return exit_code(compare::command(reports, tolerances.clone(), outputs));
+        return exit_code(compare::command(reports, new, tolerances.clone(), outputs));
     }
     // A baseline that cannot be read fails now, not after the run.
     let baselines = compare::read_reports(&cli.baseline).map_err(|e| e.to_string());
@@ -204,7 +205,7 @@ async fn run(mut cli: Cli) -> i32 {
     }
     let judged = compare::gate(
         &baselines,
-        ("this run", &report),
+        &[("this run", &report)],
         tolerances,
         compare::Outputs::default(),
     );

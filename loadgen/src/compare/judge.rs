@@ -26,27 +26,43 @@ pub struct Named<'a> {
     pub report: &'a Report,
 }
 
-/// The noise judgement of one metric: by the baselines' range with two or more, by a test
-/// on the samples with one.
+/// The noise judgement of one metric: by a test on the samples (what sampling alone moves),
+/// and with two or more baselines by their range too (what moves between runs): beyond the
+/// noise only when beyond both, since either alone is noise.
 fn judge_noise(metric: &Metric, base: &Pooled, new: &Pooled, runs: &[Pooled]) -> Option<Noise> {
     let new_value = new.value(metric)?;
+    let sampling = sampling_noise(metric, base, new);
     if runs.len() >= 2 {
         let values: Vec<f64> = runs.iter().filter_map(|r| r.value(metric)).collect();
         if values.len() == runs.len() {
             let (beyond, band) = noise::outside_range(&values, new_value)?;
-            return Some(Noise {
-                method: "baseline range".into(),
-                beyond,
-                detail: format!(
-                    "{} baselines, noise band {}..{}",
-                    runs.len(),
-                    figure(band.0),
-                    figure(band.1)
-                ),
-                p_value: None,
+            let range = format!(
+                "{} baselines, noise band {}..{}",
+                runs.len(),
+                figure(band.0),
+                figure(band.1)
+            );
+            return Some(match sampling {
+                Some(sampling) => Noise {
+                    method: format!("baseline range and {}", sampling.method),
+                    beyond: beyond && sampling.beyond,
+                    detail: format!("{range}; {}", sampling.detail),
+                    p_value: sampling.p_value,
+                },
+                None => Noise {
+                    method: "baseline range".into(),
+                    beyond,
+                    detail: range,
+                    p_value: None,
+                },
             });
         }
     }
+    sampling
+}
+
+/// The test on the two runs' own samples: whether the change is more than sampling noise.
+fn sampling_noise(metric: &Metric, base: &Pooled, new: &Pooled) -> Option<Noise> {
     let tested = |method: &str, p: f64| Noise {
         method: method.into(),
         beyond: p < noise::ALPHA,
@@ -252,10 +268,24 @@ pub fn compare(
     new: Named<'_>,
     tolerances: &Tolerances,
 ) -> Result<Comparison, Incomparable> {
+    compare_runs(baselines, &[new], tolerances)
+}
+
+/// Compares the pooled `news` (runs of the build under test) with the pooled `baselines`
+/// under `tolerances`. Several new runs are pooled as the baselines are: one run's hiccup
+/// then weighs on the tail as one run in several, which is what it is.
+pub fn compare_runs(
+    baselines: &[Named<'_>],
+    news: &[Named<'_>],
+    tolerances: &Tolerances,
+) -> Result<Comparison, Incomparable> {
     if baselines.is_empty() {
         return Err(Incomparable("no baseline given".into()));
     }
-    for r in baselines.iter().chain([&new]) {
+    let Some(&new) = news.first() else {
+        return Err(Incomparable("no new run given".into()));
+    };
+    for r in baselines.iter().chain(news) {
         if r.report.schema != report::SCHEMA {
             return Err(Incomparable(format!(
                 "{}: schema {:?}, expected {:?}",
@@ -265,8 +295,8 @@ pub fn compare(
             )));
         }
     }
-    for base in baselines {
-        check_comparable(*base, new)?;
+    for other in baselines.iter().chain(&news[1..]) {
+        check_comparable(*other, new)?;
     }
     let mut phase_names: Vec<&str> = vec!["total"];
     let mut scenarios = Vec::new();
@@ -301,7 +331,11 @@ pub fn compare(
             for run in &runs[1..] {
                 pooled.add(run);
             }
-            let new_phase = Pooled::of(new.name, &scenario.name, &phase_of(scenario, j))?;
+            let mut new_phase = Pooled::of(new.name, &scenario.name, &phase_of(scenario, j))?;
+            for other in &news[1..] {
+                let s = &other.report.scenarios[i];
+                new_phase.add(&Pooled::of(other.name, &s.name, &phase_of(s, j))?);
+            }
             phases.push(judge_phase(name, &pooled, &runs, &new_phase, tolerances));
         }
         scenarios.push(ScenarioComparison {
@@ -347,9 +381,9 @@ pub fn compare(
     Ok(Comparison {
         schema: SCHEMA.into(),
         baselines: baselines.iter().map(|b| b.name.to_string()).collect(),
-        new: new.name.to_string(),
+        new: news.iter().map(|n| n.name).collect::<Vec<_>>().join(" + "),
         noise_model: if baselines.len() >= 2 {
-            "baseline range".into()
+            "baseline range and statistical tests".into()
         } else {
             "statistical tests".into()
         },
@@ -514,9 +548,23 @@ mod tests {
         let a = report("steady", 5000, 0, spread(0));
         let b = report("steady", 5000, 0, spread(300));
         let c = run(&[&a, &b], &report("steady", 5000, 0, spread(400))).expect("comparable");
-        assert_eq!(c.noise_model, "baseline range");
+        assert_eq!(c.noise_model, "baseline range and statistical tests");
         assert_eq!(verdict(&c, "p50"), Verdict::Same);
         let c = run(&[&a, &b], &report("steady", 5000, 0, spread(1500))).expect("comparable");
+        assert_eq!(verdict(&c, "p50"), Verdict::Worse);
+    }
+
+    #[test]
+    fn with_several_baselines_a_change_within_sampling_noise_is_the_same() {
+        // Two baselines that agree exactly (a range of zero width), and a new run of as few
+        // requests whose median is 13% higher: outside the range and past the tolerance,
+        // but 20 requests cannot tell it from sampling noise.
+        let base = report("steady", 20, 0, spread(0));
+        let c = run(&[&base, &base], &report("steady", 20, 0, spread(200))).expect("comparable");
+        assert_eq!(verdict(&c, "p50"), Verdict::Same);
+        // The same shift over 5,000 requests is beyond both.
+        let base = report("steady", 5000, 0, spread(0));
+        let c = run(&[&base, &base], &report("steady", 5000, 0, spread(200))).expect("comparable");
         assert_eq!(verdict(&c, "p50"), Verdict::Worse);
     }
 

@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 
 use vecrig::validation::report::{self, Report};
 
-pub use judge::{Named, compare};
+pub use judge::{Named, compare, compare_runs};
 pub use model::{Comparison, Incomparable, SCHEMA, Verdict};
 pub use tolerance::{Tolerance, Tolerances};
 
@@ -91,10 +91,11 @@ pub fn tolerances_from_env() -> Result<Vec<Tolerance>, tolerance::ParseError> {
         .collect()
 }
 
-/// Compares, prints the table, writes the outputs, and says what it came to.
+/// Compares the runs under test (`news`, pooled) with the baselines, prints the table, writes
+/// the outputs, and says what it came to.
 pub fn gate(
     baselines: &[(String, Report)],
-    new: (&str, &Report),
+    news: &[(&str, &Report)],
     tolerances: Vec<Tolerance>,
     outputs: Outputs<'_>,
 ) -> Outcome {
@@ -102,11 +103,11 @@ pub fn gate(
         .iter()
         .map(|(name, report)| Named { name, report })
         .collect();
-    let new = Named {
-        name: new.0,
-        report: new.1,
-    };
-    let comparison = match compare(&named, new, &Tolerances::new(tolerances)) {
+    let news: Vec<Named<'_>> = news
+        .iter()
+        .map(|&(name, report)| Named { name, report })
+        .collect();
+    let comparison = match compare_runs(&named, &news, &Tolerances::new(tolerances)) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -142,20 +143,32 @@ fn write_outputs(comparison: &Comparison, outputs: Outputs<'_>) -> Result<(), St
 }
 
 /// `vecrig-loadgen compare BASE.json [BASE2.json ...] NEW.json`: the last report is the new
-/// run, the others its baselines.
-pub fn command(paths: &[PathBuf], tolerances: Vec<Tolerance>, outputs: Outputs<'_>) -> Outcome {
-    let Some((new_path, base_paths)) = paths.split_last().filter(|(_, b)| !b.is_empty()) else {
+/// run, the others its baselines; or, with `--new NEW.json` (repeatable), every report named
+/// so is a run under test and the others are baselines.
+pub fn command(
+    paths: &[PathBuf],
+    new_paths: &[PathBuf],
+    tolerances: Vec<Tolerance>,
+    outputs: Outputs<'_>,
+) -> Outcome {
+    let (base_paths, new_paths) = match paths.split_last() {
+        _ if !new_paths.is_empty() => (paths, new_paths),
+        Some((last, bases)) => (bases, std::slice::from_ref(last)),
+        None => (paths, new_paths),
+    };
+    if base_paths.is_empty() {
         eprintln!("error: compare needs a baseline report and a new one");
         return Outcome::Incomparable;
-    };
-    let read = read_reports(base_paths).and_then(|b| Ok((b, read_report(new_path)?)));
+    }
+    let read = read_reports(base_paths).and_then(|b| Ok((b, read_reports(new_paths)?)));
     match read {
-        Ok((baselines, new)) => gate(
-            &baselines,
-            (&new_path.display().to_string(), &new),
-            tolerances,
-            outputs,
-        ),
+        Ok((baselines, news)) => {
+            let news: Vec<(&str, &Report)> = news
+                .iter()
+                .map(|(name, report)| (name.as_str(), report))
+                .collect();
+            gate(&baselines, &news, tolerances, outputs)
+        }
         Err(e) => {
             eprintln!("error: {e}");
             Outcome::Incomparable

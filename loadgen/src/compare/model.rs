@@ -42,8 +42,9 @@ impl Verdict {
 /// How the noise of a change was judged.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Noise {
-    /// The method: `baseline range`, `quantile intervals`, `two-proportion z`,
-    /// `poisson rate z`, `recall z`.
+    /// The method: `quantile intervals`, `two-proportion z`, `poisson rate z` or `recall z`;
+    /// with two baselines or more, `baseline range and ` before it (or `baseline range`
+    /// alone where the metric has no test).
     pub method: String,
     /// Whether the change is larger than the noise by that method.
     pub beyond: bool,
@@ -120,8 +121,8 @@ pub struct Comparison {
     pub baselines: Vec<String>,
     /// The new report, as named.
     pub new: String,
-    /// How the noise was judged: `baseline range` (two baselines or more) or
-    /// `statistical tests` (one).
+    /// How the noise was judged: `baseline range and statistical tests` (two baselines or
+    /// more) or `statistical tests` (one).
     pub noise_model: String,
     /// Each scenario, in order.
     pub scenarios: Vec<ScenarioComparison>,
