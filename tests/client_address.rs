@@ -140,3 +140,82 @@ async fn tenants_behind_one_address_are_counted_apart() {
     assert!(agrees(counted, beta.ok()), "{counted} vs {:?}", beta.codes);
     assert_eq!(admitted(metrics, "127.0.0.1").await, 0);
 }
+
+/// gRPC's C-core clients (Python here; C++, Ruby and the others alike), like Java's and Go's,
+/// send no request before the server's SETTINGS. The server sends them as soon as the
+/// client's are in, so such a client's first request, and its token, still pick its lane: a
+/// tenant's connection is seated apart from a connection without a token from its address.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_waits_for_the_servers_settings_is_seated_by_its_token() {
+    if !crate::common::python_or_skip(
+        "a_client_that_waits_for_the_servers_settings_is_seated_by_its_token",
+        "grpc, grpc_health.v1",
+        "python with grpcio and grpcio-health-checking is needed (`scripts/test` installs them \
+         in target/pyenv)",
+    ) {
+        return;
+    }
+    let data = tempfile::tempdir().expect("tempdir");
+    let tokens = data.path().join("tokens");
+    std::fs::write(&tokens, "alpha-secret alpha\nbeta-secret beta\n").expect("tokens");
+    let mut command = process::server_command();
+    command
+        .args(["--dimensions", &DIMS.to_string()])
+        .arg("--data-dir")
+        .arg(data.path().join("index"))
+        .args(["--metrics-listen", "127.0.0.1:0"])
+        .arg("--auth-token-file")
+        .arg(&tokens);
+    let (_server, addr, metrics) = process::spawn_with_metrics(command).await;
+    serving(addr).await;
+    // Two channels, each on a connection of its own (no shared subchannel pool): one without
+    // a token, then a tenant's. Each makes a call, says so, and holds its connection open.
+    let script = r#"
+import sys, time, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+options = [("grpc.use_local_subchannel_pool", 1)]
+def call(metadata):
+    channel = grpc.insecure_channel(sys.argv[1], options=options)
+    started = time.perf_counter()
+    try:
+        health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(), metadata=metadata, timeout=5)
+    except grpc.RpcError as error:
+        print("call failed:", error.code(), flush=True)
+    return channel, (time.perf_counter() - started) * 1000
+plain, _ = call([])
+tenant, ms = call([("authorization", "Bearer alpha-secret")])
+print(f"ready: first call on the tenant's connection {ms:.1f} ms", flush=True)
+time.sleep(3)
+"#;
+    let mut child = tokio::process::Command::new(crate::common::python())
+        .args(["-c", script, &addr.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("run python");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let ready = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(line) = lines.next_line().await.expect("python's output") {
+            println!("python: {line}");
+            if line.starts_with("ready") {
+                return;
+            }
+        }
+        panic!("python ended before its calls were made");
+    });
+    ready.await.expect("python's calls within 20 s");
+    let text = metrics::scrape(metrics).await.expect("metrics endpoint");
+    let lanes: Vec<u64> = (0..4)
+        .map(|lane| format!("vecrig_lane_connections{{lane=\"{lane}\"}}"))
+        .map(|wanted| metrics::series(&text, &wanted).map_or(0, |value| value as u64))
+        .collect();
+    // Seated by address alone, the tenant's connection would share the plain one's lane.
+    assert_eq!(
+        lanes.iter().filter(|&&open| open == 1).count(),
+        2,
+        "the two connections in two lanes: {lanes:?}"
+    );
+    let _ = child.wait().await;
+}

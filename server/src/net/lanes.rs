@@ -66,6 +66,8 @@ pub struct Accepted {
 #[derive(Debug)]
 struct Handed {
     stream: std::net::TcpStream,
+    /// Bytes already taken off the socket, to be read before it ([`super::first_request`]).
+    replay: Vec<u8>,
     place: Place,
     evicted: oneshot::Receiver<()>,
     seat: Seat,
@@ -153,17 +155,20 @@ impl Dispatch {
     /// stopped is closed.
     pub fn give(&self, accepted: Accepted) {
         if !self.by_token {
-            self.seat(accepted, None);
+            self.seat(accepted, None, Vec::new());
             return;
         }
         let dispatch = self.clone();
         tokio::spawn(async move {
-            let token = super::first_request::token_key(&accepted.stream).await;
-            dispatch.seat(accepted, token);
+            let mut accepted = accepted;
+            // A client that did not acknowledge the SETTINGS sent to it is closed here.
+            if let Ok(first) = super::first_request::look(&mut accepted.stream).await {
+                dispatch.seat(accepted, first.key, first.replay);
+            }
         });
     }
 
-    fn seat(&self, accepted: Accepted, token: Option<u64>) {
+    fn seat(&self, accepted: Accepted, token: Option<u64>, replay: Vec<u8>) {
         let address = accepted
             .stream
             .peer_addr()
@@ -175,6 +180,7 @@ impl Dispatch {
         // A send fails only once the lane's server has stopped: the socket is then dropped.
         let _ = self.senders[lane].send(Handed {
             stream,
+            replay,
             place: accepted.place,
             evicted: accepted.evicted,
             seat,
@@ -211,6 +217,7 @@ impl Stream for LaneSockets {
         };
         Poll::Ready(Some(Ok(GuardedSocket::new(
             stream,
+            handed.replay,
             handed.place,
             handed.evicted,
             &this.limits,

@@ -27,6 +27,8 @@ use super::seating::Seat;
 /// start or falls silent. It holds its place under the cap until dropped.
 pub struct GuardedSocket {
     stream: TcpStream,
+    /// Bytes taken off the socket before it was handed here, read before it.
+    replay: Vec<u8>,
     place: Place,
     /// Fires when the gate evicts this connection; `None` once started (or evicted).
     evicted: Option<oneshot::Receiver<()>>,
@@ -141,6 +143,7 @@ const PREFACE_LEN: usize = 24;
 impl GuardedSocket {
     pub(super) fn new(
         stream: TcpStream,
+        replay: Vec<u8>,
         place: Place,
         evicted: oneshot::Receiver<()>,
         limits: &ConnectionLimits,
@@ -150,6 +153,7 @@ impl GuardedSocket {
         let now = Instant::now();
         Self {
             stream,
+            replay,
             place,
             evicted: Some(evicted),
             handshake_left: PREFACE_LEN,
@@ -165,6 +169,20 @@ impl GuardedSocket {
             pacing,
             pause: Box::pin(tokio::time::sleep_until(now)),
             _seat: seat,
+        }
+    }
+
+    /// Counts `read` bytes read: the connection is alive, and started once its preface is in.
+    fn after_read(&mut self, read: usize) {
+        if read > 0 {
+            self.last_read = Instant::now();
+            if self.handshake_left > 0 {
+                self.handshake_left = self.handshake_left.saturating_sub(read);
+                if self.handshake_left == 0 {
+                    self.place.started();
+                    self.evicted = None;
+                }
+            }
         }
     }
 
@@ -230,6 +248,14 @@ impl AsyncRead for GuardedSocket {
         // noticed when they pass (the timers wake this task).
         this.check_deadlines(cx)?;
         let before = buf.filled().len();
+        if !this.replay.is_empty() {
+            // A few hundred bytes at most: the preface and SETTINGS, read once, not paced.
+            let take = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay[..take]);
+            this.replay.drain(..take);
+            this.after_read(buf.filled().len() - before);
+            return Poll::Ready(Ok(()));
+        }
         let limit = loop {
             match this.pacing.gate(cx.waker()) {
                 ReadGate::Open => break None,
@@ -257,17 +283,7 @@ impl AsyncRead for GuardedSocket {
             }
             None => ready!(Pin::new(&mut this.stream).poll_read(cx, buf))?,
         }
-        let read = buf.filled().len() - before;
-        if read > 0 {
-            this.last_read = Instant::now();
-            if this.handshake_left > 0 {
-                this.handshake_left = this.handshake_left.saturating_sub(read);
-                if this.handshake_left == 0 {
-                    this.place.started();
-                    this.evicted = None;
-                }
-            }
-        }
+        this.after_read(buf.filled().len() - before);
         Poll::Ready(Ok(()))
     }
 }
