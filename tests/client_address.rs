@@ -97,11 +97,19 @@ async fn a_forwarding_header_counts_only_from_a_trusted_proxy() {
     assert_eq!(admitted(metrics, "198.51.100.1").await, 0);
 }
 
-#[tokio::test]
-async fn tenants_behind_one_address_are_counted_apart() {
+/// A server whose token file holds `tokens` (which name tenants), with its metrics endpoint,
+/// serving; the temporary directory holding its files lives as long as the first value.
+async fn with_tenants(
+    tokens: &str,
+) -> (
+    tempfile::TempDir,
+    tokio::process::Child,
+    SocketAddr,
+    SocketAddr,
+) {
     let data = tempfile::tempdir().expect("tempdir");
-    let tokens = data.path().join("tokens");
-    std::fs::write(&tokens, "alpha-secret alpha\nbeta-secret beta 2\n").expect("tokens");
+    let path = data.path().join("tokens");
+    std::fs::write(&path, tokens).expect("tokens");
     let mut command = process::server_command();
     command
         .args(["--dimensions", &DIMS.to_string()])
@@ -109,20 +117,23 @@ async fn tenants_behind_one_address_are_counted_apart() {
         .arg(data.path().join("index"))
         .args(["--metrics-listen", "127.0.0.1:0"])
         .arg("--auth-token-file")
-        .arg(&tokens);
-    let (_server, addr, metrics) = process::spawn_with_metrics(command).await;
+        .arg(&path);
+    let (server, addr, metrics) = process::spawn_with_metrics(command).await;
     serving(addr).await;
+    (data, server, addr, metrics)
+}
+
+#[tokio::test]
+async fn tenants_behind_one_address_are_counted_apart() {
+    let (_data, _server, addr, metrics) =
+        with_tenants("alpha-secret alpha\nbeta-secret beta 2\n").await;
     let bearer = |token: &str| vec![("authorization", format!("Bearer {token}"))];
     let alpha = flood::run(searches(addr, DIRECT, bearer("alpha-secret")), None);
     let beta = flood::run(searches(addr, DIRECT, bearer("beta-secret")), None);
     // Each tenant's connection is read and answered on a request-path lane of its own,
     // chosen by its first request's token.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    let text = metrics::scrape(metrics).await.expect("metrics endpoint");
-    let lanes: Vec<u64> = (0..4)
-        .map(|lane| format!("vecrig_lane_connections{{lane=\"{lane}\"}}"))
-        .map(|wanted| metrics::series(&text, &wanted).map_or(0, |value| value as u64))
-        .collect();
+    let lanes = metrics::lane_connections(metrics).await;
     assert_eq!(
         lanes.iter().filter(|&&open| open == 1).count(),
         2,
@@ -155,19 +166,8 @@ async fn a_client_that_waits_for_the_servers_settings_is_seated_by_its_token() {
     ) {
         return;
     }
-    let data = tempfile::tempdir().expect("tempdir");
-    let tokens = data.path().join("tokens");
-    std::fs::write(&tokens, "alpha-secret alpha\nbeta-secret beta\n").expect("tokens");
-    let mut command = process::server_command();
-    command
-        .args(["--dimensions", &DIMS.to_string()])
-        .arg("--data-dir")
-        .arg(data.path().join("index"))
-        .args(["--metrics-listen", "127.0.0.1:0"])
-        .arg("--auth-token-file")
-        .arg(&tokens);
-    let (_server, addr, metrics) = process::spawn_with_metrics(command).await;
-    serving(addr).await;
+    let (_data, _server, addr, metrics) =
+        with_tenants("alpha-secret alpha\nbeta-secret beta\n").await;
     // Two channels, each on a connection of its own (no shared subchannel pool): one without
     // a token, then a tenant's. Each makes a call, says so, and holds its connection open.
     let script = r#"
@@ -206,11 +206,7 @@ time.sleep(3)
         panic!("python ended before its calls were made");
     });
     ready.await.expect("python's calls within 20 s");
-    let text = metrics::scrape(metrics).await.expect("metrics endpoint");
-    let lanes: Vec<u64> = (0..4)
-        .map(|lane| format!("vecrig_lane_connections{{lane=\"{lane}\"}}"))
-        .map(|wanted| metrics::series(&text, &wanted).map_or(0, |value| value as u64))
-        .collect();
+    let lanes = metrics::lane_connections(metrics).await;
     // Seated by address alone, the tenant's connection would share the plain one's lane.
     assert_eq!(
         lanes.iter().filter(|&&open| open == 1).count(),

@@ -116,16 +116,6 @@ async fn index_cpu_s(server: &PinnedServer) -> f64 {
     server.cpu_split().await.expect("metrics endpoint").0
 }
 
-/// `vecrig_lane_connections{lane}` for every lane, in lane order.
-async fn lane_connections(metrics: SocketAddr) -> Vec<u64> {
-    let text = scrape(metrics).await;
-    (0..)
-        .map(|lane| format!("vecrig_lane_connections{{lane=\"{lane}\"}}"))
-        .take_while(|wanted| text.contains(wanted.as_str()))
-        .map(|wanted| series(&text, &wanted))
-        .collect()
-}
-
 /// The flood, and the polite client in the middle of it; checks that the flood shares one
 /// lane and that the server's per-client counts agree with both clients' (these hold on
 /// every attempt: they are not timing). Returns what the flooder and the polite client got,
@@ -152,7 +142,7 @@ async fn flood_with_polite(
     // everybody else. Where tenants are named, a flood connection whose first request came
     // after the server's wait for it is seated by address alone: that party's lane is a
     // second one, and the polite tenant, a new party, still takes an empty lane.
-    let lanes = lane_connections(metrics).await;
+    let lanes = metrics::lane_connections(metrics).await;
     println!("connections per request-path lane during the flood: {lanes:?}");
     let occupied = lanes.iter().filter(|&&open| open > 0).count();
     assert!(

@@ -37,3 +37,14 @@ pub fn series(text: &str, series: &str) -> Option<f64> {
             .ok()
     })
 }
+
+/// `vecrig_lane_connections{lane}` for every lane, in lane order: open connections per
+/// request-path lane.
+pub async fn lane_connections(addr: SocketAddr) -> Vec<u64> {
+    let text = scrape(addr).await.expect("metrics endpoint");
+    (0..)
+        .map(|lane| format!("vecrig_lane_connections{{lane=\"{lane}\"}}"))
+        .take_while(|wanted| text.contains(wanted.as_str()))
+        .map(|wanted| series(&text, &wanted).map_or(0, |value| value as u64))
+        .collect()
+}

@@ -280,7 +280,7 @@ mod tests {
         }
     }
 
-    fn drain(queue: &mut FairQueue<&'static str>, n: usize) -> Vec<&'static str> {
+    fn drain<T>(queue: &mut FairQueue<T>, n: usize) -> Vec<T> {
         (0..n)
             .filter_map(|_| queue.pop_front().map(|(_, _, who)| who))
             .collect()
@@ -365,7 +365,7 @@ mod tests {
             // A polite connection of the same client, one request at a time.
             queue.push(id, &caller(1, 64), 4, 64);
             id += 1;
-            let next = drain_connections(&mut queue, 2);
+            let next = drain(&mut queue, 2);
             assert!(
                 next.contains(&64),
                 "the light connection within two: {next:?}"
@@ -377,12 +377,6 @@ mod tests {
         // The round-robin turns went to 20 different flooding connections.
         let flood_served = served[..64].iter().filter(|&&n| n > 0).count();
         assert_eq!(flood_served, 20, "{served:?}");
-    }
-
-    fn drain_connections(queue: &mut FairQueue<u64>, n: usize) -> Vec<u64> {
-        (0..n)
-            .filter_map(|_| queue.pop_front().map(|(_, _, who)| who))
-            .collect()
     }
 
     #[test]
