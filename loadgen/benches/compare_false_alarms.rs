@@ -9,7 +9,9 @@
 //! run from the fourth (sixth) against the three (five) before it (windows overlap, so they
 //! are not independent trials). Three new runs (`compare --new`): runs in sixes, the last
 //! three against the first three, and alternating (runs 1, 3, 5 against 0, 2, 4). Prints how many were flagged and by which metrics, and how
-//! far each metric moved between consecutive runs: the machine's own noise. With
+//! far each metric moved between consecutive runs: the machine's own noise. The same runs
+//! are judged again with their time slices taken out (the binomial intervals alone, as
+//! reports without slices are judged), side by side. With
 //! `VECRIG_TOLERANCE` set (as for `compare`), the same runs are also judged with those
 //! tolerances over the defaults, side by side: how to choose them for a runner.
 //!
@@ -117,6 +119,59 @@ fn spread(reports: &[Report]) {
     }
 }
 
+/// Judges `reports` (runs of one build, in order) against each other every way the bench
+/// measures, and prints how many were flagged.
+fn judge_all(reports: &[Report], seconds: u64, label: &str, tolerances: &Tolerances) {
+    let runs = reports.len();
+    let pairs: Vec<Vec<String>> = reports
+        .chunks_exact(2)
+        .map(|pair| flagged(&[&pair[0]], &[&pair[1]], tolerances))
+        .collect();
+    let windows = |n: usize| -> Vec<Vec<String>> {
+        (n..reports.len())
+            .map(|i| {
+                let base: Vec<&Report> = reports[i - n..i].iter().collect();
+                flagged(&base, &[&reports[i]], tolerances)
+            })
+            .collect()
+    };
+    let (three, five) = (windows(3), windows(5));
+    // Three runs under test against three baselines, in windows of six runs: the three
+    // after the three (as a stored baseline is used), or alternating with them (as when
+    // both builds run in one job).
+    let sixes = |alternating: bool| -> Vec<Vec<String>> {
+        reports
+            .chunks_exact(6)
+            .map(|six| {
+                let (base, new): (Vec<&Report>, Vec<&Report>) = if alternating {
+                    (
+                        six.iter().step_by(2).collect(),
+                        six.iter().skip(1).step_by(2).collect(),
+                    )
+                } else {
+                    (six[..3].iter().collect(), six[3..].iter().collect())
+                };
+                flagged(&base, &new, tolerances)
+            })
+            .collect()
+    };
+    let (after, alternating) = (sixes(false), sixes(true));
+    println!("\n{runs} runs of {seconds} s, {label}\n");
+    println!(
+        "| baselines | comparisons | flagged worse (false alarms) | any change flagged | by metric |"
+    );
+    println!("|---|---|---|---|---|");
+    summary("1 (statistical tests)", pairs.len(), &pairs);
+    summary("3 (baseline range)", three.len(), &three);
+    summary("5 (baseline range)", five.len(), &five);
+    summary("3, against 3 new runs after them", after.len(), &after);
+    summary(
+        "3, alternating with 3 new runs",
+        alternating.len(),
+        &alternating,
+    );
+}
+
 fn main() {
     let runs = env("VECRIG_BENCH_RUNS", 40).max(4) as usize;
     let seconds = env("VECRIG_BENCH_SECONDS", 2).max(1);
@@ -138,55 +193,45 @@ fn main() {
         }
         server.stop(Duration::from_secs(30)).await;
 
-        let mut sets = vec![("default tolerances".to_string(), Tolerances::default())];
+        // The same runs without their time slices, as reports before slices were judged:
+        // the binomial intervals alone, side by side with the widened ones.
+        let unsliced: Vec<Report> = reports
+            .iter()
+            .cloned()
+            .map(|mut r| {
+                for s in &mut r.scenarios {
+                    for p in s.phases.iter_mut().chain(std::iter::once(&mut s.total)) {
+                        p.histograms.slices.clear();
+                    }
+                }
+                r
+            })
+            .collect();
+        let mut sets = vec![
+            (
+                "default tolerances".to_string(),
+                Tolerances::default(),
+                &reports,
+            ),
+            (
+                "default tolerances, without the runs' time slices".to_string(),
+                Tolerances::default(),
+                &unsliced,
+            ),
+        ];
         if let Ok(given) = std::env::var("VECRIG_TOLERANCE") {
             let parsed: Vec<Tolerance> = given
                 .split(',')
                 .map(|t| t.trim().parse().expect("VECRIG_TOLERANCE: a tolerance"))
                 .collect();
-            sets.push((format!("VECRIG_TOLERANCE={given}"), Tolerances::new(parsed)));
+            sets.push((
+                format!("VECRIG_TOLERANCE={given}"),
+                Tolerances::new(parsed),
+                &reports,
+            ));
         }
-        for (label, tolerances) in &sets {
-            let pairs: Vec<Vec<String>> = reports
-                .chunks_exact(2)
-                .map(|pair| flagged(&[&pair[0]], &[&pair[1]], tolerances))
-                .collect();
-            let windows = |n: usize| -> Vec<Vec<String>> {
-                (n..reports.len())
-                    .map(|i| {
-                        let base: Vec<&Report> = reports[i - n..i].iter().collect();
-                        flagged(&base, &[&reports[i]], tolerances)
-                    })
-                    .collect()
-            };
-            let (three, five) = (windows(3), windows(5));
-            // Three runs under test against three baselines, in windows of six runs: the
-            // three after the three (as a stored baseline is used), or alternating with them
-            // (as when both builds run in one job).
-            let sixes = |alternating: bool| -> Vec<Vec<String>> {
-                reports
-                    .chunks_exact(6)
-                    .map(|six| {
-                        let (base, new): (Vec<&Report>, Vec<&Report>) = if alternating {
-                            (six.iter().step_by(2).collect(), six.iter().skip(1).step_by(2).collect())
-                        } else {
-                            (six[..3].iter().collect(), six[3..].iter().collect())
-                        };
-                        flagged(&base, &new, tolerances)
-                    })
-                    .collect()
-            };
-            let (after, alternating) = (sixes(false), sixes(true));
-            println!("\n{runs} runs of {seconds} s, {label}\n");
-            println!(
-                "| baselines | comparisons | flagged worse (false alarms) | any change flagged | by metric |"
-            );
-            println!("|---|---|---|---|---|");
-            summary("1 (statistical tests)", pairs.len(), &pairs);
-            summary("3 (baseline range)", three.len(), &three);
-            summary("5 (baseline range)", five.len(), &five);
-            summary("3, against 3 new runs after them", after.len(), &after);
-            summary("3, alternating with 3 new runs", alternating.len(), &alternating);
+        for (label, tolerances, reports) in &sets {
+            judge_all(reports, seconds, label, tolerances);
         }
         spread(&reports);
     });

@@ -302,6 +302,12 @@ pub struct Histograms {
     /// See [`PhaseReport::latency_by_code`].
     #[serde(default)]
     pub by_code: BTreeMap<String, String>,
+    /// The phase's latencies again, cut by when the answers arrived into consecutive slices
+    /// of equal width (a tenth of a second, doubled as often as needed to keep at most 64),
+    /// 2 significant digits: how the latencies moved within the phase, which is what a
+    /// comparison needs to tell a run's hiccup from a change. Empty in older reports.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub slices: Vec<String>,
 }
 
 impl PhaseReport {

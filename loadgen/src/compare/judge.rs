@@ -71,18 +71,26 @@ fn sampling_noise(metric: &Metric, base: &Pooled, new: &Pooled) -> Option<Noise>
     };
     Some(match metric {
         Metric::Percentile(p) => {
-            let a = noise::percentile_interval(&base.latency, *p)?;
-            let b = noise::percentile_interval(&new.latency, *p)?;
+            let (a, a_dispersion) = noise::percentile_interval(&base.latency, *p, &base.slices)?;
+            let (b, b_dispersion) = noise::percentile_interval(&new.latency, *p, &new.slices)?;
+            let mut detail = format!(
+                "95% intervals {}..{} and {}..{} ms",
+                figure(a.0),
+                figure(a.1),
+                figure(b.0),
+                figure(b.1)
+            );
+            if a_dispersion > 1.0 || b_dispersion > 1.0 {
+                detail += &format!(
+                    " (widened: slices {}x and {}x as dispersed as independent requests)",
+                    figure(a_dispersion),
+                    figure(b_dispersion)
+                );
+            }
             Noise {
                 method: "quantile intervals".into(),
                 beyond: noise::disjoint(a, b),
-                detail: format!(
-                    "95% intervals {}..{} and {}..{} ms",
-                    figure(a.0),
-                    figure(a.1),
-                    figure(b.0),
-                    figure(b.1)
-                ),
+                detail,
                 p_value: None,
             }
         }

@@ -118,20 +118,82 @@ pub fn rank_interval(n: u64, q: f64) -> (u64, u64) {
     (low, n + 1)
 }
 
-/// The distribution-free 95% interval of the `p`th percentile (0-100) of a microsecond
-/// histogram, in ms: the values at the ranks of [`rank_interval`], 0 below the first and
-/// infinite above the last; `None` when empty.
-pub fn percentile_interval(h: &Histogram<u64>, p: f64) -> Option<(f64, f64)> {
+/// The fewest slices with answers from which [`dispersion`] judges; with fewer it says 1.
+pub const MIN_SLICES: usize = 8;
+
+/// How many times the variance of the count of a run's latencies above `micros` exceeds what
+/// it would be if requests were independent (the binomial variance), judged from the run's
+/// time slices: the batch-means estimate `m/(m-1) * sum (c_i - n_i*p)^2` over the slices'
+/// counts above (`c_i` of `n_i`, `p` their pooled share), over `p*(1-p)*sum n_i`. At least
+/// 1, and 1 from fewer than [`MIN_SLICES`] slices with answers or with nothing above.
+///
+/// Why: the requests of a run are not independent trials. A stall of the machine makes a
+/// few hundred milliseconds of slow answers together, and they are exactly the ones a p99
+/// rests on; a run without the stall has a p99 well below. Two runs of one build then
+/// differ by far more than the binomial interval allows. Their slices show it: the count
+/// above the p99 is piled into a few of them, and this factor widens the interval by its
+/// square root. A change of the build moves every slice alike and leaves it near 1.
+pub fn dispersion(slices: &[Histogram<u64>], micros: u64) -> f64 {
+    let counts: Vec<(f64, f64)> = slices
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let n = s.len();
+            (
+                n as f64,
+                n.saturating_sub(s.count_between(0, micros)) as f64,
+            )
+        })
+        .collect();
+    let m = counts.len();
+    if m < MIN_SLICES {
+        return 1.0;
+    }
+    let (n, above) = counts
+        .iter()
+        .fold((0.0, 0.0), |(n, c), (ni, ci)| (n + ni, c + ci));
+    let share = above / n;
+    if share <= 0.0 || share >= 1.0 {
+        return 1.0;
+    }
+    let spread: f64 = counts
+        .iter()
+        .map(|(ni, ci)| (ci - ni * share).powi(2))
+        .sum::<f64>()
+        * m as f64
+        / (m - 1) as f64;
+    (spread / (share * (1.0 - share) * n)).max(1.0)
+}
+
+/// The 95% interval of the `p`th percentile (0-100) of a microsecond histogram, in ms, and
+/// the [`dispersion`] its run's `slices` showed there: the values at the ranks of
+/// [`rank_interval`], their distance from the percentile's rank widened by the square root
+/// of the dispersion; 0 below the first and infinite above the last. Distribution-free
+/// where the dispersion is 1. `None` when empty.
+pub fn percentile_interval(
+    h: &Histogram<u64>,
+    p: f64,
+    slices: &[Histogram<u64>],
+) -> Option<((f64, f64), f64)> {
     let n = h.len();
     if n == 0 {
         return None;
     }
-    let (low, high) = rank_interval(n, p / 100.0);
+    let q = p / 100.0;
+    let dispersion = dispersion(slices, h.value_at_quantile(q));
+    let (mut low, mut high) = rank_interval(n, q);
+    if dispersion > 1.0 {
+        let (centre, widen) = (n as f64 * q, dispersion.sqrt());
+        low = (centre - (centre - low as f64) * widen).floor().max(0.0) as u64;
+        high = (centre + (high as f64 - centre) * widen)
+            .ceil()
+            .min(n as f64 + 1.0) as u64;
+    }
     // The value of rank r is at quantile (r - 0.5) / n: HdrHistogram rounds the count up.
     let at = |rank: u64| ms(h.value_at_quantile((rank as f64 - 0.5) / n as f64));
     let low = if low == 0 { 0.0 } else { at(low) };
     let high = if high > n { f64::INFINITY } else { at(high) };
-    Some((low, high))
+    Some(((low, high), dispersion))
 }
 
 /// Whether two intervals do not overlap.
@@ -259,22 +321,22 @@ mod tests {
     fn percentile_intervals_bracket_the_percentile_and_narrow_with_more_requests() {
         // 1..=1000 us: p50 is 500 us, its interval about +-31 ranks.
         let h = histogram(1..=1000);
-        let (low, high) = percentile_interval(&h, 50.0).expect("interval");
+        let ((low, high), _) = percentile_interval(&h, 50.0, &[]).expect("interval");
         assert!(
             (0.46..0.48).contains(&low) && (0.52..0.54).contains(&high),
             "{low} {high}"
         );
         // Ten times the requests: about a third as wide, relative to the value.
         let many = histogram((1..=10_000).map(|v| v / 10 + 1));
-        let (l, u) = percentile_interval(&many, 50.0).expect("interval");
+        let ((l, u), _) = percentile_interval(&many, 50.0, &[]).expect("interval");
         assert!((u - l) < (high - low) / 2.5, "{l} {u}");
         // A p99.9 of 1000 requests may lie beyond the largest: open above.
-        let (_, top) = percentile_interval(&h, 99.9).expect("interval");
+        let ((_, top), _) = percentile_interval(&h, 99.9, &[]).expect("interval");
         assert_eq!(top, f64::INFINITY);
         // Of 20 requests, so may a p90 (20 * 0.1 = 2 values above it on average).
-        let (_, top) = percentile_interval(&histogram(1..=20), 90.0).expect("interval");
+        let ((_, top), _) = percentile_interval(&histogram(1..=20), 90.0, &[]).expect("interval");
         assert_eq!(top, f64::INFINITY);
-        assert_eq!(percentile_interval(&histogram([]), 50.0), None);
+        assert_eq!(percentile_interval(&histogram([]), 50.0, &[]), None);
     }
 
     #[test]
@@ -298,9 +360,81 @@ mod tests {
         let base = histogram((0..2000).map(|i| 1000 + (i * 7919) % 1000));
         let same = histogram((0..2000).map(|i| 1000 + (i * 104_729) % 1000));
         let slower = histogram((0..2000).map(|i| 1300 + (i * 7919) % 1000));
-        let interval = |h: &Histogram<u64>| percentile_interval(h, 50.0).expect("interval");
+        let interval = |h: &Histogram<u64>| percentile_interval(h, 50.0, &[]).expect("interval").0;
         assert!(!disjoint(interval(&base), interval(&same)));
         assert!(disjoint(interval(&base), interval(&slower)));
+    }
+
+    /// A run of 20 slices of 150 answers each, 1.0-1.1 ms, where `stalled` slices answered
+    /// a third of theirs at 2-3 ms instead: the run and its slices.
+    fn run_with_stalls(stalled: &[usize], seed: u64) -> (Histogram<u64>, Vec<Histogram<u64>>) {
+        let mut slices = Vec::new();
+        for slice in 0..20usize {
+            let stall = stalled.contains(&slice);
+            slices.push(histogram((0..150u64).map(|i| {
+                let jitter = (i * 7919 + seed * 104_729 + slice as u64 * 31) % 100;
+                if stall && i % 3 == 0 {
+                    2000 + jitter * 10
+                } else {
+                    1000 + jitter
+                }
+            })));
+        }
+        let mut all = histogram([]);
+        for s in &slices {
+            all.add(s).expect("same bounds");
+        }
+        (all, slices)
+    }
+
+    #[test]
+    fn a_stall_piled_into_few_slices_widens_the_tail_and_a_steady_run_does_not() {
+        let (steady, steady_slices) = run_with_stalls(&[], 1);
+        let (stalled, stalled_slices) = run_with_stalls(&[7], 2);
+        // Steady: the count above its p99 is spread as independent trials would spread it.
+        let ((_, _), d) = percentile_interval(&steady, 99.0, &steady_slices).expect("interval");
+        assert!(d < 2.0, "{d}");
+        // One stalled slice holds every answer above the p99 (50 of 3000 answers at 2-3 ms).
+        let ((low, high), d) =
+            percentile_interval(&stalled, 99.0, &stalled_slices).expect("interval");
+        assert!(d > 10.0, "{d}");
+        // The binomial interval alone calls the two runs' p99s different; the slices do not.
+        let (plain, _) = percentile_interval(&stalled, 99.0, &[]).expect("interval");
+        let (steady_p99, _) = percentile_interval(&steady, 99.0, &steady_slices).expect("interval");
+        assert!(disjoint(plain, steady_p99), "{plain:?} {steady_p99:?}");
+        assert!(
+            !disjoint((low, high), steady_p99),
+            "{low} {high} {steady_p99:?}"
+        );
+        // Too few slices to judge from: the binomial interval.
+        assert_eq!(dispersion(&stalled_slices[..MIN_SLICES - 1], 1500), 1.0);
+    }
+
+    #[test]
+    fn a_whole_run_slower_stays_beyond_the_noise() {
+        let (base, base_slices) = run_with_stalls(&[], 1);
+        // Every slice 40% slower: nothing piled up, the dispersion stays near 1.
+        let slower_slices: Vec<Histogram<u64>> = base_slices
+            .iter()
+            .map(|s| {
+                histogram(s.iter_recorded().flat_map(|v| {
+                    std::iter::repeat_n(
+                        v.value_iterated_to() * 14 / 10,
+                        v.count_at_value() as usize,
+                    )
+                }))
+            })
+            .collect();
+        let mut slower = histogram([]);
+        for s in &slower_slices {
+            slower.add(s).expect("same bounds");
+        }
+        for p in [50.0, 90.0, 99.0] {
+            let (a, _) = percentile_interval(&base, p, &base_slices).expect("interval");
+            let (b, d) = percentile_interval(&slower, p, &slower_slices).expect("interval");
+            assert!(d < 2.0, "p{p}: {d}");
+            assert!(disjoint(a, b), "p{p}: {a:?} {b:?}");
+        }
     }
 
     #[test]

@@ -16,6 +16,9 @@ use super::tolerance::Metric;
 #[derive(Debug, Clone)]
 pub(super) struct Pooled {
     pub(super) latency: Histogram<u64>,
+    /// The latencies by time, each run's slices one after another (see
+    /// `measure::slices`); empty for reports without them.
+    pub(super) slices: Vec<Histogram<u64>>,
     pub(super) requests: u64,
     pub(super) successes: u64,
     pub(super) duration_s: f64,
@@ -39,8 +42,16 @@ impl Pooled {
                 phase.requests
             )));
         }
+        let slices = phase
+            .histograms
+            .slices
+            .iter()
+            .map(|s| crate::measure::histogram::decode_as_recorded(s))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Incomparable(format!("{label}: {scenario}/{} slices: {e}", phase.name)))?;
         Ok(Self {
             latency,
+            slices,
             requests: phase.requests,
             successes: phase.successes,
             duration_s: phase.duration_s,
@@ -52,6 +63,7 @@ impl Pooled {
     pub(super) fn add(&mut self, other: &Pooled) {
         // Both histograms have the loadgen's bounds (stats::decode), so adding cannot fail.
         let _ = self.latency.add(&other.latency);
+        self.slices.extend(other.slices.iter().cloned());
         self.requests += other.requests;
         self.successes += other.successes;
         self.duration_s += other.duration_s;

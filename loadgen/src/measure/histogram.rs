@@ -30,21 +30,30 @@ pub fn encode(h: &Histogram<u64>) -> String {
     }
 }
 
-/// The inverse of [`encode`]; an empty string is an empty histogram.
+/// The inverse of [`encode`], with the loadgen's bounds and precision; an empty string is an
+/// empty histogram.
 pub fn decode(text: &str) -> Result<Histogram<u64>, String> {
+    let mut h = histogram();
     if text.is_empty() {
-        return Ok(histogram());
+        return Ok(h);
+    }
+    h.add(&decode_as_recorded(text)?)
+        .map_err(|e| format!("histogram out of range: {e:?}"))?;
+    Ok(h)
+}
+
+/// The inverse of [`encode`] at the precision the histogram was recorded with (a phase's
+/// slices keep 2 significant digits, and a fraction of the memory).
+pub fn decode_as_recorded(text: &str) -> Result<Histogram<u64>, String> {
+    if text.is_empty() {
+        return Histogram::new(2).map_err(|e| format!("histogram: {e:?}"));
     }
     let bytes = BASE64
         .decode(text)
         .map_err(|e| format!("histogram is not base64: {e}"))?;
-    let decoded: Histogram<u64> = Deserializer::new()
+    Deserializer::new()
         .deserialize(&mut std::io::Cursor::new(bytes))
-        .map_err(|e| format!("histogram does not decode: {e:?}"))?;
-    let mut h = histogram();
-    h.add(&decoded)
-        .map_err(|e| format!("histogram out of range: {e:?}"))?;
-    Ok(h)
+        .map_err(|e| format!("histogram does not decode: {e:?}"))
 }
 
 /// Percentiles of a microsecond histogram, in milliseconds.

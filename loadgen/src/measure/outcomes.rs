@@ -258,6 +258,8 @@ impl Outcomes {
                     .iter()
                     .map(|(code, h)| (outcome_name(*code).to_string(), encode(h)))
                     .collect(),
+                // By time, only the phase's recorder knows (`PhaseRecorder::slices`).
+                slices: Vec::new(),
             },
             recall: self.recall.clone(),
             server_counts: Default::default(),

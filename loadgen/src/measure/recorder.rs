@@ -9,6 +9,7 @@ use std::sync::Mutex;
 
 use crate::measure::histogram::micros;
 use crate::measure::outcomes::{Outcome, Outcomes};
+use crate::measure::slices::Slices;
 use crate::measure::timeline::{Second, Slot, Timeline};
 
 /// What one sending thread recorded since it last handed its record over: owned by that
@@ -16,8 +17,8 @@ use crate::measure::timeline::{Second, Slot, Timeline};
 #[derive(Debug, Default)]
 pub struct Batch {
     outcomes: Outcomes,
-    /// `(where in the scenario, what was answered there)`, in order; a batch spans a second
-    /// or two (a tenth of a second each in the scenario's first [`FINE_SPAN`](crate::measure::timeline::FINE_SPAN)).
+    /// `(where in the scenario, what was answered there)`, in order, a tenth of a second
+    /// each; a batch spans a second or two.
     seconds: Vec<(Slot, Second)>,
 }
 
@@ -58,19 +59,23 @@ impl Batch {
 }
 
 /// A phase's outcomes merged from every sending thread's [`Batch`]: the view that reports,
-/// progress and mid-run judging read.
+/// progress and mid-run judging read; and, with a timeline, the phase's latencies by time
+/// ([`Slices`]).
 #[derive(Debug, Default)]
 pub struct PhaseRecorder {
     outcomes: Mutex<Outcomes>,
     timeline: Option<std::sync::Arc<Timeline>>,
+    slices: Mutex<Option<Slices>>,
 }
 
 impl PhaseRecorder {
-    /// A recorder that also feeds the scenario's `timeline`.
+    /// A recorder that also feeds the scenario's `timeline`, starting now.
     pub fn with_timeline(timeline: std::sync::Arc<Timeline>) -> Self {
+        let first = timeline.slot_of(std::time::Instant::now());
         Self {
             outcomes: Mutex::default(),
             timeline: Some(timeline),
+            slices: Mutex::new(Some(Slices::from(first))),
         }
     }
 
@@ -89,9 +94,27 @@ impl PhaseRecorder {
             batch.outcomes.clear();
         }
         if let Some(timeline) = &self.timeline {
-            timeline.absorb(&mut batch.seconds);
+            timeline.absorb(&batch.seconds);
+        }
+        if let Some(slices) = self
+            .slices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_mut()
+        {
+            slices.absorb(&batch.seconds);
         }
         batch.seconds.clear();
+    }
+
+    /// The phase's latencies by time, encoded for the report (empty without a timeline).
+    pub fn slices(&self) -> Vec<String> {
+        self.slices
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+            .map(Slices::encoded)
+            .unwrap_or_default()
     }
 
     /// A copy of everything handed over so far.

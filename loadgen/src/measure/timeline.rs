@@ -40,12 +40,23 @@ pub struct Timeline {
 /// from it (at most 100 small histograms).
 pub const FINE_SPAN: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Where an answer goes in a [`Timeline`]: its second, and its tenth while within the
-/// timeline's [`FINE_SPAN`].
+/// Where an answer goes in a [`Timeline`]: its tenth of a second from the scenario's start.
+/// The timeline keeps the tenths of its first [`FINE_SPAN`] and every second; a phase's
+/// [`Slices`](crate::measure::slices::Slices) keep tenths throughout.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Slot {
-    second: usize,
-    tenth: Option<usize>,
+    pub(super) tenth: usize,
+}
+
+impl Slot {
+    fn second(self) -> usize {
+        self.tenth / 10
+    }
+
+    /// The tenth, when the timeline charts it.
+    fn fine(self) -> Option<usize> {
+        (self.tenth < FINE_SPAN.as_millis() as usize / 100).then_some(self.tenth)
+    }
 }
 
 impl Timeline {
@@ -58,17 +69,16 @@ impl Timeline {
         }
     }
 
-    /// The second (and tenth) of the timeline that `at` falls in.
+    /// The tenth of a second of the timeline that `at` falls in.
     pub(super) fn slot_of(&self, at: std::time::Instant) -> Slot {
         let since = at.saturating_duration_since(self.started);
         Slot {
-            second: since.as_secs() as usize,
-            tenth: (since < FINE_SPAN).then_some((since.as_millis() / 100) as usize),
+            tenth: (since.as_millis() / 100) as usize,
         }
     }
 
     /// Adds what a batch recorded.
-    pub(super) fn absorb(&self, recorded: &mut Vec<(Slot, Second)>) {
+    pub(super) fn absorb(&self, recorded: &[(Slot, Second)]) {
         if recorded.is_empty() {
             return;
         }
@@ -84,18 +94,17 @@ impl Timeline {
         };
         let mut seconds = self.seconds.lock().unwrap_or_else(|p| p.into_inner());
         for (slot, s) in recorded.iter() {
-            add(&mut seconds, slot.second, s);
+            add(&mut seconds, slot.second(), s);
         }
         drop(seconds);
-        if recorded.iter().any(|(slot, _)| slot.tenth.is_some()) {
+        if recorded.iter().any(|(slot, _)| slot.fine().is_some()) {
             let mut tenths = self.tenths.lock().unwrap_or_else(|p| p.into_inner());
             for (slot, s) in recorded.iter() {
-                if let Some(tenth) = slot.tenth {
+                if let Some(tenth) = slot.fine() {
                     add(&mut tenths, tenth, s);
                 }
             }
         }
-        recorded.clear();
     }
 
     /// The timeline as report points, one a second.

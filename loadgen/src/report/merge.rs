@@ -76,6 +76,12 @@ fn merge_phases(phases: &[&PhaseReport]) -> Result<PhaseReport, MergeError> {
         std::time::Duration::from_secs_f64(duration),
         server,
     );
+    // Each shard's slices are stretches of its own requests: side by side, they are all
+    // stretches of the merged phase.
+    merged.histograms.slices = phases
+        .iter()
+        .flat_map(|p| p.histograms.slices.iter().cloned())
+        .collect();
     // Every shard scraped the same server, so each saw (nearly) the same counts: the largest,
     // not the sum, as for the other server figures.
     for phase in phases {

@@ -71,12 +71,13 @@ pub async fn run_scenario(
             outcomes.recall = check_recall(ctx, samples, &exact_client).await;
             checking += check.elapsed();
             total.merge(&outcomes);
-            let report = outcomes.report(
+            let mut report = outcomes.report(
                 &phase.name,
                 phase.model.concurrency(),
                 elapsed,
                 monitor.figures(None),
             );
+            report.histograms.slices = recorder.slices();
             if let Some(failure) = ctx
                 .abort_on_fail
                 .and_then(|_| failed_at_phase_end(&scenario.thresholds, &report))
@@ -153,6 +154,7 @@ pub async fn run_scenario(
             elapsed,
             monitor.figures(Some(index)),
         );
+        report.histograms.slices = recorder.slices();
         if let (Some(before), Some(after)) = (&counters_before, &counters_after) {
             report.server_counts = crate::measure::scrape::counted_between(before, after);
         }
@@ -190,7 +192,16 @@ pub async fn run_scenario(
         description: scenario.description.clone(),
         parameters: scenario.parameters.clone(),
         duration_s: duration.as_secs_f64(),
-        total: total.report("total", peak, duration, monitor.figures(None)),
+        total: {
+            let mut total = total.report("total", peak, duration, monitor.figures(None));
+            // The phases' slices one after another (side by side, phase by phase): each
+            // slice is a stretch of the scenario's requests, which is all the noise needs.
+            total.histograms.slices = phases
+                .iter()
+                .flat_map(|p| p.histograms.slices.iter().cloned())
+                .collect();
+            total
+        },
         phases,
         server: monitor.figures(None),
         thresholds: Vec::new(),
