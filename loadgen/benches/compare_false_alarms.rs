@@ -7,8 +7,9 @@
 //! vector searches, `VECRIG_BENCH_SECONDS` each (default 2, as the integration tests' runs).
 //! One baseline: runs 0 and 1, 2 and 3, ... compared as pairs. Three (five) baselines: every
 //! run from the fourth (sixth) against the three (five) before it (windows overlap, so they
-//! are not independent trials). Three new runs (`compare --new`): runs in sixes, the last
-//! three against the first three, and alternating (runs 1, 3, 5 against 0, 2, 4). Prints how many were flagged and by which metrics, and how
+//! are not independent trials). Three (five) new runs (`compare --new`): windows of six (ten)
+//! runs from every other run, the last three against the first three, and alternating (runs
+//! 1, 3, 5 against 0, 2, 4). Prints how many were flagged and by which metrics, and how
 //! far each metric moved between consecutive runs: the machine's own noise. The same runs
 //! are judged again with their time slices taken out (the binomial intervals alone, as
 //! reports without slices are judged), side by side. With
@@ -136,26 +137,26 @@ fn judge_all(reports: &[Report], seconds: u64, label: &str, tolerances: &Toleran
             .collect()
     };
     let (three, five) = (windows(3), windows(5));
-    // Three runs under test against three baselines, in windows of six runs: the three
-    // after the three (as a stored baseline is used), or alternating with them (as when
-    // both builds run in one job).
-    let sixes = |alternating: bool| -> Vec<Vec<String>> {
-        reports
-            .chunks_exact(6)
-            .map(|six| {
+    // `n` runs under test against `n` baselines, in windows of `2n` runs starting at every
+    // other run (overlapping, so not independent trials): the `n` after the `n` (as a stored
+    // baseline is used), or alternating with them (as when both builds run in one job).
+    let groups = |n: usize, alternating: bool| -> Vec<Vec<String>> {
+        (0..=reports.len().saturating_sub(2 * n))
+            .step_by(2)
+            .map(|start| {
+                let window = &reports[start..start + 2 * n];
                 let (base, new): (Vec<&Report>, Vec<&Report>) = if alternating {
                     (
-                        six.iter().step_by(2).collect(),
-                        six.iter().skip(1).step_by(2).collect(),
+                        window.iter().step_by(2).collect(),
+                        window.iter().skip(1).step_by(2).collect(),
                     )
                 } else {
-                    (six[..3].iter().collect(), six[3..].iter().collect())
+                    (window[..n].iter().collect(), window[n..].iter().collect())
                 };
                 flagged(&base, &new, tolerances)
             })
             .collect()
     };
-    let (after, alternating) = (sixes(false), sixes(true));
     println!("\n{runs} runs of {seconds} s, {label}\n");
     println!(
         "| baselines | comparisons | flagged worse (false alarms) | any change flagged | by metric |"
@@ -164,12 +165,20 @@ fn judge_all(reports: &[Report], seconds: u64, label: &str, tolerances: &Toleran
     summary("1 (statistical tests)", pairs.len(), &pairs);
     summary("3 (baseline range)", three.len(), &three);
     summary("5 (baseline range)", five.len(), &five);
-    summary("3, against 3 new runs after them", after.len(), &after);
-    summary(
-        "3, alternating with 3 new runs",
-        alternating.len(),
-        &alternating,
-    );
+    for n in [3, 5] {
+        let after = groups(n, false);
+        summary(
+            &format!("{n}, against {n} new runs after them"),
+            after.len(),
+            &after,
+        );
+        let alternating = groups(n, true);
+        summary(
+            &format!("{n}, alternating with {n} new runs"),
+            alternating.len(),
+            &alternating,
+        );
+    }
 }
 
 fn main() {
