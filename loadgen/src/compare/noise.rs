@@ -18,6 +18,8 @@
 //!   percentile: KS judges the whole distribution, and with thousands of requests calls a
 //!   shift in the median significant while saying nothing about whether a p99.9 drawn from
 //!   a dozen requests moved. The interval says exactly that, and is wide where a tail is thin.
+//!   Where the run's time slices show its requests were not independent (a stall piles the
+//!   slow ones into a few slices), the interval is widened by [`dispersion`].
 //! - Error, shed and per-code rates: a two-proportion z-test on the counts (pooled variance),
 //!   two-sided, beyond the noise at p < [`ALPHA`].
 //! - Goodput: successes as Poisson counts over each run's duration, a z-test on the two rates.
@@ -26,10 +28,10 @@
 //!   a query's k neighbours are found or missed together, so the neighbours are not k
 //!   independent trials and the binomial variance alone would call noise a change.
 //!
-//! What one baseline cannot know is the noise between runs (a busier machine, a colder
-//! cache): the tests only see sampling noise, and within a run requests are not independent
-//! either. That is what the tolerance is for, and why a verdict needs both; on a shared
-//! machine several stored baselines are the better gate (docs/compare.md).
+//! What one baseline cannot know is drift between runs (a busier machine, a colder cache,
+//! another placement of the threads): the tests see only what moves within the two runs.
+//! That is what the tolerance is for, and why a verdict needs both; on a shared machine
+//! runs of both builds interleaved are the better gate (docs/compare.md).
 
 use hdrhistogram::Histogram;
 use vecrig::validation::report::RecallFigures;
