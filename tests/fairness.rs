@@ -5,9 +5,8 @@
 //! time, every 10 ms, on a connection of its own: from another address (127.0.0.2); from the
 //! flood's address as a tenant of its own (two tenants by token); or from the flood's address
 //! with no tenants (connection fairness only). Each time the polite client is served (>= 95%
-//! OK) and the server's per-client Prometheus counts agree with what both clients saw; from
-//! its own address and as a tenant, with a p99 within 3x its unloaded p99 plus one service
-//! time, as the issues ask (connections only: not yet, see that test). Nothing
+//! OK) and the server's per-client Prometheus counts agree with what both clients saw, with
+//! a p99 within 3x its unloaded p99 plus one service time, as the issues ask. Nothing
 //! much is wasted: index work keeps at least 0.75 of the CPU it gets at capacity, and the
 //! flooder at least half of the capacity's goodput (the issue asks 0.8 of it: still open, see
 //! the test).
@@ -221,7 +220,7 @@ async fn a_greedy_client_does_not_starve_a_polite_one() {
         flooder: Client::at(FLOODER, "127.0.0.1"),
         polite: Client::at(POLITE, "127.0.0.2"),
     };
-    fair_under_flood("fairness", &clients, &[], true).await;
+    fair_under_flood("fairness", &clients, &[]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -234,13 +233,7 @@ async fn a_greedy_tenant_does_not_starve_a_polite_one_behind_its_address() {
         polite: Client::tenant("polite-secret", "tenant:polite"),
     };
     let path = tokens.path().to_str().expect("a UTF-8 temporary path");
-    fair_under_flood(
-        "fairness (tenants)",
-        &clients,
-        &["--auth-token-file", path],
-        true,
-    )
-    .await;
+    fair_under_flood("fairness (tenants)", &clients, &["--auth-token-file", path]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -250,16 +243,15 @@ async fn a_greedy_connection_does_not_starve_a_polite_one_from_its_address() {
         flooder: Client::at(FLOODER, "127.0.0.1"),
         polite: Client::at(FLOODER, "127.0.0.1"),
     };
-    // Served every time, never refused, and its share held as for the others; but its
-    // connection is read on the flood's lane, so its p99 is not yet held to the bound
-    // (docs/overload.md, known limits): printed only.
-    fair_under_flood("fairness (connections)", &clients, &[], false).await;
+    // One client to admission, which serves its lightest connection every other turn; its
+    // connection, opened while the flood's requests wait, is read and answered on a lane
+    // apart from the flood's (`net::seating`): held to the same bounds as the others.
+    fair_under_flood("fairness (connections)", &clients, &[]).await;
 }
 
 /// The flood and the polite client of `clients`, against a server with `flags`: the
-/// criteria of the module docs, on the best of `ATTEMPTS`; the polite p99's bound only where
-/// `promptly`.
-async fn fair_under_flood(name: &str, clients: &Clients, flags: &[&str], promptly: bool) {
+/// criteria of the module docs, on the best of `ATTEMPTS`.
+async fn fair_under_flood(name: &str, clients: &Clients, flags: &[&str]) {
     let Some((server_cpu, load_cpu)) = flood::two_cpus_or_skip(name) else {
         return;
     };
@@ -305,14 +297,14 @@ async fn fair_under_flood(name: &str, clients: &Clients, flags: &[&str], promptl
              the flood ({index_share:.2} of it)"
         );
         attempts.push((p99, bound, share, index_share));
-        if (p99 <= bound || !promptly) && share >= FLOODER_FLOOR && index_share >= INDEX_CPU_FLOOR {
+        if p99 <= bound && share >= FLOODER_FLOOR && index_share >= INDEX_CPU_FLOOR {
             break;
         }
     }
     // Near its unloaded latency, as the issue asks; the request path's short time slices
     // (`--request-slice`) are what keep it there.
     assert!(
-        !promptly || attempts.iter().any(|&(p99, bound, _, _)| p99 <= bound),
+        attempts.iter().any(|&(p99, bound, _, _)| p99 <= bound),
         "polite p99 within its bound in one attempt (not queued behind the flood): \
          (p99 ms, bound ms, flooder share, index CPU share) {attempts:.2?}"
     );

@@ -221,6 +221,12 @@ pub async fn serve_on(
             .auth_token
             .as_ref()
             .is_some_and(layers::auth::Token::names_tenants),
+        {
+            let admission = Arc::clone(&admission);
+            net::lanes::Flooding(Arc::new(move |address| {
+                admission.is_waiting(&caller::ClientKey::Address(address))
+            }))
+        },
     )
     .map_err(ServeError::Runtime)?;
     let metrics_task = match metrics_listener {

@@ -174,7 +174,7 @@ impl<T> Scheduler<T> {
     }
 
     /// Places `client` holds in both queues.
-    fn places_of(&self, client: &ClientKey) -> usize {
+    pub(super) fn places_of(&self, client: &ClientKey) -> usize {
         self.queues[0].queued_of(client) + self.queues[1].queued_of(client)
     }
 

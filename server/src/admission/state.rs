@@ -110,6 +110,13 @@ impl Admission {
         self.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether `client` has requests waiting in the queue now: it asks for more than its
+    /// share, so its connections are the flood of an overload (`net::seating` seats a new
+    /// connection of such a client apart from the old ones).
+    pub fn is_waiting(&self, client: &ClientKey) -> bool {
+        self.lock().places_of(client) > 0
+    }
+
     /// The `top` clients by places held (queued and running), and the rest as `other`: a
     /// bounded set of metric labels, however many clients there are.
     pub fn client_loads(&self, top: usize) -> Vec<ClientLoad> {

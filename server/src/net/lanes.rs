@@ -23,7 +23,8 @@
 //!   tenant's flood behind the same address (a proxy, a NAT). Lanes are kept per party
 //!   rather than balanced per connection: a flood's connections, spread over every lane,
 //!   would leave no lane quiet for anybody else. Connections of one client with no token to
-//!   tell them apart share a lane; admission still serves them in turn.
+//!   tell them apart share a lane, except those opened while that client's requests wait in
+//!   admission, which share a second one ([`super::seating`]); admission serves them in turn.
 //! - The socket is moved into the lane's runtime (re-registered with its I/O driver, so its
 //!   readiness is reported by the lane's own threads), where it becomes a [`GuardedSocket`]
 //!   and tonic serves it.
@@ -88,6 +89,17 @@ pub struct Lane {
     pub sockets: LaneSockets,
 }
 
+/// Whether the client at an address has requests waiting in admission now (it floods): a new
+/// connection of its is seated apart from its others ([`super::seating`]).
+#[derive(Clone)]
+pub struct Flooding(pub Arc<dyn Fn(IpAddr) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Flooding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Flooding")
+    }
+}
+
 /// Gives each accepted connection to its client's lane.
 #[derive(Debug, Clone)]
 pub struct Dispatch {
@@ -95,16 +107,19 @@ pub struct Dispatch {
     seats: Seats,
     /// Whether a connection's first request's token counts in its party (tenants are named).
     by_token: bool,
+    flooding: Flooding,
 }
 
 /// Starts `count` lanes (at least one), each with one worker thread per CPU this process may
 /// run on. Their sockets are guarded by `limits` and paced by `pacer`. With `by_token`, a
-/// connection's lane is chosen by its address and its first request's token.
+/// connection's lane is chosen by its address and its first request's token. `flooding`
+/// says whether an address's requests wait in admission.
 pub fn start(
     count: usize,
     limits: &ConnectionLimits,
     pacer: &Arc<Pacer>,
     by_token: bool,
+    flooding: Flooding,
 ) -> io::Result<(Lanes, Dispatch, Vec<Lane>)> {
     let count = count.max(1);
     let workers = crate::process::available_cpus();
@@ -134,6 +149,7 @@ pub fn start(
         senders,
         seats: Seats::new(count),
         by_token: by_token && count > 1,
+        flooding,
     };
     Ok((Lanes { runtimes }, dispatch, lanes))
 }
@@ -176,7 +192,11 @@ impl Dispatch {
         let Ok(stream) = accepted.stream.into_std() else {
             return;
         };
-        let (lane, seat) = self.seats.take((address, token));
+        // A token names a tenant, which admission knows by its name, not by this key: only
+        // a connection without one is known to admission by its address.
+        let (lane, seat) = self.seats.take((address, token), || {
+            token.is_none() && (self.flooding.0)(address)
+        });
         // A send fails only once the lane's server has stopped: the socket is then dropped.
         let _ = self.senders[lane].send(Handed {
             stream,
