@@ -49,14 +49,14 @@ impl Cost {
 
     /// Prices a request from its method and gRPC message body (a 5-byte frame header and the
     /// protobuf). Anything it cannot read costs one slot: the service will reject it anyway.
-    pub fn estimate(path: &str, body: &[u8]) -> Cost {
+    pub fn estimate(method: Method, body: &[u8]) -> Cost {
         let message = match body {
             // Uncompressed single frame; compressed or odd bodies are priced as one slot.
             [0, _, _, _, _, rest @ ..] => rest,
             _ => return Cost::ONE_SLOT,
         };
         let slot = UNITS_PER_SLOT;
-        let units = match Method::of(path) {
+        let units = match method {
             Method::Search => match PriceFields::decode(message) {
                 Ok(request) => {
                     // Exact scans touch every point: a few of them fill a server.
@@ -115,11 +115,11 @@ mod tests {
     #[test]
     fn costs_grow_with_the_work_a_request_asks_for() {
         let path = "/vecrig.v1.VectorIndex/Search";
-        let cheap = Cost::estimate(path, &search(10, 0, false));
+        let cheap = Cost::estimate(Method::of(path), &search(10, 0, false));
         assert_eq!(cheap, Cost::ONE_SLOT);
-        let wide = Cost::estimate(path, &search(1000, 0, false));
+        let wide = Cost::estimate(Method::of(path), &search(1000, 0, false));
         assert!(wide.units > cheap.units, "{wide:?}");
-        let exact = Cost::estimate(path, &search(10, 0, true));
+        let exact = Cost::estimate(Method::of(path), &search(10, 0, true));
         assert!(exact.units >= 8 * cheap.units, "{exact:?}");
         let batch = framed(&UpsertRequest {
             points: (0..512)
@@ -133,12 +133,15 @@ mod tests {
                 .collect(),
             wait: false,
         });
-        let upsert = Cost::estimate("/vecrig.v1.VectorIndex/Upsert", &batch);
+        let upsert = Cost::estimate(Method::of("/vecrig.v1.VectorIndex/Upsert"), &batch);
         assert!(upsert.units >= 4 * cheap.units, "{upsert:?}");
         // Unreadable or compressed bodies cost one slot; the service rejects them.
-        assert_eq!(Cost::estimate(path, b"\x00\x00\x00\x00\x03abc"), cheap);
-        assert_eq!(Cost::estimate(path, b"\x01\x00"), cheap);
-        assert_eq!(Cost::estimate(path, b""), cheap);
+        assert_eq!(
+            Cost::estimate(Method::of(path), b"\x00\x00\x00\x00\x03abc"),
+            cheap
+        );
+        assert_eq!(Cost::estimate(Method::of(path), b"\x01\x00"), cheap);
+        assert_eq!(Cost::estimate(Method::of(path), b""), cheap);
     }
 
     #[test]
@@ -175,6 +178,9 @@ mod tests {
             k: 10,
             ..Default::default()
         });
-        assert_eq!(Cost::estimate(path, &text).units, UNITS_PER_SLOT + 2);
+        assert_eq!(
+            Cost::estimate(Method::of(path), &text).units,
+            UNITS_PER_SLOT + 2
+        );
     }
 }

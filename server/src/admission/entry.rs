@@ -220,8 +220,8 @@ impl Admission {
             1 => chunks.swap_remove(0),
             _ => chunks.concat().into(),
         };
-        let method = Method::of(parts.uri.path());
-        let cost = Cost::estimate(parts.uri.path(), &bytes);
+        let method = Method::of_parts(&parts.extensions, &parts.uri);
+        let cost = Cost::estimate(method, &bytes);
         let limit_units = self.lock().limit_units;
         // Never more than half the limit: an expensive request must leave room for others.
         let cost = Cost {

@@ -85,7 +85,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let admission = Arc::clone(&self.admission);
-        if !admission.config.enabled || Method::of(request.uri().path()) == Method::Stats {
+        if !admission.config.enabled || Method::of_request(&request) == Method::Stats {
             // Stats is how operators and the loadgen watch an overloaded server: like health,
             // it must answer while the server sheds, and it costs next to nothing. With
             // admission off (the baseline of the degradation bench) everything runs at once.

@@ -323,9 +323,8 @@ impl MemoryGuard {
         (pressure, rss)
     }
 
-    /// Whether a call to `path` may run now; the refusal to send otherwise.
-    pub fn check(&self, path: &str) -> Result<(), Status> {
-        let method = Method::of(path);
+    /// Whether a call to `method` may run now; the refusal to send otherwise.
+    pub fn check(&self, method: Method) -> Result<(), Status> {
         let (pressure, rss) = self.pressure();
         let refused = match method {
             // Cost nothing, or free memory: always allowed, so operators can see and fix.
@@ -404,7 +403,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        match self.guard.check(request.uri().path()) {
+        match self.guard.check(Method::of_request(&request)) {
             Ok(()) => Box::pin(self.inner.call(request)),
             Err(status) => Box::pin(std::future::ready(Ok(status.into_http()))),
         }
@@ -434,39 +433,53 @@ mod tests {
             rss.store(value, Ordering::Relaxed);
             std::thread::sleep(SAMPLE_EVERY);
         };
-        assert!(g.check(upsert).is_ok() && g.check(search).is_ok());
+        assert!(g.check(Method::of(upsert)).is_ok() && g.check(Method::of(search)).is_ok());
 
         at(750);
-        let refused = g.check(upsert).expect_err("writes refused at 75%");
+        let refused = g
+            .check(Method::of(upsert))
+            .expect_err("writes refused at 75%");
         assert_eq!(refused.code(), Code::ResourceExhausted);
         assert!(
             refused.message().contains("writes are refused"),
             "{refused:?}"
         );
-        assert!(g.check(search).is_ok(), "searches go on at 75%");
+        assert!(g.check(Method::of(search)).is_ok(), "searches go on at 75%");
 
         at(950);
         assert_eq!(
-            g.check(search).map_err(|s| s.code()),
+            g.check(Method::of(search)).map_err(|s| s.code()),
             Err(Code::ResourceExhausted)
         );
         for always in ["Stats", "Get", "Delete"] {
-            assert!(g.check(&format!("/vecrig.v1.VectorIndex/{always}")).is_ok());
+            assert!(
+                g.check(Method::of(&format!("/vecrig.v1.VectorIndex/{always}")))
+                    .is_ok()
+            );
         }
         assert_eq!(g.refused(), 2);
 
         // Just under a watermark is not enough to resume (no flapping at the edge) ...
         at(880);
-        assert!(g.check(search).is_err(), "still refusing all at 88%");
+        assert!(
+            g.check(Method::of(search)).is_err(),
+            "still refusing all at 88%"
+        );
         at(680);
-        assert!(g.check(search).is_ok());
-        assert!(g.check(upsert).is_err(), "still refusing writes at 68%");
+        assert!(g.check(Method::of(search)).is_ok());
+        assert!(
+            g.check(Method::of(upsert)).is_err(),
+            "still refusing writes at 68%"
+        );
         // ... a hysteresis below it is.
         at(600);
-        assert!(g.check(upsert).is_ok(), "writes resume once memory is back");
+        assert!(
+            g.check(Method::of(upsert)).is_ok(),
+            "writes resume once memory is back"
+        );
         at(690);
         assert!(
-            g.check(upsert).is_ok(),
+            g.check(Method::of(upsert)).is_ok(),
             "and are not refused again below the watermark"
         );
     }
@@ -475,7 +488,7 @@ mod tests {
     fn no_limit_no_guard() {
         let g = guard(None, Arc::new(AtomicU64::new(u64::MAX)));
         assert_eq!(g.pressure().0, Pressure::Normal);
-        assert!(g.check("/vecrig.v1.VectorIndex/Upsert").is_ok());
+        assert!(g.check(Method::of("/vecrig.v1.VectorIndex/Upsert")).is_ok());
     }
 
     #[test]

@@ -71,7 +71,7 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let metrics = Arc::clone(&self.metrics);
-        let method = Method::of(request.uri().path()).name();
+        let method = Method::of_request(&request).name();
         Box::pin(async move {
             let response = inner.call(request).await?;
             let early = response

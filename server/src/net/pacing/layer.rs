@@ -93,9 +93,8 @@ where
             request.extensions_mut().insert(caller);
             connection
         });
-        let path = request.uri().path();
         // Health, reflection and Stats are answered without admission: cheap, but not free.
-        let cheap_call = !Method::is_vector_index(path) || Method::of(path) == Method::Stats;
+        let cheap_call = matches!(Method::carry(&mut request), None | Some(Method::Stats));
         Box::pin(async move {
             let response = inner.call(request).await?;
             let charge = if cheap_call {
