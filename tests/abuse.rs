@@ -336,6 +336,7 @@ async fn thousands_of_idle_connections_are_capped_and_timed_out() {
     let server = start(|c| {
         c.connection_limits.max_connections = CAP;
         c.connection_limits.handshake_timeout = HANDSHAKE;
+        c.metrics_listen = Some(crate::common::metrics::any_loopback_port());
     })
     .await;
     let client = server.client().await;
@@ -422,6 +423,28 @@ async fn thousands_of_idle_connections_are_capped_and_timed_out() {
     assert!(
         open_before_timeout > 0,
         "the server accepted idle sockets up to its cap"
+    );
+    // The cap's figures are in the metrics: at most the cap open, and the sockets beyond it
+    // refused or evicted (the newcomer evicted one at least).
+    let text = crate::common::metrics::scrape(server.metrics.expect("metrics on"))
+        .await
+        .expect("metrics scraped");
+    let figure = |series: &str| crate::common::metrics::series(&text, series).expect(series);
+    let (open, refused, evicted) = (
+        figure("vecrig_open_connections"),
+        figure("vecrig_connections_refused_total"),
+        figure("vecrig_connections_evicted_total"),
+    );
+    println!("metrics: {open} open, {refused} refused, {evicted} evicted");
+    assert!(open <= CAP as f64, "{open} open, cap {CAP}");
+    assert!(
+        evicted >= 1.0,
+        "the newcomer evicted a silent socket: {evicted}"
+    );
+    assert!(
+        open + refused + evicted >= (idle.len() + 2) as f64 - 64.0,
+        "every idle socket is open, refused or evicted: {open} + {refused} + {evicted} for {}",
+        idle.len() + 2
     );
 
     // After it, none: the server closed every silent socket.

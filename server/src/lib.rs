@@ -229,25 +229,27 @@ pub async fn serve_on(
         },
     )
     .map_err(ServeError::Runtime)?;
+    let incoming = net::incoming(listener, &config.connection_limits);
     let metrics_task = match metrics_listener {
         Some(listener) => {
             tracing::info!(addr = %listener.local_addr().map_err(ServeError::Metrics)?, "metrics at /metrics");
-            let (metrics, admission, storage, dir, pacer, dispatch) = (
+            let (metrics, admission, storage, dir, pacer, dispatch, gate) = (
                 Arc::clone(&metrics),
                 Arc::clone(&admission),
                 Arc::clone(&storage_cell),
                 config.data_dir.clone(),
                 Arc::clone(&pacer),
                 dispatch.clone(),
+                incoming.gate(),
             );
             let render = Arc::new(move || {
-                metrics.render(
-                    &admission,
-                    &storage,
-                    &dir,
-                    pacer.stats(),
-                    &dispatch.connections(),
-                )
+                let connections = layers::metrics::ConnectionFigures {
+                    open: gate.open() as u64,
+                    refused: gate.refused(),
+                    evicted: gate.evicted(),
+                    per_lane: dispatch.connections(),
+                };
+                metrics.render(&admission, &storage, &dir, pacer.stats(), &connections)
             });
             Some(AbortOnDrop(tokio::spawn(layers::metrics::serve_metrics(
                 listener, render,
@@ -270,7 +272,6 @@ pub async fn serve_on(
             Arc::clone(&pacer).tend_room(move || admission.has_room()),
         ))
     };
-    let incoming = net::incoming(listener, &config.connection_limits);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let router = router(
         &config,

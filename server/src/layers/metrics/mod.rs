@@ -28,8 +28,11 @@
 //!   at), `vecrig_served_request_path_cpu_seconds` (the same per served request), and
 //!   `vecrig_cheap_answer_cpu_seconds_total` (CPU spent on cheap answers: its rate over the
 //!   CPUs is the share of CPU spent refusing).
+//! - `vecrig_open_connections`, `vecrig_connections_refused_total` and
+//!   `vecrig_connections_evicted_total`: the connection cap's figures (`crate::net::gate`).
 //! - `vecrig_lane_connections{lane}`: open connections per request-path lane (see
-//!   `net::lanes`); a flooding address's connections are all in one lane.
+//!   `net::lanes`); a flooding address's connections are in one lane (two if it keeps
+//!   connecting while it floods).
 //!
 //! The endpoint is plain HTTP/1.1 (hyper), on its own listener, so a scrape never competes with
 //! gRPC admission and a firewall can keep it private.
@@ -51,4 +54,4 @@ mod tests;
 
 pub use endpoint::{Args, bind, serve_metrics};
 pub use layer::{MetricsLayer, MetricsService};
-pub use registry::{CLIENT_LABELS, Metrics, PacingFigures};
+pub use registry::{CLIENT_LABELS, ConnectionFigures, Metrics, PacingFigures};

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub(super) room_wakes: Counter<u64>,
     pub(super) paused_connections: Gauge,
     pub(super) lane_connections: Family<LaneLabel, Gauge>,
+    pub(super) open_connections: Gauge,
+    pub(super) connections_refused: Counter<u64>,
+    pub(super) connections_evicted: Counter<u64>,
     pub(super) answer_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub(super) served_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
     pub(super) cheap_cpu: Counter<f64, std::sync::atomic::AtomicU64>,
@@ -71,6 +74,20 @@ pub struct PacingFigures {
     pub served_cpu: std::time::Duration,
     /// Estimated CPU spent on cheap answers since start (each sample's answers at its price).
     pub cheap_cpu_total: std::time::Duration,
+}
+
+/// The connection cap's figures, and the open connections per request-path lane, as the
+/// metrics endpoint shows them (counted by `crate::net::Gate` and the lanes' seating).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionFigures {
+    /// Connections open now, under the cap.
+    pub open: u64,
+    /// Connections closed at once at the cap since start, with nobody to evict.
+    pub refused: u64,
+    /// Connections that had not started, closed to make room at the cap since start.
+    pub evicted: u64,
+    /// Open connections per lane, in lane order.
+    pub per_lane: Vec<usize>,
 }
 
 impl Default for Metrics {
@@ -197,6 +214,22 @@ impl Metrics {
             "vecrig_paused_connections",
             "Connections paused now with work waiting",
         );
+        // The connection cap's figures are counted by its gate; these mirror them too.
+        let open_connections = gauge(
+            &mut registry,
+            "vecrig_open_connections",
+            "Connections open now, under the cap (--max-connections)",
+        );
+        let connections_refused = counter_gauge(
+            &mut registry,
+            "vecrig_connections_refused",
+            "Connections closed at once because the connection cap was reached and none could be evicted",
+        );
+        let connections_evicted = counter_gauge(
+            &mut registry,
+            "vecrig_connections_evicted",
+            "Connections that had sent nothing yet, closed to make room for a new one at the connection cap",
+        );
         let answer_cpu = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
         registry.register(
             "vecrig_answer_cpu_seconds",
@@ -262,6 +295,9 @@ impl Metrics {
             room_wakes,
             paused_connections,
             lane_connections,
+            open_connections,
+            connections_refused,
+            connections_evicted,
             answer_cpu,
             served_cpu,
             cheap_cpu,

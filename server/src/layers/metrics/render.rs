@@ -5,7 +5,7 @@ use std::time::SystemTime;
 use prometheus_client::metrics::counter::Counter;
 
 use super::labels::{ClientLabel, LaneLabel, PartLabel};
-use super::registry::{CLIENT_LABELS, Metrics, PacingFigures};
+use super::registry::{CLIENT_LABELS, ConnectionFigures, Metrics, PacingFigures};
 use crate::admission::Admission;
 use crate::storage::StorageCell;
 
@@ -17,7 +17,7 @@ impl Metrics {
         storage: &StorageCell,
         data_dir: &std::path::Path,
         pacing: PacingFigures,
-        lanes: &[usize],
+        connections: &ConnectionFigures,
     ) -> String {
         let stats = admission.stats();
         self.in_flight.set(stats.in_flight as i64);
@@ -54,7 +54,10 @@ impl Metrics {
         catch_up(&self.connection_pauses, pacing.pauses);
         catch_up(&self.room_wakes, pacing.woken_for_room);
         self.paused_connections.set(pacing.paused as i64);
-        for (lane, connections) in lanes.iter().enumerate() {
+        catch_up(&self.connections_refused, connections.refused);
+        catch_up(&self.connections_evicted, connections.evicted);
+        self.open_connections.set(connections.open as i64);
+        for (lane, connections) in connections.per_lane.iter().enumerate() {
             self.lane_connections
                 .get_or_create(&LaneLabel {
                     lane: lane.to_string(),

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::registry::{CLIENT_LABELS, Metrics, PacingFigures};
+use super::registry::{CLIENT_LABELS, ConnectionFigures, Metrics, PacingFigures};
 use crate::admission::{self, Admission, Recorder, ShedReason};
 use crate::caller::ClientKey;
 use crate::storage::StorageCell;
@@ -12,10 +12,23 @@ use crate::storage::StorageCell;
 /// The exposition `metrics` renders now, with admission off-duty, no storage yet, and no
 /// snapshot on disk.
 fn render(metrics: &Arc<Metrics>, pacing: PacingFigures, lanes: &[usize]) -> String {
+    let connections = ConnectionFigures {
+        per_lane: lanes.to_vec(),
+        ..ConnectionFigures::default()
+    };
+    render_with(metrics, pacing, &connections)
+}
+
+/// [`render`] with the connection cap's figures too.
+fn render_with(
+    metrics: &Arc<Metrics>,
+    pacing: PacingFigures,
+    connections: &ConnectionFigures,
+) -> String {
     let admission = Admission::new(admission::Config::default(), Arc::clone(metrics) as _);
     let storage: StorageCell = Arc::new(OnceLock::new());
     let data_dir = std::env::temp_dir().join("vecrig-metrics-test-no-such-dir");
-    metrics.render(&admission, &storage, &data_dir, pacing, lanes)
+    metrics.render(&admission, &storage, &data_dir, pacing, connections)
 }
 
 /// The value of one series (its name with labels, exactly as rendered), if present.
@@ -164,4 +177,22 @@ fn only_the_first_clients_get_labels_of_their_own() {
         value(&text, r#"vecrig_shed_requests_total{reason="queue_full"}"#),
         Some(1.0)
     );
+}
+
+#[test]
+fn the_connection_caps_figures_are_rendered_and_its_counters_only_move_up() {
+    let metrics = Arc::new(Metrics::new());
+    let figures = |open, refused, evicted| ConnectionFigures {
+        open,
+        refused,
+        evicted,
+        per_lane: vec![open as usize],
+    };
+    let text = render_with(&metrics, PacingFigures::default(), &figures(0, 0, 0));
+    assert_eq!(value(&text, "vecrig_connections_refused_total"), Some(0.0));
+    render_with(&metrics, PacingFigures::default(), &figures(900, 12, 40));
+    let text = render_with(&metrics, PacingFigures::default(), &figures(1000, 15, 41));
+    assert_eq!(value(&text, "vecrig_open_connections"), Some(1000.0));
+    assert_eq!(value(&text, "vecrig_connections_refused_total"), Some(15.0));
+    assert_eq!(value(&text, "vecrig_connections_evicted_total"), Some(41.0));
 }
