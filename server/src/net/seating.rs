@@ -94,20 +94,12 @@ impl Seating {
         }
     }
 
-    /// The lane with the fewest open connections other than `except`; the first of equals,
-    /// so one party alone is always in lane 0.
-    fn emptiest(&self, except: Option<usize>) -> usize {
-        (0..self.per_lane.len())
-            .filter(|&lane| Some(lane) != except)
-            .min_by_key(|&lane| self.per_lane[lane])
-            .unwrap_or(0)
-    }
-
     /// The lane for one more connection of `party`.
     fn seat(&mut self, party: Party, flooding: impl FnOnce() -> bool) -> usize {
-        let lane = match self.parties.get(&party).copied() {
+        let per_lane = &self.per_lane;
+        let lane = match self.parties.get_mut(&party) {
             None => {
-                let lane = self.emptiest(None);
+                let lane = emptiest(per_lane, None);
                 self.parties.insert(
                     party,
                     Seated {
@@ -117,19 +109,17 @@ impl Seating {
                 );
                 lane
             }
-            Some(mut seated) => {
-                let lane = if self.per_lane.len() > 1 && flooding() {
-                    let overflow = seated
-                        .overflow
-                        .get_or_insert_with(|| (self.emptiest(Some(seated.home.0)), 0));
-                    overflow.1 += 1;
-                    overflow.0
-                } else {
-                    seated.home.1 += 1;
-                    seated.home.0
-                };
-                self.parties.insert(party, seated);
-                lane
+            Some(seated) if per_lane.len() > 1 && flooding() => {
+                let home = seated.home.0;
+                let overflow = seated
+                    .overflow
+                    .get_or_insert_with(|| (emptiest(per_lane, Some(home)), 0));
+                overflow.1 += 1;
+                overflow.0
+            }
+            Some(seated) => {
+                seated.home.1 += 1;
+                seated.home.0
             }
         };
         self.per_lane[lane] += 1;
@@ -156,6 +146,15 @@ impl Seating {
         }
         self.per_lane[lane] = self.per_lane[lane].saturating_sub(1);
     }
+}
+
+/// The lane with the fewest open connections other than `except`; the first of equals, so
+/// one party alone is always in lane 0.
+fn emptiest(per_lane: &[usize], except: Option<usize>) -> usize {
+    (0..per_lane.len())
+        .filter(|&lane| Some(lane) != except)
+        .min_by_key(|&lane| per_lane[lane])
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
